@@ -1,0 +1,66 @@
+/* Logging: syslog levels, one sink, level tested before formatting.
+ *
+ * Libraries call mms_log(); daemon/main.c installs the sink. The built-in stderr sink writes
+ * one line per event with a single write(2), so lines from different threads never
+ * interleave. Threads: every function may be called from any thread; mms_log_set_sink()
+ * should be called once at start-up, before other threads exist. */
+#ifndef MMS_COMMON_LOG_H
+#define MMS_COMMON_LOG_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* The syslog numbers (sd-daemon.h's SD_ERR is "<3>"). */
+enum mms_log_level {
+    MMS_LOG_ERR = 3,
+    MMS_LOG_WARNING = 4,
+    MMS_LOG_NOTICE = 5,
+    MMS_LOG_INFO = 6,
+    MMS_LOG_DEBUG = 7,
+};
+
+/* A sink receives the level and one formatted message without a trailing newline. */
+typedef void (*mms_log_fn)(int level, const char *msg, void *ud);
+
+/* The most verbose level that is emitted (default MMS_LOG_INFO). */
+int mms_log_level(void);
+void mms_log_set_level(int level);
+
+/* Parse "err", "warning", "notice", "info" or "debug" into *level.
+ * Returns 0, or MMS_EINVAL (and *level untouched) for any other text. */
+int mms_log_level_parse(const char *name, int *level);
+
+/* "err" ... "debug" for a level in range, "?" otherwise. */
+const char *mms_log_level_name(int level);
+
+/* Install fn as the sink (NULL restores the stderr sink). ud is borrowed. */
+void mms_log_set_sink(mms_log_fn fn, void *ud);
+
+/* Point the stderr sink at fd and decide its line format: "<N>message" when $JOURNAL_STREAM
+ * names fd's device and inode (systemd.exec(5)), so journald takes the priority from the
+ * prefix; otherwise "YYYY-MM-DDTHH:MM:SS.mmmZ level: message". Returns whether the journal
+ * format was chosen. */
+bool mms_log_stderr_open(int fd);
+
+/* The stderr sink itself, for callers that chain sinks. */
+void mms_log_stderr_sink(int level, const char *msg, void *ud);
+
+/* Format and emit; use the mms_log() macro, which skips formatting for disabled levels. */
+void mms__log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void mms__vlog(int level, const char *fmt, va_list ap);
+
+#define mms_log(level, ...)                                                                        \
+    do {                                                                                           \
+        if ((level) <= mms_log_level())                                                            \
+            mms__log((level), __VA_ARGS__);                                                        \
+    } while (0)
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

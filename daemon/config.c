@@ -1,0 +1,804 @@
+/* Configuration: one declarative table of keys, read with inih. Threads: loop thread. */
+#include "daemon/config.h"
+
+#include <errno.h>
+#include <ini.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/log.h"
+
+enum cfg_type {
+    T_STR,  /* any text, char * */
+    T_PATH, /* a path, char *; relative paths are resolved against the file's directory */
+    T_AE,   /* a DICOM AE title: 1 to 16 printable ASCII characters, no backslash; char * */
+    T_UINT, /* unsigned */
+    T_U64,  /* uint64_t */
+    T_DBL,  /* double */
+    T_BOOL, /* bool: yes or no */
+    T_ENUM, /* int, from a list of choices */
+};
+
+/* Flags of a key. */
+#define RELOAD 0x1 /* a running daemon applies a new value on SIGHUP */
+#define NOTYET 0x2 /* the feature is not built yet: only the default value is accepted */
+
+struct choice {
+    const char *name;
+    int value;
+};
+
+struct cfg_key {
+    const char *section; /* NULL in the destination table */
+    const char *key;
+    enum cfg_type type;
+    size_t offset;
+    const char *def;              /* parsed by the same code as the file; NULL = zero/NULL */
+    double min, max;              /* for T_UINT, T_U64, T_DBL */
+    const struct choice *choices; /* for T_ENUM, ends with {NULL, 0} */
+    unsigned flags;
+};
+
+static const struct choice log_levels[] = {{"err", 3},  {"warning", 4}, {"notice", 5},
+                                           {"info", 6}, {"debug", 7},   {NULL, 0}};
+static const struct choice backends[] = {
+    {"auto", MMS_BACKEND_AUTO}, {"cpu", MMS_BACKEND_CPU}, {"cuda", MMS_BACKEND_CUDA}, {NULL, 0}};
+static const struct choice precisions[] = {{"fp32", MMS_PRECISION_FP32},
+                                           {"fp16", MMS_PRECISION_FP16},
+                                           {"bf16", MMS_PRECISION_BF16},
+                                           {NULL, 0}};
+static const struct choice exports[] = {
+    {"exact", MMS_EXPORT_EXACT}, {"fast", MMS_EXPORT_FAST}, {NULL, 0}};
+static const struct choice sop_classes[] = {
+    {"ct", MMS_ACCEPT_CT}, {"all", MMS_ACCEPT_ALL}, {NULL, 0}};
+static const struct choice empty_frames[] = {
+    {"omit", MMS_EMPTY_FRAMES_OMIT}, {"keep", MMS_EMPTY_FRAMES_KEEP}, {NULL, 0}};
+static const struct choice dest_types[] = {
+    {"dicom", MMS_DEST_DICOM}, {"folder", MMS_DEST_FOLDER}, {NULL, 0}};
+
+#define OFF(field) offsetof(struct mms_config, field)
+#define DOFF(field) offsetof(struct mms_dest_config, field)
+#define UMAX 4294967295.0
+
+/* The keys, in the order check-config prints them. Units are in the names. */
+static const struct cfg_key main_keys[] = {
+    {"daemon", "state_dir", T_PATH, OFF(daemon.state_dir), "/var/lib/mmsegd", 0, 0, NULL, 0},
+    {"daemon", "log_level", T_ENUM, OFF(daemon.log_level), "info", 0, 0, log_levels, RELOAD},
+    {"daemon", "workers", T_UINT, OFF(daemon.workers), "2", 1, 64, NULL, NOTYET},
+    {"daemon", "metrics_listen", T_STR, OFF(daemon.metrics_listen), "", 0, 0, NULL, NOTYET},
+
+    {"scp", "ae_title", T_AE, OFF(scp.ae_title), "MMSEGD", 0, 0, NULL, NOTYET},
+    {"scp", "bind", T_STR, OFF(scp.bind), "0.0.0.0", 0, 0, NULL, NOTYET},
+    {"scp", "port", T_UINT, OFF(scp.port), "11112", 1, 65535, NULL, NOTYET},
+    {"scp", "allowed_calling_aes", T_STR, OFF(scp.allowed_calling_aes), "", 0, 0, NULL, NOTYET},
+    {"scp", "allowed_hosts", T_STR, OFF(scp.allowed_hosts), "", 0, 0, NULL, NOTYET},
+    {"scp", "max_associations", T_UINT, OFF(scp.max_associations), "16", 1, 1024, NULL, NOTYET},
+    {"scp", "max_pdu", T_UINT, OFF(scp.max_pdu), "65536", 4096, 131072, NULL, NOTYET},
+    {"scp", "timeout_s", T_UINT, OFF(scp.timeout_s), "30", 1, 3600, NULL, NOTYET},
+    {"scp", "min_free_mb", T_UINT, OFF(scp.min_free_mb), "1024", 0, UMAX, NULL, NOTYET},
+    {"scp", "accept_sop_classes", T_ENUM, OFF(scp.accept_sop_classes), "ct", 0, 0, sop_classes,
+     NOTYET},
+    {"scp", "tls_cert", T_PATH, OFF(scp.tls_cert), "", 0, 0, NULL, NOTYET},
+    {"scp", "tls_key", T_PATH, OFF(scp.tls_key), "", 0, 0, NULL, NOTYET},
+    {"scp", "tls_ca", T_PATH, OFF(scp.tls_ca), "", 0, 0, NULL, NOTYET},
+
+    {"drop", "dir", T_PATH, OFF(drop.dir), "", 0, 0, NULL, NOTYET},
+    {"drop", "stable_s", T_UINT, OFF(drop.stable_s), "5", 1, 86400, NULL, NOTYET},
+    {"drop", "scan_s", T_UINT, OFF(drop.scan_s), "30", 1, 86400, NULL, NOTYET},
+
+    {"series", "stable_age_s", T_UINT, OFF(series.stable_age_s), "20", 1, 86400, NULL, NOTYET},
+    {"series", "min_slices", T_UINT, OFF(series.min_slices), "10", 1, 100000, NULL, NOTYET},
+    {"series", "body_parts", T_STR, OFF(series.body_parts), "", 0, 0, NULL, NOTYET},
+    {"series", "description_include", T_STR, OFF(series.description_include), "", 0, 0, NULL,
+     NOTYET},
+    {"series", "description_exclude", T_STR, OFF(series.description_exclude), "", 0, 0, NULL,
+     NOTYET},
+    {"series", "max_slice_thickness_mm", T_DBL, OFF(series.max_slice_thickness_mm), "0", 0, 1000,
+     NULL, NOTYET},
+    {"series", "max_gap_ratio", T_DBL, OFF(series.max_gap_ratio), "2.0", 1.01, 100, NULL, NOTYET},
+    {"series", "allow_gaps", T_BOOL, OFF(series.allow_gaps), "no", 0, 0, NULL, NOTYET},
+    {"series", "max_voxels", T_U64, OFF(series.max_voxels), "1000000000", 1, 1e12, NULL, NOTYET},
+
+    {"infer", "model", T_PATH, OFF(infer.model), "/usr/share/mmsegd/models/demo.safetensors", 0, 0,
+     NULL, NOTYET},
+    {"infer", "backend", T_ENUM, OFF(infer.backend), "auto", 0, 0, backends, NOTYET},
+    {"infer", "device", T_UINT, OFF(infer.device), "0", 0, 63, NULL, NOTYET},
+    {"infer", "threads", T_UINT, OFF(infer.threads), "0", 0, 1024, NULL, NOTYET},
+    {"infer", "tta", T_BOOL, OFF(infer.tta), "yes", 0, 0, NULL, NOTYET},
+    {"infer", "tile_step", T_DBL, OFF(infer.tile_step), "0.5", 0.1, 1.0, NULL, NOTYET},
+    {"infer", "max_memory_mb", T_UINT, OFF(infer.max_memory_mb), "0", 0, UMAX, NULL, NOTYET},
+    {"infer", "precision", T_ENUM, OFF(infer.precision), "fp32", 0, 0, precisions, NOTYET},
+    {"infer", "export", T_ENUM, OFF(infer.export_mode), "exact", 0, 0, exports, NOTYET},
+
+    {"seg", "empty_frames", T_ENUM, OFF(seg.empty_frames), "omit", 0, 0, empty_frames, NOTYET},
+    {"seg", "series_description", T_STR, OFF(seg.series_description), "", 0, 0, NULL, NOTYET},
+};
+
+/* The keys of each [destination NAME] section. Destinations are not built yet: any
+ * destination section is refused after its keys were checked. */
+static const struct cfg_key dest_keys[] = {
+    {NULL, "type", T_ENUM, DOFF(type), "dicom", 0, 0, dest_types, 0},
+    {NULL, "ae_title", T_AE, DOFF(ae_title), NULL, 0, 0, NULL, 0},
+    {NULL, "host", T_STR, DOFF(host), NULL, 0, 0, NULL, 0},
+    {NULL, "port", T_UINT, DOFF(port), NULL, 1, 65535, NULL, 0},
+    {NULL, "calling_ae", T_AE, DOFF(calling_ae), "MMSEGD", 0, 0, NULL, 0},
+    {NULL, "tls", T_BOOL, DOFF(tls), "no", 0, 0, NULL, 0},
+    {NULL, "path", T_PATH, DOFF(path), NULL, 0, 0, NULL, 0},
+    {NULL, "retry_initial_s", T_UINT, DOFF(retry_initial_s), "10", 1, 86400, NULL, 0},
+    {NULL, "retry_multiplier", T_DBL, DOFF(retry_multiplier), "2.0", 1.0, 10.0, NULL, 0},
+    {NULL, "retry_max_s", T_UINT, DOFF(retry_max_s), "900", 1, 604800, NULL, 0},
+    {NULL, "retry_max_age_s", T_UINT, DOFF(retry_max_age_s), "86400", 1, 2592000, NULL, 0},
+};
+
+#define N_MAIN (sizeof main_keys / sizeof main_keys[0])
+#define N_DEST (sizeof dest_keys / sizeof dest_keys[0])
+#define DEST_NAME_MAX 64
+
+static const char *const sections[] = {"daemon", "scp", "drop", "series", "infer", "seg"};
+
+enum sec_kind { SEC_NONE, SEC_MAIN, SEC_DEST, SEC_BAD };
+
+struct dest_lines {
+    unsigned header;
+    unsigned key[N_DEST];
+};
+
+struct loader {
+    const char *path;
+    char *dir; /* directory of path, for relative paths */
+    FILE *f;
+    char *buf; /* getline buffer */
+    size_t cap;
+    unsigned lineno;
+
+    enum sec_kind sec;
+    const char *sec_name; /* points into sections[] for SEC_MAIN */
+    struct mms_dest_config *dest;
+    struct dest_lines *dest_lines;
+
+    struct mms_config *cfg;
+    unsigned key_line[N_MAIN];
+    struct dest_lines *lines; /* one per cfg->dests entry */
+
+    char *err;
+    size_t errlen, errused;
+    int nerr;
+    bool oom;
+};
+
+static void report(struct loader *ld, unsigned line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void
+report(struct loader *ld, unsigned line, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    ld->nerr++;
+    if (ld->err == NULL || ld->errused + 1 >= ld->errlen)
+        return;
+    if (line > 0)
+        n = snprintf(ld->err + ld->errused, ld->errlen - ld->errused, "%s:%u: ", ld->path, line);
+    else
+        n = snprintf(ld->err + ld->errused, ld->errlen - ld->errused, "%s: ", ld->path);
+    if (n < 0 || (size_t)n >= ld->errlen - ld->errused)
+        goto full;
+    ld->errused += (size_t)n;
+    va_start(ap, fmt);
+    n = vsnprintf(ld->err + ld->errused, ld->errlen - ld->errused, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n + 1 >= ld->errlen - ld->errused)
+        goto full;
+    ld->errused += (size_t)n;
+    ld->err[ld->errused++] = '\n';
+    ld->err[ld->errused] = '\0';
+    return;
+full:
+    ld->errused = ld->errlen; /* keep what fitted, add nothing more */
+}
+
+static char **
+str_field(void *base, const struct cfg_key *k)
+{
+    return (char **)((char *)base + k->offset);
+}
+
+static const char *
+section_label(const struct loader *ld, char *tmp, size_t len)
+{
+    if (ld->sec == SEC_DEST)
+        snprintf(tmp, len, "destination %s", ld->dest->name);
+    else
+        snprintf(tmp, len, "%s", ld->sec_name);
+    return tmp;
+}
+
+static bool
+valid_ae(const char *s)
+{
+    size_t n = strlen(s);
+    bool nonblank = false;
+
+    if (n == 0 || n > 16)
+        return false;
+    for (const char *p = s; *p != '\0'; p++) {
+        if (*p < 0x20 || *p > 0x7e || *p == '\\')
+            return false;
+        if (*p != ' ')
+            nonblank = true;
+    }
+    return nonblank;
+}
+
+/* Parse text for key k into base. Returns 0, MMS_ENOMEM, or MMS_EINVAL with why[] filled. */
+static int
+parse_value(const struct loader *ld, const struct cfg_key *k, const char *text, void *base,
+            char *why, size_t whylen)
+{
+    void *field = (char *)base + k->offset;
+    char *end;
+
+    switch (k->type) {
+    case T_STR:
+    case T_PATH:
+    case T_AE: {
+        char *copy;
+        if (k->type == T_AE && !valid_ae(text)) {
+            snprintf(why, whylen,
+                     "'%s' is not an AE title (1 to 16 printable characters, no backslash)", text);
+            return MMS_EINVAL;
+        }
+        if (k->type == T_PATH && text[0] != '\0' && text[0] != '/' && ld != NULL &&
+            ld->dir != NULL) {
+            size_t len = strlen(ld->dir) + 1 + strlen(text) + 1;
+            copy = malloc(len);
+            if (copy != NULL)
+                snprintf(copy, len, "%s/%s", ld->dir, text);
+        } else {
+            copy = strdup(text);
+        }
+        if (copy == NULL)
+            return MMS_ENOMEM;
+        free(*(char **)field);
+        *(char **)field = copy;
+        return 0;
+    }
+    case T_UINT:
+    case T_U64: {
+        unsigned long long v;
+        if (text[0] < '0' || text[0] > '9') {
+            snprintf(why, whylen, "'%s' is not an unsigned integer", text);
+            return MMS_EINVAL;
+        }
+        errno = 0;
+        v = strtoull(text, &end, 10);
+        if (*end != '\0') {
+            snprintf(why, whylen, "'%s' is not an unsigned integer", text);
+            return MMS_EINVAL;
+        }
+        if (errno == ERANGE || (double)v < k->min || (double)v > k->max) {
+            snprintf(why, whylen, "%s is out of range (%.0f to %.0f)", text, k->min, k->max);
+            return MMS_EINVAL;
+        }
+        if (k->type == T_UINT)
+            *(unsigned *)field = (unsigned)v;
+        else
+            *(uint64_t *)field = (uint64_t)v;
+        return 0;
+    }
+    case T_DBL: {
+        double v;
+        errno = 0;
+        v = strtod(text, &end);
+        if (text[0] == '\0' || *end != '\0' || !isfinite(v)) {
+            snprintf(why, whylen, "'%s' is not a number", text);
+            return MMS_EINVAL;
+        }
+        if (v < k->min || v > k->max) {
+            snprintf(why, whylen, "%s is out of range (%g to %g)", text, k->min, k->max);
+            return MMS_EINVAL;
+        }
+        *(double *)field = v;
+        return 0;
+    }
+    case T_BOOL:
+        if (strcmp(text, "yes") == 0) {
+            *(bool *)field = true;
+        } else if (strcmp(text, "no") == 0) {
+            *(bool *)field = false;
+        } else {
+            snprintf(why, whylen, "'%s' is not a boolean (yes or no)", text);
+            return MMS_EINVAL;
+        }
+        return 0;
+    case T_ENUM: {
+        size_t used;
+        for (const struct choice *c = k->choices; c->name != NULL; c++) {
+            if (strcmp(text, c->name) == 0) {
+                *(int *)field = c->value;
+                return 0;
+            }
+        }
+        used = (size_t)snprintf(why, whylen, "'%s' is not one of", text);
+        for (const struct choice *c = k->choices; c->name != NULL && used < whylen; c++)
+            used += (size_t)snprintf(why + used, whylen - used, "%s %s", c == k->choices ? "" : ",",
+                                     c->name);
+        return MMS_EINVAL;
+    }
+    }
+    return MMS_EINVAL;
+}
+
+/* Fill base with the defaults of a table. Returns 0 or MMS_ENOMEM. */
+static int
+apply_defaults(const struct cfg_key *keys, size_t n, void *base)
+{
+    char why[256];
+
+    for (size_t i = 0; i < n; i++) {
+        int rc;
+        if (keys[i].def == NULL)
+            continue;
+        rc = parse_value(NULL, &keys[i], keys[i].def, base, why, sizeof why);
+        if (rc == MMS_ENOMEM)
+            return rc;
+        if (rc < 0) /* the table itself is wrong: a programming error */
+            mms_log(MMS_LOG_ERR, "config: default of %s: %s", keys[i].key, why);
+    }
+    return 0;
+}
+
+static void
+free_fields(const struct cfg_key *keys, size_t n, void *base)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (keys[i].type == T_STR || keys[i].type == T_PATH || keys[i].type == T_AE) {
+            free(*str_field(base, &keys[i]));
+            *str_field(base, &keys[i]) = NULL;
+        }
+    }
+}
+
+static bool
+field_equal(const struct cfg_key *k, const void *a, const void *b)
+{
+    const char *fa = (const char *)a + k->offset;
+    const char *fb = (const char *)b + k->offset;
+
+    switch (k->type) {
+    case T_STR:
+    case T_PATH:
+    case T_AE: {
+        const char *sa = *(char *const *)fa, *sb = *(char *const *)fb;
+        return strcmp(sa != NULL ? sa : "", sb != NULL ? sb : "") == 0;
+    }
+    case T_UINT:
+        return *(const unsigned *)fa == *(const unsigned *)fb;
+    case T_U64:
+        return *(const uint64_t *)fa == *(const uint64_t *)fb;
+    case T_DBL:
+        return *(const double *)fa == *(const double *)fb;
+    case T_BOOL:
+        return *(const bool *)fa == *(const bool *)fb;
+    case T_ENUM:
+        return *(const int *)fa == *(const int *)fb;
+    }
+    return false;
+}
+
+static void
+format_value(const struct cfg_key *k, const void *base, char *out, size_t len)
+{
+    const char *f = (const char *)base + k->offset;
+
+    switch (k->type) {
+    case T_STR:
+    case T_PATH:
+    case T_AE: {
+        const char *s = *(char *const *)f;
+        snprintf(out, len, "%s", s != NULL ? s : "");
+        return;
+    }
+    case T_UINT:
+        snprintf(out, len, "%u", *(const unsigned *)f);
+        return;
+    case T_U64:
+        snprintf(out, len, "%llu", (unsigned long long)*(const uint64_t *)f);
+        return;
+    case T_DBL:
+        /* "2.0" rather than "2": the text reads back as the same number and looks like one. */
+        snprintf(out, len, "%.15g", *(const double *)f);
+        if (strpbrk(out, ".einn") == NULL && strlen(out) + 2 < len)
+            strcat(out, ".0");
+        return;
+    case T_BOOL:
+        snprintf(out, len, "%s", *(const bool *)f ? "yes" : "no");
+        return;
+    case T_ENUM:
+        for (const struct choice *c = k->choices; c->name != NULL; c++) {
+            if (c->value == *(const int *)f) {
+                snprintf(out, len, "%s", c->name);
+                return;
+            }
+        }
+        snprintf(out, len, "?");
+        return;
+    }
+}
+
+static char *
+trim(char *s)
+{
+    char *e;
+    while (*s == ' ' || *s == '\t')
+        s++;
+    e = s + strlen(s);
+    while (e > s && (e[-1] == ' ' || e[-1] == '\t' || e[-1] == '\r' || e[-1] == '\n'))
+        *--e = '\0';
+    return s;
+}
+
+static bool
+valid_dest_name(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > DEST_NAME_MAX)
+        return false;
+    for (; *s != '\0'; s++) {
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || (*s >= '0' && *s <= '9') ||
+              *s == '_' || *s == '-' || *s == '.'))
+            return false;
+    }
+    return true;
+}
+
+/* A section header line: "[name]" with an optional comment after it. */
+static void
+begin_section(struct loader *ld, char *line)
+{
+    char *close = strchr(line, ']');
+    char *name, *rest;
+
+    ld->sec = SEC_BAD;
+    ld->dest = NULL;
+    if (close == NULL) {
+        report(ld, ld->lineno, "section header without ']'");
+        return;
+    }
+    *close = '\0';
+    rest = trim(close + 1);
+    if (rest[0] != '\0' && rest[0] != ';' && rest[0] != '#') {
+        report(ld, ld->lineno, "text after the section header: '%s'", rest);
+        return;
+    }
+    name = trim(line + 1);
+    for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
+        if (strcmp(name, sections[i]) == 0) {
+            ld->sec = SEC_MAIN;
+            ld->sec_name = sections[i];
+            return;
+        }
+    }
+    if (strncmp(name, "destination", 11) == 0 && (name[11] == ' ' || name[11] == '\0')) {
+        char *dname = trim(name + 11);
+        struct mms_config *cfg = ld->cfg;
+        struct mms_dest_config *d;
+        struct dest_lines *dl;
+
+        if (!valid_dest_name(dname)) {
+            report(ld, ld->lineno,
+                   "[%s]: a destination needs a name of 1 to %d letters, digits, '_', '-' or "
+                   "'.': [destination NAME]",
+                   name, DEST_NAME_MAX);
+            return;
+        }
+        for (size_t i = 0; i < cfg->n_dests; i++) {
+            if (strcmp(cfg->dests[i].name, dname) == 0) {
+                report(ld, ld->lineno, "[destination %s]: duplicate destination (first at line %u)",
+                       dname, ld->lines[i].header);
+                return;
+            }
+        }
+        d = realloc(cfg->dests, (cfg->n_dests + 1) * sizeof *d);
+        if (d == NULL)
+            goto oom;
+        cfg->dests = d;
+        dl = realloc(ld->lines, (cfg->n_dests + 1) * sizeof *dl);
+        if (dl == NULL)
+            goto oom;
+        ld->lines = dl;
+        d = &cfg->dests[cfg->n_dests];
+        dl = &ld->lines[cfg->n_dests];
+        memset(d, 0, sizeof *d);
+        memset(dl, 0, sizeof *dl);
+        cfg->n_dests++; /* counted now so that mms_config_free() releases it */
+        dl->header = ld->lineno;
+        d->name = strdup(dname);
+        if (d->name == NULL || apply_defaults(dest_keys, N_DEST, d) < 0)
+            goto oom;
+        ld->sec = SEC_DEST;
+        ld->dest = d;
+        ld->dest_lines = dl;
+        return;
+    }
+    report(ld, ld->lineno, "[%s]: unknown section", name);
+    return;
+oom:
+    ld->oom = true;
+}
+
+/* inih reader: reads whole lines itself so that long lines are refused rather than split,
+ * handles section headers, and hands inih only lines that fit its buffer. */
+static char *
+read_line(char *str, int num, void *stream)
+{
+    struct loader *ld = stream;
+    ssize_t n;
+    char *line;
+    size_t max = num > 3 ? (size_t)num - 3 : 0; /* inih's buffer holds '\r', '\n', '\0' too */
+
+    n = getline(&ld->buf, &ld->cap, ld->f);
+    if (n < 0)
+        return NULL;
+    ld->lineno++;
+    line = ld->buf;
+    if (ld->lineno == 1 && strncmp(line, "\xEF\xBB\xBF", 3) == 0)
+        line += 3;
+    while (n > 0 && (ld->buf[n - 1] == '\n' || ld->buf[n - 1] == '\r'))
+        ld->buf[--n] = '\0';
+    if (strlen(line) != (size_t)(ld->buf + n - line)) {
+        report(ld, ld->lineno, "NUL byte in line");
+        str[0] = '\0';
+        return str;
+    }
+    /* Leading blanks are dropped: an indented line would otherwise continue the previous
+     * value (inih's multi-line values), which this format does not have. */
+    line = trim(line);
+    str[0] = '\0';
+    if (strlen(line) > max) {
+        report(ld, ld->lineno, "line longer than %zu characters", max);
+        return str;
+    }
+    if (line[0] == '\0' || line[0] == ';' || line[0] == '#')
+        return str;
+    if (line[0] == '[') {
+        begin_section(ld, line);
+        return str;
+    }
+    if (strpbrk(line, "=:") == NULL) {
+        report(ld, ld->lineno, "expected 'key = value'");
+        return str;
+    }
+    memcpy(str, line, strlen(line) + 1);
+    return str;
+}
+
+static int
+on_key(void *user, const char *section, const char *name, const char *value)
+{
+    struct loader *ld = user;
+    const struct cfg_key *keys;
+    size_t n;
+    void *base;
+    unsigned *lines;
+    char label[DEST_NAME_MAX + 16];
+    char why[512];
+    int rc;
+
+    (void)section; /* tracked by read_line(), which sees every header */
+    switch (ld->sec) {
+    case SEC_NONE:
+        report(ld, ld->lineno, "%s: key outside any section", name);
+        return 1;
+    case SEC_BAD:
+        return 1; /* the header was reported */
+    case SEC_MAIN:
+        keys = main_keys;
+        n = N_MAIN;
+        base = ld->cfg;
+        lines = ld->key_line;
+        break;
+    case SEC_DEST:
+        keys = dest_keys;
+        n = N_DEST;
+        base = ld->dest;
+        lines = ld->dest_lines->key;
+        break;
+    default:
+        return 1;
+    }
+    section_label(ld, label, sizeof label);
+    for (size_t i = 0; i < n; i++) {
+        if ((keys[i].section != NULL && strcmp(keys[i].section, ld->sec_name) != 0) ||
+            strcmp(keys[i].key, name) != 0)
+            continue;
+        if (lines[i] != 0) {
+            report(ld, ld->lineno, "[%s] %s: set twice (first at line %u)", label, name, lines[i]);
+            return 1;
+        }
+        lines[i] = ld->lineno;
+        rc = parse_value(ld, &keys[i], value, base, why, sizeof why);
+        if (rc == MMS_ENOMEM)
+            ld->oom = true;
+        else if (rc < 0)
+            report(ld, ld->lineno, "[%s] %s: %s", label, name, why);
+        return 1;
+    }
+    report(ld, ld->lineno, "[%s] %s: unknown key", label, name);
+    return 1;
+}
+
+/* Checks that need the whole file: keys of features not built yet, destination fields. */
+static int
+validate(struct loader *ld)
+{
+    struct mms_config def;
+
+    memset(&def, 0, sizeof def);
+    if (apply_defaults(main_keys, N_MAIN, &def) < 0) {
+        free_fields(main_keys, N_MAIN, &def);
+        return MMS_ENOMEM;
+    }
+    for (size_t i = 0; i < N_MAIN; i++) {
+        char dv[512];
+        if (!(main_keys[i].flags & NOTYET) || ld->key_line[i] == 0 ||
+            field_equal(&main_keys[i], ld->cfg, &def))
+            continue;
+        format_value(&main_keys[i], &def, dv, sizeof dv);
+        report(ld, ld->key_line[i],
+               "[%s] %s: not supported yet (only the default '%s' is accepted)",
+               main_keys[i].section, main_keys[i].key, dv);
+    }
+    free_fields(main_keys, N_MAIN, &def);
+
+    for (size_t i = 0; i < ld->cfg->n_dests; i++) {
+        const struct mms_dest_config *d = &ld->cfg->dests[i];
+        unsigned h = ld->lines[i].header;
+        if (d->type == MMS_DEST_DICOM && (d->ae_title == NULL || d->host == NULL || d->port == 0))
+            report(ld, h, "[destination %s]: type dicom needs ae_title, host and port", d->name);
+        if (d->type == MMS_DEST_FOLDER && (d->path == NULL || d->path[0] == '\0'))
+            report(ld, h, "[destination %s]: type folder needs path", d->name);
+        report(ld, h, "[destination %s]: destinations are not supported yet", d->name);
+    }
+    return 0;
+}
+
+int
+mms_config_load(const char *path, struct mms_config **out, char *errbuf, size_t errlen)
+{
+    struct loader ld;
+    const char *slash;
+    int rc;
+
+    if (path == NULL || out == NULL)
+        return MMS_EINVAL;
+    memset(&ld, 0, sizeof ld);
+    ld.path = path;
+    ld.err = errlen > 0 ? errbuf : NULL;
+    ld.errlen = errlen;
+    if (ld.err != NULL)
+        ld.err[0] = '\0';
+
+    ld.cfg = calloc(1, sizeof *ld.cfg);
+    if (ld.cfg == NULL)
+        goto oom;
+    ld.cfg->path = strdup(path);
+    slash = strrchr(path, '/');
+    ld.dir =
+        slash == NULL ? strdup(".") : strndup(path, slash == path ? 1 : (size_t)(slash - path));
+    if (ld.cfg->path == NULL || ld.dir == NULL)
+        goto oom;
+    if (apply_defaults(main_keys, N_MAIN, ld.cfg) < 0)
+        goto oom;
+
+    ld.f = fopen(path, "re");
+    if (ld.f == NULL) {
+        rc = mms_err_errno();
+        report(&ld, 0, "cannot open: %s", mms_strerror(rc));
+        goto fail;
+    }
+    rc = ini_parse_stream(read_line, &ld, on_key, &ld);
+    if (ferror(ld.f)) {
+        rc = MMS_EIO;
+        report(&ld, 0, "read error after line %u", ld.lineno);
+        goto fail;
+    }
+    if (rc < 0) /* inih could not allocate its line buffer */
+        goto oom;
+    if (ld.oom)
+        goto oom;
+    /* Whole-file checks only make sense once every line parsed. */
+    if (ld.nerr == 0 && validate(&ld) < 0)
+        goto oom;
+    if (ld.nerr > 0) {
+        rc = MMS_ECONFIG;
+        goto fail;
+    }
+    fclose(ld.f);
+    free(ld.buf);
+    free(ld.dir);
+    free(ld.lines);
+    *out = ld.cfg;
+    return 0;
+
+oom:
+    rc = MMS_ENOMEM;
+    report(&ld, 0, "out of memory");
+fail:
+    if (ld.f != NULL)
+        fclose(ld.f);
+    free(ld.buf);
+    free(ld.dir);
+    free(ld.lines);
+    mms_config_free(ld.cfg);
+    return rc;
+}
+
+void
+mms_config_free(struct mms_config *cfg)
+{
+    if (cfg == NULL)
+        return;
+    free_fields(main_keys, N_MAIN, cfg);
+    for (size_t i = 0; i < cfg->n_dests; i++) {
+        free_fields(dest_keys, N_DEST, &cfg->dests[i]);
+        free(cfg->dests[i].name);
+    }
+    free(cfg->dests);
+    free(cfg->path);
+    free(cfg);
+}
+
+void
+mms_config_print(const struct mms_config *cfg, FILE *f)
+{
+    const char *sec = NULL;
+    char v[4096];
+
+    fprintf(f, "; effective configuration of %s\n", cfg->path);
+    for (size_t i = 0; i < N_MAIN; i++) {
+        if (sec == NULL || strcmp(sec, main_keys[i].section) != 0) {
+            sec = main_keys[i].section;
+            fprintf(f, "\n[%s]\n", sec);
+        }
+        format_value(&main_keys[i], cfg, v, sizeof v);
+        fprintf(f, "%s = %s\n", main_keys[i].key, v);
+    }
+    for (size_t d = 0; d < cfg->n_dests; d++) {
+        fprintf(f, "\n[destination %s]\n", cfg->dests[d].name);
+        for (size_t i = 0; i < N_DEST; i++) {
+            format_value(&dest_keys[i], &cfg->dests[d], v, sizeof v);
+            fprintf(f, "%s = %s\n", dest_keys[i].key, v);
+        }
+    }
+}
+
+int
+mms_config_restart_keys(const struct mms_config *old_cfg, const struct mms_config *new_cfg,
+                        void (*fn)(const char *section, const char *key, void *ud), void *ud)
+{
+    int count = 0;
+    bool dests_same = old_cfg->n_dests == new_cfg->n_dests;
+
+    for (size_t i = 0; i < N_MAIN; i++) {
+        if ((main_keys[i].flags & RELOAD) || field_equal(&main_keys[i], old_cfg, new_cfg))
+            continue;
+        fn(main_keys[i].section, main_keys[i].key, ud);
+        count++;
+    }
+    for (size_t d = 0; dests_same && d < old_cfg->n_dests; d++) {
+        if (strcmp(old_cfg->dests[d].name, new_cfg->dests[d].name) != 0)
+            dests_same = false;
+        for (size_t i = 0; dests_same && i < N_DEST; i++)
+            dests_same = field_equal(&dest_keys[i], &old_cfg->dests[d], &new_cfg->dests[d]);
+    }
+    if (!dests_same) {
+        fn("destination", "", ud);
+        count++;
+    }
+    return count;
+}

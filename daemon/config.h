@@ -1,0 +1,122 @@
+/* Configuration: the ini file (inih) read through one declarative table of keys.
+ *
+ * A struct mms_config is immutable once loaded: SIGHUP builds a complete new one and the loop
+ * swaps it in only if it loaded without error. Threads: loading and freeing run on the loop
+ * thread (or in a one-shot command); a loaded config may be read from any thread that holds a
+ * reference to it while the loop keeps it alive. */
+#ifndef MMS_DAEMON_CONFIG_H
+#define MMS_DAEMON_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+enum mms_backend_choice { MMS_BACKEND_AUTO, MMS_BACKEND_CPU, MMS_BACKEND_CUDA };
+enum mms_precision { MMS_PRECISION_FP32, MMS_PRECISION_FP16, MMS_PRECISION_BF16 };
+enum mms_export_mode { MMS_EXPORT_EXACT, MMS_EXPORT_FAST };
+enum mms_accept_sop { MMS_ACCEPT_CT, MMS_ACCEPT_ALL };
+enum mms_empty_frames { MMS_EMPTY_FRAMES_OMIT, MMS_EMPTY_FRAMES_KEEP };
+enum mms_dest_type { MMS_DEST_DICOM, MMS_DEST_FOLDER };
+
+/* One [destination NAME] section. */
+struct mms_dest_config {
+    char *name;
+    int type; /* enum mms_dest_type */
+    char *ae_title;
+    char *host;
+    unsigned port;
+    char *calling_ae;
+    bool tls;
+    char *path;
+    unsigned retry_initial_s;
+    double retry_multiplier;
+    unsigned retry_max_s;
+    unsigned retry_max_age_s;
+};
+
+struct mms_config {
+    char *path; /* the file this was loaded from */
+    struct {
+        char *state_dir;
+        int log_level; /* enum mms_log_level */
+        unsigned workers;
+        char *metrics_listen;
+    } daemon;
+    struct {
+        char *ae_title;
+        char *bind;
+        unsigned port;
+        char *allowed_calling_aes;
+        char *allowed_hosts;
+        unsigned max_associations;
+        unsigned max_pdu;
+        unsigned timeout_s;
+        unsigned min_free_mb;
+        int accept_sop_classes; /* enum mms_accept_sop */
+        char *tls_cert;
+        char *tls_key;
+        char *tls_ca;
+    } scp;
+    struct {
+        char *dir;
+        unsigned stable_s;
+        unsigned scan_s;
+    } drop;
+    struct {
+        unsigned stable_age_s;
+        unsigned min_slices;
+        char *body_parts;
+        char *description_include;
+        char *description_exclude;
+        double max_slice_thickness_mm;
+        double max_gap_ratio;
+        bool allow_gaps;
+        uint64_t max_voxels;
+    } series;
+    struct {
+        char *model;
+        int backend; /* enum mms_backend_choice */
+        unsigned device;
+        unsigned threads;
+        bool tta;
+        double tile_step;
+        unsigned max_memory_mb;
+        int precision;   /* enum mms_precision */
+        int export_mode; /* enum mms_export_mode; the key is "export" */
+    } infer;
+    struct {
+        int empty_frames; /* enum mms_empty_frames */
+        char *series_description;
+    } seg;
+    struct mms_dest_config *dests;
+    size_t n_dests;
+};
+
+/* The configuration file used when no -c is given. */
+#ifndef MMS_DEFAULT_CONFIG
+#define MMS_DEFAULT_CONFIG "/etc/mmsegd/mmsegd.ini"
+#endif
+
+/* Load and validate the file at path. Relative paths in the file are taken relative to the
+ * directory of the file. Every problem found is described in errbuf (one line each, at most
+ * errlen bytes in all, "FILE:LINE: [section] key: reason"), not logged.
+ * Ownership: *out is new, free with mms_config_free(); written only on success.
+ * Returns 0; MMS_ECONFIG when the file has errors; -errno when it cannot be read (errbuf
+ * says why); MMS_ENOMEM. */
+int mms_config_load(const char *path, struct mms_config **out, char *errbuf, size_t errlen);
+
+/* Free cfg and everything it owns. NULL is a harmless no-op. */
+void mms_config_free(struct mms_config *cfg);
+
+/* Write the effective configuration to f as an ini file that loads back to the same values:
+ * every key of every section, defaults included, then the destinations. */
+void mms_config_print(const struct mms_config *cfg, FILE *f);
+
+/* For a reload from old to new: call fn once for each key whose new value differs from the
+ * old one but that a running daemon cannot change (it needs a restart); returns their count.
+ * Destinations count as one key named "destination". */
+int mms_config_restart_keys(const struct mms_config *old_cfg, const struct mms_config *new_cfg,
+                            void (*fn)(const char *section, const char *key, void *ud), void *ud);
+
+#endif

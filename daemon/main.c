@@ -1,0 +1,210 @@
+/* The mmsegd command line: subcommands, options, exit codes. Threads: main thread.
+ *
+ * Exit codes: 0 success, 1 a failed operation, 2 a usage or configuration error. */
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "daemon/config.h"
+#include "daemon/serve.h"
+
+#define EXIT_USAGE 2
+
+struct command {
+    const char *name;
+    const char *summary;
+    const char *usage; /* everything after "mmsegd NAME", then the option lines */
+    int (*run)(int argc, char **argv);
+};
+
+static int cmd_serve(int argc, char **argv);
+static int cmd_check_config(int argc, char **argv);
+
+static const struct command commands[] = {
+    {"serve", "run the daemon in the foreground (systemd Type=notify)",
+     "[-c FILE]\n"
+     "\n"
+     "Runs until SIGTERM or SIGINT (exit 0). SIGHUP re-reads the configuration and applies it\n"
+     "only if it is valid; otherwise the running configuration stays and the reason is logged.\n"
+     "\n"
+     "  -c, --config FILE   configuration file (default " MMS_DEFAULT_CONFIG ")\n"
+     "  -h, --help          show this help\n",
+     cmd_serve},
+    {"check-config", "validate the configuration and print the effective values",
+     "[-c FILE]\n"
+     "\n"
+     "Loads the configuration exactly as serve does. Exit 0 and the effective configuration on\n"
+     "standard output when it is valid; exit 2 and one line per problem on standard error\n"
+     "(FILE:LINE: [section] key: reason) when it is not.\n"
+     "\n"
+     "  -c, --config FILE   configuration file (default " MMS_DEFAULT_CONFIG ")\n"
+     "  -h, --help          show this help\n",
+     cmd_check_config},
+};
+
+#define N_COMMANDS (sizeof commands / sizeof commands[0])
+
+static void
+usage(FILE *f)
+{
+    fprintf(f,
+            "Usage: mmsegd COMMAND [OPTIONS]\n"
+            "       mmsegd --version | --help | help COMMAND\n"
+            "\n"
+            "Segments abdominal organs in CT series with MM-UNet and returns DICOM SEG objects.\n"
+            "\n"
+            "Commands:\n");
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        fprintf(f, "  %-14s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "\nRun 'mmsegd COMMAND --help' for the options of a command.\n");
+}
+
+static void
+command_usage(const struct command *c, FILE *f)
+{
+    fprintf(f, "Usage: mmsegd %s %s", c->name, c->usage);
+}
+
+static const struct command *
+find_command(const char *name)
+{
+    for (size_t i = 0; i < N_COMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+/* Parse the options shared by serve and check-config. Returns 0, 1 after --help (exit 0),
+ * or EXIT_USAGE after an error was printed. */
+static int
+parse_config_opt(const struct command *c, int argc, char **argv, const char **path)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    int ch;
+
+    *path = MMS_DEFAULT_CONFIG;
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            *path = optarg;
+            break;
+        case 'h':
+            command_usage(c, stdout);
+            return 1;
+        case ':':
+            fprintf(stderr, "mmsegd %s: option '%s' needs an argument\n", c->name,
+                    argv[optind - 1]);
+            return EXIT_USAGE;
+        default:
+            fprintf(stderr, "mmsegd %s: unknown option '%s'\n", c->name, argv[optind - 1]);
+            command_usage(c, stderr);
+            return EXIT_USAGE;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "mmsegd %s: unexpected argument '%s'\n", c->name, argv[optind]);
+        command_usage(c, stderr);
+        return EXIT_USAGE;
+    }
+    return 0;
+}
+
+/* Load the configuration or print why not. Returns 0, or the exit code. */
+static int
+load_config(const char *path, struct mms_config **cfg)
+{
+    char err[8192];
+    int rc = mms_config_load(path, cfg, err, sizeof err);
+
+    if (rc == 0)
+        return 0;
+    fputs(err, stderr);
+    if (rc == MMS_ECONFIG)
+        fprintf(stderr, "%s: invalid configuration\n", path);
+    return rc == MMS_ECONFIG || rc == MMS_ENOENT || rc == MMS_EACCES ? EXIT_USAGE : EXIT_FAILURE;
+}
+
+static int
+cmd_check_config(int argc, char **argv)
+{
+    struct mms_config *cfg;
+    const char *path;
+    int rc = parse_config_opt(find_command("check-config"), argc, argv, &path);
+
+    if (rc != 0)
+        return rc == 1 ? EXIT_SUCCESS : rc;
+    rc = load_config(path, &cfg);
+    if (rc != 0)
+        return rc;
+    mms_config_print(cfg, stdout);
+    mms_config_free(cfg);
+    return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+static int
+cmd_serve(int argc, char **argv)
+{
+    struct mms_config *cfg;
+    const char *path;
+    int rc = parse_config_opt(find_command("serve"), argc, argv, &path);
+
+    if (rc != 0)
+        return rc == 1 ? EXIT_SUCCESS : rc;
+    rc = load_config(path, &cfg);
+    if (rc != 0)
+        return rc;
+    mms_log_stderr_open(STDERR_FILENO);
+    rc = mms_serve(cfg); /* takes ownership of cfg */
+    return rc == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+int
+main(int argc, char **argv)
+{
+    const struct command *c;
+
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
+        printf("mmsegd %s\n", PACKAGE_VERSION);
+        return EXIT_SUCCESS;
+    }
+    if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
+        usage(stdout);
+        return EXIT_SUCCESS;
+    }
+    if (strcmp(argv[1], "help") == 0) {
+        if (argc == 2) {
+            usage(stdout);
+            return EXIT_SUCCESS;
+        }
+        c = find_command(argv[2]);
+        if (c == NULL) {
+            fprintf(stderr, "mmsegd: unknown command '%s'\n", argv[2]);
+            return EXIT_USAGE;
+        }
+        command_usage(c, stdout);
+        return EXIT_SUCCESS;
+    }
+    if (strcmp(argv[1], "--check-config") == 0)
+        return cmd_check_config(argc - 1, argv + 1);
+    c = find_command(argv[1]);
+    if (c == NULL) {
+        fprintf(stderr, "mmsegd: unknown command '%s'\n\n", argv[1]);
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    return c->run(argc - 1, argv + 1);
+}

@@ -1,0 +1,74 @@
+#!/bin/bash
+# The command line: version, help, exit codes, check-config on the shipped files, and that
+# etc/mmsegd.ini documents every key of the configuration table with its default.
+set -u
+srcdir=${srcdir:-.}
+MMSEGD=${MMSEGD:-./mmsegd}
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/test-cli.XXXXXX") || exit 1
+trap 'rm -rf "$tmp"' EXIT
+
+n=0
+failed=0
+ok() { # ok STATUS DESCRIPTION
+    n=$((n + 1))
+    if [ "$1" -eq 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=1; fi
+}
+diag() { printf '%s\n' "$1" | sed 's/^/# /'; }
+
+echo "1..14"
+
+out=$("$MMSEGD" --version); rc=$?
+[ $rc -eq 0 ] && [[ $out =~ ^mmsegd\ [0-9]+\.[0-9]+\.[0-9]+$ ]]; ok $? "--version: $out"
+
+out=$("$MMSEGD" --help); rc=$?
+cmds=$(printf '%s\n' "$out" | sed -n '/^Commands:/,/^$/p' | awk 'NF && !/^Commands:/ {print $1}' | tr '\n' ' ')
+[ $rc -eq 0 ] && [ "$cmds" = "serve check-config " ]; ok $? "--help lists the working commands: $cmds"
+
+out=$("$MMSEGD" serve --help); rc=$?
+[ $rc -eq 0 ] && [[ $out == "Usage: mmsegd serve "* ]]; ok $? "serve --help"
+out=$("$MMSEGD" help check-config); rc=$?
+[ $rc -eq 0 ] && [[ $out == "Usage: mmsegd check-config "* ]]; ok $? "help check-config"
+
+"$MMSEGD" frobnicate >/dev/null 2>&1; rc=$?
+[ $rc -eq 2 ]; ok $? "an unknown command exits 2 (got $rc)"
+"$MMSEGD" serve --bogus >/dev/null 2>&1; rc=$?
+[ $rc -eq 2 ]; ok $? "an unknown option exits 2 (got $rc)"
+
+"$MMSEGD" check-config -c "$srcdir/etc/mmsegd.ini" >"$tmp/shipped.out" 2>"$tmp/err"; rc=$?
+[ $rc -eq 0 ]; ok $? "check-config accepts etc/mmsegd.ini"
+[ $rc -eq 0 ] || diag "$(cat "$tmp/err")"
+"$MMSEGD" check-config -c "$srcdir/etc/demo.ini" >/dev/null 2>"$tmp/err"; rc=$?
+[ $rc -eq 0 ]; ok $? "check-config accepts etc/demo.ini"
+[ $rc -eq 0 ] || diag "$(cat "$tmp/err")"
+
+# Every key, with its default, in etc/mmsegd.ini: the commented "key = value" lines of the
+# main sections must be exactly what check-config prints for an empty file.
+: >"$tmp/empty.ini"
+"$MMSEGD" check-config -c "$tmp/empty.ini" >"$tmp/defaults.out"
+awk '/^\[/ {sec=$0; next} /^[a-z_]+ = / {print sec " " $0}' "$tmp/defaults.out" | sort >"$tmp/want"
+awk '/^;?\[destination/ {exit} /^\[/ {sec=$0; next} /^;[a-z_]+ =/ {sub(/^;/, ""); sub(/ =$/, " = "); print sec " " $0}' \
+    "$srcdir/etc/mmsegd.ini" | sort >"$tmp/doc"
+d=$(diff "$tmp/want" "$tmp/doc")
+[ -z "$d" ] && [ -s "$tmp/want" ]; ok $? "etc/mmsegd.ini documents every key with its default ($(wc -l <"$tmp/want") keys)"
+[ -z "$d" ] || diag "< table, > etc/mmsegd.ini: $d"
+
+# The printed configuration loads back to itself.
+"$MMSEGD" check-config -c "$tmp/defaults.out" >"$tmp/again.out" 2>"$tmp/err"; rc=$?
+[ $rc -eq 0 ] && diff <(tail -n +2 "$tmp/defaults.out") <(tail -n +2 "$tmp/again.out") >/dev/null
+ok $? "check-config output loads back to the same values"
+
+printf '[daemon]\nlog_level = loud\n' >"$tmp/bad.ini"
+"$MMSEGD" check-config -c "$tmp/bad.ini" >/dev/null 2>"$tmp/err"; rc=$?
+grep -qF "$tmp/bad.ini:2: [daemon] log_level: 'loud' is not one of" "$tmp/err"
+[ $? -eq 0 ] && [ $rc -eq 2 ]; ok $? "an invalid file: exit 2 (got $rc), file, line and key on stderr"
+"$MMSEGD" serve -c "$tmp/bad.ini" >/dev/null 2>"$tmp/err"; rc=$?
+[ $rc -eq 2 ] && grep -qF "bad.ini:2:" "$tmp/err"; ok $? "serve refuses an invalid file with exit 2 (got $rc)"
+"$MMSEGD" check-config -c "$tmp/missing.ini" >/dev/null 2>"$tmp/err"; rc=$?
+[ $rc -eq 2 ] && grep -qF "cannot open" "$tmp/err"; ok $? "a missing file: exit 2 (got $rc)"
+
+# README command 2 is what CI runs, verbatim.
+readme_cmd=$(awk '/^```/ {f++; next} f == 1 && NF && !/^#/' "$srcdir/README.md" | sed -n 2p)
+ci_cmd=$(grep -vE '^[[:space:]]*(#|$|set )' "$srcdir/.ci/run")
+[ -n "$readme_cmd" ] && [ "$readme_cmd" = "$ci_cmd" ]; ok $? ".ci/run runs README command 2 verbatim"
+[ "$readme_cmd" = "$ci_cmd" ] || diag "README: $readme_cmd | .ci/run: $ci_cmd"
+exit $failed

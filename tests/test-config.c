@@ -1,0 +1,158 @@
+/* Tests of daemon/config.c: a valid file, defaults, and each class of error with its exact
+ * message and line number. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "daemon/config.h"
+#include "tests/tap.h"
+
+static char dir[] = "/tmp/test-config.XXXXXX";
+static char path[256];
+static char err[8192];
+
+/* Write text to the test file and load it. */
+static int
+load(const char *text, struct mms_config **cfg)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL || fputs(text, f) == EOF || fclose(f) != 0) {
+        diag("cannot write %s", path);
+        exit(1);
+    }
+    *cfg = NULL;
+    return mms_config_load(path, cfg, err, sizeof err);
+}
+
+/* Load text, expect MMS_ECONFIG and exactly the message want (path prefix added here). */
+static void
+expect_error(const char *name, const char *text, const char *want)
+{
+    struct mms_config *cfg;
+    char full[1024];
+    int rc = load(text, &cfg);
+
+    snprintf(full, sizeof full, "%s:%s\n", path, want);
+    if (!ok(rc == MMS_ECONFIG && cfg == NULL && strcmp(err, full) == 0, "%s", name)) {
+        diag("rc %d (%s)", rc, mms_err_name(rc) ? mms_err_name(rc) : "?");
+        diag("got:  %s", err);
+        diag("want: %s", full);
+    }
+    mms_config_free(cfg);
+}
+
+int
+main(void)
+{
+    struct mms_config *cfg = NULL;
+    char longline[400];
+    int rc;
+
+    plan(32, 30);
+    if (mkdtemp(dir) == NULL)
+        return 1;
+    snprintf(path, sizeof path, "%s/mmsegd.ini", dir);
+
+    /* Defaults: an empty file is valid and gives design.md's values. */
+    rc = load("", &cfg);
+    ok(rc == 0 && cfg != NULL, "an empty file is valid");
+    if (cfg == NULL)
+        return 1;
+    is_str(cfg->daemon.state_dir, "/var/lib/mmsegd", "default state_dir");
+    is_int(cfg->daemon.log_level, MMS_LOG_INFO, "default log_level info");
+    is_int(cfg->scp.port, 11112, "default scp port");
+    is_str(cfg->scp.ae_title, "MMSEGD", "default AE title");
+    is_int(cfg->series.stable_age_s, 20, "default stable_age_s");
+    ok(cfg->series.max_gap_ratio == 2.0, "default max_gap_ratio 2.0");
+    is_int(cfg->series.max_voxels, 1000000000, "default max_voxels");
+    ok(cfg->infer.tta, "default tta yes");
+    is_int(cfg->n_dests, 0, "no destinations by default");
+    mms_config_free(cfg);
+
+    /* A valid file: comments, inline comments, blank lines, relative state_dir, defaults
+     * restated for keys whose feature is not built yet. */
+    rc = load("# mmsegd\n"
+              "[daemon]\n"
+              "state_dir = state   ; relative to this file\n"
+              "log_level = debug\n"
+              "\n"
+              "[scp]\n"
+              "port = 11112\n"
+              "ae_title = MMSEGD\n"
+              "[series]\n"
+              "max_gap_ratio = 2\n"
+              "[infer]\n"
+              "tta = yes\n",
+              &cfg);
+    ok(rc == 0, "a valid file loads");
+    if (rc != 0)
+        diag("%s", err);
+    if (cfg != NULL) {
+        char want[300];
+        snprintf(want, sizeof want, "%s/state", dir);
+        is_str(cfg->daemon.state_dir, want, "relative state_dir is relative to the file");
+        is_int(cfg->daemon.log_level, MMS_LOG_DEBUG, "log_level debug");
+        is_str(cfg->path, path, "the file's path is recorded");
+    } else {
+        skip("no config");
+        skip("no config");
+        skip("no config");
+    }
+    mms_config_free(cfg);
+
+    /* Each class of error, with its exact message and line number. */
+    expect_error("unknown key", "[daemon]\nlog_level = info\nloglevel = info\n",
+                 "3: [daemon] loglevel: unknown key");
+    expect_error("bad bool", "[infer]\n\ntta = maybe\n",
+                 "3: [infer] tta: 'maybe' is not a boolean (yes or no)");
+    expect_error("out of range", "[scp]\nport = 70000\n",
+                 "2: [scp] port: 70000 is out of range (1 to 65535)");
+    expect_error("not a number", "[scp]\nport = 11112x\n",
+                 "2: [scp] port: '11112x' is not an unsigned integer");
+    expect_error("negative number", "[series]\nstable_age_s = -5\n",
+                 "2: [series] stable_age_s: '-5' is not an unsigned integer");
+    expect_error("double out of range", "[infer]\ntile_step = 1.5\n",
+                 "2: [infer] tile_step: 1.5 is out of range (0.1 to 1)");
+    expect_error("bad enum", "[daemon]\nlog_level = loud\n",
+                 "2: [daemon] log_level: 'loud' is not one of err, warning, notice, info, debug");
+    expect_error("bad section", "[daemon]\n[scpp]\nport = 1\n", "2: [scpp]: unknown section");
+    expect_error("key outside any section", "state_dir = /x\n",
+                 "1: state_dir: key outside any section");
+    expect_error("syntax error", "[daemon]\nstate_dir\n", "2: expected 'key = value'");
+    expect_error("set twice", "[daemon]\nlog_level = info\n  log_level = debug\n",
+                 "3: [daemon] log_level: set twice (first at line 2)");
+    expect_error("bad AE title", "[scp]\nae_title = THIS_IS_FAR_TOO_LONG\n",
+                 "2: [scp] ae_title: 'THIS_IS_FAR_TOO_LONG' is not an AE title (1 to 16 printable "
+                 "characters, no backslash)");
+
+    /* inih splits long lines: they are refused at their own line number instead. */
+    memset(longline, 'x', sizeof longline);
+    memcpy(longline, "[daemon]\nstate_dir = /", 22);
+    strcpy(longline + 350, "\nlog_level = info\n");
+    expect_error("long line", longline, "2: line longer than 197 characters");
+
+    expect_error("duplicate destination",
+                 "[destination pacs]\ntype = dicom\n[destination pacs]\ntype = dicom\n",
+                 "3: [destination pacs]: duplicate destination (first at line 1)");
+    expect_error("unsupported key value", "[daemon]\nlog_level = info\n[scp]\nport = 104\n",
+                 "4: [scp] port: not supported yet (only the default '11112' is accepted)");
+
+    /* Several errors are all reported, one line each, in file order. */
+    rc = load("[daemon]\nbogus = 1\n[infer]\ntta = perhaps\n", &cfg);
+    ok(rc == MMS_ECONFIG && strstr(err, ":2: [daemon] bogus: unknown key\n") != NULL &&
+           strstr(err, ":4: [infer] tta: 'perhaps'") != NULL,
+       "every error is reported");
+
+    rc = load("[daemon]\nlog_level = info\n", &cfg);
+    ok(rc == 0 && unlink(path) == 0, "setup: remove the file");
+    mms_config_free(cfg);
+    rc = mms_config_load(path, &cfg, err, sizeof err);
+    ok(rc == MMS_ENOENT && strstr(err, "cannot open: no such file or directory") != NULL,
+       "a missing file is ENOENT with a message");
+
+    rmdir(dir);
+    return done_testing();
+}

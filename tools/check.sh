@@ -1,0 +1,71 @@
+#!/bin/bash
+# README command 2: install, build and run the whole test suite, twice:
+#   1. the normal build, with CUDA where nvcc is present (--with-cuda=yes), else without;
+#   2. --with-cuda=no with AddressSanitizer and UndefinedBehaviorSanitizer;
+# then the formatting check. Ends with one line "check: N passed, N failed, N skipped".
+set -uo pipefail
+cd "$(dirname "$0")/.."
+top=$(pwd)
+tools/install-deps.sh || exit 1
+autoreconf -fi || exit 1
+# Out-of-tree builds need a source tree that is not configured in place.
+if [ -f config.status ]; then
+    echo "check: the source tree was configured in place; running make distclean first"
+    make distclean >/dev/null || exit 1
+fi
+
+cuda_home=${CUDA_HOME:-/usr/local/cuda}
+if [ -x "$cuda_home/bin/nvcc" ] || command -v nvcc >/dev/null; then
+    cuda=yes
+else
+    cuda=no
+    echo "check: no nvcc under $cuda_home or on PATH: the CUDA build is skipped"
+fi
+
+pass=0 fail=0 skip=0 status=0
+# build NAME CONFIGURE-ARGS...: an out-of-tree build and its make check; adds up the counts.
+build() {
+    local name=$1 dir=$top/_build/$1 log
+    shift
+    echo "=== build $name: configure $*"
+    rm -rf "$dir" && mkdir -p "$dir" || return 1
+    log=$dir/check.out
+    if ! (cd "$dir" && "$top/configure" --enable-werror "$@" >configure.out 2>&1); then
+        tail -30 "$dir/configure.out"
+        echo "check: configure failed for build $name"
+        fail=$((fail + 1)); status=1
+        return
+    fi
+    sed -n '/^mmsegd .* configured/,$p' "$dir/configure.out"
+    (cd "$dir" && make -j"$(nproc)" >make.out 2>&1 && make check 2>&1) | tee "$log"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+    local p f s e
+    p=$(sed -n 's/^# PASS: *\([0-9]*\)/\1/p' "$log" | tail -1)
+    f=$(sed -n 's/^# FAIL: *\([0-9]*\)/\1/p' "$log" | tail -1)
+    s=$(sed -n 's/^# SKIP: *\([0-9]*\)/\1/p' "$log" | tail -1)
+    e=$(sed -n 's/^# ERROR: *\([0-9]*\)/\1/p' "$log" | tail -1)
+    if [ -z "$p" ]; then
+        tail -30 "$dir/make.out"
+        echo "check: build $name did not reach its tests"
+        fail=$((fail + 1)); status=1
+        return
+    fi
+    pass=$((pass + p)); fail=$((fail + ${f:-0} + ${e:-0})); skip=$((skip + ${s:-0}))
+    for t in "$dir"/tests/*.log; do # print skip reasons: never a silent skip
+        grep -H 'SKIP' "$t" 2>/dev/null | sed "s|^$dir/||"
+    done
+}
+
+build cuda-$cuda --with-cuda=$cuda
+build asan --with-cuda=no --enable-asan
+
+echo "=== format-check"
+if (cd "$top/_build/asan" && make format-check); then
+    pass=$((pass + 1))
+else
+    fail=$((fail + 1)); status=1
+fi
+
+echo "check: $pass passed, $fail failed, $skip skipped"
+[ $fail -eq 0 ] || status=1
+exit $status

@@ -1,0 +1,37 @@
+#!/bin/bash
+# Install every Debian 12 package that mmsegd's build, tests and demo need.
+# A no-op when all are present; safe to run again; runs as root (or through sudo).
+# CUDA and cuDNN are not Debian packages: configure finds them under /usr/local/cuda when
+# present and builds without them otherwise.
+set -euo pipefail
+
+packages=(
+    # build
+    build-essential autoconf automake pkg-config
+    libuv1-dev libinih-dev libsystemd-dev
+    libdcmtk-dev libsndfile1-dev # dcmtk.pc needs sndfile.pc
+    libgdcm-dev libsqlite3-dev libcjson-dev libdnnl-dev libpng-dev zlib1g-dev
+    # tests and demo
+    clang-format systemd dcmtk dicom3tools dcm2niix orthanc sqlite3
+    python3 python3-numpy python3-pydicom python3-nibabel
+)
+
+missing=()
+for p in "${packages[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+    [ "$status" = installed ] || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+    echo "install-deps: all ${#packages[@]} packages are installed"
+    exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}"
+sudo=
+if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "install-deps: run as root to install packages" >&2; exit 1; }
+    sudo=sudo
+fi
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -q
+$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
