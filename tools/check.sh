@@ -2,7 +2,7 @@
 # README command 2: install, build and run the whole test suite, twice:
 #   1. the normal build, with CUDA where nvcc is present (--with-cuda=yes), else without;
 #   2. --with-cuda=no with AddressSanitizer and UndefinedBehaviorSanitizer;
-# then the formatting check. Ends with one line "check: N passed, N failed, N skipped".
+# then make distcheck and the formatting check. Ends with one line "check: N passed, N failed, N skipped".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -58,6 +58,15 @@ build() {
 
 build cuda-$cuda --with-cuda=$cuda
 build asan --with-cuda=no --enable-asan
+
+echo "=== distcheck: the release tarball builds and passes make check on its own"
+if (cd "$top/_build/cuda-$cuda" && make distcheck >distcheck.out 2>&1); then
+    echo "distcheck: ok"
+    pass=$((pass + 1))
+else
+    tail -30 "$top/_build/cuda-$cuda/distcheck.out"
+    fail=$((fail + 1)); status=1
+fi
 
 echo "=== format-check"
 if (cd "$top/_build/asan" && make format-check); then
