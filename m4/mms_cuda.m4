@@ -30,8 +30,15 @@ AS_IF([test "x$with_cuda" != xno], [
         [AC_PATH_PROG([NVCC], [nvcc], [], [$CUDA_HOME/bin$PATH_SEPARATOR$PATH])])
     AS_IF([test -z "$NVCC"], [mms_cuda_missing="$mms_cuda_missing nvcc"])
 
-    CUDA_CPPFLAGS="-I$CUDA_HOME/include"
-    CUDA_LDFLAGS="-L$CUDA_HOME/lib64 -Wl,-rpath,$CUDA_HOME/lib64"
+    dnl Some machines also link the toolkit into /usr/local/include and the library path:
+    dnl what the compiler finds there counts, and the summary says where it came from.
+    CUDA_CPPFLAGS=
+    CUDA_LDFLAGS=
+    mms_cuda_where="on the compiler's default paths ($CUDA_HOME does not exist)"
+    AS_IF([test -d "$CUDA_HOME/include"], [
+        CUDA_CPPFLAGS="-I$CUDA_HOME/include"
+        CUDA_LDFLAGS="-L$CUDA_HOME/lib64 -Wl,-rpath,$CUDA_HOME/lib64"
+        mms_cuda_where="at $CUDA_HOME"])
     mms_save_CPPFLAGS=$CPPFLAGS
     mms_save_LDFLAGS=$LDFLAGS
     mms_save_LIBS=$LIBS
@@ -65,7 +72,7 @@ AS_IF([test "x$with_cuda" != xno], [
         AS_IF([test -z "$mms_last_arch"], [AC_MSG_ERROR([--with-cuda-arch is empty])])
         CUDA_ARCH_FLAGS="$CUDA_ARCH_FLAGS -gencode arch=compute_$mms_last_arch,code=compute_$mms_last_arch"
         mms_cuda_version=`"$NVCC" --version 2>/dev/null | sed -n 's/.*release \([[0-9.]]*\).*/\1/p'`
-        mms_cuda_summary="yes (CUDA $mms_cuda_version at $CUDA_HOME; sm_$with_cuda_arch + PTX compute_$mms_last_arch)"
+        mms_cuda_summary="yes (CUDA $mms_cuda_version $mms_cuda_where; sm_$with_cuda_arch + PTX compute_$mms_last_arch)"
         AC_DEFINE([HAVE_CUDA], [1], [Define to 1 to build the CUDA backend and kernels.])
     ], [
         AS_IF([test "x$with_cuda" = xyes],
