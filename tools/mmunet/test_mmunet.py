@@ -1,0 +1,296 @@
+"""Tests of the reference network, the model file and the fixtures (mmunet.md section 7).
+
+    /usr/bin/python3 -m unittest discover -s tools/mmunet -p 'test_*.py' -v
+"""
+
+import filecmp
+import itertools
+import json
+import math
+import os
+import sys
+import tempfile
+import unittest
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from mmunet import export, fixtures  # noqa: E402
+from mmunet.mamba import (Mamba, selective_scan_chunked,  # noqa: E402
+                          selective_scan_sequential)
+from mmunet.model import MMUNet, init_reference_weights  # noqa: E402
+from mmunet.pipeline import Orientation, gaussian_map, tile_starts  # noqa: E402
+
+FIXTURES = os.path.join(HERE, "..", "..", "tests", "fixtures", "mmunet")
+
+
+def mamba_by_the_equations(m, U):
+    """mmunet.md 3.1 written out loop by loop, independently of mamba.py (fp64, one sample).
+
+    U: (L, C) numpy.  Every sum is an explicit loop over its index."""
+    W_in = m.in_proj.weight.detach().double().numpy()
+    w_conv = m.conv1d.weight.detach().double().numpy()
+    b_conv = m.conv1d.bias.detach().double().numpy()
+    W_x = m.x_proj.weight.detach().double().numpy()
+    W_dt = m.dt_proj.weight.detach().double().numpy()
+    b_dt = m.dt_proj.bias.detach().double().numpy()
+    A = -np.exp(m.A_log.detach().double().numpy())
+    D = m.D.detach().double().numpy()
+    W_out = m.out_proj.weight.detach().double().numpy()
+    L, C = U.shape
+    E, N, R, K = m.d_inner, m.d_state, m.dt_rank, m.d_conv
+
+    def silu(v):
+        return v / (1.0 + math.exp(-v))
+
+    def softplus(v):
+        return v if v > 20 else math.log1p(math.exp(v))
+
+    XZ = np.zeros((L, 2 * E))
+    for t in range(L):
+        for o in range(2 * E):
+            XZ[t, o] = sum(U[t, c] * W_in[o, c] for c in range(C))
+    X, Z = XZ[:, :E], XZ[:, E:]
+    Xc = np.zeros((L, E))
+    for t in range(L):
+        for e in range(E):
+            acc = b_conv[e]
+            for k in range(K):
+                tau = t - K + 1 + k
+                if tau >= 0:
+                    acc += w_conv[e, 0, k] * X[tau, e]
+            Xc[t, e] = silu(acc)
+    P = np.zeros((L, R + 2 * N))
+    for t in range(L):
+        for o in range(R + 2 * N):
+            P[t, o] = sum(Xc[t, e] * W_x[o, e] for e in range(E))
+    delta, Bm, Cm = P[:, :R], P[:, R:R + N], P[:, R + N:]
+    Dl = np.zeros((L, E))
+    for t in range(L):
+        for e in range(E):
+            Dl[t, e] = softplus(sum(delta[t, r] * W_dt[e, r] for r in range(R)) + b_dt[e])
+    h = np.zeros((E, N))
+    y = np.zeros((L, E))
+    for t in range(L):
+        for e in range(E):
+            acc = 0.0
+            for n in range(N):
+                h[e, n] = math.exp(Dl[t, e] * A[e, n]) * h[e, n] + Dl[t, e] * Bm[t, n] * Xc[t, e]
+                acc += Cm[t, n] * h[e, n]
+            y[t, e] = (acc + D[e] * Xc[t, e]) * silu(Z[t, e])
+    out = np.zeros((L, C))
+    for t in range(L):
+        for c in range(C):
+            out[t, c] = sum(y[t, e] * W_out[c, e] for e in range(E))
+    return out
+
+
+class TestMamba(unittest.TestCase):
+    def test_against_equations(self):
+        torch.manual_seed(1)
+        m = Mamba(4, d_state=3, d_conv=4, expand=2).double().eval()
+        with torch.no_grad():
+            for p in m.parameters():
+                p.add_(0.1 * torch.randn_like(p))
+        for L in (1, 2, 7):
+            U = torch.randn(1, L, 4, dtype=torch.float64)
+            want = mamba_by_the_equations(m, U[0].numpy())
+            for chunked in (False, True):
+                m.chunked = chunked
+                with torch.no_grad():
+                    got = m(U)[0].numpy()
+                err = np.abs(got - want).max() / max(1.0, np.abs(want).max())
+                self.assertLess(err, 1e-5, f"L={L} chunked={chunked}: {err}")
+
+    def test_sequential_and_chunked_scans_agree(self):
+        g = torch.Generator().manual_seed(2)
+        for L, chunk in ((1, None), (3, None), (5, 2), (1000, None), (1000, 7), (4096, 64)):
+            E, N = 6, 5
+            x = torch.randn(2, L, E, generator=g, dtype=torch.float64)
+            dt = F.softplus(torch.randn(2, L, E, generator=g, dtype=torch.float64) - 2)
+            A = -torch.rand(E, N, generator=g, dtype=torch.float64) * 8
+            B = torch.randn(2, L, N, generator=g, dtype=torch.float64)
+            C = torch.randn(2, L, N, generator=g, dtype=torch.float64)
+            D = torch.randn(E, generator=g, dtype=torch.float64)
+            a = selective_scan_sequential(x, dt, A, B, C, D)
+            b = selective_scan_chunked(x, dt, A, B, C, D, chunk)
+            err = (a - b).abs().max().item() / max(1.0, a.abs().max().item())
+            self.assertLess(err, 1e-10, f"L={L} chunk={chunk}")
+
+    def test_parameter_count(self):
+        # One Mamba: 2EC + E(K+1) + E(R+2N) + ER + E + EN + E + CE (mmunet.md 2.7).
+        for C in (4, 32, 320):
+            m = Mamba(C)
+            E, N, K, R = 2 * C, 16, 4, math.ceil(C / 16)
+            want = 2 * E * C + E * (K + 1) + E * (R + 2 * N) + E * R + E + E * N + E + C * E
+            self.assertEqual(sum(p.numel() for p in m.parameters()), want)
+
+
+class TestNetwork(unittest.TestCase):
+    def test_names_and_shapes_follow_the_card(self):
+        for variant, mixer in fixtures.VARIANTS.items():
+            m = MMUNet(**fixtures.TINY, mixer=mixer)
+            got = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+            self.assertEqual(got, export.expected_tensors(m.architecture()), variant)
+            ds = MMUNet(**fixtures.TINY, mixer=mixer, deep_supervision=True)
+            extra = set(ds.state_dict()) - set(got)
+            self.assertTrue(extra and all(export.glob_match("decoder.ds_heads.*", k)
+                                          for k in extra))
+
+    def test_deep_supervision_outputs(self):
+        m = MMUNet(**fixtures.TINY, deep_supervision=True).eval()
+        with torch.no_grad():
+            outs = m(torch.randn(1, 1, 8, 16, 16))
+        self.assertEqual([tuple(o.shape[2:]) for o in outs], [(8, 16, 16), (8, 8, 8)])
+
+    def test_nnunet_constructor_arguments(self):
+        m = MMUNet(input_channels=1, num_classes=4, n_stages=3, features_per_stage=[4, 8, 16],
+                   conv_op=torch.nn.Conv3d, kernel_sizes=[[3, 3, 3]] * 3,
+                   strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], n_conv_per_stage=[2, 2, 2],
+                   n_conv_per_stage_decoder=[2, 2], conv_bias=True,
+                   norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                   dropout_op=None, dropout_op_kwargs=None, nonlin=torch.nn.LeakyReLU,
+                   nonlin_kwargs={"inplace": True}, deep_supervision=False)
+        self.assertEqual(m.architecture()["n_blocks_encoder"], [2, 2, 1])
+        with self.assertRaises(TypeError):
+            MMUNet(1, 2, 2, [4, 8], [[3, 3, 3]] * 2, [[1, 1, 1], [2, 2, 2]], attention=True)
+
+
+class TestModelFile(unittest.TestCase):
+    def test_round_trip(self):
+        m = MMUNet(**fixtures.TINY, mixer={"biscan": "vim_v2"})
+        init_reference_weights(m, 5)
+        card = fixtures.tiny_card(m, "rt")
+        with tempfile.TemporaryDirectory() as d:
+            p = os.path.join(d, "m.safetensors")
+            sha = export.write_model(p, m.state_dict(), card)
+            with open(p, "rb") as f:
+                raw = f.read()
+            nh = int.from_bytes(raw[:8], "little")
+            self.assertEqual((8 + nh) % 64, 0, "data starts at a multiple of 64")
+            card2, tensors, sha2 = export.read_model(p)
+            self.assertEqual(sha, sha2)
+            self.assertEqual(card, card2)
+            for k, v in m.state_dict().items():
+                self.assertTrue(np.array_equal(v.numpy(), tensors[k]), k)
+            net, _, _ = export.load_network(p)
+            x = torch.randn(1, 1, 8, 16, 16)
+            with torch.no_grad():
+                self.assertTrue(torch.equal(net(x), m.eval()(x)))
+
+    def test_malformed_files_are_refused(self):
+        with open(os.path.join(FIXTURES, "malformed", "manifest.json")) as f:
+            cases = json.load(f)
+        self.assertGreaterEqual(len(cases), 12)
+        export.read_model(os.path.join(FIXTURES, "micro.safetensors"))   # the base is valid
+        for name, fragment in sorted(cases.items()):
+            path = os.path.join(FIXTURES, "malformed", name + ".safetensors")
+            with self.assertRaises(export.ModelError, msg=name) as cm:
+                export.read_model(path)
+            self.assertIn(fragment, str(cm.exception), name)
+            self.assertIn(path, str(cm.exception), f"{name}: the message names the file")
+
+    def test_card_rules(self):
+        m = MMUNet(**fixtures.TINY)
+        card = fixtures.tiny_card(m, "rules")
+        bad = [
+            (lambda c: c["preprocessing"].update(transpose_backward=[1, 0, 2],
+                                                 transpose_forward=[0, 2, 1]), "inverse"),
+            (lambda c: c["architecture"]["mixer"].update(gate="x"), "unknown key 'gate'"),
+            (lambda c: c["labels"].pop(), "ids must be 1..2"),
+            (lambda c: c["inference"].update(tile_step=0), "tile_step"),
+            (lambda c: c["preprocessing"]["normalization"].update(std=0), "std"),
+            (lambda c: c["architecture"]["kernel_sizes"][1].__setitem__(0, 2), "odd"),
+        ]
+        for edit, fragment in bad:
+            c = json.loads(json.dumps(card))
+            edit(c)
+            with self.assertRaises(export.ModelError) as cm:
+                export.validate_card(c)
+            self.assertIn(fragment, str(cm.exception))
+
+    def test_schema_accepts_the_cards(self):
+        try:
+            import jsonschema
+        except ImportError:
+            self.skipTest("python3-jsonschema is not installed")
+        with open(os.path.join(HERE, "model-card.schema.json")) as f:
+            schema = json.load(f)
+        paths = [os.path.join(FIXTURES, n) for n in sorted(os.listdir(FIXTURES))
+                 if n.endswith(".safetensors") and ".golden" not in n and ".big" not in n
+                 and n != "mamba-ops.safetensors"]
+        demo = os.path.join(HERE, "..", "..", "models", "demo.safetensors")
+        if os.path.exists(demo):
+            paths.append(demo)
+        for p in paths:
+            card, _, _ = export.read_model(p)
+            jsonschema.validate(card, schema)
+        c = json.loads(json.dumps(card))
+        c["architecture"]["mixer"]["biscan"] = "diagonal"
+        with self.assertRaises(jsonschema.ValidationError):
+            jsonschema.validate(c, schema)
+
+
+class TestFixtures(unittest.TestCase):
+    def test_regeneration_is_byte_identical(self):
+        with tempfile.TemporaryDirectory() as d:
+            self.assertEqual(fixtures.main(["fixtures.py", d]), 0)
+            cmp = filecmp.dircmp(d, FIXTURES)
+            names = [n for n in os.listdir(d) if n != "malformed"]
+            _, mismatch, errors = filecmp.cmpfiles(d, FIXTURES, names, shallow=False)
+            self.assertEqual((mismatch, errors), ([], []))
+            mal = sorted(os.listdir(os.path.join(d, "malformed")))
+            _, mismatch, errors = filecmp.cmpfiles(os.path.join(d, "malformed"),
+                                                   os.path.join(FIXTURES, "malformed"), mal,
+                                                   shallow=False)
+            self.assertEqual((mismatch, errors), ([], []))
+            self.assertFalse(cmp.left_only or cmp.right_only,
+                             f"{cmp.left_only} {cmp.right_only}")
+
+    def test_goldens_reproduce_in_fp64(self):
+        with open(os.path.join(FIXTURES, "tiny-vim_v2.golden.safetensors"), "rb") as f:
+            meta, entries, start = export.parse_safetensors(f.read())
+        net, _, _ = export.load_network(os.path.join(FIXTURES, "tiny-vim_v2.safetensors"),
+                                        torch.float64)
+        with open(os.path.join(FIXTURES, "tiny-vim_v2.golden.safetensors"), "rb") as f:
+            raw = f.read()
+        def tensor(name):
+            dt, shape, b, e = entries[name]
+            return np.frombuffer(raw[start + b:start + e], "<f4").reshape(shape)
+        x = torch.from_numpy(tensor("input").astype(np.float64))[None]
+        with torch.no_grad():
+            logits = net(x)[0].numpy()
+        want = tensor("logits")
+        self.assertLess(np.abs(logits - want).max() / max(1, np.abs(want).max()), 1e-6)
+        self.assertIn(meta["mamba_block"] + ".delta", entries)
+
+
+class TestPipelinePieces(unittest.TestCase):
+    def test_tile_starts(self):
+        self.assertEqual(tile_starts(110, 64, 0.5), [0, 23, 46])
+        self.assertEqual(tile_starts(64, 64, 0.5), [0])
+        self.assertEqual(tile_starts(30, 64, 0.5), [0])
+
+    def test_gaussian(self):
+        g = gaussian_map([5, 8, 9])
+        self.assertAlmostEqual(float(g[2, 4, 4]), 10.0, places=5)
+        self.assertGreater(float(g.min()), 0)
+
+    def test_orientation_round_trip_all_48(self):
+        a = np.arange(4 * 5 * 6).reshape(4, 5, 6)
+        for perm in itertools.permutations(range(3)):
+            for signs in itertools.product([1, -1], repeat=3):
+                M = np.zeros((3, 3))
+                for i, (p, s) in enumerate(zip(perm, signs)):
+                    M[p, i] = s
+                o = Orientation(M[:, 0], M[:, 1], M[:, 2], [0.7, 0.8, 2.0], "RAS", [0, 1, 2])
+                self.assertTrue(np.array_equal(o.backward(o.forward(a)), a))
+        o = Orientation([1, 0, 0], [0, 1, 0], [0, 0, 1], [0.7, 0.8, 2.0], "RAS", [0, 1, 2])
+        self.assertEqual(o.spacing, [2.0, 0.8, 0.7])
+
+
+if __name__ == "__main__":
+    unittest.main()
