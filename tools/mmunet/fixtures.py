@@ -114,7 +114,7 @@ def write_big(out, ref, seed):
     margin = (top2[0] - top2[1]).min().item()
     export.write_model(os.path.join(out, "tiny-separate.big.safetensors"),
                        {"input": x[0], "argmax": logits.argmax(0).double()},
-                       metadata={"min_margin": repr(margin)})
+                       metadata={"min_margin": f"{margin:.4g}"})
 
 
 def write_mamba_ops(out, seed):
