@@ -134,6 +134,18 @@ def _code(v, what):
         _err(f"{what}: expected {{scheme, code, meaning}} strings, found {json.dumps(v)}")
 
 
+def _exact_keys(obj, keys, where):
+    """Inside `architecture` every key matters to the math: unknown and missing are errors."""
+    if not isinstance(obj, dict):
+        _err(f"{where}: not an object")
+    for k in obj:
+        if k not in keys:
+            _err(f"{where}: unknown key {k!r} (it could change the math)")
+    for k in keys:
+        if k not in obj:
+            _err(f"{where}: missing key {k!r}")
+
+
 def validate_card(card, warn=True):
     """Check a card against mmunet.md 4.2 and 4.3 rule 5; raise ModelError naming the key.
     Unknown keys outside `architecture` are warnings (returned as a list of strings)."""
@@ -151,14 +163,7 @@ def validate_card(card, warn=True):
             _err(f"{k}: expected a non-empty string")
 
     a = card["architecture"]
-    if not isinstance(a, dict):
-        _err("architecture: not an object")
-    for k in a:
-        if k not in ARCH_KEYS:
-            _err(f"architecture: unknown key {k!r} (it could change the math)")
-    for k in ARCH_KEYS:
-        if k not in a:
-            _err(f"architecture: missing key {k!r}")
+    _exact_keys(a, ARCH_KEYS, "architecture")
     if a["family"] != "mmunet":
         _err(f"architecture.family: expected 'mmunet', found {a['family']!r}")
     S = a["n_stages"]
@@ -194,14 +199,7 @@ def validate_card(card, warn=True):
     if a["decoder"] != "residual_nearest":
         _err(f"architecture.decoder: version 1 accepts only 'residual_nearest'")
     mx = a["mixer"]
-    if not isinstance(mx, dict):
-        _err("architecture.mixer: not an object")
-    for k in mx:
-        if k not in MIXER_KEYS:
-            _err(f"architecture.mixer: unknown key {k!r} (it could change the math)")
-    for k in MIXER_KEYS:
-        if k not in mx:
-            _err(f"architecture.mixer: missing key {k!r}")
+    _exact_keys(mx, MIXER_KEYS, "architecture.mixer")
     if mx["type"] != "bimamba":
         _err("architecture.mixer.type: expected 'bimamba'")
     if mx["biscan"] not in ("separate", "shared", "vim_v2"):
