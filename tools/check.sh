@@ -59,6 +59,19 @@ build() {
 build cuda-$cuda --with-cuda=$cuda
 build asan --with-cuda=no --enable-asan
 
+echo "=== check-python: the PyTorch reference, model file, fixtures and demo model"
+if (cd "$top/_build/cuda-$cuda" && make check-python) >"$top/_build/python.out" 2>&1; then :; else status=1; fi
+grep -E '^(test_|Ran |OK|FAILED)|skipped' "$top/_build/python.out"
+ran=$(sed -n 's/^Ran \([0-9]*\) tests\{0,1\}.*/\1/p' "$top/_build/python.out")
+pskip=$(grep -c '\.\.\. skipped' "$top/_build/python.out")
+pfail=$(grep -cE '\.\.\. (FAIL|ERROR)$' "$top/_build/python.out")
+if [ -z "$ran" ]; then
+    tail -30 "$top/_build/python.out"
+    fail=$((fail + 1)); status=1
+else
+    pass=$((pass + ran - pskip - pfail)); skip=$((skip + pskip)); fail=$((fail + pfail))
+fi
+
 echo "=== distcheck: the release tarball builds and passes make check on its own"
 if (cd "$top/_build/cuda-$cuda" && make distcheck >distcheck.out 2>&1); then
     echo "distcheck: ok"

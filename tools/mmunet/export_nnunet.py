@@ -1,0 +1,393 @@
+"""Export an MM-UNet trained with nnU-Net v2 to the model file of mmunet.md section 4.
+
+    python3 tools/mmunet/export_nnunet.py RESULTS_DIR -o model.safetensors
+        [--folds 0 1 ...] [--checkpoint checkpoint_final.pth] [--name NAME]
+        [--version VERSION] [--orientation RAS|LPS] [--license LICENSE] [--description TEXT]
+
+RESULTS_DIR is a trainer's output folder, nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONF,
+holding plans.json, dataset.json and fold_X/checkpoint_final.pth (or checkpoint_best.pth).
+Several folds are averaged into one network, tensor by tensor; the default is every fold that
+has the checkpoint.  The deep-supervision heads (decoder.ds_heads.*) are dropped.
+
+The card (mmunet.md 4.2) comes from:
+  architecture   the plan, by the rules of nnunet_trainer.py (the same as in training)
+  preprocessing  the plan: spacing (in the transposed frame) -> target_spacing, transpose_forward
+                 and _backward, CT normalisation from foreground_intensity_properties_per_channel
+                 of channel 0 (percentile_00_5 -> clip_low, percentile_99_5 -> clip_high, mean,
+                 std), the resampling orders of the plan; orientation from --orientation, else
+                 from the reader nnU-Net used: NibabelIOWithReorient and SimpleITKIOWithReorient
+                 give RAS, SimpleITKIO and NibabelIO (the file's own voxel order, which for a
+                 standard axial DICOM-derived volume is LPS) give LPS
+  inference      patch_size of the plan, tile_step 0.5, the mirror axes the trainer allowed
+                 (stored in the checkpoint; else 0, 1, 2), Gaussian sigma_scale 0.125, peak 10,
+                 pad_value 0
+  labels         dataset.json `labels` matched by name to the AMOS table of labels.py (aliases
+                 such as "arota" and "postcava", spellings such as "right kidney" or "gall
+                 bladder"); an unknown name gets generic codes (Tissue / Anatomical structure)
+                 and a warning
+  provenance     trainer, plans, configuration, folds, checkpoint, epochs, date and the torch
+                 and nnunetv2 versions of the export
+
+Only torch and numpy are needed (Debian's torch 1.13 will do); nnU-Net need not be installed.
+"""
+
+import argparse
+import colorsys
+import datetime
+import glob
+import importlib.abc
+import importlib.util
+import json
+import os
+import re
+import sys
+import warnings
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+try:
+    from . import export, labels as label_tables
+    from .nnunet_trainer import arch_kwargs_from_plans, build_mmunet, resolve_configuration
+except ImportError:  # run as a plain script from tools/mmunet
+    sys.path.insert(0, HERE)
+    import export
+    import labels as label_tables
+    from nnunet_trainer import arch_kwargs_from_plans, build_mmunet, resolve_configuration
+
+IGNORED_PREFIXES = ("decoder.ds_heads.",)
+
+# Which orientation (mmunet.md 5.1) each nnU-Net reader gives its arrays.
+READER_ORIENTATION = {
+    "NibabelIOWithReorient": "RAS",
+    "SimpleITKIOWithReorient": "RAS",
+    "SimpleITKIO": "LPS",
+    "NibabelIO": "LPS",
+}
+
+# Names seen in nnU-Net dataset.json files for the AMOS organs, after normalisation.
+EXTRA_ALIASES = {
+    "arota": "aorta",
+    "postcava": "inferior_vena_cava",
+    "ivc": "inferior_vena_cava",
+    "bladder": "urinary_bladder",
+    "gall_bladder": "gallbladder",
+    "oesophagus": "esophagus",
+    "prostate_uterus": "prostate_or_uterus",
+}
+
+# Codes for a label that is not in the AMOS table (mmunet.md 6: generic Tissue category).
+GENERIC_CATEGORY = {"scheme": "SCT", "code": "85756007", "meaning": "Tissue"}
+GENERIC_TYPE = {"scheme": "SCT", "code": "91723000", "meaning": "Anatomical structure"}
+
+
+class ExportError(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------ checkpoints
+class _NumpyCoreAlias(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves numpy._core.* (numpy 2) as numpy.core.* (numpy 1), so that a checkpoint pickled
+    under numpy 2 unpickles under numpy 1 (torch 1.13 ignores torch.load's pickle_module)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname == "numpy._core" or fullname.startswith("numpy._core."):
+            return importlib.util.spec_from_loader(fullname, self)
+        return None
+
+    def create_module(self, spec):
+        return importlib.import_module("numpy.core" + spec.name[len("numpy._core"):])
+
+    def exec_module(self, module):
+        pass
+
+
+def load_checkpoint(path):
+    """An nnU-Net checkpoint dict.  It holds more than tensors (plans, optimizer state, logs),
+    so it is read with full unpickling: only load checkpoints you trust."""
+    alias = None
+    if importlib.util.find_spec("numpy._core") is None:
+        alias = _NumpyCoreAlias()
+        sys.meta_path.insert(0, alias)
+    try:
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except TypeError:  # torch without the weights_only argument
+            return torch.load(path, map_location="cpu")
+    finally:
+        if alias is not None:
+            sys.meta_path.remove(alias)
+            for name in [n for n in sys.modules if n.split(".")[:2] == ["numpy", "_core"]]:
+                del sys.modules[name]
+
+
+def clean_state_dict(sd):
+    """Tensor names as MMUNet has them: no DDP `module.` or torch.compile `_orig_mod.` prefix."""
+    out = {}
+    for name, t in sd.items():
+        for prefix in ("module.", "_orig_mod."):
+            if name.startswith(prefix):
+                name = name[len(prefix):]
+        out[name] = t
+    return out
+
+
+def average_state_dicts(sds):
+    """The mean of each tensor over the folds, accumulated in float64."""
+    names = list(sds[0])
+    for i, sd in enumerate(sds[1:], 1):
+        if set(sd) != set(names):
+            diff = sorted(set(sd) ^ set(names))
+            raise ExportError(f"fold {i} has different tensors than fold 0 (e.g. {diff[:3]})")
+    out = {}
+    for name in names:
+        acc = sum(sd[name].detach().to(torch.float64) for sd in sds)
+        out[name] = (acc / len(sds)).to(torch.float32)
+    return out
+
+
+# ------------------------------------------------------------------------------ the card
+def _norm_name(name):
+    """lowercase, '/' -> '_or_', other non-alphanumerics -> '_'; 'right kidney' ->
+    'kidney_right' (laterality last, as in the AMOS table)."""
+    s = name.strip().lower().replace("/", "_or_")
+    s = re.sub(r"[^a-z0-9]+", "_", s).strip("_")
+    m = re.match(r"^(right|left)_(.+)$", s)
+    if m:
+        s = f"{m.group(2)}_{m.group(1)}"
+    return s
+
+
+def card_labels(dataset_labels):
+    """Card `labels` from dataset.json `labels` ({name: id}, background 0 excluded).
+
+    Returns (labels, warnings).  Region-based training (ids given as lists) is not supported;
+    nnU-Net's "ignore" label has no output channel and is skipped."""
+    table = {e["name"]: e for e in label_tables.AMOS_LABELS}
+    aliases = dict(EXTRA_ALIASES)
+    aliases.update(getattr(label_tables, "NAME_ALIASES", {}))
+    squeezed = {k.replace("_", ""): k for k in table}
+    out, notes = [], []
+    for name, lid in dataset_labels.items():
+        if isinstance(lid, (list, tuple)):
+            raise ExportError(f"label {name!r}: region-based training is not supported")
+        if name == "ignore" or int(lid) == 0:
+            continue
+        key = _norm_name(name)
+        key = aliases.get(key, key)
+        key = key if key in table else squeezed.get(key.replace("_", ""), key)
+        if key in table:
+            entry = _deepcopy_json(table[key])
+            entry["id"] = int(lid)
+        else:
+            notes.append(f"label {name!r} (id {lid}) is not in the AMOS table: generic codes "
+                         f"{GENERIC_CATEGORY['meaning']} / {GENERIC_TYPE['meaning']}")
+            entry = {"id": int(lid), "name": key or f"label_{lid}",
+                     "segment_label": name.strip() or f"Label {lid}",
+                     "category": dict(GENERIC_CATEGORY), "type": dict(GENERIC_TYPE),
+                     "rgb": _palette(int(lid))}
+        out.append(entry)
+    out.sort(key=lambda e: e["id"])
+    return out, notes
+
+
+def _deepcopy_json(obj):
+    if isinstance(obj, dict):
+        return {k: _deepcopy_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_deepcopy_json(v) for v in obj]
+    return obj
+
+
+def _palette(i):
+    """A fixed colour for an unknown label id: golden-ratio hues, mid saturation."""
+    r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.65, 0.85)
+    return [int(round(255 * v)) for v in (r, g, b)]
+
+
+def infer_orientation(plans, dataset_json):
+    """RAS or LPS from the reader nnU-Net used (dataset.json overrides the plan's)."""
+    reader = dataset_json.get("overwrite_image_reader_writer")
+    if reader in (None, "None"):
+        reader = plans.get("image_reader_writer")
+    if reader not in READER_ORIENTATION:
+        raise ExportError(f"cannot infer the orientation from the reader {reader!r}: "
+                          f"pass --orientation RAS or LPS")
+    return READER_ORIENTATION[reader], reader
+
+
+def preprocessing_from_plans(plans, conf, orientation):
+    if conf.get("normalization_schemes") != ["CTNormalization"]:
+        raise ExportError(f"only one CT channel with CTNormalization is supported; the plan has "
+                          f"{conf.get('normalization_schemes')}")
+    fp = plans["foreground_intensity_properties_per_channel"]["0"]
+    data_kw = conf.get("resampling_fn_data_kwargs", {})
+    prob_kw = conf.get("resampling_fn_probabilities_kwargs", {})
+    for key in ("resampling_fn_data", "resampling_fn_probabilities"):
+        if conf.get(key, "resample_data_or_seg_to_shape") != "resample_data_or_seg_to_shape":
+            warnings.warn(f"plan uses {key} = {conf[key]!r}; the card describes nnU-Net's "
+                          f"default resampling")
+    force = data_kw.get("force_separate_z")
+    return {
+        "orientation": orientation,
+        "transpose_forward": [int(v) for v in plans["transpose_forward"]],
+        "transpose_backward": [int(v) for v in plans["transpose_backward"]],
+        "target_spacing": [float(v) for v in conf["spacing"]],
+        "crop_to_nonzero": True,
+        "normalization": {"scheme": "ct", "clip_low": float(fp["percentile_00_5"]),
+                          "clip_high": float(fp["percentile_99_5"]),
+                          "mean": float(fp["mean"]), "std": float(fp["std"])},
+        "resampling": {"data_order": int(data_kw.get("order", 3)),
+                       "data_order_z": int(data_kw.get("order_z", 0)),
+                       "logits_order": int(prob_kw.get("order", 1)),
+                       "logits_order_z": int(prob_kw.get("order_z", 0)),
+                       "anisotropy_threshold": 3.0,
+                       "force_separate_z": None if force is None else bool(force)},
+    }
+
+
+def package_version(name):
+    try:
+        from importlib.metadata import version, PackageNotFoundError
+    except ImportError:
+        return "unknown"
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "not installed"
+
+
+# ------------------------------------------------------------------------------ export
+def find_folds(results_dir, checkpoint):
+    found = []
+    for path in glob.glob(os.path.join(results_dir, "fold_*", checkpoint)):
+        f = os.path.basename(os.path.dirname(path))[len("fold_"):]
+        found.append(int(f) if f.isdigit() else f)
+    return sorted(found, key=str)
+
+
+def export_results(results_dir, out_path, folds=None, checkpoint="checkpoint_final.pth",
+                   name=None, version="0.1.0", orientation=None, license=None,
+                   description=None, log=print):
+    """Write the model file; returns (card, sha256, network) with the network in eval mode."""
+    with open(os.path.join(results_dir, "plans.json")) as f:
+        plans = json.load(f)
+    with open(os.path.join(results_dir, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    if not folds:
+        folds = find_folds(results_dir, checkpoint)
+        if not folds:
+            raise ExportError(f"no fold_*/{checkpoint} in {results_dir}")
+    ckpts = []
+    for fold in folds:
+        path = os.path.join(results_dir, f"fold_{fold}", checkpoint)
+        if not os.path.isfile(path):
+            raise ExportError(f"missing {path}")
+        ckpts.append(load_checkpoint(path))
+    first = ckpts[0]
+    configuration = first.get("init_args", {}).get("configuration", "3d_fullres")
+    trainer = first.get("trainer_name", "unknown")
+    for fold, c in zip(folds, ckpts):
+        if c.get("trainer_name", trainer) != trainer:
+            raise ExportError(f"fold {fold} was trained by {c.get('trainer_name')}, "
+                              f"fold {folds[0]} by {trainer}")
+
+    if len(dataset_json.get("channel_names", {"0": "CT"})) != 1:
+        raise ExportError("only single-channel (CT) trainings can be exported")
+    conf = resolve_configuration(plans, configuration)
+    label_entries, notes = card_labels(dataset_json["labels"])
+    num_classes = len(label_entries) + 1
+    net = build_mmunet(arch_kwargs_from_plans(plans, configuration), 1, num_classes,
+                       enable_deep_supervision=False, initialize=False)
+    sds = [clean_state_dict(c["network_weights"]) for c in ckpts]
+    weights = average_state_dicts(sds) if len(sds) > 1 else sds[0]
+    try:
+        missing, unexpected = net.load_state_dict(weights, strict=False)
+    except RuntimeError as e:  # a shape mismatch
+        raise ExportError(f"the checkpoint does not fit the network the plan describes: {e}")
+    missing = [k for k in missing if not k.startswith(IGNORED_PREFIXES)]
+    if missing or unexpected:
+        raise ExportError(f"the checkpoint does not fit the network the plan describes: "
+                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+    net.eval()
+
+    if orientation is None:
+        orientation, reader = infer_orientation(plans, dataset_json)
+        log(f"orientation {orientation} (nnU-Net reader {reader})")
+    mirror = first.get("inference_allowed_mirroring_axes")
+    mirror_axes = [0, 1, 2] if mirror is None else sorted(int(a) for a in mirror)
+    dataset_name = plans.get("dataset_name", os.path.basename(os.path.dirname(
+        os.path.abspath(results_dir))))
+    folds_text = ", ".join(str(f) for f in folds)
+    card = export.make_card(
+        net,
+        name=name or "mmunet-" + re.sub(r"[^a-z0-9]+", "-", dataset_name.lower()).strip("-"),
+        version=version,
+        description=description or (f"MM-UNet trained with nnU-Net v2 on {dataset_name} "
+                                     f"({configuration}, fold{'s' if len(folds) > 1 else ''} "
+                                     f"{folds_text})"),
+        license=license or dataset_json.get("licence") or dataset_json.get("license")
+        or "unspecified",
+        preprocessing=preprocessing_from_plans(plans, conf, orientation),
+        inference={"patch_size": [int(v) for v in conf["patch_size"]], "tile_step": 0.5,
+                   "mirror_axes": mirror_axes,
+                   "gaussian": {"sigma_scale": 0.125, "peak": 10.0}, "pad_value": 0.0},
+        labels=label_entries,
+        provenance={
+            "training_data": dataset_name,
+            "trainer": f"nnU-Net v2 {trainer}, plans {plans.get('plans_name', '?')}, "
+                       f"{configuration}, fold{'s' if len(folds) > 1 else ''} {folds_text}",
+            "nnunet_trainer": trainer,
+            "plans": plans.get("plans_name", "unknown"),
+            "configuration": configuration,
+            "folds": [str(f) for f in folds],
+            "checkpoint": checkpoint,
+            "epochs": [int(c.get("current_epoch", 0)) for c in ckpts],
+            "date": datetime.date.today().isoformat(),
+            "nnunetv2_version": package_version("nnunetv2"),
+            "torch_version": torch.__version__,
+        })
+    for n in notes:
+        warnings.warn(n)
+    tensors = {k: v for k, v in net.state_dict().items() if not k.startswith(IGNORED_PREFIXES)}
+    sha = export.write_model(out_path, tensors, card)
+    return card, sha, net
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(
+        description="Export an nnU-Net v2 MM-UNet training to an mmsegd model file.")
+    ap.add_argument("results_dir", help="nnUNet_results/DatasetXXX/TRAINER__PLANS__CONF")
+    ap.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    ap.add_argument("--folds", nargs="+", help="folds to average (default: all found)")
+    ap.add_argument("--checkpoint", default="checkpoint_final.pth",
+                    help="checkpoint file name in each fold (default checkpoint_final.pth)")
+    ap.add_argument("--name", help="card name (default mmunet-<dataset>)")
+    ap.add_argument("--version", default="0.1.0", help="card version (default 0.1.0)")
+    ap.add_argument("--orientation", choices=("RAS", "LPS"),
+                    help="default: from the image reader nnU-Net used")
+    ap.add_argument("--license", help="default: dataset.json licence, else 'unspecified'")
+    ap.add_argument("--description", help="card description")
+    args = ap.parse_args(argv)
+    folds = [int(f) if f.isdigit() else f for f in args.folds] if args.folds else None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda m, *a, **k: print(f"warning: {m}", file=sys.stderr)
+            card, sha, net = export_results(args.results_dir, args.output, folds,
+                                            args.checkpoint, args.name, args.version,
+                                            args.orientation, args.license, args.description)
+    except (ExportError, export.ModelError, OSError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    n = sum(p.numel() for k, p in net.state_dict().items() if not k.startswith(IGNORED_PREFIXES))
+    a = card["architecture"]
+    print(f"wrote {args.output}: {a['n_stages']} stages {a['features_per_stage']}, "
+          f"{a['num_classes']} classes, {n} parameters, patch {card['inference']['patch_size']}")
+    print("labels: " + ", ".join(f"{e['id']}={e['name']}" for e in card["labels"]))
+    print(f"sha256: {sha}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
