@@ -1,6 +1,7 @@
 #!/bin/bash
-# The command line: version, help, exit codes, check-config on the shipped files, and that
-# etc/mmsegd.ini documents every key of the configuration table with its default.
+# The command line: version, help, exit codes, check-config on the shipped files, that
+# etc/mmsegd.ini documents every key of the configuration table with its default, and
+# model-info on the demo model and a malformed one.
 set -u
 srcdir=${srcdir:-.}
 MMSEGD=${MMSEGD:-./mmsegd}
@@ -15,14 +16,14 @@ ok() { # ok STATUS DESCRIPTION
 }
 diag() { printf '%s\n' "$1" | sed 's/^/# /'; }
 
-echo "1..14"
+echo "1..18"
 
 out=$("$MMSEGD" --version); rc=$?
 [ $rc -eq 0 ] && [[ $out =~ ^mmsegd\ [0-9]+\.[0-9]+\.[0-9]+$ ]]; ok $? "--version: $out"
 
 out=$("$MMSEGD" --help); rc=$?
 cmds=$(printf '%s\n' "$out" | sed -n '/^Commands:/,/^$/p' | awk 'NF && !/^Commands:/ {print $1}' | tr '\n' ' ')
-[ $rc -eq 0 ] && [ "$cmds" = "serve check-config " ]; ok $? "--help lists the working commands: $cmds"
+[ $rc -eq 0 ] && [ "$cmds" = "serve check-config model-info " ]; ok $? "--help lists the working commands: $cmds"
 
 out=$("$MMSEGD" serve --help); rc=$?
 [ $rc -eq 0 ] && [[ $out == "Usage: mmsegd serve "* ]]; ok $? "serve --help"
@@ -65,6 +66,27 @@ grep -qF "$tmp/bad.ini:2: [daemon] log_level: 'loud' is not one of" "$tmp/err"
 [ $rc -eq 2 ] && grep -qF "bad.ini:2:" "$tmp/err"; ok $? "serve refuses an invalid file with exit 2 (got $rc)"
 "$MMSEGD" check-config -c "$tmp/missing.ini" >/dev/null 2>"$tmp/err"; rc=$?
 [ $rc -eq 2 ] && grep -qF "cannot open" "$tmp/err"; ok $? "a missing file: exit 2 (got $rc)"
+
+# model-info: the card, the counts and the file's SHA-256; a malformed file exits 1 naming the
+# file and the tensor; a missing operand is a usage error.
+demo="$srcdir/models/demo.safetensors"
+"$MMSEGD" model-info "$demo" >"$tmp/info.out" 2>"$tmp/err"; rc=$?
+sum=$(sha256sum "$demo" | cut -d' ' -f1)
+[ $rc -eq 0 ] && grep -q '"name":[[:space:]]*"mmunet-demo-ct"' "$tmp/info.out" &&
+    [ "$(tail -n 2 "$tmp/info.out")" = "tensors: 126, parameters: 426802, bytes: 1707208
+sha256: $sum" ]
+ok $? "model-info on models/demo.safetensors: card, counts, sha256 (exit $rc)"
+[ $rc -eq 0 ] || diag "$(tail -n 3 "$tmp/info.out"; cat "$tmp/err")"
+bad="$srcdir/tests/fixtures/mmunet/malformed/hole.safetensors"
+"$MMSEGD" model-info "$bad" >"$tmp/info.out" 2>"$tmp/err"; rc=$?
+[ $rc -eq 1 ] && [ ! -s "$tmp/info.out" ] &&
+    grep -qxF "mmsegd: model-info: $bad: tensor 'head.weight': data at 5408, expected 5404 (hole)" "$tmp/err"
+ok $? "model-info on a malformed file: exit 1 (got $rc) and the reason"
+[ $rc -eq 1 ] || diag "$(cat "$tmp/err")"
+"$MMSEGD" model-info >/dev/null 2>"$tmp/err"; rc=$?
+[ $rc -eq 2 ] && grep -qF "a model FILE is required" "$tmp/err"; ok $? "model-info without FILE exits 2 (got $rc)"
+out=$("$MMSEGD" help model-info); rc=$?
+[ $rc -eq 0 ] && [[ $out == "Usage: mmsegd model-info FILE"* ]]; ok $? "help model-info"
 
 # README command 2 is what CI runs, verbatim.
 readme_cmd=$(awk '/^```/ {f++; next} f == 1 && NF && !/^#/' "$srcdir/README.md" | sed -n 2p)

@@ -4,6 +4,7 @@
 #include <stdint.h>
 
 #include "kernels/rescale-math.h"
+#include "kernels/ssm-math.h"
 #include "tests/tap.h"
 
 int
@@ -11,7 +12,7 @@ main(void)
 {
     int wrong = 0;
 
-    plan(4, 10);
+    plan(9, 10);
     is_int((int)mms_rescale_1(0.0f, 1.0f, -1024.0f), -1024, "stored 0 with intercept -1024");
     ok(mms_rescale_1(1000.0f, 0.5f, -1024.0f) == -524.0f, "slope 0.5");
     /* Every int16 value with slope 1 is exact. */
@@ -27,5 +28,36 @@ main(void)
             wrong++;
     }
     is_int(wrong, 0, "a non-trivial slope rounds once, like the device's fmaf");
+
+    /* The Mamba math against libm in double, over the ranges the scan sees. */
+    double worst = 0.0;
+    for (float x = -87.0f; x <= 88.0f; x += 0.0013f) {
+        double want = exp((double)x), rel = fabs(mms_expf(x) - want) / want;
+        worst = rel > worst ? rel : worst;
+    }
+    ok(worst < 3e-7, "mms_expf on [-87, 88] within 3e-7 relative (worst %.3g)", worst);
+    ok(mms_expf(-1000.0f) >= 0.0f && mms_expf(-1000.0f) < 1e-37f && mms_expf(0.0f) == 1.0f,
+       "mms_expf: deep negative underflows to ~0, e^0 = 1");
+    worst = 0.0;
+    for (float x = 1e-30f; x < 1e30f; x *= 1.0137f) {
+        double want = log((double)x), err = fabs(mms_logf(x) - want) / fmax(1.0, fabs(want));
+        worst = err > worst ? err : worst;
+    }
+    ok(worst < 3e-7, "mms_logf on [1e-30, 1e30] within 3e-7 (worst %.3g)", worst);
+    worst = 0.0;
+    for (float v = -60.0f; v <= 60.0f; v += 0.00097f) {
+        double want = v > 20.0f ? v : log1p(exp((double)v));
+        double rel = fabs(mms_softplus(v) - want) / want;
+        worst = rel > worst ? rel : worst;
+    }
+    ok(worst < 1e-6, "mms_softplus on [-60, 60] within 1e-6 relative (worst %.3g)", worst);
+    worst = 0.0;
+    for (float v = -90.0f; v <= 90.0f; v += 0.00113f) {
+        double want = v / (1.0 + exp(-(double)v));
+        double err = fabs(mms_silu(v) - want) / fmax(1e-30, fabs(want));
+        if (fabs(want) > 1e-30)
+            worst = err > worst ? err : worst;
+    }
+    ok(worst < 1e-6, "mms_silu on [-90, 90] within 1e-6 relative (worst %.3g)", worst);
     return done_testing();
 }

@@ -1,0 +1,312 @@
+/* infer: the CPU backend (style.md 2.6): oneDNN convolutions and sgemm, OpenMP loops.
+ *
+ * The arena is host memory; upload and download are copies. graph_init() prepares one
+ * state per node (a oneDNN primitive with reordered weights, or a mixer's transposed
+ * constants) and the scratch memory they share, so compute() allocates nothing. Tiles run
+ * one at a time (max_batch 1): IN and Mamba are per sample anyway, and each op already uses
+ * every thread. Threads: one caller at a time; `threads` OpenMP threads help it. */
+#include "infer/backend-impl.h"
+
+#include <omp.h>
+#include <stdlib.h>
+#include <time.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "infer/ops-cpu/ops-cpu-impl.h"
+
+struct node_state {
+    struct mms_cpu_conv conv;
+    struct mms_cpu_mixer mixer;
+};
+
+struct graph_ctx {
+    int n_nodes;
+    struct node_state *nodes; /* zeroed at allocation: the fini functions accept empty ones */
+    void *scratch;            /* shared by the convolutions, one at a time */
+    double *norm_part;
+    size_t fixed_bytes;
+};
+
+static int
+cpu_init(struct mms_backend *be, const struct mms_backend_params *p)
+{
+    struct mms_cpu *cpu = calloc(1, sizeof *cpu);
+    if (cpu == NULL)
+        return MMS_ENOMEM;
+    cpu->threads = p->threads > 0 ? p->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (cpu->threads < 1)
+        cpu->threads = 1;
+    if (dnnl_engine_create(&cpu->engine, dnnl_cpu, 0) != dnnl_success)
+        goto fail;
+    if (dnnl_stream_create(&cpu->stream, cpu->engine, dnnl_stream_default_flags) != dnnl_success)
+        goto fail;
+    be->ctx = cpu;
+    return 0;
+fail:
+    dnnl_engine_destroy(cpu->engine);
+    free(cpu);
+    return MMS_ENOMEM;
+}
+
+static void
+cpu_free(struct mms_backend *be)
+{
+    struct mms_cpu *cpu = be->ctx;
+    if (cpu == NULL)
+        return;
+    dnnl_stream_destroy(cpu->stream);
+    dnnl_engine_destroy(cpu->engine);
+    free(cpu);
+    be->ctx = NULL;
+}
+
+static int
+cpu_buffer_alloc(struct mms_backend *be, size_t nbytes, struct mms_buffer *out)
+{
+    (void)be;
+    size_t n = (nbytes + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, n ? n : 64);
+    if (p == NULL)
+        return MMS_ENOMEM;
+    out->host = p;
+    out->device = NULL;
+    out->nbytes = nbytes;
+    return 0;
+}
+
+static void
+cpu_buffer_free(struct mms_backend *be, struct mms_buffer *buf)
+{
+    (void)be;
+    free(buf->host);
+    memset(buf, 0, sizeof *buf);
+}
+
+static int
+cpu_upload(struct mms_backend *be, struct mms_buffer *buf, size_t offset, const void *src,
+           size_t nbytes)
+{
+    (void)be;
+    if (offset > buf->nbytes || nbytes > buf->nbytes - offset)
+        return MMS_EINVAL;
+    memcpy((char *)buf->host + offset, src, nbytes);
+    return 0;
+}
+
+static int
+cpu_download(struct mms_backend *be, void *dst, const struct mms_buffer *buf, size_t offset,
+             size_t nbytes)
+{
+    (void)be;
+    if (offset > buf->nbytes || nbytes > buf->nbytes - offset)
+        return MMS_EINVAL;
+    memcpy(dst, (const char *)buf->host + offset, nbytes);
+    return 0;
+}
+
+static bool
+cpu_supports_op(struct mms_backend *be, const struct mms_node *nd)
+{
+    (void)be;
+    return nd->op >= 0 && nd->op < MMS_OP__COUNT;
+}
+
+static void
+cpu_graph_fini(struct mms_backend *be, void *gctx)
+{
+    (void)be;
+    struct graph_ctx *gc = gctx;
+    if (gc == NULL)
+        return;
+    for (int i = 0; gc->nodes != NULL && i < gc->n_nodes; i++) {
+        mms__cpu_conv_fini(&gc->nodes[i].conv);
+        mms__cpu_mixer_fini(&gc->nodes[i].mixer);
+    }
+    free(gc->nodes);
+    free(gc->scratch);
+    free(gc->norm_part);
+    free(gc);
+}
+
+static int
+cpu_graph_init(struct mms_backend *be, const struct mms_graph *g, void **gctx, size_t *fixed_bytes)
+{
+    struct mms_cpu *cpu = be->ctx;
+    struct graph_ctx *gc = calloc(1, sizeof *gc);
+    int rc = MMS_ENOMEM;
+    if (gc == NULL)
+        return MMS_ENOMEM;
+    if ((gc->nodes = calloc((size_t)g->n_nodes, sizeof *gc->nodes)) == NULL)
+        goto fail;
+    gc->n_nodes = g->n_nodes;
+    size_t scratch = 0;
+    int64_t max_c = 1;
+    for (int i = 0; i < g->n_nodes; i++) {
+        const struct mms_node *nd = &g->nodes[i];
+        struct node_state *s = &gc->nodes[i];
+        switch (nd->op) {
+        case MMS_OP_CONV:
+            if ((rc = mms__cpu_conv_init(cpu, g, nd, &s->conv)) < 0)
+                goto fail;
+            gc->fixed_bytes += s->conv.wei_bytes;
+            if (s->conv.scratch_bytes > scratch)
+                scratch = s->conv.scratch_bytes;
+            break;
+        case MMS_OP_MIXER:
+            if ((rc = mms__cpu_mixer_init(nd, &s->mixer)) < 0)
+                goto fail;
+            gc->fixed_bytes += s->mixer.bytes;
+            break;
+        case MMS_OP_NORM:
+            if (g->tensors[nd->src[0]].c > max_c)
+                max_c = g->tensors[nd->src[0]].c;
+            break;
+        default:
+            break;
+        }
+    }
+    rc = MMS_ENOMEM;
+    if (scratch > 0 && (gc->scratch = aligned_alloc(64, (scratch + 63) & ~(size_t)63)) == NULL)
+        goto fail;
+    /* IN: 2 doubles per channel per thread, then scale and shift as floats */
+    size_t part = (size_t)max_c * (2 * (size_t)cpu->threads + 1) * sizeof(double);
+    if ((gc->norm_part = malloc(part)) == NULL)
+        goto fail;
+    gc->fixed_bytes += scratch + part;
+    *gctx = gc;
+    *fixed_bytes = gc->fixed_bytes;
+    return 0;
+fail:
+    cpu_graph_fini(be, gc);
+    return rc;
+}
+
+static int
+cpu_max_batch(struct mms_backend *be, const struct mms_graph *g)
+{
+    (void)be;
+    (void)g;
+    return 1;
+}
+
+static double
+now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void
+account(struct mms_net_profile *p, const struct mms_graph *g, const struct mms_node *nd, double s)
+{
+    switch (nd->op) {
+    case MMS_OP_CONV: {
+        const struct mms_tdesc *o = &g->tensors[nd->dst];
+        double taps = (double)nd->u.conv.k[0] * nd->u.conv.k[1] * nd->u.conv.k[2];
+        p->conv_s += s;
+        p->conv_flop += 2.0 * taps * (double)nd->u.conv.cin * (double)nd->u.conv.cout *
+                        (double)mms__tdesc_voxels(o);
+        break;
+    }
+    case MMS_OP_NORM:
+        p->norm_s += s;
+        break;
+    case MMS_OP_MIXER:
+        p->mixer_s += s;
+        break;
+    default:
+        p->other_s += s;
+        break;
+    }
+}
+
+static int
+cpu_compute(struct mms_backend *be, const struct mms_graph *g, void *gctx, struct mms_buffer *arena,
+            int n)
+{
+    struct mms_cpu *cpu = be->ctx;
+    struct graph_ctx *gc = gctx;
+    char *base = arena->host;
+    if (n != 1)
+        return MMS_EINVAL;
+    omp_set_num_threads(cpu->threads);
+    mms__cpu_ftz();
+#define T(i) ((float *)(base + g->tensors[(i)].offset))
+    for (int i = 0; i < g->n_nodes; i++) {
+        const struct mms_node *nd = &g->nodes[i];
+        struct node_state *s = &gc->nodes[i];
+        const struct mms_tdesc *src = &g->tensors[nd->src[0]];
+        int rc = 0;
+        double t0 = g->profile != NULL ? now_s() : 0.0;
+        switch (nd->op) {
+        case MMS_OP_CONV:
+            rc = mms__cpu_conv_run(cpu, &s->conv, T(nd->src[0]), T(nd->dst), gc->scratch);
+            break;
+        case MMS_OP_NORM:
+            mms__cpu_instnorm(cpu->threads, T(nd->src[0]), mms__tdesc_voxels(src), src->c,
+                              nd->u.norm.gamma, nd->u.norm.beta, nd->u.norm.eps, nd->u.norm.lrelu,
+                              nd->slope, gc->norm_part);
+            break;
+        case MMS_OP_ADD_LRELU:
+            mms__cpu_add_lrelu(cpu->threads, T(nd->src[0]), T(nd->src[1]),
+                               mms__tdesc_voxels(src) * src->c, nd->slope);
+            break;
+        case MMS_OP_MIXER: {
+            float *taps[MMS_TAP__COUNT];
+            bool any = false;
+            for (int j = 0; j < MMS_TAP__COUNT; j++) {
+                taps[j] = nd->u.mixer.tap[j] >= 0 ? T(nd->u.mixer.tap[j]) : NULL;
+                any = any || taps[j] != NULL;
+            }
+            rc =
+                mms__cpu_mixer_run(cpu, nd, &s->mixer, mms__tdesc_voxels(src), T(nd->src[0]),
+                                   T(nd->dst), base + g->tensors[nd->ws].offset, any ? taps : NULL);
+            break;
+        }
+        case MMS_OP_UP_CONCAT:
+            mms__cpu_up_concat(cpu->threads, src, T(nd->src[0]), &g->tensors[nd->src[1]],
+                               T(nd->src[1]), nd->u.up.stride, T(nd->dst));
+            break;
+        case MMS_OP_TO_NCDHW:
+            mms__cpu_transpose(cpu->threads, T(nd->src[0]), T(nd->dst), mms__tdesc_voxels(src),
+                               src->c);
+            break;
+        case MMS_OP_FROM_NCDHW:
+            mms__cpu_transpose(cpu->threads, T(nd->src[0]), T(nd->dst), src->c,
+                               mms__tdesc_voxels(src));
+            break;
+        default:
+            rc = MMS_ENOTSUP;
+            break;
+        }
+        if (rc < 0) {
+            mms_log(MMS_LOG_ERR, "cpu: %s: %s", nd->name, mms_strerror(rc));
+            return rc;
+        }
+        if (g->profile != NULL)
+            account(g->profile, g, nd, now_s() - t0);
+    }
+#undef T
+    return 0;
+}
+
+const struct mms_backend_ops mms__backend_cpu = {
+    .api_version = MMS_BACKEND_API_VERSION,
+    .name = "cpu",
+    .init = cpu_init,
+    .free = cpu_free,
+    .buffer_alloc = cpu_buffer_alloc,
+    .buffer_free = cpu_buffer_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .supports_op = cpu_supports_op,
+    .graph_init = cpu_graph_init,
+    .graph_fini = cpu_graph_fini,
+    .max_batch = cpu_max_batch,
+    .compute = cpu_compute,
+    .synchronize = NULL,
+};

@@ -1,0 +1,9 @@
+/* infer: the registry of built backends, "cpu" first. This is the only file that may test
+ * HAVE_CUDA (style.md 2.6); the CUDA backend joins the list here, under that macro, when it
+ * exists. */
+#include "infer/backend-impl.h"
+
+const struct mms_backend_ops *const mms__backends[] = {
+    &mms__backend_cpu,
+    NULL,
+};

@@ -1,0 +1,99 @@
+/* infer: opening backends by name and the wrappers around optional slots.
+ * Threads: any; one backend is used by one thread at a time. */
+#include "infer/backend-impl.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/log.h"
+
+#define MAX_BACKENDS 8
+
+const char *const *
+mms_backend_names(void)
+{
+    static const char *names[MAX_BACKENDS + 1];
+    if (names[0] == NULL) {
+        int n = 0;
+        for (int i = 0; mms__backends[i] != NULL && n < MAX_BACKENDS; i++)
+            names[n++] = mms__backends[i]->name;
+        names[n] = NULL;
+    }
+    return names;
+}
+
+static const struct mms_backend_ops *
+find(const char *name)
+{
+    for (int i = 0; mms__backends[i] != NULL; i++)
+        if (strcmp(mms__backends[i]->name, name) == 0)
+            return mms__backends[i];
+    return NULL;
+}
+
+static int
+start(const struct mms_backend_ops *ops, const struct mms_backend_params *p,
+      struct mms_backend **out)
+{
+    if (ops->api_version != MMS_BACKEND_API_VERSION)
+        return MMS_ENOTSUP;
+    struct mms_backend *be = calloc(1, sizeof *be);
+    if (be == NULL)
+        return MMS_ENOMEM;
+    be->ops = ops;
+    int rc = ops->init(be, p);
+    if (rc < 0) {
+        free(be);
+        return rc;
+    }
+    *out = be;
+    return 0;
+}
+
+int
+mms_backend_open(const char *name, const struct mms_backend_params *p, struct mms_backend **out)
+{
+    static const struct mms_backend_params defaults = {0};
+    if (name == NULL || out == NULL)
+        return MMS_EINVAL;
+    if (p == NULL)
+        p = &defaults;
+    if (strcmp(name, "auto") == 0) {
+        const char *why = "this build has no GPU backend";
+        for (int i = 1; mms__backends[i] != NULL; i++) {
+            int rc = start(mms__backends[i], p, out);
+            if (rc == 0)
+                return 0;
+            why = mms_strerror(rc);
+            mms_log(MMS_LOG_INFO, "backend %s did not start: %s", mms__backends[i]->name, why);
+        }
+        mms_log(MMS_LOG_NOTICE, "backend auto: using the CPU (%s)", why);
+        return start(&mms__backend_cpu, p, out);
+    }
+    const struct mms_backend_ops *ops = find(name);
+    if (ops != NULL)
+        return start(ops, p, out);
+    return strcmp(name, "cuda") == 0 ? MMS_ENOTSUP : MMS_EINVAL;
+}
+
+void
+mms_backend_free(struct mms_backend *be)
+{
+    if (be == NULL)
+        return;
+    be->ops->free(be);
+    free(be);
+}
+
+const char *
+mms_backend_name(const struct mms_backend *be)
+{
+    return be->ops->name;
+}
+
+int
+mms__backend_synchronize(struct mms_backend *be)
+{
+    return be->ops->synchronize != NULL ? be->ops->synchronize(be) : 0;
+}

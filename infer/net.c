@@ -1,0 +1,174 @@
+/* infer: a network ready to run, the model's graph for one tile shape on one backend, with
+ * its arena allocated once (style.md 2.5). Threads: the backend's thread. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "infer/backend-impl.h"
+
+struct mms_net {
+    const struct mms_model *model;
+    struct mms_backend *be;
+    struct mms_graph *g;
+    void *gctx;
+    size_t fixed_bytes;
+    int max_batch;
+    size_t stride; /* arena bytes per sample */
+    struct mms_buffer arena;
+    struct mms_net_profile profile;
+};
+
+int
+mms_net_new(const struct mms_model *m, struct mms_backend *be, const int64_t tile[3],
+            unsigned flags, struct mms_net **out)
+{
+    if (m == NULL || be == NULL || tile == NULL || out == NULL)
+        return MMS_EINVAL;
+    struct mms_net *n = calloc(1, sizeof *n);
+    if (n == NULL)
+        return MMS_ENOMEM;
+    n->model = m;
+    n->be = be;
+    int rc = mms__graph_build(m, tile, (flags & MMS_NET_TAPS) != 0, &n->g);
+    if (rc < 0)
+        goto fail;
+    for (int i = 0; i < n->g->n_nodes; i++) {
+        if (!be->ops->supports_op(be, &n->g->nodes[i])) {
+            mms_log(MMS_LOG_ERR, "backend %s cannot run %s", be->ops->name, n->g->nodes[i].name);
+            rc = MMS_ENOTSUP;
+            goto fail;
+        }
+    }
+    if ((rc = be->ops->graph_init(be, n->g, &n->gctx, &n->fixed_bytes)) < 0)
+        goto fail;
+    n->max_batch = be->ops->max_batch(be, n->g);
+    n->stride = n->g->arena_bytes;
+    size_t total;
+    if (n->max_batch < 1 || __builtin_mul_overflow(n->stride, (size_t)n->max_batch, &total)) {
+        rc = MMS_EINVAL;
+        goto fail;
+    }
+    if ((rc = be->ops->buffer_alloc(be, total, &n->arena)) < 0)
+        goto fail;
+    *out = n;
+    return 0;
+fail:
+    mms_net_free(n);
+    return rc;
+}
+
+void
+mms_net_free(struct mms_net *n)
+{
+    if (n == NULL)
+        return;
+    if (n->arena.host != NULL || n->arena.device != NULL)
+        n->be->ops->buffer_free(n->be, &n->arena);
+    if (n->gctx != NULL)
+        n->be->ops->graph_fini(n->be, n->gctx);
+    mms__graph_free(n->g);
+    free(n);
+}
+
+size_t
+mms_net_arena_bytes(const struct mms_net *n)
+{
+    return n->stride * (size_t)n->max_batch;
+}
+
+size_t
+mms_net_fixed_bytes(const struct mms_net *n)
+{
+    return n->fixed_bytes;
+}
+
+int
+mms_net_op_count(const struct mms_net *n)
+{
+    return n->g->n_nodes;
+}
+
+size_t
+mms_net_unplanned_bytes(const struct mms_net *n)
+{
+    return n->g->unplanned_bytes;
+}
+
+int
+mms_net_forward(struct mms_net *n, const float *in, int n_tiles, float *logits)
+{
+    if (n == NULL || in == NULL || logits == NULL || n_tiles < 0)
+        return MMS_EINVAL;
+    const struct mms_tdesc *ti = &n->g->tensors[n->g->input], *to = &n->g->tensors[n->g->output];
+    size_t in_bytes = (size_t)(ti->c * mms__tdesc_voxels(ti)) * sizeof(float);
+    size_t out_bytes = (size_t)(to->c * mms__tdesc_voxels(to)) * sizeof(float);
+    struct mms_backend *be = n->be;
+    int rc;
+    for (int t0 = 0; t0 < n_tiles; t0 += n->max_batch) {
+        int nb = n_tiles - t0 < n->max_batch ? n_tiles - t0 : n->max_batch;
+        for (int s = 0; s < nb; s++) {
+            rc = be->ops->upload(be, &n->arena, s * n->stride + ti->offset,
+                                 (const char *)in + (size_t)(t0 + s) * in_bytes, in_bytes);
+            if (rc < 0)
+                return rc;
+        }
+        if ((rc = be->ops->compute(be, n->g, n->gctx, &n->arena, nb)) < 0 ||
+            (rc = mms__backend_synchronize(be)) < 0)
+            return rc;
+        if (n->g->profile != NULL)
+            n->g->profile->passes += nb;
+        for (int s = 0; s < nb; s++) {
+            rc = be->ops->download(be, (char *)logits + (size_t)(t0 + s) * out_bytes, &n->arena,
+                                   s * n->stride + to->offset, out_bytes);
+            if (rc < 0)
+                return rc;
+        }
+    }
+    return 0;
+}
+
+int
+mms_net_tap(const struct mms_net *n, const char *name, float *out, size_t capacity, size_t *count)
+{
+    int i = mms__graph_find(n->g, name);
+    if (i < 0)
+        return MMS_ENOENT;
+    const struct mms_tdesc *t = &n->g->tensors[i];
+    int64_t vox = mms__tdesc_voxels(t), c = t->tap_c ? t->tap_c : t->c;
+    size_t cnt = (size_t)(vox * c);
+    *count = cnt;
+    if (out == NULL)
+        return 0;
+    if (capacity < cnt)
+        return MMS_EINVAL;
+    float *buf = malloc((size_t)(vox * t->c) * sizeof(float));
+    if (buf == NULL)
+        return MMS_ENOMEM;
+    int rc = n->be->ops->download(n->be, buf, &n->arena, t->offset,
+                                  (size_t)(vox * t->c) * sizeof(float));
+    if (rc == 0) {
+        if (t->raw) {
+            memcpy(out, buf, cnt * sizeof(float));
+        } else { /* (L, C) -> (c < C channels, L) */
+            for (int64_t v = 0; v < vox; v++)
+                for (int64_t j = 0; j < c; j++)
+                    out[j * vox + v] = buf[v * t->c + j];
+        }
+    }
+    free(buf);
+    return rc;
+}
+
+void
+mms_net_profile_enable(struct mms_net *n, bool on)
+{
+    memset(&n->profile, 0, sizeof n->profile);
+    n->g->profile = on ? &n->profile : NULL;
+}
+
+const struct mms_net_profile *
+mms_net_profile(const struct mms_net *n)
+{
+    return &n->profile;
+}

@@ -1,0 +1,253 @@
+/* The whole network on the CPU backend against the PyTorch reference's goldens (mmunet.md 7,
+ * V1 and V6): every block output, the first MetaBlock's internals and the logits, for every
+ * knob combination; argmax on a 32x64x64 input; thread-count invariance; repeatability; no
+ * allocation inside a forward pass; the arena plan. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/err.h"
+#include "infer/infer.h"
+#include "infer/model-impl.h"
+#include "tests/tap.h"
+
+/* Allocation counter: the test links with -Wl,--wrap for these, so calls made by the
+ * engine's own objects land here (not those inside oneDNN or libgomp). */
+static long n_allocs;
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t m);
+void *__real_realloc(void *p, size_t n);
+void *__real_aligned_alloc(size_t a, size_t n);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t n, size_t m);
+void *__wrap_realloc(void *p, size_t n);
+void *__wrap_aligned_alloc(size_t a, size_t n);
+void *
+__wrap_malloc(size_t n)
+{
+    n_allocs++;
+    return __real_malloc(n);
+}
+void *
+__wrap_calloc(size_t n, size_t m)
+{
+    n_allocs++;
+    return __real_calloc(n, m);
+}
+void *
+__wrap_realloc(void *p, size_t n)
+{
+    n_allocs++;
+    return __real_realloc(p, n);
+}
+void *
+__wrap_aligned_alloc(size_t a, size_t n)
+{
+    n_allocs++;
+    return __real_aligned_alloc(a, n);
+}
+
+static const char *const variants[] = {"separate",       "shared",     "vim_v2",
+                                       "inner_residual", "merge_half", "partial"};
+#define N_VARIANTS (sizeof variants / sizeof variants[0])
+
+static double
+tol_of(const float *a, const float *b, size_t n)
+{
+    double worst = 0.0, scale = 1.0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        worst = d > worst || isnan(d) ? d : worst;
+        scale = fabs(b[i]) > scale ? fabs(b[i]) : scale;
+    }
+    return worst / scale;
+}
+
+static void
+argmax(const float *logits, int nc, size_t vox, uint8_t *out)
+{
+    for (size_t v = 0; v < vox; v++) {
+        int best = 0;
+        for (int c = 1; c < nc; c++)
+            if (logits[c * vox + v] > logits[best * vox + v])
+                best = c;
+        out[v] = (uint8_t)best;
+    }
+}
+
+static void
+test_variant(const char *dir, const char *variant)
+{
+    char path[4096], why[512];
+    struct mms_model *m = NULL;
+    struct mms_st *gold = NULL;
+    struct mms_backend *be = NULL;
+    struct mms_net *net = NULL;
+    struct mms_backend_params bp = {.threads = 2};
+    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-%s.safetensors", dir, variant);
+    int rc = mms_model_load(path, &m, why, sizeof why);
+    if (rc == 0) {
+        snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-%s.golden.safetensors", dir,
+                 variant);
+        rc = mms__st_open(path, &gold, why, sizeof why);
+    }
+    if (rc == 0)
+        rc = mms_backend_open("cpu", &bp, &be);
+    const struct mms_card *card = rc == 0 ? mms_model_card(m) : NULL;
+    if (rc == 0)
+        rc = mms_net_new(m, be, card->inf.patch, MMS_NET_TAPS, &net);
+    if (!ok(rc == 0, "%s: load, open the CPU backend, plan the network", variant)) {
+        diag("%s (%s)", mms_strerror(rc), why);
+        skip("no network");
+        skip("no network");
+        goto out;
+    }
+    const struct mms_tensor *in = mms__st_find(gold, "input");
+    size_t nl = (size_t)(card->arch.num_classes * in->count);
+    float *logits = malloc(nl * sizeof(float));
+    long before = n_allocs;
+    rc = mms_net_forward(net, in->data, 1, logits);
+    long allocs = n_allocs - before;
+    /* every golden tensor but the input: blocks, up, LN, mixer, delta, pre-gate y, logits */
+    int checked = 0, failed = 0;
+    double worst = 0.0;
+    const char *worst_name = "";
+    for (int i = 0; i < mms__st_count(gold); i++) {
+        const struct mms_tensor *t = mms__st_tensor(gold, i);
+        if (strcmp(t->name, "input") == 0)
+            continue;
+        size_t cnt = 0;
+        float *got = malloc((size_t)t->count * sizeof(float));
+        int trc = mms_net_tap(net, t->name, got, (size_t)t->count, &cnt);
+        double tl = trc == 0 && cnt == (size_t)t->count ? tol_of(got, t->data, cnt) : INFINITY;
+        if (!(tl <= 1e-4)) {
+            failed++;
+            diag("%s: %s: %s, tol %.3g", variant, t->name, mms_strerror(trc), tl);
+        }
+        if (tl > worst || checked == 0) {
+            worst = tl;
+            worst_name = t->name;
+        }
+        checked++;
+        free(got);
+    }
+    ok(rc == 0 && failed == 0 && checked >= 15,
+       "%s: %d golden tensors within tol 1e-4 (worst %.2g, %s)", variant, checked, worst,
+       worst_name);
+    is_int(allocs, 0, "%s: a forward pass allocates nothing", variant);
+    free(logits);
+out:
+    mms_net_free(net);
+    mms_backend_free(be);
+    mms__st_close(gold);
+    mms_model_free(m);
+}
+
+/* The 32x64x64 input: argmax against the reference's, thread counts, repeatability. */
+static void
+test_big(const char *dir)
+{
+    char path[4096], why[512];
+    struct mms_model *m = NULL;
+    struct mms_st *big = NULL;
+    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-separate.safetensors", dir);
+    int rc = mms_model_load(path, &m, why, sizeof why);
+    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-separate.big.safetensors", dir);
+    if (rc == 0)
+        rc = mms__st_open(path, &big, why, sizeof why);
+    if (rc < 0) {
+        printf("Bail out! %s\n", why);
+        exit(1);
+    }
+    const struct mms_tensor *in = mms__st_find(big, "input"), *want = mms__st_find(big, "argmax");
+    int64_t tile[3] = {in->shape[1], in->shape[2], in->shape[3]};
+    size_t vox = (size_t)(tile[0] * tile[1] * tile[2]);
+    int nc = mms_model_card(m)->arch.num_classes;
+    static const int threads[] = {1, 2, 3};
+    float *logits[3];
+    size_t arena = 0, unplanned = 0;
+    for (int i = 0; i < 3; i++) {
+        struct mms_backend *be = NULL;
+        struct mms_net *net = NULL;
+        struct mms_backend_params bp = {.threads = threads[i]};
+        logits[i] = malloc(vox * (size_t)nc * sizeof(float));
+        rc = mms_backend_open("cpu", &bp, &be);
+        if (rc == 0)
+            rc = mms_net_new(m, be, tile, 0, &net);
+        if (rc == 0)
+            rc = mms_net_forward(net, in->data, 1, logits[i]);
+        if (rc == 0 && i == 0) {
+            float *again = malloc(vox * (size_t)nc * sizeof(float));
+            rc = mms_net_forward(net, in->data, 1, again);
+            ok(rc == 0 && memcmp(again, logits[0], vox * (size_t)nc * sizeof(float)) == 0,
+               "a second run on the same network gives the same logits, bit for bit");
+            free(again);
+            arena = mms_net_arena_bytes(net);
+            unplanned = mms_net_unplanned_bytes(net);
+        }
+        if (rc < 0)
+            diag("threads %d: %s", threads[i], mms_strerror(rc));
+        mms_net_free(net);
+        mms_backend_free(be);
+    }
+    uint8_t *lab = malloc(vox);
+    argmax(logits[0], nc, vox, lab);
+    size_t agree = 0;
+    for (size_t v = 0; v < vox; v++)
+        agree += lab[v] == (uint8_t)want->data[v];
+    ok((double)agree >= 0.9999 * (double)vox,
+       "32x64x64: argmax equals the reference on %zu of %zu "
+       "voxels (>= 99.99%%)",
+       agree, vox);
+    double t2 = tol_of(logits[1], logits[0], vox * (size_t)nc);
+    double t3 = tol_of(logits[2], logits[0], vox * (size_t)nc);
+    ok(t2 <= 1e-6 && t3 <= 1e-6,
+       "thread count changes the logits by float summation order only: 2 vs 1: %.2g, 3 vs 1: "
+       "%.2g (bound 1e-6)",
+       t2, t3);
+    ok(arena > 0 && arena < unplanned,
+       "the arena reuses buffers: %zu bytes planned, %zu without "
+       "reuse",
+       arena, unplanned);
+    for (int i = 0; i < 3; i++)
+        free(logits[i]);
+    free(lab);
+    mms__st_close(big);
+    mms_model_free(m);
+}
+
+static void
+test_errors(const char *dir)
+{
+    char path[4096], why[512];
+    struct mms_model *m = NULL;
+    struct mms_backend *be = NULL;
+    struct mms_net *net = NULL;
+    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-separate.safetensors", dir);
+    mms_model_load(path, &m, why, sizeof why);
+    is_int(mms_backend_open("tpu", NULL, &be), MMS_EINVAL, "an unknown backend name is refused");
+    long before = n_allocs;
+    int rc = mms_backend_open("auto", NULL, &be);
+    ok(rc == 0 && strcmp(mms_backend_name(be), "cpu") == 0, "auto falls back to the CPU");
+    ok(n_allocs > before, "the allocation counter sees the engine's own allocations (%ld)",
+       n_allocs - before);
+    int64_t bad[3] = {8, 16, 6}; /* W must be a multiple of 2 x 2 = 4 */
+    is_int(mms_net_new(m, be, bad, 0, &net), MMS_EINVAL,
+           "a tile not divisible by the strides is refused");
+    mms_backend_free(be);
+    mms_model_free(m);
+}
+
+int
+main(void)
+{
+    const char *dir = getenv("srcdir");
+    if (dir == NULL)
+        dir = ".";
+    plan((int)N_VARIANTS * 3 + 4 + 4, 600);
+    for (size_t i = 0; i < N_VARIANTS; i++)
+        test_variant(dir, variants[i]);
+    test_big(dir);
+    test_errors(dir);
+    return done_testing();
+}
