@@ -39,7 +39,7 @@ def selective_scan_sequential(x, delta, A, B, C, D):
     return y + x * D
 
 
-def selective_scan_chunked(x, delta, A, B, C, D, chunk=None):
+def selective_scan_chunked(x, delta, A, B, C, D, chunk=None, h0=None, return_state=False):
     """The same scan in chunks of T tokens, all chunks at once.
 
     Within each chunk the state is scanned from zero (a loop over T steps, vectorised over
@@ -48,10 +48,16 @@ def selective_scan_chunked(x, delta, A, B, C, D, chunk=None):
     zero-started end state (mmunet.md 3.4); finally h_t = hl_t + (prod of decays up to t) H_in.
     Every factor is a decay in (0, 1], so nothing can overflow.  T defaults to about sqrt(L),
     which balances the two Python loops.
+
+    h0 (b, E, N), if given, is the state before the first token (zero otherwise); with
+    return_state the result is (y, h) where h (b, E, N) is the state after the last token, so
+    that consecutive pieces of a sequence can be scanned one after the other.
     """
     b, L, E = x.shape
     N = A.shape[1]
     if L == 0:
+        if return_state:
+            return x.clone(), (x.new_zeros(b, E, N) if h0 is None else h0.clone())
         return x.clone()
     T = chunk or max(1, int(math.ceil(math.sqrt(L))))
     nc = (L + T - 1) // T
@@ -84,7 +90,7 @@ def selective_scan_chunked(x, delta, A, B, C, D, chunk=None):
     # path as soon as a decay underflows to zero.)
     P = torch.exp(torch.cumsum(d_p, dim=2)[..., None] * A)            # (b, nc, T, E, N)
 
-    carries = [x.new_zeros(b, E, N)]
+    carries = [x.new_zeros(b, E, N) if h0 is None else h0.expand(b, E, N)]
     ends = zip(P[:, :, -1].unbind(1), hl[:, :, -1].unbind(1))
     for _ in range(nc - 1):
         p_c, h_c = next(ends)
@@ -94,11 +100,34 @@ def selective_scan_chunked(x, delta, A, B, C, D, chunk=None):
     h_all = hl + P * H_in[:, :, None]
     y = (h_all * C_p[:, :, :, None, :]).sum(-1)                        # (b, nc, T, E)
     y = y.reshape(b, nc * T, E)[:, :L]
+    if return_state:
+        # Padding tokens keep the state, so the last padded token holds the final state.
+        return y + x * D, h_all[:, -1, -1].clone()
     return y + x * D
 
 
-def selective_scan(x, delta, A, B, C, D, chunked=True):
+def selective_scan_grouped(x, delta, A, B, C, D, group):
+    """The chunked scan over consecutive groups of `group` tokens, the state carried from
+    group to group.  The same result as one chunked scan up to rounding, with O(group E N)
+    workspace instead of O(L E N): (L, E, N) tensors of a 64x128x128 tile (L = 1,048,576,
+    E = 64, N = 16) would take 4 GB each."""
+    L = x.shape[1]
+    ys = []
+    h = None
+    for t0 in range(0, L, group):
+        t1 = min(L, t0 + group)
+        y, h = selective_scan_chunked(x[:, t0:t1], delta[:, t0:t1], A, B[:, t0:t1],
+                                      C[:, t0:t1], D, h0=h, return_state=True)
+        ys.append(y)
+    return torch.cat(ys, dim=1)
+
+
+def selective_scan(x, delta, A, B, C, D, chunked=True, group=None):
+    """The scan of mmunet.md 3.1 step 6: chunked (default) or sequential.  With `group` set
+    and more than `group` tokens, the chunked scan runs on groups of that many tokens."""
     if chunked:
+        if group is not None and x.shape[1] > group:
+            return selective_scan_grouped(x, delta, A, B, C, D, int(group))
         return selective_scan_chunked(x, delta, A, B, C, D)
     return selective_scan_sequential(x, delta, A, B, C, D)
 
@@ -123,6 +152,7 @@ class Mamba(nn.Module):
         self.bimamba_v2 = bimamba_v2
         self.merge_scale = merge_scale
         self.chunked = True
+        self.scan_group = None         # tokens per group of the chunked scan; None = all
         E, N, R = self.d_inner, d_state, self.dt_rank
 
         self.in_proj = nn.Linear(d_model, 2 * E, bias=False)
@@ -158,7 +188,8 @@ class Mamba(nn.Module):
         delta, Bm, Cm = p[..., :R], p[..., R:R + N], p[..., R + N:]
         delta = F.softplus(getattr(self, "dt_proj" + sfx)(delta))      # bias before softplus
         A = -torch.exp(getattr(self, "A_log" if sfx == "" else "A_b_log"))
-        y = selective_scan(xc, delta, A, Bm, Cm, getattr(self, "D" + sfx), self.chunked)
+        y = selective_scan(xc, delta, A, Bm, Cm, getattr(self, "D" + sfx), self.chunked,
+                           self.scan_group)
         if taps is not None:
             taps["delta" + sfx] = delta
             taps["y_pregate" + sfx] = y

@@ -289,6 +289,16 @@ class MMUNet(nn.Module):
             if isinstance(m, Mamba):
                 m.chunked = chunked
 
+    def set_scan_group(self, tokens):
+        """Run the chunked scan on groups of `tokens` tokens, carrying the state from group to
+        group (None, the default: the whole sequence at once).  Same result up to rounding;
+        the scan's workspace becomes O(tokens) instead of O(L)."""
+        if tokens is not None and int(tokens) < 1:
+            raise ValueError(f"scan group must be >= 1 token, not {tokens}")
+        for m in self.modules():
+            if isinstance(m, Mamba):
+                m.scan_group = None if tokens is None else int(tokens)
+
     # --------------------------------------------------------------------------- card
     def architecture(self):
         """The card's `architecture` object for this network (mmunet.md 4.2)."""

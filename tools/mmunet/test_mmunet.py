@@ -19,7 +19,7 @@ import torch.nn.functional as F
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 from mmunet import export, fixtures  # noqa: E402
-from mmunet.mamba import (Mamba, selective_scan_chunked,  # noqa: E402
+from mmunet.mamba import (Mamba, selective_scan, selective_scan_chunked,  # noqa: E402
                           selective_scan_sequential)
 from mmunet.model import MMUNet, init_reference_weights  # noqa: E402
 from mmunet.pipeline import Orientation, gaussian_map, tile_starts  # noqa: E402
@@ -119,6 +119,50 @@ class TestMamba(unittest.TestCase):
             b = selective_scan_chunked(x, dt, A, B, C, D, chunk)
             err = (a - b).abs().max().item() / max(1.0, a.abs().max().item())
             self.assertLess(err, 1e-10, f"L={L} chunk={chunk}")
+
+    def test_grouped_scan_equals_the_whole_scan(self):
+        # Groups of 128 tokens: the default chunk of a group (12 tokens) does not divide 128,
+        # so padded chunks sit at every group boundary, and the last group is shorter (104).
+        g = torch.Generator().manual_seed(3)
+        L, E, N = 1000, 6, 5
+        for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+            x = torch.randn(2, L, E, generator=g, dtype=torch.float64)
+            dt = F.softplus(torch.randn(2, L, E, generator=g, dtype=torch.float64) - 2)
+            A = -torch.rand(E, N, generator=g, dtype=torch.float64) * 8
+            B = torch.randn(2, L, N, generator=g, dtype=torch.float64)
+            C = torch.randn(2, L, N, generator=g, dtype=torch.float64)
+            D = torch.randn(E, generator=g, dtype=torch.float64)
+            args = [t.to(dtype) for t in (x, dt, A, B, C, D)]
+            whole = selective_scan(*args)
+            self.assertTrue(torch.equal(whole, selective_scan(*args, group=L)))
+            self.assertTrue(torch.equal(whole, selective_scan(*args, group=None)))
+            for group in (128, 100, 999):
+                got = selective_scan(*args, group=group)
+                err = (got - whole).abs().max().item() / max(1.0, whole.abs().max().item())
+                self.assertLess(err, tol, f"{dtype} group={group}: {err}")
+            # The state handed over is the sequential scan's state after the prefix.
+            y1, h = selective_scan_chunked(*[a[:, :300] if a.dim() == 3 else a for a in args],
+                                           chunk=7, return_state=True)
+            y2 = selective_scan_chunked(*[a[:, 300:] if a.dim() == 3 else a for a in args],
+                                        chunk=7, h0=h)
+            seq = selective_scan_sequential(*args)
+            err = (torch.cat([y1, y2], 1) - seq).abs().max().item() / seq.abs().max().item()
+            self.assertLess(err, tol, f"{dtype} h0/return_state: {err}")
+
+    def test_scan_group_on_the_network(self):
+        m = MMUNet(**fixtures.TINY)
+        init_reference_weights(m, 6)
+        m.eval()
+        x = torch.randn(1, 1, 8, 16, 16, generator=torch.Generator().manual_seed(4))
+        with torch.no_grad():
+            want = m(x)
+            m.set_scan_group(100)        # stage 0 has 2048 tokens, stage 1 512, stage 2 64
+            got = m(x)
+            m.set_scan_group(None)
+            again = m(x)
+        self.assertTrue(torch.equal(want, again))
+        err = (got - want).abs().max().item() / max(1.0, want.abs().max().item())
+        self.assertLess(err, 1e-5)
 
     def test_parameter_count(self):
         # One Mamba: 2EC + E(K+1) + E(R+2N) + ER + E + EN + E + CE (mmunet.md 2.7).

@@ -1,0 +1,247 @@
+/* bench-forward: time one forward pass of a model on the CPU backend.
+ *
+ *   bench-forward MODEL --tile D H W [--threads T] [--runs R]
+ *
+ * Prints one JSON object: the median and minimum of R timed passes after one warm-up, the
+ * arena and fixed memory, the process's peak RSS (after the timed passes) and its RSS before
+ * the network was built, the time per op kind of one profiled pass, the FLOP/s the
+ * convolutions reached inside the pass, and the FLOP/s oneDNN reaches on the same convolution
+ * shapes run alone (each primitive timed in a loop on its own buffers: the practical limit on
+ * this machine), and whether oneDNN's preferred layout for the largest convolution is the
+ * channels-last layout the engine uses. tools/bench-forward.sh runs it beside PyTorch. */
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include "common/err.h"
+#include "infer/infer.h"
+#include "infer/model-impl.h"
+#include "infer/ops-cpu/ops-cpu-impl.h"
+
+static double
+now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static double
+peak_rss_mb(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0;
+}
+
+static double
+cur_rss_mb(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    long pages = 0, rss = 0;
+    if (f != NULL) {
+        if (fscanf(f, "%ld %ld", &pages, &rss) != 2)
+            rss = 0;
+        fclose(f);
+    }
+    return (double)rss * 4096.0 / (1024.0 * 1024.0);
+}
+
+static int
+cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* oneDNN on its own: every convolution of the graph, timed alone; returns seconds per pass
+ * (sum of each primitive's best time) and the FLOPs. */
+static int
+onednn_alone(const struct mms_model *m, const int64_t tile[3], int threads, double *sec,
+             double *flop, int *layout_any_is_ndhwc)
+{
+    struct mms_graph *g = NULL;
+    int rc = mms__graph_build(m, tile, false, &g);
+    if (rc < 0)
+        return rc;
+    struct mms_cpu cpu = {.threads = threads};
+    dnnl_engine_create(&cpu.engine, dnnl_cpu, 0);
+    dnnl_stream_create(&cpu.stream, cpu.engine, dnnl_stream_default_flags);
+    omp_set_num_threads(threads);
+    *sec = *flop = 0.0;
+    int64_t best_flop = -1;
+    for (int i = 0; i < g->n_nodes && rc == 0; i++) {
+        const struct mms_node *nd = &g->nodes[i];
+        if (nd->op != MMS_OP_CONV)
+            continue;
+        const struct mms_tdesc *s = &g->tensors[nd->src[0]], *d = &g->tensors[nd->dst];
+        struct mms_cpu_conv cv;
+        if ((rc = mms__cpu_conv_init(&cpu, g, nd, &cv)) < 0)
+            break;
+        size_t ns = (size_t)(s->c * mms__tdesc_voxels(s)),
+               no = (size_t)(d->c * mms__tdesc_voxels(d));
+        float *src = aligned_alloc(64, ns * 4 + 64), *dst = aligned_alloc(64, no * 4 + 64);
+        void *scratch = aligned_alloc(64, cv.scratch_bytes + 64);
+        for (size_t j = 0; j < ns; j++)
+            src[j] = (float)((j * 2654435761u) % 1000) * 1e-3f - 0.5f;
+        memset(dst, 0, no * 4);
+        double best = INFINITY;
+        for (int r = 0; r < 4; r++) {
+            double t0 = now_s();
+            mms__cpu_conv_run(&cpu, &cv, src, dst, scratch);
+            double t = now_s() - t0;
+            best = t < best ? t : best;
+        }
+        double f = 2.0 * nd->u.conv.k[0] * nd->u.conv.k[1] * nd->u.conv.k[2] *
+                   (double)nd->u.conv.cin * (double)nd->u.conv.cout * (double)mms__tdesc_voxels(d);
+        *sec += best;
+        *flop += f;
+        if ((int64_t)f > best_flop) { /* where does oneDNN put the largest one when free? */
+            best_flop = (int64_t)f;
+            dnnl_dims_t sd = {1, s->c, s->d, s->h, s->w}, dd = {1, d->c, d->d, d->h, d->w};
+            dnnl_dims_t wd = {d->c, s->c, nd->u.conv.k[0], nd->u.conv.k[1], nd->u.conv.k[2]};
+            dnnl_dims_t bd = {d->c},
+                        st = {nd->u.conv.stride[0], nd->u.conv.stride[1], nd->u.conv.stride[2]};
+            dnnl_dims_t pl = {nd->u.conv.pad[0], nd->u.conv.pad[1], nd->u.conv.pad[2]}, pr;
+            int64_t in[3] = {s->d, s->h, s->w}, out[3] = {d->d, d->h, d->w};
+            for (int k = 0; k < 3; k++)
+                pr[k] = (out[k] - 1) * st[k] + nd->u.conv.k[k] - in[k] - pl[k];
+            dnnl_memory_desc_t smd, dmd, wmd, bmd, nhwc;
+            dnnl_convolution_desc_t cd;
+            dnnl_primitive_desc_t pd = NULL;
+            dnnl_memory_desc_init_by_tag(&smd, 5, sd, dnnl_f32, dnnl_format_tag_any);
+            dnnl_memory_desc_init_by_tag(&dmd, 5, dd, dnnl_f32, dnnl_format_tag_any);
+            dnnl_memory_desc_init_by_tag(&wmd, 5, wd, dnnl_f32, dnnl_format_tag_any);
+            dnnl_memory_desc_init_by_tag(&bmd, 1, bd, dnnl_f32, dnnl_x);
+            dnnl_memory_desc_init_by_tag(&nhwc, 5, dd, dnnl_f32, dnnl_ndhwc);
+            dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
+                                               &smd, &wmd, &bmd, &dmd, st, pl, pr);
+            if (dnnl_primitive_desc_create(&pd, &cd, NULL, cpu.engine, NULL) == dnnl_success) {
+                *layout_any_is_ndhwc = dnnl_memory_desc_equal(
+                    &nhwc, dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0));
+                dnnl_primitive_desc_destroy(pd);
+            }
+        }
+        free(src);
+        free(dst);
+        free(scratch);
+        mms__cpu_conv_fini(&cv);
+    }
+    dnnl_stream_destroy(cpu.stream);
+    dnnl_engine_destroy(cpu.engine);
+    mms__graph_free(g);
+    return rc;
+}
+
+int
+main(int argc, char **argv)
+{
+    const char *path = NULL;
+    int64_t tile[3] = {0, 0, 0};
+    int threads = 0, runs = 5;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--tile") == 0 && i + 3 < argc) {
+            for (int d = 0; d < 3; d++)
+                tile[d] = atoll(argv[++i]);
+        } else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+            threads = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--runs") == 0 && i + 1 < argc) {
+            runs = atoi(argv[++i]);
+        } else if (argv[i][0] != '-' && path == NULL) {
+            path = argv[i];
+        } else {
+            fprintf(stderr, "usage: bench-forward MODEL [--tile D H W] [--threads T] "
+                            "[--runs R]\n");
+            return 2;
+        }
+    }
+    if (path == NULL || runs < 1 || runs > 1000) {
+        fprintf(stderr, "usage: bench-forward MODEL [--tile D H W] [--threads T] [--runs R]\n");
+        return 2;
+    }
+    char why[512] = "";
+    struct mms_model *m = NULL;
+    struct mms_backend *be = NULL;
+    struct mms_net *net = NULL;
+    int rc = mms_model_load(path, &m, why, sizeof why);
+    if (rc < 0) {
+        fprintf(stderr, "bench-forward: %s\n", why);
+        return 1;
+    }
+    const struct mms_card *card = mms_model_card(m);
+    if (tile[0] == 0)
+        memcpy(tile, card->inf.patch, sizeof tile);
+    struct mms_backend_params bp = {.threads = threads};
+    double base_rss = cur_rss_mb();
+    if ((rc = mms_backend_open("cpu", &bp, &be)) < 0 ||
+        (rc = mms_net_new(m, be, tile, 0, &net)) < 0) {
+        fprintf(stderr, "bench-forward: %s\n", mms_strerror(rc));
+        return 1;
+    }
+    int64_t vox = tile[0] * tile[1] * tile[2];
+    float *in = malloc((size_t)(vox * card->arch.in_channels) * sizeof(float));
+    float *out = malloc((size_t)(vox * card->arch.num_classes) * sizeof(float));
+    unsigned long long s = 12345;
+    for (int64_t i = 0; i < vox * card->arch.in_channels; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        in[i] = (float)((double)(s >> 11) / 9007199254740992.0 * 4.0 - 2.0);
+    }
+    double *t = malloc((size_t)runs * sizeof(double));
+    if ((rc = mms_net_forward(net, in, 1, out)) < 0) { /* warm-up */
+        fprintf(stderr, "bench-forward: forward: %s\n", mms_strerror(rc));
+        return 1;
+    }
+    for (int r = 0; r < runs; r++) {
+        double t0 = now_s();
+        mms_net_forward(net, in, 1, out);
+        t[r] = (now_s() - t0) * 1e3;
+    }
+    double peak = peak_rss_mb();
+    mms_net_profile_enable(net, true);
+    mms_net_forward(net, in, 1, out);
+    struct mms_net_profile p = *mms_net_profile(net);
+    double sum = 0.0;
+    for (int64_t i = 0; i < vox * card->arch.num_classes; i++)
+        sum += out[i];
+    double alone_s = 0.0, alone_flop = 0.0;
+    int any_ndhwc = -1;
+    int nthreads = threads > 0 ? threads : omp_get_num_procs();
+    onednn_alone(m, tile, nthreads, &alone_s, &alone_flop, &any_ndhwc);
+    double *sorted = malloc((size_t)runs * sizeof(double));
+    memcpy(sorted, t, (size_t)runs * sizeof(double));
+    qsort(sorted, (size_t)runs, sizeof(double), cmp_double);
+    double median = runs % 2 ? sorted[runs / 2] : 0.5 * (sorted[runs / 2 - 1] + sorted[runs / 2]);
+    printf("{\"impl\": \"mmsegd-cpu\", \"model\": \"%s\", \"threads\": %d, "
+           "\"tile\": [%lld, %lld, %lld], \"runs_ms\": [",
+           card->name, nthreads, (long long)tile[0], (long long)tile[1], (long long)tile[2]);
+    for (int r = 0; r < runs; r++)
+        printf("%s%.1f", r ? ", " : "", t[r]);
+    printf("], \"median_ms\": %.1f, \"min_ms\": %.1f, \"ops\": %d, \"arena_mb\": %.1f, "
+           "\"arena_unplanned_mb\": %.1f, \"fixed_mb\": %.1f, \"baseline_rss_mb\": %.1f, "
+           "\"peak_rss_mb\": %.1f, \"params\": %lld, "
+           "\"profile_ms\": {\"conv\": %.1f, \"norm\": %.1f, \"mixer\": %.1f, \"other\": %.1f}, "
+           "\"conv_gflop\": %.2f, \"conv_gflops_in_pass\": %.1f, \"conv_gflops_onednn_alone\": "
+           "%.1f, \"onednn_prefers_ndhwc\": %s, \"logits_sum\": %.6g}\n",
+           median, sorted[0], mms_net_op_count(net), mms_net_arena_bytes(net) / 1048576.0,
+           mms_net_unplanned_bytes(net) / 1048576.0, mms_net_fixed_bytes(net) / 1048576.0, base_rss,
+           peak, (long long)mms_model_param_count(m), p.conv_s * 1e3, p.norm_s * 1e3,
+           p.mixer_s * 1e3, p.other_s * 1e3, p.conv_flop * 1e-9,
+           p.conv_s > 0 ? p.conv_flop / p.conv_s * 1e-9 : 0.0,
+           alone_s > 0 ? alone_flop / alone_s * 1e-9 : 0.0,
+           any_ndhwc < 0 ? "null"
+           : any_ndhwc   ? "true"
+                         : "false",
+           sum);
+    free(sorted);
+    free(t);
+    free(in);
+    free(out);
+    mms_net_free(net);
+    mms_backend_free(be);
+    mms_model_free(m);
+    return 0;
+}
