@@ -26,17 +26,26 @@ align_up(size_t n)
     return (n + ALIGN - 1) & ~(size_t)(ALIGN - 1);
 }
 
+/* Room for one more element in the array *v of *cap elements holding n: 0 or MMS_ENOMEM. */
+static int
+grow(void **v, int *cap, int n, size_t elem)
+{
+    if (n < *cap)
+        return 0;
+    int c = *cap ? 2 * *cap : 64;
+    void *p = realloc(*v, (size_t)c * elem);
+    if (p == NULL)
+        return MMS_ENOMEM;
+    *v = p;
+    *cap = c;
+    return 0;
+}
+
 static const char *
 intern(struct mms_graph *g, const char *s)
 {
-    if (g->n_names == g->cap_names) {
-        int cap = g->cap_names ? 2 * g->cap_names : 64;
-        char **p = realloc(g->names, (size_t)cap * sizeof *p);
-        if (p == NULL)
-            return NULL;
-        g->names = p;
-        g->cap_names = cap;
-    }
+    if (grow((void **)&g->names, &g->cap_names, g->n_names, sizeof *g->names) < 0)
+        return NULL;
     char *d = strdup(s);
     if (d == NULL)
         return NULL;
@@ -49,14 +58,8 @@ static int
 add_tensor(struct mms_graph *g, const char *name, int64_t c, int64_t d, int64_t h, int64_t w,
            size_t nbytes)
 {
-    if (g->n_tensors == g->cap_tensors) {
-        int cap = g->cap_tensors ? 2 * g->cap_tensors : 64;
-        struct mms_tdesc *p = realloc(g->tensors, (size_t)cap * sizeof *p);
-        if (p == NULL)
-            return MMS_ENOMEM;
-        g->tensors = p;
-        g->cap_tensors = cap;
-    }
+    if (grow((void **)&g->tensors, &g->cap_tensors, g->n_tensors, sizeof *g->tensors) < 0)
+        return MMS_ENOMEM;
     struct mms_tdesc *t = &g->tensors[g->n_tensors];
     memset(t, 0, sizeof *t);
     if (c > 0) {
@@ -82,14 +85,8 @@ add_tensor(struct mms_graph *g, const char *name, int64_t c, int64_t d, int64_t 
 static struct mms_node *
 add_node(struct mms_graph *g, enum mms_op op, const char *name)
 {
-    if (g->n_nodes == g->cap_nodes) {
-        int cap = g->cap_nodes ? 2 * g->cap_nodes : 64;
-        struct mms_node *p = realloc(g->nodes, (size_t)cap * sizeof *p);
-        if (p == NULL)
-            return NULL;
-        g->nodes = p;
-        g->cap_nodes = cap;
-    }
+    if (grow((void **)&g->nodes, &g->cap_nodes, g->n_nodes, sizeof *g->nodes) < 0)
+        return NULL;
     struct mms_node *nd = &g->nodes[g->n_nodes];
     memset(nd, 0, sizeof *nd);
     nd->op = op;

@@ -10,6 +10,7 @@
 #include "infer/infer.h"
 #include "infer/model-impl.h"
 #include "tests/tap.h"
+#include "tests/tol.h"
 
 /* Allocation counter: the test links with -Wl,--wrap for these, so calls made by the
  * engine's own objects land here (not those inside oneDNN or libgomp). */
@@ -50,18 +51,6 @@ __wrap_aligned_alloc(size_t a, size_t n)
 static const char *const variants[] = {"separate",       "shared",     "vim_v2",
                                        "inner_residual", "merge_half", "partial"};
 #define N_VARIANTS (sizeof variants / sizeof variants[0])
-
-static double
-tol_of(const float *a, const float *b, size_t n)
-{
-    double worst = 0.0, scale = 1.0;
-    for (size_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        worst = d > worst || isnan(d) ? d : worst;
-        scale = fabs(b[i]) > scale ? fabs(b[i]) : scale;
-    }
-    return worst / scale;
-}
 
 static void
 argmax(const float *logits, int nc, size_t vox, uint8_t *out)

@@ -10,6 +10,7 @@
 #include "infer/model-impl.h"
 #include "infer/ops-cpu/ops-cpu-impl.h"
 #include "tests/tap.h"
+#include "tests/tol.h"
 
 static struct mms_cpu cpu;
 static unsigned long long rng = 88172645463325252ull;
@@ -21,31 +22,6 @@ frand(void) /* uniform in [-1, 1) */
     rng ^= rng >> 7;
     rng ^= rng << 17;
     return (float)((double)(rng >> 11) / 9007199254740992.0 * 2.0 - 1.0);
-}
-
-/* max |a - b| / max(1, max |b|) (mmunet.md 7, "tol") */
-static double
-tol_of(const float *a, const float *b, int64_t n)
-{
-    double worst = 0.0, scale = 1.0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        worst = d > worst || isnan(d) ? d : worst;
-        scale = fabs(b[i]) > scale ? fabs(b[i]) : scale;
-    }
-    return worst / scale;
-}
-
-static double
-tol_of_d(const float *a, const double *b, int64_t n)
-{
-    double worst = 0.0, scale = 1.0;
-    for (int64_t i = 0; i < n; i++) {
-        double d = fabs((double)a[i] - b[i]);
-        worst = d > worst || isnan(d) ? d : worst;
-        scale = fabs(b[i]) > scale ? fabs(b[i]) : scale;
-    }
-    return worst / scale;
 }
 
 /* ------------------------------------------------------------------------------- Mamba */
