@@ -156,7 +156,7 @@ cpu_graph_init(struct mms_backend *be, const struct mms_graph *g, void **gctx, s
                 scratch = s->conv.scratch_bytes;
             break;
         case MMS_OP_MIXER:
-            if ((rc = mms__cpu_mixer_init(nd, &s->mixer)) < 0)
+            if ((rc = mms__cpu_mixer_init(nd, cpu->threads, &s->mixer)) < 0)
                 goto fail;
             gc->fixed_bytes += s->mixer.bytes;
             break;

@@ -122,8 +122,8 @@ struct mms_tensor {
  * why (why_len bytes, may be NULL) receives a one-line reason naming the file and the tensor
  * or key on failure. Unknown card keys outside `architecture` are logged at WARNING.
  * Ownership: *out is new, free with mms_model_free(). *out is untouched on failure.
- * Returns 0, a negative -errno from open/mmap (MMS_ENOENT, MMS_EACCES...), MMS_EMODEL or
- * MMS_ENOMEM. Threads: any. */
+ * Returns 0, MMS_EINVAL (NULL path or out), a negative -errno from open/mmap (MMS_ENOENT,
+ * MMS_EACCES...), MMS_EMODEL or MMS_ENOMEM. Threads: any. */
 int mms_model_load(const char *path, struct mms_model **out, char *why, size_t why_len);
 
 /* Unmap and free; NULL is a no-op. */

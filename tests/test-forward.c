@@ -191,7 +191,8 @@ test_big(const char *dir)
     double t2 = tol_of(logits[1], logits[0], vox * (size_t)nc);
     double t3 = tol_of(logits[2], logits[0], vox * (size_t)nc);
     ok(t2 <= 1e-6 && t3 <= 1e-6,
-       "thread count changes the logits by float summation order only: 2 vs 1: %.2g, 3 vs 1: "
+       "thread count changes the logits by rounding only (fp64 sums, segment decays): 2 vs 1: "
+       "%.2g, 3 vs 1: "
        "%.2g (bound 1e-6)",
        t2, t3);
     ok(arena > 0 && arena < unplanned,

@@ -58,7 +58,7 @@ mamba_setup(struct mamba_case *mc, const struct mms_st *st, int64_t chunk, int64
     nd->u.mixer.dir[1] = *w;
     for (int i = 0; i < MMS_TAP__COUNT; i++)
         nd->u.mixer.tap[i] = -1;
-    if (mms__cpu_mixer_init(nd, &mc->mx) < 0)
+    if (mms__cpu_mixer_init(nd, cpu.threads, &mc->mx) < 0)
         return -1;
     mc->ws = aligned_alloc(64, (mms__mixer_ws_bytes(nd) + 63) & ~(size_t)63);
     return mc->ws != NULL ? 0 : -1;
@@ -192,6 +192,46 @@ test_mamba(const char *dir)
             free(yp);
             mamba_teardown(&mc);
         }
+    }
+    /* the token-parallel scan: more threads than channel blocks split the tokens */
+    {
+        const struct mms_tensor *in = mms__st_find(st, "L1000.input");
+        const struct mms_tensor *want = mms__st_find(st, "L1000.output");
+        static const int thr[] = {1, 3, 5, 8};
+        int keep = cpu.threads;
+        for (size_t ti = 0; ti < sizeof thr / sizeof thr[0]; ti++) {
+            struct mamba_case mc;
+            cpu.threads = thr[ti];
+            if (mamba_setup(&mc, st, 1000, 1000) < 0) {
+                ok(false, "setup");
+                continue;
+            }
+            float *out = calloc(1000 * 8, 4);
+            rc = mms__cpu_mamba_dir(&cpu, &mc.nd, &mc.mx, ti % 2, 1000, in->data, out, 0.0f, mc.ws,
+                                    NULL);
+            double t = 0.0;
+            if (ti % 2 == 0) {
+                t = tol_of(out, want->data, 1000 * 8);
+            } else { /* backward: compare with the reversed golden on the reversed input */
+                float *rin = malloc(1000 * 8 * 4), *rout = calloc(1000 * 8, 4);
+                for (int64_t i = 0; i < 1000; i++)
+                    memcpy(rin + i * 8, in->data + (999 - i) * 8, 8 * 4);
+                rc =
+                    mms__cpu_mamba_dir(&cpu, &mc.nd, &mc.mx, 1, 1000, rin, rout, 0.0f, mc.ws, NULL);
+                for (int64_t i = 0; i < 1000; i++)
+                    memcpy(out + i * 8, rout + (999 - i) * 8, 8 * 4);
+                t = tol_of(out, want->data, 1000 * 8);
+                free(rin);
+                free(rout);
+            }
+            ok(rc == 0 && t <= 1e-4,
+               "%s scan on %d threads (1 channel block, %d token "
+               "segments): within 1e-4 (%.2g)",
+               ti % 2 ? "backward" : "forward", thr[ti], thr[ti] < 3 ? thr[ti] : 3, t);
+            free(out);
+            mamba_teardown(&mc);
+        }
+        cpu.threads = keep;
     }
     /* 10^6 tokens: many chunks carry conv history and state; against the double reference */
     {
@@ -388,7 +428,7 @@ main(void)
     const char *dir = getenv("srcdir");
     if (dir == NULL)
         dir = ".";
-    plan(1 + 3 * 5 * 2 + 1 + 2 + 2 + 2, 300);
+    plan(1 + 3 * 5 * 2 + 4 + 1 + 2 + 2 + 2, 300);
     cpu.threads = 2;
     if (dnnl_engine_create(&cpu.engine, dnnl_cpu, 0) != dnnl_success ||
         dnnl_stream_create(&cpu.stream, cpu.engine, dnnl_stream_default_flags) != dnnl_success) {

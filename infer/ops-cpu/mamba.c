@@ -22,6 +22,8 @@
 
 #define LANES 16
 
+#define SEG_MIN 256 /* tokens per segment of a token-parallel scan, at least */
+
 struct scan_args {
     int64_t m, e, n, r, pr;
     bool backward;
@@ -32,13 +34,17 @@ struct scan_args {
     int64_t tap_row0, tap_step;
 };
 
+/* Steps s0..s1 (in the direction's order) of the scan for channels e0..e0+nl: the state st
+ * (N, LANES) is updated in place. With write, y and the taps are written; without, only the
+ * state moves and dsum (LANES) accumulates the step sizes (the decay of the whole segment is
+ * then exp(A sum dt), mmunet.md 3.4). */
 static inline __attribute__((always_inline)) void
-scan_lanes(const struct scan_args *a, int64_t e0, int nl)
+scan_lanes(const struct scan_args *a, int64_t e0, int nl, int64_t s0, int64_t s1, float *st,
+           bool write, float *dsum)
 {
     const int64_t E = a->e, N = a->n, R = a->r, PR = a->pr;
-    float *st = a->state + (e0 / LANES) * N * LANES;
     float dt[LANES], x[LANES], dx[LANES], y[LANES];
-    for (int64_t s = 0; s < a->m; s++) {
+    for (int64_t s = s0; s < s1; s++) {
         int64_t i = a->backward ? a->m - 1 - s : s;
         const float *p = a->p + i * PR;
         const float *xc = a->xc + i * E + e0;
@@ -70,6 +76,12 @@ scan_lanes(const struct scan_args *a, int64_t e0, int nl)
                 y[j] += h * cn;
             }
         }
+        if (!write) {
+#pragma omp simd
+            for (int j = 0; j < nl; j++)
+                dsum[j] += dt[j];
+            continue;
+        }
         const float *zr = a->z + i * E + e0;
         float *yr = a->y + i * E + e0;
 #pragma omp simd
@@ -86,21 +98,109 @@ scan_lanes(const struct scan_args *a, int64_t e0, int nl)
 }
 
 MMS_CPU_CLONES static void
-scan_full(const struct scan_args *a, int64_t e0)
+scan_full(const struct scan_args *a, int64_t e0, int64_t s0, int64_t s1, float *st, bool write,
+          float *dsum)
 {
-    scan_lanes(a, e0, LANES);
+    scan_lanes(a, e0, LANES, s0, s1, st, write, dsum);
 }
 
 MMS_CPU_CLONES static void
-scan_half(const struct scan_args *a, int64_t e0)
+scan_half(const struct scan_args *a, int64_t e0, int64_t s0, int64_t s1, float *st, bool write,
+          float *dsum)
 {
-    scan_lanes(a, e0, LANES / 2);
+    scan_lanes(a, e0, LANES / 2, s0, s1, st, write, dsum);
 }
 
 MMS_CPU_CLONES static void
-scan_tail(const struct scan_args *a, int64_t e0, int nl)
+scan_tail(const struct scan_args *a, int64_t e0, int nl, int64_t s0, int64_t s1, float *st,
+          bool write, float *dsum)
 {
-    scan_lanes(a, e0, nl);
+    scan_lanes(a, e0, nl, s0, s1, st, write, dsum);
+}
+
+static void
+scan_range(const struct scan_args *a, int64_t e0, int64_t s0, int64_t s1, float *st, bool write,
+           float *dsum)
+{
+    if (e0 + LANES <= a->e)
+        scan_full(a, e0, s0, s1, st, write, dsum);
+    else if (e0 + LANES / 2 == a->e)
+        scan_half(a, e0, s0, s1, st, write, dsum);
+    else
+        scan_tail(a, e0, (int)(a->e - e0), s0, s1, st, write, dsum);
+}
+
+/* Carries between segments (mmunet.md 3.4), for one block of channels: st holds the state at
+ * the end of segment 0; each later segment's buffer holds its zero-started end state and
+ * step-size sums. Afterwards each buffer holds the state at its segment's start, and st the
+ * state at the end of the last segment. */
+static void
+scan_carry(const struct scan_args *a, int64_t e0, int64_t segs, float *st, float *seg,
+           int64_t seg_floats)
+{
+    const int64_t N = a->n;
+    int nl = a->e - e0 < LANES ? (int)(a->e - e0) : LANES;
+    for (int64_t k = 1; k < segs; k++) {
+        float *hs = seg + k * seg_floats, *dsum = hs + N * LANES;
+        for (int64_t n = 0; n < N; n++) {
+            const float *an = a->a_t + n * a->e + e0;
+            for (int j = 0; j < nl; j++) {
+                float hin = st[n * LANES + j];
+                st[n * LANES + j] = expf(an[j] * dsum[j]) * hin + hs[n * LANES + j];
+                hs[n * LANES + j] = hin;
+            }
+        }
+    }
+}
+
+/* The scan of one chunk, parallel over blocks of 16 channels, and over token segments too
+ * when there are more threads than blocks: segment 0 runs from the carried state; the others
+ * first run from zero to get their end states, the carries are combined, and they run again
+ * from their true start states (twice the work on those segments, in parallel). */
+static void
+scan_chunk(const struct scan_args *a, int threads, float *seg_buf)
+{
+    int64_t nblocks = (a->e + LANES - 1) / LANES, segs = 1;
+    if (threads > nblocks && seg_buf != NULL) {
+        segs = threads / nblocks;
+        if (segs > a->m / SEG_MIN)
+            segs = a->m / SEG_MIN;
+        if (segs < 1)
+            segs = 1;
+    }
+    const int64_t N = a->n, seg_floats = N * LANES + LANES, pairs = nblocks * segs;
+    int nt = pairs < threads ? (int)pairs : threads;
+#pragma omp parallel num_threads(nt)
+    {
+        mms__cpu_ftz();
+#pragma omp for schedule(static)
+        for (int64_t q = 0; q < pairs; q++) {
+            int64_t b = q / segs, k = q % segs, e0 = b * LANES;
+            int64_t s0 = a->m * k / segs, s1 = a->m * (k + 1) / segs;
+            float *st = a->state + b * N * LANES;
+            if (k == 0) {
+                scan_range(a, e0, s0, s1, st, true, NULL);
+            } else {
+                float *hs = seg_buf + (b * segs + k) * seg_floats;
+                memset(hs, 0, (size_t)seg_floats * sizeof(float));
+                scan_range(a, e0, s0, s1, hs, false, hs + N * LANES);
+            }
+        }
+        if (segs > 1) {
+#pragma omp for schedule(static)
+            for (int64_t b = 0; b < nblocks; b++)
+                scan_carry(a, b * LANES, segs, a->state + b * N * LANES,
+                           seg_buf + b * segs * seg_floats, seg_floats);
+#pragma omp for schedule(static)
+            for (int64_t q = 0; q < pairs; q++) {
+                int64_t b = q / segs, k = q % segs;
+                if (k == 0)
+                    continue;
+                float *hs = seg_buf + (b * segs + k) * seg_floats;
+                scan_range(a, b * LANES, a->m * k / segs, a->m * (k + 1) / segs, hs, true, NULL);
+            }
+        }
+    }
 }
 
 /* xc (m, E) = SiLU(b + causal depthwise conv of xe); forward reads rows i..i+K-1 with the
@@ -136,7 +236,7 @@ add_range(float *x, const float *y, int64_t i0, int64_t i1)
 }
 
 int
-mms__cpu_mixer_init(const struct mms_node *nd, struct mms_cpu_mixer *mx)
+mms__cpu_mixer_init(const struct mms_node *nd, int threads, struct mms_cpu_mixer *mx)
 {
     int64_t E = nd->u.mixer.e, N = nd->u.mixer.n, R = nd->u.mixer.r, K = nd->u.mixer.k;
     memset(mx, 0, sizeof *mx);
@@ -162,6 +262,14 @@ mms__cpu_mixer_init(const struct mms_node *nd, struct mms_cpu_mixer *mx)
         }
         mx->bytes += n * sizeof(float);
     }
+    if (threads > 1) {
+        size_t n = (size_t)threads * (size_t)(N * LANES + LANES);
+        if ((mx->seg = malloc(n * sizeof(float))) == NULL) {
+            mms__cpu_mixer_fini(mx);
+            return MMS_ENOMEM;
+        }
+        mx->bytes += n * sizeof(float);
+    }
     return 0;
 }
 
@@ -170,6 +278,7 @@ mms__cpu_mixer_fini(struct mms_cpu_mixer *mx)
 {
     for (int dir = 0; dir < 2; dir++)
         free(mx->dir[dir].conv_t);
+    free(mx->seg);
     memset(mx, 0, sizeof *mx);
 }
 
@@ -258,21 +367,7 @@ mms__cpu_mamba_dir(struct mms_cpu *cpu, const struct mms_node *nd, const struct 
         };
         if (tap_y == NULL)
             a.tap_delta = NULL;
-        nt = nblocks < threads ? (int)nblocks : threads;
-#pragma omp parallel num_threads(nt)
-        {
-            mms__cpu_ftz();
-#pragma omp for schedule(static)
-            for (int64_t bi = 0; bi < nblocks; bi++) {
-                int64_t e0 = bi * LANES;
-                if (e0 + LANES <= E)
-                    scan_full(&a, e0);
-                else if (e0 + LANES / 2 == E)
-                    scan_half(&a, e0);
-                else
-                    scan_tail(&a, e0, (int)(E - e0));
-            }
-        }
+        scan_chunk(&a, threads, mx->seg);
         if ((rc = sgemm(m, C, E, nd->u.mixer.alpha, y, w->out_proj, beta, dst + t0 * C)) < 0)
             return rc;
     }

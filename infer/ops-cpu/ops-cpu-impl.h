@@ -41,10 +41,12 @@ struct mms_cpu_mamba {
 
 struct mms_cpu_mixer {
     struct mms_cpu_mamba dir[2];
+    float *seg; /* token-parallel scan: (threads, N x 16 + 16) carries */
     size_t bytes;
 };
 
-int mms__cpu_mixer_init(const struct mms_node *nd, struct mms_cpu_mixer *mx);
+/* Prepare a MIXER node for runs on up to threads threads. Returns 0 or MMS_ENOMEM. */
+int mms__cpu_mixer_init(const struct mms_node *nd, int threads, struct mms_cpu_mixer *mx);
 void mms__cpu_mixer_fini(struct mms_cpu_mixer *mx);
 /* One scan direction (0 forward, 1 backward) of a mixer over L tokens:
  * dst (L, C) = alpha Mamba_dir(LN(src)) + beta dst. Without LN weights (ln_w NULL) the Mamba
