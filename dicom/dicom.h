@@ -1,0 +1,76 @@
+/* dicom: DICOM input for mmsegd (design.md section 5). This header is plain C; DCMTK and GDCM
+ * stay inside the C++ files of dicom/.
+ *
+ * Stacks: the geometry of a series, from the headers of its frames: which frames form the
+ * volume, in which order, with which slice positions, spacing and tilt.
+ * Threads: every function here is reentrant; results belong to the caller. */
+#ifndef MMS_DICOM_H
+#define MMS_DICOM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* What the header of one frame (a single-frame instance, or one frame of a multi-frame one)
+ * says about its place in space. */
+struct mms_slice {
+    char frame_of_ref[65]; /* FrameOfReferenceUID, "" when absent */
+    double iop[6];         /* ImageOrientationPatient: row then column direction cosines */
+    double ipp[3];         /* ImagePositionPatient, mm */
+    int64_t rows, cols;
+    int64_t acquisition; /* AcquisitionNumber, or -1 */
+    int64_t temporal;    /* TemporalPositionIdentifier, or -1 */
+};
+
+struct mms_stack_opts {
+    double max_gap_ratio; /* a step of this times the median spacing or more (1 % slack) is a
+                             gap: at the default 2.0, one missing slice is one */
+    bool allow_gaps;      /* keep stacks with gaps (irregular spacing) instead of failing */
+};
+
+/* Why a frame is not in the main stack. */
+enum mms_stack_reason {
+    MMS_STACK_MAIN,
+    MMS_STACK_BAD_ORIENTATION, /* IOP not two orthonormal vectors */
+    MMS_STACK_FRAME_OF_REF,    /* another frame of reference */
+    MMS_STACK_ORIENTATION,     /* another orientation */
+    MMS_STACK_SIZE,            /* other rows or columns */
+    MMS_STACK_ACQUISITION,     /* another acquisition or temporal position at the same places */
+};
+
+struct mms_stack {
+    int n;                 /* frames in the main stack */
+    int *order;            /* (n) input indices, sorted along the slice normal */
+    double *pos_mm;        /* (n) IPP projected on the normal, ascending */
+    double normal[3];      /* unit slice normal, row x column */
+    double row[3], col[3]; /* the main stack's orientation, orthonormalized */
+    double slice_dir[3];   /* unit vector from the first to the last IPP (= normal untilted) */
+    double tilt_deg;       /* angle between slice_dir and normal (gantry tilt), >= 0 */
+    double spacing_mm;     /* median step along the normal; 0 for one frame */
+    double min_step_mm, max_step_mm;
+    bool irregular;                /* a step differs from the median by more than 1 % */
+    int n_stacks;                  /* stacks found, the main one included */
+    enum mms_stack_reason *reason; /* (n_input) why each input frame is or is not used */
+};
+
+/* Find the main stack of n frames (design.md 5): split by frame of reference, orientation
+ * (within 1e-3 per cosine), size, and, where positions repeat, by acquisition and temporal
+ * position; take the largest (the first on ties); sort by the projection of IPP on the slice
+ * normal, never by instance number; measure the spacing, gaps and tilt.
+ * why (why_len bytes, may be NULL) receives a one-line reason on failure.
+ * Ownership: *out is new, free with mms_stack_free(); *out is untouched on failure.
+ * Returns 0, MMS_EINVAL (n < 1, or no frame with a valid orientation), MMS_EDICOM ("not a
+ * volume": two frames of the main stack at one position; "missing slices between ...": a gap
+ * over max_gap_ratio without allow_gaps), MMS_ENOMEM. */
+int mms_stack_find(const struct mms_slice *s, int n, const struct mms_stack_opts *o,
+                   struct mms_stack **out, char *why, size_t why_len);
+void mms_stack_free(struct mms_stack *st);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
