@@ -12,6 +12,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "daemon/config.h"
+#include "daemon/inspect.h"
 #include "daemon/serve.h"
 #include "infer/infer.h"
 
@@ -27,6 +28,7 @@ struct command {
 static int cmd_serve(int argc, char **argv);
 static int cmd_check_config(int argc, char **argv);
 static int cmd_model_info(int argc, char **argv);
+static int cmd_inspect(int argc, char **argv);
 
 static const struct command commands[] = {
     {"serve", "run the daemon in the foreground (systemd Type=notify)",
@@ -58,6 +60,16 @@ static const struct command commands[] = {
      "\n"
      "  -h, --help          show this help\n",
      cmd_model_info},
+    {"inspect", "read DICOM headers and show the series and volumes mmsegd would rebuild",
+     "PATH...\n"
+     "\n"
+     "Reads the header of every file under each PATH (folders recursively) and reports,\n"
+     "per series, the volume mmsegd would rebuild (frames, pixel size, slice step, tilt) or\n"
+     "why there is none, and every file or frame left out with its reason. Pixel data is\n"
+     "not read. Exit 0 when at least one DICOM file was read, 1 when none was.\n"
+     "\n"
+     "  -h, --help          show this help\n",
+     cmd_inspect},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
@@ -236,6 +248,40 @@ cmd_model_info(int argc, char **argv)
     cJSON_Delete(json);
     mms_model_free(m);
     return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+static int
+cmd_inspect(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const struct command *c = find_command("inspect");
+    int ch;
+
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
+        if (ch == 'h') {
+            command_usage(c, stdout);
+            return EXIT_SUCCESS;
+        }
+        fprintf(stderr, "mmsegd %s: unknown option '%s'\n", c->name, argv[optind - 1]);
+        command_usage(c, stderr);
+        return EXIT_USAGE;
+    }
+    if (optind >= argc) {
+        fprintf(stderr, "mmsegd %s: at least one PATH is required\n", c->name);
+        command_usage(c, stderr);
+        return EXIT_USAGE;
+    }
+    int rc = mms_inspect((const char *const *)argv + optind, argc - optind, stdout);
+    if (rc < 0 && rc != MMS_ENOENT)
+        fprintf(stderr, "mmsegd: inspect: %s\n", mms_strerror(rc));
+    else if (rc == MMS_ENOENT)
+        fprintf(stderr, "mmsegd: inspect: no DICOM file found\n");
+    return rc == 0 && fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
 int

@@ -64,11 +64,42 @@ struct mms_stack {
  * why (why_len bytes, may be NULL) receives a one-line reason on failure.
  * Ownership: *out is new, free with mms_stack_free(); *out is untouched on failure.
  * Returns 0, MMS_EINVAL (n < 1, or no frame with a valid orientation), MMS_EDICOM ("not a
- * volume": two frames of the main stack at one position; "missing slices between ...": a gap
- * over max_gap_ratio without allow_gaps), MMS_ENOMEM. */
+ * volume": two frames of the main stack at one position, or all frames at one position in
+ * acquisitions of one frame each; "missing slices between ...": a gap without allow_gaps),
+ * MMS_ENOMEM. */
 int mms_stack_find(const struct mms_slice *s, int n, const struct mms_stack_opts *o,
                    struct mms_stack **out, char *why, size_t why_len);
 void mms_stack_free(struct mms_stack *st);
+
+/* ------------------------------------------------------------------------------ headers */
+/* What mmsegd reads from one file's header (everything before the pixel data). */
+struct mms_header {
+    char sop_class[65], sop_instance[65]; /* SOP Class UID ("" when absent), Instance UID */
+    char media_class[65];                 /* MediaStorageSOPClassUID of the file meta */
+    char series_uid[65], study_uid[65];
+    char modality[17];
+    char image_type[129]; /* ImageType, values separated by '\' */
+    char transfer_syntax[65];
+    int64_t frames;          /* NumberOfFrames, 1 when absent */
+    int64_t instance_number; /* -1 when absent */
+    bool has_geometry;       /* IOP, IPP, rows and columns all present */
+    struct mms_slice slice;  /* single-frame geometry (valid when has_geometry) */
+    double pixel_spacing[2]; /* between rows, between columns (mm); 0 when absent */
+    double slice_thickness;  /* mm; 0 when absent */
+};
+
+/* SOP classes mmsegd reconstructs: CT Image, Enhanced CT Image, Legacy Converted Enhanced CT
+ * Image Storage. */
+bool mms_sop_class_is_ct(const char *uid);
+/* The Media Storage Directory (DICOMDIR) SOP class. */
+bool mms_sop_class_is_dicomdir(const char *uid);
+
+/* Read the header of the DICOM file at path, up to its pixel data (which is not read).
+ * why (why_len bytes, may be NULL) receives the reason on failure.
+ * Ownership: fills *h (caller's memory); untouched on failure.
+ * Returns 0, a negative -errno (MMS_ENOENT...), or MMS_EDICOM (not DICOM, or unreadable).
+ * Threads: any. */
+int mms_header_read(const char *path, struct mms_header *h, char *why, size_t why_len);
 
 #ifdef __cplusplus
 }

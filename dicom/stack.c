@@ -204,10 +204,17 @@ mms_stack_find(const struct mms_slice *s, int n, const struct mms_stack_opts *o,
                         : q->rows != ref->rows || q->cols != ref->cols  ? MMS_STACK_SIZE
                                                                         : MMS_STACK_ACQUISITION;
     }
-    int m = 0;
-    for (int i = 0; i < n; i++)
+    int m = 0, split_off = 0;
+    for (int i = 0; i < n; i++) {
         if (group[i] == main_g)
             idx[m++] = i;
+        split_off += st->reason[i] == MMS_STACK_ACQUISITION;
+    }
+    if (m == 1 && split_off > 0) { /* every acquisition has one frame, all at one place */
+        rc = failf(why, why_len, MMS_EDICOM,
+                   "not a volume: %d frames at one position, one per acquisition", 1 + split_off);
+        goto fail;
+    }
     if (sort_group(idx, m, proj)) {
         int j = 1;
         while (proj[idx[j]] - proj[idx[j - 1]] >= POS_TOL)

@@ -47,7 +47,7 @@ main(void)
     struct mms_stack *st = NULL;
     char why[256];
     int rc;
-    plan(25, 30);
+    plan(26, 30);
 
     /* shuffled input: the order comes from positions, never from input or instance order */
     static const int perm[10] = {3, 7, 0, 9, 1, 8, 2, 6, 4, 5};
@@ -97,6 +97,14 @@ main(void)
     rc = run(5, &opts, &st, why);
     ok(rc == MMS_EDICOM && strstr(why, "not a volume") != NULL, "all frames at one position: %s",
        why);
+
+    /* every frame at one place, each its own acquisition: split into ones, still no volume */
+    axial(4, 61.5, 0.0, NULL);
+    for (int i = 0; i < 4; i++)
+        sl[i].acquisition = 15 - i;
+    rc = run(4, &opts, &st, why);
+    ok(rc == MMS_EDICOM && strstr(why, "not a volume: 4 frames at one position") != NULL,
+       "four acquisitions of one frame at one place: %s", why);
 
     /* repeated positions in two acquisitions: split, the larger is the volume */
     axial(10, 0.0, 2.5, NULL);

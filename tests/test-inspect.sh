@@ -1,0 +1,65 @@
+#!/bin/bash
+# `mmsegd inspect` on real DICOM: dcm_qa_ct (a clean Philips series, a Philips and a GE series
+# with 18.5 degree gantry tilt, the GE one with variable spacing, localizers, a Secondary
+# Capture summary, DICOMDIR and directory files) and dicom2nifti's failing cases. The expected
+# figures come from the sources' SOURCE.md, not from our own output.
+set -u
+td=${MMS_TESTDATA:-}
+for d in "$td" "${srcdir:-.}/../shared/testdata" /work/shared/testdata; do
+    if [ -n "$d" ] && [ -d "$d/dcm_qa_ct/In" ]; then td=$d; break; fi
+done
+if [ ! -d "$td/dcm_qa_ct/In" ]; then
+    echo "1..0 # SKIP the shared test data is not here (set MMS_TESTDATA to its folder)"
+    exit 0
+fi
+mmsegd=${MMSEGD:-./mmsegd}
+n=0
+failed=0
+check() { # check DESCRIPTION COMMAND...
+    n=$((n + 1))
+    if "${@:2}" >/dev/null 2>&1; then echo "ok $n - $1"; else echo "not ok $n - $1"; failed=1; fi
+}
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+qa=$td/dcm_qa_ct/In
+echo "1..16"
+"$mmsegd" inspect "$qa" >"$out" 2>&1
+check "dcm_qa_ct: exit 0" test $? -eq 0
+series_of() { grep -A3 "first $qa/$1" "$out"; }
+check "Philips S2010: 28 frames at 5 mm, no tilt" \
+    bash -c "grep -A3 'first $qa/Philips/S21570/S2010/' '$out' | grep -q 'volume: 28 frames of 512x512, pixel 0.4512 x 0.4512 mm, slice step 5 mm (min 5, max 5), tilt 0.00 deg'"
+check "Philips S21610: 54 frames at 2.37 mm along the normal, tilt 18.5" \
+    bash -c "grep -A3 'first $qa/Philips/S21610/S2010/' '$out' | grep -q 'volume: 54 frames of 512x512, .*slice step 2.371 mm.*tilt 18.50 deg'"
+check "GE: 28 frames, variable spacing kept (4.22, 1.14 and 7.38 mm steps times cos 18.5)" \
+    bash -c "grep -A3 'first $qa/GE/01.dcm' '$out' | grep -q 'volume: 28 frames .*slice step 4.002 mm (min 1.081, max 6.999), irregular, tilt 18.50 deg'"
+check "both localizers are left out as localizers" \
+    test "$(grep -c 'left out: 1 localizer (ImageType LOCALIZER)' "$out")" -eq 2
+check "the exam summary (Secondary Capture, modality CT) is not a CT image" \
+    grep -q 'left out: 6 files of SOP class 1.2.840.10008.5.1.4.1.1.7 (not a CT image)' "$out"
+check "DICOMDIR and the DIRFILEs are ignored" test "$(grep -c '^ignored: .*DICOMDIR' "$out")" -eq 8
+check "summary: 126 files, 6 series" grep -q '^126 files, 126 DICOM, 8 ignored, 6 series$' "$out"
+
+f2n=$td/dicom2nifti/tests/data/failing
+"$mmsegd" inspect "$f2n/sliceincrement/001" >"$out" 2>&1
+check "dicom2nifti sliceincrement/001: one missing slice (step exactly 2x) is a gap" \
+    grep -q 'no volume: missing slices between 28.1 and 38.1 mm' "$out"
+"$mmsegd" inspect "$f2n/sliceincrement/002" >"$out" 2>&1
+check "dicom2nifti sliceincrement/002: the same on a tilted stack (ratio 1.99999999999996)" \
+    grep -q 'no volume: missing slices between' "$out"
+"$mmsegd" inspect "$f2n/notavolume" >"$out" 2>&1
+check "dicom2nifti notavolume: four acquisitions at one position" \
+    grep -q 'no volume: not a volume: 4 frames at one position' "$out"
+"$mmsegd" inspect "$f2n/gantrytilting" >"$out" 2>&1
+check "dicom2nifti gantrytilting: no tilt tag, tilt 14.0 from the geometry" \
+    grep -q 'volume: 4 frames .*slice step 4.851 mm.*tilt 14.00 deg' "$out"
+
+"$mmsegd" inspect "$td/dcm_qa_ct/SOURCE.md" >"$out" 2>&1
+rc=$?
+check "a text file: 'not DICOM' and exit 1" bash -c "[ $rc -eq 1 ] && grep -q '^not DICOM: ' '$out'"
+"$mmsegd" inspect /nonexistent/path >"$out" 2>&1
+check "a missing path: exit 1" test $? -eq 1
+"$mmsegd" inspect >"$out" 2>&1
+check "no path: usage, exit 2" test $? -eq 2
+"$mmsegd" inspect --help >"$out" 2>&1
+check "--help: exit 0 with the usage" grep -q 'mmsegd inspect PATH' "$out"
+exit $failed
