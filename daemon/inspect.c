@@ -194,7 +194,7 @@ mms_inspect(const char *const *paths, int n, FILE *out)
         struct mms_header h;
         int r = mms_header_read(l.paths[i], &h, why, sizeof why);
         if (r < 0) {
-            fprintf(out, "not DICOM: %s\n", why);
+            fprintf(out, "not read: %s\n", why);
             continue;
         }
         n_dicom++;

@@ -94,9 +94,24 @@ bool mms_sop_class_is_ct(const char *uid);
 /* The Media Storage Directory (DICOMDIR) SOP class. */
 bool mms_sop_class_is_dicomdir(const char *uid);
 
+/* What the pre-scan read from the file meta information ("" when absent). */
+struct mms_prescan {
+    char media_class[65];
+    char transfer_syntax[65];
+};
+
+/* Walk the element structure of a DICOM file image (len bytes) up to its pixel data, without
+ * recursion, and refuse one whose sequences and items nest deeper than max_depth levels (a
+ * toolkit that parses recursively would exhaust its stack). Anything else that looks wrong is
+ * left to the toolkit. *info receives the meta information's UIDs.
+ * Returns 0, or MMS_EDICOM with the reason in why. Threads: any. */
+int mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_prescan *info,
+                      char *why, size_t why_len);
+
 /* Read the header of the DICOM file at path, up to its pixel data (which is not read).
  * why (why_len bytes, may be NULL) receives the reason on failure.
  * Ownership: fills *h (caller's memory); untouched on failure.
+ * The file is pre-scanned first (mms_dicom_prescan, 128 levels).
  * Returns 0, a negative -errno (MMS_ENOENT...), or MMS_EDICOM (not DICOM, or unreadable).
  * Threads: any. */
 int mms_header_read(const char *path, struct mms_header *h, char *why, size_t why_len);

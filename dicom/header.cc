@@ -2,7 +2,10 @@
 // Threads: any; nothing shared.
 #include "dicom/dicom.h"
 
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cmath>
@@ -20,6 +23,8 @@
 
 namespace
 {
+
+const int max_nesting = 128; // sequence + item levels; real CT headers use fewer than 10
 
 const char *const ct_classes[] = {
     "1.2.840.10008.5.1.4.1.1.2",   // CT Image Storage
@@ -117,6 +122,38 @@ mms_header_read(const char *path, struct mms_header *out, char *why, size_t why_
         }
         if (!S_ISREG(sb.st_mode))
             return fail(why, why_len, MMS_EDICOM, path, "not a regular file");
+        if (sb.st_size > 0) { // the guard before GDCM's recursive parser sees the file
+            int fd = open(path, O_RDONLY | O_CLOEXEC);
+            if (fd < 0) {
+                int rc = -errno;
+                return fail(why, why_len, rc, path, mms_strerror(rc));
+            }
+            size_t len = (size_t)sb.st_size;
+            void *map = mmap(nullptr, len, PROT_READ, MAP_PRIVATE, fd, 0);
+            close(fd);
+            if (map == MAP_FAILED) {
+                int rc = -errno;
+                return fail(why, why_len, rc, path, mms_strerror(rc));
+            }
+            char reason[256];
+            struct mms_prescan pre;
+            int rc = mms_dicom_prescan(static_cast<const uint8_t *>(map), len, max_nesting, &pre,
+                                       reason, sizeof reason);
+            munmap(map, len);
+            if (rc < 0)
+                return fail(why, why_len, rc, path, reason);
+            if (mms_sop_class_is_dicomdir(pre.media_class)) {
+                // never an image; GDCM can abort on a malformed directory, so it is not asked
+                struct mms_header h;
+                std::memset(&h, 0, sizeof h);
+                copy(h.media_class, sizeof h.media_class, pre.media_class);
+                copy(h.transfer_syntax, sizeof h.transfer_syntax, pre.transfer_syntax);
+                h.frames = 1;
+                h.instance_number = -1;
+                *out = h;
+                return 0;
+            }
+        }
         gdcm::Reader r;
         r.SetFileName(path);
         if (!r.ReadUpToTag(gdcm::Tag(0x7fe0, 0x0010)))

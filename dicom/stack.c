@@ -118,7 +118,8 @@ mms_stack_find(const struct mms_slice *s, int n, const struct mms_stack_opts *o,
         return failf(why, why_len, MMS_EINVAL, "no frames");
     int rc = MMS_ENOMEM;
     int *group = malloc((size_t)n * sizeof *group), *idx = malloc((size_t)n * sizeof *idx);
-    int *size = calloc((size_t)n, sizeof *size), *first = malloc((size_t)n * sizeof *first);
+    /* groups: at most n, and the splits of step 2 add at most n more */
+    int *size = calloc(2 * (size_t)n, sizeof *size), *first = malloc(2 * (size_t)n * sizeof *first);
     double *proj = malloc((size_t)n * sizeof *proj), *steps = NULL;
     struct mms_stack *st = calloc(1, sizeof *st);
     if (group == NULL || idx == NULL || size == NULL || first == NULL || proj == NULL ||

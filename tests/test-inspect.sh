@@ -22,7 +22,7 @@ check() { # check DESCRIPTION COMMAND...
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 qa=$td/dcm_qa_ct/In
-echo "1..16"
+echo "1..18"
 "$mmsegd" inspect "$qa" >"$out" 2>&1
 check "dcm_qa_ct: exit 0" test $? -eq 0
 series_of() { grep -A3 "first $qa/$1" "$out"; }
@@ -53,9 +53,17 @@ check "dicom2nifti notavolume: four acquisitions at one position" \
 check "dicom2nifti gantrytilting: no tilt tag, tilt 14.0 from the geometry" \
     grep -q 'volume: 4 frames .*slice step 4.851 mm.*tilt 14.00 deg' "$out"
 
+"$mmsegd" inspect "$td/orthanc-tests/Database/2026-05-06-Deeply-Nested-Sequence.dcm" >"$out" 2>&1
+check "100 000 nested sequences: refused before GDCM recurses into them" \
+    grep -q 'sequences nested deeper than 128 levels' "$out"
+# every file of the shared test data (malformed ones included): no crash, no abort
+"$mmsegd" inspect "$td" >"$out" 2>&1
+rc=$?
+check "the whole test data folder: exit 0, no crash (exit $rc)" test $rc -eq 0
+
 "$mmsegd" inspect "$td/dcm_qa_ct/SOURCE.md" >"$out" 2>&1
 rc=$?
-check "a text file: 'not DICOM' and exit 1" bash -c "[ $rc -eq 1 ] && grep -q '^not DICOM: ' '$out'"
+check "a text file: 'not read' and exit 1" bash -c "[ $rc -eq 1 ] && grep -q '^not read: ' '$out'"
 "$mmsegd" inspect /nonexistent/path >"$out" 2>&1
 check "a missing path: exit 1" test $? -eq 1
 "$mmsegd" inspect >"$out" 2>&1
