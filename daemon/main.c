@@ -194,19 +194,16 @@ cmd_serve(int argc, char **argv)
     return rc == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
+/* Options of a command that has only --help. Returns -1 to go on (optind at the first
+ * operand), or the exit status: 0 after printing the usage, EXIT_USAGE on an unknown option. */
 static int
-cmd_model_info(int argc, char **argv)
+parse_help_only(const struct command *c, int argc, char **argv)
 {
     static const struct option opts[] = {
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
-    const struct command *c = find_command("model-info");
-    struct mms_model *m = NULL;
-    const struct mms_card *card;
-    char why[4096], *text = NULL;
-    cJSON *json;
-    int ch, rc;
+    int ch;
 
     optind = 1;
     opterr = 0;
@@ -219,6 +216,21 @@ cmd_model_info(int argc, char **argv)
         command_usage(c, stderr);
         return EXIT_USAGE;
     }
+    return -1;
+}
+
+static int
+cmd_model_info(int argc, char **argv)
+{
+    const struct command *c = find_command("model-info");
+    struct mms_model *m = NULL;
+    const struct mms_card *card;
+    char why[4096], *text = NULL;
+    cJSON *json;
+    int rc;
+
+    if ((rc = parse_help_only(c, argc, argv)) >= 0)
+        return rc;
     if (optind >= argc) {
         fprintf(stderr, "mmsegd %s: a model FILE is required\n", c->name);
         command_usage(c, stderr);
@@ -253,24 +265,10 @@ cmd_model_info(int argc, char **argv)
 static int
 cmd_inspect(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     const struct command *c = find_command("inspect");
-    int ch;
-
-    optind = 1;
-    opterr = 0;
-    while ((ch = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-        if (ch == 'h') {
-            command_usage(c, stdout);
-            return EXIT_SUCCESS;
-        }
-        fprintf(stderr, "mmsegd %s: unknown option '%s'\n", c->name, argv[optind - 1]);
-        command_usage(c, stderr);
-        return EXIT_USAGE;
-    }
+    int st = parse_help_only(c, argc, argv);
+    if (st >= 0)
+        return st;
     if (optind >= argc) {
         fprintf(stderr, "mmsegd %s: at least one PATH is required\n", c->name);
         command_usage(c, stderr);
