@@ -108,6 +108,14 @@ struct mms_prescan {
 int mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_prescan *info,
                       char *why, size_t why_len);
 
+/* Sequence and item levels the readers accept; real CT headers use fewer than 10. */
+#define MMS_DICOM_MAX_NESTING 128
+
+/* mms_dicom_prescan() on the file at path (mapped read-only), with MMS_DICOM_MAX_NESTING.
+ * why receives "PATH: reason". Returns 0, -errno, or MMS_EDICOM (not a regular file, empty,
+ * nested too deep). Threads: any. */
+int mms_dicom_prescan_file(const char *path, struct mms_prescan *info, char *why, size_t why_len);
+
 /* Read the header of the DICOM file at path, up to its pixel data (which is not read).
  * why (why_len bytes, may be NULL) receives the reason on failure.
  * Ownership: fills *h (caller's memory); untouched on failure.
@@ -115,6 +123,26 @@ int mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms
  * Returns 0, a negative -errno (MMS_ENOENT...), or MMS_EDICOM (not DICOM, or unreadable).
  * Threads: any. */
 int mms_header_read(const char *path, struct mms_header *h, char *why, size_t why_len);
+
+/* ------------------------------------------------------------------------------- pixels */
+/* Decode frame `frame` (0-based) of the DICOM file at path to HU, row-major (rows x cols floats):
+ * HU = stored * slope + intercept (Rescale Slope/Intercept; 1 and 0 when absent), stored values
+ * sign-extended from Bits Stored when Pixel Representation is 1, masked to Bits Stored when 0;
+ * pixels equal to Pixel Padding Value (compared on the stored value, before rescale; also when
+ * the padding value is written as the unsigned 16-bit image of a negative value) become -1024.
+ * rows x cols x frames x bytes is computed with overflow checks and compared with max_voxels
+ * and with the pixel data actually present before anything is allocated or read; hu must hold
+ * rows*cols floats (the caller knows rows and cols from mms_header_read).
+ * Bits Stored is the decoder's (GDCM corrects it from a JPEG 2000 codestream); the signedness
+ * is always the header's Pixel Representation, also where the codestream says otherwise.
+ * Enhanced CT without top-level rescale takes the functional groups' (as GDCM reads them).
+ * Pixel Padding Range Limit is not applied. The file is pre-scanned first (128 levels).
+ * Returns 0, -errno, MMS_EINVAL (path or hu NULL, frame outside 0..frames-1), MMS_EDICOM (why
+ * says: unsupported transfer syntax / decoder failed / pixel data shorter than declared / not
+ * monochrome / bits allocated not 8 or 16 ...), MMS_ENOMEM; hu is written only on success.
+ * Threads: any (GDCM objects are local). */
+int mms_frame_decode(const char *path, int64_t frame, uint64_t max_voxels, float *hu, char *why,
+                     size_t why_len);
 
 #ifdef __cplusplus
 }

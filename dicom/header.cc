@@ -2,11 +2,6 @@
 // Threads: any; nothing shared.
 #include "dicom/dicom.h"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -20,41 +15,16 @@
 #include <gdcmTag.h>
 
 #include "common/err.h"
+#include "dicom/dicom-impl.hh"
 
 namespace
 {
-
-const int max_nesting = 128; // sequence + item levels; real CT headers use fewer than 10
 
 const char *const ct_classes[] = {
     "1.2.840.10008.5.1.4.1.1.2",   // CT Image Storage
     "1.2.840.10008.5.1.4.1.1.2.1", // Enhanced CT Image Storage
     "1.2.840.10008.5.1.4.1.1.2.2", // Legacy Converted Enhanced CT Image Storage
 };
-
-int
-fail(char *why, size_t why_len, int rc, const char *path, const char *msg)
-{
-    if (why != nullptr && why_len > 0)
-        std::snprintf(why, why_len, "%s: %s", path, msg);
-    return rc;
-}
-
-// The value of tag as text with padding removed ("" when absent or empty).
-std::string
-text(const gdcm::StringFilter &sf, const gdcm::DataSet &ds, uint16_t g, uint16_t e)
-{
-    gdcm::Tag t(g, e);
-    if (!ds.FindDataElement(t) || ds.GetDataElement(t).IsEmpty())
-        return std::string();
-    std::string v = sf.ToString(t);
-    while (!v.empty() && (v.back() == ' ' || v.back() == '\0'))
-        v.pop_back();
-    size_t b = 0;
-    while (b < v.size() && v[b] == ' ')
-        b++;
-    return v.substr(b);
-}
 
 void
 copy(char *dst, size_t n, const std::string &s)
@@ -115,88 +85,67 @@ extern "C" int
 mms_header_read(const char *path, struct mms_header *out, char *why, size_t why_len)
 {
     try {
-        struct stat sb;
-        if (stat(path, &sb) != 0) {
-            int rc = -errno;
-            return fail(why, why_len, rc, path, mms_strerror(rc));
-        }
-        if (!S_ISREG(sb.st_mode))
-            return fail(why, why_len, MMS_EDICOM, path, "not a regular file");
-        if (sb.st_size > 0) { // the guard before GDCM's recursive parser sees the file
-            int fd = open(path, O_RDONLY | O_CLOEXEC);
-            if (fd < 0) {
-                int rc = -errno;
-                return fail(why, why_len, rc, path, mms_strerror(rc));
-            }
-            size_t len = (size_t)sb.st_size;
-            void *map = mmap(nullptr, len, PROT_READ, MAP_PRIVATE, fd, 0);
-            close(fd);
-            if (map == MAP_FAILED) {
-                int rc = -errno;
-                return fail(why, why_len, rc, path, mms_strerror(rc));
-            }
-            char reason[256];
-            struct mms_prescan pre;
-            int rc = mms_dicom_prescan(static_cast<const uint8_t *>(map), len, max_nesting, &pre,
-                                       reason, sizeof reason);
-            munmap(map, len);
-            if (rc < 0)
-                return fail(why, why_len, rc, path, reason);
-            if (mms_sop_class_is_dicomdir(pre.media_class)) {
-                // never an image; GDCM can abort on a malformed directory, so it is not asked
-                struct mms_header h;
-                std::memset(&h, 0, sizeof h);
-                copy(h.media_class, sizeof h.media_class, pre.media_class);
-                copy(h.transfer_syntax, sizeof h.transfer_syntax, pre.transfer_syntax);
-                h.frames = 1;
-                h.instance_number = -1;
-                *out = h;
-                return 0;
-            }
+        // the guard before GDCM's recursive parser sees the file
+        struct mms_prescan pre;
+        int rc = mms_dicom_prescan_file(path, &pre, why, why_len);
+        if (rc < 0)
+            return rc;
+        if (mms_sop_class_is_dicomdir(pre.media_class)) {
+            // never an image; GDCM can abort on a malformed directory, so it is not asked
+            struct mms_header h;
+            std::memset(&h, 0, sizeof h);
+            copy(h.media_class, sizeof h.media_class, pre.media_class);
+            copy(h.transfer_syntax, sizeof h.transfer_syntax, pre.transfer_syntax);
+            h.frames = 1;
+            h.instance_number = -1;
+            *out = h;
+            return 0;
         }
         gdcm::Reader r;
         r.SetFileName(path);
         if (!r.ReadUpToTag(gdcm::Tag(0x7fe0, 0x0010)))
-            return fail(why, why_len, MMS_EDICOM, path, "not a DICOM file, or unreadable (GDCM)");
+            return mms__dicom_fail(why, why_len, MMS_EDICOM, path,
+                                   "not a DICOM file, or unreadable (GDCM)");
         const gdcm::File &f = r.GetFile();
         const gdcm::DataSet &ds = f.GetDataSet();
         gdcm::StringFilter sf;
         sf.SetFile(f);
         struct mms_header h;
         std::memset(&h, 0, sizeof h);
-        copy(h.sop_class, sizeof h.sop_class, text(sf, ds, 0x0008, 0x0016));
-        copy(h.sop_instance, sizeof h.sop_instance, text(sf, ds, 0x0008, 0x0018));
-        copy(h.series_uid, sizeof h.series_uid, text(sf, ds, 0x0020, 0x000e));
-        copy(h.study_uid, sizeof h.study_uid, text(sf, ds, 0x0020, 0x000d));
-        copy(h.modality, sizeof h.modality, text(sf, ds, 0x0008, 0x0060));
-        copy(h.image_type, sizeof h.image_type, text(sf, ds, 0x0008, 0x0008));
+        copy(h.sop_class, sizeof h.sop_class, mms__dicom_text(sf, ds, 0x0008, 0x0016));
+        copy(h.sop_instance, sizeof h.sop_instance, mms__dicom_text(sf, ds, 0x0008, 0x0018));
+        copy(h.series_uid, sizeof h.series_uid, mms__dicom_text(sf, ds, 0x0020, 0x000e));
+        copy(h.study_uid, sizeof h.study_uid, mms__dicom_text(sf, ds, 0x0020, 0x000d));
+        copy(h.modality, sizeof h.modality, mms__dicom_text(sf, ds, 0x0008, 0x0060));
+        copy(h.image_type, sizeof h.image_type, mms__dicom_text(sf, ds, 0x0008, 0x0008));
         const gdcm::FileMetaInformation &meta = f.GetHeader();
         gdcm::StringFilter mf;
         mf.SetFile(f);
         if (meta.FindDataElement(gdcm::Tag(0x0002, 0x0002)))
-            copy(h.media_class, sizeof h.media_class, text(mf, meta, 0x0002, 0x0002));
+            copy(h.media_class, sizeof h.media_class, mms__dicom_text(mf, meta, 0x0002, 0x0002));
         if (meta.FindDataElement(gdcm::Tag(0x0002, 0x0010)))
-            copy(h.transfer_syntax, sizeof h.transfer_syntax, text(mf, meta, 0x0002, 0x0010));
-        h.frames = integer(text(sf, ds, 0x0028, 0x0008), 1);
-        h.instance_number = integer(text(sf, ds, 0x0020, 0x0013), -1);
+            copy(h.transfer_syntax, sizeof h.transfer_syntax,
+                 mms__dicom_text(mf, meta, 0x0002, 0x0010));
+        h.frames = integer(mms__dicom_text(sf, ds, 0x0028, 0x0008), 1);
+        h.instance_number = integer(mms__dicom_text(sf, ds, 0x0020, 0x0013), -1);
         struct mms_slice &s = h.slice;
-        copy(s.frame_of_ref, sizeof s.frame_of_ref, text(sf, ds, 0x0020, 0x0052));
-        int n_iop = numbers(text(sf, ds, 0x0020, 0x0037), s.iop, 6);
-        int n_ipp = numbers(text(sf, ds, 0x0020, 0x0032), s.ipp, 3);
-        s.rows = integer(text(sf, ds, 0x0028, 0x0010), 0);
-        s.cols = integer(text(sf, ds, 0x0028, 0x0011), 0);
-        s.acquisition = integer(text(sf, ds, 0x0020, 0x0012), -1);
-        s.temporal = integer(text(sf, ds, 0x0020, 0x0100), -1);
+        copy(s.frame_of_ref, sizeof s.frame_of_ref, mms__dicom_text(sf, ds, 0x0020, 0x0052));
+        int n_iop = numbers(mms__dicom_text(sf, ds, 0x0020, 0x0037), s.iop, 6);
+        int n_ipp = numbers(mms__dicom_text(sf, ds, 0x0020, 0x0032), s.ipp, 3);
+        s.rows = integer(mms__dicom_text(sf, ds, 0x0028, 0x0010), 0);
+        s.cols = integer(mms__dicom_text(sf, ds, 0x0028, 0x0011), 0);
+        s.acquisition = integer(mms__dicom_text(sf, ds, 0x0020, 0x0012), -1);
+        s.temporal = integer(mms__dicom_text(sf, ds, 0x0020, 0x0100), -1);
         h.has_geometry = n_iop == 6 && n_ipp == 3 && s.rows > 0 && s.cols > 0;
-        numbers(text(sf, ds, 0x0028, 0x0030), h.pixel_spacing, 2);
+        numbers(mms__dicom_text(sf, ds, 0x0028, 0x0030), h.pixel_spacing, 2);
         double th = 0.0;
-        if (numbers(text(sf, ds, 0x0018, 0x0050), &th, 1) == 1 && std::isfinite(th))
+        if (numbers(mms__dicom_text(sf, ds, 0x0018, 0x0050), &th, 1) == 1 && std::isfinite(th))
             h.slice_thickness = th;
         *out = h;
         return 0;
     } catch (const std::bad_alloc &) {
-        return fail(why, why_len, MMS_ENOMEM, path, "out of memory");
+        return mms__dicom_fail(why, why_len, MMS_ENOMEM, path, "out of memory");
     } catch (...) {
-        return fail(why, why_len, MMS_EDICOM, path, "GDCM failed to read the header");
+        return mms__dicom_fail(why, why_len, MMS_EDICOM, path, "GDCM failed to read the header");
     }
 }

@@ -8,8 +8,13 @@
  * Threads: reentrant. */
 #include "dicom/dicom.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/err.h"
 
@@ -171,4 +176,38 @@ too_deep:
         snprintf(why, why_len, "sequences nested deeper than %d levels at byte %zu", max_depth,
                  w.pos);
     return MMS_EDICOM;
+}
+
+int
+mms_dicom_prescan_file(const char *path, struct mms_prescan *info, char *why, size_t why_len)
+{
+    int rc = 0;
+    struct stat sb;
+    char reason[256] = "";
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+        rc = -errno;
+        snprintf(reason, sizeof reason, "%s", mms_strerror(rc));
+    } else if (!S_ISREG(sb.st_mode)) {
+        rc = MMS_EDICOM;
+        snprintf(reason, sizeof reason, "not a regular file");
+    } else if (sb.st_size == 0) {
+        rc = MMS_EDICOM;
+        snprintf(reason, sizeof reason, "empty file");
+    } else {
+        size_t len = (size_t)sb.st_size;
+        void *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (map == MAP_FAILED) {
+            rc = -errno;
+            snprintf(reason, sizeof reason, "%s", mms_strerror(rc));
+        } else {
+            rc = mms_dicom_prescan(map, len, MMS_DICOM_MAX_NESTING, info, reason, sizeof reason);
+            munmap(map, len);
+        }
+    }
+    if (fd >= 0)
+        close(fd);
+    if (rc < 0 && why != NULL && why_len > 0)
+        snprintf(why, why_len, "%s: %s", path, reason);
+    return rc;
 }

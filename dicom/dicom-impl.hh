@@ -1,0 +1,38 @@
+// dicom: helpers shared by the GDCM readers (module-private; C++ only).
+#ifndef MMS_DICOM_IMPL_HH
+#define MMS_DICOM_IMPL_HH
+
+#include <cstdint>
+#include <cstdio>
+#include <string>
+
+#include <gdcmDataSet.h>
+#include <gdcmStringFilter.h>
+#include <gdcmTag.h>
+
+// Write "PATH: msg" into why (may be null) and return rc.
+inline int
+mms__dicom_fail(char *why, size_t why_len, int rc, const char *path, const char *msg)
+{
+    if (why != nullptr && why_len > 0)
+        std::snprintf(why, why_len, "%s: %s", path, msg);
+    return rc;
+}
+
+// The value of tag (g, e) as text with padding removed ("" when absent or empty).
+inline std::string
+mms__dicom_text(const gdcm::StringFilter &sf, const gdcm::DataSet &ds, uint16_t g, uint16_t e)
+{
+    gdcm::Tag t(g, e);
+    if (!ds.FindDataElement(t) || ds.GetDataElement(t).IsEmpty())
+        return std::string();
+    std::string v = sf.ToString(t);
+    while (!v.empty() && (v.back() == ' ' || v.back() == '\0'))
+        v.pop_back();
+    size_t b = 0;
+    while (b < v.size() && v[b] == ' ')
+        b++;
+    return v.substr(b);
+}
+
+#endif
