@@ -8,21 +8,6 @@
 #include "common/err.h"
 #include "common/log.h"
 
-#define MAX_BACKENDS 8
-
-const char *const *
-mms_backend_names(void)
-{
-    static const char *names[MAX_BACKENDS + 1];
-    if (names[0] == NULL) {
-        int n = 0;
-        for (int i = 0; mms__backends[i] != NULL && n < MAX_BACKENDS; i++)
-            names[n++] = mms__backends[i]->name;
-        names[n] = NULL;
-    }
-    return names;
-}
-
 static const struct mms_backend_ops *
 find(const char *name)
 {

@@ -150,9 +150,6 @@ struct mms_backend_params {
     int device;  /* GPU ordinal (CUDA) */
 };
 
-/* Names of the backends this build has, NULL-terminated ("cpu" first). */
-const char *const *mms_backend_names(void);
-
 /* Open a backend by name: "cpu", "cuda", or "auto" (CUDA when built and a device starts,
  * else the CPU with a NOTICE naming the reason).
  * Ownership: *out is new, free with mms_backend_free().

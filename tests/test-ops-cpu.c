@@ -157,6 +157,8 @@ test_mamba(const char *dir)
         snprintf(name, sizeof name, "L%lld.y_pregate", (long long)l);
         const struct mms_tensor *want_y = mms__st_find(st, name);
         for (size_t ci = 0; ci < sizeof chunks / sizeof chunks[0]; ci++) {
+            if (ci > 0 && chunks[ci - 1] >= l)
+                break; /* a chunk of L tokens or more is one chunk of L: run it once */
             struct mamba_case mc;
             if (mamba_setup(&mc, st, chunks[ci], l) < 0) {
                 ok(false, "setup");
@@ -428,7 +430,8 @@ main(void)
     const char *dir = getenv("srcdir");
     if (dir == NULL)
         dir = ".";
-    plan(1 + 3 * 5 * 2 + 4 + 1 + 2 + 2 + 2, 300);
+    /* Mamba cases: L = 1 with chunk 1; L = 3 with 1, 2, 3; L = 1000 with 1, 2, 3, 7, 4096 */
+    plan(1 + (1 + 3 + 5) * 2 + 4 + 1 + 2 + 2 + 2, 300);
     cpu.threads = 2;
     if (dnnl_engine_create(&cpu.engine, dnnl_cpu, 0) != dnnl_success ||
         dnnl_stream_create(&cpu.stream, cpu.engine, dnnl_stream_default_flags) != dnnl_success) {
