@@ -98,9 +98,10 @@ static const struct cfg_key main_keys[] = {
      NOTYET},
     {"series", "max_slice_thickness_mm", T_DBL, OFF(series.max_slice_thickness_mm), "0", 0, 1000,
      NULL, NOTYET},
-    {"series", "max_gap_ratio", T_DBL, OFF(series.max_gap_ratio), "2.0", 1.01, 100, NULL, NOTYET},
-    {"series", "allow_gaps", T_BOOL, OFF(series.allow_gaps), "no", 0, 0, NULL, NOTYET},
-    {"series", "max_voxels", T_U64, OFF(series.max_voxels), "1000000000", 1, 1e12, NULL, NOTYET},
+    {"series", "max_gap_ratio", T_DBL, OFF(series.max_gap_ratio), "2.0", 1.01, 100, NULL, 0},
+    {"series", "allow_gaps", T_BOOL, OFF(series.allow_gaps), "no", 0, 0, NULL, 0},
+    {"series", "max_voxels", T_U64, OFF(series.max_voxels), "1000000000", 1, 1e12, NULL, 0},
+    {"series", "decode_threads", T_UINT, OFF(series.decode_threads), "0", 0, 256, NULL, 0},
 
     {"infer", "model", T_PATH, OFF(infer.model), "/usr/share/mmsegd/models/demo.safetensors", 0, 0,
      NULL, NOTYET},
@@ -736,6 +737,19 @@ fail:
     free(ld.lines);
     mms_config_free(ld.cfg);
     return rc;
+}
+
+int
+mms_config_defaults(struct mms_config **out)
+{
+    struct mms_config *cfg = calloc(1, sizeof *cfg);
+    if (cfg == NULL || (cfg->path = strdup("(built-in defaults)")) == NULL ||
+        apply_defaults(main_keys, N_MAIN, cfg) < 0) {
+        mms_config_free(cfg);
+        return MMS_ENOMEM;
+    }
+    *out = cfg;
+    return 0;
 }
 
 void

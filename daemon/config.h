@@ -73,6 +73,7 @@ struct mms_config {
         double max_gap_ratio;
         bool allow_gaps;
         uint64_t max_voxels;
+        unsigned decode_threads; /* 0: one per online CPU */
     } series;
     struct {
         char *model;
@@ -105,6 +106,10 @@ struct mms_config {
  * Returns 0; MMS_ECONFIG when the file has errors; -errno when it cannot be read (errbuf
  * says why); MMS_ENOMEM. */
 int mms_config_load(const char *path, struct mms_config **out, char *errbuf, size_t errlen);
+
+/* The configuration of an empty file: every key at its default, no destination.
+ * Ownership: *out is new, free with mms_config_free(). Returns 0 or MMS_ENOMEM. */
+int mms_config_defaults(struct mms_config **out);
 
 /* Free cfg and everything it owns. NULL is a harmless no-op. */
 void mms_config_free(struct mms_config *cfg);

@@ -1,12 +1,16 @@
-/* daemon: `mmsegd inspect` (design.md section 5): headers, series, stacks and reasons.
- * Threads: the main thread of the command. */
+/* daemon: `mmsegd inspect` (design.md section 5): headers, series, volumes and reasons, as
+ * text or JSON, and each volume as NIfTI on request. Threads: the main thread of the command
+ * (the volume decoder starts its own). */
 #include "daemon/inspect.h"
 
 #include <errno.h>
 #include <ftw.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+
+#include <cjson/cJSON.h>
 
 #include "common/err.h"
 #include "dicom/dicom.h"
@@ -54,113 +58,246 @@ cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
-static const char *
-reason_name(enum mms_stack_reason r)
-{
-    switch (r) {
-    case MMS_STACK_MAIN:
-        return "in the volume";
-    case MMS_STACK_BAD_ORIENTATION:
-        return "invalid orientation or position";
-    case MMS_STACK_FRAME_OF_REF:
-        return "other frame of reference";
-    case MMS_STACK_ORIENTATION:
-        return "other orientation";
-    case MMS_STACK_SIZE:
-        return "other rows or columns";
-    case MMS_STACK_ACQUISITION:
-        return "other acquisition or temporal position";
-    }
-    return "?";
-}
-
 static bool
 is_localizer(const struct mms_header *h)
 {
     return strstr(h->image_type, "LOCALIZER") != NULL;
 }
 
-/* One series: files f[idx[0..n)]. */
+/* One "left out" entry: a text line, or a JSON object in arr. */
 static void
-report_series(const struct file *f, const int *idx, int n, FILE *out)
+left_out(FILE *out, cJSON *arr, int count, const char *unit, const char *reason)
+{
+    if (count == 0)
+        return;
+    if (arr != NULL) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddNumberToObject(o, "count", count);
+        cJSON_AddStringToObject(o, "reason", reason);
+        cJSON_AddItemToArray(arr, o);
+    } else {
+        fprintf(out, "  left out: %d %s%s, %s\n", count, unit, count == 1 ? "" : "s", reason);
+    }
+}
+
+static cJSON *
+vec3(const double *v)
+{
+    return cJSON_CreateDoubleArray(v, 3);
+}
+
+/* Where the NIfTI of series number `number` goes: DIR/UID.nii.gz, or DIR/series-NNN.nii.gz. */
+static void
+nifti_path(const char *dir, const char *uid, int number, char *buf, size_t len)
+{
+    bool ok = uid[0] != '\0';
+    for (const char *p = uid; *p != '\0'; p++)
+        ok = ok && (*p == '.' || (*p >= '0' && *p <= '9'));
+    if (ok)
+        snprintf(buf, len, "%s/%s.nii.gz", dir, uid);
+    else
+        snprintf(buf, len, "%s/series-%03d.nii.gz", dir, number);
+}
+
+/* The volume part of the report: text lines, or fields of jv. */
+static void
+report_volume(const struct mms_volume *v, const struct file *f, const int *idx, FILE *out,
+              cJSON *jv, const char *nifti)
+{
+    /* the transfer syntaxes of the files in the volume, each once */
+    const char *ts[16];
+    int nts = 0;
+    for (int64_t k = 0; k < v->dims[2]; k++) {
+        const char *t = f[idx[v->src[k].file]].h.transfer_syntax;
+        bool seen = false;
+        for (int i = 0; i < nts; i++)
+            seen = seen || strcmp(ts[i], t) == 0;
+        if (!seen && nts < 16)
+            ts[nts++] = t;
+    }
+    if (jv == NULL) {
+        fprintf(out,
+                "  volume: %lld frames of %lldx%lld, pixel %.4g x %.4g mm, slice step %.4g mm "
+                "(min %.4g, max %.4g)%s, tilt %.2f deg\n",
+                (long long)v->dims[2], (long long)v->dims[1], (long long)v->dims[0], v->spacing[1],
+                v->spacing[0], v->spacing[2], v->min_step_mm, v->max_step_mm,
+                v->irregular ? ", irregular" : "", v->tilt_deg);
+        fprintf(out, "  normal (%.4f, %.4f, %.4f), positions %.2f .. %.2f mm along it\n",
+                v->normal[0], v->normal[1], v->normal[2], v->pos_mm[0], v->pos_mm[v->dims[2] - 1]);
+        fprintf(out,
+                "  row (%.4f, %.4f, %.4f), column (%.4f, %.4f, %.4f), origin (%.3f, %.3f, "
+                "%.3f) mm\n",
+                v->dir[0][0], v->dir[1][0], v->dir[2][0], v->dir[0][1], v->dir[1][1], v->dir[2][1],
+                v->origin[0], v->origin[1], v->origin[2]);
+        if (v->tilt_deg > 0.0)
+            fprintf(out,
+                    "  notice: gantry tilt %.1f deg handled: slices kept at their sheared "
+                    "positions\n",
+                    v->tilt_deg);
+        fprintf(out, "  transfer syntax%s:", nts == 1 ? "" : "es");
+        for (int i = 0; i < nts; i++)
+            fprintf(out, " %s", ts[i]);
+        fprintf(out, "\n  HU range: %.6g .. %.6g\n", v->hu_min, v->hu_max);
+        if (v->n_stacks > 1)
+            fprintf(out, "  stacks: %d, the largest is the volume\n", v->n_stacks);
+        if (nifti != NULL)
+            fprintf(out, "  nifti: %s\n", nifti);
+        return;
+    }
+    double dims[3] = {(double)v->dims[0], (double)v->dims[1], (double)v->dims[2]};
+    cJSON_AddItemToObject(jv, "dims", vec3(dims));
+    cJSON_AddItemToObject(jv, "spacing", vec3(v->spacing));
+    cJSON *step = cJSON_AddObjectToObject(jv, "slice_step");
+    cJSON_AddNumberToObject(step, "median", v->spacing[2]);
+    cJSON_AddNumberToObject(step, "min", v->min_step_mm);
+    cJSON_AddNumberToObject(step, "max", v->max_step_mm);
+    cJSON_AddBoolToObject(step, "irregular", v->irregular);
+    cJSON_AddNumberToObject(jv, "tilt_deg", v->tilt_deg);
+    cJSON_AddNumberToObject(jv, "n_stacks", v->n_stacks);
+    cJSON_AddItemToObject(jv, "origin", vec3(v->origin));
+    cJSON *dir = cJSON_AddArrayToObject(jv, "direction");
+    for (int a = 0; a < 3; a++) {
+        double d[3] = {v->dir[0][a], v->dir[1][a], v->dir[2][a]};
+        cJSON_AddItemToArray(dir, vec3(d));
+    }
+    cJSON_AddItemToObject(jv, "normal", vec3(v->normal));
+    cJSON_AddItemToObject(jv, "transfer_syntaxes", cJSON_CreateStringArray(ts, nts));
+    double range[2] = {v->hu_min, v->hu_max};
+    cJSON_AddItemToObject(jv, "hu_range", cJSON_CreateDoubleArray(range, 2));
+    cJSON *sl = cJSON_AddArrayToObject(jv, "slices");
+    for (int64_t k = 0; k < v->dims[2]; k++) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddItemToObject(o, "ipp", vec3(v->ipp[k]));
+        cJSON_AddNumberToObject(o, "pos_mm", v->pos_mm[k]);
+        cJSON_AddStringToObject(o, "path", f[idx[v->src[k].file]].path);
+        cJSON_AddNumberToObject(o, "frame", (double)(v->src[k].frame + 1));
+        cJSON_AddStringToObject(o, "sop_instance", v->src[k].sop_instance);
+        cJSON_AddItemToArray(sl, o);
+    }
+    if (nifti != NULL)
+        cJSON_AddStringToObject(jv, "nifti", nifti);
+}
+
+static const char *const reason_text[] = {
+    [MMS_STACK_BAD_ORIENTATION] = "invalid orientation or position",
+    [MMS_STACK_FRAME_OF_REF] = "other frame of reference",
+    [MMS_STACK_ORIENTATION] = "other orientation",
+    [MMS_STACK_SIZE] = "other rows or columns",
+    [MMS_STACK_ACQUISITION] = "other acquisition or temporal position",
+};
+
+/* One series: files f[idx[0..n)], number `number` (1-based). Returns 0, or MMS_ENOMEM. */
+static int
+report_series(const struct file *f, const int *idx, int n, int number, const struct inspect_opts *o,
+              FILE *out, cJSON *series_arr)
 {
     const struct mms_header *h0 = &f[idx[0]].h;
-    fprintf(out, "series %s: modality %s, %d file%s, first %s\n",
-            h0->series_uid[0] ? h0->series_uid : "(no Series Instance UID)",
-            h0->modality[0] ? h0->modality : "-", n, n == 1 ? "" : "s", f[idx[0]].path);
-    struct mms_slice *s = malloc((size_t)n * sizeof *s);
-    int *src = malloc((size_t)n * sizeof *src);
-    int ns = 0, not_ct = 0, localizer = 0, multi = 0, no_geom = 0;
-    const char *other_class = NULL;
-    if (s == NULL || src == NULL) {
-        fprintf(out, "  error: %s\n", mms_strerror(MMS_ENOMEM));
-        goto out;
+    const char **paths = malloc((size_t)n * sizeof *paths);
+    struct mms_header *h = malloc((size_t)n * sizeof *h);
+    cJSON *js = NULL, *jl = NULL;
+    if (paths == NULL || h == NULL) {
+        free(paths);
+        free(h);
+        return MMS_ENOMEM;
     }
+    if (series_arr != NULL) {
+        js = cJSON_CreateObject();
+        cJSON_AddItemToArray(series_arr, js);
+        cJSON_AddStringToObject(js, "series_uid", h0->series_uid);
+        cJSON_AddStringToObject(js, "modality", h0->modality);
+        cJSON_AddNumberToObject(js, "files", n);
+        cJSON_AddStringToObject(js, "first", f[idx[0]].path);
+        jl = cJSON_AddArrayToObject(js, "left_out");
+    } else {
+        fprintf(out, "series %s: modality %s, %d file%s, first %s\n",
+                h0->series_uid[0] ? h0->series_uid : "(no Series Instance UID)",
+                h0->modality[0] ? h0->modality : "-", n, n == 1 ? "" : "s", f[idx[0]].path);
+    }
+    int not_ct = 0, localizer = 0, no_geom = 0;
+    const char *other_class = NULL;
     for (int j = 0; j < n; j++) {
-        const struct mms_header *h = &f[idx[j]].h;
-        if (!mms_sop_class_is_ct(h->sop_class)) {
+        paths[j] = f[idx[j]].path;
+        h[j] = f[idx[j]].h;
+        if (!mms_sop_class_is_ct(h[j].sop_class)) {
             not_ct++;
-            other_class = h->sop_class;
-        } else if (is_localizer(h)) {
+            other_class = h[j].sop_class;
+        } else if (is_localizer(&h[j])) {
             localizer++;
-        } else if (h->frames > 1) {
-            multi++;
-        } else if (!h->has_geometry) {
+        } else if (h[j].frames == 1 && !h[j].has_geometry) {
             no_geom++;
-        } else {
-            src[ns] = idx[j];
-            s[ns++] = h->slice;
         }
     }
-    if (not_ct > 0)
-        fprintf(out, "  left out: %d file%s of SOP class %s (not a CT image)\n", not_ct,
-                not_ct == 1 ? "" : "s", other_class);
-    if (localizer > 0)
-        fprintf(out, "  left out: %d localizer%s (ImageType LOCALIZER)\n", localizer,
-                localizer == 1 ? "" : "s");
-    if (multi > 0)
-        fprintf(out, "  left out: %d multi-frame file%s (functional groups are not read yet)\n",
-                multi, multi == 1 ? "" : "s");
-    if (no_geom > 0)
-        fprintf(out, "  left out: %d file%s without orientation, position or size\n", no_geom,
-                no_geom == 1 ? "" : "s");
-    if (ns == 0) {
-        fprintf(out, "  no volume: no single-frame CT image with geometry\n");
-        goto out;
+    char reason[160];
+    snprintf(reason, sizeof reason, "SOP class %s (not a CT image)",
+             other_class != NULL ? other_class : "");
+    left_out(out, jl, not_ct, "file", reason);
+    left_out(out, jl, localizer, "localizer", "ImageType LOCALIZER");
+    left_out(out, jl, no_geom, "file", "without orientation, position or size");
+
+    struct mms_volume *v = NULL;
+    char why[1024];
+    int rc = mms_volume_build(paths, h, n, &o->vol, &v, why, sizeof why);
+    if (rc == MMS_ENOMEM) {
+        free(paths);
+        free(h);
+        return rc;
     }
-    struct mms_stack_opts o = {.max_gap_ratio = 2.0, .allow_gaps = false};
-    struct mms_stack *st = NULL;
-    char why[512];
-    int rc = mms_stack_find(s, ns, &o, &st, why, sizeof why);
     if (rc < 0) {
-        fprintf(out, "  no volume: %s\n", why);
-        goto out;
+        if (js != NULL)
+            cJSON_AddStringToObject(js, "error", why);
+        else
+            fprintf(out, "  no volume: %s\n", why);
+    } else {
+        char nifti[4096], nwhy[1024];
+        const char *written = NULL;
+        if (o->nifti_dir != NULL) {
+            nifti_path(o->nifti_dir, h0->series_uid, number, nifti, sizeof nifti);
+            if (mms_nifti_write(v, nifti, nwhy, sizeof nwhy) == 0)
+                written = nifti;
+            else if (js != NULL)
+                cJSON_AddStringToObject(js, "nifti_error", nwhy);
+            else
+                fprintf(out, "  nifti not written: %s\n", nwhy);
+        }
+        report_volume(v, f, idx, out, js != NULL ? cJSON_AddObjectToObject(js, "volume") : NULL,
+                      written);
+        for (int r = MMS_STACK_BAD_ORIENTATION; r <= MMS_STACK_ACQUISITION; r++)
+            left_out(out, jl, v->left_out[r], "frame", reason_text[r]);
+        mms_volume_free(v);
     }
-    const struct mms_header *hm = &f[src[st->order[0]]].h;
-    fprintf(out,
-            "  volume: %d frames of %lldx%lld, pixel %.4g x %.4g mm, slice step %.4g mm "
-            "(min %.4g, max %.4g)%s, tilt %.2f deg\n",
-            st->n, (long long)hm->slice.rows, (long long)hm->slice.cols, hm->pixel_spacing[0],
-            hm->pixel_spacing[1], st->spacing_mm, st->min_step_mm, st->max_step_mm,
-            st->irregular ? ", irregular" : "", st->tilt_deg);
-    fprintf(out, "  normal (%.4f, %.4f, %.4f), positions %.2f .. %.2f mm along it\n", st->normal[0],
-            st->normal[1], st->normal[2], st->pos_mm[0], st->pos_mm[st->n - 1]);
-    int counts[MMS_STACK_ACQUISITION + 1] = {0};
-    for (int j = 0; j < ns; j++)
-        counts[st->reason[j]]++;
-    for (int r = MMS_STACK_BAD_ORIENTATION; r <= MMS_STACK_ACQUISITION; r++)
-        if (counts[r] > 0)
-            fprintf(out, "  left out: %d frame%s, %s\n", counts[r], counts[r] == 1 ? "" : "s",
-                    reason_name(r));
-    mms_stack_free(st);
-out:
-    free(s);
-    free(src);
+    free(paths);
+    free(h);
+    return 0;
+}
+
+/* A "not read" or "ignored" entry. */
+static void
+file_note(FILE *out, cJSON *arr, const char *kind, const char *path, const char *reason)
+{
+    if (arr == NULL) {
+        if (path != NULL)
+            fprintf(out, "%s: %s: %s\n", kind, path, reason);
+        else
+            fprintf(out, "%s: %s\n", kind, reason);
+        return;
+    }
+    cJSON *o = cJSON_CreateObject();
+    if (path != NULL)
+        cJSON_AddStringToObject(o, "path", path);
+    cJSON_AddStringToObject(o, "reason", reason);
+    cJSON_AddItemToArray(arr, o);
 }
 
 int
-mms_inspect(const char *const *paths, int n, FILE *out)
+mms_inspect(const char *const *paths, int n, const struct inspect_opts *o, FILE *out)
 {
+    cJSON *root = o->json ? cJSON_CreateObject() : NULL;
+    cJSON *j_ignored = NULL, *j_not_read = NULL, *j_series = NULL;
+    if (root != NULL) {
+        j_ignored = cJSON_AddArrayToObject(root, "ignored");
+        j_not_read = cJSON_AddArrayToObject(root, "not_read");
+        j_series = cJSON_AddArrayToObject(root, "series");
+    }
     struct list l = {0};
     struct file *f = NULL;
     int rc = 0, nf = 0, n_dicom = 0;
@@ -194,17 +331,17 @@ mms_inspect(const char *const *paths, int n, FILE *out)
         struct mms_header h;
         int r = mms_header_read(l.paths[i], &h, why, sizeof why);
         if (r < 0) {
-            fprintf(out, "not read: %s\n", why);
+            file_note(out, j_not_read, "not read", NULL, why);
             continue;
         }
         n_dicom++;
         if (mms_sop_class_is_dicomdir(h.media_class) || mms_sop_class_is_dicomdir(h.sop_class)) {
-            fprintf(out, "ignored: %s: DICOMDIR\n", l.paths[i]);
+            file_note(out, j_ignored, "ignored", l.paths[i], "DICOMDIR");
             ignored++;
             continue;
         }
         if (h.sop_class[0] == '\0') {
-            fprintf(out, "ignored: %s: no SOP Class UID (not an image)\n", l.paths[i]);
+            file_note(out, j_ignored, "ignored", l.paths[i], "no SOP Class UID (not an image)");
             ignored++;
             continue;
         }
@@ -231,15 +368,29 @@ mms_inspect(const char *const *paths, int n, FILE *out)
                 idx[m++] = j;
             }
         }
-        report_series(f, idx, m, out);
+        if ((rc = report_series(f, idx, m, n_series + 1, o, out, j_series)) < 0)
+            break;
         n_series++;
     }
-    fprintf(out, "%d file%s, %d DICOM, %d ignored, %d series\n", l.n, l.n == 1 ? "" : "s", n_dicom,
-            ignored, n_series);
+    if (root != NULL) {
+        cJSON_AddNumberToObject(root, "files", l.n);
+        cJSON_AddNumberToObject(root, "dicom", n_dicom);
+        char *text = cJSON_Print(root);
+        if (text == NULL)
+            rc = MMS_ENOMEM;
+        else
+            fprintf(out, "%s\n", text);
+        free(text);
+    } else {
+        fprintf(out, "%d file%s, %d DICOM, %d ignored, %d series\n", l.n, l.n == 1 ? "" : "s",
+                n_dicom, ignored, n_series);
+    }
     free(idx);
     free(done);
-    rc = n_dicom > 0 ? 0 : MMS_ENOENT;
+    if (rc == 0)
+        rc = n_dicom > 0 ? 0 : MMS_ENOENT;
 done:
+    cJSON_Delete(root);
     for (int i = 0; i < l.n; i++)
         free(l.paths[i]);
     free(l.paths);

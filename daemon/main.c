@@ -1,10 +1,12 @@
 /* The mmsegd command line: subcommands, options, exit codes. Threads: main thread.
  *
  * Exit codes: 0 success, 1 a failed operation, 2 a usage or configuration error. */
+#include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cjson/cJSON.h>
@@ -60,14 +62,19 @@ static const struct command commands[] = {
      "\n"
      "  -h, --help          show this help\n",
      cmd_model_info},
-    {"inspect", "read DICOM headers and show the series and volumes mmsegd would rebuild",
-     "PATH...\n"
+    {"inspect", "rebuild the volumes of DICOM series and show what mmsegd makes of them",
+     "[-c FILE] [--json] [--nifti DIR] PATH...\n"
      "\n"
-     "Reads the header of every file under each PATH (folders recursively) and reports,\n"
-     "per series, the volume mmsegd would rebuild (frames, pixel size, slice step, tilt) or\n"
-     "why there is none, and every file or frame left out with its reason. Pixel data is\n"
-     "not read. Exit 0 when at least one DICOM file was read, 1 when none was.\n"
+     "Reads every file under each PATH (folders recursively), groups them into series and\n"
+     "rebuilds each series' volume as the daemon would: per series the frames, pixel size,\n"
+     "slice step and its regularity, orientation, gantry tilt, transfer syntaxes and HU\n"
+     "range, or why there is no volume, and every file or frame left out with its reason.\n"
+     "Exit 0 when at least one DICOM file was read, 1 when none was.\n"
      "\n"
+     "  -c, --config FILE   take the [series] settings from FILE (default: built-in ones)\n"
+     "  --json              print one JSON object (per-slice positions and sources included)\n"
+     "  --nifti DIR         write each volume as NIfTI-1, DIR/SERIES_UID.nii.gz (RAS sform\n"
+     "                      with the exact, sheared grid; qform rigid)\n"
      "  -h, --help          show this help\n",
      cmd_inspect},
 };
@@ -265,16 +272,66 @@ cmd_model_info(int argc, char **argv)
 static int
 cmd_inspect(int argc, char **argv)
 {
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"json", no_argument, NULL, 'j'},
+        {"nifti", required_argument, NULL, 'n'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
     const struct command *c = find_command("inspect");
-    int st = parse_help_only(c, argc, argv);
-    if (st >= 0)
-        return st;
+    const char *config = NULL;
+    struct inspect_opts o = {0};
+    int ch;
+
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            config = optarg;
+            break;
+        case 'j':
+            o.json = true;
+            break;
+        case 'n':
+            o.nifti_dir = optarg;
+            break;
+        case 'h':
+            command_usage(c, stdout);
+            return EXIT_SUCCESS;
+        case ':':
+            fprintf(stderr, "mmsegd %s: option '%s' needs an argument\n", c->name,
+                    argv[optind - 1]);
+            return EXIT_USAGE;
+        default:
+            fprintf(stderr, "mmsegd %s: unknown option '%s'\n", c->name, argv[optind - 1]);
+            command_usage(c, stderr);
+            return EXIT_USAGE;
+        }
+    }
     if (optind >= argc) {
         fprintf(stderr, "mmsegd %s: at least one PATH is required\n", c->name);
         command_usage(c, stderr);
         return EXIT_USAGE;
     }
-    int rc = mms_inspect((const char *const *)argv + optind, argc - optind, stdout);
+    struct mms_config *cfg = NULL;
+    int rc = config != NULL ? load_config(config, &cfg) : mms_config_defaults(&cfg);
+    if (rc != 0) {
+        if (config == NULL)
+            fprintf(stderr, "mmsegd %s: %s\n", c->name, mms_strerror(rc));
+        return config != NULL ? rc : EXIT_FAILURE;
+    }
+    o.vol.stack.max_gap_ratio = cfg->series.max_gap_ratio;
+    o.vol.stack.allow_gaps = cfg->series.allow_gaps;
+    o.vol.max_voxels = cfg->series.max_voxels;
+    o.vol.threads = (int)cfg->series.decode_threads;
+    mms_config_free(cfg);
+    if (o.nifti_dir != NULL && mkdir(o.nifti_dir, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "mmsegd %s: %s: %s\n", c->name, o.nifti_dir, mms_strerror(-errno));
+        return EXIT_FAILURE;
+    }
+    rc = mms_inspect((const char *const *)argv + optind, argc - optind, &o, stdout);
     if (rc < 0 && rc != MMS_ENOENT)
         fprintf(stderr, "mmsegd: inspect: %s\n", mms_strerror(rc));
     else if (rc == MMS_ENOENT)

@@ -2,7 +2,9 @@
 #ifndef MMS_DICOM_IMPL_HH
 #define MMS_DICOM_IMPL_HH
 
+#include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstdio>
 #include <string>
 
@@ -19,20 +21,52 @@ mms__dicom_fail(char *why, size_t why_len, int rc, const char *path, const char 
     return rc;
 }
 
-// The value of tag (g, e) as text with padding removed ("" when absent or empty).
+// The value of data element de as text with padding removed ("" when empty).
 inline std::string
-mms__dicom_text(const gdcm::StringFilter &sf, const gdcm::DataSet &ds, uint16_t g, uint16_t e)
+mms__dicom_element_text(const gdcm::StringFilter &sf, const gdcm::DataElement &de)
 {
-    gdcm::Tag t(g, e);
-    if (!ds.FindDataElement(t) || ds.GetDataElement(t).IsEmpty())
+    if (de.IsEmpty())
         return std::string();
-    std::string v = sf.ToString(t);
+    std::string v = sf.ToString(de);
     while (!v.empty() && (v.back() == ' ' || v.back() == '\0'))
         v.pop_back();
     size_t b = 0;
     while (b < v.size() && v[b] == ' ')
         b++;
     return v.substr(b);
+}
+
+// The value of tag (g, e) of ds as text with padding removed ("" when absent or empty).
+inline std::string
+mms__dicom_text(const gdcm::StringFilter &sf, const gdcm::DataSet &ds, uint16_t g, uint16_t e)
+{
+    gdcm::Tag t(g, e);
+    if (!ds.FindDataElement(t))
+        return std::string();
+    return mms__dicom_element_text(sf, ds.GetDataElement(t));
+}
+
+// Up to n finite numbers of a multi-valued decimal string (values separated by '\'); the
+// count read.
+inline int
+mms__dicom_numbers(const std::string &s, double *out, int n)
+{
+    int k = 0;
+    const char *p = s.c_str();
+    while (k < n && *p != '\0') {
+        char *end;
+        double v = std::strtod(p, &end);
+        if (end == p || !std::isfinite(v))
+            break;
+        out[k++] = v;
+        p = end;
+        while (*p == ' ')
+            p++;
+        if (*p != '\\')
+            break;
+        p++;
+    }
+    return k;
 }
 
 #endif

@@ -74,7 +74,9 @@ void mms_stack_free(struct mms_stack *st);
 /* ------------------------------------------------------------------------------ headers */
 /* What mmsegd reads from one file's header (everything before the pixel data). */
 struct mms_header {
-    char sop_class[65], sop_instance[65]; /* SOP Class UID ("" when absent), Instance UID */
+    char sop_class[65], sop_instance[65]; /* SOP Class and Instance UIDs; where the dataset's
+                                             are absent or empty, the file meta's (Media
+                                             Storage SOP Class/Instance UID), else "" */
     char media_class[65];                 /* MediaStorageSOPClassUID of the file meta */
     char series_uid[65], study_uid[65];
     char modality[17];
@@ -124,25 +126,101 @@ int mms_dicom_prescan_file(const char *path, struct mms_prescan *info, char *why
  * Threads: any. */
 int mms_header_read(const char *path, struct mms_header *h, char *why, size_t why_len);
 
+/* The geometry of every frame of a multi-frame (Enhanced or Legacy Converted Enhanced CT)
+ * file, from its functional groups: a frame's Per-frame Functional Groups item first, then the
+ * Shared Functional Groups (Plane Position, Plane Orientation, Pixel Measures, Frame Content,
+ * Pixel Value Transformation). out (frames entries) gets IPP, IOP, rows and columns, the frame
+ * of reference, acquisition -1 and the Temporal Position Index (or -1); pixel_spacing (2,
+ * between rows and between columns) that of the first frame.
+ * Returns 0, -errno, MMS_EDICOM (why: no functional groups, frame count differs from Number of
+ * Frames, a frame without position or orientation, pixel spacing or rescale differing between
+ * frames: the decoder applies one rescale to all frames), MMS_ENOMEM. Threads: any. */
+int mms_frames_geometry(const char *path, int64_t frames, struct mms_slice *out,
+                        double pixel_spacing[2], char *why, size_t why_len);
+
 /* ------------------------------------------------------------------------------- pixels */
-/* Decode frame `frame` (0-based) of the DICOM file at path to HU, row-major (rows x cols floats):
+/* Decode frames first .. first+count-1 (0-based) of the DICOM file at path to HU, row-major,
+ * frame after frame (count x rows x cols floats):
  * HU = stored * slope + intercept (Rescale Slope/Intercept; 1 and 0 when absent), stored values
  * sign-extended from Bits Stored when Pixel Representation is 1, masked to Bits Stored when 0;
  * pixels equal to Pixel Padding Value (compared on the stored value, before rescale; also when
  * the padding value is written as the unsigned 16-bit image of a negative value) become -1024.
  * rows x cols x frames x bytes is computed with overflow checks and compared with max_voxels
  * and with the pixel data actually present before anything is allocated or read; hu must hold
- * rows*cols floats (the caller knows rows and cols from mms_header_read).
+ * count*rows*cols floats (the caller knows rows and cols from mms_header_read).
  * Bits Stored is the decoder's (GDCM corrects it from a JPEG 2000 codestream); the signedness
  * is always the header's Pixel Representation, also where the codestream says otherwise.
  * Enhanced CT without top-level rescale takes the functional groups' (as GDCM reads them).
  * Pixel Padding Range Limit is not applied. The file is pre-scanned first (128 levels).
- * Returns 0, -errno, MMS_EINVAL (path or hu NULL, frame outside 0..frames-1), MMS_EDICOM (why
- * says: unsupported transfer syntax / decoder failed / pixel data shorter than declared / not
- * monochrome / bits allocated not 8 or 16 ...), MMS_ENOMEM; hu is written only on success.
- * Threads: any (GDCM objects are local). */
-int mms_frame_decode(const char *path, int64_t frame, uint64_t max_voxels, float *hu, char *why,
+ * Returns 0, -errno, MMS_EINVAL (path or hu NULL, count < 1, frames outside 0..frames-1),
+ * MMS_EDICOM (why says: unsupported transfer syntax / decoder failed / pixel data shorter than
+ * declared / not monochrome / bits allocated not 8 or 16 ...), MMS_ENOMEM; hu is written only
+ * on success. Threads: any (GDCM objects are local). */
+int mms_frames_decode(const char *path, int64_t first, int64_t count, uint64_t max_voxels,
+                      float *hu, char *why, size_t why_len);
+
+/* ------------------------------------------------------------------------------- volume */
+struct mms_volume_opts {
+    struct mms_stack_opts stack;
+    uint64_t max_voxels; /* columns x rows x slices (also checked per file before decoding) */
+    int threads;         /* decoding threads; 0: one per online CPU */
+};
+
+/* Where one slice of the volume comes from (the DICOM SEG refers to it frame by frame). */
+struct mms_volume_src {
+    int file;           /* index into the caller's files */
+    int64_t frame;      /* 0-based frame in that file (0 for single-frame) */
+    char sop_class[65]; /* SOP Class UID (the file meta's when the dataset's is empty) */
+    char sop_instance[65];
+};
+
+/* One CT volume: the main stack of a series, decoded to HU, on its acquired (possibly sheared,
+ * possibly irregular) grid. Voxel (i, j, k) is column i, row j, slice k; its centre in patient
+ * coordinates (LPS, mm) is ipp[k] + i * spacing[0] * row + j * spacing[1] * col. */
+struct mms_volume {
+    int64_t dims[3];   /* columns, rows, slices */
+    float *hu;         /* dims[2] x dims[1] x dims[0], slice k, row j, column i */
+    double spacing[3]; /* between columns, between rows (PixelSpacing[1], [0]), median slice
+                          step along the normal */
+    double origin[3];  /* ipp[0] */
+    double dir[3][3];  /* columns: row direction, column direction, slice_dir (unit vectors;
+                          the third is not orthogonal to the others under gantry tilt) */
+    double normal[3];  /* row x column */
+    double (*ipp)[3];  /* (dims[2]) Image Position (Patient) of every slice, ascending along the
+                          normal */
+    double *pos_mm;    /* (dims[2]) ipp projected on the normal */
+    double min_step_mm, max_step_mm, tilt_deg;
+    bool irregular;
+    float hu_min, hu_max;
+    int n_stacks;                            /* stacks found in the series, the main one included */
+    int left_out[MMS_STACK_ACQUISITION + 1]; /* CT frames with geometry not in the volume, by
+                                                reason (index MMS_STACK_MAIN: 0) */
+    struct mms_volume_src *src;              /* (dims[2]) */
+};
+
+/* Build the volume of one series from the headers its caller read (h[i] of paths[i]): keep
+ * the CT frames with geometry (single-frame CT Image Storage, and the frames of Enhanced and
+ * Legacy Converted Enhanced CT through mms_frames_geometry), leave out other SOP classes and
+ * localizers, find the main stack (mms_stack_find), check rows, columns and pixel spacing
+ * agree, and decode the frames on o->threads threads.
+ * why receives a one-line reason on failure ("PATH: ..." for a file).
+ * Ownership: *out is new, free with mms_volume_free(); untouched on failure.
+ * Returns 0, MMS_EINVAL (n < 1), MMS_EDICOM (no CT frame with geometry; the stack errors of
+ * mms_stack_find; pixel spacing differs; more than max_voxels; a decoding error), MMS_ENOMEM,
+ * -errno. Threads: any. */
+int mms_volume_build(const char *const *paths, const struct mms_header *h, int n,
+                     const struct mms_volume_opts *o, struct mms_volume **out, char *why,
                      size_t why_len);
+void mms_volume_free(struct mms_volume *v);
+
+/* Write v as NIfTI-1 (gzip-compressed when path ends in ".gz") in the NIfTI RAS convention:
+ * voxel (i, j, k) as in struct mms_volume; int16 when every HU value is a whole number in its
+ * range, float32 otherwise. sform (code 1, scanner) is the exact affine of the acquired grid,
+ * shear included, with the mean slice step (ipp[last] - ipp[0]) / (slices - 1); qform (code 1)
+ * is the nearest rigid one (row, column, normal; slice spacing = median step). With irregular
+ * spacing no affine is exact: the per-slice positions are in struct mms_volume.
+ * Returns 0, -errno, MMS_ENOMEM, MMS_EIO (compression). Threads: any. */
+int mms_nifti_write(const struct mms_volume *v, const char *path, char *why, size_t why_len);
 
 #ifdef __cplusplus
 }

@@ -32,28 +32,6 @@ copy(char *dst, size_t n, const std::string &s)
     std::snprintf(dst, n, "%s", s.c_str());
 }
 
-// Up to n numbers of a multi-valued decimal string; the count read.
-int
-numbers(const std::string &s, double *out, int n)
-{
-    int k = 0;
-    const char *p = s.c_str();
-    while (k < n && *p != '\0') {
-        char *end;
-        double v = std::strtod(p, &end);
-        if (end == p)
-            break;
-        out[k++] = v;
-        p = end;
-        while (*p == ' ')
-            p++;
-        if (*p != '\\')
-            break;
-        p++;
-    }
-    return k;
-}
-
 int64_t
 integer(const std::string &s, int64_t absent)
 {
@@ -126,20 +104,26 @@ mms_header_read(const char *path, struct mms_header *out, char *why, size_t why_
         if (meta.FindDataElement(gdcm::Tag(0x0002, 0x0010)))
             copy(h.transfer_syntax, sizeof h.transfer_syntax,
                  mms__dicom_text(mf, meta, 0x0002, 0x0010));
+        // present but empty in some exports: the file meta names the instance
+        if (h.sop_class[0] == '\0')
+            copy(h.sop_class, sizeof h.sop_class, h.media_class);
+        if (h.sop_instance[0] == '\0' && meta.FindDataElement(gdcm::Tag(0x0002, 0x0003)))
+            copy(h.sop_instance, sizeof h.sop_instance, mms__dicom_text(mf, meta, 0x0002, 0x0003));
         h.frames = integer(mms__dicom_text(sf, ds, 0x0028, 0x0008), 1);
         h.instance_number = integer(mms__dicom_text(sf, ds, 0x0020, 0x0013), -1);
         struct mms_slice &s = h.slice;
         copy(s.frame_of_ref, sizeof s.frame_of_ref, mms__dicom_text(sf, ds, 0x0020, 0x0052));
-        int n_iop = numbers(mms__dicom_text(sf, ds, 0x0020, 0x0037), s.iop, 6);
-        int n_ipp = numbers(mms__dicom_text(sf, ds, 0x0020, 0x0032), s.ipp, 3);
+        int n_iop = mms__dicom_numbers(mms__dicom_text(sf, ds, 0x0020, 0x0037), s.iop, 6);
+        int n_ipp = mms__dicom_numbers(mms__dicom_text(sf, ds, 0x0020, 0x0032), s.ipp, 3);
         s.rows = integer(mms__dicom_text(sf, ds, 0x0028, 0x0010), 0);
         s.cols = integer(mms__dicom_text(sf, ds, 0x0028, 0x0011), 0);
         s.acquisition = integer(mms__dicom_text(sf, ds, 0x0020, 0x0012), -1);
         s.temporal = integer(mms__dicom_text(sf, ds, 0x0020, 0x0100), -1);
         h.has_geometry = n_iop == 6 && n_ipp == 3 && s.rows > 0 && s.cols > 0;
-        numbers(mms__dicom_text(sf, ds, 0x0028, 0x0030), h.pixel_spacing, 2);
+        mms__dicom_numbers(mms__dicom_text(sf, ds, 0x0028, 0x0030), h.pixel_spacing, 2);
         double th = 0.0;
-        if (numbers(mms__dicom_text(sf, ds, 0x0018, 0x0050), &th, 1) == 1 && std::isfinite(th))
+        if (mms__dicom_numbers(mms__dicom_text(sf, ds, 0x0018, 0x0050), &th, 1) == 1 &&
+            std::isfinite(th))
             h.slice_thickness = th;
         *out = h;
         return 0;

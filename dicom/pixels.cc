@@ -155,10 +155,10 @@ stored(uint32_t raw, int bits_stored, bool is_signed)
 } // namespace
 
 extern "C" int
-mms_frame_decode(const char *path, int64_t frame, uint64_t max_voxels, float *hu, char *why,
-                 size_t why_len)
+mms_frames_decode(const char *path, int64_t first, int64_t count, uint64_t max_voxels, float *hu,
+                  char *why, size_t why_len)
 {
-    if (path == nullptr || hu == nullptr || frame < 0)
+    if (path == nullptr || hu == nullptr || first < 0 || count < 1)
         return mms__dicom_fail(why, why_len, MMS_EINVAL, path != nullptr ? path : "(null)",
                                "invalid argument");
     try {
@@ -195,8 +195,9 @@ mms_frame_decode(const char *path, int64_t frame, uint64_t max_voxels, float *hu
         rc = read_layout(hr.GetFile(), &lo, &msg);
         if (rc < 0)
             return mms__dicom_fail(why, why_len, rc, path, msg.c_str());
-        if (frame >= lo.frames) {
-            msg = "frame " + std::to_string(frame) + " of " + std::to_string(lo.frames);
+        if (first >= lo.frames || count > lo.frames - first) {
+            msg = "frames " + std::to_string(first) + " to " + std::to_string(first + count - 1) +
+                  " of " + std::to_string(lo.frames);
             return mms__dicom_fail(why, why_len, MMS_EINVAL, path, msg.c_str());
         }
         uint64_t frame_voxels, voxels, frame_bytes, nbytes;
@@ -268,8 +269,9 @@ mms_frame_decode(const char *path, int64_t frame, uint64_t max_voxels, float *hu
                                    "rescale slope or intercept invalid");
         const bool is_signed = lo.pixel_rep == 1;
         const unsigned char *p =
-            reinterpret_cast<const unsigned char *>(buf.data()) + (uint64_t)frame * frame_bytes;
-        for (uint64_t i = 0; i < frame_voxels; i++) {
+            reinterpret_cast<const unsigned char *>(buf.data()) + (uint64_t)first * frame_bytes;
+        const uint64_t nv = frame_voxels * (uint64_t)count;
+        for (uint64_t i = 0; i < nv; i++) {
             uint32_t raw;
             if (lo.bits_allocated == 16) { // host order: GDCM swaps big endian data
                 uint16_t u;

@@ -22,7 +22,7 @@ check() { # check DESCRIPTION COMMAND...
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 qa=$td/dcm_qa_ct/In
-echo "1..18"
+echo "1..24"
 "$mmsegd" inspect "$qa" >"$out" 2>&1
 check "dcm_qa_ct: exit 0" test $? -eq 0
 series_of() { grep -A3 "first $qa/$1" "$out"; }
@@ -33,9 +33,9 @@ check "Philips S21610: 54 frames at 2.37 mm along the normal, tilt 18.5" \
 check "GE: 28 frames, variable spacing kept (4.22, 1.14 and 7.38 mm steps times cos 18.5)" \
     bash -c "grep -A3 'first $qa/GE/01.dcm' '$out' | grep -q 'volume: 28 frames .*slice step 4.002 mm (min 1.081, max 6.999), irregular, tilt 18.50 deg'"
 check "both localizers are left out as localizers" \
-    test "$(grep -c 'left out: 1 localizer (ImageType LOCALIZER)' "$out")" -eq 2
+    test "$(grep -c 'left out: 1 localizer, ImageType LOCALIZER' "$out")" -eq 2
 check "the exam summary (Secondary Capture, modality CT) is not a CT image" \
-    grep -q 'left out: 6 files of SOP class 1.2.840.10008.5.1.4.1.1.7 (not a CT image)' "$out"
+    grep -q 'left out: 6 files, SOP class 1.2.840.10008.5.1.4.1.1.7 (not a CT image)' "$out"
 check "DICOMDIR and the DIRFILEs are ignored" test "$(grep -c '^ignored: .*DICOMDIR' "$out")" -eq 8
 check "summary: 126 files, 6 series" grep -q '^126 files, 126 DICOM, 8 ignored, 6 series$' "$out"
 
@@ -61,6 +61,39 @@ check "100 000 nested sequences: refused before GDCM recurses into them" \
 rc=$?
 check "the whole test data folder: exit 0, no crash (exit $rc)" test $rc -eq 0
 
+# the [series] settings from -c
+tmp=$(mktemp -d)
+trap 'rm -f "$out"; rm -rf "$tmp"' EXIT
+printf '[series]\nallow_gaps = yes\n' >"$tmp/gaps.ini"
+"$mmsegd" inspect -c "$tmp/gaps.ini" "$f2n/sliceincrement/001" >"$out" 2>&1
+check "allow_gaps = yes: the missing slice is kept as a 10 mm step" \
+    grep -q 'volume: 4 frames .*slice step 5 mm (min 5, max 10), irregular' "$out"
+printf '[series]\nmax_voxels = 7340031\n' >"$tmp/small.ini"
+"$mmsegd" inspect -c "$tmp/small.ini" "$qa/Philips/S21570/S2010" >"$out" 2>&1
+check "max_voxels one below 512 x 512 x 28: refused before decoding" \
+    grep -q 'no volume: 512 x 512 x 28 voxels: more than the maximum of 7340031' "$out"
+printf '[series]\nmax_gap_ratio = 0.5\n' >"$tmp/bad.ini"
+"$mmsegd" inspect -c "$tmp/bad.ini" "$qa/Philips/S21570/S2010" >"$out" 2>&1
+check "max_gap_ratio below its range: configuration error, exit 2" test $? -eq 2
+# one decoding thread and two give the same bytes
+printf '[series]\ndecode_threads = 1\n' >"$tmp/t1.ini"
+printf '[series]\ndecode_threads = 2\n' >"$tmp/t2.ini"
+"$mmsegd" inspect -c "$tmp/t1.ini" --nifti "$tmp/t1" "$qa/Philips/S21610/S2010" >/dev/null 2>&1
+"$mmsegd" inspect -c "$tmp/t2.ini" --nifti "$tmp/t2" "$qa/Philips/S21610/S2010" >/dev/null 2>&1
+nii=1.3.46.670589.33.1.7303547162003802183.31761132431540865648.nii.gz
+check "S21610 decoded by 1 and by 2 threads: identical NIfTI" cmp "$tmp/t1/$nii" "$tmp/t2/$nii"
+"$mmsegd" inspect --json "$qa" >"$out" 2>/dev/null
+check "--json: one JSON object with 6 series, 3 of them volumes with 28, 28 and 54 slices" \
+    python3 -c "
+import json, sys
+d = json.load(open(sys.argv[1]))
+n = sorted(s['volume']['dims'][2] for s in d['series'] if 'volume' in s)
+sys.exit(not (len(d['series']) == 6 and n == [28, 28, 54] and d['files'] == 126))" "$out"
+"$mmsegd" inspect "$td/totalsegmentator/tests/reference_files/example_ct_dicom" >"$out" 2>&1
+check "TotalSegmentator (empty SOP Class UIDs, file meta used): 20 slices at 2 mm, JPEG 2000" \
+    bash -c "grep -q 'volume: 20 frames of 512x512, pixel 0.9766 x 0.9766 mm, slice step 2 mm' '$out' &&
+             grep -q 'transfer syntax: 1.2.840.10008.1.2.4.90' '$out'"
+
 "$mmsegd" inspect "$td/dcm_qa_ct/SOURCE.md" >"$out" 2>&1
 rc=$?
 check "a text file: 'not read' and exit 1" bash -c "[ $rc -eq 1 ] && grep -q '^not read: ' '$out'"
@@ -69,5 +102,5 @@ check "a missing path: exit 1" test $? -eq 1
 "$mmsegd" inspect >"$out" 2>&1
 check "no path: usage, exit 2" test $? -eq 2
 "$mmsegd" inspect --help >"$out" 2>&1
-check "--help: exit 0 with the usage" grep -q 'mmsegd inspect PATH' "$out"
+check "--help: exit 0 with the usage" grep -q 'mmsegd inspect \[-c FILE\] \[--json\] \[--nifti DIR\] PATH' "$out"
 exit $failed
