@@ -104,6 +104,8 @@ static void
 report_volume(const struct mms_volume *v, const struct file *f, const int *idx, FILE *out,
               cJSON *jv, const char *nifti)
 {
+    float lo, hi;
+    mms_volume_range(v, &lo, &hi);
     /* the transfer syntaxes of the files in the volume, each once */
     const char *ts[16];
     int nts = 0;
@@ -137,7 +139,7 @@ report_volume(const struct mms_volume *v, const struct file *f, const int *idx, 
         fprintf(out, "  transfer syntax%s:", nts == 1 ? "" : "es");
         for (int i = 0; i < nts; i++)
             fprintf(out, " %s", ts[i]);
-        fprintf(out, "\n  HU range: %.6g .. %.6g\n", v->hu_min, v->hu_max);
+        fprintf(out, "\n  HU range: %.6g .. %.6g\n", lo, hi);
         if (v->n_stacks > 1)
             fprintf(out, "  stacks: %d, the largest is the volume\n", v->n_stacks);
         if (nifti != NULL)
@@ -162,7 +164,7 @@ report_volume(const struct mms_volume *v, const struct file *f, const int *idx, 
     }
     cJSON_AddItemToObject(jv, "normal", vec3(v->normal));
     cJSON_AddItemToObject(jv, "transfer_syntaxes", cJSON_CreateStringArray(ts, nts));
-    double range[2] = {v->hu_min, v->hu_max};
+    double range[2] = {lo, hi};
     cJSON_AddItemToObject(jv, "hu_range", cJSON_CreateDoubleArray(range, 2));
     cJSON *sl = cJSON_AddArrayToObject(jv, "slices");
     for (int64_t k = 0; k < v->dims[2]; k++) {

@@ -72,6 +72,21 @@ int mms_stack_find(const struct mms_slice *s, int n, const struct mms_stack_opts
 void mms_stack_free(struct mms_stack *st);
 
 /* ------------------------------------------------------------------------------ headers */
+/* What the header says about the pixel data. */
+struct mms_pixel_layout {
+    bool ok;       /* monochrome, 1 sample, 8 or 16 bits allocated, sizes valid */
+    char why[128]; /* when not ok: why the pixels cannot be decoded */
+    int64_t rows, cols, frames;
+    int bits_allocated, bits_stored, pixel_rep;
+    bool has_slope, has_intercept, has_padding;
+    bool has_groups; /* functional groups (Enhanced CT): rescale may live there */
+    double slope, intercept;
+    int64_t padding;   /* Pixel Padding Value as the stored value it stands for */
+    bool native;       /* uncompressed and not deflated: the values lie in the file as they are */
+    bool big_endian;   /* explicit VR big endian */
+    uint64_t value_at; /* native: file offset of the Pixel Data value; 0 when not known */
+};
+
 /* What mmsegd reads from one file's header (everything before the pixel data). */
 struct mms_header {
     char sop_class[65], sop_instance[65]; /* SOP Class and Instance UIDs; where the dataset's
@@ -88,6 +103,7 @@ struct mms_header {
     struct mms_slice slice;  /* single-frame geometry (valid when has_geometry) */
     double pixel_spacing[2]; /* between rows, between columns (mm); 0 when absent */
     double slice_thickness;  /* mm; 0 when absent */
+    struct mms_pixel_layout pix;
 };
 
 /* SOP classes mmsegd reconstructs: CT Image, Enhanced CT Image, Legacy Converted Enhanced CT
@@ -96,16 +112,67 @@ bool mms_sop_class_is_ct(const char *uid);
 /* The Media Storage Directory (DICOMDIR) SOP class. */
 bool mms_sop_class_is_dicomdir(const char *uid);
 
-/* What the pre-scan read from the file meta information ("" when absent). */
+/* The top-level attributes whose values the pre-scan records. */
+enum mms_tag {
+    MMS_TAG_IMAGE_TYPE,      /* (0008,0008) */
+    MMS_TAG_SOP_CLASS,       /* (0008,0016) */
+    MMS_TAG_SOP_INSTANCE,    /* (0008,0018) */
+    MMS_TAG_MODALITY,        /* (0008,0060) */
+    MMS_TAG_SLICE_THICKNESS, /* (0018,0050) */
+    MMS_TAG_STUDY,           /* (0020,000D) */
+    MMS_TAG_SERIES,          /* (0020,000E) */
+    MMS_TAG_ACQUISITION,     /* (0020,0012) */
+    MMS_TAG_INSTANCE_NUMBER, /* (0020,0013) */
+    MMS_TAG_IPP,             /* (0020,0032) */
+    MMS_TAG_IOP,             /* (0020,0037) */
+    MMS_TAG_FRAME_OF_REF,    /* (0020,0052) */
+    MMS_TAG_TEMPORAL,        /* (0020,0100) */
+    MMS_TAG_SAMPLES,         /* (0028,0002) */
+    MMS_TAG_PHOTOMETRIC,     /* (0028,0004) */
+    MMS_TAG_FRAMES,          /* (0028,0008) */
+    MMS_TAG_ROWS,            /* (0028,0010) */
+    MMS_TAG_COLUMNS,         /* (0028,0011) */
+    MMS_TAG_PIXEL_SPACING,   /* (0028,0030) */
+    MMS_TAG_BITS_ALLOCATED,  /* (0028,0100) */
+    MMS_TAG_BITS_STORED,     /* (0028,0101) */
+    MMS_TAG_PIXEL_REP,       /* (0028,0103) */
+    MMS_TAG_PADDING,         /* (0028,0120) */
+    MMS_TAG_INTERCEPT,       /* (0028,1052) */
+    MMS_TAG_SLOPE,           /* (0028,1053) */
+    MMS_TAG_SHARED_GROUPS,   /* (5200,9229) */
+    MMS_TAG_FRAME_GROUPS,    /* (5200,9230) */
+    MMS_TAG_COUNT
+};
+
+/* (group << 16 | element) of each enum mms_tag. */
+extern const uint32_t mms__dicom_tags[MMS_TAG_COUNT];
+
+/* Where the value of one attribute lies in the scanned data. */
+struct mms_scan_value {
+    uint64_t at; /* offset of the value */
+    uint32_t len;
+    char vr[3]; /* from the file; "" in implicit VR */
+    bool found;
+};
+
+/* What the pre-scan read ("" when absent). */
 struct mms_prescan {
-    char media_class[65];
+    char media_class[65];    /* MediaStorageSOPClassUID */
+    char media_instance[65]; /* MediaStorageSOPInstanceUID */
     char transfer_syntax[65];
+    bool complete;      /* the data set was walked to its pixel data or to its end with nothing
+                           out of place: the values below are the whole story */
+    bool big_endian;    /* the data set is explicit VR big endian */
+    uint64_t pixel_at;  /* offset of the top-level Pixel Data value; 0 when not reached */
+    uint32_t pixel_len; /* its declared length */
+    struct mms_scan_value v[MMS_TAG_COUNT]; /* the first top-level occurrence of each */
 };
 
 /* Walk the element structure of a DICOM file image (len bytes) up to its pixel data, without
  * recursion, and refuse one whose sequences and items nest deeper than max_depth levels (a
  * toolkit that parses recursively would exhaust its stack). Anything else that looks wrong is
- * left to the toolkit. *info receives the meta information's UIDs.
+ * left to the toolkit (info->complete is then false). *info receives the meta information's
+ * UIDs and where the values of the enum mms_tag attributes lie.
  * Returns 0, or MMS_EDICOM with the reason in why. Threads: any. */
 int mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_prescan *info,
                       char *why, size_t why_len);
@@ -121,10 +188,15 @@ int mms_dicom_prescan_file(const char *path, struct mms_prescan *info, char *why
 /* Read the header of the DICOM file at path, up to its pixel data (which is not read).
  * why (why_len bytes, may be NULL) receives the reason on failure.
  * Ownership: fills *h (caller's memory); untouched on failure.
- * The file is pre-scanned first (mms_dicom_prescan, 128 levels).
+ * The file is pre-scanned first (mms_dicom_prescan, 128 levels); where the pre-scan walked the
+ * whole header, its values are used, else (deflated data, anything out of place) GDCM reads
+ * the header. Both give the same result (tests/test-header.c checks it on the test data).
  * Returns 0, a negative -errno (MMS_ENOENT...), or MMS_EDICOM (not DICOM, or unreadable).
  * Threads: any. */
 int mms_header_read(const char *path, struct mms_header *h, char *why, size_t why_len);
+
+/* mms_header_read() through GDCM only, for the tests that compare the two readers. */
+int mms_header_read_gdcm(const char *path, struct mms_header *h, char *why, size_t why_len);
 
 /* The geometry of every frame of a multi-frame (Enhanced or Legacy Converted Enhanced CT)
  * file, from its functional groups: a frame's Per-frame Functional Groups item first, then the
@@ -140,7 +212,9 @@ int mms_frames_geometry(const char *path, int64_t frames, struct mms_slice *out,
 
 /* ------------------------------------------------------------------------------- pixels */
 /* Decode frames first .. first+count-1 (0-based) of the DICOM file at path to HU, row-major,
- * frame after frame (count x rows x cols floats):
+ * frame after frame (count x rows x cols floats). h is the file's header from
+ * mms_header_read(), or NULL to have it read here; native pixel data is then read straight from
+ * the file at the offset the header found (its declared length checked again first).
  * HU = stored * slope + intercept (Rescale Slope/Intercept; 1 and 0 when absent), stored values
  * sign-extended from Bits Stored when Pixel Representation is 1, masked to Bits Stored when 0;
  * pixels equal to Pixel Padding Value (compared on the stored value, before rescale; also when
@@ -151,13 +225,13 @@ int mms_frames_geometry(const char *path, int64_t frames, struct mms_slice *out,
  * Bits Stored is the decoder's (GDCM corrects it from a JPEG 2000 codestream); the signedness
  * is always the header's Pixel Representation, also where the codestream says otherwise.
  * Enhanced CT without top-level rescale takes the functional groups' (as GDCM reads them).
- * Pixel Padding Range Limit is not applied. The file is pre-scanned first (128 levels).
+ * Pixel Padding Range Limit is not applied.
  * Returns 0, -errno, MMS_EINVAL (path or hu NULL, count < 1, frames outside 0..frames-1),
  * MMS_EDICOM (why says: unsupported transfer syntax / decoder failed / pixel data shorter than
  * declared / not monochrome / bits allocated not 8 or 16 ...), MMS_ENOMEM; hu is written only
  * on success. Threads: any (GDCM objects are local). */
-int mms_frames_decode(const char *path, int64_t first, int64_t count, uint64_t max_voxels,
-                      float *hu, char *why, size_t why_len);
+int mms_frames_decode(const char *path, const struct mms_header *h, int64_t first, int64_t count,
+                      uint64_t max_voxels, float *hu, char *why, size_t why_len);
 
 /* ------------------------------------------------------------------------------- volume */
 struct mms_volume_opts {
@@ -191,7 +265,6 @@ struct mms_volume {
     double *pos_mm;    /* (dims[2]) ipp projected on the normal */
     double min_step_mm, max_step_mm, tilt_deg;
     bool irregular;
-    float hu_min, hu_max;
     int n_stacks;                            /* stacks found in the series, the main one included */
     int left_out[MMS_STACK_ACQUISITION + 1]; /* CT frames with geometry not in the volume, by
                                                 reason (index MMS_STACK_MAIN: 0) */
@@ -203,7 +276,8 @@ struct mms_volume {
  * Legacy Converted Enhanced CT through mms_frames_geometry), leave out other SOP classes and
  * localizers, find the main stack (mms_stack_find), check rows, columns and pixel spacing
  * agree, and decode the frames on o->threads threads.
- * why receives a one-line reason on failure ("PATH: ..." for a file).
+ * why receives a one-line reason on failure: "series UID: problem" (the problem begins
+ * "PATH: " when it lies in one file).
  * Ownership: *out is new, free with mms_volume_free(); untouched on failure.
  * Returns 0, MMS_EINVAL (n < 1), MMS_EDICOM (no CT frame with geometry; the stack errors of
  * mms_stack_find; pixel spacing differs; more than max_voxels; a decoding error), MMS_ENOMEM,
@@ -212,6 +286,9 @@ int mms_volume_build(const char *const *paths, const struct mms_header *h, int n
                      const struct mms_volume_opts *o, struct mms_volume **out, char *why,
                      size_t why_len);
 void mms_volume_free(struct mms_volume *v);
+
+/* The smallest and largest HU of v. */
+void mms_volume_range(const struct mms_volume *v, float *lo, float *hi);
 
 /* Write v as NIfTI-1 (gzip-compressed when path ends in ".gz") in the NIfTI RAS convention:
  * voxel (i, j, k) as in struct mms_volume; int16 when every HU value is a whole number in its

@@ -86,8 +86,7 @@ fill_header(const struct mms_volume *v, bool as_int16, struct nifti1 *n)
     n->vox_offset = 352.0f;
     n->scl_slope = 1.0f;
     n->xyzt_units = UNITS_MM;
-    n->cal_min = v->hu_min;
-    n->cal_max = v->hu_max;
+    mms_volume_range(v, &n->cal_min, &n->cal_max);
     snprintf(n->descrip, sizeof n->descrip, "CT HU by mmsegd%s",
              v->irregular ? ", irregular slice spacing" : "");
     memcpy(n->magic, "n+1", 4);

@@ -2,7 +2,9 @@
 // section 5, "Pixels"). Threads: any; every GDCM object is local to the call.
 #include "dicom/dicom.h"
 
+#include <fcntl.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cmath>
@@ -29,118 +31,6 @@ namespace
 
 const float padding_hu = -1024.0f;
 
-// What the header says about the pixel data, read before the pixel data itself.
-struct layout {
-    int64_t rows, cols, frames;
-    int bits_allocated, bits_stored, pixel_rep;
-    bool has_slope, has_intercept, has_padding;
-    double slope, intercept;
-    int64_t padding; // Pixel Padding Value as the stored value it stands for
-};
-
-// A whole decimal integer (first value of a multi-valued one); false when absent or not one.
-bool
-integer(const std::string &s, int64_t *out)
-{
-    if (s.empty())
-        return false;
-    char *end;
-    errno = 0;
-    long long v = std::strtoll(s.c_str(), &end, 10);
-    if (end == s.c_str() || errno != 0 || (*end != '\0' && *end != '\\' && *end != ' '))
-        return false;
-    *out = (int64_t)v;
-    return true;
-}
-
-// A finite decimal number (first value); false when absent or not one.
-bool
-real(const std::string &s, double *out)
-{
-    if (s.empty())
-        return false;
-    char *end;
-    double v = std::strtod(s.c_str(), &end);
-    if (end == s.c_str() || !std::isfinite(v))
-        return false;
-    *out = v;
-    return true;
-}
-
-// The pre-scan (nesting depth before GDCM's recursive parser) and no DICOMDIR.
-int
-prescan(const char *path, std::string *ts_uid, char *why, size_t why_len)
-{
-    struct mms_prescan pre;
-    int rc = mms_dicom_prescan_file(path, &pre, why, why_len);
-    if (rc < 0)
-        return rc;
-    if (mms_sop_class_is_dicomdir(pre.media_class))
-        return mms__dicom_fail(why, why_len, MMS_EDICOM, path, "a DICOMDIR, not an image");
-    *ts_uid = pre.transfer_syntax;
-    return 0;
-}
-
-// The header's description of the pixels; 0 or MMS_EDICOM with msg set.
-int
-read_layout(const gdcm::File &f, layout *lo, std::string *msg)
-{
-    const gdcm::DataSet &ds = f.GetDataSet();
-    gdcm::StringFilter sf;
-    sf.SetFile(f);
-    int64_t spp = 1, v;
-    if (!mms__dicom_text(sf, ds, 0x0028, 0x0002).empty() &&
-        !integer(mms__dicom_text(sf, ds, 0x0028, 0x0002), &spp))
-        spp = 0;
-    std::string photo = mms__dicom_text(sf, ds, 0x0028, 0x0004);
-    if (spp != 1 || (photo != "MONOCHROME1" && photo != "MONOCHROME2")) {
-        *msg = "not a monochrome image (samples per pixel " + std::to_string(spp) +
-               ", photometric interpretation '" + photo + "')";
-        return MMS_EDICOM;
-    }
-    if (!integer(mms__dicom_text(sf, ds, 0x0028, 0x0010), &lo->rows) || lo->rows < 1 ||
-        !integer(mms__dicom_text(sf, ds, 0x0028, 0x0011), &lo->cols) || lo->cols < 1) {
-        *msg = "rows or columns missing or invalid";
-        return MMS_EDICOM;
-    }
-    lo->frames = 1;
-    std::string nf = mms__dicom_text(sf, ds, 0x0028, 0x0008);
-    if (!nf.empty() && (!integer(nf, &lo->frames) || lo->frames < 1)) {
-        *msg = "number of frames invalid ('" + nf + "')";
-        return MMS_EDICOM;
-    }
-    if (!integer(mms__dicom_text(sf, ds, 0x0028, 0x0100), &v) || (v != 8 && v != 16)) {
-        *msg = "bits allocated not 8 or 16 ('" + mms__dicom_text(sf, ds, 0x0028, 0x0100) + "')";
-        return MMS_EDICOM;
-    }
-    lo->bits_allocated = (int)v;
-    lo->bits_stored = lo->bits_allocated;
-    if (integer(mms__dicom_text(sf, ds, 0x0028, 0x0101), &v)) {
-        if (v < 1 || v > lo->bits_allocated) {
-            *msg = "bits stored " + std::to_string(v) + " outside 1.." +
-                   std::to_string(lo->bits_allocated);
-            return MMS_EDICOM;
-        }
-        lo->bits_stored = (int)v;
-    }
-    lo->pixel_rep = 0;
-    if (integer(mms__dicom_text(sf, ds, 0x0028, 0x0103), &v)) {
-        if (v != 0 && v != 1) {
-            *msg = "pixel representation not 0 or 1";
-            return MMS_EDICOM;
-        }
-        lo->pixel_rep = (int)v;
-    }
-    lo->has_slope = real(mms__dicom_text(sf, ds, 0x0028, 0x1053), &lo->slope);
-    lo->has_intercept = real(mms__dicom_text(sf, ds, 0x0028, 0x1052), &lo->intercept);
-    // US in a signed image: the 16-bit two's complement of the negative value it means
-    lo->has_padding = integer(mms__dicom_text(sf, ds, 0x0028, 0x0120), &lo->padding);
-    if (lo->has_padding && lo->pixel_rep == 1 && lo->padding > INT16_MAX &&
-        lo->padding <= UINT16_MAX)
-        lo->padding -= 65536;
-    return 0;
-}
-
 // The stored value of one sample as the header means it.
 inline int32_t
 stored(uint32_t raw, int bits_stored, bool is_signed)
@@ -152,49 +42,155 @@ stored(uint32_t raw, int bits_stored, bool is_signed)
     return (int32_t)raw;
 }
 
+// HU of every possible sample value, for one set of pixel parameters; each thread keeps its
+// last table, which a whole series shares.
+struct table {
+    int bits_allocated = 0, bits_stored = 0, pixel_rep = -1;
+    bool has_padding = false;
+    int64_t padding = 0;
+    double slope = 0.0, intercept = 0.0;
+    std::vector<float> hu;
+};
+
+const table &
+hu_table(const mms_pixel_layout &lo, int bits_stored, double slope, double intercept)
+{
+    thread_local table t;
+    if (t.bits_allocated == lo.bits_allocated && t.bits_stored == bits_stored &&
+        t.pixel_rep == lo.pixel_rep && t.has_padding == lo.has_padding && t.padding == lo.padding &&
+        t.slope == slope && t.intercept == intercept)
+        return t;
+    t.hu.resize((size_t)1 << lo.bits_allocated);
+    for (uint32_t raw = 0; raw < t.hu.size(); raw++) {
+        int32_t v = stored(raw, bits_stored, lo.pixel_rep == 1);
+        t.hu[raw] =
+            lo.has_padding && v == lo.padding ? padding_hu : (float)((double)v * slope + intercept);
+    }
+    t.bits_allocated = lo.bits_allocated;
+    t.bits_stored = bits_stored;
+    t.pixel_rep = lo.pixel_rep;
+    t.has_padding = lo.has_padding;
+    t.padding = lo.padding;
+    t.slope = slope;
+    t.intercept = intercept;
+    return t;
+}
+
+// Native pixel data: its declared length (the 4 bytes before the value, in the transfer
+// syntax's byte order) and the file's size checked against need, then len bytes from offset
+// off of the value.
+int
+read_native(const char *path, uint64_t value_at, bool big_endian, uint64_t need, uint64_t off,
+            uint64_t len, std::vector<unsigned char> *out, std::string *msg)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+        int rc = -errno;
+        if (fd >= 0)
+            close(fd);
+        *msg = mms_strerror(rc);
+        return rc;
+    }
+    unsigned char l[4];
+    int rc = 0;
+    const uint64_t size = (uint64_t)sb.st_size;
+    if (value_at > size || need > size - value_at) {
+        rc = MMS_EDICOM;
+        *msg = "pixel data shorter than declared (" + std::to_string(need) + " bytes needed, " +
+               std::to_string(value_at > size ? 0 : size - value_at) + " in the file)";
+    } else if (value_at < 4 || pread(fd, l, 4, (off_t)(value_at - 4)) != 4) {
+        rc = MMS_EDICOM;
+        *msg = "pixel data element unreadable";
+    } else {
+        uint32_t vl =
+            big_endian ? (uint32_t)l[0] << 24 | (uint32_t)l[1] << 16 | (uint32_t)l[2] << 8 | l[3]
+                       : (uint32_t)l[3] << 24 | (uint32_t)l[2] << 16 | (uint32_t)l[1] << 8 | l[0];
+        if (vl == 0xffffffffu || vl < need) {
+            rc = MMS_EDICOM;
+            *msg = "pixel data shorter than declared (" + std::to_string(need) +
+                   " bytes needed, the element holds " +
+                   (vl == 0xffffffffu ? std::string("an undefined length") : std::to_string(vl)) +
+                   ")";
+        }
+    }
+    if (rc == 0) {
+        out->resize(len);
+        uint64_t done = 0;
+        while (done < len) {
+            ssize_t r = pread(fd, out->data() + done, len - done, (off_t)(value_at + off + done));
+            if (r < 0 && errno == EINTR)
+                continue;
+            if (r <= 0) {
+                rc = r < 0 ? -errno : MMS_EDICOM;
+                *msg = r < 0 ? mms_strerror(rc) : "pixel data shorter than declared";
+                break;
+            }
+            done += (uint64_t)r;
+        }
+    }
+    close(fd);
+    return rc;
+}
+
+// Before GDCM reads the pixel data: the transfer syntax is one it knows, and native data is
+// in the file as declared (GDCM would allocate the declared length; deflated data is checked
+// after inflating).
+int
+gdcm_check(const char *path, const char *ts_uid, uint64_t nbytes, std::string *msg)
+{
+    gdcm::Reader hr;
+    hr.SetFileName(path);
+    const gdcm::Tag pixel_data(0x7fe0, 0x0010);
+    std::set<gdcm::Tag> skip;
+    skip.insert(pixel_data);
+    if (!hr.ReadUpToTag(pixel_data, skip)) {
+        *msg = "not a DICOM file, or unreadable (GDCM)";
+        return MMS_EDICOM;
+    }
+    const uint64_t value_at = hr.GetStreamCurrentPosition(); // the value of Pixel Data
+    const gdcm::TransferSyntax ts = hr.GetFile().GetHeader().GetDataSetTransferSyntax();
+    if (!ts.IsValid() || ts == gdcm::TransferSyntax::TS_END) {
+        *msg = "unsupported transfer syntax '" + std::string(ts_uid) + "'";
+        return MMS_EDICOM;
+    }
+    struct stat sb;
+    if (stat(path, &sb) != 0) {
+        int rc = -errno;
+        *msg = mms_strerror(rc);
+        return rc;
+    }
+    const uint64_t size = (uint64_t)sb.st_size;
+    if (!ts.IsEncapsulated() && ts != gdcm::TransferSyntax::DeflatedExplicitVRLittleEndian &&
+        (value_at > size || nbytes > size - value_at)) {
+        *msg = "pixel data shorter than declared (" + std::to_string(nbytes) + " bytes needed, " +
+               std::to_string(value_at > size ? 0 : size - value_at) + " in the file)";
+        return MMS_EDICOM;
+    }
+    return 0;
+}
+
 } // namespace
 
 extern "C" int
-mms_frames_decode(const char *path, int64_t first, int64_t count, uint64_t max_voxels, float *hu,
-                  char *why, size_t why_len)
+mms_frames_decode(const char *path, const struct mms_header *h, int64_t first, int64_t count,
+                  uint64_t max_voxels, float *hu, char *why, size_t why_len)
 {
     if (path == nullptr || hu == nullptr || first < 0 || count < 1)
         return mms__dicom_fail(why, why_len, MMS_EINVAL, path != nullptr ? path : "(null)",
                                "invalid argument");
     try {
-        struct stat sb;
-        if (stat(path, &sb) != 0) {
-            int rc = -errno;
-            return mms__dicom_fail(why, why_len, rc, path, mms_strerror(rc));
+        struct mms_header own;
+        if (h == nullptr) {
+            int rc = mms_header_read(path, &own, why, why_len);
+            if (rc < 0)
+                return rc;
+            h = &own;
         }
-        if (!S_ISREG(sb.st_mode))
-            return mms__dicom_fail(why, why_len, MMS_EDICOM, path, "not a regular file");
-        std::string ts_uid;
-        int rc = prescan(path, &ts_uid, why, why_len);
-        if (rc < 0)
-            return rc;
-
-        // The header up to the value of Pixel Data, which is not read: every size is checked
-        // against it and the file before the decoder allocates anything.
-        gdcm::Reader hr;
-        hr.SetFileName(path);
-        const gdcm::Tag pixel_data(0x7fe0, 0x0010);
-        std::set<gdcm::Tag> skip;
-        skip.insert(pixel_data);
-        if (!hr.ReadUpToTag(pixel_data, skip))
-            return mms__dicom_fail(why, why_len, MMS_EDICOM, path,
-                                   "not a DICOM file, or unreadable (GDCM)");
-        const uint64_t value_at = hr.GetStreamCurrentPosition(); // the value of Pixel Data
-        const gdcm::TransferSyntax ts = hr.GetFile().GetHeader().GetDataSetTransferSyntax();
-        if (!ts.IsValid() || ts == gdcm::TransferSyntax::TS_END) {
-            std::string m = "unsupported transfer syntax '" + ts_uid + "'";
-            return mms__dicom_fail(why, why_len, MMS_EDICOM, path, m.c_str());
-        }
-        layout lo;
+        const mms_pixel_layout &lo = h->pix;
+        if (!lo.ok)
+            return mms__dicom_fail(why, why_len, MMS_EDICOM, path, lo.why);
         std::string msg;
-        rc = read_layout(hr.GetFile(), &lo, &msg);
-        if (rc < 0)
-            return mms__dicom_fail(why, why_len, rc, path, msg.c_str());
         if (first >= lo.frames || count > lo.frames - first) {
             msg = "frames " + std::to_string(first) + " to " + std::to_string(first + count - 1) +
                   " of " + std::to_string(lo.frames);
@@ -212,77 +208,95 @@ mms_frames_decode(const char *path, int64_t first, int64_t count, uint64_t max_v
                   std::to_string(max_voxels);
             return mms__dicom_fail(why, why_len, MMS_EDICOM, path, msg.c_str());
         }
-        const bool native = !ts.IsEncapsulated();
-        const bool deflated = ts == gdcm::TransferSyntax::DeflatedExplicitVRLittleEndian;
-        // native data lies in the file as it is (deflated data: checked after inflating)
-        if (native && !deflated &&
-            (value_at > (uint64_t)sb.st_size || nbytes > (uint64_t)sb.st_size - value_at)) {
-            msg =
-                "pixel data shorter than declared (" + std::to_string(nbytes) + " bytes needed, " +
-                std::to_string(value_at > (uint64_t)sb.st_size ? 0
-                                                               : (uint64_t)sb.st_size - value_at) +
-                " in the file)";
-            return mms__dicom_fail(why, why_len, MMS_EDICOM, path, msg.c_str());
-        }
-
-        gdcm::ImageReader ir;
-        ir.SetFileName(path);
-        if (!ir.Read())
-            return mms__dicom_fail(why, why_len, MMS_EDICOM, path, "GDCM cannot read the image");
-        const gdcm::Image &im = ir.GetImage();
-        const unsigned ndim = im.GetNumberOfDimensions();
-        const int64_t gframes = ndim >= 3 ? (int64_t)im.GetDimension(2) : 1;
-        if ((ndim != 2 && ndim != 3) || (int64_t)im.GetColumns() != lo.cols ||
-            (int64_t)im.GetRows() != lo.rows || gframes != lo.frames)
-            return mms__dicom_fail(why, why_len, MMS_EDICOM, path,
-                                   "the decoder's image size differs from the header's");
-        const gdcm::PixelFormat &pf = im.GetPixelFormat();
-        if (pf.GetSamplesPerPixel() != 1 || (int)pf.GetBitsAllocated() != lo.bits_allocated)
-            return mms__dicom_fail(why, why_len, MMS_EDICOM, path,
-                                   "the decoder's pixel format differs from the header's");
-        // Bits Stored as the decoder delivers them (GDCM corrects it from a JPEG 2000 SIZ
-        // marker); the signedness stays the header's, whatever the codestream says.
-        int bits_stored = (int)pf.GetBitsStored();
-        if (bits_stored < 1 || bits_stored > lo.bits_allocated)
-            bits_stored = lo.bits_stored;
-        if (native) {
-            const gdcm::ByteValue *bv = im.GetDataElement().GetByteValue();
-            if (bv == nullptr || (uint64_t)bv->GetLength() < nbytes)
+        int rc;
+        // The frames' stored values, in the file's byte order (swap) or the host's.
+        // one buffer per thread, reused by the next file (a series' files are alike)
+        thread_local std::vector<unsigned char> buf;
+        struct shrink {
+            ~shrink()
+            {
+                if (buf.capacity() > ((size_t)64 << 20)) // a large one is not kept
+                    std::vector<unsigned char>().swap(buf);
+            }
+        } shrink_on_return;
+        const unsigned char *p;
+        int bits_stored = lo.bits_stored;
+        double slope = lo.has_slope ? lo.slope : 1.0;
+        double intercept = lo.has_intercept ? lo.intercept : 0.0;
+        bool swap = false;
+        if (lo.native && lo.value_at != 0 &&
+            (!lo.has_groups || (lo.has_slope && lo.has_intercept))) {
+            // as it lies in the file: only the frames asked for are read
+            rc =
+                read_native(path, lo.value_at, lo.big_endian, nbytes, (uint64_t)first * frame_bytes,
+                            (uint64_t)count * frame_bytes, &buf, &msg);
+            if (rc < 0)
+                return mms__dicom_fail(why, why_len, rc, path, msg.c_str());
+            p = buf.data();
+            swap = lo.big_endian && lo.bits_allocated == 16;
+        } else {
+            rc = gdcm_check(path, h->transfer_syntax, nbytes, &msg);
+            if (rc < 0)
+                return mms__dicom_fail(why, why_len, rc, path, msg.c_str());
+            gdcm::ImageReader ir;
+            ir.SetFileName(path);
+            if (!ir.Read())
                 return mms__dicom_fail(why, why_len, MMS_EDICOM, path,
-                                       "pixel data shorter than declared");
+                                       "GDCM cannot read the image");
+            const gdcm::Image &im = ir.GetImage();
+            const unsigned ndim = im.GetNumberOfDimensions();
+            const int64_t gframes = ndim >= 3 ? (int64_t)im.GetDimension(2) : 1;
+            if ((ndim != 2 && ndim != 3) || (int64_t)im.GetColumns() != lo.cols ||
+                (int64_t)im.GetRows() != lo.rows || gframes != lo.frames)
+                return mms__dicom_fail(why, why_len, MMS_EDICOM, path,
+                                       "the decoder's image size differs from the header's");
+            const gdcm::PixelFormat &pf = im.GetPixelFormat();
+            if (pf.GetSamplesPerPixel() != 1 || (int)pf.GetBitsAllocated() != lo.bits_allocated)
+                return mms__dicom_fail(why, why_len, MMS_EDICOM, path,
+                                       "the decoder's pixel format differs from the header's");
+            // Bits Stored as the decoder delivers them (GDCM corrects it from a JPEG 2000 SIZ
+            // marker); the signedness stays the header's, whatever the codestream says.
+            bits_stored = (int)pf.GetBitsStored();
+            if (bits_stored < 1 || bits_stored > lo.bits_allocated)
+                bits_stored = lo.bits_stored;
+            const gdcm::TransferSyntax ts = im.GetTransferSyntax();
+            if (!ts.IsEncapsulated()) {
+                const gdcm::ByteValue *bv = im.GetDataElement().GetByteValue();
+                if (bv == nullptr || (uint64_t)bv->GetLength() < nbytes)
+                    return mms__dicom_fail(why, why_len, MMS_EDICOM, path,
+                                           "pixel data shorter than declared");
+            }
+            // GDCM computes this length in 32 bits: it must equal ours, or it wrapped
+            if ((uint64_t)im.GetBufferLength() != nbytes)
+                return mms__dicom_fail(
+                    why, why_len, MMS_EDICOM, path,
+                    "the decoder's buffer length differs from rows x columns x frames");
+            buf.resize(nbytes);
+            if (!im.GetBuffer(reinterpret_cast<char *>(buf.data()))) {
+                msg = std::string("decoder failed (transfer syntax ") + ts.GetString() + ")";
+                return mms__dicom_fail(why, why_len, MMS_EDICOM, path, msg.c_str());
+            }
+            p = buf.data() + (uint64_t)first * frame_bytes; // host order: GDCM swaps
+            slope = lo.has_slope ? lo.slope : im.GetSlope();
+            intercept = lo.has_intercept ? lo.intercept : im.GetIntercept();
         }
-        // GDCM computes this length in 32 bits: it must equal ours, or it wrapped
-        if ((uint64_t)im.GetBufferLength() != nbytes)
-            return mms__dicom_fail(
-                why, why_len, MMS_EDICOM, path,
-                "the decoder's buffer length differs from rows x columns x frames");
-        std::vector<char> buf(nbytes);
-        if (!im.GetBuffer(buf.data())) {
-            msg = std::string("decoder failed (transfer syntax ") + ts.GetString() + ")";
-            return mms__dicom_fail(why, why_len, MMS_EDICOM, path, msg.c_str());
-        }
-
-        const double slope = lo.has_slope ? lo.slope : im.GetSlope();
-        const double intercept = lo.has_intercept ? lo.intercept : im.GetIntercept();
         if (!std::isfinite(slope) || !std::isfinite(intercept))
             return mms__dicom_fail(why, why_len, MMS_EDICOM, path,
                                    "rescale slope or intercept invalid");
-        const bool is_signed = lo.pixel_rep == 1;
-        const unsigned char *p =
-            reinterpret_cast<const unsigned char *>(buf.data()) + (uint64_t)first * frame_bytes;
+        const table &t = hu_table(lo, bits_stored, slope, intercept);
         const uint64_t nv = frame_voxels * (uint64_t)count;
-        for (uint64_t i = 0; i < nv; i++) {
-            uint32_t raw;
-            if (lo.bits_allocated == 16) { // host order: GDCM swaps big endian data
+        if (lo.bits_allocated == 8) {
+            for (uint64_t i = 0; i < nv; i++)
+                hu[i] = t.hu[p[i]];
+        } else if (swap) {
+            for (uint64_t i = 0; i < nv; i++)
+                hu[i] = t.hu[(unsigned)p[2 * i] << 8 | p[2 * i + 1]];
+        } else {
+            for (uint64_t i = 0; i < nv; i++) {
                 uint16_t u;
                 std::memcpy(&u, p + 2 * i, sizeof u);
-                raw = u;
-            } else {
-                raw = p[i];
+                hu[i] = t.hu[u];
             }
-            int32_t v = stored(raw, bits_stored, is_signed);
-            hu[i] = lo.has_padding && v == lo.padding ? padding_hu
-                                                      : (float)((double)v * slope + intercept);
         }
         return 0;
     } catch (const std::bad_alloc &) {

@@ -18,6 +18,14 @@
 
 #include "common/err.h"
 
+/* The attributes of enum mms_tag, in its order (group << 16 | element). */
+const uint32_t mms__dicom_tags[MMS_TAG_COUNT] = {
+    0x00080008, 0x00080016, 0x00080018, 0x00080060, 0x00180050, 0x0020000d, 0x0020000e,
+    0x00200012, 0x00200013, 0x00200032, 0x00200037, 0x00200052, 0x00200100, 0x00280002,
+    0x00280004, 0x00280008, 0x00280010, 0x00280011, 0x00280030, 0x00280100, 0x00280101,
+    0x00280103, 0x00280120, 0x00281052, 0x00281053, 0x52009229, 0x52009230,
+};
+
 #define UNDEFINED 0xffffffffu
 #define MAX_LEVELS 4096 /* containers tracked; deeper files are refused long before */
 
@@ -53,10 +61,38 @@ long_vr(const uint8_t *vr)
     return false;
 }
 
+/* Record where the value of a wanted top-level attribute lies (its first occurrence). */
+static void
+record(struct mms_prescan *info, uint32_t tag, const uint8_t *vr, size_t at, uint32_t len)
+{
+    for (int i = 0; i < MMS_TAG_COUNT; i++) {
+        if (mms__dicom_tags[i] != tag)
+            continue;
+        struct mms_scan_value *v = &info->v[i];
+        if (!v->found) {
+            v->found = true;
+            v->at = at;
+            v->len = len;
+            if (vr != NULL) {
+                v->vr[0] = (char)vr[0];
+                v->vr[1] = (char)vr[1];
+            }
+        }
+        return;
+    }
+}
+
+static bool
+vr_letters(const uint8_t *vr)
+{
+    return vr[0] >= 'A' && vr[0] <= 'Z' && vr[1] >= 'A' && vr[1] <= 'Z';
+}
+
+/* A UID of the file meta information; the first one wins when the group repeats. */
 static void
 meta_uid(const uint8_t *v, uint32_t l, char *out, size_t n)
 {
-    if (l >= n)
+    if (l >= n || out[0] != '\0')
         return;
     memcpy(out, v, l);
     out[l] = '\0';
@@ -89,6 +125,8 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
                 return 0;
             if (el == 0x0002)
                 meta_uid(data + w.pos + hdr, l, info->media_class, sizeof info->media_class);
+            else if (el == 0x0003)
+                meta_uid(data + w.pos + hdr, l, info->media_instance, sizeof info->media_instance);
             else if (el == 0x0010)
                 meta_uid(data + w.pos + hdr, l, ts, sizeof info->transfer_syntax);
             w.pos += hdr + l;
@@ -100,6 +138,10 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
     } else {
         implicit = true; /* a bare data set: implicit VR little endian */
     }
+    info->big_endian = w.big;
+    /* an element whose VR is not two capital letters: the transfer syntax is not the one
+     * declared, or the data is damaged; the toolkit has the last word on such a file */
+    bool sane = true;
 
     while (w.pos + 8 <= len) {
         while (depth > 0 && end[depth - 1] != SIZE_MAX && w.pos >= end[depth - 1]) {
@@ -128,16 +170,25 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
         }
         if (g == 0xffff || g < 0x0002)
             return 0; /* not a data element: no structure to judge */
-        if (g == 0x7fe0 && e == 0x0010 && depth == 0)
-            return 0; /* pixel data: the header is sound */
+        if (g == 0x7fe0 && e == 0x0010 && depth == 0) { /* pixel data: the header is sound */
+            size_t hdr = implicit ? 8 : long_vr(data + w.pos + 4) ? 12 : 8;
+            if (w.pos + hdr <= len) {
+                info->pixel_at = w.pos + hdr;
+                info->pixel_len = u32(&w, w.pos + hdr - 4, big);
+                info->complete = sane && (implicit || vr_letters(data + w.pos + 4));
+            }
+            return 0;
+        }
         uint32_t l;
         bool sq = false;
+        const uint8_t *vr = NULL;
         if (implicit) {
             l = u32(&w, w.pos + 4, false);
             w.pos += 8;
             sq = l == UNDEFINED;
         } else {
-            const uint8_t *vr = data + w.pos + 4;
+            vr = data + w.pos + 4;
+            sane = sane && vr_letters(vr);
             if (long_vr(vr)) {
                 if (w.pos + 12 > len)
                     return 0;
@@ -158,6 +209,8 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
                 continue;
             }
         }
+        if (depth == 0)
+            record(info, (uint32_t)g << 16 | e, vr, w.pos, l);
         if (sq) {
             if (depth >= MAX_LEVELS || depth >= max_depth)
                 goto too_deep;
@@ -169,6 +222,7 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
             return 0; /* truncated: the toolkit will say so */
         w.pos += l;
     }
+    info->complete = sane && depth == 0 && w.pos == len; /* a header without pixel data */
     return 0;
 
 too_deep:

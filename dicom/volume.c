@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "common/err.h"
@@ -34,6 +35,7 @@ struct job {
 
 struct work {
     const char *const *paths;
+    const struct mms_header *h;
     struct mms_volume *v;
     struct job *jobs;
     int n_jobs;
@@ -72,16 +74,32 @@ same_spacing(const double *a, const double *b)
     return true;
 }
 
+/* Room for n floats; a large volume on huge pages where the kernel allows it (a 300-slice
+ * series is 300 MB: 75 000 page faults in 4 KiB pages, which the decoding threads would take
+ * in turn). */
+static float *
+alloc_voxels(size_t n)
+{
+    const size_t huge = (size_t)2 << 20, bytes = n * sizeof(float);
+    if (bytes < 4 * huge)
+        return malloc(bytes);
+    void *p = NULL;
+    if (posix_memalign(&p, huge, bytes) != 0)
+        return NULL;
+    (void)madvise(p, bytes, MADV_HUGEPAGE); /* advice: without it, small pages */
+    return p;
+}
+
 static int
 decode_job(struct work *w, const struct job *j, float *tmp, char *why, size_t why_len)
 {
     struct mms_volume *v = w->v;
     const size_t plane = (size_t)v->dims[0] * (size_t)v->dims[1];
     if (j->count == 1) /* straight into its slice */
-        return mms_frames_decode(w->paths[j->file], j->first, 1, w->max_voxels,
+        return mms_frames_decode(w->paths[j->file], &w->h[j->file], j->first, 1, w->max_voxels,
                                  v->hu + (size_t)j->slice[0] * plane, why, why_len);
-    int rc =
-        mms_frames_decode(w->paths[j->file], j->first, j->count, w->max_voxels, tmp, why, why_len);
+    int rc = mms_frames_decode(w->paths[j->file], &w->h[j->file], j->first, j->count, w->max_voxels,
+                               tmp, why, why_len);
     if (rc < 0)
         return rc;
     for (int k = 0; k < j->n; k++)
@@ -195,11 +213,15 @@ free_jobs(struct job *jobs, int n)
 }
 
 static int
-decode_all(const char *const *paths, struct mms_volume *v, struct job *jobs, int n_jobs,
-           const struct mms_volume_opts *o, char *why, size_t why_len)
+decode_all(const char *const *paths, const struct mms_header *h, struct mms_volume *v,
+           struct job *jobs, int n_jobs, const struct mms_volume_opts *o, char *why, size_t why_len)
 {
-    struct work w = {
-        .paths = paths, .v = v, .jobs = jobs, .n_jobs = n_jobs, .max_voxels = o->max_voxels};
+    struct work w = {.paths = paths,
+                     .h = h,
+                     .v = v,
+                     .jobs = jobs,
+                     .n_jobs = n_jobs,
+                     .max_voxels = o->max_voxels};
     atomic_init(&w.next, 0);
     atomic_init(&w.failed, false);
     pthread_mutex_init(&w.lock, NULL);
@@ -293,10 +315,9 @@ collect(const char *const *paths, const struct mms_header *h, int n, uint64_t ma
     return 0;
 }
 
-int
-mms_volume_build(const char *const *paths, const struct mms_header *h, int n,
-                 const struct mms_volume_opts *o, struct mms_volume **out, char *why,
-                 size_t why_len)
+static int
+build(const char *const *paths, const struct mms_header *h, int n,
+      const struct mms_volume_opts *o, struct mms_volume **out, char *why, size_t why_len)
 {
     if (paths == NULL || h == NULL || n < 1 || o == NULL || out == NULL)
         return failf(why, why_len, MMS_EINVAL, "no files");
@@ -338,7 +359,7 @@ mms_volume_build(const char *const *paths, const struct mms_header *h, int n,
                    (long long)rows, nz, (unsigned long long)o->max_voxels);
         goto fail;
     }
-    if ((v = calloc(1, sizeof *v)) == NULL || (v->hu = malloc(voxels * sizeof *v->hu)) == NULL ||
+    if ((v = calloc(1, sizeof *v)) == NULL || (v->hu = alloc_voxels(voxels)) == NULL ||
         (v->ipp = malloc((size_t)nz * sizeof *v->ipp)) == NULL ||
         (v->pos_mm = malloc((size_t)nz * sizeof *v->pos_mm)) == NULL ||
         (v->src = calloc((size_t)nz, sizeof *v->src)) == NULL) {
@@ -384,15 +405,8 @@ mms_volume_build(const char *const *paths, const struct mms_header *h, int n,
         failf(why, why_len, rc, "out of memory");
         goto fail;
     }
-    if ((rc = decode_all(paths, v, jobs, n_jobs, o, why, why_len)) < 0)
+    if ((rc = decode_all(paths, h, v, jobs, n_jobs, o, why, why_len)) < 0)
         goto fail;
-    float lo = INFINITY, hi = -INFINITY;
-    for (uint64_t i = 0; i < voxels; i++) {
-        lo = v->hu[i] < lo ? v->hu[i] : lo;
-        hi = v->hu[i] > hi ? v->hu[i] : hi;
-    }
-    v->hu_min = lo;
-    v->hu_max = hi;
     free_jobs(jobs, n_jobs);
     mms_stack_free(st);
     free(c);
@@ -408,6 +422,21 @@ fail:
     return rc;
 }
 
+int
+mms_volume_build(const char *const *paths, const struct mms_header *h, int n,
+                 const struct mms_volume_opts *o, struct mms_volume **out, char *why,
+                 size_t why_len)
+{
+    char reason[1024] = "";
+    int rc = build(paths, h, n, o, out, reason, sizeof reason);
+    if (rc < 0) /* the series first, then the problem */
+        failf(why, why_len, rc, "series %s: %s",
+              h != NULL && n > 0 && h[0].series_uid[0] != '\0' ? h[0].series_uid
+                                                                : "(no Series Instance UID)",
+              reason);
+    return rc;
+}
+
 void
 mms_volume_free(struct mms_volume *v)
 {
@@ -418,4 +447,17 @@ mms_volume_free(struct mms_volume *v)
     free(v->pos_mm);
     free(v->src);
     free(v);
+}
+
+void
+mms_volume_range(const struct mms_volume *v, float *lo, float *hi)
+{
+    const size_t n = (size_t)v->dims[0] * (size_t)v->dims[1] * (size_t)v->dims[2];
+    float a = INFINITY, b = -INFINITY;
+    for (size_t i = 0; i < n; i++) { /* HU are never NaN */
+        a = v->hu[i] < a ? v->hu[i] : a;
+        b = v->hu[i] > b ? v->hu[i] : b;
+    }
+    *lo = a;
+    *hi = b;
 }

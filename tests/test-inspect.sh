@@ -42,13 +42,13 @@ check "summary: 126 files, 6 series" grep -q '^126 files, 126 DICOM, 8 ignored, 
 f2n=$td/dicom2nifti/tests/data/failing
 "$mmsegd" inspect "$f2n/sliceincrement/001" >"$out" 2>&1
 check "dicom2nifti sliceincrement/001: one missing slice (step exactly 2x) is a gap" \
-    grep -q 'no volume: missing slices between 28.1 and 38.1 mm' "$out"
+    grep -q 'no volume: series 1.2.826.0.1.3680043.8.498.172569766509356227417197937: missing slices between 28.1 and 38.1 mm' "$out"
 "$mmsegd" inspect "$f2n/sliceincrement/002" >"$out" 2>&1
 check "dicom2nifti sliceincrement/002: the same on a tilted stack (ratio 1.99999999999996)" \
-    grep -q 'no volume: missing slices between' "$out"
+    grep -q 'no volume: series [0-9.]*: missing slices between' "$out"
 "$mmsegd" inspect "$f2n/notavolume" >"$out" 2>&1
 check "dicom2nifti notavolume: four acquisitions at one position" \
-    grep -q 'no volume: not a volume: 4 frames at one position' "$out"
+    grep -q 'no volume: series [0-9.]*: not a volume: 4 frames at one position' "$out"
 "$mmsegd" inspect "$f2n/gantrytilting" >"$out" 2>&1
 check "dicom2nifti gantrytilting: no tilt tag, tilt 14.0 from the geometry" \
     grep -q 'volume: 4 frames .*slice step 4.851 mm.*tilt 14.00 deg' "$out"
@@ -71,7 +71,7 @@ check "allow_gaps = yes: the missing slice is kept as a 10 mm step" \
 printf '[series]\nmax_voxels = 7340031\n' >"$tmp/small.ini"
 "$mmsegd" inspect -c "$tmp/small.ini" "$qa/Philips/S21570/S2010" >"$out" 2>&1
 check "max_voxels one below 512 x 512 x 28: refused before decoding" \
-    grep -q 'no volume: 512 x 512 x 28 voxels: more than the maximum of 7340031' "$out"
+    grep -q 'no volume: series [0-9.]*: 512 x 512 x 28 voxels: more than the maximum of 7340031' "$out"
 printf '[series]\nmax_gap_ratio = 0.5\n' >"$tmp/bad.ini"
 "$mmsegd" inspect -c "$tmp/bad.ini" "$qa/Philips/S21570/S2010" >"$out" 2>&1
 check "max_gap_ratio below its range: configuration error, exit 2" test $? -eq 2

@@ -55,7 +55,7 @@ dec(const char *rel, int64_t frame, uint64_t max_voxels, float *out)
     char path[2048];
     snprintf(path, sizeof path, "%s/%s", td, rel);
     why[0] = '\0';
-    int rc = mms_frames_decode(path, frame, 1, max_voxels, out, why, sizeof why);
+    int rc = mms_frames_decode(path, NULL, frame, 1, max_voxels, out, why, sizeof why);
     if (rc < 0)
         diag("%s", why);
     return rc;
@@ -213,12 +213,12 @@ test_multiframe(void)
     static float both[2 * N512];
     char path[2048];
     snprintf(path, sizeof path, "%s/%s", td, MF "CT0012.explicit_little_endian.dcm");
-    rc = mms_frames_decode(path, 0, 2, MAX_VOXELS, both, why, sizeof why);
+    rc = mms_frames_decode(path, NULL, 0, 2, MAX_VOXELS, both, why, sizeof why);
     ok(rc == 0 && max_abs_diff(ref2, both, 2 * N512) == 0.0,
        "frames 0 and 1 in one call equal the frames decoded one by one");
-    rc = mms_frames_decode(path, 1, 2, MAX_VOXELS, both, why, sizeof why);
+    rc = mms_frames_decode(path, NULL, 1, 2, MAX_VOXELS, both, why, sizeof why);
     is_int(rc, MMS_EINVAL, "frames 1..2 of 2 frames: MMS_EINVAL");
-    rc = mms_frames_decode(path, 0, 0, MAX_VOXELS, both, why, sizeof why);
+    rc = mms_frames_decode(path, NULL, 0, 0, MAX_VOXELS, both, why, sizeof why);
     is_int(rc, MMS_EINVAL, "no frame asked: MMS_EINVAL");
     rc = dec(MF "CT0012.fragmented_no_bot_jpeg_ls.80.dcm", 0, MAX_VOXELS, got);
     ok(rc == MMS_EDICOM && strstr(why, "decoder failed") != NULL,
