@@ -17,18 +17,11 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "bench/bench.h"
 #include "common/err.h"
 #include "infer/infer.h"
 #include "infer/model-impl.h"
 #include "infer/ops-cpu/ops-cpu-impl.h"
-
-static double
-now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static double
 peak_rss_mb(void)
@@ -49,13 +42,6 @@ cur_rss_mb(void)
         fclose(f);
     }
     return (double)rss * 4096.0 / (1024.0 * 1024.0);
-}
-
-static int
-cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
 }
 
 /* oneDNN on its own: every convolution of the graph, timed alone; returns seconds per pass
@@ -211,10 +197,9 @@ main(int argc, char **argv)
     int any_ndhwc = -1;
     int nthreads = threads > 0 ? threads : omp_get_num_procs();
     onednn_alone(m, tile, nthreads, &alone_s, &alone_flop, &any_ndhwc);
-    double *sorted = malloc((size_t)runs * sizeof(double));
-    memcpy(sorted, t, (size_t)runs * sizeof(double));
-    qsort(sorted, (size_t)runs, sizeof(double), cmp_double);
-    double median = runs % 2 ? sorted[runs / 2] : 0.5 * (sorted[runs / 2 - 1] + sorted[runs / 2]);
+    double med = median(t, runs), best = t[0];
+    for (int r = 1; r < runs; r++)
+        best = t[r] < best ? t[r] : best;
     printf("{\"impl\": \"mmsegd-cpu\", \"model\": \"%s\", \"threads\": %d, "
            "\"tile\": [%lld, %lld, %lld], \"runs_ms\": [",
            card->name, nthreads, (long long)tile[0], (long long)tile[1], (long long)tile[2]);
@@ -226,7 +211,7 @@ main(int argc, char **argv)
            "\"profile_ms\": {\"conv\": %.1f, \"norm\": %.1f, \"mixer\": %.1f, \"other\": %.1f}, "
            "\"conv_gflop\": %.2f, \"conv_gflops_in_pass\": %.1f, \"conv_gflops_onednn_alone\": "
            "%.1f, \"onednn_prefers_ndhwc\": %s, \"logits_sum\": %.6g}\n",
-           median, sorted[0], mms_net_op_count(net), mms_net_arena_bytes(net) / 1048576.0,
+           med, best, mms_net_op_count(net), mms_net_arena_bytes(net) / 1048576.0,
            mms_net_unplanned_bytes(net) / 1048576.0, mms_net_fixed_bytes(net) / 1048576.0, base_rss,
            peak, (long long)mms_model_param_count(m), p.conv_s * 1e3, p.norm_s * 1e3,
            p.mixer_s * 1e3, p.other_s * 1e3, p.conv_flop * 1e-9,
@@ -236,7 +221,6 @@ main(int argc, char **argv)
            : any_ndhwc   ? "true"
                          : "false",
            sum);
-    free(sorted);
     free(t);
     free(in);
     free(out);

@@ -22,42 +22,15 @@
 #include <time.h>
 
 #include "common/err.h"
+#include "bench/bench.h"
 #include "dicom/dicom.h"
 
 #define MAX_CONFIGS 16
-
-static double
-now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static int
-cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return x < y ? -1 : x > y;
-}
 
 static int
 cmp_str(const void *a, const void *b)
 {
     return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-static double
-median(const double *v, int n)
-{
-    double *s = malloc((size_t)n * sizeof *s);
-    if (s == NULL)
-        return 0.0;
-    memcpy(s, v, (size_t)n * sizeof *s);
-    qsort(s, (size_t)n, sizeof *s, cmp_double);
-    double m = n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
-    free(s);
-    return m;
 }
 
 /* The folder's files; nftw has no context argument. */

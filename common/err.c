@@ -1,6 +1,8 @@
 /* Error codes: the tables generated from MMS_ERR_MAP. Threads: any. */
 #include "common/err.h"
 
+#include <stdarg.h>
+#include <stdio.h>
 #include <string.h>
 
 const char *
@@ -42,4 +44,16 @@ int
 mms_err_errno(void)
 {
     return errno > 0 ? -errno : MMS_EIO;
+}
+
+int
+mms_why(char *why, size_t why_len, int rc, const char *fmt, ...)
+{
+    if (why != NULL && why_len > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(why, why_len, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
 }

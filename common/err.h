@@ -8,6 +8,7 @@
 #define MMS_COMMON_ERR_H
 
 #include <errno.h>
+#include <stddef.h>
 
 #define MMS_ERR_MAP(X)                                                                             \
     X(EPERM, -EPERM, "operation not permitted")                                                    \
@@ -61,6 +62,11 @@ const char *mms_err_name(int err);
 
 /* -errno for the current errno, never 0 (MMS_EIO when errno is 0). Threads: any. */
 int mms_err_errno(void);
+
+/* Format a one-line reason into why (why_len bytes; why may be NULL) and return rc, for
+ * functions that fail with a code and a reason. Threads: any. */
+int mms_why(char *why, size_t why_len, int rc, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
 
 #ifdef __cplusplus
 }

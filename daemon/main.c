@@ -111,6 +111,20 @@ find_command(const char *name)
     return NULL;
 }
 
+/* After getopt_long returned ch for an option that is missing its argument (':') or unknown:
+ * say so. Returns EXIT_USAGE. */
+static int
+bad_option(const struct command *c, int ch, char **argv)
+{
+    if (ch == ':') {
+        fprintf(stderr, "mmsegd %s: option '%s' needs an argument\n", c->name, argv[optind - 1]);
+    } else {
+        fprintf(stderr, "mmsegd %s: unknown option '%s'\n", c->name, argv[optind - 1]);
+        command_usage(c, stderr);
+    }
+    return EXIT_USAGE;
+}
+
 /* Parse the options shared by serve and check-config. Returns 0, 1 after --help (exit 0),
  * or EXIT_USAGE after an error was printed. */
 static int
@@ -134,14 +148,8 @@ parse_config_opt(const struct command *c, int argc, char **argv, const char **pa
         case 'h':
             command_usage(c, stdout);
             return 1;
-        case ':':
-            fprintf(stderr, "mmsegd %s: option '%s' needs an argument\n", c->name,
-                    argv[optind - 1]);
-            return EXIT_USAGE;
         default:
-            fprintf(stderr, "mmsegd %s: unknown option '%s'\n", c->name, argv[optind - 1]);
-            command_usage(c, stderr);
-            return EXIT_USAGE;
+            return bad_option(c, ch, argv);
         }
     }
     if (optind < argc) {
@@ -219,9 +227,7 @@ parse_help_only(const struct command *c, int argc, char **argv)
             command_usage(c, stdout);
             return EXIT_SUCCESS;
         }
-        fprintf(stderr, "mmsegd %s: unknown option '%s'\n", c->name, argv[optind - 1]);
-        command_usage(c, stderr);
-        return EXIT_USAGE;
+        return bad_option(c, ch, argv);
     }
     return -1;
 }
@@ -300,14 +306,8 @@ cmd_inspect(int argc, char **argv)
         case 'h':
             command_usage(c, stdout);
             return EXIT_SUCCESS;
-        case ':':
-            fprintf(stderr, "mmsegd %s: option '%s' needs an argument\n", c->name,
-                    argv[optind - 1]);
-            return EXIT_USAGE;
         default:
-            fprintf(stderr, "mmsegd %s: unknown option '%s'\n", c->name, argv[optind - 1]);
-            command_usage(c, stderr);
-            return EXIT_USAGE;
+            return bad_option(c, ch, argv);
         }
     }
     if (optind >= argc) {

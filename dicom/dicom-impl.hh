@@ -2,6 +2,11 @@
 #ifndef MMS_DICOM_IMPL_HH
 #define MMS_DICOM_IMPL_HH
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -12,6 +17,8 @@
 #include <gdcmStringFilter.h>
 #include <gdcmTag.h>
 
+#include "common/err.h"
+
 // Write "PATH: msg" into why (may be null) and return rc.
 inline int
 mms__dicom_fail(char *why, size_t why_len, int rc, const char *path, const char *msg)
@@ -19,6 +26,33 @@ mms__dicom_fail(char *why, size_t why_len, int rc, const char *path, const char 
     if (why != nullptr && why_len > 0)
         std::snprintf(why, why_len, "%s: %s", path, msg);
     return rc;
+}
+
+// Open a regular, non-empty file for reading: the descriptor in *fd and its size in *size,
+// or a negative code with the reason in *msg.
+inline int
+mms__dicom_open(const char *path, int *fd, uint64_t *size, std::string *msg)
+{
+    struct stat sb;
+    int f = open(path, O_RDONLY | O_CLOEXEC);
+    if (f < 0 || fstat(f, &sb) != 0) {
+        int rc = -errno;
+        if (f >= 0)
+            close(f);
+        *msg = mms_strerror(rc);
+        return rc;
+    }
+    const char *bad = !S_ISREG(sb.st_mode) ? "not a regular file"
+                      : sb.st_size == 0    ? "empty file"
+                                           : nullptr;
+    if (bad != nullptr) {
+        close(f);
+        *msg = bad;
+        return MMS_EDICOM;
+    }
+    *fd = f;
+    *size = (uint64_t)sb.st_size;
+    return 0;
 }
 
 // The value of data element de as text with padding removed ("" when empty).

@@ -334,22 +334,13 @@ read_gdcm(const char *path, struct mms_header *out, char *why, size_t why_len)
 int
 read(const char *path, bool scan_ok, struct mms_header *out, char *why, size_t why_len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat sb;
-    if (fd < 0 || fstat(fd, &sb) != 0) {
-        int rc = -errno;
-        if (fd >= 0)
-            close(fd);
-        return mms__dicom_fail(why, why_len, rc, path, mms_strerror(rc));
-    }
-    const char *bad = !S_ISREG(sb.st_mode) ? "not a regular file"
-                      : sb.st_size == 0    ? "empty file"
-                                           : nullptr;
-    if (bad != nullptr) {
-        close(fd);
-        return mms__dicom_fail(why, why_len, MMS_EDICOM, path, bad);
-    }
-    size_t len = (size_t)sb.st_size;
+    int fd = -1;
+    uint64_t size = 0;
+    std::string msg;
+    int orc = mms__dicom_open(path, &fd, &size, &msg);
+    if (orc < 0)
+        return mms__dicom_fail(why, why_len, orc, path, msg.c_str());
+    size_t len = (size_t)size;
     void *map = mmap(nullptr, len, PROT_READ, MAP_PRIVATE, fd, 0);
     close(fd);
     if (map == MAP_FAILED) {

@@ -17,6 +17,11 @@
 #include <vector>
 
 #include <gdcmImage.h>
+#include <gdcmJPEG2000Codec.h>
+#include <gdcmJPEGCodec.h>
+#include <gdcmJPEGLSCodec.h>
+#include <gdcmRLECodec.h>
+#include <gdcmSequenceOfFragments.h>
 #include <gdcmImageReader.h>
 #include <gdcmReader.h>
 #include <gdcmStringFilter.h>
@@ -83,18 +88,12 @@ int
 read_native(const char *path, uint64_t value_at, bool big_endian, uint64_t need, uint64_t off,
             uint64_t len, std::vector<unsigned char> *out, std::string *msg)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat sb;
-    if (fd < 0 || fstat(fd, &sb) != 0) {
-        int rc = -errno;
-        if (fd >= 0)
-            close(fd);
-        *msg = mms_strerror(rc);
+    int fd = -1;
+    uint64_t size = 0;
+    int rc = mms__dicom_open(path, &fd, &size, msg);
+    if (rc < 0)
         return rc;
-    }
     unsigned char l[4];
-    int rc = 0;
-    const uint64_t size = (uint64_t)sb.st_size;
     if (value_at > size || need > size - value_at) {
         rc = MMS_EDICOM;
         *msg = "pixel data shorter than declared (" + std::to_string(need) + " bytes needed, " +
@@ -166,6 +165,146 @@ gdcm_check(const char *path, const char *ts_uid, uint64_t nbytes, std::string *m
         *msg = "pixel data shorter than declared (" + std::to_string(nbytes) + " bytes needed, " +
                std::to_string(value_at > size ? 0 : size - value_at) + " in the file)";
         return MMS_EDICOM;
+    }
+    return 0;
+}
+
+// Where each frame of encapsulated pixel data begins: ranges[f] = (first fragment, end).
+// One fragment per frame where the counts agree; else the Basic Offset Table; else, for the
+// JPEG family and JPEG 2000, a new frame at each fragment that opens a new codestream (the
+// fragmented multi-frame files without offset table that GDCM's own decoder refuses).
+int
+frame_ranges(const gdcm::SequenceOfFragments &sf, int64_t frames, const gdcm::TransferSyntax &ts,
+             std::vector<std::pair<size_t, size_t>> *ranges, std::string *msg)
+{
+    const size_t nf = sf.GetNumberOfFragments();
+    ranges->clear();
+    if (frames == 1) {
+        ranges->emplace_back(0, nf);
+    } else if ((int64_t)nf == frames) {
+        for (size_t i = 0; i < nf; i++)
+            ranges->emplace_back(i, i + 1);
+    } else {
+        std::vector<size_t> starts;
+        const gdcm::ByteValue *bot = sf.GetTable().GetByteValue();
+        if (bot != nullptr && (int64_t)bot->GetLength() == 4 * frames) {
+            // offsets from the first fragment's item tag, each fragment 8 bytes of item header
+            std::vector<uint64_t> at(nf + 1, 0);
+            for (size_t i = 0; i < nf; i++)
+                at[i + 1] = at[i] + 8 + sf.GetFragment(i).GetVL();
+            const unsigned char *b = reinterpret_cast<const unsigned char *>(bot->GetPointer());
+            for (int64_t f = 0; f < frames; f++) {
+                uint64_t off = (uint64_t)b[4 * f] | (uint64_t)b[4 * f + 1] << 8 |
+                               (uint64_t)b[4 * f + 2] << 16 | (uint64_t)b[4 * f + 3] << 24;
+                size_t i = 0;
+                while (i < nf && at[i] < off)
+                    i++;
+                if (i == nf || at[i] != off || (!starts.empty() && i <= starts.back())) {
+                    *msg = "the basic offset table does not point at fragments";
+                    return MMS_EDICOM;
+                }
+                starts.push_back(i);
+            }
+        } else {
+            const bool j2k = ts == gdcm::TransferSyntax::JPEG2000Lossless ||
+                             ts == gdcm::TransferSyntax::JPEG2000;
+            const bool rle = ts == gdcm::TransferSyntax::RLELossless;
+            for (size_t i = 0; i < nf && !rle; i++) {
+                const gdcm::ByteValue *bv = sf.GetFragment(i).GetByteValue();
+                const unsigned char *d =
+                    bv != nullptr ? reinterpret_cast<const unsigned char *>(bv->GetPointer())
+                                  : nullptr;
+                const size_t n = bv != nullptr ? (size_t)bv->GetLength() : 0;
+                bool opens = j2k ? (n >= 2 && d[0] == 0xff && d[1] == 0x4f) ||
+                                       (n >= 8 && std::memcmp(d, "\0\0\0\x0cjP  ", 8) == 0)
+                                 : n >= 2 && d[0] == 0xff && d[1] == 0xd8;
+                if (opens)
+                    starts.push_back(i);
+            }
+            if ((int64_t)starts.size() != frames || starts[0] != 0) {
+                *msg = std::to_string(nf) + " fragments cannot be split into " +
+                       std::to_string(frames) + " frames";
+                return MMS_EDICOM;
+            }
+        }
+        for (size_t f = 0; f < starts.size(); f++)
+            ranges->emplace_back(starts[f], f + 1 < starts.size() ? starts[f + 1] : nf);
+    }
+    return 0;
+}
+
+// Decode frames first .. first+count-1 of encapsulated pixel data into out (frame_bytes
+// each), one codec call per frame with its fragments joined; JPEG 2000 on the calling thread
+// only (the caller's threads decode files in parallel). *bits_stored: lowered where a
+// codestream stores fewer bits than the image says (as GDCM's own decoder does).
+int
+decode_encapsulated(const gdcm::Image &im, int64_t first, int64_t count, uint64_t frame_bytes,
+                    unsigned char *out, int *bits_stored, std::string *msg)
+{
+    const gdcm::TransferSyntax ts = im.GetTransferSyntax();
+    const gdcm::SequenceOfFragments *sf = im.GetDataElement().GetSequenceOfFragments();
+    if (sf == nullptr || sf->GetNumberOfFragments() == 0) {
+        *msg = "encapsulated pixel data without fragments";
+        return MMS_EDICOM;
+    }
+    const int64_t frames = im.GetNumberOfDimensions() >= 3 ? (int64_t)im.GetDimension(2) : 1;
+    std::vector<std::pair<size_t, size_t>> ranges;
+    int rc = frame_ranges(*sf, frames, ts, &ranges, msg);
+    if (rc < 0)
+        return rc;
+    const gdcm::PixelFormat &pf = im.GetPixelFormat();
+    const unsigned dims[3] = {im.GetDimension(0), im.GetDimension(1), 1};
+    for (int64_t f = first; f < first + count; f++) {
+        std::vector<char> joined;
+        for (size_t i = ranges[f].first; i < ranges[f].second; i++) {
+            const gdcm::ByteValue *bv = sf->GetFragment(i).GetByteValue();
+            if (bv != nullptr)
+                joined.insert(joined.end(), bv->GetPointer(), bv->GetPointer() + bv->GetLength());
+        }
+        gdcm::SmartPointer<gdcm::SequenceOfFragments> one = new gdcm::SequenceOfFragments;
+        gdcm::Fragment frag;
+        frag.SetByteValue(joined.data(), (uint32_t)joined.size());
+        one->AddFragment(frag);
+        gdcm::DataElement in(gdcm::Tag(0x7fe0, 0x0010));
+        in.SetValue(*one);
+        // a fresh codec per frame, set up in the order GDCM's own decoder uses (the JPEG
+        // codec picks its 8, 12 or 16-bit engine when it is given the pixel format)
+        gdcm::JPEGCodec jpeg;
+        gdcm::JPEGLSCodec jpegls;
+        gdcm::JPEG2000Codec j2k;
+        gdcm::RLECodec rle;
+        j2k.SetNumberOfThreadsForDecompression(0);
+        jpegls.SetBufferLength(frame_bytes);
+        rle.SetBufferLength(frame_bytes);
+        gdcm::ImageCodec *codec = nullptr;
+        for (gdcm::ImageCodec *c : {(gdcm::ImageCodec *)&jpeg, (gdcm::ImageCodec *)&jpegls,
+                                    (gdcm::ImageCodec *)&j2k, (gdcm::ImageCodec *)&rle})
+            if (codec == nullptr && c->CanDecode(ts))
+                codec = c;
+        if (codec == nullptr) {
+            *msg = std::string("unsupported transfer syntax '") + ts.GetString() + "'";
+            return MMS_EDICOM;
+        }
+        codec->SetNumberOfDimensions(2);
+        codec->SetDimensions(dims);
+        codec->SetPlanarConfiguration(im.GetPlanarConfiguration());
+        codec->SetPhotometricInterpretation(im.GetPhotometricInterpretation());
+        codec->SetPixelFormat(pf);
+        codec->SetNeedOverlayCleanup(false); // the unused high bits are masked here
+        gdcm::DataElement decoded;
+        const gdcm::ByteValue *bv = nullptr;
+        if (!codec->Decode(in, decoded) || (bv = decoded.GetByteValue()) == nullptr ||
+            (uint64_t)bv->GetLength() < frame_bytes) {
+            *msg = "decoder failed on frame " + std::to_string(f + 1) + " (transfer syntax " +
+                   ts.GetString() + ")";
+            return MMS_EDICOM;
+        }
+        std::memcpy(out + (uint64_t)(f - first) * frame_bytes, bv->GetPointer(), frame_bytes);
+        const gdcm::PixelFormat &cpf = codec->GetPixelFormat();
+        if (cpf.GetBitsAllocated() == pf.GetBitsAllocated() &&
+            cpf.GetSamplesPerPixel() == pf.GetSamplesPerPixel() &&
+            (int)cpf.GetBitsStored() < *bits_stored && cpf.GetBitsStored() >= 1)
+            *bits_stored = (int)cpf.GetBitsStored();
     }
     return 0;
 }
@@ -271,12 +410,21 @@ mms_frames_decode(const char *path, const struct mms_header *h, int64_t first, i
                 return mms__dicom_fail(
                     why, why_len, MMS_EDICOM, path,
                     "the decoder's buffer length differs from rows x columns x frames");
-            buf.resize(nbytes);
-            if (!im.GetBuffer(reinterpret_cast<char *>(buf.data()))) {
-                msg = std::string("decoder failed (transfer syntax ") + ts.GetString() + ")";
-                return mms__dicom_fail(why, why_len, MMS_EDICOM, path, msg.c_str());
+            if (ts.IsEncapsulated()) { // frame by frame, only those asked for
+                buf.resize((uint64_t)count * frame_bytes);
+                rc = decode_encapsulated(im, first, count, frame_bytes, buf.data(), &bits_stored,
+                                         &msg);
+                if (rc < 0)
+                    return mms__dicom_fail(why, why_len, rc, path, msg.c_str());
+                p = buf.data();
+            } else {
+                buf.resize(nbytes);
+                if (!im.GetBuffer(reinterpret_cast<char *>(buf.data()))) {
+                    msg = std::string("decoder failed (transfer syntax ") + ts.GetString() + ")";
+                    return mms__dicom_fail(why, why_len, MMS_EDICOM, path, msg.c_str());
+                }
+                p = buf.data() + (uint64_t)first * frame_bytes; // host order: GDCM swaps
             }
-            p = buf.data() + (uint64_t)first * frame_bytes; // host order: GDCM swaps
             slope = lo.has_slope ? lo.slope : im.GetSlope();
             intercept = lo.has_intercept ? lo.intercept : im.GetIntercept();
         }

@@ -3,7 +3,6 @@
 #include "dicom/dicom.h"
 
 #include <math.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,20 +76,6 @@ cmp_double(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
-static int failf(char *why, size_t why_len, int rc, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int
-failf(char *why, size_t why_len, int rc, const char *fmt, ...)
-{
-    if (why != NULL && why_len > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, why_len, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
-
 /* Sort the members of a group by projection (insertion sort: stable, reentrant, and linear on
  * the usual already-ordered input); true when two share a position. */
 static bool
@@ -115,7 +100,7 @@ mms_stack_find(const struct mms_slice *s, int n, const struct mms_stack_opts *o,
                struct mms_stack **out, char *why, size_t why_len)
 {
     if (s == NULL || n < 1 || o == NULL || out == NULL)
-        return failf(why, why_len, MMS_EINVAL, "no frames");
+        return mms_why(why, why_len, MMS_EINVAL, "no frames");
     int rc = MMS_ENOMEM;
     int *group = malloc((size_t)n * sizeof *group), *idx = malloc((size_t)n * sizeof *idx);
     /* groups: at most n, and the splits of step 2 add at most n more */
@@ -148,7 +133,7 @@ mms_stack_find(const struct mms_slice *s, int n, const struct mms_stack_opts *o,
         size[group[i]]++;
     }
     if (ng == 0) {
-        rc = failf(why, why_len, MMS_EINVAL, "no frame has a valid orientation and position");
+        rc = mms_why(why, why_len, MMS_EINVAL, "no frame has a valid orientation and position");
         goto fail;
     }
     for (int i = 0; i < n; i++) { /* projection on each group's own normal */
@@ -212,17 +197,17 @@ mms_stack_find(const struct mms_slice *s, int n, const struct mms_stack_opts *o,
         split_off += st->reason[i] == MMS_STACK_ACQUISITION;
     }
     if (m == 1 && split_off > 0) { /* every acquisition has one frame, all at one place */
-        rc = failf(why, why_len, MMS_EDICOM,
-                   "not a volume: %d frames at one position, one per acquisition", 1 + split_off);
+        rc = mms_why(why, why_len, MMS_EDICOM,
+                     "not a volume: %d frames at one position, one per acquisition", 1 + split_off);
         goto fail;
     }
     if (sort_group(idx, m, proj)) {
         int j = 1;
         while (proj[idx[j]] - proj[idx[j - 1]] >= POS_TOL)
             j++;
-        rc = failf(why, why_len, MMS_EDICOM,
-                   "not a volume: %d frames, two at the same position (%.3f mm along the normal)",
-                   m, proj[idx[j]]);
+        rc = mms_why(why, why_len, MMS_EDICOM,
+                     "not a volume: %d frames, two at the same position (%.3f mm along the normal)",
+                     m, proj[idx[j]]);
         goto fail;
     }
 
@@ -274,10 +259,10 @@ mms_stack_find(const struct mms_slice *s, int n, const struct mms_stack_opts *o,
                         st->spacing_mm - st->min_step_mm > IRREGULAR * st->spacing_mm;
         for (int j = 0; j + 1 < m && !o->allow_gaps; j++) {
             if (steps[j] >= GAP_SLACK * o->max_gap_ratio * st->spacing_mm) {
-                rc = failf(why, why_len, MMS_EDICOM,
-                           "missing slices between %.1f and %.1f mm along the normal (step "
-                           "%.2f mm, median %.2f mm)",
-                           st->pos_mm[j], st->pos_mm[j + 1], steps[j], st->spacing_mm);
+                rc = mms_why(why, why_len, MMS_EDICOM,
+                             "missing slices between %.1f and %.1f mm along the normal (step "
+                             "%.2f mm, median %.2f mm)",
+                             st->pos_mm[j], st->pos_mm[j + 1], steps[j], st->spacing_mm);
                 goto fail;
             }
         }

@@ -5,7 +5,6 @@
 
 #include <math.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,18 +45,6 @@ struct work {
     int rc;
     char why[512];
 };
-
-static int
-failf(char *why, size_t why_len, int rc, const char *fmt, ...)
-{
-    if (why != NULL && why_len > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(why, why_len, fmt, ap);
-        va_end(ap);
-    }
-    return rc;
-}
 
 static bool
 is_localizer(const struct mms_header *h)
@@ -125,7 +112,7 @@ decode_thread(void *arg)
             tmp_cap = (size_t)j->count * plane;
             if ((tmp = malloc(tmp_cap * sizeof *tmp)) == NULL) {
                 tmp_cap = 0;
-                rc = failf(why, sizeof why, MMS_ENOMEM, "%s: out of memory", w->paths[j->file]);
+                rc = mms_why(why, sizeof why, MMS_ENOMEM, "%s: out of memory", w->paths[j->file]);
             }
         }
         if (rc == 0)
@@ -233,7 +220,7 @@ decode_all(const char *const *paths, const struct mms_header *h, struct mms_volu
     pthread_t *t = malloc((size_t)nt * sizeof *t);
     if (t == NULL) {
         pthread_mutex_destroy(&w.lock);
-        return failf(why, why_len, MMS_ENOMEM, "out of memory");
+        return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
     }
     long started = 0;
     for (; started < nt - 1; started++)
@@ -245,7 +232,7 @@ decode_all(const char *const *paths, const struct mms_header *h, struct mms_volu
     free(t);
     pthread_mutex_destroy(&w.lock);
     if (w.rc < 0)
-        return failf(why, why_len, w.rc, "%s", w.why);
+        return mms_why(why, why_len, w.rc, "%s", w.why);
     return 0;
 }
 
@@ -255,8 +242,11 @@ collect(const char *const *paths, const struct mms_header *h, int n, uint64_t ma
         struct cand **c_out, struct mms_slice **s_out, int *m_out, char *why, size_t why_len)
 {
     int64_t total = 0;
+    int ct = 0, localizers = 0;
     for (int i = 0; i < n; i++) {
         const struct mms_header *hi = &h[i];
+        ct += mms_sop_class_is_ct(hi->sop_class);
+        localizers += mms_sop_class_is_ct(hi->sop_class) && is_localizer(hi);
         if (!mms_sop_class_is_ct(hi->sop_class) || is_localizer(hi))
             continue;
         if (hi->frames > 1) {
@@ -264,26 +254,30 @@ collect(const char *const *paths, const struct mms_header *h, int n, uint64_t ma
             if (hi->slice.rows < 1 || hi->slice.cols < 1 ||
                 __builtin_mul_overflow((uint64_t)hi->slice.rows, (uint64_t)hi->slice.cols, &vox) ||
                 __builtin_mul_overflow(vox, (uint64_t)hi->frames, &vox) || vox > max_voxels)
-                return failf(why, why_len, MMS_EDICOM,
-                             "%s: %lld frames of %lld x %lld: more than the maximum of %llu "
-                             "voxels",
-                             paths[i], (long long)hi->frames, (long long)hi->slice.rows,
-                             (long long)hi->slice.cols, (unsigned long long)max_voxels);
+                return mms_why(why, why_len, MMS_EDICOM,
+                               "%s: %lld frames of %lld x %lld: more than the maximum of %llu "
+                               "voxels",
+                               paths[i], (long long)hi->frames, (long long)hi->slice.rows,
+                               (long long)hi->slice.cols, (unsigned long long)max_voxels);
             total += hi->frames;
         } else if (hi->has_geometry) {
             total++;
         }
         if (total > INT32_MAX / 2)
-            return failf(why, why_len, MMS_EDICOM, "more than %d frames", INT32_MAX / 2);
+            return mms_why(why, why_len, MMS_EDICOM, "more than %d frames", INT32_MAX / 2);
     }
     if (total == 0)
-        return failf(why, why_len, MMS_EDICOM, "no CT image with position and orientation");
+        return mms_why(why, why_len, MMS_EDICOM, "%s",
+                       ct == 0            ? "no CT image (CT, Enhanced CT or Legacy Converted "
+                                            "Enhanced CT Image Storage)"
+                       : ct == localizers ? "only localizers"
+                                          : "no CT image with position and orientation");
     struct cand *c = malloc((size_t)total * sizeof *c);
     struct mms_slice *s = malloc((size_t)total * sizeof *s);
     if (c == NULL || s == NULL) {
         free(c);
         free(s);
-        return failf(why, why_len, MMS_ENOMEM, "out of memory");
+        return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
     }
     int m = 0;
     for (int i = 0; i < n; i++) {
@@ -316,11 +310,11 @@ collect(const char *const *paths, const struct mms_header *h, int n, uint64_t ma
 }
 
 static int
-build(const char *const *paths, const struct mms_header *h, int n,
-      const struct mms_volume_opts *o, struct mms_volume **out, char *why, size_t why_len)
+build(const char *const *paths, const struct mms_header *h, int n, const struct mms_volume_opts *o,
+      struct mms_volume **out, char *why, size_t why_len)
 {
     if (paths == NULL || h == NULL || n < 1 || o == NULL || out == NULL)
-        return failf(why, why_len, MMS_EINVAL, "no files");
+        return mms_why(why, why_len, MMS_EINVAL, "no files");
     struct cand *c = NULL;
     struct mms_slice *s = NULL;
     struct mms_stack *st = NULL;
@@ -338,15 +332,15 @@ build(const char *const *paths, const struct mms_header *h, int n,
     for (int k = 0; k < nz; k++) {
         const struct cand *ck = &c[st->order[k]];
         if (!(ck->ps[0] > 0.0 && ck->ps[1] > 0.0 && isfinite(ck->ps[0]) && isfinite(ck->ps[1]))) {
-            rc = failf(why, why_len, MMS_EDICOM, "%s: no valid pixel spacing", paths[ck->file]);
+            rc = mms_why(why, why_len, MMS_EDICOM, "%s: no valid pixel spacing", paths[ck->file]);
             goto fail;
         }
         if (!same_spacing(ck->ps, c0->ps)) {
-            rc =
-                failf(why, why_len, MMS_EDICOM,
-                      "pixel spacing differs between slices (%g x %g mm in %s, %g x %g mm in "
-                      "%s)",
-                      c0->ps[0], c0->ps[1], paths[c0->file], ck->ps[0], ck->ps[1], paths[ck->file]);
+            rc = mms_why(why, why_len, MMS_EDICOM,
+                         "pixel spacing differs between slices (%g x %g mm in %s, %g x %g mm in "
+                         "%s)",
+                         c0->ps[0], c0->ps[1], paths[c0->file], ck->ps[0], ck->ps[1],
+                         paths[ck->file]);
             goto fail;
         }
     }
@@ -354,17 +348,17 @@ build(const char *const *paths, const struct mms_header *h, int n,
     if (__builtin_mul_overflow((uint64_t)rows, (uint64_t)cols, &voxels) ||
         __builtin_mul_overflow(voxels, (uint64_t)nz, &voxels) || voxels > o->max_voxels ||
         voxels > SIZE_MAX / sizeof(float)) {
-        rc = failf(why, why_len, MMS_EDICOM,
-                   "%lld x %lld x %d voxels: more than the maximum of %llu", (long long)cols,
-                   (long long)rows, nz, (unsigned long long)o->max_voxels);
+        rc = mms_why(why, why_len, MMS_EDICOM,
+                     "%lld x %lld x %d voxels: more than the maximum of %llu", (long long)cols,
+                     (long long)rows, nz, (unsigned long long)o->max_voxels);
         goto fail;
     }
     if ((v = calloc(1, sizeof *v)) == NULL || (v->hu = alloc_voxels(voxels)) == NULL ||
         (v->ipp = malloc((size_t)nz * sizeof *v->ipp)) == NULL ||
         (v->pos_mm = malloc((size_t)nz * sizeof *v->pos_mm)) == NULL ||
         (v->src = calloc((size_t)nz, sizeof *v->src)) == NULL) {
-        rc = failf(why, why_len, MMS_ENOMEM, "out of memory for %llu voxels",
-                   (unsigned long long)voxels);
+        rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory for %llu voxels",
+                     (unsigned long long)voxels);
         goto fail;
     }
     v->dims[0] = cols;
@@ -402,7 +396,7 @@ build(const char *const *paths, const struct mms_header *h, int n,
             v->left_out[st->reason[k]]++;
 
     if ((rc = make_jobs(c, st, n, &jobs, &n_jobs)) < 0) {
-        failf(why, why_len, rc, "out of memory");
+        mms_why(why, why_len, rc, "out of memory");
         goto fail;
     }
     if ((rc = decode_all(paths, h, v, jobs, n_jobs, o, why, why_len)) < 0)
@@ -430,10 +424,10 @@ mms_volume_build(const char *const *paths, const struct mms_header *h, int n,
     char reason[1024] = "";
     int rc = build(paths, h, n, o, out, reason, sizeof reason);
     if (rc < 0) /* the series first, then the problem */
-        failf(why, why_len, rc, "series %s: %s",
-              h != NULL && n > 0 && h[0].series_uid[0] != '\0' ? h[0].series_uid
-                                                                : "(no Series Instance UID)",
-              reason);
+        mms_why(why, why_len, rc, "series %s: %s",
+                h != NULL && n > 0 && h[0].series_uid[0] != '\0' ? h[0].series_uid
+                                                                 : "(no Series Instance UID)",
+                reason);
     return rc;
 }
 

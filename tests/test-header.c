@@ -12,35 +12,10 @@
 #include "common/err.h"
 #include "dicom/dicom.h"
 #include "tests/tap.h"
+#include "tests/testdata.h"
 
 static char td[1024];
 static int n_files, n_dicom, n_fast, n_same, n_rc_same, n_gdcm_short;
-
-static bool
-is_dir(const char *p)
-{
-    struct stat sb;
-    return stat(p, &sb) == 0 && S_ISDIR(sb.st_mode);
-}
-
-static bool
-find_testdata(void)
-{
-    const char *env = getenv("MMS_TESTDATA");
-    const char *srcdir = getenv("srcdir");
-    char from_src[512];
-    snprintf(from_src, sizeof from_src, "%s/../shared/testdata", srcdir != NULL ? srcdir : ".");
-    const char *cand[3] = {env != NULL ? env : "", from_src, "/work/shared/testdata"};
-    for (int i = 0; i < 3; i++) {
-        char probe[1200];
-        snprintf(probe, sizeof probe, "%.1000s/dcm_qa_ct/In", cand[i]);
-        if (cand[i][0] != '\0' && strlen(cand[i]) < sizeof td && is_dir(probe)) {
-            strcpy(td, cand[i]);
-            return true;
-        }
-    }
-    return false;
-}
 
 static bool
 same_d(double a, double b)
@@ -59,21 +34,22 @@ differ(const struct mms_header *a, const struct mms_header *b)
     if (!same_d((double)a->f, (double)b->f))                                                       \
         return #f;
     STR(sop_class)
-    STR(sop_instance) STR(media_class) STR(series_uid) STR(study_uid) STR(modality) STR(image_type)
-        STR(transfer_syntax) NUM(frames) NUM(instance_number) NUM(has_geometry)
-            STR(slice.frame_of_ref) NUM(slice.rows) NUM(slice.cols) NUM(slice.acquisition)
-                NUM(slice.temporal) NUM(pixel_spacing[0]) NUM(pixel_spacing[1]) NUM(slice_thickness)
-                    NUM(pix.ok) STR(pix.why) NUM(pix.native) NUM(pix.big_endian) NUM(pix.value_at)
-                        NUM(pix.has_groups) NUM(pix.has_padding) NUM(pix.has_slope)
-                            NUM(pix.has_intercept);
+    STR(sop_instance)
+    STR(media_class)
+    STR(series_uid) STR(study_uid) STR(modality) STR(image_type) STR(transfer_syntax) NUM(frames)
+        NUM(instance_number) NUM(has_geometry) STR(slice.frame_of_ref) NUM(slice.rows)
+            NUM(slice.cols) NUM(slice.acquisition) NUM(slice.temporal) NUM(pixel_spacing[0])
+                NUM(pixel_spacing[1]) NUM(slice_thickness) NUM(pix.ok) STR(pix.why) NUM(pix.native)
+                    NUM(pix.big_endian) NUM(pix.value_at) NUM(pix.has_groups) NUM(pix.has_padding)
+                        NUM(pix.has_slope) NUM(pix.has_intercept);
     for (int i = 0; i < 6; i++)
         NUM(slice.iop[i]);
     for (int i = 0; i < 3; i++)
         NUM(slice.ipp[i]);
     if (a->pix.ok) {
         NUM(pix.rows)
-        NUM(pix.cols) NUM(pix.frames) NUM(pix.bits_allocated) NUM(pix.bits_stored)
-            NUM(pix.pixel_rep);
+        NUM(pix.cols)
+        NUM(pix.frames) NUM(pix.bits_allocated) NUM(pix.bits_stored) NUM(pix.pixel_rep);
     }
     if (a->pix.has_slope)
         NUM(pix.slope);
@@ -130,7 +106,7 @@ on_file(const char *p, const struct stat *sb, int type, struct FTW *ftw)
 int
 main(void)
 {
-    if (!find_testdata())
+    if (!find_testdata(td, sizeof td))
         skip_all("the shared test data is not here (set MMS_TESTDATA to its folder)");
     plan(6, 300);
     nftw(td, on_file, 16, FTW_PHYS);

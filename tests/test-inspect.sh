@@ -4,14 +4,8 @@
 # Capture summary, DICOMDIR and directory files) and dicom2nifti's failing cases. The expected
 # figures come from the sources' SOURCE.md, not from our own output.
 set -u
-td=${MMS_TESTDATA:-}
-for d in "$td" "${srcdir:-.}/../shared/testdata" /work/shared/testdata; do
-    if [ -n "$d" ] && [ -d "$d/dcm_qa_ct/In" ]; then td=$d; break; fi
-done
-if [ ! -d "$td/dcm_qa_ct/In" ]; then
-    echo "1..0 # SKIP the shared test data is not here (set MMS_TESTDATA to its folder)"
-    exit 0
-fi
+. "$(dirname "$0")/testdata.sh"
+require_testdata
 mmsegd=${MMSEGD:-./mmsegd}
 n=0
 failed=0

@@ -34,11 +34,8 @@ out=_build/bench
 mkdir -p "$out"
 export LC_ALL=C # EPOCHREALTIME with a decimal point
 
-td=${MMS_TESTDATA:-}
-for d in "$td" ../shared/testdata /work/shared/testdata; do
-    if [ -n "$d" ] && [ -d "$d/dcm_qa_ct/In" ]; then td=$d; break; fi
-done
-if [ ! -d "$td/dcm_qa_ct/In" ]; then
+. tests/testdata.sh
+if ! find_testdata; then
     echo "bench-volume: the shared test data is not here (set MMS_TESTDATA to its folder)" >&2
     exit 1
 fi
