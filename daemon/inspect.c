@@ -58,6 +58,22 @@ cmp_str(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* Files of one series: the same Series Instance UID; without one (some exports leave it
+ * empty), the same folder and frame of reference. */
+static bool
+same_series(const struct file *a, const struct file *b)
+{
+    if (strcmp(a->h.series_uid, b->h.series_uid) != 0)
+        return false;
+    if (a->h.series_uid[0] != '\0')
+        return true;
+    const char *sa = strrchr(a->path, '/'), *sb = strrchr(b->path, '/');
+    size_t la = sa != NULL ? (size_t)(sa - a->path) : 0,
+           lb = sb != NULL ? (size_t)(sb - b->path) : 0;
+    return la == lb && strncmp(a->path, b->path, la) == 0 &&
+           strcmp(a->h.slice.frame_of_ref, b->h.slice.frame_of_ref) == 0;
+}
+
 static bool
 is_localizer(const struct mms_header *h)
 {
@@ -365,7 +381,7 @@ mms_inspect(const char *const *paths, int n, const struct inspect_opts *o, FILE 
             continue;
         int m = 0;
         for (int j = i; j < nf; j++) {
-            if (!done[j] && strcmp(f[j].h.series_uid, f[i].h.series_uid) == 0) {
+            if (!done[j] && same_series(&f[i], &f[j])) {
                 done[j] = true;
                 idx[m++] = j;
             }

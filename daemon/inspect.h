@@ -15,7 +15,8 @@ struct inspect_opts {
 };
 
 /* Read the headers of every file under the n paths (folders recursively), group them by
- * series, rebuild each series' volume (main stack, pixels decoded) and report, per series, its
+ * series (by Series Instance UID; files without one by folder and frame of reference),
+ * rebuild each series' volume (main stack, pixels decoded) and report, per series, its
  * geometry, transfer syntaxes and HU range or why there is none, and the files and frames left
  * out with their reasons, on out (text, or JSON with o->json); with o->nifti_dir, write each
  * volume there as NIfTI (DIR/SeriesInstanceUID.nii.gz, DIR/series-NNN.nii.gz without one).

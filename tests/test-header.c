@@ -29,27 +29,49 @@ differ(const struct mms_header *a, const struct mms_header *b)
 {
 #define STR(f)                                                                                     \
     if (strcmp(a->f, b->f) != 0)                                                                   \
-        return #f;
+    return #f
 #define NUM(f)                                                                                     \
     if (!same_d((double)a->f, (double)b->f))                                                       \
-        return #f;
-    STR(sop_class)
-    STR(sop_instance)
-    STR(media_class)
-    STR(series_uid) STR(study_uid) STR(modality) STR(image_type) STR(transfer_syntax) NUM(frames)
-        NUM(instance_number) NUM(has_geometry) STR(slice.frame_of_ref) NUM(slice.rows)
-            NUM(slice.cols) NUM(slice.acquisition) NUM(slice.temporal) NUM(pixel_spacing[0])
-                NUM(pixel_spacing[1]) NUM(slice_thickness) NUM(pix.ok) STR(pix.why) NUM(pix.native)
-                    NUM(pix.big_endian) NUM(pix.value_at) NUM(pix.has_groups) NUM(pix.has_padding)
-                        NUM(pix.has_slope) NUM(pix.has_intercept);
+    return #f
+    STR(sop_class);
+    STR(sop_instance);
+    STR(media_class);
+    STR(series_uid);
+    STR(study_uid);
+    STR(modality);
+    STR(image_type);
+    STR(transfer_syntax);
+    STR(slice.frame_of_ref);
+    STR(pix.why);
+    NUM(frames);
+    NUM(instance_number);
+    NUM(has_geometry);
+    NUM(slice.rows);
+    NUM(slice.cols);
+    NUM(slice.acquisition);
+    NUM(slice.temporal);
+    NUM(pixel_spacing[0]);
+    NUM(pixel_spacing[1]);
+    NUM(slice_thickness);
+    NUM(pix.ok);
+    NUM(pix.native);
+    NUM(pix.big_endian);
+    NUM(pix.value_at);
+    NUM(pix.has_groups);
+    NUM(pix.has_padding);
+    NUM(pix.has_slope);
+    NUM(pix.has_intercept);
     for (int i = 0; i < 6; i++)
         NUM(slice.iop[i]);
     for (int i = 0; i < 3; i++)
         NUM(slice.ipp[i]);
     if (a->pix.ok) {
-        NUM(pix.rows)
-        NUM(pix.cols)
-        NUM(pix.frames) NUM(pix.bits_allocated) NUM(pix.bits_stored) NUM(pix.pixel_rep);
+        NUM(pix.rows);
+        NUM(pix.cols);
+        NUM(pix.frames);
+        NUM(pix.bits_allocated);
+        NUM(pix.bits_stored);
+        NUM(pix.pixel_rep);
     }
     if (a->pix.has_slope)
         NUM(pix.slope);

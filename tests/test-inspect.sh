@@ -16,7 +16,7 @@ check() { # check DESCRIPTION COMMAND...
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 qa=$td/dcm_qa_ct/In
-echo "1..24"
+echo "1..25"
 "$mmsegd" inspect "$qa" >"$out" 2>&1
 check "dcm_qa_ct: exit 0" test $? -eq 0
 series_of() { grep -A3 "first $qa/$1" "$out"; }
@@ -54,6 +54,8 @@ check "100 000 nested sequences: refused before GDCM recurses into them" \
 "$mmsegd" inspect "$td" >"$out" 2>&1
 rc=$?
 check "the whole test data folder: exit 0, no crash (exit $rc)" test $rc -eq 0
+check "files without Series Instance UID are grouped by folder: TotalSegmentator's 20 alone" \
+    bash -c "grep -A1 '^series (no Series Instance UID): modality CT, 20 files, first $td/totalsegmentator/' '$out' | grep -q 'volume: 20 frames'"
 
 # the [series] settings from -c
 tmp=$(mktemp -d)
