@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <ini.h>
 #include <math.h>
+#include <regex.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,34 +71,31 @@ static const struct cfg_key main_keys[] = {
     {"daemon", "workers", T_UINT, OFF(daemon.workers), "2", 1, 64, NULL, NOTYET},
     {"daemon", "metrics_listen", T_STR, OFF(daemon.metrics_listen), "", 0, 0, NULL, NOTYET},
 
-    {"scp", "ae_title", T_AE, OFF(scp.ae_title), "MMSEGD", 0, 0, NULL, NOTYET},
-    {"scp", "bind", T_STR, OFF(scp.bind), "0.0.0.0", 0, 0, NULL, NOTYET},
-    {"scp", "port", T_UINT, OFF(scp.port), "11112", 1, 65535, NULL, NOTYET},
-    {"scp", "allowed_calling_aes", T_STR, OFF(scp.allowed_calling_aes), "", 0, 0, NULL, NOTYET},
-    {"scp", "allowed_hosts", T_STR, OFF(scp.allowed_hosts), "", 0, 0, NULL, NOTYET},
-    {"scp", "max_associations", T_UINT, OFF(scp.max_associations), "16", 1, 1024, NULL, NOTYET},
-    {"scp", "max_pdu", T_UINT, OFF(scp.max_pdu), "65536", 4096, 131072, NULL, NOTYET},
-    {"scp", "timeout_s", T_UINT, OFF(scp.timeout_s), "30", 1, 3600, NULL, NOTYET},
-    {"scp", "min_free_mb", T_UINT, OFF(scp.min_free_mb), "1024", 0, UMAX, NULL, NOTYET},
-    {"scp", "accept_sop_classes", T_ENUM, OFF(scp.accept_sop_classes), "ct", 0, 0, sop_classes,
-     NOTYET},
+    {"scp", "ae_title", T_AE, OFF(scp.ae_title), "MMSEGD", 0, 0, NULL, 0},
+    {"scp", "bind", T_STR, OFF(scp.bind), "0.0.0.0", 0, 0, NULL, 0},
+    {"scp", "port", T_UINT, OFF(scp.port), "11112", 1, 65535, NULL, 0},
+    {"scp", "allowed_calling_aes", T_STR, OFF(scp.allowed_calling_aes), "", 0, 0, NULL, 0},
+    {"scp", "allowed_hosts", T_STR, OFF(scp.allowed_hosts), "", 0, 0, NULL, 0},
+    {"scp", "max_associations", T_UINT, OFF(scp.max_associations), "16", 1, 1024, NULL, 0},
+    {"scp", "max_pdu", T_UINT, OFF(scp.max_pdu), "65536", 4096, 131072, NULL, 0},
+    {"scp", "timeout_s", T_UINT, OFF(scp.timeout_s), "30", 1, 3600, NULL, 0},
+    {"scp", "min_free_mb", T_UINT, OFF(scp.min_free_mb), "1024", 0, UMAX, NULL, 0},
+    {"scp", "accept_sop_classes", T_ENUM, OFF(scp.accept_sop_classes), "ct", 0, 0, sop_classes, 0},
     {"scp", "tls_cert", T_PATH, OFF(scp.tls_cert), "", 0, 0, NULL, NOTYET},
     {"scp", "tls_key", T_PATH, OFF(scp.tls_key), "", 0, 0, NULL, NOTYET},
     {"scp", "tls_ca", T_PATH, OFF(scp.tls_ca), "", 0, 0, NULL, NOTYET},
 
-    {"drop", "dir", T_PATH, OFF(drop.dir), "", 0, 0, NULL, NOTYET},
-    {"drop", "stable_s", T_UINT, OFF(drop.stable_s), "5", 1, 86400, NULL, NOTYET},
-    {"drop", "scan_s", T_UINT, OFF(drop.scan_s), "30", 1, 86400, NULL, NOTYET},
+    {"drop", "dir", T_PATH, OFF(drop.dir), "", 0, 0, NULL, 0},
+    {"drop", "stable_s", T_UINT, OFF(drop.stable_s), "5", 1, 86400, NULL, 0},
+    {"drop", "scan_s", T_UINT, OFF(drop.scan_s), "30", 1, 86400, NULL, 0},
 
-    {"series", "stable_age_s", T_UINT, OFF(series.stable_age_s), "20", 1, 86400, NULL, NOTYET},
-    {"series", "min_slices", T_UINT, OFF(series.min_slices), "10", 1, 100000, NULL, NOTYET},
-    {"series", "body_parts", T_STR, OFF(series.body_parts), "", 0, 0, NULL, NOTYET},
-    {"series", "description_include", T_STR, OFF(series.description_include), "", 0, 0, NULL,
-     NOTYET},
-    {"series", "description_exclude", T_STR, OFF(series.description_exclude), "", 0, 0, NULL,
-     NOTYET},
+    {"series", "stable_age_s", T_UINT, OFF(series.stable_age_s), "20", 1, 86400, NULL, 0},
+    {"series", "min_slices", T_UINT, OFF(series.min_slices), "10", 1, 100000, NULL, 0},
+    {"series", "body_parts", T_STR, OFF(series.body_parts), "", 0, 0, NULL, 0},
+    {"series", "description_include", T_STR, OFF(series.description_include), "", 0, 0, NULL, 0},
+    {"series", "description_exclude", T_STR, OFF(series.description_exclude), "", 0, 0, NULL, 0},
     {"series", "max_slice_thickness_mm", T_DBL, OFF(series.max_slice_thickness_mm), "0", 0, 1000,
-     NULL, NOTYET},
+     NULL, 0},
     {"series", "max_gap_ratio", T_DBL, OFF(series.max_gap_ratio), "2.0", 1.01, 100, NULL, 0},
     {"series", "allow_gaps", T_BOOL, OFF(series.allow_gaps), "no", 0, 0, NULL, 0},
     {"series", "max_voxels", T_U64, OFF(series.max_voxels), "1000000000", 1, 1e12, NULL, 0},
@@ -655,6 +653,29 @@ validate(struct loader *ld)
                main_keys[i].section, main_keys[i].key, dv);
     }
     free_fields(main_keys, N_MAIN, &def);
+
+    /* the series filters must compile as the scheduler compiles them */
+    const char *const res[2] = {ld->cfg->series.description_include,
+                                ld->cfg->series.description_exclude};
+    for (int i = 0; i < 2; i++) {
+        regex_t re;
+        int rc;
+        if (res[i] == NULL || res[i][0] == '\0')
+            continue;
+        if ((rc = regcomp(&re, res[i], REG_EXTENDED | REG_NOSUB)) != 0) {
+            char msg[256];
+            regerror(rc, &re, msg, sizeof msg);
+            for (size_t k = 0; k < N_MAIN; k++)
+                if (main_keys[k].offset ==
+                    (i == 0 ? OFF(series.description_include) : OFF(series.description_exclude)))
+                    report(ld, ld->key_line[k],
+                           "[series] %s: not a POSIX extended regular "
+                           "expression: %s",
+                           main_keys[k].key, msg);
+            continue;
+        }
+        regfree(&re);
+    }
 
     for (size_t i = 0; i < ld->cfg->n_dests; i++) {
         const struct mms_dest_config *d = &ld->cfg->dests[i];

@@ -16,6 +16,7 @@
 #include "daemon/config.h"
 #include "daemon/inspect.h"
 #include "daemon/serve.h"
+#include "daemon/status.h"
 #include "infer/infer.h"
 
 #define EXIT_USAGE 2
@@ -31,6 +32,7 @@ static int cmd_serve(int argc, char **argv);
 static int cmd_check_config(int argc, char **argv);
 static int cmd_model_info(int argc, char **argv);
 static int cmd_inspect(int argc, char **argv);
+static int cmd_status(int argc, char **argv);
 
 static const struct command commands[] = {
     {"serve", "run the daemon in the foreground (systemd Type=notify)",
@@ -62,6 +64,19 @@ static const struct command commands[] = {
      "\n"
      "  -h, --help          show this help\n",
      cmd_model_info},
+    {"status", "show the series the daemon received, their states and reasons",
+     "[-c FILE] [--json]\n"
+     "\n"
+     "Reads the state database in the configuration's state_dir (read-only; safe while the\n"
+     "daemon runs) and prints every series with its state (receiving, stable, queued,\n"
+     "running, done, failed, skipped), the age of its last instance, its instance count and\n"
+     "the reason it was skipped or failed, then the counts per state. Exit 0, or 1 when\n"
+     "there is no state database or it cannot be read.\n"
+     "\n"
+     "  -c, --config FILE   configuration file (default " MMS_DEFAULT_CONFIG ")\n"
+     "  --json              print one JSON object\n"
+     "  -h, --help          show this help\n",
+     cmd_status},
     {"inspect", "rebuild the volumes of DICOM series and show what mmsegd makes of them",
      "[-c FILE] [--json] [--nifti DIR] PATH...\n"
      "\n"
@@ -337,6 +352,56 @@ cmd_inspect(int argc, char **argv)
     else if (rc == MMS_ENOENT)
         fprintf(stderr, "mmsegd: inspect: no DICOM file found\n");
     return rc == 0 && fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+static int
+cmd_status(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"json", no_argument, NULL, 'j'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const struct command *c = find_command("status");
+    const char *config = MMS_DEFAULT_CONFIG;
+    bool json = false;
+    int ch;
+
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c':
+            config = optarg;
+            break;
+        case 'j':
+            json = true;
+            break;
+        case 'h':
+            command_usage(c, stdout);
+            return EXIT_SUCCESS;
+        default:
+            return bad_option(c, ch, argv);
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "mmsegd %s: unexpected argument '%s'\n", c->name, argv[optind]);
+        command_usage(c, stderr);
+        return EXIT_USAGE;
+    }
+    struct mms_config *cfg;
+    int rc = load_config(config, &cfg);
+    if (rc != 0)
+        return rc;
+    char why[1024];
+    rc = mms_status_print(cfg->daemon.state_dir, json, stdout, why, sizeof why);
+    mms_config_free(cfg);
+    if (rc < 0) {
+        fprintf(stderr, "mmsegd status: %s\n", why);
+        return EXIT_FAILURE;
+    }
+    return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
 int

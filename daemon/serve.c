@@ -8,12 +8,18 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <systemd/sd-daemon.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include "common/err.h"
 #include "common/log.h"
+#include "daemon/index.h"
+#include "daemon/intake.h"
+#include "daemon/scheduler.h"
+#include "daemon/spool.h"
+#include "dicom/scp.h"
 
 struct daemon {
     uv_loop_t loop;
@@ -23,6 +29,15 @@ struct daemon {
     uv_timer_t watchdog;
     bool watchdog_on;
     struct mms_config *cfg;
+    /* intake: the SCP's and the drop folder's threads store, the loop judges series */
+    struct mms_index *ix;
+    struct mms_spool *spool;
+    struct mms_sched *sched;
+    struct mms_scp *scp;
+    struct mms_intake *intake;
+    uv_async_t arrived; /* an instance was stored (any thread) */
+    uv_timer_t tick;    /* the next series that can become complete */
+    bool intake_on;
 };
 
 /* sd_notify() is a no-op returning 0 outside systemd; a failure to reach systemd is worth a
@@ -150,6 +165,8 @@ on_close(uv_handle_t *h)
     (void)h;
 }
 
+static void stop_intake(struct daemon *d);
+
 static void
 stop(struct daemon *d, const char *why)
 {
@@ -161,6 +178,12 @@ stop(struct daemon *d, const char *why)
     uv_close((uv_handle_t *)&d->sighup, on_close);
     if (d->watchdog_on)
         uv_close((uv_handle_t *)&d->watchdog, on_close);
+    stop_intake(d);
+    if (d->intake_on) {
+        uv_close((uv_handle_t *)&d->arrived, on_close);
+        uv_close((uv_handle_t *)&d->tick, on_close);
+        d->intake_on = false;
+    }
 }
 
 static void
@@ -197,6 +220,172 @@ start_signal(struct daemon *d, uv_signal_t *s, int signum)
     if (rc < 0)
         mms_log(MMS_LOG_ERR, "uv_signal_start(%d) failed: %s", signum, uv_strerror(rc));
     return rc;
+}
+
+static double
+wall_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void judge(struct daemon *d);
+
+static void
+on_tick(uv_timer_t *t)
+{
+    judge(t->data);
+}
+
+static void
+on_arrived(uv_async_t *a)
+{
+    judge(a->data);
+}
+
+/* Judge the series, then wake up when the next one can become complete by age. */
+static void
+judge(struct daemon *d)
+{
+    double next = mms_sched_tick(d->sched, wall_now());
+    if (next < 0.0) /* the index failed (logged): look again soon */
+        next = 5.0;
+    if (next > 60.0)
+        next = 60.0;
+    uv_timer_start(&d->tick, on_tick, (uint64_t)(next * 1000.0) + 1, 0);
+    char line[160];
+    snprintf(line, sizeof line, "STATUS=ready; %zu series queued", mms_sched_queued(d->sched));
+    notify(line);
+}
+
+/* A stored instance, on the SCP's or the drop folder's thread: wake the loop. */
+static void
+on_stored(void *ud, const char *series_uid)
+{
+    struct daemon *d = ud;
+    (void)series_uid;
+    uv_async_send(&d->arrived);
+}
+
+/* One C-STORE, on an association thread: the durable path, then the status to answer. */
+static uint16_t
+on_store(void *ctx, const struct mms_scp_store *st)
+{
+    struct daemon *d = ctx;
+    char source[160], why[1024];
+    struct mms_ingest res;
+    snprintf(source, sizeof source, "%s@%s", st->calling_ae, st->peer);
+    int rc = mms_spool_ingest(d->spool, st->path, source, false, &res, why, sizeof why);
+    if (rc == 0) {
+        mms_log(MMS_LOG_DEBUG, "C-STORE from %s: %s instance %s of series %s", source,
+                res.put == MMS_PUT_NEW        ? "new"
+                : res.put == MMS_PUT_REPLACED ? "replaced"
+                                              : "duplicate",
+                res.sop_instance, res.series_uid);
+        return 0x0000;
+    }
+    if (rc == MMS_EDICOM) { /* the content: sending it again does not help */
+        mms_log(MMS_LOG_WARNING, "C-STORE from %s refused: %s", source, why);
+        return 0xC000;
+    }
+    mms_log(MMS_LOG_ERR, "C-STORE from %s not stored (0xA700, out of resources): %s", source, why);
+    return 0xA700;
+}
+
+/* The index, the spool, the scheduler (with the queue of the last run), the Store SCP and
+ * the drop folder. On failure the caller stops what was started with stop_intake(). */
+static int
+start_intake(struct daemon *d)
+{
+    const struct mms_config *c = d->cfg;
+    char path[4200], why[1024];
+    int rc;
+    snprintf(path, sizeof path, "%s/state.db", c->daemon.state_dir);
+    if ((rc = mms_index_open(path, false, &d->ix, why, sizeof why)) < 0) {
+        mms_log(MMS_LOG_ERR, "%s: %s", path, why);
+        return rc;
+    }
+    if ((rc = mms_spool_open(c->daemon.state_dir, d->ix, on_stored, d, &d->spool, why,
+                             sizeof why)) < 0) {
+        mms_log(MMS_LOG_ERR, "spool: %s", why);
+        return rc;
+    }
+    struct mms_sched_opts so = {
+        .stable_age_s = c->series.stable_age_s,
+        .min_slices = c->series.min_slices,
+        .body_parts = c->series.body_parts,
+        .description_include = c->series.description_include,
+        .description_exclude = c->series.description_exclude,
+        .max_slice_thickness_mm = c->series.max_slice_thickness_mm,
+    };
+    if ((rc = mms_sched_new(d->ix, &so, &d->sched, why, sizeof why)) < 0) {
+        mms_log(MMS_LOG_ERR, "%s", why);
+        return rc;
+    }
+    if ((rc = mms_sched_recover(d->sched, wall_now())) < 0)
+        return rc;
+    if ((rc = uv_async_init(&d->loop, &d->arrived, on_arrived)) < 0 ||
+        (rc = uv_timer_init(&d->loop, &d->tick)) < 0) {
+        mms_log(MMS_LOG_ERR, "intake handles: %s", uv_strerror(rc));
+        return MMS_EIO;
+    }
+    d->arrived.data = d;
+    d->tick.data = d;
+    d->intake_on = true;
+    judge(d);
+
+    const uint64_t min_free = (uint64_t)c->scp.min_free_mb << 20;
+    struct mms_scp_opts sc = {
+        .ae_title = c->scp.ae_title,
+        .bind = c->scp.bind,
+        .port = c->scp.port,
+        .allowed_calling_aes = c->scp.allowed_calling_aes,
+        .allowed_hosts = c->scp.allowed_hosts,
+        .max_associations = c->scp.max_associations,
+        .max_pdu = c->scp.max_pdu,
+        .timeout_s = c->scp.timeout_s,
+        .tmp_dir = mms_spool_tmp_dir(d->spool),
+        .space_dir = c->daemon.state_dir,
+        .min_free_bytes = min_free,
+        .accept_all = c->scp.accept_sop_classes == MMS_ACCEPT_ALL,
+        .on_store = on_store,
+        .ctx = d,
+    };
+    if ((rc = mms_scp_start(&sc, &d->scp, why, sizeof why)) < 0) {
+        mms_log(MMS_LOG_ERR, "Store SCP: %s", why);
+        return rc;
+    }
+    mms_log(MMS_LOG_NOTICE, "Store SCP %s listening on %s port %u", c->scp.ae_title, c->scp.bind,
+            mms_scp_port(d->scp));
+    if (c->drop.dir != NULL && c->drop.dir[0] != '\0') {
+        struct mms_intake_opts io = {.dir = c->drop.dir,
+                                     .stable_s = c->drop.stable_s,
+                                     .scan_s = c->drop.scan_s,
+                                     .min_free_bytes = min_free};
+        if ((rc = mms_intake_start(&io, d->spool, &d->intake, why, sizeof why)) < 0) {
+            mms_log(MMS_LOG_ERR, "%s", why);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* Stop taking instances: the SCP (running associations end first) and the drop folder
+ * thread, then the rest. The loop handles are closed with the others. */
+static void
+stop_intake(struct daemon *d)
+{
+    mms_scp_stop(d->scp);
+    d->scp = NULL;
+    mms_intake_stop(d->intake);
+    d->intake = NULL;
+    mms_sched_free(d->sched);
+    d->sched = NULL;
+    mms_spool_close(d->spool);
+    d->spool = NULL;
+    mms_index_close(d->ix);
+    d->ix = NULL;
 }
 
 static void
@@ -256,6 +445,9 @@ mms_serve(struct mms_config *cfg)
         mms_log(MMS_LOG_INFO, "systemd watchdog every %" PRIu64 " ms", period_ms);
     }
 
+    if ((rc = start_intake(&d)) < 0)
+        goto fail;
+
     mms_log(MMS_LOG_NOTICE, "mmsegd %s ready (pid %ld, config %s, state %s)", PACKAGE_VERSION,
             (long)getpid(), d.cfg->path, d.cfg->daemon.state_dir);
     notify_status(&d, "ready");
@@ -271,6 +463,7 @@ mms_serve(struct mms_config *cfg)
     return 0;
 
 fail:
+    stop_intake(&d);
     uv_walk(&d.loop, close_any, NULL);
     uv_run(&d.loop, UV_RUN_DEFAULT);
     uv_loop_close(&d.loop);

@@ -97,12 +97,15 @@ struct mms_header {
     char modality[17];
     char image_type[129]; /* ImageType, values separated by '\' */
     char transfer_syntax[65];
-    int64_t frames;          /* NumberOfFrames, 1 when absent */
-    int64_t instance_number; /* -1 when absent */
-    bool has_geometry;       /* IOP, IPP, rows and columns all present */
-    struct mms_slice slice;  /* single-frame geometry (valid when has_geometry) */
-    double pixel_spacing[2]; /* between rows, between columns (mm); 0 when absent */
-    double slice_thickness;  /* mm; 0 when absent */
+    int64_t frames;                /* NumberOfFrames, 1 when absent */
+    int64_t instance_number;       /* -1 when absent */
+    bool has_geometry;             /* IOP, IPP, rows and columns all present */
+    struct mms_slice slice;        /* single-frame geometry (valid when has_geometry) */
+    double pixel_spacing[2];       /* between rows, between columns (mm); 0 when absent */
+    double slice_thickness;        /* mm; 0 when absent */
+    char series_description[129];  /* SeriesDescription ("" when absent) */
+    char body_part[17];            /* BodyPartExamined ("" when absent) */
+    int64_t images_in_acquisition; /* ImagesInAcquisition, -1 when absent */
     struct mms_pixel_layout pix;
 };
 
@@ -114,33 +117,36 @@ bool mms_sop_class_is_dicomdir(const char *uid);
 
 /* The top-level attributes whose values the pre-scan records. */
 enum mms_tag {
-    MMS_TAG_IMAGE_TYPE,      /* (0008,0008) */
-    MMS_TAG_SOP_CLASS,       /* (0008,0016) */
-    MMS_TAG_SOP_INSTANCE,    /* (0008,0018) */
-    MMS_TAG_MODALITY,        /* (0008,0060) */
-    MMS_TAG_SLICE_THICKNESS, /* (0018,0050) */
-    MMS_TAG_STUDY,           /* (0020,000D) */
-    MMS_TAG_SERIES,          /* (0020,000E) */
-    MMS_TAG_ACQUISITION,     /* (0020,0012) */
-    MMS_TAG_INSTANCE_NUMBER, /* (0020,0013) */
-    MMS_TAG_IPP,             /* (0020,0032) */
-    MMS_TAG_IOP,             /* (0020,0037) */
-    MMS_TAG_FRAME_OF_REF,    /* (0020,0052) */
-    MMS_TAG_TEMPORAL,        /* (0020,0100) */
-    MMS_TAG_SAMPLES,         /* (0028,0002) */
-    MMS_TAG_PHOTOMETRIC,     /* (0028,0004) */
-    MMS_TAG_FRAMES,          /* (0028,0008) */
-    MMS_TAG_ROWS,            /* (0028,0010) */
-    MMS_TAG_COLUMNS,         /* (0028,0011) */
-    MMS_TAG_PIXEL_SPACING,   /* (0028,0030) */
-    MMS_TAG_BITS_ALLOCATED,  /* (0028,0100) */
-    MMS_TAG_BITS_STORED,     /* (0028,0101) */
-    MMS_TAG_PIXEL_REP,       /* (0028,0103) */
-    MMS_TAG_PADDING,         /* (0028,0120) */
-    MMS_TAG_INTERCEPT,       /* (0028,1052) */
-    MMS_TAG_SLOPE,           /* (0028,1053) */
-    MMS_TAG_SHARED_GROUPS,   /* (5200,9229) */
-    MMS_TAG_FRAME_GROUPS,    /* (5200,9230) */
+    MMS_TAG_IMAGE_TYPE,            /* (0008,0008) */
+    MMS_TAG_SOP_CLASS,             /* (0008,0016) */
+    MMS_TAG_SOP_INSTANCE,          /* (0008,0018) */
+    MMS_TAG_MODALITY,              /* (0008,0060) */
+    MMS_TAG_SLICE_THICKNESS,       /* (0018,0050) */
+    MMS_TAG_STUDY,                 /* (0020,000D) */
+    MMS_TAG_SERIES,                /* (0020,000E) */
+    MMS_TAG_ACQUISITION,           /* (0020,0012) */
+    MMS_TAG_INSTANCE_NUMBER,       /* (0020,0013) */
+    MMS_TAG_IPP,                   /* (0020,0032) */
+    MMS_TAG_IOP,                   /* (0020,0037) */
+    MMS_TAG_FRAME_OF_REF,          /* (0020,0052) */
+    MMS_TAG_TEMPORAL,              /* (0020,0100) */
+    MMS_TAG_SAMPLES,               /* (0028,0002) */
+    MMS_TAG_PHOTOMETRIC,           /* (0028,0004) */
+    MMS_TAG_FRAMES,                /* (0028,0008) */
+    MMS_TAG_ROWS,                  /* (0028,0010) */
+    MMS_TAG_COLUMNS,               /* (0028,0011) */
+    MMS_TAG_PIXEL_SPACING,         /* (0028,0030) */
+    MMS_TAG_BITS_ALLOCATED,        /* (0028,0100) */
+    MMS_TAG_BITS_STORED,           /* (0028,0101) */
+    MMS_TAG_PIXEL_REP,             /* (0028,0103) */
+    MMS_TAG_PADDING,               /* (0028,0120) */
+    MMS_TAG_INTERCEPT,             /* (0028,1052) */
+    MMS_TAG_SLOPE,                 /* (0028,1053) */
+    MMS_TAG_SHARED_GROUPS,         /* (5200,9229) */
+    MMS_TAG_FRAME_GROUPS,          /* (5200,9230) */
+    MMS_TAG_SERIES_DESCRIPTION,    /* (0008,103E) */
+    MMS_TAG_BODY_PART,             /* (0018,0015) */
+    MMS_TAG_IMAGES_IN_ACQUISITION, /* (0020,1002) */
     MMS_TAG_COUNT
 };
 
@@ -160,11 +166,12 @@ struct mms_prescan {
     char media_class[65];    /* MediaStorageSOPClassUID */
     char media_instance[65]; /* MediaStorageSOPInstanceUID */
     char transfer_syntax[65];
-    bool complete;      /* the data set was walked to its pixel data or to its end with nothing
-                           out of place: the values below are the whole story */
-    bool big_endian;    /* the data set is explicit VR big endian */
-    uint64_t pixel_at;  /* offset of the top-level Pixel Data value; 0 when not reached */
-    uint32_t pixel_len; /* its declared length */
+    bool complete;       /* the data set was walked to its pixel data or to its end with nothing
+                            out of place: the values below are the whole story */
+    bool big_endian;     /* the data set is explicit VR big endian */
+    uint64_t dataset_at; /* offset of the data set after the file meta; 0 without one */
+    uint64_t pixel_at;   /* offset of the top-level Pixel Data value; 0 when not reached */
+    uint32_t pixel_len;  /* its declared length */
     struct mms_scan_value v[MMS_TAG_COUNT]; /* the first top-level occurrence of each */
 };
 

@@ -272,6 +272,9 @@ fill(const attrs &a, const std::string &media_class, const std::string &media_in
     double th = 0.0;
     if (real(a.text(MMS_TAG_SLICE_THICKNESS), &th))
         h.slice_thickness = th;
+    copy(h.series_description, sizeof h.series_description, a.text(MMS_TAG_SERIES_DESCRIPTION));
+    copy(h.body_part, sizeof h.body_part, a.text(MMS_TAG_BODY_PART));
+    h.images_in_acquisition = integer_or(a.text(MMS_TAG_IMAGES_IN_ACQUISITION), -1);
     read_layout(a, &h.pix);
     h.pix.native = ts.empty() || ts == "1.2.840.10008.1.2" || ts == "1.2.840.10008.1.2.1" ||
                    ts == "1.2.840.10008.1.2.2";

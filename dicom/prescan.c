@@ -20,10 +20,10 @@
 
 /* The attributes of enum mms_tag, in its order (group << 16 | element). */
 const uint32_t mms__dicom_tags[MMS_TAG_COUNT] = {
-    0x00080008, 0x00080016, 0x00080018, 0x00080060, 0x00180050, 0x0020000d, 0x0020000e,
-    0x00200012, 0x00200013, 0x00200032, 0x00200037, 0x00200052, 0x00200100, 0x00280002,
-    0x00280004, 0x00280008, 0x00280010, 0x00280011, 0x00280030, 0x00280100, 0x00280101,
-    0x00280103, 0x00280120, 0x00281052, 0x00281053, 0x52009229, 0x52009230,
+    0x00080008, 0x00080016, 0x00080018, 0x00080060, 0x00180050, 0x0020000d, 0x0020000e, 0x00200012,
+    0x00200013, 0x00200032, 0x00200037, 0x00200052, 0x00200100, 0x00280002, 0x00280004, 0x00280008,
+    0x00280010, 0x00280011, 0x00280030, 0x00280100, 0x00280101, 0x00280103, 0x00280120, 0x00281052,
+    0x00281053, 0x52009229, 0x52009230, 0x0008103e, 0x00180015, 0x00201002,
 };
 
 #define UNDEFINED 0xffffffffu
@@ -131,6 +131,7 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
                 meta_uid(data + w.pos + hdr, l, ts, sizeof info->transfer_syntax);
             w.pos += hdr + l;
         }
+        info->dataset_at = w.pos;
         if (strcmp(ts, "1.2.840.10008.1.2.1.99") == 0)
             return 0; /* deflated: nothing to walk without inflating */
         implicit = strcmp(ts, "1.2.840.10008.1.2") == 0;

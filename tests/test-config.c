@@ -51,7 +51,7 @@ main(void)
     char longline[400];
     int rc;
 
-    plan(32, 30);
+    plan(33, 30);
     if (mkdtemp(dir) == NULL)
         return 1;
     snprintf(path, sizeof path, "%s/mmsegd.ini", dir);
@@ -137,8 +137,11 @@ main(void)
     expect_error("duplicate destination",
                  "[destination pacs]\ntype = dicom\n[destination pacs]\ntype = dicom\n",
                  "3: [destination pacs]: duplicate destination (first at line 1)");
-    expect_error("unsupported key value", "[daemon]\nlog_level = info\n[scp]\nport = 104\n",
-                 "4: [scp] port: not supported yet (only the default '11112' is accepted)");
+    expect_error("bad regular expression", "[series]\ndescription_include = (abc\n",
+                 "2: [series] description_include: not a POSIX extended regular expression: "
+                 "Unmatched ( or \\(");
+    expect_error("unsupported key value", "[daemon]\nlog_level = info\n[infer]\ntta = no\n",
+                 "4: [infer] tta: not supported yet (only the default 'yes' is accepted)");
 
     /* Several errors are all reported, one line each, in file order. */
     rc = load("[daemon]\nbogus = 1\n[infer]\ntta = perhaps\n", &cfg);

@@ -43,7 +43,10 @@ differ(const struct mms_header *a, const struct mms_header *b)
     STR(transfer_syntax);
     STR(slice.frame_of_ref);
     STR(pix.why);
+    STR(series_description);
+    STR(body_part);
     NUM(frames);
+    NUM(images_in_acquisition);
     NUM(instance_number);
     NUM(has_geometry);
     NUM(slice.rows);

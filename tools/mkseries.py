@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Make a longer synthetic CT series from a real one, for tools/bench-volume.sh.
 
-    tools/mkseries.py SRC_DIR OUT_DIR [--slices N]
+    tools/mkseries.py SRC_DIR OUT_DIR [--slices N] [--copy K]
 
 SRC_DIR holds one untilted single-frame CT series (other files, such as a DIRFILE or a
 localizer, are passed over). OUT_DIR receives N slices (default 300): copies of the source
@@ -9,8 +9,8 @@ slices, taken in order along the slice normal and cycled, each moved to its own 
 that the output is one regular stack with the source's spacing. Each output file has a new
 SOP Instance UID, the whole output a new Series Instance UID, and ImagePositionPatient,
 InstanceNumber and SliceLocation follow the new position. The UIDs derive from the source
-series UID and the slice number, so the same input gives the same files. Pixel data and the
-transfer syntax are copied unchanged.
+series UID, the slice number and K, so the same input gives the same files, and copies with
+another K are other series. Pixel data and the transfer syntax are copied unchanged.
 """
 import argparse
 import os
@@ -53,6 +53,8 @@ def main():
     ap.add_argument("src")
     ap.add_argument("out")
     ap.add_argument("--slices", type=int, default=300)
+    ap.add_argument("--copy", type=int, default=0,
+                    help="copy number: other copies get other UIDs (default 0)")
     a = ap.parse_args()
     if a.slices < 2:
         sys.exit("mkseries: --slices must be 2 or more")
@@ -74,7 +76,10 @@ def main():
     if "SliceLocation" in first and "SliceLocation" in last:
         span = float(np.dot(normal, ipp[-1] - ipp[0]))
         sl_rate = (float(last.SliceLocation) - float(first.SliceLocation)) / span
-    series_uid = generate_uid(PREFIX, ["mmsegd-mkseries", first.SeriesInstanceUID, str(a.slices)])
+    entropy = ["mmsegd-mkseries", first.SeriesInstanceUID, str(a.slices)]
+    if a.copy != 0:
+        entropy.append("copy %d" % a.copy)
+    series_uid = generate_uid(PREFIX, entropy)
     os.makedirs(a.out, exist_ok=True)
     for i in range(a.slices):
         ds = slices[i % len(slices)]

@@ -1,0 +1,120 @@
+/* daemon/index: the instance and series index in state_dir/state.db (design.md sections 3,
+ * 4): SQLite in WAL mode with synchronous=FULL, so a committed row survives a crash. The
+ * schema is versioned (PRAGMA user_version) and migrated on open.
+ * Threads: one struct mms_index may be used from several threads; calls are serialized
+ * inside (one connection, a mutex). The callbacks of mms_index_series/instances run with the
+ * index locked: calling mms_index_* from them returns MMS_EINVAL. A read-only handle (mms_status)
+ * may be open in another process while the daemon writes. */
+#ifndef MMS_DAEMON_INDEX_H
+#define MMS_DAEMON_INDEX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Series states, in the order a series normally goes through them. */
+enum mms_series_state {
+    MMS_SERIES_RECEIVING,
+    MMS_SERIES_STABLE,
+    MMS_SERIES_QUEUED,
+    MMS_SERIES_RUNNING,
+    MMS_SERIES_DONE,
+    MMS_SERIES_FAILED,
+    MMS_SERIES_SKIPPED,
+};
+
+/* "receiving", "stable", ...; NULL for a value out of range. */
+const char *mms_series_state_name(int state);
+
+/* One instance row: the header summary later stages need, and where the file is. */
+struct mms_instance_row {
+    char sop_instance[65], sop_class[65];
+    char study_uid[65], series_uid[65];
+    char modality[17];
+    char image_type[129];
+    char series_description[129];
+    char body_part[17];
+    char frame_of_ref[65];
+    char transfer_syntax[65];
+    double ipp[3], iop[6];
+    bool has_geometry;
+    int64_t rows, cols, frames;
+    int64_t acquisition;           /* -1 when absent */
+    int64_t instance_number;       /* -1 when absent */
+    int64_t images_in_acquisition; /* -1 when absent */
+    double slice_thickness;        /* 0 when absent */
+    char digest[65];               /* SHA-256 (hex) of the data set (the file after its meta) */
+    char path[512];                /* relative to state_dir: instances/xx/yy/DIGEST.dcm */
+    int64_t size;                  /* bytes of the file */
+    double received;               /* seconds since the epoch */
+    char source[160];              /* "AE@IP" for a C-STORE, "drop:PATH" for the drop folder */
+};
+
+/* What mms_index_put() did. */
+enum mms_put_result {
+    MMS_PUT_NEW,       /* a new instance; its series is receiving (created, or re-opened) */
+    MMS_PUT_DUPLICATE, /* the same SOP Instance UID with the same digest: nothing changed */
+    MMS_PUT_REPLACED,  /* the same UID, other content: the row now names the new file; the
+                          series is receiving again */
+};
+
+/* One series row. */
+struct mms_series_row {
+    char series_uid[65], study_uid[65];
+    int state;                                         /* enum mms_series_state */
+    char reason[256];                                  /* why skipped or failed; "" otherwise */
+    int64_t instances;                                 /* rows in the instance table */
+    double first_received, last_received, state_since; /* seconds since the epoch */
+    int64_t run;                                       /* how many times a job was started for it */
+    char modality[17];
+    char series_description[129];
+};
+
+struct mms_index;
+
+/* Open (creating and migrating when writable) the database at path. read_only: for
+ * `mmsegd status`, never writes, works while the daemon runs.
+ * Ownership: *out is new, close with mms_index_close().
+ * Returns 0, MMS_EIO (SQLite error: why says which), MMS_ENOMEM, MMS_ENOENT (read-only and
+ * no database). */
+int mms_index_open(const char *path, bool read_only, struct mms_index **out, char *why,
+                   size_t why_len);
+void mms_index_close(struct mms_index *ix);
+
+/* Record an instance whose file is already in place, in one transaction: insert it, or for
+ * the same SOP Instance UID compare digests (same: DUPLICATE; other: update the row,
+ * REPLACED, and old_path receives the path of the file the row named before, which the
+ * caller removes after the commit; "" otherwise). NEW and REPLACED set the series (created
+ * with state receiving when new) to receiving with last_received = r->received, its reason
+ * cleared and its instance count updated; an instance moved to another series updates both,
+ * and a series left empty by the move is deleted.
+ * Returns 0, MMS_EIO with why, or MMS_EINVAL (empty SOP Instance or Series UID, a read-only
+ * handle, old_path_len smaller than sizeof r->path). */
+int mms_index_put(struct mms_index *ix, const struct mms_instance_row *r, enum mms_put_result *res,
+                  char *old_path, size_t old_path_len, char *why, size_t why_len);
+
+/* Set a series' state and reason (NULL: ""), state_since = now; state RUNNING also
+ * increments run. Returns 0, MMS_ENOENT (no such series), MMS_EIO. */
+int mms_index_set_state(struct mms_index *ix, const char *series_uid, int state, const char *reason,
+                        double now, char *why, size_t why_len);
+
+/* Call fn for every series (ordered by first_received); fn returns nonzero to stop.
+ * Returns 0, or MMS_EIO. */
+int mms_index_series(struct mms_index *ix, int (*fn)(void *ud, const struct mms_series_row *s),
+                     void *ud, char *why, size_t why_len);
+
+/* Call fn for every instance of a series (ordered by instance number, then SOP Instance
+ * UID; instances without a number first). Returns 0, or MMS_EIO. */
+int mms_index_instances(struct mms_index *ix, const char *series_uid,
+                        int (*fn)(void *ud, const struct mms_instance_row *r), void *ud, char *why,
+                        size_t why_len);
+
+/* The instance row for a SOP Instance UID: 0 and *out, MMS_ENOENT, or MMS_EIO. */
+int mms_index_instance(struct mms_index *ix, const char *sop_instance, struct mms_instance_row *out,
+                       char *why, size_t why_len);
+
+/* Counts of instances and of series per state (counts[state]). Returns 0 or MMS_EIO. */
+int mms_index_counts(struct mms_index *ix, int64_t *instances,
+                     int64_t counts[MMS_SERIES_SKIPPED + 1], char *why, size_t why_len);
+
+#endif

@@ -1,0 +1,416 @@
+/* daemon/spool: tmp/ -> instances/ with fsync, rename, directory fsync and index commit
+ * (design.md section 3). Threads: reentrant; the index serializes its own calls. */
+#include "daemon/spool.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "common/sha256.h"
+#include "dicom/dicom.h"
+
+struct mms_spool {
+    char *state_dir;
+    char tmp_dir[4096], inst_dir[4096], quarantine_dir[4096];
+    struct mms_index *ix;
+    mms_spool_notify_fn notify;
+    void *ud;
+};
+
+/* mkdir that accepts an existing directory. */
+static int
+make_dir(const char *path)
+{
+    if (mkdir(path, 0750) == 0 || errno == EEXIST)
+        return 0;
+    return mms_err_errno();
+}
+
+static int
+fsync_path(const char *path, int flags)
+{
+    int fd = open(path, flags | O_CLOEXEC);
+    if (fd < 0)
+        return mms_err_errno();
+    int rc = fsync(fd) == 0 ? 0 : mms_err_errno();
+    close(fd);
+    return rc;
+}
+
+static int
+fsync_dir(const char *path)
+{
+    return fsync_path(path, O_RDONLY | O_DIRECTORY);
+}
+
+/* "PREFIX-" and 16 random hex digits. */
+static int
+random_name(const char *prefix, char *out, size_t len)
+{
+    uint8_t r[8];
+    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+        return mms_err_errno();
+    snprintf(out, len, "%s-%02x%02x%02x%02x%02x%02x%02x%02x", prefix, r[0], r[1], r[2], r[3], r[4],
+             r[5], r[6], r[7]);
+    return 0;
+}
+
+int
+mms_spool_open(const char *state_dir, struct mms_index *ix, mms_spool_notify_fn notify, void *ud,
+               struct mms_spool **out, char *why, size_t why_len)
+{
+    struct mms_spool *sp = calloc(1, sizeof *sp);
+    if (sp == NULL || (sp->state_dir = strdup(state_dir)) == NULL) {
+        free(sp);
+        return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+    }
+    sp->ix = ix;
+    sp->notify = notify;
+    sp->ud = ud;
+    snprintf(sp->tmp_dir, sizeof sp->tmp_dir, "%s/tmp", state_dir);
+    snprintf(sp->inst_dir, sizeof sp->inst_dir, "%s/instances", state_dir);
+    snprintf(sp->quarantine_dir, sizeof sp->quarantine_dir, "%s/quarantine", state_dir);
+    const char *dirs[3] = {sp->tmp_dir, sp->inst_dir, sp->quarantine_dir};
+    for (int i = 0; i < 3; i++) {
+        int rc = make_dir(dirs[i]);
+        if (rc < 0) {
+            mms_spool_close(sp);
+            return mms_why(why, why_len, rc, "%s: %s", dirs[i], mms_strerror(rc));
+        }
+    }
+    /* whatever a crash left in tmp/ was never acknowledged */
+    DIR *d = opendir(sp->tmp_dir);
+    int removed = 0;
+    for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;)
+        if (e->d_name[0] != '.' && unlinkat(dirfd(d), e->d_name, 0) == 0)
+            removed++;
+    if (d != NULL)
+        closedir(d);
+    if (removed > 0)
+        mms_log(MMS_LOG_NOTICE, "%s: removed %d unfinished file%s", sp->tmp_dir, removed,
+                removed == 1 ? "" : "s");
+    *out = sp;
+    return 0;
+}
+
+void
+mms_spool_close(struct mms_spool *sp)
+{
+    if (sp == NULL)
+        return;
+    free(sp->state_dir);
+    free(sp);
+}
+
+const char *
+mms_spool_tmp_dir(const struct mms_spool *sp)
+{
+    return sp->tmp_dir;
+}
+
+int64_t
+mms_spool_free_bytes(const struct mms_spool *sp)
+{
+    struct statvfs v;
+    if (statvfs(sp->state_dir, &v) != 0)
+        return mms_err_errno();
+    return (int64_t)v.f_bavail * (int64_t)v.f_frsize;
+}
+
+/* SHA-256 (hex) of the data set: the file after its meta information (all of it without
+ * one). The pre-scan also guards the readers that come next against deep nesting. */
+static int
+digest_file(const char *path, char hex[65], char *why, size_t why_len)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+        int rc = mms_err_errno();
+        if (fd >= 0)
+            close(fd);
+        return mms_why(why, why_len, rc, "%s", mms_strerror(rc));
+    }
+    if (sb.st_size == 0) {
+        close(fd);
+        return mms_why(why, why_len, MMS_EDICOM, "empty file");
+    }
+    size_t len = (size_t)sb.st_size;
+    uint8_t *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED) {
+        int rc = mms_err_errno();
+        return mms_why(why, why_len, rc, "%s", mms_strerror(rc));
+    }
+    struct mms_prescan pre;
+    char reason[256];
+    int rc = mms_dicom_prescan(map, len, MMS_DICOM_MAX_NESTING, &pre, reason, sizeof reason);
+    if (rc < 0) {
+        munmap(map, len);
+        return mms_why(why, why_len, rc, "%s", reason);
+    }
+    struct mms_sha256 c;
+    uint8_t d[32];
+    mms_sha256_init(&c);
+    mms_sha256_update(&c, map + pre.dataset_at, len - pre.dataset_at);
+    mms_sha256_final(&c, d);
+    mms_sha256_hex(d, hex);
+    munmap(map, len);
+    return 0;
+}
+
+/* "2.25." and the decimal value of the first 16 bytes of SHA-256(text): a UID that the same
+ * text always gives. */
+static void
+derived_uid(const char *text, char out[65])
+{
+    struct mms_sha256 c;
+    uint8_t d[32];
+    mms_sha256_init(&c);
+    mms_sha256_update(&c, text, strlen(text));
+    mms_sha256_final(&c, d);
+    d[0] &= 0x7f; /* fits 39 digits with room to spare */
+    unsigned __int128 v = 0;
+    for (int i = 0; i < 16; i++)
+        v = v << 8 | d[i];
+    char digits[48];
+    int n = 0;
+    do {
+        digits[n++] = (char)('0' + (int)(v % 10));
+        v /= 10;
+    } while (v != 0);
+    int k = snprintf(out, 65, "2.25.");
+    while (n > 0 && k < 64)
+        out[k++] = digits[--n];
+    out[k] = '\0';
+}
+
+/* Study and Series UIDs for a file that has none: from what the files of one series share. */
+static void
+derive_uids(struct mms_header *h)
+{
+    char text[512];
+    snprintf(text, sizeof text, "mmsegd series|%s|%s|%lldx%lld|%.4f %.4f %.4f %.4f %.4f %.4f",
+             h->slice.frame_of_ref, h->modality, (long long)h->slice.rows, (long long)h->slice.cols,
+             h->slice.iop[0], h->slice.iop[1], h->slice.iop[2], h->slice.iop[3], h->slice.iop[4],
+             h->slice.iop[5]);
+    if (h->series_uid[0] == '\0')
+        derived_uid(text, h->series_uid);
+    snprintf(text, sizeof text, "mmsegd study|%s", h->slice.frame_of_ref);
+    if (h->study_uid[0] == '\0')
+        derived_uid(text, h->study_uid);
+}
+
+static void
+fill_row(const struct mms_header *h, const char *digest, const char *rel, int64_t size,
+         const char *source, struct mms_instance_row *r)
+{
+    memset(r, 0, sizeof *r);
+    snprintf(r->sop_instance, sizeof r->sop_instance, "%s", h->sop_instance);
+    snprintf(r->sop_class, sizeof r->sop_class, "%s", h->sop_class);
+    snprintf(r->study_uid, sizeof r->study_uid, "%s", h->study_uid);
+    snprintf(r->series_uid, sizeof r->series_uid, "%s", h->series_uid);
+    snprintf(r->modality, sizeof r->modality, "%s", h->modality);
+    snprintf(r->image_type, sizeof r->image_type, "%s", h->image_type);
+    snprintf(r->series_description, sizeof r->series_description, "%s", h->series_description);
+    snprintf(r->body_part, sizeof r->body_part, "%s", h->body_part);
+    snprintf(r->frame_of_ref, sizeof r->frame_of_ref, "%s", h->slice.frame_of_ref);
+    snprintf(r->transfer_syntax, sizeof r->transfer_syntax, "%s", h->transfer_syntax);
+    memcpy(r->ipp, h->slice.ipp, sizeof r->ipp);
+    memcpy(r->iop, h->slice.iop, sizeof r->iop);
+    r->has_geometry = h->has_geometry;
+    r->rows = h->slice.rows;
+    r->cols = h->slice.cols;
+    r->frames = h->frames;
+    r->acquisition = h->slice.acquisition;
+    r->instance_number = h->instance_number;
+    r->images_in_acquisition = h->images_in_acquisition;
+    r->slice_thickness = h->slice_thickness;
+    snprintf(r->digest, sizeof r->digest, "%s", digest);
+    snprintf(r->path, sizeof r->path, "%s", rel);
+    r->size = size;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    r->received = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    snprintf(r->source, sizeof r->source, "%s", source);
+}
+
+/* Everything but the removal of tmp_path on failure. */
+static int
+ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool derive,
+       struct mms_ingest *res, char *why, size_t why_len)
+{
+    char reason[512];
+    int rc = fsync_path(tmp_path, O_RDONLY);
+    if (rc < 0)
+        return mms_why(why, why_len, rc, "fsync: %s", mms_strerror(rc));
+    char digest[65];
+    if ((rc = digest_file(tmp_path, digest, why, why_len)) < 0)
+        return rc;
+    struct mms_header h;
+    if ((rc = mms_header_read(tmp_path, &h, reason, sizeof reason)) < 0)
+        return mms_why(why, why_len, rc == MMS_EDICOM ? MMS_EDICOM : rc, "%s", reason);
+    if (mms_sop_class_is_dicomdir(h.media_class) || mms_sop_class_is_dicomdir(h.sop_class))
+        return mms_why(why, why_len, MMS_EDICOM, "a DICOMDIR, not an instance");
+    if (h.sop_class[0] == '\0' || h.sop_instance[0] == '\0')
+        return mms_why(why, why_len, MMS_EDICOM, "no SOP %s UID",
+                       h.sop_class[0] == '\0' ? "Class" : "Instance");
+    res->derived_uids = false;
+    if (h.series_uid[0] == '\0' || h.study_uid[0] == '\0') {
+        if (!derive)
+            return mms_why(why, why_len, MMS_EDICOM, "no %s Instance UID",
+                           h.series_uid[0] == '\0' ? "Series" : "Study");
+        if (h.slice.frame_of_ref[0] == '\0')
+            return mms_why(why, why_len, MMS_EDICOM,
+                           "no Series Instance UID and no Frame of Reference UID to derive one");
+        derive_uids(&h);
+        res->derived_uids = true;
+    }
+
+    /* instances/xx/yy/DIGEST.dcm */
+    char rel[512], dir1[4200], dir2[4210], dest[4400];
+    snprintf(rel, sizeof rel, "instances/%.2s/%.2s/%s.dcm", digest, digest + 2, digest);
+    snprintf(dir1, sizeof dir1, "%s/%.2s", sp->inst_dir, digest);
+    snprintf(dir2, sizeof dir2, "%s/%.2s", dir1, digest + 2);
+    snprintf(dest, sizeof dest, "%s/%s", sp->state_dir, rel);
+    struct stat sb;
+    bool made1 = stat(dir1, &sb) != 0, made2 = made1 || stat(dir2, &sb) != 0;
+    if ((made1 && (rc = make_dir(dir1)) < 0) || (made2 && (rc = make_dir(dir2)) < 0))
+        return mms_why(why, why_len, rc, "mkdir: %s", mms_strerror(rc));
+    /* a new directory is durable once its parent is synced */
+    if ((made1 && (rc = fsync_dir(sp->inst_dir)) < 0) || (made2 && (rc = fsync_dir(dir1)) < 0))
+        return mms_why(why, why_len, rc, "fsync: %s", mms_strerror(rc));
+    bool existed = stat(dest, &sb) == 0;
+    if (stat(tmp_path, &sb) != 0 || rename(tmp_path, dest) != 0) {
+        rc = mms_err_errno();
+        return mms_why(why, why_len, rc, "rename: %s", mms_strerror(rc));
+    }
+    int64_t size = (int64_t)sb.st_size;
+    if ((rc = fsync_dir(dir2)) < 0) {
+        if (!existed)
+            unlink(dest);
+        return mms_why(why, why_len, rc, "fsync: %s", mms_strerror(rc));
+    }
+
+    struct mms_instance_row row;
+    fill_row(&h, digest, rel, size, source, &row);
+    char old[512] = "";
+    if ((rc = mms_index_put(sp->ix, &row, &res->put, old, sizeof old, reason, sizeof reason)) < 0) {
+        if (!existed) /* not indexed, so never acknowledged: gone */
+            unlink(dest);
+        return mms_why(why, why_len, rc, "index: %s", reason);
+    }
+    if (res->put == MMS_PUT_REPLACED && old[0] != '\0' && strcmp(old, rel) != 0) {
+        char old_abs[4400];
+        snprintf(old_abs, sizeof old_abs, "%s/%s", sp->state_dir, old);
+        if (unlink(old_abs) != 0 && errno != ENOENT)
+            mms_log(MMS_LOG_WARNING, "%s: cannot remove the replaced file: %s", old_abs,
+                    mms_strerror(mms_err_errno()));
+    }
+    snprintf(res->sop_instance, sizeof res->sop_instance, "%s", h.sop_instance);
+    snprintf(res->series_uid, sizeof res->series_uid, "%s", h.series_uid);
+    if (res->derived_uids)
+        mms_log(MMS_LOG_WARNING,
+                "%s: no Study or Series Instance UID; derived series %s from the content", source,
+                h.series_uid);
+    if (res->put != MMS_PUT_DUPLICATE && sp->notify != NULL)
+        sp->notify(sp->ud, res->series_uid);
+    return 0;
+}
+
+int
+mms_spool_ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool derive_uids,
+                 struct mms_ingest *res, char *why, size_t why_len)
+{
+    int rc = ingest(sp, tmp_path, source, derive_uids, res, why, why_len);
+    if (rc < 0)
+        unlink(tmp_path);
+    return rc;
+}
+
+int
+mms_spool_quarantine(struct mms_spool *sp, const char *path, const char *origin, const char *reason)
+{
+    char name[64], dest[4400], note[4400];
+    int rc = random_name("q", name, sizeof name);
+    if (rc < 0)
+        return rc;
+    snprintf(dest, sizeof dest, "%s/%s", sp->quarantine_dir, name);
+    snprintf(note, sizeof note, "%s/%s.why", sp->quarantine_dir, name);
+    FILE *f = fopen(note, "we");
+    if (f == NULL)
+        return mms_err_errno();
+    fprintf(f, "origin: %s\nreason: %s\n", origin, reason);
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
+        rc = mms_err_errno();
+        fclose(f);
+        unlink(note);
+        return rc;
+    }
+    fclose(f);
+    if (rename(path, dest) != 0) {
+        rc = mms_err_errno();
+        unlink(note);
+        return rc;
+    }
+    return fsync_dir(sp->quarantine_dir);
+}
+
+int
+mms_spool_copy_in(struct mms_spool *sp, const char *src, char *tmp_path, size_t len)
+{
+    char name[64];
+    int rc = random_name("drop", name, sizeof name);
+    if (rc < 0)
+        return rc;
+    snprintf(tmp_path, len, "%s/%s.dcm", sp->tmp_dir, name);
+    int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        return mms_err_errno();
+    int out = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    if (out < 0) {
+        rc = mms_err_errno();
+        close(in);
+        return rc;
+    }
+    char buf[1 << 16];
+    for (;;) {
+        ssize_t n = read(in, buf, sizeof buf);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            rc = n < 0 ? mms_err_errno() : 0;
+            break;
+        }
+        for (ssize_t done = 0; done < n;) {
+            ssize_t w = write(out, buf + done, (size_t)(n - done));
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0) {
+                rc = mms_err_errno();
+                break;
+            }
+            done += w;
+        }
+        if (rc < 0)
+            break;
+    }
+    if (rc == 0 && fsync(out) != 0)
+        rc = mms_err_errno();
+    if (close(out) != 0 && rc == 0)
+        rc = mms_err_errno();
+    close(in);
+    if (rc < 0)
+        unlink(tmp_path);
+    return rc;
+}

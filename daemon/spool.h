@@ -1,0 +1,63 @@
+/* daemon/spool: the durable path every received instance takes (design.md section 3).
+ *
+ * A file complete in state_dir/tmp/ is fsynced, read (header, SHA-256 of its data set),
+ * renamed to state_dir/instances/xx/yy/DIGEST.dcm, its directory fsynced, and its index row
+ * committed; only then is it "stored", and only then may a C-STORE be answered with success
+ * or a drop file be removed. Names come from the digest, never from received text.
+ * Threads: every function may be called from several threads at once (the Store SCP's
+ * association threads, the drop folder thread). */
+#ifndef MMS_DAEMON_SPOOL_H
+#define MMS_DAEMON_SPOOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "daemon/index.h"
+
+struct mms_spool;
+
+/* Called after an instance was stored (new or replaced; not for duplicates), on the thread
+ * that stored it. */
+typedef void (*mms_spool_notify_fn)(void *ud, const char *series_uid);
+
+/* What mms_spool_ingest() did. */
+struct mms_ingest {
+    enum mms_put_result put;
+    char sop_instance[65], series_uid[65];
+    bool derived_uids; /* Study/Series UIDs were empty and were derived from the content */
+};
+
+/* Create tmp/, instances/ and quarantine/ under state_dir, remove what a crash left in tmp/,
+ * and keep ix (not owned) for the rows. notify may be NULL.
+ * Ownership: *out is new; free with mms_spool_close(). Returns 0, -errno, MMS_ENOMEM. */
+int mms_spool_open(const char *state_dir, struct mms_index *ix, mms_spool_notify_fn notify,
+                   void *ud, struct mms_spool **out, char *why, size_t why_len);
+void mms_spool_close(struct mms_spool *sp);
+
+/* state_dir/tmp, where files are written before they are ingested. */
+const char *mms_spool_tmp_dir(const struct mms_spool *sp);
+
+/* Bytes free for unprivileged users on the file system of state_dir, or -errno. */
+int64_t mms_spool_free_bytes(const struct mms_spool *sp);
+
+/* Ingest the complete file at tmp_path (in tmp/): on success it is in instances/ and
+ * indexed; on any failure it is removed. source: "AE@IP" or "drop:PATH" (stored, never used
+ * as a path). derive_uids: when the Study or Series Instance UID is empty, derive stable ones
+ * from the content (frame of reference, size, orientation) and log a WARNING; otherwise such
+ * a file is refused. Returns 0 and *res; MMS_EDICOM (the content cannot be stored: not DICOM,
+ * a DICOMDIR, no SOP Class or Instance UID, no Series UID; why says which); or a resource
+ * error (-errno, MMS_EIO from the index, MMS_ENOMEM), after which the sender should retry. */
+int mms_spool_ingest(struct mms_spool *sp, const char *tmp_path, const char *source,
+                     bool derive_uids, struct mms_ingest *res, char *why, size_t why_len);
+
+/* Move path into quarantine/ under a new name, with NAME.why holding reason and origin.
+ * Returns 0 or -errno. */
+int mms_spool_quarantine(struct mms_spool *sp, const char *path, const char *origin,
+                         const char *reason);
+
+/* Copy the file src to a new file in tmp/ and fsync it; tmp_path (len bytes) receives its
+ * path. Returns 0, or -errno (nothing is left in tmp/). */
+int mms_spool_copy_in(struct mms_spool *sp, const char *src, char *tmp_path, size_t len);
+
+#endif

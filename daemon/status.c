@@ -1,0 +1,331 @@
+/* daemon: `mmsegd status`, the series of the state database as a table or JSON.
+ * Threads: the main thread of the command. */
+#include "daemon/status.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+
+#include "common/err.h"
+#include "daemon/index.h"
+
+#define N_STATES (MMS_SERIES_SKIPPED + 1)
+
+/* Column widths of the table, in characters. */
+#define W_STATE 9
+#define W_AGE 7
+#define W_INSTANCES 6
+#define W_MODALITY 4
+#define W_DESCRIPTION 24
+#define W_REASON 36
+
+struct walk {
+    bool json;
+    double now;
+    FILE *out;     /* text: the table so far */
+    cJSON *series; /* json: the array */
+    bool no_memory;
+    int64_t n_series, instances, counts[N_STATES];
+};
+
+/* ---------------------------------------------------------------------------- text */
+
+/* Decode one UTF-8 character at s (at least one byte, not NUL): its code point, or -1 for
+ * a byte that does not start a valid, shortest-form sequence; *len receives the bytes. */
+static int32_t
+utf8_next(const unsigned char *s, int *len)
+{
+    int n = s[0] < 0x80             ? 1
+            : (s[0] & 0xe0) == 0xc0 ? 2
+            : (s[0] & 0xf0) == 0xe0 ? 3
+            : (s[0] & 0xf8) == 0xf0 ? 4
+                                    : 0;
+    *len = 1;
+    if (n == 0)
+        return -1;
+    int32_t cp = n == 1 ? s[0] : s[0] & (0x7f >> n);
+    for (int i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80) /* also stops at the NUL */
+            return -1;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    static const int32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        return -1;
+    *len = n;
+    return cp;
+}
+
+/* Whether a terminal could take code point cp as a control: C0, DEL, C1. */
+static bool
+is_control(int32_t cp)
+{
+    return cp < 0x20 || (cp >= 0x7f && cp < 0xa0);
+}
+
+/* Print text in a column of width characters: control characters and invalid bytes as '?',
+ * cut with "..." when longer, padded with spaces unless last. */
+static void
+cell(FILE *f, const char *text, int width, bool last)
+{
+    const unsigned char *s = (const unsigned char *)text;
+    int chars = 0, len;
+    for (const unsigned char *p = s; *p != '\0'; p += len, chars++)
+        utf8_next(p, &len);
+    bool cut = width > 0 && chars > width;
+    int shown = 0;
+    for (const unsigned char *p = s; *p != '\0' && (!cut || shown < width - 3); p += len) {
+        int32_t cp = utf8_next(p, &len);
+        if (cp < 0 || is_control(cp))
+            fputc('?', f);
+        else
+            fwrite(p, 1, (size_t)len, f);
+        shown++;
+    }
+    if (cut) {
+        fputs("...", f);
+        shown += 3;
+    }
+    if (!last)
+        fprintf(f, "%*s", width - shown + 2, "");
+}
+
+/* "12 s", "3 min", "5 h", "2 d". */
+static void
+format_age(double age_s, char *buf, size_t len)
+{
+    if (!(age_s > 0.0))
+        age_s = 0.0;
+    if (age_s < 60.0)
+        snprintf(buf, len, "%d s", (int)age_s);
+    else if (age_s < 3600.0)
+        snprintf(buf, len, "%d min", (int)(age_s / 60.0));
+    else if (age_s < 2 * 86400.0)
+        snprintf(buf, len, "%d h", (int)(age_s / 3600.0));
+    else if (age_s < 1e9)
+        snprintf(buf, len, "%d d", (int)(age_s / 86400.0));
+    else
+        snprintf(buf, len, "-");
+}
+
+static void
+print_header(FILE *f)
+{
+    fprintf(f, "%-*s  %-*s  %*s  %-*s  %-*s  %-*s  %s\n", W_STATE, "STATE", W_AGE, "LAST",
+            W_INSTANCES, "INST", W_MODALITY, "MOD", W_DESCRIPTION, "DESCRIPTION", W_REASON,
+            "REASON", "SERIES UID");
+}
+
+static void
+print_row(FILE *f, const struct mms_series_row *s, double now)
+{
+    const char *state = mms_series_state_name(s->state);
+    char age[32];
+    format_age(now - s->last_received, age, sizeof age);
+    fprintf(f, "%-*s  %-*s  %*lld  ", W_STATE, state != NULL ? state : "?", W_AGE, age, W_INSTANCES,
+            (long long)s->instances);
+    cell(f, s->modality[0] != '\0' ? s->modality : "-", W_MODALITY, false);
+    cell(f, s->series_description[0] != '\0' ? s->series_description : "-", W_DESCRIPTION, false);
+    cell(f, s->reason[0] != '\0' ? s->reason : "-", W_REASON, false);
+    cell(f, s->series_uid, 0, true);
+    fputc('\n', f);
+}
+
+/* ---------------------------------------------------------------------------- json */
+
+/* A copy of text that is valid UTF-8 (invalid bytes become U+FFFD); cJSON escapes the
+ * controls. NULL when out of memory. */
+static char *
+utf8_clean(const char *text)
+{
+    size_t n = strlen(text);
+    char *out = malloc(3 * n + 1), *o = out;
+    if (out == NULL)
+        return NULL;
+    int len;
+    for (const unsigned char *p = (const unsigned char *)text; *p != '\0'; p += len) {
+        if (utf8_next(p, &len) < 0) {
+            memcpy(o, "\xef\xbf\xbd", 3);
+            o += 3;
+        } else {
+            memcpy(o, p, (size_t)len);
+            o += len;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+static bool
+add_text(cJSON *obj, const char *name, const char *text)
+{
+    char *clean = utf8_clean(text);
+    bool ok = clean != NULL && cJSON_AddStringToObject(obj, name, clean) != NULL;
+    free(clean);
+    return ok;
+}
+
+static bool
+add_series(cJSON *array, const struct mms_series_row *s)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL || !cJSON_AddItemToArray(array, o)) {
+        cJSON_Delete(o);
+        return false;
+    }
+    const char *state = mms_series_state_name(s->state);
+    return add_text(o, "series_uid", s->series_uid) && add_text(o, "study_uid", s->study_uid) &&
+           add_text(o, "state", state != NULL ? state : "unknown") &&
+           add_text(o, "reason", s->reason) &&
+           cJSON_AddNumberToObject(o, "instances", (double)s->instances) != NULL &&
+           cJSON_AddNumberToObject(o, "first_received", s->first_received) != NULL &&
+           cJSON_AddNumberToObject(o, "last_received", s->last_received) != NULL &&
+           cJSON_AddNumberToObject(o, "state_since", s->state_since) != NULL &&
+           cJSON_AddNumberToObject(o, "run", (double)s->run) != NULL &&
+           add_text(o, "modality", s->modality) &&
+           add_text(o, "series_description", s->series_description);
+}
+
+/* ---------------------------------------------------------------------------- walk */
+
+static int
+on_series(void *ud, const struct mms_series_row *s)
+{
+    struct walk *w = ud;
+    w->n_series++;
+    w->instances += s->instances;
+    if (s->state >= 0 && s->state < N_STATES)
+        w->counts[s->state]++;
+    if (w->json) {
+        if (!add_series(w->series, s)) {
+            w->no_memory = true;
+            return 1;
+        }
+        return 0;
+    }
+    if (w->n_series == 1)
+        print_header(w->out);
+    print_row(w->out, s, w->now);
+    return 0;
+}
+
+static void
+print_counts(FILE *f, const struct walk *w)
+{
+    if (w->n_series == 0)
+        fprintf(f, "no series\n");
+    else
+        fputc('\n', f);
+    fprintf(f, "%lld series:", (long long)w->n_series);
+    for (int i = 0; i < N_STATES; i++)
+        fprintf(f, "%s %s %lld", i ? "," : "", mms_series_state_name(i), (long long)w->counts[i]);
+    fprintf(f, "; %lld instance%s\n", (long long)w->instances, w->instances == 1 ? "" : "s");
+}
+
+/* The root object in the order it prints: {"instances": 0, "counts": {...: 0}, "series": []};
+ * the figures are set after the walk. NULL when out of memory. */
+static cJSON *
+json_root(struct walk *w)
+{
+    cJSON *root = cJSON_CreateObject(), *counts;
+    if (root == NULL || cJSON_AddNumberToObject(root, "instances", 0) == NULL ||
+        (counts = cJSON_AddObjectToObject(root, "counts")) == NULL)
+        goto fail;
+    for (int i = 0; i < N_STATES; i++)
+        if (cJSON_AddNumberToObject(counts, mms_series_state_name(i), 0) == NULL)
+            goto fail;
+    if ((w->series = cJSON_AddArrayToObject(root, "series")) == NULL)
+        goto fail;
+    return root;
+fail:
+    cJSON_Delete(root);
+    return NULL;
+}
+
+static void
+json_figures(const struct walk *w, cJSON *root)
+{
+    cJSON *counts = cJSON_GetObjectItemCaseSensitive(root, "counts");
+    cJSON_SetNumberValue(cJSON_GetObjectItemCaseSensitive(root, "instances"), (double)w->instances);
+    for (int i = 0; i < N_STATES; i++)
+        cJSON_SetNumberValue(cJSON_GetObjectItemCaseSensitive(counts, mms_series_state_name(i)),
+                             (double)w->counts[i]);
+}
+
+int
+mms_status_print(const char *state_dir, bool json, FILE *out, char *why, size_t why_len)
+{
+    struct walk w = {.json = json};
+    struct mms_index *ix = NULL;
+    cJSON *root = NULL;
+    char *text = NULL, path[4200], reason[1024];
+    size_t text_len = 0;
+    int rc;
+
+    if (state_dir == NULL || out == NULL)
+        return mms_why(why, why_len, MMS_EINVAL, "no state directory or output");
+    if ((size_t)snprintf(path, sizeof path, "%s/state.db", state_dir) >= sizeof path)
+        return mms_why(why, why_len, MMS_ENAMETOOLONG, "%s: path too long", state_dir);
+    rc = mms_index_open(path, true, &ix, reason, sizeof reason);
+    if (rc == MMS_ENOENT)
+        return mms_why(why, why_len, rc, "no state database at %s (the daemon has not run yet)",
+                       path);
+    if (rc < 0)
+        return mms_why(why, why_len, rc, "%s: %s", path, reason);
+
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    w.now = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    if (json) {
+        if ((root = json_root(&w)) == NULL) {
+            rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+            goto out;
+        }
+    } else if ((w.out = open_memstream(&text, &text_len)) == NULL) {
+        rc = mms_err_errno();
+        rc = mms_why(why, why_len, rc, "open_memstream: %s", mms_strerror(rc));
+        goto out;
+    }
+
+    if ((rc = mms_index_series(ix, on_series, &w, reason, sizeof reason)) < 0) {
+        rc = mms_why(why, why_len, rc, "%s: %s", path, reason);
+        goto out;
+    }
+    if (w.no_memory) {
+        rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+        goto out;
+    }
+    if (json) {
+        json_figures(&w, root);
+        if ((text = cJSON_Print(root)) == NULL) {
+            rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+            goto out;
+        }
+        text_len = strlen(text);
+    } else {
+        print_counts(w.out, &w);
+        bool bad = ferror(w.out) != 0;
+        fclose(w.out); /* text and text_len are final now */
+        w.out = NULL;
+        if (bad || text == NULL) {
+            rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+            goto out;
+        }
+    }
+    if (fwrite(text, 1, text_len, out) != text_len || (json && fputc('\n', out) == EOF)) {
+        rc = mms_why(why, why_len, MMS_EIO, "cannot write the status");
+        goto out;
+    }
+    rc = 0;
+
+out:
+    if (w.out != NULL)
+        fclose(w.out);
+    free(text);
+    cJSON_Delete(root);
+    mms_index_close(ix);
+    return rc;
+}

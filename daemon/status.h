@@ -1,0 +1,24 @@
+/* daemon: `mmsegd status`, the series in the state database and their states.
+ * Threads: the main thread of the command. */
+#ifndef MMS_DAEMON_STATUS_H
+#define MMS_DAEMON_STATUS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+/* Open state_dir/state.db read-only (it may be in use by a running daemon) and print on out
+ * every series (ordered by first received: state, age of its last instance, instances,
+ * modality, description, reason, Series Instance UID), then the number of series in each
+ * state and of instances; with json, one JSON object instead:
+ * {"instances": N, "counts": {"receiving": n, ...}, "series": [{"series_uid", "study_uid",
+ * "state", "reason", "instances", "first_received", "last_received", "state_since", "run",
+ * "modality", "series_description"}, ...]} (times in seconds since the epoch).
+ * Received text is printed with control characters and invalid UTF-8 replaced.
+ * Returns 0; MMS_ENOENT when there is no database (why: "no state database at PATH (the
+ * daemon has not run yet)"); MMS_EIO (database unreadable, or out could not be written),
+ * MMS_ENOMEM or another -errno, with why. Nothing is printed on out on failure, except
+ * what was written before a write error. */
+int mms_status_print(const char *state_dir, bool json, FILE *out, char *why, size_t why_len);
+
+#endif

@@ -1,0 +1,75 @@
+/* dicom/scp: the Store SCP (design.md sections 1, 3, 9), DCMTK inside, C outside.
+ *
+ * One listening thread and up to max_associations association threads, all owned by the
+ * struct mms_scp (never the libuv loop). Each C-STORE is received bit-preserving (the data
+ * set as it arrived, no transcoding; a new file meta header) into a file in tmp_dir, the file
+ * is fsynced, and on_store decides the status that is answered. The SCP never builds a path
+ * from received text: the file name in tmp_dir is random.
+ * Threads: mms_scp_start/stop from one thread; on_store runs on association threads, several
+ * at once. */
+#ifndef MMS_DICOM_SCP_H
+#define MMS_DICOM_SCP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* One received instance. */
+struct mms_scp_store {
+    const char *path;         /* the fsynced file in tmp_dir; on_store owns it (rename or unlink) */
+    const char *calling_ae;   /* the peer's AE title */
+    const char *peer;         /* the peer's IP address, text */
+    const char *sop_class;    /* Affected SOP Class UID of the request */
+    const char *sop_instance; /* Affected SOP Instance UID of the request */
+};
+
+/* Decide the answer to one C-STORE: 0x0000 success, 0xA700 out of resources (the sender
+ * retries), 0xA900 / 0xC000 refused (the reason is logged by the callee). Threads: any. */
+typedef uint16_t (*mms_scp_store_fn)(void *ctx, const struct mms_scp_store *st);
+
+struct mms_scp_opts {
+    const char *ae_title;            /* our AE title; the called AE title must equal it */
+    const char *bind;                /* listen address ("0.0.0.0", "127.0.0.1", "::") */
+    unsigned port;                   /* 0: any free port (see mms_scp_port) */
+    const char *allowed_calling_aes; /* comma list; "" or NULL: any */
+    const char *allowed_hosts;       /* comma list of IPv4/IPv6 CIDR blocks; "" or NULL: any */
+    unsigned max_associations;       /* concurrent associations; more are rejected (transient) */
+    unsigned max_pdu;                /* bytes, 4096..131072 */
+    unsigned timeout_s;              /* ACSE, DIMSE and network timeout */
+    const char *tmp_dir;             /* where instances are received */
+    const char *space_dir;           /* the file system whose free space is checked */
+    uint64_t min_free_bytes;         /* below it every C-STORE is answered 0xA700 unread */
+    bool accept_all;                 /* accept_sop_classes = all: every storage SOP class */
+    mms_scp_store_fn on_store;
+    void *ctx;
+};
+
+struct mms_scp;
+
+/* Check the options, bind and listen (so that "address in use" is reported here), and start
+ * the listening thread. why receives the reason on failure.
+ * Ownership: *out is new; stop and free it with mms_scp_stop().
+ * Returns 0, MMS_EINVAL (a bad option: CIDR, AE title, sizes), MMS_EDIMSE (cannot listen),
+ * MMS_ENOMEM. */
+int mms_scp_start(const struct mms_scp_opts *o, struct mms_scp **out, char *why, size_t why_len);
+
+/* The port actually listened on (useful with port 0). */
+unsigned mms_scp_port(const struct mms_scp *s);
+
+/* Stop listening, let the running associations end (each within timeout_s), join every
+ * thread, and free s. NULL is a no-op. */
+void mms_scp_stop(struct mms_scp *s);
+
+/* Parse a comma list of CIDR blocks ("10.0.0.0/8, ::1/128, 192.168.1.7") and test addr
+ * (text) against it. Returns 1 (inside), 0 (outside), MMS_EINVAL (the list or addr is not
+ * valid). An empty list contains every address. Threads: any. */
+int mms_cidr_match(const char *list, const char *addr);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
