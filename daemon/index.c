@@ -882,6 +882,29 @@ out:
     return rc;
 }
 
+/* Lock ix and bind text as parameter 1 of statement which; *st is ready to step. On
+ * failure ix is unlocked again. */
+static int
+lock_and_bind(struct mms_index *ix, enum stmt_id which, const char *text, sqlite3_stmt **st,
+              char *why, size_t why_len)
+{
+    int rc = lock(ix, why, why_len);
+    if (rc < 0)
+        return rc;
+    if ((*st = stmt(ix, which, why, why_len)) == NULL) {
+        unlock(ix);
+        return MMS_EIO;
+    }
+    struct binder b = {*st, SQLITE_OK};
+    bind_cstr(&b, 1, text);
+    if (b.rc != SQLITE_OK) {
+        rc = db_fail(ix, "bind a UID", why, why_len);
+        unlock(ix);
+        return rc;
+    }
+    return 0;
+}
+
 int
 mms_index_instances(struct mms_index *ix, const char *series_uid,
                     int (*fn)(void *ud, const struct mms_instance_row *r), void *ud, char *why,
@@ -889,20 +912,10 @@ mms_index_instances(struct mms_index *ix, const char *series_uid,
 {
     if (ix == NULL || series_uid == NULL || fn == NULL)
         return mms_why(why, why_len, MMS_EINVAL, "no index, series or callback");
-    int rc = lock(ix, why, why_len);
+    sqlite3_stmt *st;
+    int rc = lock_and_bind(ix, S_INSTANCES_OF, series_uid, &st, why, why_len);
     if (rc < 0)
         return rc;
-    sqlite3_stmt *st = stmt(ix, S_INSTANCES_OF, why, why_len);
-    if (st == NULL) {
-        rc = MMS_EIO;
-        goto out;
-    }
-    struct binder b = {st, SQLITE_OK};
-    bind_cstr(&b, 1, series_uid);
-    if (b.rc != SQLITE_OK) {
-        rc = db_fail(ix, "bind series", why, why_len);
-        goto out;
-    }
     while ((rc = step(ix, st, "list instances", why, why_len)) == SQLITE_ROW) {
         struct mms_instance_row r;
         read_instance(st, &r);
@@ -911,7 +924,6 @@ mms_index_instances(struct mms_index *ix, const char *series_uid,
     }
     rc = rc < 0 ? rc : 0;
     sqlite3_reset(st);
-out:
     unlock(ix);
     return rc;
 }
@@ -922,20 +934,10 @@ mms_index_instance(struct mms_index *ix, const char *sop_instance, struct mms_in
 {
     if (ix == NULL || sop_instance == NULL || out == NULL)
         return mms_why(why, why_len, MMS_EINVAL, "no index, UID or row");
-    int rc = lock(ix, why, why_len);
+    sqlite3_stmt *st;
+    int rc = lock_and_bind(ix, S_INSTANCE_ONE, sop_instance, &st, why, why_len);
     if (rc < 0)
         return rc;
-    sqlite3_stmt *st = stmt(ix, S_INSTANCE_ONE, why, why_len);
-    if (st == NULL) {
-        rc = MMS_EIO;
-        goto out;
-    }
-    struct binder b = {st, SQLITE_OK};
-    bind_cstr(&b, 1, sop_instance);
-    if (b.rc != SQLITE_OK) {
-        rc = db_fail(ix, "bind instance", why, why_len);
-        goto out;
-    }
     if ((rc = step(ix, st, "read instance", why, why_len)) == SQLITE_ROW) {
         read_instance(st, out);
         rc = 0;
@@ -943,7 +945,6 @@ mms_index_instance(struct mms_index *ix, const char *sop_instance, struct mms_in
         rc = mms_why(why, why_len, MMS_ENOENT, "instance %.64s is not in the index", sop_instance);
     }
     sqlite3_reset(st);
-out:
     unlock(ix);
     return rc;
 }

@@ -1,13 +1,32 @@
-// dicom: the Store SCP (scp.h) on DCMTK's SCP pool: one listening thread (ours), one worker
-// thread per association (DCMTK's, at most max_associations), each C-STORE received
-// bit-preserving into a file of its own. Threads: see scp.h.
+// dicom: the Store SCP (scp.h) on DCMTK's dcmnet. Our own socket and accept loop on one
+// listening thread, one thread per connection running a DcmThreadSCP, each C-STORE received
+// bit-preserving into a file of its own. Threads: see scp.h; every thread here belongs to the
+// struct mms_scp and is joined by mms_scp_stop().
+//
+// Why not DcmSCPPool: in DCMTK 3.6.7 it opens its own socket on the listening thread (an
+// "address in use" would come too late), always on every IPv4 address, and its workers delete
+// themselves without being joined. Instead we bind and listen ourselves (any address, IPv4 or
+// IPv6, port 0 read back with getsockname) and hand each accepted socket to
+// ASC_receiveAssociation through dcmExternalSocketHandle, DCMTK's documented way in for a
+// socket opened elsewhere (storescp uses it for inetd). That handle is one process-wide value,
+// so the hand-over is serialized by ext_lock.
+//
+// C-STORE answers: 0x0000 or what on_store returns; 0xA700 when free space is under
+// min_free_bytes (the data set is read and dropped, nothing is written) or when the file
+// cannot be written or synced; 0xA900 when the data set's SOP Instance UID (0008,0018) is
+// empty or differs from the request's Affected SOP Instance UID; 0xC000 when the data set
+// cannot be parsed; 0x0122 when the request's SOP class is not the presentation context's.
+// A request whose Affected SOP Instance UID is missing or empty never gets here: DCMTK's
+// command parser calls it a badly formed message, and the association is aborted.
 #include "dicom/scp.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
 
@@ -15,18 +34,24 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <list>
+#include <memory>
 #include <mutex>
 #include <new>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include <dcmtk/config/osconfig.h>
-#include <dcmtk/dcmdata/dcuid.h>
-#include <dcmtk/dcmnet/diutil.h>
-#include <dcmtk/dcmnet/scppool.h>
-#include <dcmtk/oflog/oflog.h>
+#include "dcmtk/config/osconfig.h"
+#include "dcmtk/dcmdata/dcdeftag.h"
+#include "dcmtk/dcmdata/dcfilefo.h"
+#include "dcmtk/dcmdata/dcuid.h"
+#include "dcmtk/dcmnet/assoc.h"
+#include "dcmtk/dcmnet/dimse.h"
+#include "dcmtk/dcmnet/dul.h"
+#include "dcmtk/dcmnet/scpthrd.h"
+#include "dcmtk/oflog/oflog.h"
+#include "dcmtk/oflog/spi/logevent.h"
 
 #include "common/err.h"
 #include "common/log.h"
@@ -34,24 +59,17 @@
 namespace
 {
 
-// The options with their strings owned.
-struct settings {
-    std::string ae, bind, calling, hosts, tmp_dir, space_dir;
-    uint64_t min_free;
-    mms_scp_store_fn on_store;
-    void *ctx;
-    bool loopback_only; // bind is a loopback address: DCMTK listens on all (see start)
-};
+const Uint16 st_success = STATUS_Success;
+const Uint16 st_no_class = STATUS_STORE_Refused_SOPClassNotSupported;      // 0x0122
+const Uint16 st_resources = STATUS_STORE_Refused_OutOfResources;           // 0xA700
+const Uint16 st_bad_data = STATUS_STORE_Error_DataSetDoesNotMatchSOPClass; // 0xA900
+const Uint16 st_unreadable = STATUS_STORE_Error_CannotUnderstand;          // 0xC000
 
-// The SCP whose settings the workers use. DCMTK's pool constructs its workers itself, with no
-// argument, so they find their settings here: one Store SCP per process.
-std::mutex active_lock;
-const settings *active;
+const char *ct_classes[] = {UID_CTImageStorage, UID_EnhancedCTImageStorage,
+                            UID_LegacyConvertedEnhancedCTImageStorage};
 
-const char *const ct_classes[] = {UID_CTImageStorage, UID_EnhancedCTImageStorage,
-                                  UID_LegacyConvertedEnhancedCTImageStorage};
-
-const char *const transfer_syntaxes[] = {
+// Accepted in this order of preference when a context proposes several.
+const char *transfer_syntaxes[] = {
     UID_LittleEndianExplicitTransferSyntax,
     UID_LittleEndianImplicitTransferSyntax,
     UID_BigEndianExplicitTransferSyntax,
@@ -67,334 +85,915 @@ const char *const transfer_syntaxes[] = {
     UID_JPEG2000TransferSyntax,
 };
 
-bool
-in_ae_list(const std::string &list, const std::string &ae)
+// How an association ends when the SCP stops (a code of our own in dcmnet's module).
+makeOFConditionConst(stopping, OFM_dcmnet, 0x7f00, OF_error, "the Store SCP stops");
+
+// dcmExternalSocketHandle is one value for the whole process.
+std::mutex ext_lock;
+
+// DCMTK's oflog prints INFO and up on stderr by default: a line per association and per
+// C-STORE, unformatted, beside our own. Our log lines already carry the OFCondition text
+// with the peer and the call (style.md 2.4, "log once"), so DCMTK's own messages from WARN
+// up are routed into mms_log at DEBUG, and nothing of DCMTK reaches stderr directly. This is
+// process-wide: every DCMTK user in the process logs this way from the first mms_scp_start.
+class log_sink : public dcmtk::log4cplus::Appender
 {
-    std::stringstream ss(list);
-    std::string item;
-    while (std::getline(ss, item, ',')) {
-        size_t b = item.find_first_not_of(' '), e = item.find_last_not_of(' ');
-        if (b != std::string::npos && item.substr(b, e - b + 1) == ae)
-            return true;
+  public:
+    ~log_sink() override
+    {
+        destructorImpl();
     }
-    return false;
-}
+    void
+    close() override
+    {
+    }
 
-bool
-is_loopback(const std::string &ip)
-{
-    return ip.rfind("127.", 0) == 0 || ip == "::1" || ip.rfind("::ffff:127.", 0) == 0;
-}
-
-class store_worker : public DcmThreadSCP
-{
   protected:
-    const settings &
-    s() const
+    void
+    append(const dcmtk::log4cplus::spi::InternalLoggingEvent &ev) override
     {
-        return *active;
-    }
-
-    OFBool
-    checkCalledAETitleAccepted(const OFString &called) override
-    {
-        if (called == s().ae.c_str())
-            return OFTrue;
-        mms_log(MMS_LOG_NOTICE, "association from %s refused: called AE title '%s' is not ours",
-                getPeerIP().c_str(), called.c_str());
-        return OFFalse;
-    }
-
-    OFBool
-    checkCallingAETitleAccepted(const OFString &calling) override
-    {
-        if (s().calling.empty() || in_ae_list(s().calling, calling.c_str()))
-            return OFTrue;
-        mms_log(MMS_LOG_NOTICE,
-                "association from %s refused: calling AE title '%s' is not in "
-                "allowed_calling_aes",
-                getPeerIP().c_str(), calling.c_str());
-        return OFFalse;
-    }
-
-    // DCMTK 3.6.7 passes the called presentation address here (empty); the peer's IP
-    // address is what is checked
-    OFBool
-    checkCallingHostAccepted(const OFString &) override
-    {
-        std::string ip = getPeerIP().c_str();
-        bool ok = s().hosts.empty() || mms_cidr_match(s().hosts.c_str(), ip.c_str()) == 1;
-        if (ok && s().loopback_only && !is_loopback(ip))
-            ok = false;
-        if (!ok)
-            mms_log(MMS_LOG_NOTICE, "association from %s refused: host not allowed", ip.c_str());
-        return ok ? OFTrue : OFFalse;
-    }
-
-    OFCondition
-    handleIncomingCommand(T_DIMSE_Message *msg, const DcmPresentationContextInfo &info) override
-    {
-        if (msg->CommandField != DIMSE_C_STORE_RQ)
-            return DcmThreadSCP::handleIncomingCommand(msg, info);
-        return store(msg->msg.CStoreRQ, info.presentationContextID);
-    }
-
-  private:
-    OFCondition
-    store(T_DIMSE_C_StoreRQ &req, T_ASC_PresentationContextID pres)
-    {
-        uint8_t r[8];
-        char path[4200];
-        if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
-            return respond(pres, req, 0xA700, "no random name");
-        std::snprintf(path, sizeof path, "%s/rx-%02x%02x%02x%02x%02x%02x%02x%02x.dcm",
-                      s().tmp_dir.c_str(), r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]);
-        OFCondition cond = receiveSTORERequest(req, pres, path);
-        if (cond.bad()) {
-            unlink(path);
-            mms_log(MMS_LOG_WARNING, "C-STORE from %s@%s: receiving failed: %s",
-                    getPeerAETitle().c_str(), getPeerIP().c_str(), cond.text());
-            return cond;
-        }
-        uint16_t status;
-        struct statvfs v;
-        if (statvfs(s().space_dir.c_str(), &v) != 0 ||
-            (uint64_t)v.f_bavail * (uint64_t)v.f_frsize < s().min_free) {
-            unlink(path);
-            return respond(pres, req, 0xA700, "free space under min_free_mb");
-        }
-        if (req.AffectedSOPInstanceUID[0] == '\0') {
-            unlink(path);
-            return respond(pres, req, 0xC000, "no Affected SOP Instance UID");
-        }
-        int fd = open(path, O_RDONLY | O_CLOEXEC);
-        bool synced = fd >= 0 && fsync(fd) == 0;
-        if (fd >= 0)
-            close(fd);
-        if (!synced) {
-            unlink(path);
-            return respond(pres, req, 0xA700, "the received file could not be synced");
-        }
-        std::string ae = getPeerAETitle().c_str(), ip = getPeerIP().c_str();
-        struct mms_scp_store st = {path, ae.c_str(), ip.c_str(), req.AffectedSOPClassUID,
-                                   req.AffectedSOPInstanceUID};
-        status = s().on_store(s().ctx, &st);
-        return respond(pres, req, status, nullptr);
-    }
-
-    OFCondition
-    respond(T_ASC_PresentationContextID pres, T_DIMSE_C_StoreRQ &req, uint16_t status,
-            const char *why)
-    {
-        if (why != nullptr)
-            mms_log(MMS_LOG_WARNING, "C-STORE from %s@%s answered 0x%04X: %s",
-                    getPeerAETitle().c_str(), getPeerIP().c_str(), status, why);
-        return sendSTOREResponse(pres, req, status);
+        mms_log(MMS_LOG_DEBUG, "dcmtk %s: %s", ev.getLoggerName().c_str(), ev.getMessage().c_str());
     }
 };
 
-typedef DcmSCPPool<store_worker> pool_t;
-
-int
-fail(char *why, size_t why_len, int rc, const std::string &msg)
+void
+route_dcmtk_log()
 {
-    if (why != nullptr && why_len > 0)
-        std::snprintf(why, why_len, "%s", msg.c_str());
+    static std::once_flag once;
+    std::call_once(once, [] {
+        dcmtk::log4cplus::Logger root = dcmtk::log4cplus::Logger::getRoot();
+        root.removeAllAppenders();
+        root.addAppender(dcmtk::log4cplus::SharedAppenderPtr(new log_sink));
+        root.setLogLevel(OFLogger::WARN_LOG_LEVEL);
+    });
+}
+
+std::string
+trim(const std::string &s)
+{
+    size_t b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
+    return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
+}
+
+// Received text made safe for a log line: at most 64 printable characters.
+std::string
+printable(const char *s)
+{
+    std::string out;
+    for (; *s != '\0' && out.size() < 64; s++)
+        out += *s >= 0x20 && *s < 0x7f ? *s : '?';
+    return out;
+}
+
+// An AE title as PS3.5 allows it: 1 to 16 characters of the default repertoire without
+// backslash or control characters, not only spaces (leading and trailing spaces are padding).
+bool
+ae_valid(const std::string &ae)
+{
+    if (ae.empty() || ae.size() > 16)
+        return false;
+    for (char c : ae)
+        if (c < 0x20 || c >= 0x7f || c == '\\')
+            return false;
+    return true;
+}
+
+// Split a comma list; items are trimmed. An all-blank list gives no items; an empty item
+// in a non-blank list is an error (false).
+bool
+split_list(const char *list, std::vector<std::string> *out)
+{
+    out->clear();
+    if (list == nullptr || trim(list).empty())
+        return true;
+    std::string s = list;
+    size_t at = 0;
+    for (;;) {
+        size_t comma = s.find(',', at);
+        std::string item =
+            trim(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
+        if (item.empty())
+            return false;
+        out->push_back(item);
+        if (comma == std::string::npos)
+            return true;
+        at = comma + 1;
+    }
+}
+
+// An address as 16 bytes, IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d). *v4: it was IPv4.
+bool
+parse_addr(const std::string &text, unsigned char out[16], bool *v4)
+{
+    struct in_addr a4;
+    if (inet_pton(AF_INET, text.c_str(), &a4) == 1) {
+        std::memset(out, 0, 10);
+        out[10] = out[11] = 0xff;
+        std::memcpy(out + 12, &a4, 4);
+        *v4 = true;
+        return true;
+    }
+    *v4 = false;
+    return inet_pton(AF_INET6, text.c_str(), out) == 1;
+}
+
+// One CIDR block or plain address: its network in 16 bytes and the prefix length counted
+// in those 128 bits.
+bool
+parse_block(const std::string &item, unsigned char net[16], int *bits)
+{
+    size_t slash = item.find('/');
+    std::string host = item.substr(0, slash);
+    int n = -1;
+    if (slash != std::string::npos) {
+        std::string len = item.substr(slash + 1);
+        if (len.empty() || len.size() > 3 ||
+            len.find_first_not_of("0123456789") != std::string::npos)
+            return false;
+        n = std::atoi(len.c_str());
+    }
+    bool v4;
+    if (!parse_addr(host, net, &v4))
+        return false;
+    int max = v4 ? 32 : 128;
+    if (n > max)
+        return false;
+    if (n < 0)
+        n = max;
+    *bits = v4 ? 96 + n : n;
+    return true;
+}
+
+// The peer of an accepted socket as text; an IPv4-mapped IPv6 address as plain IPv4.
+std::string
+peer_text(const struct sockaddr_storage &ss)
+{
+    char buf[INET6_ADDRSTRLEN] = "?";
+    if (ss.ss_family == AF_INET) {
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)&ss)->sin_addr, buf, sizeof buf);
+    } else if (ss.ss_family == AF_INET6) {
+        const struct in6_addr *a = &((const struct sockaddr_in6 *)&ss)->sin6_addr;
+        if (IN6_IS_ADDR_V4MAPPED(a))
+            inet_ntop(AF_INET, a->s6_addr + 12, buf, sizeof buf);
+        else
+            inet_ntop(AF_INET6, a, buf, sizeof buf);
+    }
+    return buf;
+}
+
+// Free bytes for an unprivileged writer on the file system of dir, or a negative code.
+int
+free_bytes(const std::string &dir, uint64_t *out)
+{
+    struct statvfs v;
+    if (statvfs(dir.c_str(), &v) != 0)
+        return mms_err_errno();
+    *out = (uint64_t)v.f_bavail * (uint64_t)v.f_frsize;
+    return 0;
+}
+
+// Check that the received file holds a file meta group and then exactly dataset_bytes
+// (what came over the network), and fsync it. A short write that DCMTK's buffered stream
+// did not report shows up here as a size that does not add up.
+int
+seal(const char *path, uint64_t dataset_bytes, std::string *msg)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        *msg = std::string("open: ") + mms_strerror(mms_err_errno());
+        return MMS_EIO;
+    }
+    int rc = 0;
+    struct stat sb;
+    unsigned char h[144];
+    if (fstat(fd, &sb) != 0 || pread(fd, h, sizeof h, 0) != (ssize_t)sizeof h) {
+        *msg = "file meta information unreadable";
+        rc = MMS_EIO;
+    } else {
+        // (0002,0000) UL, explicit VR little endian, right after the preamble and "DICM"
+        uint64_t meta_end = 144 + ((uint64_t)h[140] | (uint64_t)h[141] << 8 |
+                                   (uint64_t)h[142] << 16 | (uint64_t)h[143] << 24);
+        bool ok = std::memcmp(h + 128, "DICM\x02\x00\x00\x00UL\x04\x00", 12) == 0 &&
+                  (uint64_t)sb.st_size == meta_end + dataset_bytes;
+        if (!ok) {
+            *msg = "file size " + std::to_string((long long)sb.st_size) +
+                   " does not match the meta group and the " + std::to_string(dataset_bytes) +
+                   " bytes received";
+            rc = MMS_EIO;
+        } else if (fsync(fd) != 0) {
+            *msg = std::string("fsync: ") + mms_strerror(mms_err_errno());
+            rc = MMS_EIO;
+        }
+    }
+    close(fd);
     return rc;
 }
 
-// Listen once on the port to see that it is free, or find a free one for port 0 (DCMTK
-// opens its own socket in the listening thread, where an error would come too late).
-int
-probe_port(unsigned port, unsigned *out, std::string *msg)
+// The SOP Instance UID (0008,0018) of the data set in a received file, without padding.
+OFCondition
+dataset_uid(const char *path, std::string *uid)
 {
-    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        *msg = mms_strerror(mms_err_errno());
-        return MMS_EDIMSE;
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in a;
-    std::memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_addr.s_addr = htonl(INADDR_ANY);
-    a.sin_port = htons((uint16_t)port);
-    socklen_t len = sizeof a;
-    if (bind(fd, (struct sockaddr *)&a, sizeof a) != 0 || listen(fd, 1) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
-        *msg = "port " + std::to_string(port) + ": " + mms_strerror(mms_err_errno());
-        close(fd);
-        return MMS_EDIMSE;
-    }
-    *out = ntohs(a.sin_port);
-    close(fd);
-    return 0;
+    DcmFileFormat ff;
+    OFCondition cond = ff.loadFileUntilTag(path, EXS_Unknown, EGL_noChange, DCM_MaxReadLength,
+                                           ERM_fileOnly, DcmTagKey(0x0008, 0x0019));
+    if (cond.bad())
+        return cond;
+    OFString v;
+    if (ff.getDataset()->findAndGetOFString(DCM_SOPInstanceUID, v).bad())
+        v.clear();
+    std::string s = v.c_str();
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\0'))
+        s.pop_back();
+    *uid = trim(s);
+    return EC_Normal;
 }
 
 } // namespace
 
 struct mms_scp {
-    settings s;
-    pool_t pool;
-    std::thread thread;
-    unsigned port;
+    // options
+    std::string ae, bind, tmp_dir, space_dir;
+    std::vector<std::string> calling;
+    std::string hosts;
+    unsigned max_assoc, max_pdu, timeout_s;
+    uint64_t min_free;
+    mms_scp_store_fn on_store;
+    void *ctx;
+
+    DcmSharedSCPConfig cfg;         // read by every association thread
+    const char **classes = nullptr; // storage SOP classes accepted
+    int n_classes = 0;
+    int listen_fd = -1, stop_rd = -1, stop_wr = -1;
+    unsigned port = 0;
+    T_ASC_Network *net = nullptr;
+    std::thread listener;
+
+    // associations past negotiation, at most max_assoc
+    std::mutex lock;
+    unsigned admitted = 0;
 };
+
+namespace
+{
+
+// One connection: the A-ASSOCIATE-RQ, the policy, then the DIMSE messages until release,
+// abort, timeout or stop.
+class association : public DcmThreadSCP
+{
+  public:
+    association(mms_scp &s, int fd, const std::string &peer) : s_(s), fd_(fd), peer_(peer)
+    {
+    }
+
+    OFCondition
+    serve(T_ASC_Association *a)
+    {
+        assoc_ = a;
+        return run(a);
+    }
+
+  protected:
+    OFCondition
+    processAssociationRQ() override
+    {
+        T_ASC_Parameters *p = assoc_->params;
+        calling_ = trim(p->DULparams.callingAPTitle);
+        std::string called = trim(p->DULparams.calledAPTitle);
+        if (!s_.hosts.empty() && mms_cidr_match(s_.hosts.c_str(), peer_.c_str()) != 1)
+            return refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
+                          ASC_REASON_SU_NOREASON, "host not in allowed_hosts");
+        if (called != s_.ae)
+            return refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
+                          ASC_REASON_SU_CALLEDAETITLENOTRECOGNIZED,
+                          "called AE title '" + printable(called.c_str()) + "' is not ours");
+        bool known = s_.calling.empty();
+        for (const std::string &c : s_.calling)
+            known = known || c == calling_;
+        if (!known)
+            return refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
+                          ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED,
+                          "calling AE title not in allowed_calling_aes");
+        char name[BUFSIZ];
+        if (ASC_getApplicationContextName(p, name, sizeof name).bad() ||
+            std::strcmp(name, DICOM_STDAPPLICATIONCONTEXT) != 0)
+            return refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
+                          ASC_REASON_SU_APPCONTEXTNAMENOTSUPPORTED,
+                          "application context not supported");
+        {
+            std::lock_guard<std::mutex> g(s_.lock);
+            if (s_.admitted >= s_.max_assoc)
+                return refuse(ASC_RESULT_REJECTEDTRANSIENT,
+                              ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
+                              ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED,
+                              "max_associations (" + std::to_string(s_.max_assoc) + ") reached");
+            s_.admitted++;
+        }
+        accept_and_serve();
+        std::lock_guard<std::mutex> g(s_.lock);
+        s_.admitted--;
+        return EC_Normal;
+    }
+
+    // DcmSCPConfig keeps its presentation contexts in a profile of at most 128 entries, too
+    // few for accept_all; the contexts are accepted here as storescp does, Verification first.
+    OFCondition
+    negotiateAssociation() override
+    {
+        const char *echo[] = {UID_VerificationSOPClass};
+        const char *echo_ts[] = {UID_LittleEndianExplicitTransferSyntax,
+                                 UID_LittleEndianImplicitTransferSyntax,
+                                 UID_BigEndianExplicitTransferSyntax};
+        OFCondition cond =
+            ASC_acceptContextsWithPreferredTransferSyntaxes(assoc_->params, echo, 1, echo_ts, 3);
+        if (cond.good())
+            cond = ASC_acceptContextsWithPreferredTransferSyntaxes(
+                assoc_->params, s_.classes, s_.n_classes, transfer_syntaxes,
+                (int)(sizeof transfer_syntaxes / sizeof transfer_syntaxes[0]));
+        return cond;
+    }
+
+    OFCondition
+    handleIncomingCommand(T_DIMSE_Message *msg, const DcmPresentationContextInfo &info) override
+    {
+        if (msg->CommandField == DIMSE_C_STORE_RQ)
+            return store(msg->msg.CStoreRQ, info);
+        return DcmThreadSCP::handleIncomingCommand(msg, info);
+    }
+
+    void
+    notifyRECEIVEProgress(const unsigned long n) override
+    {
+        rx_bytes_ = n;
+    }
+
+  private:
+    mms_scp &s_;
+    int fd_;
+    std::string peer_, calling_;
+    T_ASC_Association *assoc_ = nullptr;
+    uint64_t rx_bytes_ = 0;
+    unsigned stored_ = 0, refused_ = 0;
+
+    OFCondition
+    refuse(T_ASC_RejectParametersResult result, T_ASC_RejectParametersSource source,
+           T_ASC_RejectParametersReason reason, const std::string &why)
+    {
+        mms_log(MMS_LOG_NOTICE, "association from %s@%s refused: %s",
+                printable(calling_.c_str()).c_str(), peer_.c_str(), why.c_str());
+        T_ASC_RejectParameters rej = {result, source, reason};
+        OFCondition cond = ASC_rejectAssociation(assoc_, &rej);
+        if (cond.bad())
+            mms_log(MMS_LOG_NOTICE, "association from %s: ASC_rejectAssociation: %s", peer_.c_str(),
+                    cond.text());
+        return EC_Normal;
+    }
+
+    void
+    accept_and_serve()
+    {
+        T_ASC_Parameters *p = assoc_->params;
+        ASC_setAPTitles(p, nullptr, nullptr, s_.ae.c_str());
+        OFCondition cond = negotiateAssociation();
+        if (cond.bad()) {
+            refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER, ASC_REASON_SU_NOREASON,
+                   std::string("negotiation failed: ") + cond.text());
+            return;
+        }
+        if (ASC_countAcceptedPresentationContexts(p) == 0) {
+            refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER, ASC_REASON_SU_NOREASON,
+                   "no acceptable presentation context");
+            return;
+        }
+        cond = ASC_acknowledgeAssociation(assoc_);
+        if (cond.bad()) {
+            mms_log(MMS_LOG_NOTICE, "association from %s@%s: ASC_acknowledgeAssociation: %s",
+                    printable(calling_.c_str()).c_str(), peer_.c_str(), cond.text());
+            return;
+        }
+        mms_log(MMS_LOG_INFO, "association from %s@%s accepted",
+                printable(calling_.c_str()).c_str(), peer_.c_str());
+        cond = receive_loop();
+        int level = MMS_LOG_INFO;
+        std::string how;
+        if (cond == DUL_PEERREQUESTEDRELEASE) {
+            how = "released";
+            ASC_acknowledgeRelease(assoc_);
+        } else if (cond == DUL_PEERABORTEDASSOCIATION) {
+            how = "aborted by the peer";
+        } else {
+            if (cond != stopping)
+                level = MMS_LOG_NOTICE;
+            how = std::string("aborted: ") + cond.text();
+            // DUL_AbortAssociation waits for the peer to close the connection, up to the
+            // ACSE timeout; with the reading side shut it sends the A-ABORT and returns
+            shutdown(fd_, SHUT_RD);
+            ASC_abortAssociation(assoc_);
+        }
+        mms_log(level, "association from %s@%s %s; %u instances stored, %u refused",
+                printable(calling_.c_str()).c_str(), peer_.c_str(), how.c_str(), stored_, refused_);
+    }
+
+    // DcmSCP::handleAssociation, except that waiting for the next command also watches the
+    // stop pipe. Between two messages nothing is in flight (no asynchronous operations are
+    // negotiated, so the peer waits for each response), and DCMTK holds no unread PDV: a
+    // stop, or timeout_s without a command, ends the association there with an A-ABORT.
+    OFCondition
+    receive_loop()
+    {
+        for (;;) {
+            struct pollfd p[2] = {{fd_, POLLIN, 0}, {s_.stop_rd, POLLIN, 0}};
+            int n = poll(p, 2, (int)s_.timeout_s * 1000);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0)
+                return makeOFCondition(OFM_dcmnet, 0x7f01, OF_error, "poll failed");
+            if (n == 0)
+                return makeOFCondition(OFM_dcmnet, 0x7f02, OF_error, "no command within timeout_s");
+            if (p[1].revents != 0)
+                return stopping;
+            T_ASC_PresentationContextID pres;
+            T_DIMSE_Message msg;
+            OFCondition cond = DIMSE_receiveCommand(assoc_, DIMSE_NONBLOCKING, (int)s_.timeout_s,
+                                                    &pres, &msg, nullptr);
+            if (cond.bad())
+                return cond;
+            DcmPresentationContextInfo info;
+            getPresentationContextInfo(assoc_, pres, info);
+            cond = handleIncomingCommand(&msg, info);
+            if (cond.bad())
+                return cond;
+        }
+    }
+
+    // Read the data set off the network and drop it, then answer status.
+    OFCondition
+    drop(T_DIMSE_C_StoreRQ &req, T_ASC_PresentationContextID pres, Uint16 status, int level,
+         const std::string &why)
+    {
+        DIC_UL bytes = 0, pdvs = 0;
+        OFCondition cond =
+            DIMSE_ignoreDataSet(assoc_, DIMSE_NONBLOCKING, (int)s_.timeout_s, &bytes, &pdvs);
+        if (cond.bad())
+            return cond;
+        return answer(req, pres, status, level, why);
+    }
+
+    OFCondition
+    answer(T_DIMSE_C_StoreRQ &req, T_ASC_PresentationContextID pres, Uint16 status, int level,
+           const std::string &why)
+    {
+        if (status == st_success) {
+            stored_++;
+        } else {
+            refused_++;
+            mms_log(level, "C-STORE %s from %s@%s answered 0x%04X: %s",
+                    printable(req.AffectedSOPInstanceUID).c_str(),
+                    printable(calling_.c_str()).c_str(), peer_.c_str(), status, why.c_str());
+        }
+        return sendSTOREResponse(pres, req, status);
+    }
+
+    OFCondition
+    store(T_DIMSE_C_StoreRQ &req, const DcmPresentationContextInfo &info)
+    {
+        T_ASC_PresentationContextID pres = info.presentationContextID;
+        if (req.DataSetType == DIMSE_DATASET_NULL)
+            return DIMSE_BADMESSAGE;
+        if (info.abstractSyntax != req.AffectedSOPClassUID)
+            return drop(req, pres, st_no_class, MMS_LOG_NOTICE,
+                        "SOP class " + printable(req.AffectedSOPClassUID) +
+                            " is not the presentation context's");
+        std::string inst = trim(req.AffectedSOPInstanceUID);
+        if (inst.empty()) // DCMTK's parser refuses this already (see the top of the file)
+            return drop(req, pres, st_bad_data, MMS_LOG_NOTICE,
+                        "the request has no Affected SOP Instance UID");
+        uint64_t avail = 0;
+        int rc = free_bytes(s_.space_dir, &avail);
+        if (rc < 0)
+            return drop(req, pres, st_resources, MMS_LOG_WARNING,
+                        s_.space_dir + ": statvfs: " + mms_strerror(rc));
+        if (avail < s_.min_free)
+            return drop(req, pres, st_resources, MMS_LOG_WARNING,
+                        s_.space_dir + ": " + std::to_string(avail) +
+                            " bytes free, under min_free");
+
+        unsigned char r[8];
+        if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
+            return drop(req, pres, st_resources, MMS_LOG_WARNING,
+                        std::string("getrandom: ") + mms_strerror(mms_err_errno()));
+        char name[32];
+        std::snprintf(name, sizeof name, "/rx-%02x%02x%02x%02x%02x%02x%02x%02x.dcm", r[0], r[1],
+                      r[2], r[3], r[4], r[5], r[6], r[7]);
+        std::string path = s_.tmp_dir + name;
+        rx_bytes_ = 0;
+        OFCondition cond = receiveSTORERequest(req, pres, OFString(path.c_str()));
+        if (cond.bad()) {
+            unlink(path.c_str());
+            // the data set was read to its end, only the file failed
+            if (cond.module() == OFM_dcmnet && cond.code() == DIMSEC_OUTOFRESOURCES)
+                return answer(req, pres, st_resources, MMS_LOG_WARNING,
+                              std::string("writing the file failed: ") + cond.text());
+            mms_log(MMS_LOG_NOTICE, "C-STORE %s from %s@%s: receiving failed: %s",
+                    printable(inst.c_str()).c_str(), printable(calling_.c_str()).c_str(),
+                    peer_.c_str(), cond.text());
+            return cond;
+        }
+        std::string msg;
+        if (seal(path.c_str(), rx_bytes_, &msg) < 0) {
+            unlink(path.c_str());
+            return answer(req, pres, st_resources, MMS_LOG_WARNING, path + ": " + msg);
+        }
+        std::string uid;
+        cond = dataset_uid(path.c_str(), &uid);
+        if (cond.bad() || uid.empty() || uid != inst) {
+            unlink(path.c_str());
+            if (cond.bad())
+                return answer(req, pres, st_unreadable, MMS_LOG_NOTICE,
+                              std::string("data set unreadable: ") + cond.text());
+            return answer(req, pres, st_bad_data, MMS_LOG_NOTICE,
+                          uid.empty() ? "the data set has no SOP Instance UID (0008,0018)"
+                                      : "SOP Instance UID (0008,0018) " + printable(uid.c_str()) +
+                                            " differs from the request's");
+        }
+        struct mms_scp_store st = {path.c_str(), calling_.c_str(), peer_.c_str(),
+                                   req.AffectedSOPClassUID, inst.c_str()};
+        Uint16 status = s_.on_store(s_.ctx, &st);
+        mms_log(MMS_LOG_DEBUG, "C-STORE %s from %s@%s: %s, on_store answered 0x%04X",
+                printable(inst.c_str()).c_str(), printable(calling_.c_str()).c_str(), peer_.c_str(),
+                path.c_str(), status);
+        return answer(req, pres, status, MMS_LOG_NOTICE, "refused by on_store");
+    }
+};
+
+// One accepted connection, on its own thread: wait for the first bytes, let DCMTK read the
+// A-ASSOCIATE-RQ, then run the association. fd is ours until ASC_receiveAssociation took it.
+void
+connection_body(mms_scp *s, int fd, const std::string &peer)
+{
+    struct pollfd p[2] = {{fd, POLLIN, 0}, {s->stop_rd, POLLIN, 0}};
+    int n;
+    do
+        n = poll(p, 2, (int)s->timeout_s * 1000);
+    while (n < 0 && errno == EINTR);
+    if (n <= 0 || p[1].revents != 0) {
+        if (n == 0)
+            mms_log(MMS_LOG_NOTICE,
+                    "connection from %s closed: no association request within "
+                    "timeout_s",
+                    peer.c_str());
+        close(fd);
+        return;
+    }
+    T_ASC_Association *a = nullptr;
+    OFCondition cond;
+    {
+        std::lock_guard<std::mutex> g(ext_lock);
+        dcmExternalSocketHandle.set(fd);
+        cond = ASC_receiveAssociation(s->net, &a, (long)s->max_pdu, nullptr, nullptr, OFFalse,
+                                      DUL_NOBLOCK, (int)s->timeout_s);
+        dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
+    }
+    if (cond.bad()) {
+        // a connection closed without a word (a port probe) is not worth a notice
+        mms_log(cond == DUL_NETWORKCLOSED ? MMS_LOG_INFO : MMS_LOG_NOTICE,
+                "connection from %s: ASC_receiveAssociation: %s", peer.c_str(), cond.text());
+        // without a DUL association key DCMTK never wrapped the socket (plain TCP cannot fail
+        // after that), so it is still ours to close
+        if (a == nullptr || a->DULassociation == nullptr)
+            close(fd);
+        if (a != nullptr) {
+            ASC_dropAssociation(a);
+            ASC_destroyAssociation(&a);
+        }
+        return;
+    }
+    association w(*s, fd, peer);
+    w.setSharedConfig(s->cfg);
+    w.serve(a); // the association is the worker's now; ~DcmSCP drops and frees it
+}
+
+void
+connection(mms_scp *s, int fd, std::string peer, std::atomic<bool> *done)
+{
+    try {
+        connection_body(s, fd, peer);
+    } catch (const std::bad_alloc &) {
+        mms_log(MMS_LOG_ERR, "connection from %s: out of memory", peer.c_str());
+    } catch (...) {
+        mms_log(MMS_LOG_ERR, "connection from %s: unexpected exception", peer.c_str());
+    }
+    done->store(true);
+}
+
+struct conn {
+    std::thread t;
+    std::atomic<bool> done{false};
+};
+
+// The listening thread: accept until the stop pipe is readable, one thread per connection.
+// At most 2 * max_associations connection threads exist (the second half answers the
+// over-limit ones with A-ASSOCIATE-RJ); past that, connections wait in the listen backlog.
+void
+listen_loop(mms_scp *s)
+{
+    std::list<std::unique_ptr<conn>> conns;
+    const size_t cap = 2 * (size_t)s->max_assoc;
+    for (;;) {
+        for (auto it = conns.begin(); it != conns.end();) {
+            if ((*it)->done.load()) {
+                (*it)->t.join();
+                it = conns.erase(it);
+            } else {
+                ++it;
+            }
+        }
+        bool full = conns.size() >= cap;
+        struct pollfd p[2] = {{s->stop_rd, POLLIN, 0},
+                              {s->listen_fd, (short)(full ? 0 : POLLIN), 0}};
+        int n = poll(p, 2, 1000);
+        if (n < 0 && errno != EINTR) {
+            mms_log(MMS_LOG_ERR, "Store SCP: poll: %s", mms_strerror(mms_err_errno()));
+            break;
+        }
+        if (p[0].revents != 0)
+            break;
+        if (n <= 0 || (p[1].revents & POLLIN) == 0)
+            continue;
+        struct sockaddr_storage ss;
+        socklen_t len = sizeof ss;
+        int fd = accept4(s->listen_fd, (struct sockaddr *)&ss, &len, SOCK_CLOEXEC);
+        if (fd < 0) {
+            int e = errno;
+            if (e != EAGAIN && e != EWOULDBLOCK && e != EINTR && e != ECONNABORTED) {
+                mms_log(MMS_LOG_WARNING, "Store SCP: accept: %s", mms_strerror(-e));
+                // out of descriptors or memory: wait a little (or for stop) before retrying
+                struct pollfd q = {s->stop_rd, POLLIN, 0};
+                poll(&q, 1, 200);
+            }
+            continue;
+        }
+        // DCMTK takes an external socket only when it is above 0
+        if (fd == 0) {
+            int hi = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+            close(fd);
+            if (hi < 0)
+                continue;
+            fd = hi;
+        }
+        std::string peer = peer_text(ss);
+        try {
+            std::unique_ptr<conn> c(new conn);
+            std::atomic<bool> *done = &c->done;
+            c->t = std::thread(connection, s, fd, peer, done);
+            conns.push_back(std::move(c));
+        } catch (...) {
+            mms_log(MMS_LOG_WARNING, "connection from %s closed: cannot start a thread",
+                    peer.c_str());
+            close(fd);
+        }
+    }
+    for (auto &c : conns)
+        c->t.join();
+}
+
+// Bind and listen on addr:port; the socket in *fd and the port in *port.
+int
+open_listener(const std::string &addr, unsigned port, int *fd, unsigned *out, std::string *msg)
+{
+    struct sockaddr_storage ss;
+    std::memset(&ss, 0, sizeof ss);
+    socklen_t len;
+    struct sockaddr_in *a4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, addr.c_str(), &a4->sin_addr) == 1) {
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        len = sizeof *a4;
+    } else if (inet_pton(AF_INET6, addr.c_str(), &a6->sin6_addr) == 1) {
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        len = sizeof *a6;
+    } else {
+        *msg = "bind: not a numeric IPv4 or IPv6 address: " + printable(addr.c_str());
+        return MMS_EINVAL;
+    }
+    int f = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (f < 0) {
+        *msg = std::string("socket: ") + mms_strerror(mms_err_errno());
+        return MMS_EDIMSE;
+    }
+    int one = 1, zero = 0;
+    setsockopt(f, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    // "::" takes IPv4 connections too, seen as IPv4-mapped addresses
+    if (ss.ss_family == AF_INET6)
+        setsockopt(f, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof zero);
+    if (bind(f, (struct sockaddr *)&ss, len) != 0 || listen(f, 64) != 0 ||
+        getsockname(f, (struct sockaddr *)&ss, &len) != 0) {
+        int rc = mms_err_errno();
+        *msg = addr + " port " + std::to_string(port) + ": " + mms_strerror(rc);
+        close(f);
+        return MMS_EDIMSE;
+    }
+    *fd = f;
+    *out = ntohs(ss.ss_family == AF_INET ? a4->sin_port : a6->sin6_port);
+    return 0;
+}
+
+int
+check_opts(const struct mms_scp_opts *o, std::string *msg)
+{
+    std::vector<std::string> items;
+    if (o->ae_title == nullptr || !ae_valid(trim(o->ae_title))) {
+        *msg = "ae_title: not an AE title (1 to 16 characters, no backslash)";
+    } else if (!split_list(o->allowed_calling_aes, &items)) {
+        *msg = "allowed_calling_aes: empty item in the list";
+    } else if (o->port > 65535) {
+        *msg = "port: " + std::to_string(o->port) + " is out of range";
+    } else if (o->max_associations < 1 || o->max_associations > 1024) {
+        *msg = "max_associations: must be 1 to 1024";
+    } else if (o->max_pdu < 4096 || o->max_pdu > 131072) {
+        *msg = "max_pdu: must be 4096 to 131072";
+    } else if (o->timeout_s < 1 || o->timeout_s > 86400) {
+        *msg = "timeout_s: must be 1 to 86400";
+    } else if (o->tmp_dir == nullptr || o->tmp_dir[0] == '\0' || std::strlen(o->tmp_dir) > 4000) {
+        *msg = "tmp_dir: missing or too long";
+    } else if (o->space_dir == nullptr || o->space_dir[0] == '\0') {
+        *msg = "space_dir: missing";
+    } else if (o->on_store == nullptr) {
+        *msg = "on_store: missing";
+    } else if (o->allowed_hosts != nullptr && mms_cidr_match(o->allowed_hosts, "::") < 0) {
+        *msg = std::string("allowed_hosts: not a list of addresses or CIDR blocks: ") +
+               printable(o->allowed_hosts);
+    } else {
+        for (const std::string &c : items)
+            if (!ae_valid(c)) {
+                *msg = "allowed_calling_aes: not an AE title: " + printable(c.c_str());
+                return MMS_EINVAL;
+            }
+        return 0;
+    }
+    return MMS_EINVAL;
+}
+
+int
+start(const struct mms_scp_opts *o, std::unique_ptr<mms_scp> &s, std::string *msg)
+{
+    int rc = check_opts(o, msg);
+    if (rc < 0)
+        return rc;
+    s->ae = trim(o->ae_title);
+    s->bind = o->bind != nullptr && o->bind[0] != '\0' ? o->bind : "0.0.0.0";
+    split_list(o->allowed_calling_aes, &s->calling);
+    s->hosts = o->allowed_hosts != nullptr ? trim(o->allowed_hosts) : "";
+    s->tmp_dir = o->tmp_dir;
+    s->space_dir = o->space_dir;
+    s->max_assoc = o->max_associations;
+    s->max_pdu = o->max_pdu;
+    s->timeout_s = o->timeout_s;
+    s->min_free = o->min_free_bytes;
+    s->on_store = o->on_store;
+    s->ctx = o->ctx;
+
+    struct stat sb;
+    if (stat(o->tmp_dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(o->tmp_dir, W_OK | X_OK)) {
+        *msg = std::string("tmp_dir: not a writable directory: ") + o->tmp_dir;
+        return MMS_EINVAL;
+    }
+
+    // what DcmSCP still reads: the DIMSE settings used while receiving a data set. The
+    // presentation contexts are not in it (see negotiateAssociation); the listening side
+    // (connection and ACSE timeouts) is ours.
+    DcmSCPConfig cfg;
+    cfg.setAETitle(s->ae.c_str());
+    cfg.setMaxReceivePDULength(s->max_pdu);
+    cfg.setDIMSETimeout(s->timeout_s);
+    cfg.setDIMSEBlockingMode(DIMSE_NONBLOCKING);
+    cfg.setHostLookupEnabled(OFFalse);
+    // the byte count of each data set, checked against the file (seal)
+    cfg.setProgressNotificationMode(OFTrue);
+    if (o->accept_all) {
+        s->classes = dcmAllStorageSOPClassUIDs;
+        s->n_classes = numberOfDcmAllStorageSOPClassUIDs;
+    } else {
+        s->classes = ct_classes;
+        s->n_classes = (int)(sizeof ct_classes / sizeof ct_classes[0]);
+    }
+    s->cfg = DcmSharedSCPConfig(cfg);
+
+    rc = open_listener(s->bind, o->port, &s->listen_fd, &s->port, msg);
+    if (rc < 0)
+        return rc;
+    OFCondition cond;
+    {
+        // an external handle set keeps DCMTK from opening a listening socket of its own
+        std::lock_guard<std::mutex> g(ext_lock);
+        dcmExternalSocketHandle.set(s->listen_fd);
+        cond = ASC_initializeNetwork(NET_ACCEPTOR, (int)s->port, (int)s->timeout_s, &s->net);
+        dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
+    }
+    if (cond.bad()) {
+        *msg = std::string("ASC_initializeNetwork: ") + cond.text();
+        return MMS_EDIMSE;
+    }
+    int p[2];
+    if (pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) {
+        *msg = std::string("pipe: ") + mms_strerror(mms_err_errno());
+        return MMS_EDIMSE;
+    }
+    s->stop_rd = p[0];
+    s->stop_wr = p[1];
+    try {
+        s->listener = std::thread(listen_loop, s.get());
+    } catch (const std::system_error &) {
+        *msg = "cannot start the listening thread";
+        return MMS_ENOMEM;
+    }
+    return 0;
+}
+
+void
+release(mms_scp *s)
+{
+    if (s->listener.joinable()) {
+        (void)!write(s->stop_wr, "x", 1);
+        s->listener.join();
+    }
+    if (s->net != nullptr)
+        ASC_dropNetwork(&s->net);
+    for (int fd : {s->listen_fd, s->stop_rd, s->stop_wr})
+        if (fd >= 0)
+            close(fd);
+    delete s;
+}
+
+} // namespace
 
 extern "C" int
 mms_cidr_match(const char *list, const char *addr)
 {
-    if (list == nullptr || addr == nullptr)
-        return MMS_EINVAL;
-    // the address as 16 bytes, IPv4 as IPv4-mapped IPv6
-    unsigned char a[16];
-    struct in_addr v4;
-    std::string as = addr;
-    if (inet_pton(AF_INET, as.c_str(), &v4) == 1) {
-        std::memset(a, 0, 10);
-        a[10] = a[11] = 0xff;
-        std::memcpy(a + 12, &v4, 4);
-    } else if (inet_pton(AF_INET6, as.c_str(), a) != 1) {
-        return MMS_EINVAL;
-    }
-    std::stringstream ss(list);
-    std::string item;
-    bool any = false, match = false;
-    while (std::getline(ss, item, ',')) {
-        size_t b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
-        if (b == std::string::npos)
-            continue;
-        item = item.substr(b, e - b + 1);
-        any = true;
-        std::string host = item;
-        int bits = -1;
-        size_t slash = item.find('/');
-        if (slash != std::string::npos) {
-            host = item.substr(0, slash);
-            char *end;
-            long n = std::strtol(item.c_str() + slash + 1, &end, 10);
-            if (end == item.c_str() + slash + 1 || *end != '\0' || n < 0 || n > 128)
-                return MMS_EINVAL;
-            bits = (int)n;
-        }
-        unsigned char net[16];
-        if (inet_pton(AF_INET, host.c_str(), &v4) == 1) {
-            if (bits > 32)
-                return MMS_EINVAL;
-            std::memset(net, 0, 10);
-            net[10] = net[11] = 0xff;
-            std::memcpy(net + 12, &v4, 4);
-            bits = bits < 0 ? 128 : 96 + bits;
-        } else if (inet_pton(AF_INET6, host.c_str(), net) == 1) {
-            bits = bits < 0 ? 128 : bits;
-        } else {
+    try {
+        if (list == nullptr || addr == nullptr)
             return MMS_EINVAL;
+        unsigned char a[16];
+        bool v4;
+        if (!parse_addr(trim(addr), a, &v4))
+            return MMS_EINVAL;
+        std::vector<std::string> items;
+        if (!split_list(list, &items))
+            return MMS_EINVAL;
+        bool match = items.empty();
+        for (const std::string &item : items) {
+            unsigned char net[16];
+            int bits;
+            if (!parse_block(item, net, &bits))
+                return MMS_EINVAL;
+            bool same = true;
+            for (int i = 0; i < bits && same; i++)
+                same = ((a[i / 8] ^ net[i / 8]) & (0x80 >> (i % 8))) == 0;
+            match = match || same;
         }
-        bool same = true;
-        for (int i = 0; i < bits && same; i++)
-            same = ((a[i / 8] ^ net[i / 8]) & (0x80 >> (i % 8))) == 0;
-        match = match || same;
+        return match ? 1 : 0;
+    } catch (const std::bad_alloc &) {
+        return MMS_ENOMEM;
+    } catch (...) {
+        return MMS_EINVAL;
     }
-    return !any || match ? 1 : 0;
 }
 
 extern "C" int
 mms_scp_start(const struct mms_scp_opts *o, struct mms_scp **out, char *why, size_t why_len)
 {
-    if (o == nullptr || out == nullptr || o->on_store == nullptr || o->ae_title == nullptr ||
-        o->tmp_dir == nullptr || o->space_dir == nullptr || o->max_associations < 1)
-        return fail(why, why_len, MMS_EINVAL, "invalid Store SCP options");
-    if (o->allowed_hosts != nullptr && o->allowed_hosts[0] != '\0' &&
-        mms_cidr_match(o->allowed_hosts, "127.0.0.1") < 0)
-        return fail(why, why_len, MMS_EINVAL,
-                    std::string("allowed_hosts: not a list of addresses or CIDR blocks: ") +
-                        o->allowed_hosts);
-    std::lock_guard<std::mutex> g(active_lock);
-    if (active != nullptr)
-        return fail(why, why_len, MMS_EINVAL, "a Store SCP runs already in this process");
-    mms_scp *scp;
-    try {
-        scp = new mms_scp;
-        settings &s = scp->s;
-        s.ae = o->ae_title;
-        s.bind = o->bind != nullptr ? o->bind : "0.0.0.0";
-        s.calling = o->allowed_calling_aes != nullptr ? o->allowed_calling_aes : "";
-        s.hosts = o->allowed_hosts != nullptr ? o->allowed_hosts : "";
-        s.tmp_dir = o->tmp_dir;
-        s.space_dir = o->space_dir;
-        s.min_free = o->min_free_bytes;
-        s.on_store = o->on_store;
-        s.ctx = o->ctx;
-        // DCMTK 3.6.7 listens on every IPv4 address; a loopback bind address is kept by
-        // refusing associations from other hosts
-        s.loopback_only = is_loopback(s.bind);
-        if (!s.loopback_only && s.bind != "0.0.0.0" && s.bind != "::")
-            mms_log(MMS_LOG_WARNING,
-                    "[scp] bind = %s: DCMTK listens on all IPv4 addresses; use allowed_hosts "
-                    "to restrict who may connect",
-                    s.bind.c_str());
-    } catch (const std::bad_alloc &) {
-        return fail(why, why_len, MMS_ENOMEM, "out of memory");
-    }
+    std::unique_ptr<mms_scp> s;
     std::string msg;
-    int rc = probe_port(o->port, &scp->port, &msg);
-    if (rc < 0) {
-        delete scp;
-        return fail(why, why_len, rc, "cannot listen: " + msg);
-    }
-    // DCMTK's own log says what the daemon's log already says, less plainly
-    OFLog::configure(OFLogger::ERROR_LOG_LEVEL);
-    DcmSCPConfig &cfg = scp->pool.getConfig();
-    cfg.setPort((Uint16)scp->port);
-    cfg.setAETitle(scp->s.ae.c_str());
-    cfg.setMaxReceivePDULength(o->max_pdu);
-    cfg.setACSETimeout(o->timeout_s);
-    cfg.setDIMSETimeout(o->timeout_s);
-    cfg.setDIMSEBlockingMode(DIMSE_NONBLOCKING);
-    // the listening thread wakes up every second to see whether it should stop
-    cfg.setConnectionBlockingMode(DUL_NOBLOCK);
-    cfg.setConnectionTimeout(1);
-    cfg.setHostLookupEnabled(OFFalse);
-    OFList<OFString> ts;
-    for (const char *t : transfer_syntaxes)
-        ts.push_back(t);
-    OFList<OFString> echo_ts;
-    echo_ts.push_back(UID_LittleEndianExplicitTransferSyntax);
-    echo_ts.push_back(UID_LittleEndianImplicitTransferSyntax);
-    OFCondition cond = cfg.addPresentationContext(UID_VerificationSOPClass, echo_ts);
-    if (o->accept_all) {
-        for (int i = 0; cond.good() && i < numberOfDcmAllStorageSOPClassUIDs; i++)
-            cond = cfg.addPresentationContext(dcmAllStorageSOPClassUIDs[i], ts);
-    } else {
-        for (const char *c : ct_classes)
-            if (cond.good())
-                cond = cfg.addPresentationContext(c, ts);
-    }
-    if (cond.bad()) {
-        delete scp;
-        return fail(why, why_len, MMS_EDIMSE, std::string("presentation contexts: ") + cond.text());
-    }
-    scp->pool.setMaxThreads((Uint16)o->max_associations);
-    active = &scp->s;
+    int rc;
     try {
-        scp->thread = std::thread([scp] {
-            OFCondition c = scp->pool.listen();
-            if (c.bad())
-                mms_log(MMS_LOG_ERR, "Store SCP: listening stopped: %s", c.text());
-        });
+        if (o == nullptr || out == nullptr)
+            return mms_why(why, why_len, MMS_EINVAL, "no options");
+        route_dcmtk_log();
+        s.reset(new mms_scp);
+        rc = start(o, s, &msg);
+    } catch (const std::bad_alloc &) {
+        rc = MMS_ENOMEM;
+        msg = "out of memory";
     } catch (...) {
-        active = nullptr;
-        delete scp;
-        return fail(why, why_len, MMS_ENOMEM, "cannot start the listening thread");
+        rc = MMS_EDICOM;
+        msg = "unexpected exception";
     }
-    *out = scp;
+    if (rc < 0) {
+        if (s)
+            release(s.release());
+        return mms_why(why, why_len, rc, "Store SCP: %s", msg.c_str());
+    }
+    mms_log(MMS_LOG_INFO, "Store SCP %s listening on %s port %u", s->ae.c_str(), s->bind.c_str(),
+            s->port);
+    *out = s.release();
     return 0;
 }
 
 extern "C" unsigned
 mms_scp_port(const struct mms_scp *s)
 {
-    return s->port;
+    return s != nullptr ? s->port : 0;
 }
 
 extern "C" void
@@ -402,10 +1001,9 @@ mms_scp_stop(struct mms_scp *s)
 {
     if (s == nullptr)
         return;
-    s->pool.stopAfterCurrentAssociations();
-    if (s->thread.joinable())
-        s->thread.join();
-    std::lock_guard<std::mutex> g(active_lock);
-    active = nullptr;
-    delete s;
+    try {
+        release(s);
+    } catch (...) {
+        mms_log(MMS_LOG_ERR, "Store SCP: unexpected exception while stopping");
+    }
 }

@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "daemon/index.h"
 #include "tests/tap.h"
+#include "tests/index-util.h"
 
 #define CT "1.2.840.10008.5.1.4.1.1.2"
 #define T0 1.8e9
@@ -72,36 +73,6 @@ put(struct mms_index *ix, const struct mms_instance_row *r, enum mms_put_result 
     if (rc < 0)
         diag("put %s: %s", r->sop_instance, why);
     return rc;
-}
-
-struct found {
-    const char *uid;
-    struct mms_series_row row;
-    bool ok;
-};
-
-static int
-find_one(void *ud, const struct mms_series_row *s)
-{
-    struct found *f = ud;
-    if (strcmp(s->series_uid, f->uid) != 0)
-        return 0;
-    f->row = *s;
-    f->ok = true;
-    return 1;
-}
-
-/* The series row of uid; state -1 when there is none. */
-static struct mms_series_row
-series(struct mms_index *ix, const char *uid)
-{
-    struct found f = {.uid = uid};
-    char why[256];
-    if (mms_index_series(ix, find_one, &f, why, sizeof why) < 0)
-        diag("series: %s", why);
-    if (!f.ok)
-        f.row.state = -1;
-    return f.row;
 }
 
 struct listing {

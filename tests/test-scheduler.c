@@ -9,6 +9,7 @@
 #include "daemon/index.h"
 #include "daemon/scheduler.h"
 #include "tests/tap.h"
+#include "tests/index-util.h"
 
 #define CT "1.2.840.10008.5.1.4.1.1.2"
 #define ECT "1.2.840.10008.5.1.4.1.1.2.1"
@@ -64,38 +65,10 @@ put_n(const char *series, int n, double t)
         put(series, CT, "ORIGINAL\\PRIMARY\\AXIAL", 1, -1, t);
 }
 
-struct found {
-    const char *uid;
-    struct mms_series_row row;
-    bool ok;
-};
-
-static int
-find_one(void *ud, const struct mms_series_row *s)
-{
-    struct found *f = ud;
-    if (strcmp(s->series_uid, f->uid) != 0)
-        return 0;
-    f->row = *s;
-    f->ok = true;
-    return 1;
-}
-
-static struct mms_series_row
-row(const char *uid)
-{
-    struct found f = {.uid = uid};
-    char why[256];
-    mms_index_series(ix, find_one, &f, why, sizeof why);
-    if (!f.ok)
-        f.row.state = -1;
-    return f.row;
-}
-
 static bool
 is(const char *uid, int state, const char *reason_part)
 {
-    struct mms_series_row r = row(uid);
+    struct mms_series_row r = series(ix, uid);
     bool good = r.state == state && (reason_part == NULL || strstr(r.reason, reason_part));
     if (!good)
         diag("%s: state %s, reason '%s'", uid, mms_series_state_name(r.state) ?: "?", r.reason);
