@@ -42,16 +42,16 @@
 #include <thread>
 #include <vector>
 
-#include "dcmtk/config/osconfig.h"
-#include "dcmtk/dcmdata/dcdeftag.h"
-#include "dcmtk/dcmdata/dcfilefo.h"
-#include "dcmtk/dcmdata/dcuid.h"
-#include "dcmtk/dcmnet/assoc.h"
-#include "dcmtk/dcmnet/dimse.h"
-#include "dcmtk/dcmnet/dul.h"
-#include "dcmtk/dcmnet/scpthrd.h"
-#include "dcmtk/oflog/oflog.h"
-#include "dcmtk/oflog/spi/logevent.h"
+#include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmdata/dcdeftag.h>
+#include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcuid.h>
+#include <dcmtk/dcmnet/assoc.h>
+#include <dcmtk/dcmnet/dimse.h>
+#include <dcmtk/dcmnet/dul.h>
+#include <dcmtk/dcmnet/scpthrd.h>
+#include <dcmtk/oflog/oflog.h>
+#include <dcmtk/oflog/spi/logevent.h>
 
 #include "common/err.h"
 #include "common/log.h"
