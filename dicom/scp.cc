@@ -542,7 +542,8 @@ class association : public DcmThreadSCP
     answer(T_DIMSE_C_StoreRQ &req, T_ASC_PresentationContextID pres, Uint16 status, int level,
            const std::string &why)
     {
-        if (status == st_success) {
+        // success, or a warning (0xB000, 0xB006, 0xB007): the instance was taken
+        if (status == st_success || (status & 0xF000) == 0xB000) {
             stored_++;
         } else {
             refused_++;
@@ -717,6 +718,12 @@ listen_loop(mms_scp *s)
         }
         if (p[0].revents != 0)
             break;
+        if (n > 0 && (p[1].revents & (POLLERR | POLLNVAL)) != 0) {
+            mms_log(MMS_LOG_ERR, "Store SCP: the listening socket failed");
+            struct pollfd q = {s->stop_rd, POLLIN, 0};
+            poll(&q, 1, 1000);
+            continue;
+        }
         if (n <= 0 || (p[1].revents & POLLIN) == 0)
             continue;
         struct sockaddr_storage ss;
@@ -740,15 +747,19 @@ listen_loop(mms_scp *s)
                 continue;
             fd = hi;
         }
-        std::string peer = peer_text(ss);
         try {
-            std::unique_ptr<conn> c(new conn);
-            std::atomic<bool> *done = &c->done;
-            c->t = std::thread(connection, s, fd, peer, done);
-            conns.push_back(std::move(c));
+            std::string peer = peer_text(ss);
+            conns.push_back(std::unique_ptr<conn>(new conn));
+            conn *c = conns.back().get();
+            try {
+                c->t = std::thread(connection, s, fd, peer, &c->done);
+            } catch (...) {
+                conns.pop_back();
+                throw;
+            }
         } catch (...) {
-            mms_log(MMS_LOG_WARNING, "connection from %s closed: cannot start a thread",
-                    peer.c_str());
+            mms_log(MMS_LOG_WARNING, "Store SCP: a connection closed at once: no memory or "
+                                     "thread for it");
             close(fd);
         }
     }

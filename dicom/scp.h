@@ -42,7 +42,8 @@ struct mms_scp_opts {
     unsigned timeout_s;              /* ACSE, DIMSE and network timeout */
     const char *tmp_dir;             /* where instances are received */
     const char *space_dir;           /* the file system whose free space is checked */
-    uint64_t min_free_bytes;         /* below it every C-STORE is answered 0xA700 unread */
+    uint64_t min_free_bytes;         /* below it every C-STORE is answered 0xA700 (the data
+                                        set is read off the wire and dropped, never stored) */
     bool accept_all;                 /* accept_sop_classes = all: every storage SOP class */
     mms_scp_store_fn on_store;
     void *ctx;
@@ -60,8 +61,9 @@ int mms_scp_start(const struct mms_scp_opts *o, struct mms_scp **out, char *why,
 /* The port actually listened on (useful with port 0). */
 unsigned mms_scp_port(const struct mms_scp *s);
 
-/* Stop listening, let the running associations end (each within timeout_s), join every
- * thread, and free s. NULL is a no-op. */
+/* Stop listening; end every association with an A-ABORT after the message in progress
+ * (connections that sent no request yet are closed; a peer stalled in the middle of a
+ * message can take up to timeout_s); join every thread, and free s. NULL is a no-op. */
 void mms_scp_stop(struct mms_scp *s);
 
 /* Parse a comma list of CIDR blocks ("10.0.0.0/8, ::1/128, 192.168.1.7") and test addr

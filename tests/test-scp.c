@@ -1,8 +1,10 @@
-/* Tests of the Store SCP (dicom/scp.cc) with the real DCMTK tools as peers: C-ECHO, a CT
- * series and compressed files stored bit-preserving in their transfer syntax, the association
- * policy (called and calling AE title, allowed_hosts, max_associations), the refusals (free
- * space, empty SOP Instance UID, on_store's answer), accept_all, a stop while idle and while a
- * sender is busy, and mms_cidr_match. */
+/* Tests of the Store SCP (dicom/scp.cc) with the real DCMTK tools as peers, and a small raw
+ * DICOM client for what those tools refuse to send: C-ECHO, a CT series and compressed files
+ * stored bit-preserving in their transfer syntax, the association policy (called and calling
+ * AE title, allowed_hosts over IPv4 and IPv6, max_associations), the refusals (free space,
+ * empty or differing SOP Instance UID, on_store's answer), accept_all, probes and non-DICOM
+ * peers, stop while idle, while a sender is busy and with an idle association, no descriptor
+ * left behind, and mms_cidr_match. */
 #include <dirent.h>
 #include <errno.h>
 #include <poll.h>
@@ -34,7 +36,6 @@
 #define JLS CS "JPEGLSLosslessTransferSyntax_1.2.840.10008.1.2.4.80.dcm"
 #define RLE CS "RLELosslessTransferSyntax_1.2.840.10008.1.2.5.dcm"
 #define SC_DFL "pydicom/src/pydicom/data/test_files/image_dfl.dcm"
-#define EMPTY_UID "totalsegmentator/tests/reference_files/example_ct_dicom"
 
 static char td[1024], dir[64], tmp_dir[128], kept_dir[128], tool_log[128];
 
