@@ -140,39 +140,72 @@ bad_option(const struct command *c, int ch, char **argv)
     return EXIT_USAGE;
 }
 
-/* Parse the options shared by serve and check-config. Returns 0, 1 after --help (exit 0),
- * or EXIT_USAGE after an error was printed. */
+/* The options commands take; each command says which of them it accepts. */
+#define OPT_CONFIG 0x1 /* -c, --config FILE */
+#define OPT_JSON 0x2   /* --json */
+#define OPT_NIFTI 0x4  /* --nifti DIR */
+
+struct cli_opts {
+    const char *config; /* NULL when not given */
+    bool json;
+    const char *nifti;
+};
+
+/* Parse the options of c that `allowed` lets it take (and --help); optind ends at the first
+ * operand. Returns -1 to go on, EXIT_SUCCESS after printing the usage, or EXIT_USAGE after
+ * an error was printed. */
 static int
-parse_config_opt(const struct command *c, int argc, char **argv, const char **path)
+parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, struct cli_opts *o)
 {
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
+        {"json", no_argument, NULL, 'j'},
+        {"nifti", required_argument, NULL, 'n'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     int ch;
 
-    *path = MMS_DEFAULT_CONFIG;
+    memset(o, 0, sizeof *o);
     optind = 1;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
-        switch (ch) {
-        case 'c':
-            *path = optarg;
-            break;
-        case 'h':
+    while ((ch = getopt_long(argc, argv, allowed & OPT_CONFIG ? ":c:h" : ":h", opts, NULL)) != -1) {
+        if (ch == 'h') {
             command_usage(c, stdout);
-            return 1;
-        default:
-            return bad_option(c, ch, argv);
+            return EXIT_SUCCESS;
         }
+        if (ch == 'c' && (allowed & OPT_CONFIG))
+            o->config = optarg;
+        else if (ch == 'j' && (allowed & OPT_JSON))
+            o->json = true;
+        else if (ch == 'n' && (allowed & OPT_NIFTI))
+            o->nifti = optarg;
+        else
+            return bad_option(c, ch == ':' ? ':' : '?', argv);
     }
-    if (optind < argc) {
-        fprintf(stderr, "mmsegd %s: unexpected argument '%s'\n", c->name, argv[optind]);
-        command_usage(c, stderr);
-        return EXIT_USAGE;
-    }
-    return 0;
+    return -1;
+}
+
+/* For commands without operands: -1 to go on, or EXIT_USAGE after the error was printed. */
+static int
+no_operands(const struct command *c, int argc, char **argv)
+{
+    if (optind >= argc)
+        return -1;
+    fprintf(stderr, "mmsegd %s: unexpected argument '%s'\n", c->name, argv[optind]);
+    command_usage(c, stderr);
+    return EXIT_USAGE;
+}
+
+/* The options of a command that takes -c and no operand: the configuration path (the default
+ * one when not given), or the exit status (>= 0) in *st. */
+static const char *
+config_only(const struct command *c, int argc, char **argv, int *st)
+{
+    struct cli_opts o;
+    if ((*st = parse_opts(c, argc, argv, OPT_CONFIG, &o)) < 0)
+        *st = no_operands(c, argc, argv);
+    return o.config != NULL ? o.config : MMS_DEFAULT_CONFIG;
 }
 
 /* Load the configuration or print why not. Returns 0, or the exit code. */
@@ -194,11 +227,11 @@ static int
 cmd_check_config(int argc, char **argv)
 {
     struct mms_config *cfg;
-    const char *path;
-    int rc = parse_config_opt(find_command("check-config"), argc, argv, &path);
+    int rc;
+    const char *path = config_only(find_command("check-config"), argc, argv, &rc);
 
-    if (rc != 0)
-        return rc == 1 ? EXIT_SUCCESS : rc;
+    if (rc >= 0)
+        return rc;
     rc = load_config(path, &cfg);
     if (rc != 0)
         return rc;
@@ -211,40 +244,17 @@ static int
 cmd_serve(int argc, char **argv)
 {
     struct mms_config *cfg;
-    const char *path;
-    int rc = parse_config_opt(find_command("serve"), argc, argv, &path);
+    int rc;
+    const char *path = config_only(find_command("serve"), argc, argv, &rc);
 
-    if (rc != 0)
-        return rc == 1 ? EXIT_SUCCESS : rc;
+    if (rc >= 0)
+        return rc;
     rc = load_config(path, &cfg);
     if (rc != 0)
         return rc;
     mms_log_stderr_open(STDERR_FILENO);
     rc = mms_serve(cfg); /* takes ownership of cfg */
     return rc == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
-}
-
-/* Options of a command that has only --help. Returns -1 to go on (optind at the first
- * operand), or the exit status: 0 after printing the usage, EXIT_USAGE on an unknown option. */
-static int
-parse_help_only(const struct command *c, int argc, char **argv)
-{
-    static const struct option opts[] = {
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
-    int ch;
-
-    optind = 1;
-    opterr = 0;
-    while ((ch = getopt_long(argc, argv, ":h", opts, NULL)) != -1) {
-        if (ch == 'h') {
-            command_usage(c, stdout);
-            return EXIT_SUCCESS;
-        }
-        return bad_option(c, ch, argv);
-    }
-    return -1;
 }
 
 static int
@@ -257,7 +267,8 @@ cmd_model_info(int argc, char **argv)
     cJSON *json;
     int rc;
 
-    if ((rc = parse_help_only(c, argc, argv)) >= 0)
+    struct cli_opts o;
+    if ((rc = parse_opts(c, argc, argv, 0, &o)) >= 0)
         return rc;
     if (optind >= argc) {
         fprintf(stderr, "mmsegd %s: a model FILE is required\n", c->name);
@@ -293,38 +304,15 @@ cmd_model_info(int argc, char **argv)
 static int
 cmd_inspect(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"json", no_argument, NULL, 'j'},
-        {"nifti", required_argument, NULL, 'n'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     const struct command *c = find_command("inspect");
-    const char *config = NULL;
     struct inspect_opts o = {0};
-    int ch;
-
-    optind = 1;
-    opterr = 0;
-    while ((ch = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
-        switch (ch) {
-        case 'c':
-            config = optarg;
-            break;
-        case 'j':
-            o.json = true;
-            break;
-        case 'n':
-            o.nifti_dir = optarg;
-            break;
-        case 'h':
-            command_usage(c, stdout);
-            return EXIT_SUCCESS;
-        default:
-            return bad_option(c, ch, argv);
-        }
-    }
+    struct cli_opts co;
+    int st = parse_opts(c, argc, argv, OPT_CONFIG | OPT_JSON | OPT_NIFTI, &co);
+    if (st >= 0)
+        return st;
+    const char *config = co.config;
+    o.json = co.json;
+    o.nifti_dir = co.nifti;
     if (optind >= argc) {
         fprintf(stderr, "mmsegd %s: at least one PATH is required\n", c->name);
         command_usage(c, stderr);
@@ -357,39 +345,15 @@ cmd_inspect(int argc, char **argv)
 static int
 cmd_status(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        {"config", required_argument, NULL, 'c'},
-        {"json", no_argument, NULL, 'j'},
-        {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
-    };
     const struct command *c = find_command("status");
-    const char *config = MMS_DEFAULT_CONFIG;
-    bool json = false;
-    int ch;
-
-    optind = 1;
-    opterr = 0;
-    while ((ch = getopt_long(argc, argv, ":c:h", opts, NULL)) != -1) {
-        switch (ch) {
-        case 'c':
-            config = optarg;
-            break;
-        case 'j':
-            json = true;
-            break;
-        case 'h':
-            command_usage(c, stdout);
-            return EXIT_SUCCESS;
-        default:
-            return bad_option(c, ch, argv);
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "mmsegd %s: unexpected argument '%s'\n", c->name, argv[optind]);
-        command_usage(c, stderr);
-        return EXIT_USAGE;
-    }
+    struct cli_opts o;
+    int st = parse_opts(c, argc, argv, OPT_CONFIG | OPT_JSON, &o);
+    if (st < 0)
+        st = no_operands(c, argc, argv);
+    if (st >= 0)
+        return st;
+    const char *config = o.config != NULL ? o.config : MMS_DEFAULT_CONFIG;
+    const bool json = o.json;
     struct mms_config *cfg;
     int rc = load_config(config, &cfg);
     if (rc != 0)

@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -128,47 +127,6 @@ mms_spool_free_bytes(const struct mms_spool *sp)
     return (int64_t)v.f_bavail * (int64_t)v.f_frsize;
 }
 
-/* SHA-256 (hex) of the data set: the file after its meta information (all of it without
- * one). The pre-scan also guards the readers that come next against deep nesting. */
-static int
-digest_file(const char *path, char hex[65], char *why, size_t why_len)
-{
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    struct stat sb;
-    if (fd < 0 || fstat(fd, &sb) != 0) {
-        int rc = mms_err_errno();
-        if (fd >= 0)
-            close(fd);
-        return mms_why(why, why_len, rc, "%s", mms_strerror(rc));
-    }
-    if (sb.st_size == 0) {
-        close(fd);
-        return mms_why(why, why_len, MMS_EDICOM, "empty file");
-    }
-    size_t len = (size_t)sb.st_size;
-    uint8_t *map = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
-    close(fd);
-    if (map == MAP_FAILED) {
-        int rc = mms_err_errno();
-        return mms_why(why, why_len, rc, "%s", mms_strerror(rc));
-    }
-    struct mms_prescan pre;
-    char reason[256];
-    int rc = mms_dicom_prescan(map, len, MMS_DICOM_MAX_NESTING, &pre, reason, sizeof reason);
-    if (rc < 0) {
-        munmap(map, len);
-        return mms_why(why, why_len, rc, "%s", reason);
-    }
-    struct mms_sha256 c;
-    uint8_t d[32];
-    mms_sha256_init(&c);
-    mms_sha256_update(&c, map + pre.dataset_at, len - pre.dataset_at);
-    mms_sha256_final(&c, d);
-    mms_sha256_hex(d, hex);
-    munmap(map, len);
-    return 0;
-}
-
 /* "2.25." and the decimal value of the first 16 bytes of SHA-256(text): a UID that the same
  * text always gives. */
 static void
@@ -255,11 +213,9 @@ ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool deri
     if (rc < 0)
         return mms_why(why, why_len, rc, "fsync: %s", mms_strerror(rc));
     char digest[65];
-    if ((rc = digest_file(tmp_path, digest, why, why_len)) < 0)
-        return rc;
     struct mms_header h;
-    if ((rc = mms_header_read(tmp_path, &h, reason, sizeof reason)) < 0)
-        return mms_why(why, why_len, rc == MMS_EDICOM ? MMS_EDICOM : rc, "%s", reason);
+    if ((rc = mms_header_read_digest(tmp_path, &h, digest, reason, sizeof reason)) < 0)
+        return mms_why(why, why_len, rc, "%s", reason);
     if (mms_sop_class_is_dicomdir(h.media_class) || mms_sop_class_is_dicomdir(h.sop_class))
         return mms_why(why, why_len, MMS_EDICOM, "a DICOMDIR, not an instance");
     if (h.sop_class[0] == '\0' || h.sop_instance[0] == '\0')

@@ -202,6 +202,11 @@ int mms_dicom_prescan_file(const char *path, struct mms_prescan *info, char *why
  * Threads: any. */
 int mms_header_read(const char *path, struct mms_header *h, char *why, size_t why_len);
 
+/* mms_header_read(), and digest (65 bytes) receives the SHA-256 (hex) of the data set, the
+ * file after its meta information, from the same reading of the file. */
+int mms_header_read_digest(const char *path, struct mms_header *h, char digest[65], char *why,
+                           size_t why_len);
+
 /* mms_header_read() through GDCM only, for the tests that compare the two readers. */
 int mms_header_read_gdcm(const char *path, struct mms_header *h, char *why, size_t why_len);
 

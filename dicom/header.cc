@@ -23,6 +23,7 @@
 #include <gdcmTransferSyntax.h>
 
 #include "common/err.h"
+#include "common/sha256.h"
 #include "dicom/dicom-impl.hh"
 
 namespace
@@ -335,7 +336,8 @@ read_gdcm(const char *path, struct mms_header *out, char *why, size_t why_len)
 
 // Map the file, pre-scan it, and read the header from the scan or through GDCM.
 int
-read(const char *path, bool scan_ok, struct mms_header *out, char *why, size_t why_len)
+read(const char *path, bool scan_ok, struct mms_header *out, char *digest, char *why,
+     size_t why_len)
 {
     int fd = -1;
     uint64_t size = 0;
@@ -354,6 +356,15 @@ read(const char *path, bool scan_ok, struct mms_header *out, char *why, size_t w
     char reason[256];
     int rc = mms_dicom_prescan(static_cast<const uint8_t *>(map), len, MMS_DICOM_MAX_NESTING, &pre,
                                reason, sizeof reason);
+    if (rc == 0 && digest != nullptr) { // the data set: the file after its meta information
+        struct mms_sha256 c;
+        uint8_t d[32];
+        mms_sha256_init(&c);
+        mms_sha256_update(&c, static_cast<const uint8_t *>(map) + pre.dataset_at,
+                          len - pre.dataset_at);
+        mms_sha256_final(&c, d);
+        mms_sha256_hex(d, digest);
+    }
     try {
         if (rc < 0) {
             rc = mms__dicom_fail(why, why_len, rc, path, reason);
@@ -403,11 +414,18 @@ mms_sop_class_is_dicomdir(const char *uid)
 extern "C" int
 mms_header_read(const char *path, struct mms_header *out, char *why, size_t why_len)
 {
-    return read(path, true, out, why, why_len);
+    return read(path, true, out, nullptr, why, why_len);
+}
+
+extern "C" int
+mms_header_read_digest(const char *path, struct mms_header *out, char digest[65], char *why,
+                       size_t why_len)
+{
+    return read(path, true, out, digest, why, why_len);
 }
 
 extern "C" int
 mms_header_read_gdcm(const char *path, struct mms_header *out, char *why, size_t why_len)
 {
-    return read(path, false, out, why, why_len);
+    return read(path, false, out, nullptr, why, why_len);
 }

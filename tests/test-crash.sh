@@ -4,7 +4,7 @@
 # acknowledged is on disk under its digest, with the data set it was sent with, and indexed
 # once. Three rounds.
 set -u
-. "$(dirname "$0")/testdata.sh"
+. "$(dirname "$0")/find-testdata.sh"
 require_testdata
 for t in echoscu storescu; do
     if ! command -v $t >/dev/null; then

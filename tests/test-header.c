@@ -12,7 +12,7 @@
 #include "common/err.h"
 #include "dicom/dicom.h"
 #include "tests/tap.h"
-#include "tests/testdata.h"
+#include "tests/find-testdata.h"
 
 static char td[1024];
 static int n_files, n_dicom, n_fast, n_same, n_rc_same, n_gdcm_short;

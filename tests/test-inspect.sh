@@ -4,7 +4,7 @@
 # Capture summary, DICOMDIR and directory files) and dicom2nifti's failing cases. The expected
 # figures come from the sources' SOURCE.md, not from our own output.
 set -u
-. "$(dirname "$0")/testdata.sh"
+. "$(dirname "$0")/find-testdata.sh"
 require_testdata
 mmsegd=${MMSEGD:-./mmsegd}
 n=0

@@ -7,7 +7,7 @@
 # rename, garbage), and the queue after a restart. tests/test-crash.sh kills the daemon
 # while it receives.
 set -u
-. "$(dirname "$0")/testdata.sh"
+. "$(dirname "$0")/find-testdata.sh"
 require_testdata
 for t in echoscu storescu dcmodify sqlite3; do
     if ! command -v $t >/dev/null; then

@@ -13,7 +13,7 @@
 #include "common/err.h"
 #include "dicom/dicom.h"
 #include "tests/tap.h"
-#include "tests/testdata.h"
+#include "tests/find-testdata.h"
 
 #define N512 (512 * 512)
 #define MAX_VOXELS 1000000000ull

@@ -26,7 +26,7 @@
 #include "common/log.h"
 #include "dicom/scp.h"
 #include "tests/tap.h"
-#include "tests/testdata.h"
+#include "tests/find-testdata.h"
 
 #define S2010 "dcm_qa_ct/In/Philips/S21570/S2010"
 #define CS "cornerstoneWADOImageLoader/testImages/CTImage.dcm_"

@@ -24,7 +24,7 @@
 #  - every NIfTI written: where the JSON says, loads, sform_code = qform_code = 1.
 # Results are numbered here; the plan comes last (the number of checks depends on the data).
 set -u
-. "$(dirname "$0")/testdata.sh"
+. "$(dirname "$0")/find-testdata.sh"
 require_testdata
 mmsegd=${MMSEGD:-./mmsegd}
 python=${PYTHON3:-/usr/bin/python3}

@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
 done
 mmsegd=${MMSEGD:-_build/dev/mmsegd}
 py=${PYTHON3:-/usr/bin/python3}
-. tests/testdata.sh
+. tests/find-testdata.sh
 if ! find_testdata; then
     echo "bench-intake: the shared test data is not here (set MMS_TESTDATA to its folder)" >&2
     exit 1

@@ -34,7 +34,7 @@ out=_build/bench
 mkdir -p "$out"
 export LC_ALL=C # EPOCHREALTIME with a decimal point
 
-. tests/testdata.sh
+. tests/find-testdata.sh
 if ! find_testdata; then
     echo "bench-volume: the shared test data is not here (set MMS_TESTDATA to its folder)" >&2
     exit 1

@@ -1,8 +1,8 @@
 /* Where the shared test data is, for the tests that read it: MMS_TESTDATA, else
  * $srcdir/../shared/testdata, else /work/shared/testdata (the first that holds dcm_qa_ct/In).
  * Each test program includes it once. */
-#ifndef MMS_TESTS_TESTDATA_H
-#define MMS_TESTS_TESTDATA_H
+#ifndef MMS_TESTS_FIND_TESTDATA_H
+#define MMS_TESTS_FIND_TESTDATA_H
 
 #include <stdbool.h>
 #include <stdio.h>
