@@ -102,13 +102,13 @@ static const struct cfg_key main_keys[] = {
     {"series", "decode_threads", T_UINT, OFF(series.decode_threads), "0", 0, 256, NULL, 0},
 
     {"infer", "model", T_PATH, OFF(infer.model), "/usr/share/mmsegd/models/demo.safetensors", 0, 0,
-     NULL, NOTYET},
-    {"infer", "backend", T_ENUM, OFF(infer.backend), "auto", 0, 0, backends, NOTYET},
-    {"infer", "device", T_UINT, OFF(infer.device), "0", 0, 63, NULL, NOTYET},
-    {"infer", "threads", T_UINT, OFF(infer.threads), "0", 0, 1024, NULL, NOTYET},
-    {"infer", "tta", T_BOOL, OFF(infer.tta), "yes", 0, 0, NULL, NOTYET},
-    {"infer", "tile_step", T_DBL, OFF(infer.tile_step), "0.5", 0.1, 1.0, NULL, NOTYET},
-    {"infer", "max_memory_mb", T_UINT, OFF(infer.max_memory_mb), "0", 0, UMAX, NULL, NOTYET},
+     NULL, 0},
+    {"infer", "backend", T_ENUM, OFF(infer.backend), "auto", 0, 0, backends, 0},
+    {"infer", "device", T_UINT, OFF(infer.device), "0", 0, 63, NULL, 0},
+    {"infer", "threads", T_UINT, OFF(infer.threads), "0", 0, 1024, NULL, 0},
+    {"infer", "tta", T_BOOL, OFF(infer.tta), "yes", 0, 0, NULL, 0},
+    {"infer", "tile_step", T_DBL, OFF(infer.tile_step), "0.5", 0.1, 1.0, NULL, 0},
+    {"infer", "max_memory_mb", T_UINT, OFF(infer.max_memory_mb), "0", 0, UMAX, NULL, 0},
     {"infer", "precision", T_ENUM, OFF(infer.precision), "fp32", 0, 0, precisions, NOTYET},
     {"infer", "export", T_ENUM, OFF(infer.export_mode), "exact", 0, 0, exports, NOTYET},
 
@@ -758,6 +758,28 @@ fail:
     free(ld.lines);
     mms_config_free(ld.cfg);
     return rc;
+}
+
+int
+mms_config_set(struct mms_config *cfg, const char *section, const char *key, const char *value,
+               char *why, size_t why_len)
+{
+    for (size_t i = 0; i < N_MAIN; i++) {
+        const struct cfg_key *k = &main_keys[i];
+        if (strcmp(k->section, section) != 0 || strcmp(k->key, key) != 0)
+            continue;
+        if (k->flags & NOTYET) {
+            snprintf(why, why_len, "[%s] %s: not supported yet", section, key);
+            return MMS_EINVAL;
+        }
+        char reason[256];
+        int rc = parse_value(NULL, k, value, cfg, reason, sizeof reason);
+        if (rc == MMS_EINVAL)
+            snprintf(why, why_len, "[%s] %s: %s", section, key, reason);
+        return rc;
+    }
+    snprintf(why, why_len, "[%s] %s: unknown key", section, key);
+    return MMS_EINVAL;
 }
 
 int

@@ -111,6 +111,12 @@ int mms_config_load(const char *path, struct mms_config **out, char *errbuf, siz
  * Ownership: *out is new, free with mms_config_free(). Returns 0 or MMS_ENOMEM. */
 int mms_config_defaults(struct mms_config **out);
 
+/* Set one key of the main sections as the file would (the same parsing and ranges); for
+ * command-line overrides. Paths are taken as given.
+ * Returns 0, MMS_ENOMEM, or MMS_EINVAL with "[section] key: reason" in why. */
+int mms_config_set(struct mms_config *cfg, const char *section, const char *key, const char *value,
+                   char *why, size_t why_len);
+
 /* Free cfg and everything it owns. NULL is a harmless no-op. */
 void mms_config_free(struct mms_config *cfg);
 

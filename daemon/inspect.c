@@ -3,76 +3,14 @@
  * (the volume decoder starts its own). */
 #include "daemon/inspect.h"
 
-#include <errno.h>
-#include <ftw.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include <cjson/cJSON.h>
 
 #include "common/err.h"
+#include "daemon/files.h"
 #include "dicom/dicom.h"
-
-struct file {
-    char *path;
-    struct mms_header h;
-};
-
-struct list {
-    char **paths;
-    int n, cap;
-};
-
-static struct list *walk_list; /* nftw has no context argument */
-
-static int
-add_path(struct list *l, const char *p)
-{
-    if (l->n == l->cap) {
-        int cap = l->cap ? 2 * l->cap : 256;
-        char **v = realloc(l->paths, (size_t)cap * sizeof *v);
-        if (v == NULL)
-            return MMS_ENOMEM;
-        l->paths = v;
-        l->cap = cap;
-    }
-    if ((l->paths[l->n] = strdup(p)) == NULL)
-        return MMS_ENOMEM;
-    l->n++;
-    return 0;
-}
-
-static int
-on_entry(const char *p, const struct stat *sb, int type, struct FTW *ftw)
-{
-    (void)sb;
-    (void)ftw;
-    return type == FTW_F ? add_path(walk_list, p) : 0;
-}
-
-static int
-cmp_str(const void *a, const void *b)
-{
-    return strcmp(*(char *const *)a, *(char *const *)b);
-}
-
-/* Files of one series: the same Series Instance UID; without one (some exports leave it
- * empty), the same folder and frame of reference. */
-static bool
-same_series(const struct file *a, const struct file *b)
-{
-    if (strcmp(a->h.series_uid, b->h.series_uid) != 0)
-        return false;
-    if (a->h.series_uid[0] != '\0')
-        return true;
-    const char *sa = strrchr(a->path, '/'), *sb = strrchr(b->path, '/');
-    size_t la = sa != NULL ? (size_t)(sa - a->path) : 0,
-           lb = sb != NULL ? (size_t)(sb - b->path) : 0;
-    return la == lb && strncmp(a->path, b->path, la) == 0 &&
-           strcmp(a->h.slice.frame_of_ref, b->h.slice.frame_of_ref) == 0;
-}
 
 static bool
 is_localizer(const struct mms_header *h)
@@ -102,22 +40,9 @@ vec3(const double *v)
     return cJSON_CreateDoubleArray(v, 3);
 }
 
-/* Where the NIfTI of series number `number` goes: DIR/UID.nii.gz, or DIR/series-NNN.nii.gz. */
-static void
-nifti_path(const char *dir, const char *uid, int number, char *buf, size_t len)
-{
-    bool ok = uid[0] != '\0';
-    for (const char *p = uid; *p != '\0'; p++)
-        ok = ok && (*p == '.' || (*p >= '0' && *p <= '9'));
-    if (ok)
-        snprintf(buf, len, "%s/%s.nii.gz", dir, uid);
-    else
-        snprintf(buf, len, "%s/series-%03d.nii.gz", dir, number);
-}
-
 /* The volume part of the report: text lines, or fields of jv. */
 static void
-report_volume(const struct mms_volume *v, const struct file *f, const int *idx, FILE *out,
+report_volume(const struct mms_volume *v, const struct mms_file *f, const int *idx, FILE *out,
               cJSON *jv, const char *nifti)
 {
     float lo, hi;
@@ -206,8 +131,8 @@ static const char *const reason_text[] = {
 
 /* One series: files f[idx[0..n)], number `number` (1-based). Returns 0, or MMS_ENOMEM. */
 static int
-report_series(const struct file *f, const int *idx, int n, int number, const struct inspect_opts *o,
-              FILE *out, cJSON *series_arr)
+report_series(const struct mms_file *f, const int *idx, int n, int number,
+              const struct inspect_opts *o, FILE *out, cJSON *series_arr)
 {
     const struct mms_header *h0 = &f[idx[0]].h;
     const char **paths = malloc((size_t)n * sizeof *paths);
@@ -269,7 +194,7 @@ report_series(const struct file *f, const int *idx, int n, int number, const str
         char nifti[4096], nwhy[1024];
         const char *written = NULL;
         if (o->nifti_dir != NULL) {
-            nifti_path(o->nifti_dir, h0->series_uid, number, nifti, sizeof nifti);
+            mms_series_nifti_path(o->nifti_dir, h0->series_uid, number, nifti, sizeof nifti);
             if (mms_nifti_write(v, nifti, nwhy, sizeof nwhy) == 0)
                 written = nifti;
             else if (js != NULL)
@@ -306,93 +231,44 @@ file_note(FILE *out, cJSON *arr, const char *kind, const char *path, const char 
     cJSON_AddItemToArray(arr, o);
 }
 
+struct notes {
+    FILE *out;
+    cJSON *ignored, *not_read;
+};
+
+static void
+on_note(void *arg, const char *kind, const char *path, const char *reason)
+{
+    struct notes *n = arg;
+    file_note(n->out, strcmp(kind, "ignored") == 0 ? n->ignored : n->not_read, kind, path, reason);
+}
+
 int
 mms_inspect(const char *const *paths, int n, const struct inspect_opts *o, FILE *out)
 {
     cJSON *root = o->json ? cJSON_CreateObject() : NULL;
-    cJSON *j_ignored = NULL, *j_not_read = NULL, *j_series = NULL;
+    struct notes notes = {out, NULL, NULL};
+    cJSON *j_series = NULL;
     if (root != NULL) {
-        j_ignored = cJSON_AddArrayToObject(root, "ignored");
-        j_not_read = cJSON_AddArrayToObject(root, "not_read");
+        notes.ignored = cJSON_AddArrayToObject(root, "ignored");
+        notes.not_read = cJSON_AddArrayToObject(root, "not_read");
         j_series = cJSON_AddArrayToObject(root, "series");
     }
-    struct list l = {0};
-    struct file *f = NULL;
-    int rc = 0, nf = 0, n_dicom = 0;
-    for (int i = 0; i < n && rc == 0; i++) {
-        struct stat sb;
-        if (stat(paths[i], &sb) != 0) {
-            rc = -errno;
-            fprintf(out, "%s: %s\n", paths[i], mms_strerror(rc));
-            goto done;
-        }
-        if (S_ISDIR(sb.st_mode)) {
-            walk_list = &l;
-            int w = nftw(paths[i], on_entry, 16, FTW_PHYS);
-            walk_list = NULL;
-            if (w != 0)
-                rc = w < 0 ? -errno : w;
-        } else {
-            rc = add_path(&l, paths[i]);
-        }
-    }
-    if (rc < 0)
-        goto done;
-    qsort(l.paths, (size_t)l.n, sizeof *l.paths, cmp_str);
-    if ((f = calloc((size_t)(l.n ? l.n : 1), sizeof *f)) == NULL) {
-        rc = MMS_ENOMEM;
+    struct mms_fileset fs;
+    char why[1024];
+    int rc = mms_fileset_read(paths, n, on_note, &notes, &fs, why, sizeof why);
+    if (rc < 0) {
+        if (rc != MMS_ENOMEM)
+            fprintf(out, "%s\n", why);
         goto done;
     }
-    int ignored = 0;
-    for (int i = 0; i < l.n; i++) {
-        char why[512];
-        struct mms_header h;
-        int r = mms_header_read(l.paths[i], &h, why, sizeof why);
-        if (r < 0) {
-            file_note(out, j_not_read, "not read", NULL, why);
-            continue;
-        }
-        n_dicom++;
-        if (mms_sop_class_is_dicomdir(h.media_class) || mms_sop_class_is_dicomdir(h.sop_class)) {
-            file_note(out, j_ignored, "ignored", l.paths[i], "DICOMDIR");
-            ignored++;
-            continue;
-        }
-        if (h.sop_class[0] == '\0') {
-            file_note(out, j_ignored, "ignored", l.paths[i], "no SOP Class UID (not an image)");
-            ignored++;
-            continue;
-        }
-        f[nf].path = l.paths[i];
-        f[nf++].h = h;
-    }
-    /* series in order of first appearance (paths sorted) */
-    int *idx = malloc((size_t)(nf ? nf : 1) * sizeof *idx);
-    bool *done = calloc((size_t)(nf ? nf : 1), sizeof *done);
-    if (idx == NULL || done == NULL) {
-        free(idx);
-        free(done);
-        rc = MMS_ENOMEM;
-        goto done;
-    }
-    int n_series = 0;
-    for (int i = 0; i < nf; i++) {
-        if (done[i])
-            continue;
-        int m = 0;
-        for (int j = i; j < nf; j++) {
-            if (!done[j] && same_series(&f[i], &f[j])) {
-                done[j] = true;
-                idx[m++] = j;
-            }
-        }
-        if ((rc = report_series(f, idx, m, n_series + 1, o, out, j_series)) < 0)
+    for (int s = 0; s < fs.n_series; s++)
+        if ((rc = report_series(fs.f, fs.idx + fs.start[s], fs.start[s + 1] - fs.start[s], s + 1, o,
+                                out, j_series)) < 0)
             break;
-        n_series++;
-    }
     if (root != NULL) {
-        cJSON_AddNumberToObject(root, "files", l.n);
-        cJSON_AddNumberToObject(root, "dicom", n_dicom);
+        cJSON_AddNumberToObject(root, "files", fs.listed);
+        cJSON_AddNumberToObject(root, "dicom", fs.dicom);
         char *text = cJSON_Print(root);
         if (text == NULL)
             rc = MMS_ENOMEM;
@@ -400,18 +276,13 @@ mms_inspect(const char *const *paths, int n, const struct inspect_opts *o, FILE 
             fprintf(out, "%s\n", text);
         free(text);
     } else {
-        fprintf(out, "%d file%s, %d DICOM, %d ignored, %d series\n", l.n, l.n == 1 ? "" : "s",
-                n_dicom, ignored, n_series);
+        fprintf(out, "%d file%s, %d DICOM, %d ignored, %d series\n", fs.listed,
+                fs.listed == 1 ? "" : "s", fs.dicom, fs.ignored, fs.n_series);
     }
-    free(idx);
-    free(done);
     if (rc == 0)
-        rc = n_dicom > 0 ? 0 : MMS_ENOENT;
+        rc = fs.dicom > 0 ? 0 : MMS_ENOENT;
 done:
     cJSON_Delete(root);
-    for (int i = 0; i < l.n; i++)
-        free(l.paths[i]);
-    free(l.paths);
-    free(f);
+    mms_fileset_free(&fs);
     return rc;
 }

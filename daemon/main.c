@@ -15,6 +15,7 @@
 #include "common/log.h"
 #include "daemon/config.h"
 #include "daemon/inspect.h"
+#include "daemon/segment.h"
 #include "daemon/serve.h"
 #include "daemon/status.h"
 #include "infer/infer.h"
@@ -33,6 +34,7 @@ static int cmd_check_config(int argc, char **argv);
 static int cmd_model_info(int argc, char **argv);
 static int cmd_inspect(int argc, char **argv);
 static int cmd_status(int argc, char **argv);
+static int cmd_segment(int argc, char **argv);
 
 static const struct command commands[] = {
     {"serve", "run the daemon in the foreground (systemd Type=notify)",
@@ -92,6 +94,29 @@ static const struct command commands[] = {
      "                      with the exact, sheared grid; qform rigid)\n"
      "  -h, --help          show this help\n",
      cmd_inspect},
+    {"segment", "segment the CT series in files and folders once, without the network",
+     "[-c FILE] [OPTIONS] --nifti DIR PATH...\n"
+     "\n"
+     "Reads every file under each PATH (folders recursively), groups them into series,\n"
+     "rebuilds each CT series' volume as inspect does and segments it with the model\n"
+     "(mmunet.md section 5: orientation, normalisation, resampling, sliding window with\n"
+     "Gaussian weighting and mirroring, labels back on the DICOM grid). The labels go to\n"
+     "DIR/SERIES_UID.nii.gz (uint8 NIfTI-1 on the grid inspect --nifti writes for the CT).\n"
+     "Series that are not CT are skipped. Exit 0 when every CT series was segmented, 1 when\n"
+     "one failed or there was none, 2 for a usage or configuration error.\n"
+     "\n"
+     "  -c, --config FILE     take [series] and [infer] from FILE (default: built-in ones)\n"
+     "  --nifti DIR           where the label volumes go (created if needed)\n"
+     "  --model FILE          the model file ([infer] model)\n"
+     "  --backend NAME        auto, cpu or cuda ([infer] backend)\n"
+     "  --threads N           CPU threads, 0 = all cores ([infer] threads)\n"
+     "  --tta yes|no          mirroring test-time augmentation ([infer] tta)\n"
+     "  --tile-step X         tile overlap step as a fraction of the tile ([infer] tile_step)\n"
+     "  --max-memory-mb N     refuse larger jobs before allocating, 0 = 80% of RAM\n"
+     "                        ([infer] max_memory_mb)\n"
+     "  --json                print one JSON object (stage times, shapes, label counts)\n"
+     "  -h, --help            show this help\n",
+     cmd_segment},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
@@ -144,11 +169,13 @@ bad_option(const struct command *c, int ch, char **argv)
 #define OPT_CONFIG 0x1 /* -c, --config FILE */
 #define OPT_JSON 0x2   /* --json */
 #define OPT_NIFTI 0x4  /* --nifti DIR */
+#define OPT_INFER 0x8  /* --model, --backend, --threads, --tta, --tile-step, --max-memory-mb */
 
 struct cli_opts {
     const char *config; /* NULL when not given */
     bool json;
     const char *nifti;
+    const char *model, *backend, *threads, *tta, *tile_step, *max_memory_mb; /* OPT_INFER */
 };
 
 /* Parse the options of c that `allowed` lets it take (and --help); optind ends at the first
@@ -161,6 +188,12 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
         {"config", required_argument, NULL, 'c'},
         {"json", no_argument, NULL, 'j'},
         {"nifti", required_argument, NULL, 'n'},
+        {"model", required_argument, NULL, 'M'},
+        {"backend", required_argument, NULL, 'B'},
+        {"threads", required_argument, NULL, 'T'},
+        {"tta", required_argument, NULL, 'A'},
+        {"tile-step", required_argument, NULL, 'S'},
+        {"max-memory-mb", required_argument, NULL, 'X'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -180,6 +213,18 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
             o->json = true;
         else if (ch == 'n' && (allowed & OPT_NIFTI))
             o->nifti = optarg;
+        else if (ch == 'M' && (allowed & OPT_INFER))
+            o->model = optarg;
+        else if (ch == 'B' && (allowed & OPT_INFER))
+            o->backend = optarg;
+        else if (ch == 'T' && (allowed & OPT_INFER))
+            o->threads = optarg;
+        else if (ch == 'A' && (allowed & OPT_INFER))
+            o->tta = optarg;
+        else if (ch == 'S' && (allowed & OPT_INFER))
+            o->tile_step = optarg;
+        else if (ch == 'X' && (allowed & OPT_INFER))
+            o->max_memory_mb = optarg;
         else
             return bad_option(c, ch == ':' ? ':' : '?', argv);
     }
@@ -339,6 +384,80 @@ cmd_inspect(int argc, char **argv)
         fprintf(stderr, "mmsegd: inspect: %s\n", mms_strerror(rc));
     else if (rc == MMS_ENOENT)
         fprintf(stderr, "mmsegd: inspect: no DICOM file found\n");
+    return rc == 0 && fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+/* 80 % of the physical memory, the default of [infer] max_memory_mb = 0. */
+static size_t
+default_memory_limit(void)
+{
+    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
+    return pages > 0 && page > 0 ? (size_t)pages / 10 * 8 * (size_t)page : 0;
+}
+
+static int
+cmd_segment(int argc, char **argv)
+{
+    const struct command *c = find_command("segment");
+    struct cli_opts co;
+    int st = parse_opts(c, argc, argv, OPT_CONFIG | OPT_JSON | OPT_NIFTI | OPT_INFER, &co);
+    if (st >= 0)
+        return st;
+    if (co.nifti == NULL || optind >= argc) {
+        fprintf(stderr, "mmsegd %s: %s\n", c->name,
+                co.nifti == NULL ? "--nifti DIR is required (the only output for now)"
+                                 : "at least one PATH is required");
+        command_usage(c, stderr);
+        return EXIT_USAGE;
+    }
+    struct mms_config *cfg = NULL;
+    int rc = co.config != NULL ? load_config(co.config, &cfg) : mms_config_defaults(&cfg);
+    if (rc != 0) {
+        if (co.config == NULL)
+            fprintf(stderr, "mmsegd %s: %s\n", c->name, mms_strerror(rc));
+        return co.config != NULL ? rc : EXIT_FAILURE;
+    }
+    const char *set[][2] = {{"model", co.model},         {"backend", co.backend},
+                            {"threads", co.threads},     {"tta", co.tta},
+                            {"tile_step", co.tile_step}, {"max_memory_mb", co.max_memory_mb}};
+    for (size_t i = 0; i < sizeof set / sizeof set[0]; i++) {
+        char why[512];
+        if (set[i][1] != NULL &&
+            mms_config_set(cfg, "infer", set[i][0], set[i][1], why, sizeof why) < 0) {
+            fprintf(stderr, "mmsegd %s: %s\n", c->name, why);
+            mms_config_free(cfg);
+            return EXIT_USAGE;
+        }
+    }
+    static const char *const backends[] = {"auto", "cpu", "cuda"};
+    struct segment_opts o = {0};
+    o.model = cfg->infer.model;
+    o.backend = backends[cfg->infer.backend];
+    o.device = (int)cfg->infer.device;
+    o.threads = (int)cfg->infer.threads;
+    mms_pipe_opts_default(&o.pipe);
+    o.pipe.tta = cfg->infer.tta;
+    o.pipe.tile_step = cfg->infer.tile_step;
+    o.pipe.max_memory = cfg->infer.max_memory_mb > 0 ? (size_t)cfg->infer.max_memory_mb << 20
+                                                     : default_memory_limit();
+    o.vol.stack.max_gap_ratio = cfg->series.max_gap_ratio;
+    o.vol.stack.allow_gaps = cfg->series.allow_gaps;
+    o.vol.max_voxels = cfg->series.max_voxels;
+    o.vol.threads = (int)cfg->series.decode_threads;
+    o.nifti_dir = co.nifti;
+    o.json = co.json;
+    o.progress = !co.json && isatty(STDERR_FILENO);
+    if (mkdir(o.nifti_dir, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "mmsegd %s: %s: %s\n", c->name, o.nifti_dir, mms_strerror(-errno));
+        mms_config_free(cfg);
+        return EXIT_FAILURE;
+    }
+    char why[1024];
+    rc =
+        mms_segment((const char *const *)argv + optind, argc - optind, &o, stdout, why, sizeof why);
+    if (rc < 0)
+        fprintf(stderr, "mmsegd %s: %s\n", c->name, why);
+    mms_config_free(cfg);
     return rc == 0 && fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 

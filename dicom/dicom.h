@@ -311,6 +311,11 @@ void mms_volume_range(const struct mms_volume *v, float *lo, float *hi);
  * Returns 0, -errno, MMS_ENOMEM, MMS_EIO (compression). Threads: any. */
 int mms_nifti_write(const struct mms_volume *v, const char *path, char *why, size_t why_len);
 
+/* Write labels (one uint8 per voxel of v, in v's order) as NIfTI-1 uint8 on v's grid, with
+ * the header mms_nifti_write() gives v. Same returns. */
+int mms_nifti_write_labels(const struct mms_volume *v, const uint8_t *labels, const char *path,
+                           char *why, size_t why_len);
+
 #ifdef __cplusplus
 }
 #endif

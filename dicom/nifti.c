@@ -35,7 +35,7 @@ struct nifti1 {
 };
 _Static_assert(sizeof(struct nifti1) == 348, "NIfTI-1 header size");
 
-enum { DT_INT16 = 4, DT_FLOAT32 = 16, XFORM_SCANNER = 1, UNITS_MM = 2 };
+enum { DT_UINT8 = 2, DT_INT16 = 4, DT_FLOAT32 = 16, XFORM_SCANNER = 1, UNITS_MM = 2 };
 
 /* Unit quaternion (b, c, d; a >= 0) of the proper rotation r (columns are the axes). */
 static void
@@ -70,8 +70,10 @@ quaternion(const double r[3][3], double *b, double *c, double *d)
     }
 }
 
+/* The header of v's grid; the data are int16 or float32 HU, or uint8 labels up to
+ * max_label when labels. */
 static void
-fill_header(const struct mms_volume *v, bool as_int16, struct nifti1 *n)
+fill_header(const struct mms_volume *v, bool as_int16, bool labels, int max_label, struct nifti1 *n)
 {
     memset(n, 0, sizeof *n);
     n->sizeof_hdr = 348;
@@ -81,13 +83,18 @@ fill_header(const struct mms_volume *v, bool as_int16, struct nifti1 *n)
         n->dim[i + 1] = (int16_t)v->dims[i];
     for (int i = 4; i < 8; i++)
         n->dim[i] = 1;
-    n->datatype = as_int16 ? DT_INT16 : DT_FLOAT32;
-    n->bitpix = as_int16 ? 16 : 32;
+    n->datatype = labels ? DT_UINT8 : as_int16 ? DT_INT16 : DT_FLOAT32;
+    n->bitpix = labels ? 8 : as_int16 ? 16 : 32;
     n->vox_offset = 352.0f;
     n->scl_slope = 1.0f;
     n->xyzt_units = UNITS_MM;
-    mms_volume_range(v, &n->cal_min, &n->cal_max);
-    snprintf(n->descrip, sizeof n->descrip, "CT HU by mmsegd%s",
+    if (labels) {
+        n->cal_min = 0.0f;
+        n->cal_max = (float)max_label;
+    } else {
+        mms_volume_range(v, &n->cal_min, &n->cal_max);
+    }
+    snprintf(n->descrip, sizeof n->descrip, "%s by mmsegd%s", labels ? "labels" : "CT HU",
              v->irregular ? ", irregular slice spacing" : "");
     memcpy(n->magic, "n+1", 4);
 
@@ -134,8 +141,9 @@ fill_header(const struct mms_volume *v, bool as_int16, struct nifti1 *n)
     n->qform_code = XFORM_SCANNER;
 }
 
-int
-mms_nifti_write(const struct mms_volume *v, const char *path, char *why, size_t why_len)
+static int
+write_nifti(const struct mms_volume *v, const uint8_t *labels, const char *path, char *why,
+            size_t why_len)
 {
     if (v->dims[0] > INT16_MAX || v->dims[1] > INT16_MAX || v->dims[2] > INT16_MAX) {
         if (why != NULL)
@@ -143,11 +151,14 @@ mms_nifti_write(const struct mms_volume *v, const char *path, char *why, size_t 
         return MMS_EINVAL;
     }
     const size_t nv = (size_t)v->dims[0] * (size_t)v->dims[1] * (size_t)v->dims[2];
-    bool as_int16 = true;
+    bool as_int16 = labels == NULL;
     for (size_t i = 0; i < nv && as_int16; i++)
         as_int16 = v->hu[i] == rintf(v->hu[i]) && v->hu[i] >= INT16_MIN && v->hu[i] <= INT16_MAX;
+    int max_label = 0;
+    for (size_t i = 0; labels != NULL && i < nv; i++)
+        max_label = labels[i] > max_label ? labels[i] : max_label;
     struct nifti1 hdr;
-    fill_header(v, as_int16, &hdr);
+    fill_header(v, as_int16, labels != NULL, max_label, &hdr);
     size_t len = strlen(path);
     bool gz = len > 3 && strcmp(path + len - 3, ".gz") == 0;
     const char *mode = gz ? "wb6" : "wbT"; /* T: plain, through the same calls */
@@ -166,7 +177,9 @@ mms_nifti_write(const struct mms_volume *v, const char *path, char *why, size_t 
     int16_t buf[CHUNK];
     for (size_t i = 0; ok && i < nv; i += CHUNK) {
         size_t m = nv - i < CHUNK ? nv - i : CHUNK;
-        if (as_int16) {
+        if (labels != NULL) {
+            ok = gzwrite(f, labels + i, (unsigned)m) == (int)m;
+        } else if (as_int16) {
             for (size_t j = 0; j < m; j++)
                 buf[j] = (int16_t)v->hu[i + j];
             ok = gzwrite(f, buf, (unsigned)(m * sizeof *buf)) == (int)(m * sizeof *buf);
@@ -185,4 +198,17 @@ mms_nifti_write(const struct mms_volume *v, const char *path, char *why, size_t 
         return rc;
     }
     return 0;
+}
+
+int
+mms_nifti_write(const struct mms_volume *v, const char *path, char *why, size_t why_len)
+{
+    return write_nifti(v, NULL, path, why, why_len);
+}
+
+int
+mms_nifti_write_labels(const struct mms_volume *v, const uint8_t *labels, const char *path,
+                       char *why, size_t why_len)
+{
+    return write_nifti(v, labels, path, why, why_len);
 }

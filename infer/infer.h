@@ -182,6 +182,8 @@ void mms_net_free(struct mms_net *n);
  * what one network holds while it runs. */
 size_t mms_net_arena_bytes(const struct mms_net *n);
 size_t mms_net_fixed_bytes(const struct mms_net *n);
+/* Tiles the backend runs in one pass; mms_net_forward() takes any count and splits it. */
+int mms_net_max_batch(const struct mms_net *n);
 /* Number of ops and of planned buffers; arena bytes if no buffer were reused. */
 int mms_net_op_count(const struct mms_net *n);
 size_t mms_net_unplanned_bytes(const struct mms_net *n);

@@ -71,6 +71,12 @@ mms_net_free(struct mms_net *n)
     free(n);
 }
 
+int
+mms_net_max_batch(const struct mms_net *n)
+{
+    return n->max_batch;
+}
+
 size_t
 mms_net_arena_bytes(const struct mms_net *n)
 {

@@ -140,8 +140,8 @@ main(void)
     expect_error("bad regular expression", "[series]\ndescription_include = (abc\n",
                  "2: [series] description_include: not a POSIX extended regular expression: "
                  "Unmatched ( or \\(");
-    expect_error("unsupported key value", "[daemon]\nlog_level = info\n[infer]\ntta = no\n",
-                 "4: [infer] tta: not supported yet (only the default 'yes' is accepted)");
+    expect_error("unsupported key value", "[daemon]\nlog_level = info\n[infer]\nexport = fast\n",
+                 "4: [infer] export: not supported yet (only the default 'exact' is accepted)");
 
     /* Several errors are all reported, one line each, in file order. */
     rc = load("[daemon]\nbogus = 1\n[infer]\ntta = perhaps\n", &cfg);

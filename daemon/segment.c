@@ -1,0 +1,284 @@
+/* daemon: `mmsegd segment` (design.md section 10): files in, one label volume per CT series
+ * out. Threads: the main thread of the command. */
+#include "daemon/segment.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "common/err.h"
+#include "common/log.h"
+#include "daemon/files.h"
+#include "infer/infer.h"
+
+static double
+now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static void
+on_note(void *arg, const char *kind, const char *path, const char *reason)
+{
+    (void)arg;
+    if (path != NULL)
+        mms_log(MMS_LOG_INFO, "%s: %s: %s", kind, path, reason);
+    else
+        mms_log(MMS_LOG_INFO, "%s: %s", kind, reason);
+}
+
+static void
+on_progress(void *arg, int64_t done, int64_t total)
+{
+    const char *uid = arg;
+    fprintf(stderr, "\r%.40s: tile %lld/%lld (%3d%%)", uid, (long long)done, (long long)total,
+            (int)(100 * done / total));
+    if (done == total)
+        fputc('\n', stderr);
+}
+
+/* The engine's view of a volume. */
+static void
+ct_of(const struct mms_volume *v, struct mms_ct *ct)
+{
+    memset(ct, 0, sizeof *ct);
+    ct->cols = v->dims[0];
+    ct->rows = v->dims[1];
+    ct->slices = v->dims[2];
+    ct->hu = v->hu;
+    ct->col_mm = v->spacing[0];
+    ct->row_mm = v->spacing[1];
+    ct->slice_mm = v->spacing[2];
+    for (int i = 0; i < 3; i++) {
+        ct->u_c[i] = v->dir[i][0];
+        ct->u_r[i] = v->dir[i][1];
+        ct->normal[i] = v->normal[i];
+    }
+    ct->ipp = (const double(*)[3])v->ipp;
+    ct->pos_mm = v->pos_mm;
+}
+
+struct engine {
+    struct mms_model *model;
+    struct mms_backend *be;
+    struct mms_net *net;
+};
+
+static int
+engine_open(const struct segment_opts *o, struct engine *e, char *why, size_t why_len)
+{
+    memset(e, 0, sizeof *e);
+    char mwhy[512];
+    int rc = mms_model_load(o->model, &e->model, mwhy, sizeof mwhy);
+    if (rc < 0)
+        return mms_why(why, why_len, rc, "model %s: %s", o->model, mwhy);
+    struct mms_backend_params bp = {.threads = o->threads, .device = o->device};
+    if ((rc = mms_backend_open(o->backend, &bp, &e->be)) < 0)
+        return mms_why(why, why_len, rc, "backend %s: %s", o->backend, mms_strerror(rc));
+    const struct mms_card *card = mms_model_card(e->model);
+    if ((rc = mms_net_new(e->model, e->be, card->inf.patch, 0, &e->net)) < 0)
+        return mms_why(why, why_len, rc, "model %s on backend %s: %s", o->model,
+                       mms_backend_name(e->be), mms_strerror(rc));
+    return 0;
+}
+
+static void
+engine_close(struct engine *e)
+{
+    mms_net_free(e->net);
+    mms_backend_free(e->be);
+    mms_model_free(e->model);
+}
+
+/* One series: files fs->f[idx[0..n)]. Returns 0, or 1 when it failed (reported). */
+static int
+segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
+               const struct segment_opts *o, struct engine *e, FILE *out, cJSON *arr)
+{
+    const struct mms_header *h0 = &fs->f[idx[0]].h;
+    const char *uid = h0->series_uid[0] ? h0->series_uid : "(no Series Instance UID)";
+    int n_ct = 0;
+    for (int i = 0; i < n; i++)
+        n_ct += mms_sop_class_is_ct(fs->f[idx[i]].h.sop_class);
+    cJSON *js = NULL;
+    if (arr != NULL) {
+        js = cJSON_CreateObject();
+        cJSON_AddItemToArray(arr, js);
+        cJSON_AddStringToObject(js, "series_uid", h0->series_uid);
+        cJSON_AddNumberToObject(js, "files", n);
+    }
+    if (n_ct == 0) {
+        if (js != NULL)
+            cJSON_AddStringToObject(js, "skipped", "not a CT series");
+        else
+            fprintf(out, "series %s: skipped, not a CT series (%d files)\n", uid, n);
+        return 0;
+    }
+
+    double t0 = now_s();
+    const char **paths = malloc((size_t)n * sizeof *paths);
+    struct mms_header *h = malloc((size_t)n * sizeof *h);
+    struct mms_volume *v = NULL;
+    uint8_t *labels = NULL;
+    char why[1024] = "", nifti[4096] = "";
+    int rc = MMS_ENOMEM;
+    if (paths == NULL || h == NULL)
+        goto out;
+    for (int i = 0; i < n; i++) {
+        paths[i] = fs->f[idx[i]].path;
+        h[i] = fs->f[idx[i]].h;
+    }
+    if ((rc = mms_volume_build(paths, h, n, &o->vol, &v, why, sizeof why)) < 0)
+        goto out;
+    double t1 = now_s();
+    struct mms_ct ct;
+    ct_of(v, &ct);
+    size_t nv = (size_t)(v->dims[0] * v->dims[1] * v->dims[2]);
+    struct mms_pipe_opts po = o->pipe;
+    po.threads = o->threads;
+    if (o->progress) {
+        po.progress = on_progress;
+        po.progress_arg = (void *)uid;
+    }
+    struct mms_pipe_stats st;
+    if ((rc = mms_pipe_plan(&ct, e->model, e->net, &po, &st, why, sizeof why)) < 0)
+        goto out; /* over max_memory_mb included: refused before allocating */
+    if ((labels = malloc(nv)) == NULL) {
+        rc = mms_why(why, sizeof why, MMS_ENOMEM, "out of memory for the labels");
+        goto out;
+    }
+    if ((rc = mms_pipe_run(&ct, e->model, e->net, &po, labels, &st, why, sizeof why)) < 0)
+        goto out;
+    double t2 = now_s();
+    if (o->nifti_dir != NULL) {
+        mms_series_nifti_path(o->nifti_dir, h0->series_uid, number, nifti, sizeof nifti);
+        if ((rc = mms_nifti_write_labels(v, labels, nifti, why, sizeof why)) < 0)
+            goto out;
+    }
+    double t3 = now_s();
+
+    int classes = mms_model_card(e->model)->arch.num_classes;
+    int64_t count[256] = {0};
+    for (size_t i = 0; i < nv; i++)
+        count[labels[i]]++;
+    if (js != NULL) {
+        double dims[3] = {(double)v->dims[0], (double)v->dims[1], (double)v->dims[2]};
+        double target[3] = {(double)st.target[0], (double)st.target[1], (double)st.target[2]};
+        cJSON_AddItemToObject(js, "dims", cJSON_CreateDoubleArray(dims, 3));
+        cJSON_AddItemToObject(js, "target", cJSON_CreateDoubleArray(target, 3));
+        cJSON_AddNumberToObject(js, "tiles", (double)st.tiles);
+        cJSON_AddNumberToObject(js, "passes", (double)st.passes);
+        cJSON_AddBoolToObject(js, "tta", po.tta);
+        cJSON_AddNumberToObject(js, "tile_step",
+                                po.tile_step > 0 ? po.tile_step
+                                                 : mms_model_card(e->model)->inf.tile_step);
+        cJSON_AddNumberToObject(js, "separate_axis_in", st.sep_axis_in);
+        cJSON_AddNumberToObject(js, "separate_axis_out", st.sep_axis_out);
+        cJSON_AddBoolToObject(js, "irregular", v->irregular);
+        cJSON_AddNumberToObject(js, "tilt_deg", v->tilt_deg);
+        cJSON_AddNumberToObject(js, "memory_estimate", (double)st.memory_estimate);
+        cJSON_AddNumberToObject(js, "mixed_voxels", (double)st.mixed_voxels);
+        cJSON *jt = cJSON_AddObjectToObject(js, "times");
+        cJSON_AddNumberToObject(jt, "load_s", t1 - t0);
+        cJSON_AddNumberToObject(jt, "preprocess_s", st.preprocess_s);
+        cJSON_AddNumberToObject(jt, "network_s", st.network_s);
+        cJSON_AddNumberToObject(jt, "export_s", st.export_s);
+        cJSON_AddNumberToObject(jt, "write_s", t3 - t2);
+        cJSON_AddNumberToObject(jt, "total_s", t3 - t0);
+        cJSON *jl = cJSON_AddObjectToObject(js, "labels");
+        for (int c = 1; c < classes; c++)
+            if (count[c] > 0) {
+                char key[16];
+                snprintf(key, sizeof key, "%d", c);
+                cJSON_AddNumberToObject(jl, key, (double)count[c]);
+            }
+        if (nifti[0] != '\0')
+            cJSON_AddStringToObject(js, "nifti", nifti);
+    } else {
+        int64_t fg = (int64_t)nv - count[0];
+        fprintf(out,
+                "series %s: %lldx%lldx%lld -> %lldx%lldx%lld, %lld tiles, %lld passes%s; "
+                "%lld labelled voxels; load %.2f s, preprocess %.2f s, network %.2f s, export "
+                "%.2f s, total %.2f s\n",
+                uid, (long long)v->dims[0], (long long)v->dims[1], (long long)v->dims[2],
+                (long long)st.target[0], (long long)st.target[1], (long long)st.target[2],
+                (long long)st.tiles, (long long)st.passes, po.tta ? "" : " (no mirroring)",
+                (long long)fg, t1 - t0, st.preprocess_s, st.network_s, st.export_s, t3 - t0);
+        if (nifti[0] != '\0')
+            fprintf(out, "  nifti: %s\n", nifti);
+    }
+    rc = 0;
+out:
+    if (rc < 0) {
+        if (why[0] == '\0')
+            snprintf(why, sizeof why, "%s", mms_strerror(rc));
+        if (js != NULL)
+            cJSON_AddStringToObject(js, "error", why);
+        else
+            fprintf(out, "series %s: failed: %s\n", uid, why);
+        mms_log(MMS_LOG_ERR, "series %s: %s", uid, why);
+        rc = 1;
+    }
+    free(labels);
+    mms_volume_free(v);
+    free(paths);
+    free(h);
+    return rc;
+}
+
+int
+mms_segment(const char *const *paths, int n, const struct segment_opts *o, FILE *out, char *why,
+            size_t why_len)
+{
+    struct engine e;
+    struct mms_fileset fs;
+    memset(&fs, 0, sizeof fs);
+    int rc = engine_open(o, &e, why, why_len);
+    if (rc < 0)
+        goto out;
+    const struct mms_card *card = mms_model_card(e.model);
+    if (o->pipe.tile_step > 0.0 && o->pipe.tile_step != card->inf.tile_step)
+        mms_log(MMS_LOG_NOTICE, "tile step %g instead of the model card's %g", o->pipe.tile_step,
+                card->inf.tile_step);
+    if (!o->pipe.tta && card->inf.mirror_axes != 0)
+        mms_log(MMS_LOG_NOTICE, "mirroring off (the model card mirrors %d axes)",
+                __builtin_popcount(card->inf.mirror_axes));
+    if ((rc = mms_fileset_read(paths, n, on_note, NULL, &fs, why, why_len)) < 0)
+        goto out;
+    cJSON *root = o->json ? cJSON_CreateObject() : NULL, *arr = NULL;
+    if (root != NULL) {
+        cJSON_AddStringToObject(root, "model", o->model);
+        cJSON_AddStringToObject(root, "model_sha256", mms_model_sha256(e.model));
+        cJSON_AddStringToObject(root, "backend", mms_backend_name(e.be));
+        arr = cJSON_AddArrayToObject(root, "series");
+    }
+    int failed = 0, done = 0;
+    for (int s = 0; s < fs.n_series; s++) {
+        int r = segment_series(&fs, fs.idx + fs.start[s], fs.start[s + 1] - fs.start[s], s + 1, o,
+                               &e, out, arr);
+        failed += r == 1;
+        done += r == 0;
+    }
+    if (root != NULL) {
+        char *text = cJSON_Print(root);
+        if (text != NULL)
+            fprintf(out, "%s\n", text);
+        free(text);
+        cJSON_Delete(root);
+    }
+    if (rc >= 0 && fs.n_series == 0) {
+        fprintf(stderr, "mmsegd segment: no DICOM image found\n");
+        rc = 1;
+    } else if (rc >= 0) {
+        rc = failed > 0 ? 1 : 0;
+    }
+out:
+    mms_fileset_free(&fs);
+    engine_close(&e);
+    return rc;
+}
