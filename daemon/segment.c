@@ -95,16 +95,18 @@ engine_close(struct engine *e)
     mms_model_free(e->model);
 }
 
-/* One series: files fs->f[idx[0..n)]. Returns 0, or 1 when it failed (reported). */
+/* One series: files fs->f[idx[0..n)]. Returns 0, 1 when it failed, 2 when it was skipped
+ * (reported). */
 static int
 segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
                const struct segment_opts *o, struct engine *e, FILE *out, cJSON *arr)
 {
     const struct mms_header *h0 = &fs->f[idx[0]].h;
     const char *uid = h0->series_uid[0] ? h0->series_uid : "(no Series Instance UID)";
-    int n_ct = 0;
+    int n_ct = 0; /* CT images other than localizers */
     for (int i = 0; i < n; i++)
-        n_ct += mms_sop_class_is_ct(fs->f[idx[i]].h.sop_class);
+        n_ct += mms_sop_class_is_ct(fs->f[idx[i]].h.sop_class) &&
+                strstr(fs->f[idx[i]].h.image_type, "LOCALIZER") == NULL;
     cJSON *js = NULL;
     if (arr != NULL) {
         js = cJSON_CreateObject();
@@ -114,10 +116,11 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
     }
     if (n_ct == 0) {
         if (js != NULL)
-            cJSON_AddStringToObject(js, "skipped", "not a CT series");
+            cJSON_AddStringToObject(js, "skipped", "no CT image other than localizers");
         else
-            fprintf(out, "series %s: skipped, not a CT series (%d files)\n", uid, n);
-        return 0;
+            fprintf(out, "series %s: skipped, no CT image other than localizers (%d file%s)\n", uid,
+                    n, n == 1 ? "" : "s");
+        return 2;
     }
 
     double t0 = now_s();
@@ -126,6 +129,7 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
     struct mms_volume *v = NULL;
     uint8_t *labels = NULL;
     char why[1024] = "", nifti[4096] = "";
+    bool named = false; /* why begins with the series */
     int rc = MMS_ENOMEM;
     if (paths == NULL || h == NULL)
         goto out;
@@ -133,8 +137,10 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
         paths[i] = fs->f[idx[i]].path;
         h[i] = fs->f[idx[i]].h;
     }
-    if ((rc = mms_volume_build(paths, h, n, &o->vol, &v, why, sizeof why)) < 0)
+    if ((rc = mms_volume_build(paths, h, n, &o->vol, &v, why, sizeof why)) < 0) {
+        named = true; /* "series UID: problem" */
         goto out;
+    }
     double t1 = now_s();
     struct mms_ct ct;
     ct_of(v, &ct);
@@ -217,11 +223,13 @@ out:
     if (rc < 0) {
         if (why[0] == '\0')
             snprintf(why, sizeof why, "%s", mms_strerror(rc));
+        /* say which series, unless the reason does */
+        const char *pre = named ? "" : "series ", *id = named ? "" : uid, *sep = named ? "" : ": ";
         if (js != NULL)
             cJSON_AddStringToObject(js, "error", why);
         else
-            fprintf(out, "series %s: failed: %s\n", uid, why);
-        mms_log(MMS_LOG_ERR, "series %s: %s", uid, why);
+            fprintf(out, "failed: %s%s%s%s\n", pre, id, sep, why);
+        mms_log(MMS_LOG_ERR, "%s%s%s%s", pre, id, sep, why);
         rc = 1;
     }
     free(labels);
@@ -271,8 +279,8 @@ mms_segment(const char *const *paths, int n, const struct segment_opts *o, FILE 
         free(text);
         cJSON_Delete(root);
     }
-    if (rc >= 0 && fs.n_series == 0) {
-        fprintf(stderr, "mmsegd segment: no DICOM image found\n");
+    if (rc >= 0 && done == 0 && failed == 0) {
+        fprintf(stderr, "mmsegd segment: no CT series found\n");
         rc = 1;
     } else if (rc >= 0) {
         rc = failed > 0 ? 1 : 0;

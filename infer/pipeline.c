@@ -293,19 +293,21 @@ prepare(struct job *j, const struct mms_ct *ct, const struct mms_model *m,
         return rc;
     crop_box(j, threads);
 
-    double sp[3] = {ct->slice_mm, ct->row_mm, ct->col_mm};
-    for (int t = 0; t < 3; t++) {
-        j->tg[j->axis[t]] = card->pre.target_spacing_mm[t];
-        j->patch[t] = card->inf.patch[t];
-    }
-    memcpy(j->sp, sp, sizeof sp);
-    mms_pipe_new_shape(j->nc, j->sp, j->tg, j->tk);
     j->h = j->nc[0] > 1 ? (ct->pos_mm[j->hi[0] - 1] - ct->pos_mm[j->lo[0]]) / (double)(j->nc[0] - 1)
                         : ct->slice_mm;
     for (int64_t k = j->lo[0]; k < j->hi[0]; k++) {
         double expect = ct->pos_mm[j->lo[0]] + (double)(k - j->lo[0]) * j->h;
         j->irregular = j->irregular || fabs(ct->pos_mm[k] - expect) > 1e-3 * j->h;
     }
+    /* irregular slices: the mean step, so that the target slices (spread over the stack by
+     * 5.5's map) lie at the target spacing */
+    double sp[3] = {j->irregular ? j->h : ct->slice_mm, ct->row_mm, ct->col_mm};
+    for (int t = 0; t < 3; t++) {
+        j->tg[j->axis[t]] = card->pre.target_spacing_mm[t];
+        j->patch[t] = card->inf.patch[t];
+    }
+    memcpy(j->sp, sp, sizeof sp);
+    mms_pipe_new_shape(j->nc, j->sp, j->tg, j->tk);
     for (int64_t k = j->lo[0] + 1; k < j->hi[0] && !j->tilted; k++)
         for (int d = 0; d < 3; d++) {
             double step = ct->ipp[k][d] - ct->ipp[k - 1][d];

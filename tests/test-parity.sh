@@ -1,0 +1,211 @@
+#!/bin/bash
+# `mmsegd segment` against nnU-Net v2's own predictor (mmunet.md 7, V4), from committed outputs.
+#
+# tools/mmunet/nnunet_parity.sh ran nnU-Net v2 (nnUNetPredictor with the PyTorch reference
+# network and plans synthesised from the card of models/demo.safetensors) on the cases listed
+# in tests/fixtures/nnunet-parity.json and committed its label maps,
+# tests/fixtures/parity/<case>.nnunet.nii.gz (mirroring on) and <case>.nnunet-notta.nii.gz
+# (off). Here, for each case:
+#  - the input: a folder of the shared test data, or a phantom that tools/mmunet/phantom.py
+#    --dicom regenerates into a temporary folder with the recorded seed, shape and spacing
+#    (the SHA-256 of its files is compared with the recorded one and shown as a note: another
+#    numpy or scipy may draw another phantom, and the agreement below then says by how much);
+#  - `$MMSEGD segment --model $srcdir/models/demo.safetensors --backend cpu --tta yes|no
+#    --json --nifti DIR` on it: exit 0, one series, its NIfTI on the grid of nnU-Net's
+#    labels (dims and affine), the label counts of --json equal to the NIfTI's;
+#  - agreement with nnU-Net's labels >= 0.999 of all voxels (mmunet.md 7, V4), printed with the
+#    agreement on the voxels either labels foreground and the number of voxels that differ.
+#    The foreground agreement must also be >= 0.98: where the foreground is small (the head
+#    phantom), labels moved by 3 voxels still agree on 99.95 % of all voxels but on 57 % of
+#    the foreground. The reference suite measured 0.9923 or more on every case.
+# nnU-Net keeps its sliding-window sums in float16 and mmsegd in float32 (mmunet.md 5.9), so a
+# few voxels with near-tied logits may differ; the record holds the reference suite's figures.
+# SKIP only without the shared test data or without numpy/scipy/pydicom in $PYTHON3.
+set -u
+. "$(dirname "$0")/find-testdata.sh"
+require_testdata
+src=${srcdir:-.}
+mmsegd=${MMSEGD:-./mmsegd}
+python=${PYTHON3:-/usr/bin/python3}
+record=$src/tests/fixtures/nnunet-parity.json
+model=$src/models/demo.safetensors
+if ! reason=$("$python" -c 'import numpy, scipy, pydicom' 2>&1); then
+    echo "1..0 # SKIP $python cannot import numpy, scipy and pydicom: ${reason##*$'\n'}"
+    exit 0
+fi
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/test-parity.XXXXXX") || exit 1
+trap 'rm -rf "$tmp"' EXIT
+
+n=0
+failed=0
+result() { # result OK|FAIL DESCRIPTION
+    n=$((n + 1))
+    if [ "$1" = OK ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=1; fi
+}
+
+# The helper: cases from the record, phantom hashes, and the comparison of one run.
+cat >"$tmp/parity.py" <<'PY'
+import gzip, hashlib, json, os, sys
+import numpy as np
+
+def read_nifti(path):
+    """uint8 NIfTI-1 (.nii.gz): (array in voxel order i, j, k, sform 4x4)."""
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    if np.frombuffer(raw, "<i4", 1, 0)[0] != 348:
+        raise ValueError(f"{path}: not a little-endian NIfTI-1 file")
+    dim = np.frombuffer(raw, "<i2", 8, 40)
+    dtype = np.frombuffer(raw, "<i2", 1, 70)[0]
+    off = int(np.frombuffer(raw, "<f4", 1, 108)[0])
+    if dtype != 2 or dim[0] != 3:
+        raise ValueError(f"{path}: datatype {dtype}, {dim[0]} dimensions; expected uint8, 3")
+    shape = tuple(int(d) for d in dim[1:4])
+    arr = np.frombuffer(raw, np.uint8, int(np.prod(shape)), off).reshape(shape, order="F")
+    srow = np.frombuffer(raw, "<f4", 12, 280).astype(np.float64).reshape(3, 4)
+    return arr, np.vstack([srow, [0, 0, 0, 1]])
+
+def cases(record):
+    rec = json.load(open(record))
+    for name, c in rec["cases"].items():
+        inp = c["input"]
+        if "phantom" in inp:
+            p = inp["phantom"]
+            spec = "phantom %d %s %s %s" % (p["seed"], " ".join(map(str, p["shape"])),
+                                           " ".join(map(str, p["spacing"])), inp["dicom_sha256"])
+        else:
+            spec = "testdata " + inp["testdata"]
+        print(name, spec)
+
+def sha256_files(folder):
+    h = hashlib.sha256()
+    for name in sorted(os.listdir(folder)):
+        p = os.path.join(folder, name)
+        if os.path.isfile(p):
+            h.update(name.encode() + b"\0")
+            h.update(open(p, "rb").read())
+    print(h.hexdigest())
+
+def check(js_path, fixture, desc):
+    """One result line for the run, one for the agreement."""
+    try:
+        js = json.load(open(js_path))
+        series = js["series"]
+        if len(series) != 1:
+            raise ValueError(f"--json lists {len(series)} series, expected 1")
+        s = series[0]
+        ours, a_ours = read_nifti(s["nifti"])
+        ref, a_ref = read_nifti(fixture)
+    except Exception as e:
+        print(f"not ok - {desc}: {type(e).__name__}: {e}")
+        print(f"not ok - {desc}: agreement with nnU-Net not measured")
+        return
+    problems = []
+    if ours.shape != ref.shape:
+        problems.append(f"dims {ours.shape}, nnU-Net's {ref.shape}")
+    elif not np.allclose(a_ours, a_ref, atol=1e-3):
+        problems.append(f"affine differs from nnU-Net's by "
+                        f"{np.abs(a_ours - a_ref).max():.3g} mm")
+    counts = np.bincount(ours.ravel(), minlength=256)
+    mine = {str(i): int(v) for i, v in enumerate(counts) if i > 0 and v > 0}
+    theirs = {str(k): int(v) for k, v in s.get("labels", {}).items() if int(v) > 0}
+    if mine != theirs:
+        problems.append(f"--json labels {theirs} but the NIfTI has {mine}")
+    t = s.get("times", {})
+    print(("not ok" if problems else "ok") + f" - {desc}: one series, {s.get('tiles')} tiles, "
+          f"{s.get('passes')} passes, {t.get('total_s', 0):.2f} s; NIfTI on nnU-Net's grid "
+          f"{'x'.join(map(str, ref.shape))}, --json labels = NIfTI"
+          + ("" if not problems else ": " + "; ".join(problems)))
+    if ours.shape != ref.shape:
+        print(f"not ok - {desc}: agreement with nnU-Net not measured (dims differ)")
+        return
+    eq = ours == ref
+    fg = (ours > 0) | (ref > 0)
+    agree = float(eq.mean())
+    fg_agree = float(eq[fg].mean()) if fg.any() else 1.0
+    diff = int(eq.size - eq.sum())
+    ok = agree >= 0.999 and fg_agree >= 0.98
+    print(("ok" if ok else "not ok") + f" - {desc}: agreement with nnU-Net "
+          f"{agree:.6f} (>= 0.999), foreground {fg_agree:.6f} (>= 0.98); {diff} of {eq.size} "
+          f"voxels differ, {int(fg.sum())} foreground")
+
+if __name__ == "__main__":
+    cmd = sys.argv[1]
+    if cmd == "cases":
+        cases(sys.argv[2])
+    elif cmd == "sha256":
+        sha256_files(sys.argv[2])
+    else:
+        check(*sys.argv[2:5])
+PY
+
+# pcheck ARGS...: parity.py check prints 2 unnumbered results; number them, and count a
+# result it did not print (a crash) as a failure.
+pcheck() {
+    local got=0 line out
+    out=$("$python" "$tmp/parity.py" check "$@" 2>&1)
+    while IFS= read -r line; do
+        case $line in
+        "ok - "*) result OK "${line#ok - }"; got=$((got + 1)) ;;
+        "not ok - "*) result FAIL "${line#not ok - }"; got=$((got + 1)) ;;
+        *) echo "# $line" ;;
+        esac
+    done <<<"$out"
+    while [ $got -lt 2 ]; do
+        result FAIL "$3: result $((got + 1)) of 2 missing"
+        got=$((got + 1))
+    done
+}
+
+if [ ! -f "$record" ]; then
+    result FAIL "$record is missing (tools/mmunet/nnunet_parity.sh writes it)"
+    echo "1..$n"
+    exit 1
+fi
+if ! "$python" "$tmp/parity.py" cases "$record" >"$tmp/cases" 2>"$tmp/cases.err"; then
+    result FAIL "$record: unreadable: $(tail -1 "$tmp/cases.err")"
+    echo "1..$n"
+    exit 1
+fi
+
+while read -r -u 3 name kind a b c d e f g h; do
+    dir=$tmp/$name
+    mkdir -p "$dir"
+    if [ "$kind" = testdata ]; then
+        dicom=$td/$a
+        if [ ! -d "$dicom" ]; then
+            result FAIL "$name: $dicom is not in the shared test data"
+            continue
+        fi
+    else # phantom SEED D H W SZ SY SX SHA256
+        dicom=$dir/phantom/dicom
+        if ! "$python" "$src/tools/mmunet/phantom.py" --seed "$a" --shape "$b" "$c" "$d" \
+            --spacing "$e" "$f" "$g" --out "$dir/phantom" --dicom >"$dir/phantom.log" 2>&1; then
+            result FAIL "$name: phantom.py --seed $a failed"
+            sed 's/^/# /' "$dir/phantom.log" | tail -5
+            continue
+        fi
+        sha=$("$python" "$tmp/parity.py" sha256 "$dicom")
+        if [ "$sha" != "$h" ]; then
+            echo "# $name: the regenerated phantom differs from the one nnU-Net segmented" \
+                "(SHA-256 $sha, recorded $h)"
+        fi
+    fi
+    for tta in yes no; do
+        if [ $tta = yes ]; then fx=$src/tests/fixtures/parity/$name.nnunet.nii.gz; else
+            fx=$src/tests/fixtures/parity/$name.nnunet-notta.nii.gz; fi
+        out=$dir/seg-$tta
+        "$mmsegd" segment --model "$model" --backend cpu --tta $tta --json --nifti "$out" \
+            "$dicom" >"$out.json" 2>"$out.err"
+        rc=$?
+        if [ $rc -ne 0 ]; then
+            result FAIL "$name (tta $tta): mmsegd segment exited $rc"
+            sed 's/^/# /' "$out.err" | tail -10
+            result FAIL "$name (tta $tta): agreement with nnU-Net not measured"
+            continue
+        fi
+        pcheck "$out.json" "$fx" "$name (tta $tta)"
+    done
+done 3<"$tmp/cases"
+
+echo "1..$n"
+exit $failed
