@@ -262,8 +262,8 @@ estimate(const struct job *j, const struct mms_net *net, int threads)
                    + pv                                                /* target labels */
                    + (2 + b + b * c + c) * pp * sizeof(float)          /* tiles, Gaussian */
                    + (size_t)threads * mms__pass_scratch(longest, longest) +
-                   (size_t)(j->ct->slices * j->ct->rows * j->ct->cols) /* the labels */
-                   + (size_t)longest * 64;                             /* tables */
+                   (size_t)(j->ct->slices * j->ct->rows * j->ct->cols) * 5 /* input, labels */
+                   + (size_t)longest * 64;                                 /* tables */
     if (net != NULL)
         bytes += mms_net_arena_bytes(net) + mms_net_fixed_bytes(net);
     return bytes;

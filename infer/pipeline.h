@@ -88,9 +88,9 @@ struct mms_pipe_stats {
  * back is always the exact path of mmunet.md 5.8. */
 void mms_pipe_opts_default(struct mms_pipe_opts *o);
 
-/* The bytes mms_pipe_run() would hold for ct with net (net's own arena and weights and the
- * output labels included, ct->hu excluded: the caller already holds it) go to
- * stats->memory_estimate, with the shapes it derived. Nothing big is allocated.
+/* The bytes a job holds at its peak (the input volume, mms_pipe_run()'s buffers, net's arena
+ * and weights, the output labels) go to stats->memory_estimate, with the shapes it derived.
+ * Nothing big is allocated.
  * Returns 0, MMS_ENOMEM when the estimate exceeds o->max_memory (the figures in why), or
  * MMS_EINVAL / MMS_ENOTSUP with a reason in why. */
 int mms_pipe_plan(const struct mms_ct *ct, const struct mms_model *m, const struct mms_net *net,
