@@ -29,19 +29,10 @@ mmsegd=${MMSEGD:-./mmsegd}
 python=${PYTHON3:-/usr/bin/python3}
 record=$src/tests/fixtures/nnunet-parity.json
 model=$src/models/demo.safetensors
-if ! reason=$("$python" -c 'import numpy, scipy, pydicom' 2>&1); then
-    echo "1..0 # SKIP $python cannot import numpy, scipy and pydicom: ${reason##*$'\n'}"
-    exit 0
-fi
+require_python numpy scipy pydicom
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/test-parity.XXXXXX") || exit 1
 trap 'rm -rf "$tmp"' EXIT
 
-n=0
-failed=0
-result() { # result OK|FAIL DESCRIPTION
-    n=$((n + 1))
-    if [ "$1" = OK ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=1; fi
-}
 
 # The helper: cases from the record, phantom hashes, and the comparison of one run.
 cat >"$tmp/parity.py" <<'PY'

@@ -26,10 +26,7 @@ python=${PYTHON3:-/usr/bin/python3}
 src=${srcdir:-.}
 ps=$src/tools/mmunet/phantom_series.py
 model=$src/models/demo.safetensors
-if ! reason=$("$python" -c 'import numpy, scipy, pydicom, nibabel' 2>&1); then
-    echo "1..0 # SKIP $python cannot import numpy, scipy, pydicom and nibabel: ${reason##*$'\n'}"
-    exit 0
-fi
+require_python numpy scipy pydicom nibabel
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/test-segment.XXXXXX") || exit 1
 trap 'rm -rf "$tmp"' EXIT
 
@@ -44,12 +41,6 @@ FLOOR=0.8
 MARGIN=0.05
 SEED=1000
 
-n=0
-failed=0
-result() { # result OK|FAIL DESCRIPTION
-    n=$((n + 1))
-    if [ "$1" = OK ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=1; fi
-}
 check() { # check DESCRIPTION COMMAND...
     if "${@:2}" >/dev/null 2>&1; then result OK "$1"; else result FAIL "$1"; fi
 }

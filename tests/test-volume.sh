@@ -41,12 +41,6 @@ fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/test-volume.XXXXXX") || exit 1
 trap 'rm -rf "$tmp"' EXIT
 
-n=0
-failed=0
-result() { # result OK|FAIL DESCRIPTION
-    n=$((n + 1))
-    if [ "$1" = OK ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=1; fi
-}
 # vcheck COUNT SUBCOMMAND ARGS...: volume_check.py prints COUNT unnumbered results; number them,
 # and count a result it did not print (a crash) as a failure.
 vcheck() {
