@@ -112,8 +112,8 @@ static const struct cfg_key main_keys[] = {
     {"infer", "precision", T_ENUM, OFF(infer.precision), "fp32", 0, 0, precisions, NOTYET},
     {"infer", "export", T_ENUM, OFF(infer.export_mode), "exact", 0, 0, exports, NOTYET},
 
-    {"seg", "empty_frames", T_ENUM, OFF(seg.empty_frames), "omit", 0, 0, empty_frames, NOTYET},
-    {"seg", "series_description", T_STR, OFF(seg.series_description), "", 0, 0, NULL, NOTYET},
+    {"seg", "empty_frames", T_ENUM, OFF(seg.empty_frames), "omit", 0, 0, empty_frames, 0},
+    {"seg", "series_description", T_STR, OFF(seg.series_description), "", 0, 0, NULL, 0},
 };
 
 /* The keys of each [destination NAME] section. Destinations are not built yet: any

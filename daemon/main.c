@@ -95,18 +95,21 @@ static const struct command commands[] = {
      "  -h, --help          show this help\n",
      cmd_inspect},
     {"segment", "segment the CT series in files and folders once, without the network",
-     "[-c FILE] [OPTIONS] --nifti DIR PATH...\n"
+     "[-c FILE] [OPTIONS] (-o DIR | --nifti DIR) PATH...\n"
      "\n"
      "Reads every file under each PATH (folders recursively), groups them into series,\n"
      "rebuilds each CT series' volume as inspect does and segments it with the model\n"
      "(mmunet.md section 5: orientation, normalisation, resampling, sliding window with\n"
-     "Gaussian weighting and mirroring, labels back on the DICOM grid). The labels go to\n"
-     "DIR/SERIES_UID.nii.gz (uint8 NIfTI-1 on the grid inspect --nifti writes for the CT).\n"
+     "Gaussian weighting and mirroring, labels back on the DICOM grid), then writes its DICOM\n"
+     "Segmentation to DIR/SERIES_UID.seg.dcm (-o; one segment per organ found, frames that\n"
+     "refer to the CT slices) and/or its labels to DIR/SERIES_UID.nii.gz (--nifti; uint8\n"
+     "NIfTI-1 on the grid inspect --nifti writes for the CT).\n"
      "Series without CT images other than localizers are skipped. Exit 0 when every CT series\n"
      "was segmented, 1 when one failed or there was none, 2 for a usage or configuration\n"
      "error.\n"
      "\n"
      "  -c, --config FILE     take [series] and [infer] from FILE (default: built-in ones)\n"
+     "  -o, --output DIR      where the SEGs go (created if needed)\n"
      "  --nifti DIR           where the label volumes go (created if needed)\n"
      "  --model FILE          the model file ([infer] model)\n"
      "  --backend NAME        auto, cpu or cuda ([infer] backend)\n"
@@ -167,15 +170,17 @@ bad_option(const struct command *c, int ch, char **argv)
 }
 
 /* The options commands take; each command says which of them it accepts. */
-#define OPT_CONFIG 0x1 /* -c, --config FILE */
-#define OPT_JSON 0x2   /* --json */
-#define OPT_NIFTI 0x4  /* --nifti DIR */
-#define OPT_INFER 0x8  /* --model, --backend, --threads, --tta, --tile-step, --max-memory-mb */
+#define OPT_CONFIG 0x1  /* -c, --config FILE */
+#define OPT_JSON 0x2    /* --json */
+#define OPT_NIFTI 0x4   /* --nifti DIR */
+#define OPT_INFER 0x8   /* --model, --backend, --threads, --tta, --tile-step, --max-memory-mb */
+#define OPT_OUTPUT 0x10 /* -o, --output DIR */
 
 struct cli_opts {
     const char *config; /* NULL when not given */
     bool json;
     const char *nifti;
+    const char *output;
     const char *model, *backend, *threads, *tta, *tile_step, *max_memory_mb; /* OPT_INFER */
 };
 
@@ -189,6 +194,7 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
         {"config", required_argument, NULL, 'c'},
         {"json", no_argument, NULL, 'j'},
         {"nifti", required_argument, NULL, 'n'},
+        {"output", required_argument, NULL, 'o'},
         {"model", required_argument, NULL, 'M'},
         {"backend", required_argument, NULL, 'B'},
         {"threads", required_argument, NULL, 'T'},
@@ -203,7 +209,11 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
     memset(o, 0, sizeof *o);
     optind = 1;
     opterr = 0;
-    while ((ch = getopt_long(argc, argv, allowed & OPT_CONFIG ? ":c:h" : ":h", opts, NULL)) != -1) {
+    while ((ch = getopt_long(argc, argv,
+                             allowed & OPT_OUTPUT   ? ":c:o:h"
+                             : allowed & OPT_CONFIG ? ":c:h"
+                                                    : ":h",
+                             opts, NULL)) != -1) {
         if (ch == 'h') {
             command_usage(c, stdout);
             return EXIT_SUCCESS;
@@ -214,6 +224,8 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
             o->json = true;
         else if (ch == 'n' && (allowed & OPT_NIFTI))
             o->nifti = optarg;
+        else if (ch == 'o' && (allowed & OPT_OUTPUT))
+            o->output = optarg;
         else if (ch == 'M' && (allowed & OPT_INFER))
             o->model = optarg;
         else if (ch == 'B' && (allowed & OPT_INFER))
@@ -401,13 +413,14 @@ cmd_segment(int argc, char **argv)
 {
     const struct command *c = find_command("segment");
     struct cli_opts co;
-    int st = parse_opts(c, argc, argv, OPT_CONFIG | OPT_JSON | OPT_NIFTI | OPT_INFER, &co);
+    int st =
+        parse_opts(c, argc, argv, OPT_CONFIG | OPT_JSON | OPT_NIFTI | OPT_INFER | OPT_OUTPUT, &co);
     if (st >= 0)
         return st;
-    if (co.nifti == NULL || optind >= argc) {
+    if ((co.nifti == NULL && co.output == NULL) || optind >= argc) {
         fprintf(stderr, "mmsegd %s: %s\n", c->name,
-                co.nifti == NULL ? "--nifti DIR is required (the only output for now)"
-                                 : "at least one PATH is required");
+                optind >= argc ? "at least one PATH is required"
+                               : "-o DIR or --nifti DIR is required");
         command_usage(c, stderr);
         return EXIT_USAGE;
     }
@@ -446,13 +459,18 @@ cmd_segment(int argc, char **argv)
     o.vol.max_voxels = cfg->series.max_voxels;
     o.vol.threads = (int)cfg->series.decode_threads;
     o.nifti_dir = co.nifti;
+    o.seg_dir = co.output;
+    o.keep_empty_frames = cfg->seg.empty_frames == MMS_EMPTY_FRAMES_KEEP;
+    o.seg_description = cfg->seg.series_description;
     o.json = co.json;
     o.progress = !co.json && isatty(STDERR_FILENO);
-    if (mkdir(o.nifti_dir, 0777) != 0 && errno != EEXIST) {
-        fprintf(stderr, "mmsegd %s: %s: %s\n", c->name, o.nifti_dir, mms_strerror(-errno));
-        mms_config_free(cfg);
-        return EXIT_FAILURE;
-    }
+    const char *dirs[2] = {o.nifti_dir, o.seg_dir};
+    for (int i = 0; i < 2; i++)
+        if (dirs[i] != NULL && mkdir(dirs[i], 0777) != 0 && errno != EEXIST) {
+            fprintf(stderr, "mmsegd %s: %s: %s\n", c->name, dirs[i], mms_strerror(-errno));
+            mms_config_free(cfg);
+            return EXIT_FAILURE;
+        }
     char why[1024];
     rc =
         mms_segment((const char *const *)argv + optind, argc - optind, &o, stdout, why, sizeof why);

@@ -11,6 +11,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/uid.h"
 #include "daemon/files.h"
 #include "infer/infer.h"
 
@@ -61,6 +62,88 @@ ct_of(const struct mms_volume *v, struct mms_ct *ct)
     }
     ct->ipp = (const double(*)[3])v->ipp;
     ct->pos_mm = v->pos_mm;
+}
+
+/* The segment of label l as the card defines it, and its PatientSex variants. */
+static void
+segment_of(const struct mms_label *l, struct mms_seg_segment *s, struct mms_seg_segment sex[3])
+{
+    memset(s, 0, sizeof *s);
+    s->label = l->id;
+    s->segment_label = l->segment_label;
+    s->category = (struct mms_seg_code){l->category.scheme, l->category.code, l->category.meaning};
+    s->type = (struct mms_seg_code){l->type.scheme, l->type.code, l->type.meaning};
+    s->has_modifier = l->has_modifier;
+    s->modifier = (struct mms_seg_code){l->modifier.scheme, l->modifier.code, l->modifier.meaning};
+    memcpy(s->rgb, l->rgb, 3);
+    for (int x = 0; x < 3; x++) {
+        const struct mms_label_sex *b = &l->by_sex[x];
+        if (!b->present)
+            continue;
+        sex[x] = *s;
+        if (b->segment_label != NULL)
+            sex[x].segment_label = b->segment_label;
+        if (b->has_category)
+            sex[x].category =
+                (struct mms_seg_code){b->category.scheme, b->category.code, b->category.meaning};
+        if (b->has_type)
+            sex[x].type = (struct mms_seg_code){b->type.scheme, b->type.code, b->type.meaning};
+        if (b->has_rgb)
+            memcpy(sex[x].rgb, b->rgb, 3);
+        s->by_sex[x] = &sex[x];
+    }
+}
+
+int
+mms_segment_write_seg(const struct mms_model *m, const char *const *paths,
+                      const struct mms_header *h0, const struct mms_volume *v,
+                      const uint8_t *labels, int run, bool keep_empty, const char *description,
+                      const char *path, struct mms_seg_result *res, char *why, size_t why_len)
+{
+    const struct mms_card *card = mms_model_card(m);
+    struct mms_seg_segment *seg = calloc((size_t)card->n_labels + 1, sizeof *seg);
+    struct mms_seg_segment *sex = calloc(3 * ((size_t)card->n_labels + 1), sizeof *sex);
+    if (seg == NULL || sex == NULL) {
+        free(seg);
+        free(sex);
+        return MMS_ENOMEM;
+    }
+    for (int i = 0; i < card->n_labels; i++)
+        segment_of(&card->labels[i], &seg[i], &sex[3 * i]);
+
+    /* the source's UIDs (derived where the files have none), and the SEG's own */
+    struct mms_header h = *h0;
+    mms_header_derive_uids(&h);
+    char name[512], series_uid[65], sop_uid[65];
+    snprintf(name, sizeof name, "mmsegd seg series|%s|%s|%d", h.series_uid, mms_model_sha256(m),
+             run);
+    mms_uid_uuid5(name, series_uid);
+    snprintf(name, sizeof name, "mmsegd seg instance|%s|%s|%d", h.series_uid, mms_model_sha256(m),
+             run);
+    mms_uid_uuid5(name, sop_uid);
+
+    struct mms_seg_input in = {
+        .vol = v,
+        .paths = paths,
+        .labels = labels,
+        .segments = seg,
+        .n_segments = card->n_labels,
+        .algorithm_name = card->name,
+        .algorithm_version = card->version,
+        .model_sha256 = mms_model_sha256(m),
+        .series_description = description,
+        .software_version = PACKAGE_VERSION,
+        .series_number = 9900 + run,
+        .study_uid = h.study_uid,
+        .source_series_uid = h.series_uid,
+        .series_uid = series_uid,
+        .sop_instance_uid = sop_uid,
+        .keep_empty_frames = keep_empty,
+    };
+    int rc = mms_seg_write(&in, path, res, why, why_len);
+    free(seg);
+    free(sex);
+    return rc;
 }
 
 struct engine {
@@ -128,7 +211,7 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
     struct mms_header *h = malloc((size_t)n * sizeof *h);
     struct mms_volume *v = NULL;
     uint8_t *labels = NULL;
-    char why[1024] = "", nifti[4096] = "";
+    char why[1024] = "", nifti[4096] = "", segpath[4200] = "";
     bool named = false; /* why begins with the series */
     int rc = MMS_ENOMEM;
     if (paths == NULL || h == NULL)
@@ -165,6 +248,21 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
         mms_series_nifti_path(o->nifti_dir, h0->series_uid, number, nifti, sizeof nifti);
         if ((rc = mms_nifti_write_labels(v, labels, nifti, why, sizeof why)) < 0)
             goto out;
+    }
+    struct mms_seg_result sr = {0, 0};
+    if (o->seg_dir != NULL) {
+        char base[4096];
+        mms_series_nifti_path(o->seg_dir, h0->series_uid, number, base, sizeof base);
+        snprintf(segpath, sizeof segpath, "%.*s.seg.dcm", (int)(strlen(base) - 7), base);
+        rc = mms_segment_write_seg(e->model, paths, h0, v, labels, 1, o->keep_empty_frames,
+                                   o->seg_description, segpath, &sr, why, sizeof why);
+        if (rc == MMS_EINVAL) { /* no organ found: nothing to send, not a failure */
+            mms_log(MMS_LOG_NOTICE, "series %s: no segment found, no SEG written", uid);
+            segpath[0] = '\0';
+            rc = 0;
+        } else if (rc < 0) {
+            goto out;
+        }
     }
     double t3 = now_s();
 
@@ -205,6 +303,11 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
             }
         if (nifti[0] != '\0')
             cJSON_AddStringToObject(js, "nifti", nifti);
+        if (segpath[0] != '\0') {
+            cJSON_AddStringToObject(js, "seg", segpath);
+            cJSON_AddNumberToObject(js, "seg_segments", sr.segments);
+            cJSON_AddNumberToObject(js, "seg_frames", (double)sr.frames);
+        }
     } else {
         int64_t fg = (int64_t)nv - count[0];
         fprintf(out,
@@ -217,6 +320,9 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
                 (long long)fg, t1 - t0, st.preprocess_s, st.network_s, st.export_s, t3 - t0);
         if (nifti[0] != '\0')
             fprintf(out, "  nifti: %s\n", nifti);
+        if (segpath[0] != '\0')
+            fprintf(out, "  seg: %s (%d segments, %lld frames)\n", segpath, sr.segments,
+                    (long long)sr.frames);
     }
     rc = 0;
 out:

@@ -127,48 +127,6 @@ mms_spool_free_bytes(const struct mms_spool *sp)
     return (int64_t)v.f_bavail * (int64_t)v.f_frsize;
 }
 
-/* "2.25." and the decimal value of the first 16 bytes of SHA-256(text): a UID that the same
- * text always gives. */
-static void
-derived_uid(const char *text, char out[65])
-{
-    struct mms_sha256 c;
-    uint8_t d[32];
-    mms_sha256_init(&c);
-    mms_sha256_update(&c, text, strlen(text));
-    mms_sha256_final(&c, d);
-    d[0] &= 0x7f; /* fits 39 digits with room to spare */
-    unsigned __int128 v = 0;
-    for (int i = 0; i < 16; i++)
-        v = v << 8 | d[i];
-    char digits[48];
-    int n = 0;
-    do {
-        digits[n++] = (char)('0' + (int)(v % 10));
-        v /= 10;
-    } while (v != 0);
-    int k = snprintf(out, 65, "2.25.");
-    while (n > 0 && k < 64)
-        out[k++] = digits[--n];
-    out[k] = '\0';
-}
-
-/* Study and Series UIDs for a file that has none: from what the files of one series share. */
-static void
-derive_uids(struct mms_header *h)
-{
-    char text[512];
-    snprintf(text, sizeof text, "mmsegd series|%s|%s|%lldx%lld|%.4f %.4f %.4f %.4f %.4f %.4f",
-             h->slice.frame_of_ref, h->modality, (long long)h->slice.rows, (long long)h->slice.cols,
-             h->slice.iop[0], h->slice.iop[1], h->slice.iop[2], h->slice.iop[3], h->slice.iop[4],
-             h->slice.iop[5]);
-    if (h->series_uid[0] == '\0')
-        derived_uid(text, h->series_uid);
-    snprintf(text, sizeof text, "mmsegd study|%s", h->slice.frame_of_ref);
-    if (h->study_uid[0] == '\0')
-        derived_uid(text, h->study_uid);
-}
-
 static void
 fill_row(const struct mms_header *h, const char *digest, const char *rel, int64_t size,
          const char *source, struct mms_instance_row *r)
@@ -229,7 +187,7 @@ ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool deri
         if (h.slice.frame_of_ref[0] == '\0')
             return mms_why(why, why_len, MMS_EDICOM,
                            "no Series Instance UID and no Frame of Reference UID to derive one");
-        derive_uids(&h);
+        mms_header_derive_uids(&h);
         res->derived_uids = true;
     }
 

@@ -103,4 +103,7 @@ mms__dicom_numbers(const std::string &s, double *out, int n)
     return k;
 }
 
+// Route DCMTK's oflog messages from WARN up into mms_log at DEBUG, once per process (scp.cc).
+void mms__route_dcmtk_log();
+
 #endif

@@ -112,6 +112,11 @@ struct mms_header {
 /* SOP classes mmsegd reconstructs: CT Image, Enhanced CT Image, Legacy Converted Enhanced CT
  * Image Storage. */
 bool mms_sop_class_is_ct(const char *uid);
+
+/* Fill an empty Study or Series Instance UID of h with one derived from what the files of one
+ * series share (frame of reference, modality, size, orientation): the same files always get
+ * the same UIDs. */
+void mms_header_derive_uids(struct mms_header *h);
 /* The Media Storage Directory (DICOMDIR) SOP class. */
 bool mms_sop_class_is_dicomdir(const char *uid);
 

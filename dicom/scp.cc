@@ -56,6 +56,8 @@
 #include "common/err.h"
 #include "common/log.h"
 
+void mms__route_dcmtk_log(); // below; also used by seg.cc (dicom-impl.hh)
+
 namespace
 {
 
@@ -90,43 +92,6 @@ makeOFConditionConst(stopping, OFM_dcmnet, 0x7f00, OF_error, "the Store SCP stop
 
 // dcmExternalSocketHandle is one value for the whole process.
 std::mutex ext_lock;
-
-// DCMTK's oflog prints INFO and up on stderr by default: a line per association and per
-// C-STORE, unformatted, beside our own. Our log lines already carry the OFCondition text
-// with the peer and the call (style.md 2.4, "log once"), so DCMTK's own messages from WARN
-// up are routed into mms_log at DEBUG, and nothing of DCMTK reaches stderr directly. This is
-// process-wide: every DCMTK user in the process logs this way from the first mms_scp_start.
-class log_sink : public dcmtk::log4cplus::Appender
-{
-  public:
-    ~log_sink() override
-    {
-        destructorImpl();
-    }
-    void
-    close() override
-    {
-    }
-
-  protected:
-    void
-    append(const dcmtk::log4cplus::spi::InternalLoggingEvent &ev) override
-    {
-        mms_log(MMS_LOG_DEBUG, "dcmtk %s: %s", ev.getLoggerName().c_str(), ev.getMessage().c_str());
-    }
-};
-
-void
-route_dcmtk_log()
-{
-    static std::once_flag once;
-    std::call_once(once, [] {
-        dcmtk::log4cplus::Logger root = dcmtk::log4cplus::Logger::getRoot();
-        root.removeAllAppenders();
-        root.addAppender(dcmtk::log4cplus::SharedAppenderPtr(new log_sink));
-        root.setLogLevel(OFLogger::WARN_LOG_LEVEL);
-    });
-}
 
 std::string
 trim(const std::string &s)
@@ -980,7 +945,7 @@ mms_scp_start(const struct mms_scp_opts *o, struct mms_scp **out, char *why, siz
     try {
         if (o == nullptr || out == nullptr)
             return mms_why(why, why_len, MMS_EINVAL, "no options");
-        route_dcmtk_log();
+        mms__route_dcmtk_log();
         s.reset(new mms_scp);
         rc = start(o, s, &msg);
     } catch (const std::bad_alloc &) {
@@ -1017,4 +982,41 @@ mms_scp_stop(struct mms_scp *s)
     } catch (...) {
         mms_log(MMS_LOG_ERR, "Store SCP: unexpected exception while stopping");
     }
+}
+
+// DCMTK's oflog prints INFO and up on stderr by default: a line per association and per
+// C-STORE, unformatted, beside our own. Our log lines already carry the OFCondition text
+// with the peer and the call (style.md 2.4, "log once"), so DCMTK's own messages from WARN
+// up are routed into mms_log at DEBUG, and nothing of DCMTK reaches stderr directly. This is
+// process-wide: every DCMTK user in the process logs this way from the first call.
+class mms__dcmtk_log_sink : public dcmtk::log4cplus::Appender
+{
+  public:
+    ~mms__dcmtk_log_sink() override
+    {
+        destructorImpl();
+    }
+    void
+    close() override
+    {
+    }
+
+  protected:
+    void
+    append(const dcmtk::log4cplus::spi::InternalLoggingEvent &ev) override
+    {
+        mms_log(MMS_LOG_DEBUG, "dcmtk %s: %s", ev.getLoggerName().c_str(), ev.getMessage().c_str());
+    }
+};
+
+void
+mms__route_dcmtk_log()
+{
+    static std::once_flag once;
+    std::call_once(once, [] {
+        dcmtk::log4cplus::Logger root = dcmtk::log4cplus::Logger::getRoot();
+        root.removeAllAppenders();
+        root.addAppender(dcmtk::log4cplus::SharedAppenderPtr(new mms__dcmtk_log_sink));
+        root.setLogLevel(OFLogger::WARN_LOG_LEVEL);
+    });
 }

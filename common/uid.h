@@ -1,0 +1,26 @@
+/* UIDs derived from text: the same text always gives the same UID (design.md section 3).
+ * Threads: any; no shared state. */
+#ifndef MMS_COMMON_UID_H
+#define MMS_COMMON_UID_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* "2.25." and the decimal value of the 16 bytes v (big-endian), as ITU-T X.667 turns a UUID
+ * into a UID; out holds at least 65 bytes. */
+void mms_uid_from_bytes(const uint8_t v[16], char out[65]);
+
+/* "2.25." and the name-based UUID version 5 (RFC 4122: SHA-1 of the OID namespace and name). */
+void mms_uid_uuid5(const char *name, char out[65]);
+
+/* SHA-1 (FIPS 180-4) of n bytes, for UUID version 5 only. */
+void mms_sha1(const void *data, size_t n, uint8_t out[20]);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
