@@ -84,6 +84,43 @@ add_common_references(DcmItem &ds_, const char *series_uid,
     return c;
 }
 
+// What DCMTK 3.6.7 gets wrong in the frames, put right in the data set it wrote:
+// - Pixel Data: its concatenation of bit-packed frames loses bits when rows x columns is not
+//   a multiple of 8, so the frames (one bit per pixel, least significant bit first, each
+//   frame starting where the previous one ended) are packed here from the labels;
+// - Spatial Locations Preserved YES on every source reference (the frames lie on the source
+//   grid), which readers such as highdicom need to map frames to source instances.
+OFCondition
+finish_frames(DcmItem &ds_, const uint8_t *labels, size_t plane,
+              const std::vector<std::pair<int, int64_t>> &order)
+{
+    size_t bits = plane * order.size(), len = (bits + 7) / 8;
+    len += len & 1; // even length
+    std::vector<Uint8> px(len, 0);
+    size_t bit = 0;
+    for (const auto &f : order) {
+        const uint8_t *l = labels + (size_t)f.second * plane;
+        for (size_t i = 0; i < plane; i++, bit++)
+            if (l[i] == f.first)
+                px[bit >> 3] = (Uint8)(px[bit >> 3] | 1u << (bit & 7));
+    }
+    OFCondition c = ds_.putAndInsertUint8Array(DCM_PixelData, px.data(), (unsigned long)len);
+    DcmSequenceOfItems *per = NULL;
+    if (c.good())
+        c = ds_.findAndGetSequence(DCM_PerFrameFunctionalGroupsSequence, per);
+    for (unsigned long i = 0; c.good() && per != NULL && i < per->card(); i++) {
+        DcmItem *der = NULL;
+        if (per->getItem(i)->findAndGetSequenceItem(DCM_DerivationImageSequence, der, 0).bad())
+            continue;
+        DcmSequenceOfItems *srcs = NULL;
+        if (der->findAndGetSequence(DCM_SourceImageSequence, srcs).bad() || srcs == NULL)
+            continue;
+        for (unsigned long j = 0; c.good() && j < srcs->card(); j++)
+            c = srcs->getItem(j)->putAndInsertString(DCM_SpatialLocationsPreserved, "YES");
+    }
+    return c;
+}
+
 } // namespace
 
 extern "C" int
@@ -235,6 +272,7 @@ mms_seg_write(const struct mms_seg_input *in, const char *path, struct mms_seg_r
     // frames
     std::vector<Uint8> mask(plane);
     std::vector<char> referenced((size_t)slices, 0);
+    std::vector<std::pair<int, int64_t>> order; // (label, slice) of each frame
     int64_t frames = 0;
     for (size_t u = 0; u < used.size(); u++) {
         const int label = in->segments[used[u]].label;
@@ -249,13 +287,14 @@ mms_seg_write(const struct mms_seg_input *in, const char *path, struct mms_seg_r
                 ds(v->ipp[k][0]).c_str(), ds(v->ipp[k][1]).c_str(), ds(v->ipp[k][2]).c_str());
             FGFrameContent fc;
             OFVector<ImageSOPInstanceReferenceMacro> images(1);
-            images[0].setReferencedSOPClassUID(src->sop_class);
-            images[0].setReferencedSOPInstanceUID(src->sop_instance);
-            if (mms_sop_class_is_ct(src->sop_class) &&
-                strcmp(src->sop_class, UID_CTImageStorage) != 0) { // multi-frame source
-                OFVector<Uint16> f(1, (Uint16)(src->frame + 1));
-                images[0].setReferencedFrameNumber(f);
-            }
+            c = images[0].setReferencedSOPClassUID(src->sop_class);
+            if (c.good())
+                c = images[0].setReferencedSOPInstanceUID(src->sop_instance);
+            // a multi-frame source: which frame (setReferencedFrameNumber fails in 3.6.7)
+            if (c.good() && strcmp(src->sop_class, UID_CTImageStorage) != 0)
+                c = images[0].addReferencedFrameNumber((Uint16)(src->frame + 1));
+            if (c.bad())
+                return fail(why, why_len, "source reference", c);
             FGDerivationImage *der =
                 DcmSegmentation::createDerivationImageFG(images, "Segmentation by MM-UNet");
             c = pos != NULL && der != NULL ? fc.setDimensionIndexValues(number[u], 0)
@@ -274,6 +313,7 @@ mms_seg_write(const struct mms_seg_input *in, const char *path, struct mms_seg_r
                 return fail(why, why_len, "adding a frame", c);
             frames++;
             referenced[(size_t)k] = 1;
+            order.emplace_back(label, k);
         }
     }
 
@@ -285,6 +325,8 @@ mms_seg_write(const struct mms_seg_input *in, const char *path, struct mms_seg_r
     c = seg->writeDataset(*ff.getDataset());
     if (c.good())
         c = add_common_references(*ff.getDataset(), in->source_series_uid, refs);
+    if (c.good())
+        c = finish_frames(*ff.getDataset(), in->labels, plane, order);
     if (c.bad())
         return fail(why, why_len, "writing the data set", c);
 
