@@ -84,6 +84,25 @@ add_common_references(DcmItem &ds_, const char *series_uid,
     return c;
 }
 
+// Bit q of the result: p[q] == lab.
+inline Uint8
+match8(const uint8_t *p, uint8_t lab)
+{
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    const uint64_t ones = 0x0101010101010101ull, low7 = 0x7f7f7f7f7f7f7f7full;
+    uint64_t x;
+    memcpy(&x, p, 8);
+    x ^= ones * lab;                                       // zero bytes: matches
+    uint64_t m = ~(((x & low7) + low7) | x) & (ones << 7); // their top bits
+    return (Uint8)((m * 0x0002040810204081ull) >> 56);     // gathered, byte q to bit q
+#else
+    unsigned b = 0;
+    for (int q = 0; q < 8; q++)
+        b |= (unsigned)(p[q] == lab) << q;
+    return (Uint8)b;
+#endif
+}
+
 // What DCMTK 3.6.7 gets wrong in the frames, put right in the data set it wrote:
 // - Pixel Data: its concatenation of bit-packed frames loses bits when rows x columns is not
 //   a multiple of 8, so the frames (one bit per pixel, least significant bit first, each
@@ -100,8 +119,15 @@ finish_frames(DcmItem &ds_, const uint8_t *labels, size_t plane,
     size_t bit = 0;
     for (const auto &f : order) {
         const uint8_t *l = labels + (size_t)f.second * plane;
-        for (size_t i = 0; i < plane; i++, bit++)
-            if (l[i] == f.first)
+        const uint8_t lab = (uint8_t)f.first;
+        size_t i = 0;
+        for (; i < plane && (bit & 7) != 0; i++, bit++) // up to a byte boundary
+            if (l[i] == lab)
+                px[bit >> 3] = (Uint8)(px[bit >> 3] | 1u << (bit & 7));
+        for (; i + 8 <= plane; i += 8, bit += 8) // whole bytes, 8 pixels at a time
+            px[bit >> 3] = match8(l + i, lab);
+        for (; i < plane; i++, bit++) // the rest
+            if (l[i] == lab)
                 px[bit >> 3] = (Uint8)(px[bit >> 3] | 1u << (bit & 7));
     }
     OFCondition c = ds_.putAndInsertUint8Array(DCM_PixelData, px.data(), (unsigned long)len);
@@ -269,8 +295,8 @@ mms_seg_write(const struct mms_seg_input *in, const char *path, struct mms_seg_r
         }
     }
 
-    // frames
-    std::vector<Uint8> mask(plane);
+    // frames; DCMTK gets a blank mask for each: finish_frames() writes the pixel data
+    std::vector<Uint8> mask(plane, 0);
     std::vector<char> referenced((size_t)slices, 0);
     std::vector<std::pair<int, int64_t>> order; // (label, slice) of each frame
     int64_t frames = 0;
@@ -279,9 +305,6 @@ mms_seg_write(const struct mms_seg_input *in, const char *path, struct mms_seg_r
         for (int64_t k = 0; k < slices; k++) {
             if (!present[(size_t)used[u]][(size_t)k] && !in->keep_empty_frames)
                 continue;
-            const uint8_t *l = in->labels + (size_t)k * plane;
-            for (size_t i = 0; i < plane; i++)
-                mask[i] = l[i] == label;
             const struct mms_volume_src *src = &v->src[k];
             FGPlanePosPatient *pos = FGPlanePosPatient::createMinimal(
                 ds(v->ipp[k][0]).c_str(), ds(v->ipp[k][1]).c_str(), ds(v->ipp[k][2]).c_str());
