@@ -39,3 +39,40 @@ require_python() {
         exit 0
     fi
 }
+
+# tap_lines WANT NAME COMMAND...: run COMMAND, which prints "ok - " and "not ok - " lines, and
+# number them as results (other lines become comments). A result it did not print (fewer than
+# WANT; none at all when WANT is 0) counts as a failure of NAME.
+tap_lines() {
+    local want=$1 name=$2 got=0 line out rc
+    shift 2
+    out=$("$@" 2>&1)
+    rc=$?
+    while IFS= read -r line; do
+        case $line in
+        "ok - "*) result OK "${line#ok - }"; got=$((got + 1)) ;;
+        "not ok - "*) result FAIL "${line#not ok - }"; got=$((got + 1)) ;;
+        "") ;;
+        "#"*) echo "$line" ;;
+        *) echo "# $line" ;;
+        esac
+    done <<<"$out"
+    [ "$want" -gt 0 ] || [ $got -gt 0 ] || result FAIL "$name: no result (exit $rc)"
+    while [ $got -lt "$want" ]; do
+        result FAIL "$name: result $((got + 1)) of $want missing (exit $rc)"
+        got=$((got + 1))
+    done
+}
+
+# bench_phantom DIR SLICES PYTHON: the 512 x 512 x SLICES phantom series of the benchmarks
+# (tools/mmunet/phantom.py, seed 1007, 0.78125 x 0.78125 x 1.25 mm) in DIR, made once; sets
+# ph to DIR/phantom-512x512xSLICES. Returns 1 when phantom.py fails (see $ph.log).
+bench_phantom() {
+    ph=$1/phantom-512x512x$2
+    [ -f "$ph/done" ] && return 0
+    echo "== generating $ph (tools/mmunet/phantom.py, once)" >&2
+    rm -rf "$ph"
+    "$3" tools/mmunet/phantom.py --seed 1007 --shape "$2" 512 512 \
+        --spacing 1.25 0.78125 0.78125 --out "$ph" --dicom >"$ph.log" 2>&1 || return 1
+    touch "$ph/done"
+}

@@ -240,23 +240,8 @@ if __name__ == "__main__":
 PY
 mk() { "$python" "$tmp/mk.py" "$@"; }
 
-# pylines COMMAND...: a command that prints "ok - "/"not ok - " lines; number them. A command
-# that prints none counts as one failure.
-pylines() {
-    local got=0 line out rc
-    out=$("$@" 2>&1)
-    rc=$?
-    while IFS= read -r line; do
-        case $line in
-        "ok - "*) result OK "${line#ok - }"; got=$((got + 1)) ;;
-        "not ok - "*) result FAIL "${line#not ok - }"; got=$((got + 1)) ;;
-        "") ;;
-        "#"*) echo "$line" ;;
-        *) echo "# $line" ;;
-        esac
-    done <<<"$out"
-    [ $got -gt 0 ] || result FAIL "$(basename "$2") $3: no result (exit $rc)"
-}
+# pylines COMMAND...: a command that prints "ok - "/"not ok - " lines; at least one.
+pylines() { tap_lines 0 "$(basename "$2") $3" "$@"; }
 
 # write NAME DICOM RAW [--keep-empty]: seg-write into $tmp/NAME.dcm; one result: exit 0 and
 # a first line that begins with "segments S frames F" as the variable want gives it (fields

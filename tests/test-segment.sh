@@ -49,26 +49,11 @@ skip() { # skip DESCRIPTION REASON
     echo "ok $n - $1 # SKIP $2"
 }
 diag() { sed 's/^/# /' "$@" | head -20; }
-# pycheck COUNT SCRIPT ARGS...: run a Python check that prints COUNT "ok - "/"not ok - " lines;
-# number them, and count a line it did not print (a crash) as a failure.
+# pycheck COUNT ARGS...: a Python check (script on standard input) that prints COUNT results.
 pycheck() {
-    local want=$1 got=0 line out rc
+    local want=$1
     shift
-    out=$("$python" - "$@" 2>&1)
-    rc=$?
-    while IFS= read -r line; do
-        case $line in
-        "ok - "*) result OK "${line#ok - }"; got=$((got + 1)) ;;
-        "not ok - "*) result FAIL "${line#not ok - }"; got=$((got + 1)) ;;
-        "") ;;
-        "#"*) echo "$line" ;;
-        *) echo "# $line" ;;
-        esac
-    done <<<"$out"
-    while [ $got -lt "$want" ]; do
-        result FAIL "check script: result $((got + 1)) of $want missing (exit $rc)"
-        got=$((got + 1))
-    done
+    tap_lines "$want" "check script" "$python" - "$@"
 }
 # seg NAME ARGS...: mmsegd segment --model demo ARGS... > $tmp/NAME.json, 2> NAME.err, rc
 seg() {

@@ -41,25 +41,11 @@ fi
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/test-volume.XXXXXX") || exit 1
 trap 'rm -rf "$tmp"' EXIT
 
-# vcheck COUNT SUBCOMMAND ARGS...: volume_check.py prints COUNT unnumbered results; number them,
-# and count a result it did not print (a crash) as a failure.
+# vcheck COUNT SUBCOMMAND ARGS...: volume_check.py prints COUNT results.
 vcheck() {
-    local want=$1 got=0 line out rc
+    local want=$1
     shift
-    out=$("$python" "$vc" "$@" 2>&1)
-    rc=$?
-    while IFS= read -r line; do
-        case $line in
-        "ok - "*) result OK "${line#ok - }"; got=$((got + 1)) ;;
-        "not ok - "*) result FAIL "${line#not ok - }"; got=$((got + 1)) ;;
-        "#"*) echo "$line" ;;
-        *) echo "# $line" ;;
-        esac
-    done <<<"$out"
-    while [ $got -lt "$want" ]; do
-        result FAIL "volume_check.py $1: result $((got + 1)) of $want missing (exit $rc)"
-        got=$((got + 1))
-    done
+    tap_lines "$want" "volume_check.py $1" "$python" "$vc" "$@"
 }
 # inspect NAME PATH...: mmsegd inspect --json --nifti $tmp/NAME PATH... > $tmp/NAME.json
 inspect() {

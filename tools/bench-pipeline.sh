@@ -130,15 +130,7 @@ for c in ${cases//,/ }; do
                 "skipped" >&2
         fi ;;
     synthetic)
-        ph=$out/phantom-512x512x$slices
-        if [ ! -f "$ph/done" ]; then
-            echo "== generating $ph (tools/mmunet/phantom.py, once)" >&2
-            rm -rf "$ph"
-            "$py" tools/mmunet/phantom.py --seed 1007 --shape "$slices" 512 512 \
-                --spacing 1.25 0.78125 0.78125 --out "$ph" --dicom >"$ph.log" 2>&1 ||
-                die "phantom.py failed (see $ph.log)"
-            touch "$ph/done"
-        fi
+        bench_phantom "$out" "$slices" "$py" || die "phantom.py failed (see $ph.log)"
         run_case synthetic "$ph/dicom" "phantom.py seed 1007, 512x512x$slices, \
 0.78125x0.78125x1.25 mm, uncompressed"
         list+=(synthetic) ;;

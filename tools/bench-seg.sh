@@ -24,6 +24,7 @@
 # tests/seg_check.py against the labels and the card. Figures go to _build/bench/seg.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. tests/find-testdata.sh
 runs=3
 slices=300
 nlabels=15
@@ -55,15 +56,7 @@ dciodvfy=$(command -v dciodvfy || true)
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-ph=$out/phantom-512x512x$slices
-if [ ! -f "$ph/done" ]; then
-    echo "== generating $ph (tools/mmunet/phantom.py, once)" >&2
-    rm -rf "$ph"
-    "$py" tools/mmunet/phantom.py --seed 1007 --shape "$slices" 512 512 \
-        --spacing 1.25 0.78125 0.78125 --out "$ph" --dicom >"$ph.log" 2>&1 ||
-        die "phantom.py failed (see $ph.log)"
-    touch "$ph/done"
-fi
+bench_phantom "$out" "$slices" "$py" || die "phantom.py failed (see $ph.log)"
 dicom=$ph/dicom
 model=$out/seg-amos15.safetensors
 labels=$out/seg-labels-${slices}x$nlabels.raw
