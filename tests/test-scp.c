@@ -25,6 +25,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "dicom/scp.h"
+#include "tests/proc-util.h"
 #include "tests/tap.h"
 #include "tests/find-testdata.h"
 
@@ -37,7 +38,7 @@
 #define RLE CS "RLELosslessTransferSyntax_1.2.840.10008.1.2.5.dcm"
 #define SC_DFL "pydicom/src/pydicom/data/test_files/image_dfl.dcm"
 
-static char td[1024], dir[64], tmp_dir[128], kept_dir[128], tool_log[128];
+static char td[1024], dir[64], tmp_dir[128], kept_dir[128];
 
 /* What on_store saw, and what it answers. */
 static struct {
@@ -122,53 +123,6 @@ rec_calls(void)
     int n = rec.calls;
     pthread_mutex_unlock(&rec.m);
     return n;
-}
-
-static bool
-on_path(const char *prog)
-{
-    const char *p = getenv("PATH");
-    while (p != NULL && *p != '\0') {
-        const char *e = strchr(p, ':');
-        size_t len = e != NULL ? (size_t)(e - p) : strlen(p);
-        char cand[1024];
-        snprintf(cand, sizeof cand, "%.*s/%s", (int)len, p, prog);
-        if (access(cand, X_OK) == 0)
-            return true;
-        p = e != NULL ? e + 1 : NULL;
-    }
-    return false;
-}
-
-/* Run a shell command with its output in tool_log; the exit status, or -1. */
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int
-run(const char *fmt, ...)
-{
-    char cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(cmd, sizeof cmd - 200, fmt, ap);
-    va_end(ap);
-    if (n < 0 || n >= (int)sizeof cmd - 200)
-        return -1;
-    snprintf(cmd + n, sizeof cmd - (size_t)n, " >'%s' 2>&1", tool_log);
-    int st = system(cmd);
-    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-/* Start a shell command in the background, its output in log; the pid. */
-static pid_t
-spawn(const char *log, const char *cmd)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        char full[8192];
-        snprintf(full, sizeof full, "%s >'%s' 2>&1", cmd, log);
-        execl("/bin/sh", "sh", "-c", full, (char *)NULL);
-        _exit(127);
-    }
-    return pid;
 }
 
 static int
@@ -772,8 +726,9 @@ main(void)
     if (!find_testdata(td, sizeof td))
         skip_all("no test data (MMS_TESTDATA, ../shared/testdata)");
     const char *progs[] = {"echoscu", "storescu"};
+    char tool_path[1024];
     for (size_t i = 0; i < sizeof progs / sizeof progs[0]; i++)
-        if (!on_path(progs[i])) {
+        if (!find_tool(progs[i], "", tool_path, sizeof tool_path)) {
             char why[128];
             snprintf(why, sizeof why, "%s is not on PATH (Debian package dcmtk)", progs[i]);
             skip_all(why);

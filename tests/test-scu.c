@@ -28,6 +28,7 @@
 #include "common/log.h"
 #include "dicom/scp.h"
 #include "dicom/scu.h"
+#include "tests/proc-util.h"
 #include "tests/tap.h"
 #include "tests/find-testdata.h"
 
@@ -41,59 +42,11 @@
 #define ELE_UID "1.2.840.10008.1.2.1"
 #define ILE_UID "1.2.840.10008.1.2"
 
-static char td[1024], dir[64], tool_log[128];
+static char td[1024], dir[64];
 static char ct[1200], ct2[1200], seg[1200], rle[1200], jls[1200], ele[1200];
 static char storescp[256], orthanc[256], curl[256], dcmdump[256];
 
 /* ------------------------------------------------------------------ processes and files */
-
-/* The program name on PATH, or the given absolute path, into out; false when neither. */
-static bool
-find_tool(const char *name, const char *fallback, char *out, size_t len)
-{
-    const char *p = getenv("PATH");
-    while (p != NULL && *p != '\0') {
-        const char *e = strchr(p, ':');
-        size_t n = e != NULL ? (size_t)(e - p) : strlen(p);
-        snprintf(out, len, "%.*s/%s", (int)n, p, name);
-        if (access(out, X_OK) == 0)
-            return true;
-        p = e != NULL ? e + 1 : NULL;
-    }
-    snprintf(out, len, "%s", fallback);
-    return access(out, X_OK) == 0;
-}
-
-/* Run a shell command with its output in tool_log; the exit status, or -1. */
-static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static int
-run(const char *fmt, ...)
-{
-    char cmd[8192];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(cmd, sizeof cmd - 200, fmt, ap);
-    va_end(ap);
-    if (n < 0 || n >= (int)sizeof cmd - 200)
-        return -1;
-    snprintf(cmd + n, sizeof cmd - (size_t)n, " >'%s' 2>&1", tool_log);
-    int st = system(cmd);
-    return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-
-/* Start "exec CMD" in the background with its output in log; the pid. */
-static pid_t
-spawn(const char *log, const char *cmd)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        char full[8192];
-        snprintf(full, sizeof full, "exec %s >'%s' 2>&1", cmd, log);
-        execl("/bin/sh", "sh", "-c", full, (char *)NULL);
-        _exit(127);
-    }
-    return pid;
-}
 
 static void
 stop(pid_t pid)
