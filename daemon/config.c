@@ -116,8 +116,7 @@ static const struct cfg_key main_keys[] = {
     {"seg", "series_description", T_STR, OFF(seg.series_description), "", 0, 0, NULL, 0},
 };
 
-/* The keys of each [destination NAME] section. Destinations are not built yet: any
- * destination section is refused after its keys were checked. */
+/* The keys of each [destination NAME] section. */
 static const struct cfg_key dest_keys[] = {
     {NULL, "type", T_ENUM, DOFF(type), "dicom", 0, 0, dest_types, 0},
     {NULL, "ae_title", T_AE, DOFF(ae_title), NULL, 0, 0, NULL, 0},
@@ -684,7 +683,11 @@ validate(struct loader *ld)
             report(ld, h, "[destination %s]: type dicom needs ae_title, host and port", d->name);
         if (d->type == MMS_DEST_FOLDER && (d->path == NULL || d->path[0] == '\0'))
             report(ld, h, "[destination %s]: type folder needs path", d->name);
-        report(ld, h, "[destination %s]: destinations are not supported yet", d->name);
+        if (d->type == MMS_DEST_DICOM && d->tls)
+            report(ld, h,
+                   "[destination %s] tls: not supported yet (only the default 'no' is "
+                   "accepted)",
+                   d->name);
     }
     return 0;
 }

@@ -70,6 +70,20 @@ static const char *const migrations[] = {
     " received REAL NOT NULL,"
     " source TEXT NOT NULL);"
     "CREATE INDEX instances_by_series ON instances (series_uid, instance_number, sop_instance);",
+    /* 1 -> 2: sends */
+    "CREATE TABLE sends ("
+    " job INTEGER NOT NULL,"
+    " destination TEXT NOT NULL,"
+    " series_uid TEXT NOT NULL DEFAULT '',"
+    " state TEXT NOT NULL,"
+    " attempts INTEGER NOT NULL DEFAULT 0,"
+    " queued REAL NOT NULL,"
+    " next_attempt REAL NOT NULL,"
+    " last_attempt REAL NOT NULL DEFAULT 0,"
+    " state_since REAL NOT NULL,"
+    " reason TEXT NOT NULL DEFAULT '',"
+    " PRIMARY KEY (job, destination));"
+    "CREATE INDEX sends_by_state ON sends (state, next_attempt);",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -81,6 +95,10 @@ static const char *const migrations[] = {
     "body_part, frame_of_ref, transfer_syntax, has_geometry, ipp_x, ipp_y, ipp_z, iop_rx, "        \
     "iop_ry, iop_rz, iop_cx, iop_cy, iop_cz, rows, cols, frames, acquisition, instance_number, "   \
     "images_in_acquisition, slice_thickness, digest, path, size, received, source"
+
+#define SEND_COLUMNS                                                                               \
+    "job, destination, series_uid, state, attempts, queued, next_attempt, last_attempt, "          \
+    "state_since, reason"
 
 #define SERIES_COLUMNS                                                                             \
     "series_uid, study_uid, state, reason, instances, first_received, last_received, "             \
@@ -104,6 +122,10 @@ enum stmt_id {
     S_INSTANCE_ONE,
     S_COUNT_INSTANCES,
     S_COUNT_STATES,
+    S_SEND_ADD,
+    S_SEND_UPDATE,
+    S_SENDS,
+    S_COUNT_SENDS,
     N_STMT
 };
 
@@ -162,6 +184,19 @@ static const struct {
                         "SELECT " INSTANCE_COLUMNS " FROM instances WHERE sop_instance = ?1"},
     [S_COUNT_INSTANCES] = {"count instances", "SELECT count(*) FROM instances"},
     [S_COUNT_STATES] = {"count series", "SELECT state, count(*) FROM series GROUP BY state"},
+    [S_SEND_ADD] = {"queue send",
+                    "INSERT INTO sends (" SEND_COLUMNS ") VALUES (?1, ?2, ?3, 'pending', 0, ?4, "
+                    "?4, 0, ?4, '') ON CONFLICT (job, destination) DO UPDATE SET "
+                    "series_uid = ?3, state = 'pending', attempts = 0, queued = ?4, "
+                    "next_attempt = ?4, state_since = ?4, reason = ''"},
+    [S_SEND_UPDATE] = {"update send",
+                       "UPDATE sends SET state = ?3, attempts = ?4, queued = ?5, next_attempt = "
+                       "?6, last_attempt = ?7, state_since = ?8, reason = ?9 "
+                       "WHERE job = ?1 AND destination = ?2"},
+    [S_SENDS] = {"list sends", "SELECT " SEND_COLUMNS " FROM sends WHERE (?1 IS NULL OR state = "
+                               "?1) AND (?2 < 0 OR job = ?2) ORDER BY next_attempt, job, "
+                               "destination"},
+    [S_COUNT_SENDS] = {"count sends", "SELECT state, count(*) FROM sends GROUP BY state"},
 };
 
 struct mms_index {
@@ -193,6 +228,30 @@ state_parse(const char *text)
 {
     for (int i = 0; text != NULL && i < N_STATES; i++)
         if (strcmp(state_names[i], text) == 0)
+            return i;
+    return -1;
+}
+
+static const char *const send_state_names[] = {
+    [MMS_SEND_PENDING] = "pending",
+    [MMS_SEND_DONE] = "done",
+    [MMS_SEND_DEAD] = "dead",
+};
+
+#define N_SEND_STATES ((int)(sizeof send_state_names / sizeof send_state_names[0]))
+_Static_assert(N_SEND_STATES == MMS_SEND_DEAD + 1, "a name for every send state");
+
+const char *
+mms_send_state_name(int state)
+{
+    return state >= 0 && state < N_SEND_STATES ? send_state_names[state] : NULL;
+}
+
+static int
+send_state_parse(const char *text)
+{
+    for (int i = 0; text != NULL && i < N_SEND_STATES; i++)
+        if (strcmp(send_state_names[i], text) == 0)
             return i;
     return -1;
 }
@@ -421,6 +480,23 @@ read_series(sqlite3_stmt *st, struct mms_series_row *s)
     s->run = sqlite3_column_int64(st, 8);
     COLUMN_FIELD(st, 9, s->modality);
     COLUMN_FIELD(st, 10, s->series_description);
+}
+
+/* Read a row of SEND_COLUMNS. An unknown state name reads as -1. */
+static void
+read_send(sqlite3_stmt *st, struct mms_send_row *r)
+{
+    memset(r, 0, sizeof *r);
+    r->job = sqlite3_column_int64(st, 0);
+    COLUMN_FIELD(st, 1, r->destination);
+    COLUMN_FIELD(st, 2, r->series_uid);
+    r->state = send_state_parse((const char *)sqlite3_column_text(st, 3));
+    r->attempts = sqlite3_column_int64(st, 4);
+    r->queued = sqlite3_column_double(st, 5);
+    r->next_attempt = sqlite3_column_double(st, 6);
+    r->last_attempt = sqlite3_column_double(st, 7);
+    r->state_since = sqlite3_column_double(st, 8);
+    COLUMN_FIELD(st, 9, r->reason);
 }
 
 /* ---------------------------------------------------------------------------- open */
@@ -991,6 +1067,157 @@ mms_index_counts(struct mms_index *ix, int64_t *instances, int64_t counts[MMS_SE
     }
     *instances = n;
     memcpy(counts, c, sizeof c);
+out:
+    unlock(ix);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------- sends */
+
+int
+mms_index_sends_add(struct mms_index *ix, int64_t job, const char *series_uid,
+                    const char *const *destinations, int n, double due, char *why, size_t why_len)
+{
+    if (ix == NULL || destinations == NULL || n < 1)
+        return mms_why(why, why_len, MMS_EINVAL, "no index or destinations");
+    if (ix->read_only)
+        return mms_why(why, why_len, MMS_EINVAL, "the index is open read-only");
+    for (int i = 0; i < n; i++)
+        if (destinations[i] == NULL || destinations[i][0] == '\0' ||
+            strlen(destinations[i]) >= sizeof((struct mms_send_row *)0)->destination)
+            return mms_why(why, why_len, MMS_EINVAL, "destination %d: empty or too long name", i);
+    int rc = lock(ix, why, why_len);
+    if (rc < 0)
+        return rc;
+    if ((rc = run(ix, S_BEGIN_WRITE, why, why_len)) < 0)
+        goto out;
+    for (int i = 0; i < n && rc == 0; i++) {
+        sqlite3_stmt *st = stmt(ix, S_SEND_ADD, why, why_len);
+        if (st == NULL) {
+            rc = MMS_EIO;
+            break;
+        }
+        struct binder b = {st, SQLITE_OK};
+        bind_int(&b, 1, job);
+        bind_cstr(&b, 2, destinations[i]);
+        bind_cstr(&b, 3, series_uid != NULL ? series_uid : "");
+        bind_real(&b, 4, due);
+        if (b.rc != SQLITE_OK)
+            rc = db_fail(ix, "bind send", why, why_len);
+        else if ((rc = step(ix, st, "queue send", why, why_len)) > 0)
+            rc = 0;
+        sqlite3_reset(st);
+    }
+    if (rc < 0 || (rc = run(ix, S_COMMIT, why, why_len)) < 0)
+        rollback(ix);
+out:
+    unlock(ix);
+    return rc;
+}
+
+int
+mms_index_send_update(struct mms_index *ix, const struct mms_send_row *r, char *why, size_t why_len)
+{
+    const char *name = r != NULL ? mms_send_state_name(r->state) : NULL;
+    if (ix == NULL || name == NULL)
+        return mms_why(why, why_len, MMS_EINVAL, "no index or row, or an unknown state");
+    if (ix->read_only)
+        return mms_why(why, why_len, MMS_EINVAL, "the index is open read-only");
+    int rc = lock(ix, why, why_len);
+    if (rc < 0)
+        return rc;
+    sqlite3_stmt *st = stmt(ix, S_SEND_UPDATE, why, why_len);
+    if (st == NULL) {
+        rc = MMS_EIO;
+        goto out;
+    }
+    struct binder b = {st, SQLITE_OK};
+    bind_int(&b, 1, r->job);
+    BIND_FIELD(&b, 2, r->destination);
+    bind_cstr(&b, 3, name);
+    bind_int(&b, 4, r->attempts);
+    bind_real(&b, 5, r->queued);
+    bind_real(&b, 6, r->next_attempt);
+    bind_real(&b, 7, r->last_attempt);
+    bind_real(&b, 8, r->state_since);
+    BIND_FIELD(&b, 9, r->reason);
+    if (b.rc != SQLITE_OK) {
+        rc = db_fail(ix, "bind send", why, why_len);
+        goto out;
+    }
+    if ((rc = step(ix, st, "update send", why, why_len)) < 0)
+        goto out;
+    rc = sqlite3_changes(ix->db) == 0
+             ? mms_why(why, why_len, MMS_ENOENT, "no send of job %lld to %.63s", (long long)r->job,
+                       r->destination)
+             : 0;
+    sqlite3_reset(st);
+out:
+    unlock(ix);
+    return rc;
+}
+
+int
+mms_index_sends(struct mms_index *ix, int state, int64_t job,
+                int (*fn)(void *ud, const struct mms_send_row *r), void *ud, char *why,
+                size_t why_len)
+{
+    if (ix == NULL || fn == NULL || (state != -1 && mms_send_state_name(state) == NULL))
+        return mms_why(why, why_len, MMS_EINVAL, "no index or callback, or an unknown state");
+    int rc = lock(ix, why, why_len);
+    if (rc < 0)
+        return rc;
+    sqlite3_stmt *st = stmt(ix, S_SENDS, why, why_len);
+    if (st == NULL) {
+        rc = MMS_EIO;
+        goto out;
+    }
+    struct binder b = {st, SQLITE_OK};
+    if (state < 0)
+        bind_null(&b, 1);
+    else
+        bind_cstr(&b, 1, mms_send_state_name(state));
+    bind_int(&b, 2, job);
+    if (b.rc != SQLITE_OK) {
+        rc = db_fail(ix, "bind sends", why, why_len);
+        goto out;
+    }
+    while ((rc = step(ix, st, "list sends", why, why_len)) == SQLITE_ROW) {
+        struct mms_send_row r;
+        read_send(st, &r);
+        if (fn(ud, &r) != 0)
+            break;
+    }
+    rc = rc < 0 ? rc : 0;
+    sqlite3_reset(st);
+out:
+    unlock(ix);
+    return rc;
+}
+
+int
+mms_index_send_counts(struct mms_index *ix, int64_t counts[MMS_SEND_DEAD + 1], char *why,
+                      size_t why_len)
+{
+    if (ix == NULL || counts == NULL)
+        return mms_why(why, why_len, MMS_EINVAL, "no index or counts");
+    int rc = lock(ix, why, why_len);
+    if (rc < 0)
+        return rc;
+    sqlite3_stmt *st = stmt(ix, S_COUNT_SENDS, why, why_len);
+    if (st == NULL) {
+        rc = MMS_EIO;
+        goto out;
+    }
+    for (int i = 0; i < N_SEND_STATES; i++)
+        counts[i] = 0;
+    while ((rc = step(ix, st, "count sends", why, why_len)) == SQLITE_ROW) {
+        int state = send_state_parse((const char *)sqlite3_column_text(st, 0));
+        if (state >= 0)
+            counts[state] = sqlite3_column_int64(st, 1);
+    }
+    rc = rc < 0 ? rc : 0;
+    sqlite3_reset(st);
 out:
     unlock(ix);
     return rc;

@@ -117,4 +117,52 @@ int mms_index_instance(struct mms_index *ix, const char *sop_instance, struct mm
 int mms_index_counts(struct mms_index *ix, int64_t *instances,
                      int64_t counts[MMS_SERIES_SKIPPED + 1], char *why, size_t why_len);
 
+/* Sends (design.md section 8): one row per (job, destination) for a result in
+ * state_dir/outbox/JOB/. pending: waiting for its next attempt; done: the peer answered
+ * success; dead: refused for good or retried until retry_max_age_s, the files kept in dead/. */
+enum mms_send_state {
+    MMS_SEND_PENDING,
+    MMS_SEND_DONE,
+    MMS_SEND_DEAD,
+};
+
+/* "pending", "done", "dead"; NULL for a value out of range. */
+const char *mms_send_state_name(int state);
+
+struct mms_send_row {
+    int64_t job;
+    char destination[65]; /* the [destination NAME] (1 to 64 characters) */
+    char series_uid[65];  /* the source series, for people reading the status */
+    int state;            /* enum mms_send_state */
+    int64_t attempts;     /* attempts made since the send was (re-)queued */
+    double queued;        /* when it was (re-)queued: retry_max_age_s counts from here */
+    double next_attempt;  /* pending: not before this time */
+    double last_attempt;  /* 0 before the first attempt */
+    double state_since;
+    char reason[512]; /* the last failure, the peer's status and words; "" when none */
+};
+
+/* Queue a send per destination for job (its files already in the outbox), in one
+ * transaction: rows that exist for (job, destination) are reset to pending. due: the time of
+ * the first attempt. Returns 0, MMS_EINVAL (read-only, n < 1, an empty or too long name),
+ * MMS_EIO. */
+int mms_index_sends_add(struct mms_index *ix, int64_t job, const char *series_uid,
+                        const char *const *destinations, int n, double due, char *why,
+                        size_t why_len);
+
+/* Write the state, attempts, times and reason of r to its (job, destination) row.
+ * Returns 0, MMS_ENOENT (no such row), MMS_EINVAL, MMS_EIO. */
+int mms_index_send_update(struct mms_index *ix, const struct mms_send_row *r, char *why,
+                          size_t why_len);
+
+/* Call fn for every send in state `state` (-1: any) of job `job` (-1: any), ordered by next
+ * attempt, job and destination; fn returns nonzero to stop. Returns 0 or MMS_EIO. */
+int mms_index_sends(struct mms_index *ix, int state, int64_t job,
+                    int (*fn)(void *ud, const struct mms_send_row *r), void *ud, char *why,
+                    size_t why_len);
+
+/* Number of sends per state (counts[state]). Returns 0 or MMS_EIO. */
+int mms_index_send_counts(struct mms_index *ix, int64_t counts[MMS_SEND_DEAD + 1], char *why,
+                          size_t why_len);
+
 #endif

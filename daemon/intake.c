@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 
@@ -49,14 +50,6 @@ struct mms_intake {
     size_t nw, capw;
     double last_scan;
 };
-
-static double
-now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static bool
 hidden(const char *path)
@@ -129,13 +122,13 @@ note_file(struct mms_intake *in, const char *path, const struct stat *sb, bool m
         if (copy == NULL)
             return;
         c = &in->c[in->nc++];
-        *c = (struct cand){.path = copy, .size = -1, .since = now_s()};
+        *c = (struct cand){.path = copy, .size = -1, .since = mms_mono_s()};
     }
     if (c->size != (int64_t)sb->st_size || c->mtime.tv_sec != sb->st_mtim.tv_sec ||
         c->mtime.tv_nsec != sb->st_mtim.tv_nsec) {
         c->size = (int64_t)sb->st_size;
         c->mtime = sb->st_mtim;
-        c->since = now_s();
+        c->since = mms_mono_s();
     }
     c->moved_in = c->moved_in || moved_in;
     c->seen = true;
@@ -175,7 +168,7 @@ scan(struct mms_intake *in)
             drop_cand(in, i);
         else
             i++;
-    in->last_scan = now_s();
+    in->last_scan = mms_mono_s();
 }
 
 /* Take one file: copy it into the spool, ingest it, then remove it from the folder. Returns
@@ -226,7 +219,7 @@ take(struct mms_intake *in, const char *path)
 static void
 take_ready(struct mms_intake *in)
 {
-    double now = now_s();
+    double now = mms_mono_s();
     for (size_t i = 0; i < in->nc;) {
         struct cand *c = &in->c[i];
         struct stat sb;
@@ -297,7 +290,7 @@ run(void *arg)
             break;
         if (p[0].revents & POLLIN)
             read_events(in);
-        if (now_s() - in->last_scan >= in->o.scan_s)
+        if (mms_mono_s() - in->last_scan >= in->o.scan_s)
             scan(in);
         take_ready(in);
     }

@@ -11,10 +11,13 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "daemon/config.h"
+#include "daemon/index.h"
 #include "daemon/inspect.h"
+#include "daemon/outbox.h"
 #include "daemon/segment.h"
 #include "daemon/serve.h"
 #include "daemon/status.h"
@@ -35,6 +38,7 @@ static int cmd_model_info(int argc, char **argv);
 static int cmd_inspect(int argc, char **argv);
 static int cmd_status(int argc, char **argv);
 static int cmd_segment(int argc, char **argv);
+static int cmd_resend(int argc, char **argv);
 
 static const struct command commands[] = {
     {"serve", "run the daemon in the foreground (systemd Type=notify)",
@@ -72,8 +76,10 @@ static const struct command commands[] = {
      "Reads the state database in the configuration's state_dir (read-only; safe while the\n"
      "daemon runs) and prints every series with its state (receiving, stable, queued,\n"
      "running, done, failed, skipped), the age of its last instance, its instance count and\n"
-     "the reason it was skipped or failed, then the counts per state. Exit 0, or 1 when\n"
-     "there is no state database or it cannot be read.\n"
+     "the reason it was skipped or failed, then the counts per state; then the sends not\n"
+     "delivered yet (pending with the time to their next attempt, or dead with the reason)\n"
+     "and the counts per send state. Exit 0, or 1 when there is no state database or it\n"
+     "cannot be read.\n"
      "\n"
      "  -c, --config FILE   configuration file (default " MMS_DEFAULT_CONFIG ")\n"
      "  --json              print one JSON object\n"
@@ -121,6 +127,20 @@ static const struct command commands[] = {
      "  --json                print one JSON object (stage times, shapes, label counts)\n"
      "  -h, --help            show this help\n",
      cmd_segment},
+    {"resend", "queue undelivered results again",
+     "[-c FILE] (JOB | --dead)\n"
+     "\n"
+     "Queues again, due now and with a fresh retry_max_age_s, the sends of job JOB that are\n"
+     "dead or still pending, or with --dead every dead send. A dead send's files come back\n"
+     "from state_dir/dead/JOB-DESTINATION/ to the outbox. A running daemon picks them up\n"
+     "within seconds; otherwise at its next start. Delivered sends are not sent again.\n"
+     "Exit 0 when at least one send was queued, 1 when none was or the state database could\n"
+     "not be written.\n"
+     "\n"
+     "  -c, --config FILE   configuration file (default " MMS_DEFAULT_CONFIG ")\n"
+     "  --dead              every dead send\n"
+     "  -h, --help          show this help\n",
+     cmd_resend},
 };
 
 #define N_COMMANDS (sizeof commands / sizeof commands[0])
@@ -175,10 +195,12 @@ bad_option(const struct command *c, int ch, char **argv)
 #define OPT_NIFTI 0x4   /* --nifti DIR */
 #define OPT_INFER 0x8   /* --model, --backend, --threads, --tta, --tile-step, --max-memory-mb */
 #define OPT_OUTPUT 0x10 /* -o, --output DIR */
+#define OPT_DEAD 0x20   /* --dead */
 
 struct cli_opts {
     const char *config; /* NULL when not given */
     bool json;
+    bool dead;
     const char *nifti;
     const char *output;
     const char *model, *backend, *threads, *tta, *tile_step, *max_memory_mb; /* OPT_INFER */
@@ -201,6 +223,7 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
         {"tta", required_argument, NULL, 'A'},
         {"tile-step", required_argument, NULL, 'S'},
         {"max-memory-mb", required_argument, NULL, 'X'},
+        {"dead", no_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -238,6 +261,8 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
             o->tile_step = optarg;
         else if (ch == 'X' && (allowed & OPT_INFER))
             o->max_memory_mb = optarg;
+        else if (ch == 'D' && (allowed & OPT_DEAD))
+            o->dead = true;
         else
             return bad_option(c, ch == ':' ? ':' : '?', argv);
     }
@@ -504,6 +529,55 @@ cmd_status(int argc, char **argv)
         return EXIT_FAILURE;
     }
     return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
+
+static int
+cmd_resend(int argc, char **argv)
+{
+    const struct command *c = find_command("resend");
+    struct cli_opts o;
+    int st = parse_opts(c, argc, argv, OPT_CONFIG | OPT_DEAD, &o);
+    if (st >= 0)
+        return st;
+    long long job = -1;
+    if (o.dead ? optind != argc : optind != argc - 1) {
+        fprintf(stderr, "mmsegd resend: give one JOB number or --dead\n");
+        command_usage(c, stderr);
+        return EXIT_USAGE;
+    }
+    if (!o.dead) {
+        char *end;
+        errno = 0;
+        job = strtoll(argv[optind], &end, 10);
+        if (errno != 0 || end == argv[optind] || *end != '\0' || job < 0) {
+            fprintf(stderr, "mmsegd resend: '%s' is not a job number\n", argv[optind]);
+            return EXIT_USAGE;
+        }
+    }
+    struct mms_config *cfg;
+    int rc = load_config(o.config != NULL ? o.config : MMS_DEFAULT_CONFIG, &cfg);
+    if (rc != 0)
+        return rc;
+    char path[4200], why[1024];
+    struct mms_index *ix = NULL;
+    int count = 0;
+    snprintf(path, sizeof path, "%s/state.db", cfg->daemon.state_dir);
+    if (access(path, F_OK) != 0)
+        rc = mms_why(why, sizeof why, MMS_ENOENT,
+                     "no state database at %s (the daemon has not run yet)", path);
+    else if ((rc = mms_index_open(path, false, &ix, why, sizeof why)) == 0)
+        rc = mms_outbox_resend(cfg->daemon.state_dir, ix, job, mms_wall_s(), &count, why,
+                               sizeof why);
+    mms_index_close(ix);
+    mms_config_free(cfg);
+    if (rc < 0)
+        fprintf(stderr, "mmsegd resend: %s\n", why);
+    if (count > 0)
+        printf("%d send%s queued again\n", count, count == 1 ? "" : "s");
+    else if (rc == 0)
+        fprintf(stderr, "mmsegd resend: %s\n",
+                o.dead ? "no dead send" : "that job has no dead or pending send");
+    return count > 0 && fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
 /* OpenMP threads that spin while they wait lose whole time slices when another process wants

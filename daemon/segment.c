@@ -9,19 +9,12 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/uid.h"
 #include "daemon/files.h"
 #include "infer/infer.h"
-
-static double
-now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 static void
 on_note(void *arg, const char *kind, const char *path, const char *reason)
@@ -206,7 +199,7 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
         return 2;
     }
 
-    double t0 = now_s();
+    double t0 = mms_mono_s();
     const char **paths = malloc((size_t)n * sizeof *paths);
     struct mms_header *h = malloc((size_t)n * sizeof *h);
     struct mms_volume *v = NULL;
@@ -224,7 +217,7 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
         named = true; /* "series UID: problem" */
         goto out;
     }
-    double t1 = now_s();
+    double t1 = mms_mono_s();
     struct mms_ct ct;
     ct_of(v, &ct);
     size_t nv = (size_t)(v->dims[0] * v->dims[1] * v->dims[2]);
@@ -243,7 +236,7 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
     }
     if ((rc = mms_pipe_run(&ct, e->model, e->net, &po, labels, &st, why, sizeof why)) < 0)
         goto out;
-    double t2 = now_s();
+    double t2 = mms_mono_s();
     if (o->nifti_dir != NULL) {
         mms_series_nifti_path(o->nifti_dir, h0->series_uid, number, nifti, sizeof nifti);
         if ((rc = mms_nifti_write_labels(v, labels, nifti, why, sizeof why)) < 0)
@@ -264,7 +257,7 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
             goto out;
         }
     }
-    double t3 = now_s();
+    double t3 = mms_mono_s();
 
     int classes = mms_model_card(e->model)->arch.num_classes;
     int64_t count[256] = {0};

@@ -13,11 +13,13 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "daemon/index.h"
 #include "daemon/intake.h"
 #include "daemon/scheduler.h"
+#include "daemon/sender.h"
 #include "daemon/spool.h"
 #include "dicom/scp.h"
 
@@ -38,6 +40,7 @@ struct daemon {
     uv_async_t arrived; /* an instance was stored (any thread) */
     uv_timer_t tick;    /* the next series that can become complete */
     bool intake_on;
+    struct mms_sender *sender; /* the outbox to the destinations */
 };
 
 /* sd_notify() is a no-op returning 0 outside systemd; a failure to reach systemd is worth a
@@ -151,6 +154,13 @@ reload(struct daemon *d)
         notify("READY=1");
         return;
     }
+    /* the sender borrows the running destinations: they stay until a restart */
+    struct mms_dest_config *dests = next->dests;
+    size_t n_dests = next->n_dests;
+    next->dests = d->cfg->dests;
+    next->n_dests = d->cfg->n_dests;
+    d->cfg->dests = dests;
+    d->cfg->n_dests = n_dests;
     mms_config_free(d->cfg);
     d->cfg = next;
     mms_log(MMS_LOG_NOTICE, "configuration reloaded from %s (log_level %s)", d->cfg->path,
@@ -178,6 +188,8 @@ stop(struct daemon *d, const char *why)
     uv_close((uv_handle_t *)&d->sighup, on_close);
     if (d->watchdog_on)
         uv_close((uv_handle_t *)&d->watchdog, on_close);
+    mms_sender_stop(d->sender);
+    d->sender = NULL;
     stop_intake(d);
     if (d->intake_on) {
         uv_close((uv_handle_t *)&d->arrived, on_close);
@@ -222,14 +234,6 @@ start_signal(struct daemon *d, uv_signal_t *s, int signum)
     return rc;
 }
 
-static double
-wall_now(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void judge(struct daemon *d);
 
 static void
@@ -248,7 +252,7 @@ on_arrived(uv_async_t *a)
 static void
 judge(struct daemon *d)
 {
-    double next = mms_sched_tick(d->sched, wall_now());
+    double next = mms_sched_tick(d->sched, mms_wall_s());
     if (next < 0.0) /* the index failed (logged): look again soon */
         next = 5.0;
     if (next > 60.0)
@@ -323,7 +327,7 @@ start_intake(struct daemon *d)
         mms_log(MMS_LOG_ERR, "%s", why);
         return rc;
     }
-    if ((rc = mms_sched_recover(d->sched, wall_now())) < 0)
+    if ((rc = mms_sched_recover(d->sched, mms_wall_s())) < 0)
         return rc;
     if ((rc = uv_async_init(&d->loop, &d->arrived, on_arrived)) < 0 ||
         (rc = uv_timer_init(&d->loop, &d->tick)) < 0) {
@@ -388,6 +392,28 @@ stop_intake(struct daemon *d)
     d->ix = NULL;
 }
 
+/* The sender, over the index start_intake() opened. Its destinations are those of the
+ * configuration it starts with: changing them needs a restart. */
+static int
+start_sender(struct daemon *d)
+{
+    const struct mms_config *c = d->cfg;
+    char why[1024];
+    struct mms_sender_opts so = {
+        .state_dir = c->daemon.state_dir,
+        .dests = c->dests,
+        .n_dests = c->n_dests,
+        .timeout_s = c->scp.timeout_s,
+        .max_pdu = c->scp.max_pdu,
+    };
+    int rc = mms_sender_start(&d->loop, d->ix, &so, &d->sender, why, sizeof why);
+    if (rc < 0)
+        mms_log(MMS_LOG_ERR, "%s", why);
+    else if (c->n_dests == 0)
+        mms_log(MMS_LOG_WARNING, "no [destination] is configured: results stay in the outbox");
+    return rc;
+}
+
 static void
 close_any(uv_handle_t *h, void *arg)
 {
@@ -445,7 +471,7 @@ mms_serve(struct mms_config *cfg)
         mms_log(MMS_LOG_INFO, "systemd watchdog every %" PRIu64 " ms", period_ms);
     }
 
-    if ((rc = start_intake(&d)) < 0)
+    if ((rc = start_intake(&d)) < 0 || (rc = start_sender(&d)) < 0)
         goto fail;
 
     mms_log(MMS_LOG_NOTICE, "mmsegd %s ready (pid %ld, config %s, state %s)", PACKAGE_VERSION,
@@ -463,6 +489,7 @@ mms_serve(struct mms_config *cfg)
     return 0;
 
 fail:
+    mms_sender_stop(d.sender);
     stop_intake(&d);
     uv_walk(&d.loop, close_any, NULL);
     uv_run(&d.loop, UV_RUN_DEFAULT);

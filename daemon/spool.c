@@ -4,17 +4,17 @@
 
 #include <dirent.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/err.h"
+#include "common/fs.h"
 #include "common/log.h"
 #include "common/sha256.h"
 #include "dicom/dicom.h"
@@ -26,44 +26,6 @@ struct mms_spool {
     mms_spool_notify_fn notify;
     void *ud;
 };
-
-/* mkdir that accepts an existing directory. */
-static int
-make_dir(const char *path)
-{
-    if (mkdir(path, 0750) == 0 || errno == EEXIST)
-        return 0;
-    return mms_err_errno();
-}
-
-static int
-fsync_path(const char *path, int flags)
-{
-    int fd = open(path, flags | O_CLOEXEC);
-    if (fd < 0)
-        return mms_err_errno();
-    int rc = fsync(fd) == 0 ? 0 : mms_err_errno();
-    close(fd);
-    return rc;
-}
-
-static int
-fsync_dir(const char *path)
-{
-    return fsync_path(path, O_RDONLY | O_DIRECTORY);
-}
-
-/* "PREFIX-" and 16 random hex digits. */
-static int
-random_name(const char *prefix, char *out, size_t len)
-{
-    uint8_t r[8];
-    if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r)
-        return mms_err_errno();
-    snprintf(out, len, "%s-%02x%02x%02x%02x%02x%02x%02x%02x", prefix, r[0], r[1], r[2], r[3], r[4],
-             r[5], r[6], r[7]);
-    return 0;
-}
 
 int
 mms_spool_open(const char *state_dir, struct mms_index *ix, mms_spool_notify_fn notify, void *ud,
@@ -82,7 +44,7 @@ mms_spool_open(const char *state_dir, struct mms_index *ix, mms_spool_notify_fn 
     snprintf(sp->quarantine_dir, sizeof sp->quarantine_dir, "%s/quarantine", state_dir);
     const char *dirs[3] = {sp->tmp_dir, sp->inst_dir, sp->quarantine_dir};
     for (int i = 0; i < 3; i++) {
-        int rc = make_dir(dirs[i]);
+        int rc = mms_fs_mkdir(dirs[i]);
         if (rc < 0) {
             mms_spool_close(sp);
             return mms_why(why, why_len, rc, "%s: %s", dirs[i], mms_strerror(rc));
@@ -155,9 +117,7 @@ fill_row(const struct mms_header *h, const char *digest, const char *rel, int64_
     snprintf(r->digest, sizeof r->digest, "%s", digest);
     snprintf(r->path, sizeof r->path, "%s", rel);
     r->size = size;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    r->received = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    r->received = mms_wall_s();
     snprintf(r->source, sizeof r->source, "%s", source);
 }
 
@@ -167,7 +127,7 @@ ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool deri
        struct mms_ingest *res, char *why, size_t why_len)
 {
     char reason[512];
-    int rc = fsync_path(tmp_path, O_RDONLY);
+    int rc = mms_fs_fsync(tmp_path);
     if (rc < 0)
         return mms_why(why, why_len, rc, "fsync: %s", mms_strerror(rc));
     char digest[65];
@@ -199,10 +159,11 @@ ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool deri
     snprintf(dest, sizeof dest, "%s/%s", sp->state_dir, rel);
     struct stat sb;
     bool made1 = stat(dir1, &sb) != 0, made2 = made1 || stat(dir2, &sb) != 0;
-    if ((made1 && (rc = make_dir(dir1)) < 0) || (made2 && (rc = make_dir(dir2)) < 0))
+    if ((made1 && (rc = mms_fs_mkdir(dir1)) < 0) || (made2 && (rc = mms_fs_mkdir(dir2)) < 0))
         return mms_why(why, why_len, rc, "mkdir: %s", mms_strerror(rc));
     /* a new directory is durable once its parent is synced */
-    if ((made1 && (rc = fsync_dir(sp->inst_dir)) < 0) || (made2 && (rc = fsync_dir(dir1)) < 0))
+    if ((made1 && (rc = mms_fs_fsync_dir(sp->inst_dir)) < 0) ||
+        (made2 && (rc = mms_fs_fsync_dir(dir1)) < 0))
         return mms_why(why, why_len, rc, "fsync: %s", mms_strerror(rc));
     bool existed = stat(dest, &sb) == 0;
     if (stat(tmp_path, &sb) != 0 || rename(tmp_path, dest) != 0) {
@@ -210,7 +171,7 @@ ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool deri
         return mms_why(why, why_len, rc, "rename: %s", mms_strerror(rc));
     }
     int64_t size = (int64_t)sb.st_size;
-    if ((rc = fsync_dir(dir2)) < 0) {
+    if ((rc = mms_fs_fsync_dir(dir2)) < 0) {
         if (!existed)
             unlink(dest);
         return mms_why(why, why_len, rc, "fsync: %s", mms_strerror(rc));
@@ -256,7 +217,7 @@ int
 mms_spool_quarantine(struct mms_spool *sp, const char *path, const char *origin, const char *reason)
 {
     char name[64], dest[4400], note[4400];
-    int rc = random_name("q", name, sizeof name);
+    int rc = mms_fs_random_name("q", name, sizeof name);
     if (rc < 0)
         return rc;
     snprintf(dest, sizeof dest, "%s/%s", sp->quarantine_dir, name);
@@ -277,54 +238,16 @@ mms_spool_quarantine(struct mms_spool *sp, const char *path, const char *origin,
         unlink(note);
         return rc;
     }
-    return fsync_dir(sp->quarantine_dir);
+    return mms_fs_fsync_dir(sp->quarantine_dir);
 }
 
 int
 mms_spool_copy_in(struct mms_spool *sp, const char *src, char *tmp_path, size_t len)
 {
     char name[64];
-    int rc = random_name("drop", name, sizeof name);
+    int rc = mms_fs_random_name("drop", name, sizeof name);
     if (rc < 0)
         return rc;
     snprintf(tmp_path, len, "%s/%s.dcm", sp->tmp_dir, name);
-    int in = open(src, O_RDONLY | O_CLOEXEC);
-    if (in < 0)
-        return mms_err_errno();
-    int out = open(tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-    if (out < 0) {
-        rc = mms_err_errno();
-        close(in);
-        return rc;
-    }
-    char buf[1 << 16];
-    for (;;) {
-        ssize_t n = read(in, buf, sizeof buf);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            rc = n < 0 ? mms_err_errno() : 0;
-            break;
-        }
-        for (ssize_t done = 0; done < n;) {
-            ssize_t w = write(out, buf + done, (size_t)(n - done));
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w < 0) {
-                rc = mms_err_errno();
-                break;
-            }
-            done += w;
-        }
-        if (rc < 0)
-            break;
-    }
-    if (rc == 0 && fsync(out) != 0)
-        rc = mms_err_errno();
-    if (close(out) != 0 && rc == 0)
-        rc = mms_err_errno();
-    close(in);
-    if (rc < 0)
-        unlink(tmp_path);
-    return rc;
+    return mms_fs_copy(src, tmp_path);
 }

@@ -9,6 +9,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "daemon/index.h"
 
@@ -22,13 +23,20 @@
 #define W_DESCRIPTION 24
 #define W_REASON 36
 
+#define N_SEND_STATES (MMS_SEND_DEAD + 1)
+#define W_JOB 6
+#define W_DEST 12
+#define W_NEXT 7
+
 struct walk {
     bool json;
     double now;
     FILE *out;     /* text: the table so far */
     cJSON *series; /* json: the array */
+    cJSON *sends;  /* json: the array */
     bool no_memory;
     int64_t n_series, instances, counts[N_STATES];
+    int64_t n_sends_shown, send_counts[N_SEND_STATES];
 };
 
 /* ---------------------------------------------------------------------------- text */
@@ -189,6 +197,26 @@ add_series(cJSON *array, const struct mms_series_row *s)
            add_text(o, "series_description", s->series_description);
 }
 
+static bool
+add_send(cJSON *array, const struct mms_send_row *r)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL || !cJSON_AddItemToArray(array, o)) {
+        cJSON_Delete(o);
+        return false;
+    }
+    const char *state = mms_send_state_name(r->state);
+    return cJSON_AddNumberToObject(o, "job", (double)r->job) != NULL &&
+           add_text(o, "destination", r->destination) && add_text(o, "series_uid", r->series_uid) &&
+           add_text(o, "state", state != NULL ? state : "unknown") &&
+           cJSON_AddNumberToObject(o, "attempts", (double)r->attempts) != NULL &&
+           cJSON_AddNumberToObject(o, "queued", r->queued) != NULL &&
+           cJSON_AddNumberToObject(o, "next_attempt", r->next_attempt) != NULL &&
+           cJSON_AddNumberToObject(o, "last_attempt", r->last_attempt) != NULL &&
+           cJSON_AddNumberToObject(o, "state_since", r->state_since) != NULL &&
+           add_text(o, "reason", r->reason);
+}
+
 /* ---------------------------------------------------------------------------- walk */
 
 static int
@@ -210,6 +238,52 @@ on_series(void *ud, const struct mms_series_row *s)
         print_header(w->out);
     print_row(w->out, s, w->now);
     return 0;
+}
+
+/* Every send in JSON; in the table the pending and dead ones (done ones are counted). */
+static int
+on_send(void *ud, const struct mms_send_row *r)
+{
+    struct walk *w = ud;
+    if (r->state >= 0 && r->state < N_SEND_STATES)
+        w->send_counts[r->state]++;
+    if (w->json) {
+        if (!add_send(w->sends, r)) {
+            w->no_memory = true;
+            return 1;
+        }
+        return 0;
+    }
+    if (r->state == MMS_SEND_DONE)
+        return 0;
+    if (w->n_sends_shown++ == 0)
+        fprintf(w->out, "\n%-*s  %*s  %-*s  %4s  %-*s  %-*s  %s\n", W_STATE, "SEND", W_JOB, "JOB",
+                W_DEST, "DESTINATION", "TRY", W_NEXT, "NEXT", W_REASON, "REASON", "SERIES UID");
+    const char *state = mms_send_state_name(r->state);
+    char next[32] = "-";
+    if (r->state == MMS_SEND_PENDING)
+        format_age(r->next_attempt - w->now, next, sizeof next);
+    fprintf(w->out, "%-*s  %*lld  ", W_STATE, state != NULL ? state : "?", W_JOB,
+            (long long)r->job);
+    cell(w->out, r->destination, W_DEST, false);
+    fprintf(w->out, "%4lld  %-*s  ", (long long)r->attempts, W_NEXT, next);
+    cell(w->out, r->reason[0] != '\0' ? r->reason : "-", W_REASON, false);
+    cell(w->out, r->series_uid, 0, true);
+    fputc('\n', w->out);
+    return 0;
+}
+
+static void
+print_send_counts(FILE *f, const struct walk *w)
+{
+    int64_t n = 0;
+    for (int i = 0; i < N_SEND_STATES; i++)
+        n += w->send_counts[i];
+    fprintf(f, "%s%lld send%s:", w->n_sends_shown > 0 ? "\n" : "", (long long)n, n == 1 ? "" : "s");
+    for (int i = 0; i < N_SEND_STATES; i++)
+        fprintf(f, "%s %s %lld", i ? "," : "", mms_send_state_name(i),
+                (long long)w->send_counts[i]);
+    fputc('\n', f);
 }
 
 static void
@@ -237,7 +311,13 @@ json_root(struct walk *w)
     for (int i = 0; i < N_STATES; i++)
         if (cJSON_AddNumberToObject(counts, mms_series_state_name(i), 0) == NULL)
             goto fail;
-    if ((w->series = cJSON_AddArrayToObject(root, "series")) == NULL)
+    if ((w->series = cJSON_AddArrayToObject(root, "series")) == NULL ||
+        (counts = cJSON_AddObjectToObject(root, "send_counts")) == NULL)
+        goto fail;
+    for (int i = 0; i < N_SEND_STATES; i++)
+        if (cJSON_AddNumberToObject(counts, mms_send_state_name(i), 0) == NULL)
+            goto fail;
+    if ((w->sends = cJSON_AddArrayToObject(root, "sends")) == NULL)
         goto fail;
     return root;
 fail:
@@ -253,6 +333,10 @@ json_figures(const struct walk *w, cJSON *root)
     for (int i = 0; i < N_STATES; i++)
         cJSON_SetNumberValue(cJSON_GetObjectItemCaseSensitive(counts, mms_series_state_name(i)),
                              (double)w->counts[i]);
+    counts = cJSON_GetObjectItemCaseSensitive(root, "send_counts");
+    for (int i = 0; i < N_SEND_STATES; i++)
+        cJSON_SetNumberValue(cJSON_GetObjectItemCaseSensitive(counts, mms_send_state_name(i)),
+                             (double)w->send_counts[i]);
 }
 
 int
@@ -276,9 +360,7 @@ mms_status_print(const char *state_dir, bool json, FILE *out, char *why, size_t 
     if (rc < 0)
         return mms_why(why, why_len, rc, "%s: %s", path, reason);
 
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    w.now = (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+    w.now = mms_wall_s();
     if (json) {
         if ((root = json_root(&w)) == NULL) {
             rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory");
@@ -294,6 +376,12 @@ mms_status_print(const char *state_dir, bool json, FILE *out, char *why, size_t 
         rc = mms_why(why, why_len, rc, "%s: %s", path, reason);
         goto out;
     }
+    if (!json)
+        print_counts(w.out, &w);
+    if ((rc = mms_index_sends(ix, -1, -1, on_send, &w, reason, sizeof reason)) < 0) {
+        rc = mms_why(why, why_len, rc, "%s: %s", path, reason);
+        goto out;
+    }
     if (w.no_memory) {
         rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory");
         goto out;
@@ -306,7 +394,7 @@ mms_status_print(const char *state_dir, bool json, FILE *out, char *why, size_t 
         }
         text_len = strlen(text);
     } else {
-        print_counts(w.out, &w);
+        print_send_counts(w.out, &w);
         bool bad = ferror(w.out) != 0;
         fclose(w.out); /* text and text_len are final now */
         w.out = NULL;

@@ -960,8 +960,6 @@ mms_scp_start(const struct mms_scp_opts *o, struct mms_scp **out, char *why, siz
             release(s.release());
         return mms_why(why, why_len, rc, "Store SCP: %s", msg.c_str());
     }
-    mms_log(MMS_LOG_INFO, "Store SCP %s listening on %s port %u", s->ae.c_str(), s->bind.c_str(),
-            s->port);
     *out = s.release();
     return 0;
 }

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "infer/ops-cpu/ops-cpu-impl.h"
@@ -192,14 +193,6 @@ cpu_max_batch(struct mms_backend *be, const struct mms_graph *g)
     return 1;
 }
 
-static double
-now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static void
 account(struct mms_net_profile *p, const struct mms_graph *g, const struct mms_node *nd, double s)
 {
@@ -241,7 +234,7 @@ cpu_compute(struct mms_backend *be, const struct mms_graph *g, void *gctx, struc
         struct node_state *s = &gc->nodes[i];
         const struct mms_tdesc *src = &g->tensors[nd->src[0]];
         int rc = 0;
-        double t0 = g->profile != NULL ? now_s() : 0.0;
+        double t0 = g->profile != NULL ? mms_mono_s() : 0.0;
         switch (nd->op) {
         case MMS_OP_CONV:
             rc = mms__cpu_conv_run(cpu, &s->conv, T(nd->src[0]), T(nd->dst), gc->scratch);
@@ -288,7 +281,7 @@ cpu_compute(struct mms_backend *be, const struct mms_graph *g, void *gctx, struc
             return rc;
         }
         if (g->profile != NULL)
-            account(g->profile, g, nd, now_s() - t0);
+            account(g->profile, g, nd, mms_mono_s() - t0);
     }
 #undef T
     return 0;

@@ -17,6 +17,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "infer/pipeline-impl.h"
@@ -45,14 +46,6 @@ struct job {
     int n_mirror, batch, classes;
     double step;
 };
-
-static double
-now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 void
 mms_pipe_opts_default(struct mms_pipe_opts *o)
@@ -895,7 +888,7 @@ mms_pipe_run(const struct mms_ct *ct, const struct mms_model *m, struct mms_net 
     if (ct == NULL || m == NULL || net == NULL || o == NULL || labels == NULL || stats == NULL)
         return MMS_EINVAL;
     int threads = o->threads > 0 ? o->threads : omp_get_max_threads();
-    double t0 = now_s();
+    double t0 = mms_mono_s();
     struct job j;
     float *x = NULL, *acc = NULL;
     uint8_t *lab = NULL;
@@ -920,19 +913,19 @@ mms_pipe_run(const struct mms_ct *ct, const struct mms_model *m, struct mms_net 
         mms_why(why, why_len, rc, "resampling failed");
         goto out;
     }
-    double t1 = now_s();
+    double t1 = mms_mono_s();
     if ((rc = sliding_window(&j, net, x, acc, o, why, why_len)) < 0)
         goto out;
     free(x);
     x = NULL;
-    double t2 = now_s();
+    double t2 = mms_mono_s();
     if ((rc = finalise(&j, acc, lab, threads, why, why_len)) < 0)
         goto out;
     if ((rc = export_labels(&j, acc, lab, labels, threads, &stats->mixed_voxels)) < 0) {
         mms_why(why, why_len, rc, "out of memory in the export");
         goto out;
     }
-    double t3 = now_s();
+    double t3 = mms_mono_s();
     stats->preprocess_s = t1 - t0;
     stats->network_s = t2 - t1;
     stats->export_s = t3 - t2;

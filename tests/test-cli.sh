@@ -23,7 +23,7 @@ out=$("$MMSEGD" --version); rc=$?
 
 out=$("$MMSEGD" --help); rc=$?
 cmds=$(printf '%s\n' "$out" | sed -n '/^Commands:/,/^$/p' | awk 'NF && !/^Commands:/ {print $1}' | tr '\n' ' ')
-[ $rc -eq 0 ] && [ "$cmds" = "serve check-config model-info status inspect segment " ]; ok $? "--help lists the working commands: $cmds"
+[ $rc -eq 0 ] && [ "$cmds" = "serve check-config model-info status inspect segment resend " ]; ok $? "--help lists the working commands: $cmds"
 
 out=$("$MMSEGD" serve --help); rc=$?
 [ $rc -eq 0 ] && [[ $out == "Usage: mmsegd serve "* ]]; ok $? "serve --help"

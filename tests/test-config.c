@@ -51,7 +51,7 @@ main(void)
     char longline[400];
     int rc;
 
-    plan(33, 30);
+    plan(37, 30);
     if (mkdtemp(dir) == NULL)
         return 1;
     snprintf(path, sizeof path, "%s/mmsegd.ini", dir);
@@ -137,6 +137,23 @@ main(void)
     expect_error("duplicate destination",
                  "[destination pacs]\ntype = dicom\n[destination pacs]\ntype = dicom\n",
                  "3: [destination pacs]: duplicate destination (first at line 1)");
+    expect_error("destination without its peer", "[destination pacs]\ntype = dicom\nport = 104\n",
+                 "1: [destination pacs]: type dicom needs ae_title, host and port");
+    expect_error("folder destination without path", "[destination out]\ntype = folder\n",
+                 "1: [destination out]: type folder needs path");
+    expect_error("TLS to a destination",
+                 "[destination pacs]\nae_title = PACS\nhost = pacs\nport = 104\ntls = yes\n",
+                 "1: [destination pacs] tls: not supported yet (only the default 'no' is "
+                 "accepted)");
+    rc = load("[destination pacs]\nae_title = PACS\nhost = 10.0.0.5\nport = 104\n"
+              "retry_initial_s = 5\n[destination out]\ntype = folder\npath = results\n",
+              &cfg);
+    ok(rc == 0 && cfg->n_dests == 2 && cfg->dests[0].type == MMS_DEST_DICOM &&
+           strcmp(cfg->dests[0].calling_ae, "MMSEGD") == 0 && cfg->dests[0].retry_initial_s == 5 &&
+           cfg->dests[0].retry_max_age_s == 86400 && cfg->dests[1].type == MMS_DEST_FOLDER &&
+           strncmp(cfg->dests[1].path, dir, strlen(dir)) == 0,
+       "two destinations load, with defaults and the folder relative to the file");
+    mms_config_free(cfg);
     expect_error("bad regular expression", "[series]\ndescription_include = (abc\n",
                  "2: [series] description_include: not a POSIX extended regular expression: "
                  "Unmatched ( or \\(");

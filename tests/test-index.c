@@ -19,6 +19,7 @@
 #define T0 1.8e9
 #define THREADS 4
 #define PER_THREAD 200
+#define SCHEMA "2" /* the schema version of this code */
 
 static char dir[64], db_path[128];
 
@@ -215,7 +216,7 @@ fail_open(int k, const char *path, int *bad)
         ++*bad, diag("allocation %d: open returned %d", k, rc);
     if ((rc = mms_index_open(path, false, &ix, why, sizeof why)) == 0)
         mms_index_close(ix);
-    if (rc != 0 || strcmp(raw_text(path, "PRAGMA user_version"), "1") != 0)
+    if (rc != 0 || strcmp(raw_text(path, "PRAGMA user_version"), SCHEMA) != 0)
         ++*bad, diag("allocation %d: then open returned %d: %s", k, rc, why);
     return reached;
 }
@@ -295,10 +296,79 @@ call_back_in(void *ud, const struct mms_series_row *s)
     return 1;
 }
 
+struct send_list {
+    char text[512];
+    int n;
+};
+
+static int
+list_sends(void *ud, const struct mms_send_row *r)
+{
+    struct send_list *l = ud;
+    size_t len = strlen(l->text);
+    snprintf(l->text + len, sizeof l->text - len, "%s%lld:%s:%s", len ? " " : "", (long long)r->job,
+             r->destination, mms_send_state_name(r->state));
+    l->n++;
+    return 0;
+}
+
+/* The send rows: queued, updated, listed by state and job, counted, re-queued. */
+static void
+test_sends(struct mms_index *ix)
+{
+    char why[512];
+    const char *both[] = {"pacs", "folder"}, *one[] = {"pacs"};
+    struct send_list l = {"", 0};
+    int64_t c[MMS_SEND_DEAD + 1];
+
+    ok(mms_index_sends_add(ix, 7, "S.A", both, 2, T0 + 100, why, sizeof why) == 0 &&
+           mms_index_sends_add(ix, 8, "S.C", one, 1, T0 + 90, why, sizeof why) == 0,
+       "sends queued for jobs 7 (two destinations) and 8");
+    ok(mms_index_sends(ix, MMS_SEND_PENDING, -1, list_sends, &l, why, sizeof why) == 0 &&
+           strcmp(l.text, "8:pacs:pending 7:folder:pending 7:pacs:pending") == 0,
+       "pending sends by next attempt, then job and destination: %s", l.text);
+    struct mms_send_row r = {.job = 7,
+                             .state = MMS_SEND_DEAD,
+                             .attempts = 3,
+                             .queued = T0 + 100,
+                             .next_attempt = T0 + 100,
+                             .last_attempt = T0 + 130,
+                             .state_since = T0 + 130};
+    snprintf(r.destination, sizeof r.destination, "pacs");
+    snprintf(r.reason, sizeof r.reason, "status 0xa900");
+    ok(mms_index_send_update(ix, &r, why, sizeof why) == 0, "a send updated to dead");
+    r.state = MMS_SEND_DONE;
+    snprintf(r.destination, sizeof r.destination, "folder");
+    ok(mms_index_send_update(ix, &r, why, sizeof why) == 0, "another to done");
+    snprintf(r.destination, sizeof r.destination, "nowhere");
+    is_int(mms_index_send_update(ix, &r, why, sizeof why), MMS_ENOENT,
+           "updating a send that does not exist: MMS_ENOENT");
+    l = (struct send_list){"", 0};
+    ok(mms_index_sends(ix, -1, 7, list_sends, &l, why, sizeof why) == 0 &&
+           strcmp(l.text, "7:folder:done 7:pacs:dead") == 0,
+       "the sends of job 7: %s", l.text);
+    l = (struct send_list){"", 0};
+    ok(mms_index_sends(ix, MMS_SEND_DEAD, -1, list_sends, &l, why, sizeof why) == 0 &&
+           strcmp(l.text, "7:pacs:dead") == 0,
+       "dead sends: %s", l.text);
+    ok(mms_index_send_counts(ix, c, why, sizeof why) == 0 && c[MMS_SEND_PENDING] == 1 &&
+           c[MMS_SEND_DONE] == 1 && c[MMS_SEND_DEAD] == 1,
+       "send counts: pending 1, done 1, dead 1");
+    ok(mms_index_sends_add(ix, 7, "S.A", one, 1, T0 + 200, why, sizeof why) == 0 &&
+           mms_index_send_counts(ix, c, why, sizeof why) == 0 && c[MMS_SEND_PENDING] == 2 &&
+           c[MMS_SEND_DEAD] == 0,
+       "queuing an existing send again makes it pending");
+    const char *bad[] = {""};
+    is_int(mms_index_sends_add(ix, 9, "S.A", bad, 1, T0, why, sizeof why), MMS_EINVAL,
+           "an empty destination name: MMS_EINVAL");
+    is_int(mms_index_sends(ix, 17, -1, list_sends, &l, why, sizeof why), MMS_EINVAL,
+           "an unknown state: MMS_EINVAL");
+}
+
 int
 main(void)
 {
-    plan(51, 60);
+    plan(63, 60);
     mms_log_set_level(MMS_LOG_ERR);
     install_allocator();
     /* synchronous=FULL makes every commit an fdatasync: on tmpfs when there is one, since
@@ -331,7 +401,7 @@ main(void)
     if (rc < 0)
         bail_out("open", why);
     ok(rc == 0, "a new database is created");
-    is_str(raw_text(db_path, "PRAGMA user_version"), "1", "schema version 1");
+    is_str(raw_text(db_path, "PRAGMA user_version"), SCHEMA, "schema version " SCHEMA);
     is_str(raw_text(db_path, "PRAGMA journal_mode"), "wal", "WAL mode");
 
     /* ---- put */
@@ -487,6 +557,9 @@ main(void)
            "a read-only handle does not write");
     mms_index_close(ro);
 
+    /* ---- sends */
+    test_sends(ix);
+
     /* ---- concurrency */
     /* two threads share ix, two a second writable connection to the same file */
     struct mms_index *ix2;
@@ -529,7 +602,7 @@ main(void)
     diag("%s", why);
     rc = mms_index_open(db_path, true, &ro, why, sizeof why);
     ok(rc == MMS_EIO && strstr(why, "newer") != NULL, "also read-only");
-    raw_exec(db_path, "PRAGMA user_version = 1");
+    raw_exec(db_path, "PRAGMA user_version = " SCHEMA);
 
     char other[160];
     snprintf(other, sizeof other, "%s/other.db", dir);
@@ -548,8 +621,28 @@ main(void)
     if (f != NULL)
         fclose(f);
     rc = mms_index_open(other, false, &ix, why, sizeof why);
-    ok(rc == 0 && strcmp(raw_text(other, "PRAGMA user_version"), "1") == 0,
-       "an empty file is migrated to 1");
+    ok(rc == 0 && strcmp(raw_text(other, "PRAGMA user_version"), SCHEMA) == 0,
+       "an empty file is migrated to " SCHEMA);
+    if (rc == 0)
+        mms_index_close(ix);
+
+    /* a version 1 database (instances and series, no sends) keeps its rows */
+    snprintf(other, sizeof other, "%s/v1.db", dir);
+    raw_exec(other, "CREATE TABLE series (series_uid TEXT PRIMARY KEY NOT NULL, study_uid TEXT "
+                    "NOT NULL DEFAULT '', state TEXT NOT NULL, reason TEXT NOT NULL DEFAULT '', "
+                    "instances INTEGER NOT NULL DEFAULT 0, first_received REAL NOT NULL, "
+                    "last_received REAL NOT NULL, state_since REAL NOT NULL, run INTEGER NOT "
+                    "NULL DEFAULT 0, modality TEXT NOT NULL DEFAULT '', series_description TEXT "
+                    "NOT NULL DEFAULT '');"
+                    "INSERT INTO series (series_uid, state, first_received, last_received, "
+                    "state_since) VALUES ('S.V1', 'done', 1, 2, 3);"
+                    "PRAGMA application_id = 1835889511; PRAGMA user_version = 1");
+    rc = mms_index_open(other, false, &ix, why, sizeof why);
+    ok(rc == 0 && strcmp(raw_text(other, "PRAGMA user_version"), SCHEMA) == 0 &&
+           series(ix, "S.V1").state == MMS_SERIES_DONE &&
+           strcmp(raw_text(other, "SELECT count(*) FROM sends"), "0") == 0,
+       "a version 1 database is migrated to " SCHEMA " with its series kept (%s)",
+       rc == 0 ? "ok" : why);
     if (rc == 0)
         mms_index_close(ix);
 
