@@ -84,6 +84,26 @@ static const char *const migrations[] = {
     " reason TEXT NOT NULL DEFAULT '',"
     " PRIMARY KEY (job, destination));"
     "CREATE INDEX sends_by_state ON sends (state, next_attempt);",
+    /* 2 -> 3: jobs */
+    "CREATE TABLE jobs ("
+    " id INTEGER PRIMARY KEY AUTOINCREMENT,"
+    " series_uid TEXT NOT NULL,"
+    " run INTEGER NOT NULL,"
+    " state TEXT NOT NULL,"
+    " stage TEXT NOT NULL DEFAULT '',"
+    " reason TEXT NOT NULL DEFAULT '',"
+    " started REAL NOT NULL,"
+    " finished REAL NOT NULL DEFAULT 0,"
+    " decode_s REAL NOT NULL DEFAULT 0,"
+    " wait_s REAL NOT NULL DEFAULT 0,"
+    " preprocess_s REAL NOT NULL DEFAULT 0,"
+    " network_s REAL NOT NULL DEFAULT 0,"
+    " export_s REAL NOT NULL DEFAULT 0,"
+    " write_s REAL NOT NULL DEFAULT 0,"
+    " total_s REAL NOT NULL DEFAULT 0,"
+    " segments INTEGER NOT NULL DEFAULT 0,"
+    " frames INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX jobs_by_state ON jobs (state, id);",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -99,6 +119,10 @@ static const char *const migrations[] = {
 #define SEND_COLUMNS                                                                               \
     "job, destination, series_uid, state, attempts, queued, next_attempt, last_attempt, "          \
     "state_since, reason"
+
+#define JOB_COLUMNS                                                                                \
+    "id, series_uid, run, state, stage, reason, started, finished, decode_s, wait_s, "             \
+    "preprocess_s, network_s, export_s, write_s, total_s, segments, frames"
 
 #define SERIES_COLUMNS                                                                             \
     "series_uid, study_uid, state, reason, instances, first_received, last_received, "             \
@@ -126,6 +150,11 @@ enum stmt_id {
     S_SEND_UPDATE,
     S_SENDS,
     S_COUNT_SENDS,
+    S_SERIES_RUN,
+    S_JOB_INSERT,
+    S_JOB_UPDATE,
+    S_SERIES_FINISH,
+    S_JOBS,
     N_STMT
 };
 
@@ -197,6 +226,19 @@ static const struct {
                                "?1) AND (?2 < 0 OR job = ?2) ORDER BY next_attempt, job, "
                                "destination"},
     [S_COUNT_SENDS] = {"count sends", "SELECT state, count(*) FROM sends GROUP BY state"},
+    [S_SERIES_RUN] = {"read run", "SELECT run FROM series WHERE series_uid = ?1"},
+    [S_JOB_INSERT] = {"insert job", "INSERT INTO jobs (series_uid, run, state, started) VALUES "
+                                    "(?1, ?2, 'running', ?3)"},
+    [S_JOB_UPDATE] = {"update job",
+                      "UPDATE jobs SET state = ?2, stage = ?3, reason = ?4, finished = ?5, "
+                      "decode_s = ?6, wait_s = ?7, preprocess_s = ?8, network_s = ?9, export_s "
+                      "= ?10, write_s = ?11, total_s = ?12, segments = ?13, frames = ?14 "
+                      "WHERE id = ?1"},
+    /* the end of a job sets its series' state unless a late instance re-opened it */
+    [S_SERIES_FINISH] = {"set state", "UPDATE series SET state = ?2, reason = ?3, state_since = "
+                                      "?4 WHERE series_uid = ?1 AND state = 'running'"},
+    [S_JOBS] = {"list jobs",
+                "SELECT " JOB_COLUMNS " FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY id"},
 };
 
 struct mms_index {
@@ -245,6 +287,31 @@ const char *
 mms_send_state_name(int state)
 {
     return state >= 0 && state < N_SEND_STATES ? send_state_names[state] : NULL;
+}
+
+static const char *const job_state_names[] = {
+    [MMS_JOB_RUNNING] = "running",
+    [MMS_JOB_DONE] = "done",
+    [MMS_JOB_FAILED] = "failed",
+    [MMS_JOB_INTERRUPTED] = "interrupted",
+};
+
+#define N_JOB_STATES ((int)(sizeof job_state_names / sizeof job_state_names[0]))
+_Static_assert(N_JOB_STATES == MMS_JOB_INTERRUPTED + 1, "a name for every job state");
+
+const char *
+mms_job_state_name(int state)
+{
+    return state >= 0 && state < N_JOB_STATES ? job_state_names[state] : NULL;
+}
+
+static int
+job_state_parse(const char *text)
+{
+    for (int i = 0; text != NULL && i < N_JOB_STATES; i++)
+        if (strcmp(job_state_names[i], text) == 0)
+            return i;
+    return -1;
 }
 
 static int
@@ -497,6 +564,27 @@ read_send(sqlite3_stmt *st, struct mms_send_row *r)
     r->last_attempt = sqlite3_column_double(st, 7);
     r->state_since = sqlite3_column_double(st, 8);
     COLUMN_FIELD(st, 9, r->reason);
+}
+
+/* Read a row of JOB_COLUMNS. An unknown state name reads as -1. */
+static void
+read_job(sqlite3_stmt *st, struct mms_job_row *j)
+{
+    memset(j, 0, sizeof *j);
+    j->id = sqlite3_column_int64(st, 0);
+    COLUMN_FIELD(st, 1, j->series_uid);
+    j->run = sqlite3_column_int64(st, 2);
+    j->state = job_state_parse((const char *)sqlite3_column_text(st, 3));
+    COLUMN_FIELD(st, 4, j->stage);
+    COLUMN_FIELD(st, 5, j->reason);
+    j->started = sqlite3_column_double(st, 6);
+    j->finished = sqlite3_column_double(st, 7);
+    double *times[] = {&j->decode_s, &j->wait_s,  &j->preprocess_s, &j->network_s,
+                       &j->export_s, &j->write_s, &j->total_s};
+    for (int i = 0; i < 7; i++)
+        *times[i] = sqlite3_column_double(st, 8 + i);
+    j->segments = sqlite3_column_int64(st, 15);
+    j->frames = sqlite3_column_int64(st, 16);
 }
 
 /* ---------------------------------------------------------------------------- open */
@@ -1219,6 +1307,167 @@ mms_index_send_counts(struct mms_index *ix, int64_t counts[MMS_SEND_DEAD + 1], c
     rc = rc < 0 ? rc : 0;
     sqlite3_reset(st);
 out:
+    unlock(ix);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------- jobs */
+
+/* The body of mms_index_job_start(), inside the write transaction. */
+static int
+job_start_locked(struct mms_index *ix, const char *series_uid, double now, int64_t *id,
+                 int64_t *run_no, char *why, size_t why_len)
+{
+    sqlite3_stmt *st = stmt(ix, S_SET_STATE, why, why_len);
+    if (st == NULL)
+        return MMS_EIO;
+    struct binder b = {st, SQLITE_OK};
+    bind_cstr(&b, 1, series_uid);
+    bind_cstr(&b, 2, mms_series_state_name(MMS_SERIES_RUNNING));
+    bind_cstr(&b, 3, "");
+    bind_real(&b, 4, now);
+    bind_int(&b, 5, 1);
+    if (b.rc != SQLITE_OK)
+        return db_fail(ix, "bind series", why, why_len);
+    int rc = step(ix, st, "set state", why, why_len);
+    sqlite3_reset(st);
+    if (rc < 0)
+        return rc;
+    if (sqlite3_changes(ix->db) == 0)
+        return mms_why(why, why_len, MMS_ENOENT, "series %.64s is not in the index", series_uid);
+    if ((st = stmt(ix, S_SERIES_RUN, why, why_len)) == NULL)
+        return MMS_EIO;
+    b = (struct binder){st, SQLITE_OK};
+    bind_cstr(&b, 1, series_uid);
+    if (b.rc != SQLITE_OK)
+        return db_fail(ix, "bind series", why, why_len);
+    if ((rc = step(ix, st, "read run", why, why_len)) == SQLITE_ROW)
+        *run_no = sqlite3_column_int64(st, 0);
+    sqlite3_reset(st);
+    if (rc < 0)
+        return rc;
+    if ((st = stmt(ix, S_JOB_INSERT, why, why_len)) == NULL)
+        return MMS_EIO;
+    b = (struct binder){st, SQLITE_OK};
+    bind_cstr(&b, 1, series_uid);
+    bind_int(&b, 2, *run_no);
+    bind_real(&b, 3, now);
+    if (b.rc != SQLITE_OK)
+        return db_fail(ix, "bind job", why, why_len);
+    rc = step(ix, st, "insert job", why, why_len);
+    sqlite3_reset(st);
+    if (rc < 0)
+        return rc;
+    *id = sqlite3_last_insert_rowid(ix->db);
+    return 0;
+}
+
+int
+mms_index_job_start(struct mms_index *ix, const char *series_uid, double now, int64_t *id,
+                    int64_t *run_no, char *why, size_t why_len)
+{
+    if (ix == NULL || series_uid == NULL || id == NULL || run_no == NULL)
+        return mms_why(why, why_len, MMS_EINVAL, "no index, series or output");
+    if (ix->read_only)
+        return mms_why(why, why_len, MMS_EINVAL, "the index is open read-only");
+    int rc = lock(ix, why, why_len);
+    if (rc < 0)
+        return rc;
+    if ((rc = run(ix, S_BEGIN_WRITE, why, why_len)) < 0)
+        goto out;
+    if ((rc = job_start_locked(ix, series_uid, now, id, run_no, why, why_len)) < 0 ||
+        (rc = run(ix, S_COMMIT, why, why_len)) < 0)
+        rollback(ix);
+out:
+    unlock(ix);
+    return rc;
+}
+
+/* The body of mms_index_job_finish(), inside the write transaction. */
+static int
+job_finish_locked(struct mms_index *ix, const struct mms_job_row *j, const char *state_name,
+                  const char *series_state, const char *series_reason, double now, char *why,
+                  size_t why_len)
+{
+    sqlite3_stmt *st = stmt(ix, S_JOB_UPDATE, why, why_len);
+    if (st == NULL)
+        return MMS_EIO;
+    struct binder b = {st, SQLITE_OK};
+    bind_int(&b, 1, j->id);
+    bind_cstr(&b, 2, state_name);
+    BIND_FIELD(&b, 3, j->stage);
+    BIND_FIELD(&b, 4, j->reason);
+    bind_real(&b, 5, j->finished);
+    const double times[] = {j->decode_s, j->wait_s,  j->preprocess_s, j->network_s,
+                            j->export_s, j->write_s, j->total_s};
+    for (int i = 0; i < 7; i++)
+        bind_real(&b, 6 + i, times[i]);
+    bind_int(&b, 13, j->segments);
+    bind_int(&b, 14, j->frames);
+    if (b.rc != SQLITE_OK)
+        return db_fail(ix, "bind job", why, why_len);
+    int rc = step(ix, st, "update job", why, why_len);
+    sqlite3_reset(st);
+    if (rc < 0)
+        return rc;
+    if (sqlite3_changes(ix->db) == 0)
+        return mms_why(why, why_len, MMS_ENOENT, "job %lld is not in the index", (long long)j->id);
+    if ((st = stmt(ix, S_SERIES_FINISH, why, why_len)) == NULL)
+        return MMS_EIO;
+    b = (struct binder){st, SQLITE_OK};
+    bind_cstr(&b, 1, j->series_uid);
+    bind_cstr(&b, 2, series_state);
+    bind_cstr(&b, 3, series_reason != NULL ? series_reason : "");
+    bind_real(&b, 4, now);
+    if (b.rc != SQLITE_OK)
+        return db_fail(ix, "bind series", why, why_len);
+    rc = step(ix, st, "set state", why, why_len);
+    sqlite3_reset(st);
+    return rc < 0 ? rc : 0;
+}
+
+int
+mms_index_job_finish(struct mms_index *ix, const struct mms_job_row *j, int series_state,
+                     const char *series_reason, double now, char *why, size_t why_len)
+{
+    const char *name = j != NULL ? mms_job_state_name(j->state) : NULL;
+    const char *sname = mms_series_state_name(series_state);
+    if (ix == NULL || name == NULL || sname == NULL)
+        return mms_why(why, why_len, MMS_EINVAL, "no index or job, or an unknown state");
+    if (ix->read_only)
+        return mms_why(why, why_len, MMS_EINVAL, "the index is open read-only");
+    int rc = lock(ix, why, why_len);
+    if (rc < 0)
+        return rc;
+    if ((rc = run(ix, S_BEGIN_WRITE, why, why_len)) < 0)
+        goto out;
+    if ((rc = job_finish_locked(ix, j, name, sname, series_reason, now, why, why_len)) < 0 ||
+        (rc = run(ix, S_COMMIT, why, why_len)) < 0)
+        rollback(ix);
+out:
+    unlock(ix);
+    return rc;
+}
+
+int
+mms_index_jobs(struct mms_index *ix, int state, int (*fn)(void *ud, const struct mms_job_row *j),
+               void *ud, char *why, size_t why_len)
+{
+    if (ix == NULL || fn == NULL || (state != -1 && mms_job_state_name(state) == NULL))
+        return mms_why(why, why_len, MMS_EINVAL, "no index or callback, or an unknown state");
+    sqlite3_stmt *st;
+    int rc =
+        lock_and_bind(ix, S_JOBS, state < 0 ? NULL : mms_job_state_name(state), &st, why, why_len);
+    if (rc < 0)
+        return rc;
+    while ((rc = step(ix, st, "list jobs", why, why_len)) == SQLITE_ROW) {
+        struct mms_job_row j;
+        read_job(st, &j);
+        if (fn(ud, &j) != 0)
+            break;
+    }
+    rc = rc < 0 ? rc : 0;
+    sqlite3_reset(st);
     unlock(ix);
     return rc;
 }

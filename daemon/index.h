@@ -165,4 +165,48 @@ int mms_index_sends(struct mms_index *ix, int state, int64_t job,
 int mms_index_send_counts(struct mms_index *ix, int64_t counts[MMS_SEND_DEAD + 1], char *why,
                           size_t why_len);
 
+/* Jobs (design.md sections 1, 3): one row per run of the work on a series. running: started,
+ * not finished (after a crash: interrupted, the series queued again, unless its result was in
+ * the outbox already); done: finished (with a SEG, or with no organ found); failed: the stage
+ * and the reason. */
+enum mms_job_state {
+    MMS_JOB_RUNNING,
+    MMS_JOB_DONE,
+    MMS_JOB_FAILED,
+    MMS_JOB_INTERRUPTED,
+};
+
+/* "running", "done", "failed", "interrupted"; NULL for a value out of range. */
+const char *mms_job_state_name(int state);
+
+struct mms_job_row {
+    int64_t id;
+    char series_uid[65];
+    int64_t run; /* the series' run number for this job */
+    int state;   /* enum mms_job_state */
+    char stage[16];
+    char reason[512];
+    double started, finished; /* seconds since the epoch; finished 0 while running */
+    double decode_s, wait_s, preprocess_s, network_s, export_s, write_s, total_s;
+    int64_t segments, frames; /* of the SEG; 0 when none was written */
+};
+
+/* Start a job for a series, in one transaction: the series becomes running (its run number
+ * incremented) and a job row is inserted. *id and *run receive the job's number and run.
+ * Returns 0, MMS_ENOENT (no such series), MMS_EINVAL, MMS_EIO. */
+int mms_index_job_start(struct mms_index *ix, const char *series_uid, double now, int64_t *id,
+                        int64_t *run, char *why, size_t why_len);
+
+/* Record the end of job j (state, stage, reason, times, counts from j) and set its series to
+ * series_state with series_reason, in one transaction. The series is left alone when it was
+ * re-opened (receiving) meanwhile. Returns 0, MMS_ENOENT (no such job), MMS_EINVAL, MMS_EIO. */
+int mms_index_job_finish(struct mms_index *ix, const struct mms_job_row *j, int series_state,
+                         const char *series_reason, double now, char *why, size_t why_len);
+
+/* Call fn for every job in state `state` (-1: any), by number; fn returns nonzero to stop.
+ * Returns 0 or MMS_EIO. */
+int mms_index_jobs(struct mms_index *ix, int state,
+                   int (*fn)(void *ud, const struct mms_job_row *j), void *ud, char *why,
+                   size_t why_len);
+
 #endif

@@ -425,14 +425,6 @@ cmd_inspect(int argc, char **argv)
     return rc == 0 && fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
 
-/* 80 % of the physical memory, the default of [infer] max_memory_mb = 0. */
-static size_t
-default_memory_limit(void)
-{
-    long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);
-    return pages > 0 && page > 0 ? (size_t)pages / 10 * 8 * (size_t)page : 0;
-}
-
 static int
 cmd_segment(int argc, char **argv)
 {
@@ -468,25 +460,13 @@ cmd_segment(int argc, char **argv)
             return EXIT_USAGE;
         }
     }
-    static const char *const backends[] = {"auto", "cpu", "cuda"};
     struct segment_opts o = {0};
     o.model = cfg->infer.model;
-    o.backend = backends[cfg->infer.backend];
     o.device = (int)cfg->infer.device;
     o.threads = (int)cfg->infer.threads;
-    mms_pipe_opts_default(&o.pipe);
-    o.pipe.tta = cfg->infer.tta;
-    o.pipe.tile_step = cfg->infer.tile_step;
-    o.pipe.max_memory = cfg->infer.max_memory_mb > 0 ? (size_t)cfg->infer.max_memory_mb << 20
-                                                     : default_memory_limit();
-    o.vol.stack.max_gap_ratio = cfg->series.max_gap_ratio;
-    o.vol.stack.allow_gaps = cfg->series.allow_gaps;
-    o.vol.max_voxels = cfg->series.max_voxels;
-    o.vol.threads = (int)cfg->series.decode_threads;
+    mms_work_opts_from_config(cfg, &o.wo, &o.backend);
     o.nifti_dir = co.nifti;
     o.seg_dir = co.output;
-    o.keep_empty_frames = cfg->seg.empty_frames == MMS_EMPTY_FRAMES_KEEP;
-    o.seg_description = cfg->seg.series_description;
     o.json = co.json;
     o.progress = !co.json && isatty(STDERR_FILENO);
     const char *dirs[2] = {o.nifti_dir, o.seg_dir};

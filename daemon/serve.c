@@ -18,6 +18,7 @@
 #include "common/log.h"
 #include "daemon/index.h"
 #include "daemon/intake.h"
+#include "daemon/jobs.h"
 #include "daemon/scheduler.h"
 #include "daemon/sender.h"
 #include "daemon/spool.h"
@@ -41,6 +42,7 @@ struct daemon {
     uv_timer_t tick;    /* the next series that can become complete */
     bool intake_on;
     struct mms_sender *sender; /* the outbox to the destinations */
+    struct mms_jobs *jobs;     /* queued series to results */
 };
 
 /* sd_notify() is a no-op returning 0 outside systemd; a failure to reach systemd is worth a
@@ -188,6 +190,8 @@ stop(struct daemon *d, const char *why)
     uv_close((uv_handle_t *)&d->sighup, on_close);
     if (d->watchdog_on)
         uv_close((uv_handle_t *)&d->watchdog, on_close);
+    mms_jobs_stop(d->jobs);
+    d->jobs = NULL;
     mms_sender_stop(d->sender);
     d->sender = NULL;
     stop_intake(d);
@@ -258,8 +262,10 @@ judge(struct daemon *d)
     if (next > 60.0)
         next = 60.0;
     uv_timer_start(&d->tick, on_tick, (uint64_t)(next * 1000.0) + 1, 0);
+    mms_jobs_kick(d->jobs);
     char line[160];
-    snprintf(line, sizeof line, "STATUS=ready; %zu series queued", mms_sched_queued(d->sched));
+    snprintf(line, sizeof line, "STATUS=ready; %zu series queued, %zu running",
+             mms_sched_queued(d->sched), mms_jobs_running(d->jobs));
     notify(line);
 }
 
@@ -327,7 +333,8 @@ start_intake(struct daemon *d)
         mms_log(MMS_LOG_ERR, "%s", why);
         return rc;
     }
-    if ((rc = mms_sched_recover(d->sched, mms_wall_s())) < 0)
+    if ((rc = mms_jobs_recover(d->ix, mms_wall_s())) < 0 ||
+        (rc = mms_sched_recover(d->sched, mms_wall_s())) < 0)
         return rc;
     if ((rc = uv_async_init(&d->loop, &d->arrived, on_arrived)) < 0 ||
         (rc = uv_timer_init(&d->loop, &d->tick)) < 0) {
@@ -473,6 +480,12 @@ mms_serve(struct mms_config *cfg)
 
     if ((rc = start_intake(&d)) < 0 || (rc = start_sender(&d)) < 0)
         goto fail;
+    char why[1024];
+    if ((rc = mms_jobs_start(&d.loop, d.ix, d.sched, d.sender, d.cfg, &d.jobs, why, sizeof why)) <
+        0) {
+        mms_log(MMS_LOG_ERR, "%s", why);
+        goto fail;
+    }
 
     mms_log(MMS_LOG_NOTICE, "mmsegd %s ready (pid %ld, config %s, state %s)", PACKAGE_VERSION,
             (long)getpid(), d.cfg->path, d.cfg->daemon.state_dir);
@@ -489,6 +502,7 @@ mms_serve(struct mms_config *cfg)
     return 0;
 
 fail:
+    mms_jobs_stop(d.jobs);
     mms_sender_stop(d.sender);
     stop_intake(&d);
     uv_walk(&d.loop, close_any, NULL);

@@ -13,7 +13,7 @@
 
 #include "common/err.h"
 #include "daemon/files.h"
-#include "daemon/segment.h"
+#include "daemon/work.h"
 #include "dicom/dicom.h"
 #include "infer/infer.h"
 
@@ -62,8 +62,8 @@ main(int argc, char **argv)
     struct timespec t0, t1;
     struct mms_seg_result res = {0, 0};
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int rc = mms_segment_write_seg(m, paths, &h[0], v, labels, 1, keep, NULL, a[3], &res, why,
-                                   sizeof why);
+    int rc =
+        mms_work_write_seg(m, paths, &h[0], v, labels, 1, keep, NULL, a[3], &res, why, sizeof why);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (rc < 0)
         return die("%s: %s", a[3], why);

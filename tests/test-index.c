@@ -19,7 +19,7 @@
 #define T0 1.8e9
 #define THREADS 4
 #define PER_THREAD 200
-#define SCHEMA "2" /* the schema version of this code */
+#define SCHEMA "3" /* the schema version of this code */
 
 static char dir[64], db_path[128];
 
@@ -365,10 +365,71 @@ test_sends(struct mms_index *ix)
            "an unknown state: MMS_EINVAL");
 }
 
+static int
+list_jobs(void *ud, const struct mms_job_row *j)
+{
+    struct send_list *l = ud;
+    size_t len = strlen(l->text);
+    snprintf(l->text + len, sizeof l->text - len, "%s%lld:%s:%lld:%s", len ? " " : "",
+             (long long)j->id, j->series_uid, (long long)j->run, mms_job_state_name(j->state));
+    l->n++;
+    return 0;
+}
+
+/* Jobs: start (the series running, its run counted), finish (job and series in one
+ * transaction; a series re-opened meanwhile stays receiving), listing. */
+static void
+test_jobs(struct mms_index *ix)
+{
+    char why[512];
+    int64_t id1, id2, run1, run2;
+    int64_t before = series(ix, "S.C").run;
+    ok(mms_index_job_start(ix, "S.C", T0 + 300, &id1, &run1, why, sizeof why) == 0 &&
+           run1 == before + 1 && series(ix, "S.C").state == MMS_SERIES_RUNNING,
+       "a job starts: the series is running, run %lld", (long long)run1);
+    struct mms_job_row j = {.id = id1,
+                            .run = run1,
+                            .state = MMS_JOB_FAILED,
+                            .finished = T0 + 301,
+                            .network_s = 1.5,
+                            .segments = 0};
+    snprintf(j.series_uid, sizeof j.series_uid, "S.C");
+    snprintf(j.stage, sizeof j.stage, "decode");
+    snprintf(j.reason, sizeof j.reason, "no slices");
+    ok(mms_index_job_finish(ix, &j, MMS_SERIES_FAILED, "decode: no slices", T0 + 301, why,
+                            sizeof why) == 0 &&
+           series(ix, "S.C").state == MMS_SERIES_FAILED &&
+           strcmp(series(ix, "S.C").reason, "decode: no slices") == 0,
+       "a failed job fails its series with the stage and reason");
+    ok(mms_index_job_start(ix, "S.C", T0 + 400, &id2, &run2, why, sizeof why) == 0 && id2 > id1 &&
+           run2 == run1 + 1,
+       "the next job has a new number and the next run");
+    struct mms_instance_row late = row("1.2.3.77", "S.C", "late", 9, T0 + 401);
+    enum mms_put_result res;
+    char old[512];
+    put(ix, &late, &res, old);
+    j.id = id2;
+    j.state = MMS_JOB_DONE;
+    ok(mms_index_job_finish(ix, &j, MMS_SERIES_DONE, NULL, T0 + 402, why, sizeof why) == 0 &&
+           series(ix, "S.C").state == MMS_SERIES_RECEIVING,
+       "a series re-opened during its job stays receiving when the job ends");
+    struct send_list l = {"", 0};
+    ok(mms_index_jobs(ix, -1, list_jobs, &l, why, sizeof why) == 0 && l.n == 2, "two jobs: %s",
+       l.text);
+    l = (struct send_list){"", 0};
+    ok(mms_index_jobs(ix, MMS_JOB_RUNNING, list_jobs, &l, why, sizeof why) == 0 && l.n == 0,
+       "none running");
+    j.id = 999;
+    is_int(mms_index_job_finish(ix, &j, MMS_SERIES_DONE, NULL, T0, why, sizeof why), MMS_ENOENT,
+           "finishing an unknown job: MMS_ENOENT");
+    is_int(mms_index_job_start(ix, "S.NONE", T0, &id1, &run1, why, sizeof why), MMS_ENOENT,
+           "a job for an unknown series: MMS_ENOENT");
+}
+
 int
 main(void)
 {
-    plan(63, 60);
+    plan(71, 60);
     mms_log_set_level(MMS_LOG_ERR);
     install_allocator();
     /* synchronous=FULL makes every commit an fdatasync: on tmpfs when there is one, since
@@ -557,8 +618,9 @@ main(void)
            "a read-only handle does not write");
     mms_index_close(ro);
 
-    /* ---- sends */
+    /* ---- sends, jobs */
     test_sends(ix);
+    test_jobs(ix);
 
     /* ---- concurrency */
     /* two threads share ix, two a second writable connection to the same file */
@@ -582,7 +644,8 @@ main(void)
        "%d threads on two connections put %d instances each without error", THREADS, PER_THREAD);
     int64_t shared = series(ix, "1.2.5.0").instances + series(ix, "1.2.5.1").instances +
                      series(ix, "1.2.5.2").instances;
-    ok(mms_index_counts(ix, &n, counts, why, sizeof why) == 0 && n == 8 + THREADS * PER_THREAD &&
+    /* 8 instances before, the late one of test_jobs(), and the threads' */
+    ok(mms_index_counts(ix, &n, counts, why, sizeof why) == 0 && n == 9 + THREADS * PER_THREAD &&
            shared == THREADS * PER_THREAD,
        "%d rows, and the shared series count them all", THREADS * PER_THREAD);
     mms_index_close(ix);
@@ -590,7 +653,7 @@ main(void)
     /* ---- reopen after the threads, read-only without the writer */
     rc = mms_index_open(db_path, true, &ro, why, sizeof why);
     ok(rc == 0 && mms_index_counts(ro, &n, counts, why, sizeof why) == 0 &&
-           n == 8 + THREADS * PER_THREAD,
+           n == 9 + THREADS * PER_THREAD,
        "read-only open without a writer sees everything");
     if (rc == 0)
         mms_index_close(ro);

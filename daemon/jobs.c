@@ -1,0 +1,431 @@
+/* daemon/jobs: the job runner (jobs.h). */
+#include "daemon/jobs.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/err.h"
+#include "common/log.h"
+#include "daemon/outbox.h"
+#include "daemon/work.h"
+
+struct jworker {
+    struct mms_jobs *J;
+    pthread_t thread;
+    bool started;
+    bool busy;     /* loop thread: a job was handed over and its end not yet seen */
+    bool has_task; /* under J->mu */
+    bool finished; /* under J->mu */
+    int64_t job, run;
+    char series[65];
+};
+
+struct mms_jobs {
+    struct mms_index *ix;
+    struct mms_sched *sched;
+    struct mms_sender *sender;
+    char *state_dir, *description;
+    char **dests;
+    int n_dests;
+    struct mms_work_opts wo;
+    struct mms_engine engine;
+    bool engine_ok;
+    pthread_mutex_t infer_mu; /* one inference at a time on the engine */
+    pthread_mutex_t mu;
+    pthread_cond_t wake;
+    bool stopping;
+    uv_async_t done;
+    struct jworker *w;
+    size_t n_workers;
+};
+
+/* ---------------------------------------------------------------------------- recovery */
+
+struct recover {
+    struct mms_job_row *rows;
+    int n, cap;
+    bool no_memory;
+};
+
+static int
+collect_running(void *ud, const struct mms_job_row *j)
+{
+    struct recover *r = ud;
+    if (r->n == r->cap) {
+        int cap = r->cap > 0 ? 2 * r->cap : 8;
+        struct mms_job_row *grown = realloc(r->rows, (size_t)cap * sizeof *grown);
+        if (grown == NULL) {
+            r->no_memory = true;
+            return 1;
+        }
+        r->rows = grown;
+        r->cap = cap;
+    }
+    r->rows[r->n++] = *j;
+    return 0;
+}
+
+static int
+any_send(void *ud, const struct mms_send_row *s)
+{
+    (void)s;
+    *(bool *)ud = true;
+    return 1;
+}
+
+int
+mms_jobs_recover(struct mms_index *ix, double now)
+{
+    struct recover r = {0};
+    char why[1024];
+    int rc = mms_index_jobs(ix, MMS_JOB_RUNNING, collect_running, &r, why, sizeof why);
+    if (rc == 0 && r.no_memory)
+        rc = mms_why(why, sizeof why, MMS_ENOMEM, "out of memory");
+    for (int i = 0; rc == 0 && i < r.n; i++) {
+        struct mms_job_row *j = &r.rows[i];
+        bool sent = false;
+        if ((rc = mms_index_sends(ix, -1, j->id, any_send, &sent, why, sizeof why)) < 0)
+            break;
+        j->finished = now;
+        if (sent) {
+            j->state = MMS_JOB_DONE;
+            snprintf(j->reason, sizeof j->reason,
+                     "its result was in the outbox before the daemon stopped");
+        } else {
+            j->state = MMS_JOB_INTERRUPTED;
+            snprintf(j->reason, sizeof j->reason, "the daemon stopped during the job");
+        }
+        rc = mms_index_job_finish(ix, j, sent ? MMS_SERIES_DONE : MMS_SERIES_RUNNING, NULL, now,
+                                  why, sizeof why);
+        mms_log(MMS_LOG_NOTICE, "job %" PRId64 " (series %s, run %" PRId64 "): %s; %s", j->id,
+                j->series_uid, j->run, j->reason,
+                sent ? "its sends go on" : "the series is queued again");
+    }
+    free(r.rows);
+    if (rc < 0)
+        mms_log(MMS_LOG_ERR, "job recovery: %s", why);
+    return rc;
+}
+
+/* ---------------------------------------------------------------------------- one job */
+
+struct files {
+    const char *state_dir;
+    char **paths;
+    int n, cap;
+    bool no_memory;
+};
+
+static int
+collect_file(void *ud, const struct mms_instance_row *r)
+{
+    struct files *f = ud;
+    if (f->n == f->cap) {
+        int cap = f->cap > 0 ? 2 * f->cap : 64;
+        char **grown = realloc(f->paths, (size_t)cap * sizeof *grown);
+        if (grown == NULL) {
+            f->no_memory = true;
+            return 1;
+        }
+        f->paths = grown;
+        f->cap = cap;
+    }
+    size_t len = strlen(f->state_dir) + strlen(r->path) + 2;
+    if ((f->paths[f->n] = malloc(len)) == NULL) {
+        f->no_memory = true;
+        return 1;
+    }
+    snprintf(f->paths[f->n++], len, "%s/%s", f->state_dir, r->path);
+    return 0;
+}
+
+/* The files of the series and their headers. */
+static int
+read_series(struct mms_jobs *J, const char *series, struct files *f, struct mms_header **hdr,
+            char *why, size_t why_len)
+{
+    f->state_dir = J->state_dir;
+    int rc = mms_index_instances(J->ix, series, collect_file, f, why, why_len);
+    if (rc == 0 && f->no_memory)
+        rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+    if (rc == 0 && f->n == 0)
+        rc = mms_why(why, why_len, MMS_ENOENT, "the series has no instance in the index");
+    if (rc < 0)
+        return rc;
+    if ((*hdr = calloc((size_t)f->n, sizeof **hdr)) == NULL)
+        return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+    for (int i = 0; i < f->n; i++) {
+        char hwhy[512];
+        if ((rc = mms_header_read(f->paths[i], &(*hdr)[i], hwhy, sizeof hwhy)) < 0)
+            return mms_why(why, why_len, rc, "%s: %s", f->paths[i], hwhy);
+    }
+    return 0;
+}
+
+static void
+run_job(struct jworker *w)
+{
+    struct mms_jobs *J = w->J;
+    struct mms_job_row j = {.id = w->job, .run = w->run};
+    snprintf(j.series_uid, sizeof j.series_uid, "%s", w->series);
+    struct files f = {0};
+    struct mms_header *hdr = NULL;
+    struct mms_work_result wr;
+    char why[1024] = "", seg_series[65], sop[65], tmp[4400] = "";
+    memset(&wr, 0, sizeof wr);
+
+    mms_log(MMS_LOG_INFO, "job %" PRId64 ": series %s, run %" PRId64, j.id, j.series_uid, j.run);
+    int rc = read_series(J, j.series_uid, &f, &hdr, why, sizeof why);
+    if (rc == 0) {
+        struct mms_work_opts wo = J->wo;
+        wo.run = (int)j.run;
+        wo.infer_mu = &J->infer_mu;
+        mms_work_seg_uids(J->engine.model, j.series_uid, (int)j.run, seg_series, sop);
+        snprintf(tmp, sizeof tmp, "%s/tmp/%s.dcm", J->state_dir, sop);
+        wo.seg_path = tmp;
+        rc = mms_work_series(&J->engine, (const char *const *)f.paths, hdr, f.n, &wo, &wr, why,
+                             sizeof why);
+    }
+    int sent_to = 0;
+    if (rc == 0 && wr.seg_written) {
+        const char *p = tmp;
+        rc = mms_outbox_put(J->state_dir, J->ix, j.id, j.series_uid, &p, 1,
+                            (const char *const *)J->dests, J->n_dests, mms_wall_s(), why,
+                            sizeof why);
+        if (rc < 0)
+            wr.stage = MMS_STAGE_OUTPUT;
+        sent_to = J->n_dests;
+    }
+    if (rc < 0 && tmp[0] != '\0')
+        unlink(tmp);
+
+    double now = mms_wall_s();
+    j.finished = now;
+    j.decode_s = wr.decode_s;
+    j.wait_s = wr.wait_s;
+    j.preprocess_s = wr.st.preprocess_s;
+    j.network_s = wr.st.network_s;
+    j.export_s = wr.st.export_s;
+    j.write_s = wr.write_s;
+    j.total_s = wr.total_s;
+    j.segments = wr.seg.segments;
+    j.frames = wr.seg.frames;
+    snprintf(j.stage, sizeof j.stage, "%s", mms_stage_name(wr.stage));
+    char reason[600] = "";
+    if (rc < 0) {
+        j.state = MMS_JOB_FAILED;
+        snprintf(j.reason, sizeof j.reason, "%s", why[0] ? why : mms_strerror(rc));
+        snprintf(reason, sizeof reason, "%s: %s", j.stage, j.reason);
+        mms_log(MMS_LOG_ERR, "job %" PRId64 " failed at %s: %s", j.id, j.stage, j.reason);
+    } else {
+        j.state = MMS_JOB_DONE;
+        if (!wr.seg_written)
+            snprintf(j.reason, sizeof j.reason, "no organ found: no SEG");
+        snprintf(reason, sizeof reason, "%s", j.reason);
+        mms_log(MMS_LOG_NOTICE,
+                "job %" PRId64 " done in %.2f s (decode %.2f, wait %.2f, preprocess %.2f, "
+                "network %.2f, export %.2f, SEG %.2f s); %s%" PRId64 " segments, %" PRId64
+                " frames, to %d destination%s",
+                j.id, j.total_s, j.decode_s, j.wait_s, j.preprocess_s, j.network_s, j.export_s,
+                j.write_s, wr.seg_written ? "" : "no SEG: ", j.segments, j.frames, sent_to,
+                sent_to == 1 ? "" : "s");
+    }
+    if (mms_index_job_finish(J->ix, &j, rc < 0 ? MMS_SERIES_FAILED : MMS_SERIES_DONE, reason, now,
+                             why, sizeof why) < 0)
+        mms_log(MMS_LOG_ERR, "job %" PRId64 ": recording its end failed: %s", j.id, why);
+    for (int i = 0; i < f.n; i++)
+        free(f.paths[i]);
+    free(f.paths);
+    free(hdr);
+}
+
+static void *
+worker_main(void *arg)
+{
+    struct jworker *w = arg;
+    struct mms_jobs *J = w->J;
+    pthread_mutex_lock(&J->mu);
+    for (;;) {
+        while (!w->has_task && !J->stopping)
+            pthread_cond_wait(&J->wake, &J->mu);
+        if (!w->has_task)
+            break;
+        w->has_task = false;
+        pthread_mutex_unlock(&J->mu);
+        run_job(w);
+        pthread_mutex_lock(&J->mu);
+        w->finished = true;
+        uv_async_send(&J->done);
+    }
+    pthread_mutex_unlock(&J->mu);
+    return NULL;
+}
+
+/* ---------------------------------------------------------------------------- the loop */
+
+void
+mms_jobs_kick(struct mms_jobs *J)
+{
+    char why[1024], series[65];
+    if (J == NULL || !J->engine_ok || J->stopping)
+        return;
+    for (size_t i = 0; i < J->n_workers; i++) {
+        struct jworker *w = &J->w[i];
+        if (w->busy)
+            continue;
+        if (!mms_sched_next(J->sched, series))
+            return;
+        int64_t id, run;
+        if (mms_index_job_start(J->ix, series, mms_wall_s(), &id, &run, why, sizeof why) < 0) {
+            mms_log(MMS_LOG_ERR, "series %s: the job could not start: %s", series, why);
+            continue;
+        }
+        w->busy = true;
+        pthread_mutex_lock(&J->mu);
+        w->job = id;
+        w->run = run;
+        snprintf(w->series, sizeof w->series, "%s", series);
+        w->has_task = true;
+        pthread_cond_broadcast(&J->wake);
+        pthread_mutex_unlock(&J->mu);
+    }
+}
+
+static void
+on_done(uv_async_t *a)
+{
+    struct mms_jobs *J = a->data;
+    pthread_mutex_lock(&J->mu);
+    for (size_t i = 0; i < J->n_workers; i++)
+        if (J->w[i].finished) {
+            J->w[i].finished = false;
+            J->w[i].busy = false;
+        }
+    pthread_mutex_unlock(&J->mu);
+    mms_sender_kick(J->sender);
+    mms_jobs_kick(J);
+}
+
+size_t
+mms_jobs_running(const struct mms_jobs *J)
+{
+    size_t n = 0;
+    for (size_t i = 0; J != NULL && i < J->n_workers; i++)
+        n += J->w[i].busy;
+    return n;
+}
+
+/* ---------------------------------------------------------------------------- start, stop */
+
+static void
+free_jobs(struct mms_jobs *J)
+{
+    if (J->engine_ok || J->engine.model != NULL)
+        mms_engine_close(&J->engine);
+    for (int i = 0; i < J->n_dests; i++)
+        free(J->dests[i]);
+    free(J->dests);
+    free(J->w);
+    free(J->state_dir);
+    free(J->description);
+    pthread_mutex_destroy(&J->infer_mu);
+    pthread_mutex_destroy(&J->mu);
+    pthread_cond_destroy(&J->wake);
+    free(J);
+}
+
+static void
+on_closed(uv_handle_t *h)
+{
+    free_jobs(h->data);
+}
+
+int
+mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sched,
+               struct mms_sender *sender, const struct mms_config *cfg, struct mms_jobs **out,
+               char *why, size_t why_len)
+{
+    struct mms_jobs *J = calloc(1, sizeof *J);
+    if (J == NULL)
+        return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+    pthread_mutex_init(&J->infer_mu, NULL);
+    pthread_mutex_init(&J->mu, NULL);
+    pthread_cond_init(&J->wake, NULL);
+    J->ix = ix;
+    J->sched = sched;
+    J->sender = sender;
+    const char *backend;
+    mms_work_opts_from_config(cfg, &J->wo, &backend);
+    J->n_workers = cfg->daemon.workers > 0 ? cfg->daemon.workers : 1;
+    J->state_dir = strdup(cfg->daemon.state_dir);
+    J->description = strdup(cfg->seg.series_description != NULL ? cfg->seg.series_description : "");
+    J->dests = calloc(cfg->n_dests + 1, sizeof *J->dests);
+    J->w = calloc(J->n_workers, sizeof *J->w);
+    bool ok = J->state_dir != NULL && J->description != NULL && J->dests != NULL && J->w != NULL;
+    for (size_t i = 0; ok && i < cfg->n_dests; i++)
+        ok = (J->dests[J->n_dests++] = strdup(cfg->dests[i].name)) != NULL;
+    if (!ok) {
+        free_jobs(J);
+        return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+    }
+    J->wo.seg_description = J->description;
+
+    char ewhy[1024];
+    double t0 = mms_mono_s();
+    if (mms_engine_open(cfg->infer.model, backend, (int)cfg->infer.device, (int)cfg->infer.threads,
+                        &J->engine, ewhy, sizeof ewhy) == 0) {
+        J->engine_ok = true;
+        const struct mms_card *card = mms_model_card(J->engine.model);
+        mms_log(MMS_LOG_NOTICE, "model %s %s (%s), sha256 %s, on %s; loaded in %.2f s", card->name,
+                card->version, cfg->infer.model, mms_model_sha256(J->engine.model),
+                mms_backend_name(J->engine.be), mms_mono_s() - t0);
+    } else {
+        mms_engine_close(&J->engine);
+        mms_log(MMS_LOG_ERR,
+                "%s; series stay queued until the daemon is restarted with a valid [infer] model",
+                ewhy);
+    }
+
+    if (uv_async_init(loop, &J->done, on_done) < 0) {
+        free_jobs(J);
+        return mms_why(why, why_len, MMS_EIO, "jobs: uv_async_init failed");
+    }
+    J->done.data = J;
+    for (size_t i = 0; i < J->n_workers; i++) {
+        J->w[i].J = J;
+        int e = pthread_create(&J->w[i].thread, NULL, worker_main, &J->w[i]);
+        if (e != 0) {
+            mms_why(why, why_len, MMS_EIO, "job thread: %s", mms_strerror(-e));
+            mms_jobs_stop(J);
+            return MMS_EIO;
+        }
+        J->w[i].started = true;
+    }
+    *out = J;
+    mms_jobs_kick(J);
+    return 0;
+}
+
+void
+mms_jobs_stop(struct mms_jobs *J)
+{
+    if (J == NULL)
+        return;
+    pthread_mutex_lock(&J->mu);
+    J->stopping = true;
+    pthread_cond_broadcast(&J->wake);
+    pthread_mutex_unlock(&J->mu);
+    size_t running = mms_jobs_running(J);
+    if (running > 0)
+        mms_log(MMS_LOG_NOTICE, "waiting for %zu running job%s to finish", running,
+                running == 1 ? "" : "s");
+    for (size_t i = 0; i < J->n_workers; i++)
+        if (J->w[i].started)
+            pthread_join(J->w[i].thread, NULL);
+    uv_close((uv_handle_t *)&J->done, on_closed);
+}

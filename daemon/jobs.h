@@ -1,0 +1,52 @@
+/* daemon/jobs: queued series become jobs (design.md sections 1, 6): decode, pipeline, SEG,
+ * outbox, sends.
+ *
+ * `workers` threads take the series at the head of the scheduler's queue; each decodes its
+ * series, waits for the engine (one inference at a time: a job decodes while another one
+ * infers), writes the SEG to state_dir/tmp/ and moves it into the outbox with a send per
+ * destination, then records the job's outcome and timings and the series' state in the index.
+ * A series without any organ found is done without a SEG; a failure records the stage and the
+ * reason. The SEG's UIDs come from (source series, model SHA-256, run): a late instance
+ * re-opens the series and its next job writes a SEG of the next run that supersedes it.
+ *
+ * The model is loaded once, at start. When it cannot be loaded the daemon keeps receiving and
+ * the series stay queued, with the reason logged; they run after a restart with a valid model.
+ * Threads: the functions below run on the loop thread (mms_jobs_recover before the loop). */
+#ifndef MMS_DAEMON_JOBS_H
+#define MMS_DAEMON_JOBS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+#include "daemon/config.h"
+#include "daemon/index.h"
+#include "daemon/scheduler.h"
+#include "daemon/sender.h"
+
+struct mms_jobs;
+
+/* After a restart, before mms_sched_recover(): a job left running whose sends exist finished
+ * its work before the stop (done, its series done); any other is interrupted, and its series
+ * (still running) is queued again by mms_sched_recover(). Returns 0 or MMS_EIO. */
+int mms_jobs_recover(struct mms_index *ix, double now);
+
+/* Load the model, start the worker threads and take the queued series.
+ * Ownership: *out is new, stop it with mms_jobs_stop(); ix, sched and sender are borrowed and
+ * must outlive it; what cfg says is copied. Returns 0, MMS_ENOMEM or MMS_EIO with why (a model
+ * that cannot be loaded is not an error: see above). */
+int mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sched,
+                   struct mms_sender *sender, const struct mms_config *cfg, struct mms_jobs **out,
+                   char *why, size_t why_len);
+
+/* The queue may have grown: start jobs while threads are free. */
+void mms_jobs_kick(struct mms_jobs *j);
+
+/* Jobs running now. */
+size_t mms_jobs_running(const struct mms_jobs *j);
+
+/* Take no new job, wait for the running ones to finish, join the threads, close the handle
+ * (the memory is freed once the loop has closed it). NULL is a no-op. */
+void mms_jobs_stop(struct mms_jobs *j);
+
+#endif

@@ -1,0 +1,94 @@
+/* daemon/work: the work on one series, shared by `mmsegd segment` and the daemon's jobs:
+ * volume (dicom/), pipeline (infer/), labels on the DICOM grid, then the SEG and the NIfTI.
+ * Threads: any; one engine may serve several threads when they pass the same infer_mu (the
+ * network holds one arena: one inference at a time). */
+#ifndef MMS_DAEMON_WORK_H
+#define MMS_DAEMON_WORK_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "daemon/config.h"
+#include "dicom/dicom.h"
+#include "dicom/seg.h"
+#include "infer/infer.h"
+#include "infer/pipeline.h"
+
+/* A model on a backend, with the network built for its tiles. */
+struct mms_engine {
+    struct mms_model *model;
+    struct mms_backend *be;
+    struct mms_net *net;
+};
+
+/* Load the model file and build its network on backend ("auto", "cpu", "cuda").
+ * Ownership: e's members are new; close with mms_engine_close() (also after a failure).
+ * Returns 0, or the loader's or backend's code with why naming the model and backend. */
+int mms_engine_open(const char *model, const char *backend, int device, int threads,
+                    struct mms_engine *e, char *why, size_t why_len);
+void mms_engine_close(struct mms_engine *e);
+
+/* The stages of the work, for the reason of a failure and for timings. */
+enum mms_stage {
+    MMS_STAGE_DECODE, /* the files to a volume */
+    MMS_STAGE_INFER,  /* plan, pipeline */
+    MMS_STAGE_OUTPUT, /* SEG, NIfTI */
+};
+
+/* "decode", "infer", "output". */
+const char *mms_stage_name(int stage);
+
+struct mms_work_opts {
+    struct mms_volume_opts vol;
+    struct mms_pipe_opts pipe;
+    pthread_mutex_t *infer_mu; /* held around the pipeline; NULL: none */
+    int run;                   /* the run number in the SEG's UIDs (design.md section 3) */
+    bool keep_empty_frames;    /* [seg] empty_frames = keep */
+    const char *seg_description;
+    const char *seg_path;   /* write the SEG here (through a temporary file), or NULL */
+    const char *nifti_path; /* write the labels here as NIfTI, or NULL */
+};
+
+struct mms_work_result {
+    int stage;             /* the stage reached (the failed one on failure) */
+    bool why_names_series; /* the reason begins with the Series Instance UID */
+    int64_t dims[3];       /* the volume: columns, rows, slices */
+    bool irregular;
+    double tilt_deg;
+    struct mms_pipe_stats st;                  /* the pipeline's figures */
+    double decode_s, wait_s, write_s, total_s; /* wait_s: for infer_mu */
+    int64_t count[256];                        /* voxels per label */
+    bool seg_written;                          /* false when no organ was found (not a failure) */
+    struct mms_seg_result seg;
+};
+
+/* The options of the configuration's [series], [infer] and [seg] sections (max_memory_mb 0:
+ * 80 % of the RAM); run 1, no paths, no lock. *backend receives "auto", "cpu" or "cuda". */
+void mms_work_opts_from_config(const struct mms_config *cfg, struct mms_work_opts *wo,
+                               const char **backend);
+
+/* The Series and SOP Instance UIDs of the SEG of source series source_series (its UID, or
+ * the one derived when the files have none) by model m, run `run`: "2.25." and UUIDv5s of
+ * the three (design.md section 3). */
+void mms_work_seg_uids(const struct mms_model *m, const char *source_series, int run,
+                       char series_uid[65], char sop_uid[65]);
+
+/* Write the SEG of labels (on v's grid; v built from the files paths[], the first header h0)
+ * made by model m to path: segments, codes and colours from the card; Series and SOP Instance
+ * UIDs derived from (source series, model SHA-256, run) as design.md section 3 says.
+ * Returns mms_seg_write()'s codes (MMS_EINVAL: no label of the card is present). */
+int mms_work_write_seg(const struct mms_model *m, const char *const *paths,
+                       const struct mms_header *h0, const struct mms_volume *v,
+                       const uint8_t *labels, int run, bool keep_empty, const char *description,
+                       const char *path, struct mms_seg_result *res, char *why, size_t why_len);
+
+/* Do the work on the n files paths[] of one series (h[]: their headers). The SEG's UIDs come
+ * from the source series, the model's SHA-256 and o->run.
+ * Returns 0, or a negative code with r->stage and why. */
+int mms_work_series(const struct mms_engine *e, const char *const *paths,
+                    const struct mms_header *h, int n, const struct mms_work_opts *o,
+                    struct mms_work_result *r, char *why, size_t why_len);
+
+#endif

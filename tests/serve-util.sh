@@ -1,0 +1,97 @@
+# Sourced by the tests that run the daemon beside a real Orthanc (Debian's, on loopback with
+# its own ports). Needs $tmp (a scratch folder), $python, $orthanc (the server binary) and
+# $mmsegd; the daemon runs with $tmp/mmsegd.ini and logs to $tmp/log, its PID in pid.
+# Declares opid (the Orthanc PIDs by name); the caller's cleanup kills them and pid.
+declare -A opid
+free_port() {
+    "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+# wait_for SECONDS COMMAND...: poll every 0.2 s until the command succeeds
+wait_for() {
+    local end=$((SECONDS + $1))
+    shift
+    until "$@" >/dev/null 2>&1; do
+        [ $SECONDS -ge $end ] && return 1
+        sleep 0.2
+    done
+}
+
+# ---------------------------------------------------------------------------- Orthanc
+# orthanc_config NAME EXTRA_JSON: its folder, ports and configuration
+orthanc_config() {
+    local d=$tmp/$1
+    mkdir -p "$d"
+    eval "http_$1=$(free_port) dicom_$1=$(free_port)"
+    local http dicom
+    eval "http=\$http_$1 dicom=\$dicom_$1"
+    cat >"$d/orthanc.json" <<JSON
+{
+  "Name": "$1",
+  "StorageDirectory": "$d/db",
+  "IndexDirectory": "$d/db",
+  "HttpPort": $http,
+  "DicomPort": $dicom,
+  "DicomAet": "ORTHANC",
+  "DicomCheckCalledAet": true,
+  "RemoteAccessAllowed": false,
+  "AuthenticationEnabled": false,
+  "Plugins": [],
+  "LuaScripts": [],
+  "StableAge": 1$2
+}
+JSON
+}
+orthanc_start() { # NAME
+    local http
+    eval "http=\$http_$1"
+    "$orthanc" "$tmp/$1/orthanc.json" >>"$tmp/$1/log" 2>&1 &
+    opid[$1]=$!
+    wait_for 30 curl -sf "http://127.0.0.1:$http/system"
+}
+orthanc_stop() { # NAME
+    kill -TERM "${opid[$1]}" 2>/dev/null
+    wait "${opid[$1]}" 2>/dev/null
+    unset "opid[$1]"
+}
+# orthanc_get NAME PATH: the REST answer on stdout
+orthanc_get() {
+    local http
+    eval "http=\$http_$1"
+    curl -sf "http://127.0.0.1:$http$2"
+}
+# orthanc_find NAME SOP_UID: the Orthanc IDs of the instances with that UID, one per line
+orthanc_find() {
+    local http
+    eval "http=\$http_$1"
+    curl -sf -d "{\"Level\":\"Instance\",\"Query\":{\"SOPInstanceUID\":\"$2\"}}" \
+        "http://127.0.0.1:$http/tools/find" |
+        "$python" -c 'import json,sys; [print(i) for i in json.load(sys.stdin)]'
+}
+# orthanc_instances NAME: how many instances it stores
+orthanc_instances() {
+    orthanc_get "$1" /instances | "$python" -c 'import json,sys; print(len(json.load(sys.stdin)))'
+}
+
+
+# ---------------------------------------------------------------------------- mmsegd
+start() {
+    "$mmsegd" serve -c "$tmp/mmsegd.ini" >>"$tmp/log" 2>&1 &
+    pid=$!
+    wait_for 20 grep -q "mmsegd .* ready (pid $pid" "$tmp/log"
+}
+stop() {
+    kill -TERM "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    pid=
+}
+# send_field JOB DEST FIELD: a field of that send in `mmsegd status --json`
+send_field() {
+    "$mmsegd" status -c "$tmp/mmsegd.ini" --json | "$python" -c '
+import json, sys
+for s in json.load(sys.stdin)["sends"]:
+    if s["job"] == int(sys.argv[1]) and s["destination"] == sys.argv[2]:
+        print(s[sys.argv[3]])
+' "$@"
+}
+send_is() { [ "$(send_field "$1" "$2" state)" = "$3" ]; }
+attempts_at_least() { [ "$(send_field "$1" "$2" attempts)" -ge "$3" ] 2>/dev/null; }

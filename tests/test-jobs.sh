@@ -1,0 +1,213 @@
+#!/bin/bash
+# The whole job in the daemon (design.md sections 1, 3, 6, 7, 8): C-STORE in, SEG in a real
+# Orthanc and in a folder out.
+#  a) two phantom series (tools/mmunet/phantom_series.py, seed 1000: regular and gantry-tilted)
+#     sent at once on two associations: both become jobs, both SEGs reach Orthanc under their
+#     study and the folder; each SEG encodes exactly the labels `mmsegd segment --nifti` gives
+#     for its series (tests/seg_check.py, which also checks the references, positions and
+#     codes), passes dciodvfy, and those labels reach a mean Dice of at least 0.9 against the
+#     phantom's truth on the regular series;
+#  b) a late instance (one slice sent again with other content) re-opens the regular series:
+#     run 2 writes a superseding SEG (series number 9902), delivered beside the first;
+#  c) the daemon killed (SIGKILL) while a job runs: after the restart the job is recorded as
+#     interrupted, the series runs again, and Orthanc holds exactly one SEG of it.
+set -u
+. "$(dirname "$0")/find-testdata.sh"
+. "$(dirname "$0")/serve-util.sh"
+orthanc=${ORTHANC:-$(command -v Orthanc || echo /usr/sbin/Orthanc)}
+for t in "$orthanc" storescu dcmodify dcmdump curl sqlite3; do
+    if ! command -v "$t" >/dev/null; then
+        echo "1..0 # SKIP $t is not installed (Debian packages orthanc, dcmtk, curl, sqlite3)"
+        exit 0
+    fi
+done
+mmsegd=${MMSEGD:-./mmsegd}
+python=${PYTHON3:-/usr/bin/python3}
+require_python numpy scipy pydicom nibabel
+src=${srcdir:-.}
+model=$(cd "$src" && pwd)/models/demo.safetensors
+dciodvfy=${DCIODVFY:-$(command -v dciodvfy || echo /usr/bin/dciodvfy)}
+tmp=$(mktemp -d)
+pid=
+cleanup() {
+    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
+    for k in "${!opid[@]}"; do
+        kill -CONT "${opid[$k]}" 2>/dev/null
+        kill -9 "${opid[$k]}" 2>/dev/null
+    done
+    [ -n "${KEEP:-}" ] && echo "# kept $tmp" || rm -rf "$tmp"
+}
+trap cleanup EXIT
+echo "1..19"
+
+# ---------------------------------------------------------------------------- inputs
+"$python" "$src/tools/mmunet/phantom_series.py" write --seed 1000 --out "$tmp/ph" \
+    --variants regular,tilt,shear >"$tmp/ph.log" 2>&1 ||
+    { result FAIL "phantom_series.py writes three series"; sed 's/^/# /' "$tmp/ph.log"; exit 1; }
+uid_of() { "$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["variants"][sys.argv[2]]["series_uid"])' "$tmp/ph/series.json" "$1"; }
+dir_of() { "$python" -c 'import json,os,sys; m=json.load(open(sys.argv[1])); print(os.path.join(os.path.dirname(sys.argv[1]), m["variants"][sys.argv[2]]["dicom"]))' "$tmp/ph/series.json" "$1"; }
+reg=$(uid_of regular) tilt=$(uid_of tilt) shear=$(uid_of shear)
+reg_dir=$(dir_of regular) tilt_dir=$(dir_of tilt) shear_dir=$(dir_of shear)
+"$mmsegd" segment --model "$model" --nifti "$tmp/nifti" "$reg_dir" "$tilt_dir" >"$tmp/segment.log" 2>&1
+dice=$("$python" "$src/tools/mmunet/phantom_series.py" score --manifest "$tmp/ph/series.json" \
+    --variant regular --pred "$tmp/nifti/$reg.nii.gz" 2>/dev/null |
+    "$python" -c 'import json,sys; print(json.load(sys.stdin)["mean"])' 2>/dev/null)
+"$python" -c "import sys; sys.exit(not float('${dice:-0}') >= 0.9)" 2>/dev/null &&
+    result OK "the regular phantom's labels from mmsegd segment: mean Dice $dice >= 0.9" ||
+    result FAIL "the regular phantom's labels from mmsegd segment: mean Dice '$dice' >= 0.9"
+
+# ---------------------------------------------------------------------------- daemon
+orthanc_config open ""
+orthanc_start open && result OK "Orthanc listens (DICOM $dicom_open)" ||
+    { result FAIL "Orthanc listens"; exit 1; }
+port=$(free_port)
+mkdir -p "$tmp/folder"
+cat >"$tmp/mmsegd.ini" <<INI
+[daemon]
+state_dir = $tmp/state
+workers = 2
+[scp]
+bind = 127.0.0.1
+port = $port
+min_free_mb = 1
+[series]
+stable_age_s = 2
+[infer]
+model = $model
+threads = 1
+[destination pacs]
+ae_title = ORTHANC
+host = 127.0.0.1
+port = $dicom_open
+retry_initial_s = 1
+[destination folder]
+type = folder
+path = $tmp/folder
+INI
+start && result OK "the daemon starts with the demo model" ||
+    { result FAIL "the daemon starts"; sed 's/^/# /' "$tmp/log"; exit 1; }
+
+series_state() {
+    "$mmsegd" status -c "$tmp/mmsegd.ini" --json | "$python" -c '
+import json, sys
+for s in json.load(sys.stdin)["series"]:
+    if s["series_uid"] == sys.argv[1]:
+        print(s["state"], s["run"])' "$1"
+}
+sends_done() {
+    "$mmsegd" status -c "$tmp/mmsegd.ini" --json | "$python" -c '
+import json, sys
+c = json.load(sys.stdin)["send_counts"]
+sys.exit(not (c["pending"] == 0 and c["done"] == int(sys.argv[1])))' "$1"
+}
+# segs_of SERIES: the SOP Instance UIDs of the SEGs in Orthanc that refer to that series
+segs_of() {
+    orthanc_get open "/instances?expand" | "$python" -c '
+import json, sys
+for i in json.load(sys.stdin):
+    print(i["MainDicomTags"]["SOPInstanceUID"])' | while read -r u; do
+        id=$(orthanc_find open "$u")
+        orthanc_get open "/instances/$id/file" >"$tmp/o.dcm"
+        "$python" -c '
+import pydicom, sys
+d = pydicom.dcmread(sys.argv[1])
+refs = [r.SeriesInstanceUID for r in d.get("ReferencedSeriesSequence", [])]
+sys.exit(not (d.Modality == "SEG" and sys.argv[2] in refs))' "$tmp/o.dcm" "$1" && echo "$u"
+    done
+}
+
+# ---------------------------------------------------------------------------- a) two at once
+storescu -aec MMSEGD 127.0.0.1 "$port" +sd "$reg_dir" >"$tmp/scu1" 2>&1 &
+s1=$!
+storescu -aec MMSEGD 127.0.0.1 "$port" +sd "$tilt_dir" >"$tmp/scu2" 2>&1 &
+s2=$!
+wait $s1 && wait $s2 && result OK "a) both series sent at once on two associations" ||
+    result FAIL "a) both series sent at once on two associations"
+if wait_for 120 sends_done 4; then
+    result OK "a) both series became jobs and their SEGs reached Orthanc and the folder"
+else
+    result FAIL "a) both series became jobs and their SEGs reached Orthanc and the folder"
+    "$mmsegd" status -c "$tmp/mmsegd.ini" | sed 's/^/# /'
+fi
+[ "$(series_state "$reg")" = "done 1" ] && [ "$(series_state "$tilt")" = "done 1" ] &&
+    result OK "a) both series are done, run 1" ||
+    result FAIL "a) both series are done, run 1 ($(series_state "$reg"); $(series_state "$tilt"))"
+for v in regular tilt; do
+    u=$(uid_of $v)
+    d=$(dir_of $v)
+    seg=$(grep -l "$u" "$tmp"/folder/*.dcm 2>/dev/null | head -1)
+    if [ -n "$seg" ] && "$python" "$src/tests/seg_check.py" --model "$model" "$seg" \
+        "$tmp/nifti/$u.nii.gz" "$d" >"$tmp/check.$v" 2>&1; then
+        result OK "a) $v: the SEG in the folder encodes the labels of mmsegd segment (seg_check)"
+    else
+        result FAIL "a) $v: the SEG in the folder encodes the labels of mmsegd segment (seg_check)"
+        grep -v "^ok" "$tmp/check.$v" | sed 's/^/# /' | head -20
+    fi
+    if [ -n "$seg" ] && [ -x "$dciodvfy" ]; then
+        "$dciodvfy" "$seg" >"$tmp/vfy.$v" 2>&1
+        grep -q "^Error" "$tmp/vfy.$v" && result FAIL "a) $v: dciodvfy reports no error" ||
+            result OK "a) $v: dciodvfy reports no error ($(grep -c "^Warning" "$tmp/vfy.$v") warnings)"
+    else
+        result FAIL "a) $v: dciodvfy ran on the SEG"
+    fi
+    cnt=$(segs_of "$u" | wc -l)
+    study=$(dcmdump +P 0020,000d "$(ls "$d"/* | head -1)" | sed 's/.*\[\(.*\)\].*/\1/')
+    sstudy=$(dcmdump +P 0020,000d "$seg" 2>/dev/null | sed 's/.*\[\(.*\)\].*/\1/')
+    [ "$cnt" = 1 ] && [ "$sstudy" = "$study" ] &&
+        result OK "a) $v: Orthanc holds one SEG of it, in the series' study" ||
+        result FAIL "a) $v: Orthanc holds one SEG of it, in the series' study ($cnt; '$sstudy' vs '$study')"
+done
+
+# ---------------------------------------------------------------------------- b) late instance
+late=$(ls "$reg_dir"/* | head -1)
+cp "$late" "$tmp/late.dcm"
+dcmodify -nb -m "(0008,103E)=late correction" "$tmp/late.dcm" >/dev/null 2>&1
+storescu -aec MMSEGD 127.0.0.1 "$port" "$tmp/late.dcm" >"$tmp/scu3" 2>&1
+if wait_for 60 sends_done 6 && [ "$(series_state "$reg")" = "done 2" ]; then
+    result OK "b) the late instance re-opened the series; run 2 delivered"
+else
+    result FAIL "b) the late instance re-opened the series; run 2 delivered ($(series_state "$reg"))"
+fi
+numbers=$(for u in $(segs_of "$reg"); do
+    id=$(orthanc_find open "$u")
+    orthanc_get open "/instances/$id/tags?simplify" |
+        "$python" -c 'import json,sys; print(json.load(sys.stdin)["SeriesNumber"])'
+done | sort | tr '\n' ' ')
+[ "$numbers" = "9901 9902 " ] &&
+    result OK "b) Orthanc holds the first SEG and the superseding one (series numbers $numbers)" ||
+    result FAIL "b) Orthanc holds the first SEG and the superseding one (series numbers '$numbers')"
+
+# ---------------------------------------------------------------------------- c) killed
+storescu -aec MMSEGD 127.0.0.1 "$port" +sd "$shear_dir" >"$tmp/scu4" 2>&1
+if wait_for 30 grep -q "job [0-9]*: series $shear, run 1" "$tmp/log"; then
+    kill -9 "$pid"
+    wait "$pid" 2>/dev/null
+    pid=
+    result OK "c) the daemon is killed while the job of the third series runs"
+else
+    result FAIL "c) the job of the third series starts"
+fi
+state=$(sqlite3 "$tmp/state/state.db" "SELECT state FROM jobs WHERE series_uid = '$shear'")
+[ "$state" = running ] &&
+    result OK "c) its job is left running, without a result" ||
+    result FAIL "c) its job is left running, without a result (state '$state'; the kill came late)"
+start
+if wait_for 60 sends_done 8; then
+    result OK "c) after the restart the series runs again and is delivered"
+else
+    result FAIL "c) after the restart the series runs again and is delivered"
+fi
+jobs=$(sqlite3 "$tmp/state/state.db" "SELECT state || ' ' || run FROM jobs WHERE series_uid = '$shear' ORDER BY id" | tr '\n' ',')
+cnt=$(segs_of "$shear" | wc -l)
+[ "$jobs" = "interrupted 1,done 2," ] && [ "$cnt" = 1 ] &&
+    result OK "c) jobs: interrupted (run 1), done (run 2); Orthanc holds exactly one SEG of it" ||
+    result FAIL "c) jobs '$jobs'; Orthanc holds $cnt SEGs of it"
+stop
+grep -q "Sanitizer" "$tmp/log" &&
+    result FAIL "the daemon's log has no sanitizer report" ||
+    result OK "the daemon's log has no sanitizer report"
+if [ $failed = 1 ]; then
+    echo "# daemon log:"
+    sed 's/^/# /' "$tmp/log" | tail -40
+fi
+exit $failed
