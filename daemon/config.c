@@ -68,8 +68,8 @@ static const struct choice dest_types[] = {
 static const struct cfg_key main_keys[] = {
     {"daemon", "state_dir", T_PATH, OFF(daemon.state_dir), "/var/lib/mmsegd", 0, 0, NULL, 0},
     {"daemon", "log_level", T_ENUM, OFF(daemon.log_level), "info", 0, 0, log_levels, RELOAD},
-    {"daemon", "workers", T_UINT, OFF(daemon.workers), "2", 1, 64, NULL, NOTYET},
-    {"daemon", "metrics_listen", T_STR, OFF(daemon.metrics_listen), "", 0, 0, NULL, NOTYET},
+    {"daemon", "workers", T_UINT, OFF(daemon.workers), "2", 1, 64, NULL, 0},
+    {"daemon", "metrics_listen", T_STR, OFF(daemon.metrics_listen), "", 0, 0, NULL, 0},
 
     {"scp", "ae_title", T_AE, OFF(scp.ae_title), "MMSEGD", 0, 0, NULL, 0},
     {"scp", "bind", T_STR, OFF(scp.bind), "0.0.0.0", 0, 0, NULL, 0},

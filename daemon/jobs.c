@@ -311,6 +311,12 @@ on_done(uv_async_t *a)
     mms_jobs_kick(J);
 }
 
+const struct mms_engine *
+mms_jobs_engine(const struct mms_jobs *J)
+{
+    return J != NULL && J->engine_ok ? &J->engine : NULL;
+}
+
 size_t
 mms_jobs_running(const struct mms_jobs *J)
 {

@@ -23,6 +23,7 @@
 #include "daemon/index.h"
 #include "daemon/scheduler.h"
 #include "daemon/sender.h"
+#include "daemon/work.h"
 
 struct mms_jobs;
 
@@ -41,6 +42,9 @@ int mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sche
 
 /* The queue may have grown: start jobs while threads are free. */
 void mms_jobs_kick(struct mms_jobs *j);
+
+/* The engine the jobs run on; NULL when the model could not be loaded. */
+const struct mms_engine *mms_jobs_engine(const struct mms_jobs *j);
 
 /* Jobs running now. */
 size_t mms_jobs_running(const struct mms_jobs *j);

@@ -19,6 +19,7 @@
 #include "daemon/index.h"
 #include "daemon/intake.h"
 #include "daemon/jobs.h"
+#include "daemon/metrics.h"
 #include "daemon/scheduler.h"
 #include "daemon/sender.h"
 #include "daemon/spool.h"
@@ -43,6 +44,8 @@ struct daemon {
     bool intake_on;
     struct mms_sender *sender; /* the outbox to the destinations */
     struct mms_jobs *jobs;     /* queued series to results */
+    struct mms_metrics *metrics;
+    uint64_t received; /* instances stored since the start (any thread: atomic) */
 };
 
 /* sd_notify() is a no-op returning 0 outside systemd; a failure to reach systemd is worth a
@@ -190,6 +193,8 @@ stop(struct daemon *d, const char *why)
     uv_close((uv_handle_t *)&d->sighup, on_close);
     if (d->watchdog_on)
         uv_close((uv_handle_t *)&d->watchdog, on_close);
+    mms_metrics_stop(d->metrics);
+    d->metrics = NULL;
     mms_jobs_stop(d->jobs);
     d->jobs = NULL;
     mms_sender_stop(d->sender);
@@ -275,6 +280,7 @@ on_stored(void *ud, const char *series_uid)
 {
     struct daemon *d = ud;
     (void)series_uid;
+    __atomic_add_fetch(&d->received, 1, __ATOMIC_RELAXED);
     uv_async_send(&d->arrived);
 }
 
@@ -399,6 +405,139 @@ stop_intake(struct daemon *d)
     d->ix = NULL;
 }
 
+/* ---------------------------------------------------------------------------- metrics */
+
+#define N_STAGES 7
+
+struct scrape {
+    double now, oldest_queued, oldest_receiving, oldest_pending;
+    int64_t jobs[MMS_JOB_INTERRUPTED + 1];
+    struct mms_hist stage[N_STAGES];
+};
+
+static int
+scrape_series(void *ud, const struct mms_series_row *s)
+{
+    struct scrape *sc = ud;
+    if (s->state == MMS_SERIES_QUEUED && sc->now - s->state_since > sc->oldest_queued)
+        sc->oldest_queued = sc->now - s->state_since;
+    if (s->state == MMS_SERIES_RECEIVING && sc->now - s->first_received > sc->oldest_receiving)
+        sc->oldest_receiving = sc->now - s->first_received;
+    return 0;
+}
+
+static int
+scrape_job(void *ud, const struct mms_job_row *j)
+{
+    struct scrape *sc = ud;
+    if (j->state >= 0 && j->state <= MMS_JOB_INTERRUPTED)
+        sc->jobs[j->state]++;
+    if (j->state != MMS_JOB_DONE)
+        return 0;
+    const double v[N_STAGES] = {j->decode_s, j->wait_s,  j->preprocess_s, j->network_s,
+                                j->export_s, j->write_s, j->total_s};
+    for (int i = 0; i < N_STAGES; i++)
+        mms_hist_observe(&sc->stage[i], v[i]);
+    return 0;
+}
+
+static int
+scrape_send(void *ud, const struct mms_send_row *r)
+{
+    struct scrape *sc = ud;
+    if (sc->now - r->queued > sc->oldest_pending)
+        sc->oldest_pending = sc->now - r->queued;
+    return 0;
+}
+
+/* One metric's HELP and TYPE lines. */
+static void
+help(FILE *f, const char *name, const char *type, const char *text)
+{
+    fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, text, name, type);
+}
+
+/* The figures of design.md section 10, from the index (the rows `mmsegd status` reads) and
+ * the running daemon. Only our own text goes into label values. */
+static void
+fill_metrics(void *ud, FILE *f)
+{
+    struct daemon *d = ud;
+    struct scrape sc = {.now = mms_wall_s()};
+    int64_t instances = 0, series[MMS_SERIES_SKIPPED + 1] = {0}, sends[MMS_SEND_DEAD + 1] = {0};
+    char why[512];
+    bool ok = mms_index_counts(d->ix, &instances, series, why, sizeof why) == 0 &&
+              mms_index_send_counts(d->ix, sends, why, sizeof why) == 0 &&
+              mms_index_series(d->ix, scrape_series, &sc, why, sizeof why) == 0 &&
+              mms_index_jobs(d->ix, -1, scrape_job, &sc, why, sizeof why) == 0 &&
+              mms_index_sends(d->ix, MMS_SEND_PENDING, -1, scrape_send, &sc, why, sizeof why) == 0;
+    if (!ok)
+        mms_log(MMS_LOG_ERR, "metrics: %s", why);
+    help(f, "mmsegd_index_ok", "gauge", "1 when the state database was read for these figures.");
+    fprintf(f, "mmsegd_index_ok %d\n", ok ? 1 : 0);
+    help(f, "mmsegd_instances_received_total", "counter", "Instances stored since the start.");
+    fprintf(f, "mmsegd_instances_received_total %" PRIu64 "\n",
+            __atomic_load_n(&d->received, __ATOMIC_RELAXED));
+    help(f, "mmsegd_instances", "gauge", "Instances in the index.");
+    fprintf(f, "mmsegd_instances %" PRId64 "\n", instances);
+    help(f, "mmsegd_series", "gauge", "Series by state.");
+    for (int i = 0; i <= MMS_SERIES_SKIPPED; i++)
+        fprintf(f, "mmsegd_series{state=\"%s\"} %" PRId64 "\n", mms_series_state_name(i),
+                series[i]);
+    help(f, "mmsegd_queue_length", "gauge", "Series waiting for a job.");
+    fprintf(f, "mmsegd_queue_length %zu\n", mms_sched_queued(d->sched));
+    help(f, "mmsegd_oldest_queued_seconds", "gauge", "Age of the longest waiting queued series.");
+    fprintf(f, "mmsegd_oldest_queued_seconds %.3f\n", sc.oldest_queued);
+    help(f, "mmsegd_oldest_receiving_seconds", "gauge",
+         "Age of the oldest series still receiving.");
+    fprintf(f, "mmsegd_oldest_receiving_seconds %.3f\n", sc.oldest_receiving);
+    help(f, "mmsegd_jobs_running", "gauge", "Jobs running now.");
+    fprintf(f, "mmsegd_jobs_running %zu\n", mms_jobs_running(d->jobs));
+    help(f, "mmsegd_jobs", "gauge", "Jobs in the index by state.");
+    for (int i = 0; i <= MMS_JOB_INTERRUPTED; i++)
+        fprintf(f, "mmsegd_jobs{state=\"%s\"} %" PRId64 "\n", mms_job_state_name(i), sc.jobs[i]);
+    help(f, "mmsegd_job_stage_seconds", "histogram",
+         "Stage durations of the jobs done (wait: for the engine; output: SEG).");
+    static const char *const stages[N_STAGES] = {"decode", "wait",   "preprocess", "network",
+                                                 "export", "output", "total"};
+    for (int i = 0; i < N_STAGES; i++) {
+        char labels[64];
+        snprintf(labels, sizeof labels, "stage=\"%s\"", stages[i]);
+        mms_hist_print(f, "mmsegd_job_stage_seconds", labels, &sc.stage[i]);
+    }
+    help(f, "mmsegd_sends", "gauge", "Sends by state; dead ones are the dead letters.");
+    for (int i = 0; i <= MMS_SEND_DEAD; i++)
+        fprintf(f, "mmsegd_sends{state=\"%s\"} %" PRId64 "\n", mms_send_state_name(i), sends[i]);
+    help(f, "mmsegd_oldest_pending_send_seconds", "gauge",
+         "Age of the oldest send not delivered yet.");
+    fprintf(f, "mmsegd_oldest_pending_send_seconds %.3f\n", sc.oldest_pending);
+    help(f, "mmsegd_model_info", "gauge", "The model and backend in use (1), or none (0).");
+    const struct mms_engine *e = mms_jobs_engine(d->jobs);
+    if (e != NULL) {
+        const struct mms_card *card = mms_model_card(e->model);
+        fprintf(f, "mmsegd_model_info{name=\"%s\",version=\"%s\",sha256=\"%s\",backend=\"%s\"} 1\n",
+                card->name, card->version, mms_model_sha256(e->model), mms_backend_name(e->be));
+    } else {
+        fprintf(f, "mmsegd_model_info{name=\"\",version=\"\",sha256=\"\",backend=\"\"} 0\n");
+    }
+}
+
+static int
+start_metrics(struct daemon *d)
+{
+    const char *listen = d->cfg->daemon.metrics_listen;
+    char why[512];
+    if (listen == NULL || listen[0] == '\0')
+        return 0;
+    int rc = mms_metrics_start(&d->loop, listen, fill_metrics, d, &d->metrics, why, sizeof why);
+    if (rc < 0)
+        mms_log(MMS_LOG_ERR, "%s", why);
+    else
+        mms_log(MMS_LOG_NOTICE, "metrics on %s, port %u, at /metrics", listen,
+                mms_metrics_port(d->metrics));
+    return rc;
+}
+
 /* The sender, over the index start_intake() opened. Its destinations are those of the
  * configuration it starts with: changing them needs a restart. */
 static int
@@ -486,6 +625,8 @@ mms_serve(struct mms_config *cfg)
         mms_log(MMS_LOG_ERR, "%s", why);
         goto fail;
     }
+    if ((rc = start_metrics(&d)) < 0)
+        goto fail;
 
     mms_log(MMS_LOG_NOTICE, "mmsegd %s ready (pid %ld, config %s, state %s)", PACKAGE_VERSION,
             (long)getpid(), d.cfg->path, d.cfg->daemon.state_dir);
@@ -502,6 +643,7 @@ mms_serve(struct mms_config *cfg)
     return 0;
 
 fail:
+    mms_metrics_stop(d.metrics);
     mms_jobs_stop(d.jobs);
     mms_sender_stop(d.sender);
     stop_intake(&d);

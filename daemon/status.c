@@ -24,6 +24,8 @@
 #define W_REASON 36
 
 #define N_SEND_STATES (MMS_SEND_DEAD + 1)
+#define N_JOB_STATES (MMS_JOB_INTERRUPTED + 1)
+#define RECENT_JOBS 10
 #define W_JOB 6
 #define W_DEST 12
 #define W_NEXT 7
@@ -37,6 +39,9 @@ struct walk {
     bool no_memory;
     int64_t n_series, instances, counts[N_STATES];
     int64_t n_sends_shown, send_counts[N_SEND_STATES];
+    cJSON *jobs; /* json: the array */
+    int64_t n_jobs, job_counts[MMS_JOB_INTERRUPTED + 1];
+    struct mms_job_row recent[RECENT_JOBS]; /* text: the last jobs, a ring */
 };
 
 /* ---------------------------------------------------------------------------- text */
@@ -217,6 +222,34 @@ add_send(cJSON *array, const struct mms_send_row *r)
            add_text(o, "reason", r->reason);
 }
 
+static bool
+add_job(cJSON *array, const struct mms_job_row *j)
+{
+    cJSON *o = cJSON_CreateObject();
+    if (o == NULL || !cJSON_AddItemToArray(array, o)) {
+        cJSON_Delete(o);
+        return false;
+    }
+    const char *state = mms_job_state_name(j->state);
+    bool ok = cJSON_AddNumberToObject(o, "job", (double)j->id) != NULL &&
+              add_text(o, "series_uid", j->series_uid) &&
+              cJSON_AddNumberToObject(o, "run", (double)j->run) != NULL &&
+              add_text(o, "state", state != NULL ? state : "unknown") &&
+              add_text(o, "stage", j->stage) && add_text(o, "reason", j->reason) &&
+              cJSON_AddNumberToObject(o, "started", j->started) != NULL &&
+              cJSON_AddNumberToObject(o, "finished", j->finished) != NULL &&
+              cJSON_AddNumberToObject(o, "segments", (double)j->segments) != NULL &&
+              cJSON_AddNumberToObject(o, "frames", (double)j->frames) != NULL;
+    cJSON *t = ok ? cJSON_AddObjectToObject(o, "times") : NULL;
+    const char *names[] = {"decode_s", "wait_s",  "preprocess_s", "network_s",
+                           "export_s", "write_s", "total_s"};
+    const double v[] = {j->decode_s, j->wait_s,  j->preprocess_s, j->network_s,
+                        j->export_s, j->write_s, j->total_s};
+    for (int i = 0; t != NULL && i < 7; i++)
+        ok = ok && cJSON_AddNumberToObject(t, names[i], v[i]) != NULL;
+    return ok && t != NULL;
+}
+
 /* ---------------------------------------------------------------------------- walk */
 
 static int
@@ -273,6 +306,49 @@ on_send(void *ud, const struct mms_send_row *r)
     return 0;
 }
 
+/* Every job in JSON; in the table the last RECENT_JOBS and the counts. */
+static int
+on_job(void *ud, const struct mms_job_row *j)
+{
+    struct walk *w = ud;
+    if (j->state >= 0 && j->state < N_JOB_STATES)
+        w->job_counts[j->state]++;
+    if (w->json) {
+        if (!add_job(w->jobs, j)) {
+            w->no_memory = true;
+            return 1;
+        }
+    } else {
+        w->recent[w->n_jobs % RECENT_JOBS] = *j;
+    }
+    w->n_jobs++;
+    return 0;
+}
+
+static void
+print_jobs(FILE *f, const struct walk *w)
+{
+    int64_t first = w->n_jobs > RECENT_JOBS ? w->n_jobs - RECENT_JOBS : 0;
+    if (w->n_jobs > 0)
+        fprintf(f, "\n%*s  %-11s  %4s  %-6s  %7s  %7s  %-*s  %s\n", W_JOB, "JOB", "JOB STATE",
+                "RUN", "STAGE", "TOTAL", "NETWORK", W_REASON, "REASON", "SERIES UID");
+    for (int64_t i = first; i < w->n_jobs; i++) {
+        const struct mms_job_row *j = &w->recent[i % RECENT_JOBS];
+        const char *state = mms_job_state_name(j->state);
+        fprintf(f, "%*lld  %-11s  %4lld  %-6s  %6.1fs  %6.1fs  ", W_JOB, (long long)j->id,
+                state != NULL ? state : "?", (long long)j->run, j->stage[0] ? j->stage : "-",
+                j->total_s, j->network_s);
+        cell(f, j->reason[0] != '\0' ? j->reason : "-", W_REASON, false);
+        cell(f, j->series_uid, 0, true);
+        fputc('\n', f);
+    }
+    fprintf(f, "%s%lld job%s:", w->n_jobs > 0 ? "\n" : "", (long long)w->n_jobs,
+            w->n_jobs == 1 ? "" : "s");
+    for (int i = 0; i < N_JOB_STATES; i++)
+        fprintf(f, "%s %s %lld", i ? "," : "", mms_job_state_name(i), (long long)w->job_counts[i]);
+    fputc('\n', f);
+}
+
 static void
 print_send_counts(FILE *f, const struct walk *w)
 {
@@ -317,7 +393,13 @@ json_root(struct walk *w)
     for (int i = 0; i < N_SEND_STATES; i++)
         if (cJSON_AddNumberToObject(counts, mms_send_state_name(i), 0) == NULL)
             goto fail;
-    if ((w->sends = cJSON_AddArrayToObject(root, "sends")) == NULL)
+    if ((w->sends = cJSON_AddArrayToObject(root, "sends")) == NULL ||
+        (counts = cJSON_AddObjectToObject(root, "job_counts")) == NULL)
+        goto fail;
+    for (int i = 0; i < N_JOB_STATES; i++)
+        if (cJSON_AddNumberToObject(counts, mms_job_state_name(i), 0) == NULL)
+            goto fail;
+    if ((w->jobs = cJSON_AddArrayToObject(root, "jobs")) == NULL)
         goto fail;
     return root;
 fail:
@@ -337,6 +419,10 @@ json_figures(const struct walk *w, cJSON *root)
     for (int i = 0; i < N_SEND_STATES; i++)
         cJSON_SetNumberValue(cJSON_GetObjectItemCaseSensitive(counts, mms_send_state_name(i)),
                              (double)w->send_counts[i]);
+    counts = cJSON_GetObjectItemCaseSensitive(root, "job_counts");
+    for (int i = 0; i < N_JOB_STATES; i++)
+        cJSON_SetNumberValue(cJSON_GetObjectItemCaseSensitive(counts, mms_job_state_name(i)),
+                             (double)w->job_counts[i]);
 }
 
 int
@@ -378,6 +464,12 @@ mms_status_print(const char *state_dir, bool json, FILE *out, char *why, size_t 
     }
     if (!json)
         print_counts(w.out, &w);
+    if ((rc = mms_index_jobs(ix, -1, on_job, &w, reason, sizeof reason)) < 0) {
+        rc = mms_why(why, why_len, rc, "%s: %s", path, reason);
+        goto out;
+    }
+    if (!json)
+        print_jobs(w.out, &w);
     if ((rc = mms_index_sends(ix, -1, -1, on_send, &w, reason, sizeof reason)) < 0) {
         rc = mms_why(why, why_len, rc, "%s: %s", path, reason);
         goto out;

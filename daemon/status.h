@@ -10,15 +10,20 @@
 /* Open state_dir/state.db read-only (it may be in use by a running daemon) and print on out
  * every series (ordered by first received: state, age of its last instance, instances,
  * modality, description, reason, Series Instance UID), the number of series in each state
- * and of instances, then the sends not delivered yet (state, job, destination, attempts, time
+ * and of instances, the last 10 jobs (number, state, run, stage reached, total and network
+ * seconds, reason, series) and the number of jobs in each state, then the sends not
+ * delivered yet (state, job, destination, attempts, time
  * to the next attempt, reason, source series) and the number of sends in each state; with
  * json, one JSON object instead:
  * {"instances": N, "counts": {"receiving": n, ...}, "series": [{"series_uid", "study_uid",
  * "state", "reason", "instances", "first_received", "last_received", "state_since", "run",
  * "modality", "series_description"}, ...], "send_counts": {"pending": n, "done": n,
  * "dead": n}, "sends": [{"job", "destination", "series_uid", "state", "attempts", "queued",
- * "next_attempt", "last_attempt", "state_since", "reason"}, ...]} (every send; times in
- * seconds since the epoch).
+ * "next_attempt", "last_attempt", "state_since", "reason"}, ...], "job_counts": {"running": n,
+ * "done": n, "failed": n, "interrupted": n}, "jobs": [{"job", "series_uid", "run", "state",
+ * "stage", "reason", "started", "finished", "segments", "frames", "times": {"decode_s",
+ * "wait_s", "preprocess_s", "network_s", "export_s", "write_s", "total_s"}}, ...]} (every
+ * send and job; times in seconds since the epoch).
  * Received text is printed with control characters and invalid UTF-8 replaced.
  * Returns 0; MMS_ENOENT when there is no database (why: "no state database at PATH (the
  * daemon has not run yet)"); MMS_EIO (database unreadable, or out could not be written),

@@ -34,11 +34,12 @@ cleanup() {
     for k in "${!opid[@]}"; do
         kill -CONT "${opid[$k]}" 2>/dev/null
         kill -9 "${opid[$k]}" 2>/dev/null
+        wait "${opid[$k]}" 2>/dev/null
     done
     [ -n "${KEEP:-}" ] && echo "# kept $tmp" || rm -rf "$tmp"
 }
 trap cleanup EXIT
-echo "1..19"
+echo "1..21"
 
 # ---------------------------------------------------------------------------- inputs
 "$python" "$src/tools/mmunet/phantom_series.py" write --seed 1000 --out "$tmp/ph" \
@@ -61,11 +62,13 @@ orthanc_config open ""
 orthanc_start open && result OK "Orthanc listens (DICOM $dicom_open)" ||
     { result FAIL "Orthanc listens"; exit 1; }
 port=$(free_port)
+mport=$(free_port)
 mkdir -p "$tmp/folder"
 cat >"$tmp/mmsegd.ini" <<INI
 [daemon]
 state_dir = $tmp/state
 workers = 2
+metrics_listen = 127.0.0.1:$mport
 [scp]
 bind = 127.0.0.1
 port = $port
@@ -116,6 +119,14 @@ sys.exit(not (d.Modality == "SEG" and sys.argv[2] in refs))' "$tmp/o.dcm" "$1" &
     done
 }
 
+# metric NAME: its value in the Prometheus endpoint (NAME with its labels, as printed)
+metric() {
+    curl -sf "http://127.0.0.1:$mport/metrics" | awk -v m="$1" '$1 == m {print $2}'
+}
+before="$(metric mmsegd_instances_received_total) $(metric 'mmsegd_jobs{state="done"}') $(metric 'mmsegd_sends{state="done"}')"
+[ "$before" = "0 0 0" ] && result OK "metrics: nothing received, no job, no send yet ($before)" ||
+    result FAIL "metrics: nothing received, no job, no send yet ('$before')"
+
 # ---------------------------------------------------------------------------- a) two at once
 storescu -aec MMSEGD 127.0.0.1 "$port" +sd "$reg_dir" >"$tmp/scu1" 2>&1 &
 s1=$!
@@ -157,6 +168,11 @@ for v in regular tilt; do
         result OK "a) $v: Orthanc holds one SEG of it, in the series' study" ||
         result FAIL "a) $v: Orthanc holds one SEG of it, in the series' study ($cnt; '$sstudy' vs '$study')"
 done
+
+after="$(metric mmsegd_instances_received_total) $(metric 'mmsegd_jobs{state="done"}') $(metric 'mmsegd_sends{state="done"}') $(metric 'mmsegd_job_stage_seconds_count{stage="network"}') $(metric 'mmsegd_model_info{name="mmunet-demo-ct",version="0.1.0",sha256="'"$(sha256sum <"$model" | cut -c1-64)"'",backend="cpu"}')"
+[ "$after" = "120 2 4 2 1" ] &&
+    result OK "metrics: 120 instances, 2 jobs done, 4 sends done, 2 network timings, the model ($after)" ||
+    result FAIL "metrics: 120 instances, 2 jobs done, 4 sends done, 2 network timings, the model ('$after')"
 
 # ---------------------------------------------------------------------------- b) late instance
 late=$(ls "$reg_dir"/* | head -1)

@@ -39,6 +39,7 @@ cleanup() {
     for k in "${!opid[@]}"; do
         kill -CONT "${opid[$k]}" 2>/dev/null
         kill -9 "${opid[$k]}" 2>/dev/null
+        wait "${opid[$k]}" 2>/dev/null
     done
     [ -n "${KEEP:-}" ] && echo "# kept $tmp" || rm -rf "$tmp"
 }
