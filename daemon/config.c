@@ -102,7 +102,7 @@ static const struct cfg_key main_keys[] = {
     {"series", "decode_threads", T_UINT, OFF(series.decode_threads), "0", 0, 256, NULL, 0},
 
     {"infer", "model", T_PATH, OFF(infer.model), "/usr/share/mmsegd/models/demo.safetensors", 0, 0,
-     NULL, 0},
+     NULL, RELOAD},
     {"infer", "backend", T_ENUM, OFF(infer.backend), "auto", 0, 0, backends, 0},
     {"infer", "device", T_UINT, OFF(infer.device), "0", 0, 63, NULL, 0},
     {"infer", "threads", T_UINT, OFF(infer.threads), "0", 0, 1024, NULL, 0},

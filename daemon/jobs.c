@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/clock.h"
@@ -35,6 +36,13 @@ struct mms_jobs {
     struct mms_work_opts wo;
     struct mms_engine engine;
     bool engine_ok;
+    /* the model file and how to open it again on SIGHUP */
+    char *model_path;
+    const char *backend;
+    int device, threads;
+    struct stat model_st;   /* of the file the engine was loaded from */
+    struct mms_engine next; /* loaded on SIGHUP, waiting for the running jobs to end */
+    bool swap_pending;
     pthread_mutex_t infer_mu; /* one inference at a time on the engine */
     pthread_mutex_t mu;
     pthread_cond_t wake;
@@ -268,11 +276,31 @@ worker_main(void *arg)
 
 /* ---------------------------------------------------------------------------- the loop */
 
+/* Put the engine loaded on SIGHUP in place once no job uses the old one. */
+static void
+try_swap(struct mms_jobs *J)
+{
+    if (!J->swap_pending || mms_jobs_running(J) > 0)
+        return;
+    if (J->engine_ok)
+        mms_engine_close(&J->engine);
+    J->engine = J->next;
+    memset(&J->next, 0, sizeof J->next);
+    J->engine_ok = true;
+    J->swap_pending = false;
+    const struct mms_card *card = mms_model_card(J->engine.model);
+    mms_log(MMS_LOG_NOTICE, "reload: now using model %s %s, sha256 %s", card->name, card->version,
+            mms_model_sha256(J->engine.model));
+}
+
 void
 mms_jobs_kick(struct mms_jobs *J)
 {
     char why[1024], series[65];
-    if (J == NULL || !J->engine_ok || J->stopping)
+    if (J == NULL || J->stopping)
+        return;
+    try_swap(J);
+    if (!J->engine_ok || J->swap_pending) /* no model, or a new one waiting to take over */
         return;
     for (size_t i = 0; i < J->n_workers; i++) {
         struct jworker *w = &J->w[i];
@@ -328,11 +356,69 @@ mms_jobs_running(const struct mms_jobs *J)
 
 /* ---------------------------------------------------------------------------- start, stop */
 
+static bool
+same_file(const struct stat *a, const struct stat *b)
+{
+    return a->st_dev == b->st_dev && a->st_ino == b->st_ino && a->st_size == b->st_size &&
+           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
+}
+
+void
+mms_jobs_reload_model(struct mms_jobs *J, const char *model)
+{
+    struct stat st;
+    char why[1024];
+    if (J == NULL || J->stopping)
+        return;
+    bool same_path = strcmp(model, J->model_path) == 0;
+    if (stat(model, &st) != 0) {
+        mms_log(MMS_LOG_ERR, "reload: model %s: %s; keeping the running model", model,
+                mms_strerror(mms_err_errno()));
+        return;
+    }
+    if (same_path && same_file(&st, &J->model_st) && J->engine_ok)
+        return; /* unchanged */
+    struct mms_engine e;
+    if (mms_engine_open(model, J->backend, J->device, J->threads, &e, why, sizeof why) < 0) {
+        mms_engine_close(&e);
+        mms_log(MMS_LOG_ERR, "reload: %s; keeping the %s", why,
+                J->engine_ok ? "running model" : "queue waiting");
+        return;
+    }
+    char *path = strdup(model);
+    if (path == NULL) {
+        mms_engine_close(&e);
+        mms_log(MMS_LOG_ERR, "reload: out of memory; keeping the running model");
+        return;
+    }
+    free(J->model_path);
+    J->model_path = path;
+    J->model_st = st;
+    if (J->engine_ok && strcmp(mms_model_sha256(e.model), mms_model_sha256(J->engine.model)) == 0) {
+        mms_engine_close(&e);
+        mms_log(MMS_LOG_INFO, "reload: model %s has the same SHA-256; nothing changes", model);
+        return;
+    }
+    if (J->swap_pending)
+        mms_engine_close(&J->next);
+    J->next = e;
+    J->swap_pending = true;
+    if (mms_jobs_running(J) > 0)
+        mms_log(MMS_LOG_NOTICE,
+                "reload: model %s loaded; it takes over when the %zu running "
+                "job%s end",
+                model, mms_jobs_running(J), mms_jobs_running(J) == 1 ? "s" : "");
+    mms_jobs_kick(J);
+}
+
 static void
 free_jobs(struct mms_jobs *J)
 {
     if (J->engine_ok || J->engine.model != NULL)
         mms_engine_close(&J->engine);
+    if (J->swap_pending)
+        mms_engine_close(&J->next);
+    free(J->model_path);
     for (int i = 0; i < J->n_dests; i++)
         free(J->dests[i]);
     free(J->dests);
@@ -380,6 +466,15 @@ mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sched,
         return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
     }
     J->wo.seg_description = J->description;
+    J->backend = backend; /* a static string */
+    J->device = (int)cfg->infer.device;
+    J->threads = (int)cfg->infer.threads;
+    if ((J->model_path = strdup(cfg->infer.model)) == NULL) {
+        free_jobs(J);
+        return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+    }
+    if (stat(J->model_path, &J->model_st) != 0)
+        memset(&J->model_st, 0, sizeof J->model_st);
 
     char ewhy[1024];
     double t0 = mms_mono_s();

@@ -9,8 +9,11 @@
  * reason. The SEG's UIDs come from (source series, model SHA-256, run): a late instance
  * re-opens the series and its next job writes a SEG of the next run that supersedes it.
  *
- * The model is loaded once, at start. When it cannot be loaded the daemon keeps receiving and
- * the series stay queued, with the reason logged; they run after a restart with a valid model.
+ * The model is loaded at start. When it cannot be loaded the daemon keeps receiving and the
+ * series stay queued, with the reason logged. On SIGHUP a changed model file (or [infer] model
+ * naming another file) is loaded and checked first; it takes over once the running jobs have
+ * ended (no new job starts meanwhile), and a file that does not load leaves the running model
+ * in place.
  * Threads: the functions below run on the loop thread (mms_jobs_recover before the loop). */
 #ifndef MMS_DAEMON_JOBS_H
 #define MMS_DAEMON_JOBS_H
@@ -42,6 +45,9 @@ int mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sche
 
 /* The queue may have grown: start jobs while threads are free. */
 void mms_jobs_kick(struct mms_jobs *j);
+
+/* SIGHUP: load the model file at path when it changed (see above). */
+void mms_jobs_reload_model(struct mms_jobs *j, const char *model);
 
 /* The engine the jobs run on; NULL when the model could not be loaded. */
 const struct mms_engine *mms_jobs_engine(const struct mms_jobs *j);

@@ -149,8 +149,9 @@ reload(struct daemon *d)
     }
     mms_config_restart_keys(d->cfg, next, report_restart_key, NULL);
     /* A key that needs a restart keeps its old value until then: the new config is adopted
-     * for the keys a running daemon can apply, which today is log_level. */
+     * for the keys a running daemon can apply: log_level and the model file. */
     mms_log_set_level(next->daemon.log_level);
+    mms_jobs_reload_model(d->jobs, next->infer.model);
     free(next->daemon.state_dir);
     next->daemon.state_dir = strdup(d->cfg->daemon.state_dir);
     if (next->daemon.state_dir == NULL) {
@@ -168,8 +169,8 @@ reload(struct daemon *d)
     d->cfg->n_dests = n_dests;
     mms_config_free(d->cfg);
     d->cfg = next;
-    mms_log(MMS_LOG_NOTICE, "configuration reloaded from %s (log_level %s)", d->cfg->path,
-            mms_log_level_name(d->cfg->daemon.log_level));
+    mms_log(MMS_LOG_NOTICE, "configuration reloaded from %s (log_level %s, model %s)", d->cfg->path,
+            mms_log_level_name(d->cfg->daemon.log_level), d->cfg->infer.model);
     notify_status(d, "ready");
     notify("READY=1");
 }

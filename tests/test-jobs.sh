@@ -39,7 +39,7 @@ cleanup() {
     [ -n "${KEEP:-}" ] && echo "# kept $tmp" || rm -rf "$tmp"
 }
 trap cleanup EXIT
-echo "1..21"
+echo "1..23"
 
 # ---------------------------------------------------------------------------- inputs
 "$python" "$src/tools/mmunet/phantom_series.py" write --seed 1000 --out "$tmp/ph" \
@@ -218,6 +218,24 @@ cnt=$(segs_of "$shear" | wc -l)
 [ "$jobs" = "interrupted 1,done 2," ] && [ "$cnt" = 1 ] &&
     result OK "c) jobs: interrupted (run 1), done (run 2); Orthanc holds exactly one SEG of it" ||
     result FAIL "c) jobs '$jobs'; Orthanc holds $cnt SEGs of it"
+# ---------------------------------------------------------------------------- d) SIGHUP
+# a model file that does not load is refused; another valid model takes over
+tiny=$(cd "$src" && pwd)/tests/fixtures/mmunet/tiny-shared.safetensors
+sed -i "s|^model = .*|model = $tmp/broken.safetensors|" "$tmp/mmsegd.ini"
+echo "not a model" >"$tmp/broken.safetensors"
+kill -HUP "$pid"
+wait_for 10 grep -q "reload: model $tmp/broken.safetensors: .*keeping the running model" "$tmp/log" &&
+    result OK "d) SIGHUP with a model file that does not load: the running model stays" ||
+    result FAIL "d) SIGHUP with a model file that does not load: the running model stays"
+sed -i "s|^model = .*|model = $tiny|" "$tmp/mmsegd.ini"
+kill -HUP "$pid"
+tiny_sha=$(sha256sum <"$tiny" | cut -c1-64)
+if wait_for 10 grep -q "reload: now using model .* sha256 $tiny_sha" "$tmp/log" &&
+    curl -sf "http://127.0.0.1:$mport/metrics" | grep -q "sha256=\"$tiny_sha\""; then
+    result OK "d) SIGHUP with another model: it takes over (metrics name its SHA-256)"
+else
+    result FAIL "d) SIGHUP with another model: it takes over"
+fi
 stop
 grep -q "Sanitizer" "$tmp/log" &&
     result FAIL "the daemon's log has no sanitizer report" ||
