@@ -184,7 +184,7 @@ run_job(struct jworker *w)
     struct files f = {0};
     struct mms_header *hdr = NULL;
     struct mms_work_result wr;
-    char why[1024] = "", seg_series[65], sop[65], tmp[4400] = "";
+    char why[1024] = "", seg_series[65], sop[65], tmp[4400] = "", png[4400] = "";
     memset(&wr, 0, sizeof wr);
 
     mms_log(MMS_LOG_INFO, "job %" PRId64 ": series %s, run %" PRId64, j.id, j.series_uid, j.run);
@@ -195,22 +195,30 @@ run_job(struct jworker *w)
         wo.infer_mu = &J->infer_mu;
         mms_work_seg_uids(J->engine.model, j.series_uid, (int)j.run, seg_series, sop);
         snprintf(tmp, sizeof tmp, "%s/tmp/%s.dcm", J->state_dir, sop);
+        snprintf(png, sizeof png, "%s/tmp/%s.png", J->state_dir, sop);
         wo.seg_path = tmp;
+        wo.preview_path = png;
         rc = mms_work_series(&J->engine, (const char *const *)f.paths, hdr, f.n, &wo, &wr, why,
                              sizeof why);
     }
     int sent_to = 0;
     if (rc == 0 && wr.seg_written) {
-        const char *p = tmp;
-        rc = mms_outbox_put(J->state_dir, J->ix, j.id, j.series_uid, &p, 1,
-                            (const char *const *)J->dests, J->n_dests, mms_wall_s(), why,
-                            sizeof why);
+        const char *files[2] = {tmp, png};
+        rc = mms_outbox_put(J->state_dir, J->ix, j.id, j.series_uid, files,
+                            wr.preview_written ? 2 : 1, (const char *const *)J->dests, J->n_dests,
+                            mms_wall_s(), why, sizeof why);
         if (rc < 0)
             wr.stage = MMS_STAGE_OUTPUT;
+        else
+            mms_log(MMS_LOG_INFO, "job %" PRId64 ": SEG %s/outbox/%" PRId64 "/%s.dcm%s%s", j.id,
+                    J->state_dir, j.id, sop, wr.preview_written ? ", preview " : "",
+                    wr.preview_written ? strrchr(png, '/') + 1 : "");
         sent_to = J->n_dests;
     }
-    if (rc < 0 && tmp[0] != '\0')
+    if (tmp[0] != '\0' && (rc < 0 || !wr.seg_written)) {
         unlink(tmp);
+        unlink(png);
+    }
 
     double now = mms_wall_s();
     j.finished = now;

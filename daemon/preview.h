@@ -29,8 +29,12 @@ struct mms_preview_result {
  * directory, fsynced and renamed into place (the directory is fsynced too). The planes go
  * through the centroid of all labelled voxels (the axial ones at 25, 50 and 75 % of their
  * extent along the body axis), through the middle of the volume when nothing is labelled; they
- * are resampled to their true aspect ratio and oriented from v->dir and v->normal: head up,
- * anterior up in axial, the patient's right on the image's left (radiological convention).
+ * are resampled to their true aspect ratio and oriented from v->dir, v->normal and the slice
+ * positions (v->pos_mm, v->ipp, when present): head up, anterior up in axial, the patient's
+ * right on the image's left (radiological convention), anterior on the left in sagittal. A grid
+ * at an angle to the patient axes, or sheared by a gantry tilt, is resampled in patient
+ * coordinates (black outside the grid). The CT is shown at W 400 / L 40 HU, each label blended
+ * over it at 45 % in the card's colour, with a darker outline.
  * The legend names the labels with card's segment_label (a label the card lacks is "label N").
  * res (may be NULL) receives the labels present and the picture's size, on success only.
  * Ownership: everything is borrowed; nothing is kept after the call.

@@ -66,7 +66,7 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
 
     const char **paths = malloc((size_t)n * sizeof *paths);
     struct mms_header *h = malloc((size_t)n * sizeof *h);
-    char why[1024] = "", nifti[4096] = "", segpath[4200] = "";
+    char why[1024] = "", nifti[4096] = "", segpath[4200] = "", pngpath[4200] = "";
     struct mms_work_result wr;
     memset(&wr, 0, sizeof wr);
     int rc = MMS_ENOMEM;
@@ -89,7 +89,9 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
         char base[4096];
         mms_series_nifti_path(o->seg_dir, h0->series_uid, number, base, sizeof base);
         snprintf(segpath, sizeof segpath, "%.*s.seg.dcm", (int)(strlen(base) - 7), base);
+        snprintf(pngpath, sizeof pngpath, "%.*s.png", (int)(strlen(base) - 7), base);
         wo.seg_path = segpath;
+        wo.preview_path = pngpath;
     }
     if ((rc = mms_work_series(e, paths, h, n, &wo, &wr, why, sizeof why)) < 0)
         goto out;
@@ -139,6 +141,8 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
             cJSON_AddStringToObject(js, "nifti", nifti);
         if (segpath[0] != '\0') {
             cJSON_AddStringToObject(js, "seg", segpath);
+            if (wr.preview_written)
+                cJSON_AddStringToObject(js, "preview", pngpath);
             cJSON_AddNumberToObject(js, "seg_segments", sr.segments);
             cJSON_AddNumberToObject(js, "seg_frames", (double)sr.frames);
         }
@@ -157,6 +161,8 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
         if (segpath[0] != '\0')
             fprintf(out, "  seg: %s (%d segments, %lld frames)\n", segpath, sr.segments,
                     (long long)sr.frames);
+        if (segpath[0] != '\0' && wr.preview_written)
+            fprintf(out, "  preview: %s\n", pngpath);
     }
     rc = 0;
 out:

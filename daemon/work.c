@@ -240,6 +240,14 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
             r->seg_written = true;
         }
     }
+    if (o->preview_path != NULL) {
+        char pwhy[512];
+        if (mms_preview_write(v, labels, mms_model_card(e->model), o->preview_path, &r->preview,
+                              pwhy, sizeof pwhy) == 0)
+            r->preview_written = true;
+        else
+            mms_log(MMS_LOG_WARNING, "preview %s not written: %s", o->preview_path, pwhy);
+    }
     r->write_s = mms_mono_s() - t3;
     rc = 0;
 out:

@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 #include "daemon/config.h"
+#include "daemon/preview.h"
 #include "dicom/dicom.h"
 #include "dicom/seg.h"
 #include "infer/infer.h"
@@ -47,8 +48,9 @@ struct mms_work_opts {
     int run;                   /* the run number in the SEG's UIDs (design.md section 3) */
     bool keep_empty_frames;    /* [seg] empty_frames = keep */
     const char *seg_description;
-    const char *seg_path;   /* write the SEG here (through a temporary file), or NULL */
-    const char *nifti_path; /* write the labels here as NIfTI, or NULL */
+    const char *seg_path;     /* write the SEG here (through a temporary file), or NULL */
+    const char *nifti_path;   /* write the labels here as NIfTI, or NULL */
+    const char *preview_path; /* write the preview PNG here, or NULL */
 };
 
 struct mms_work_result {
@@ -62,6 +64,8 @@ struct mms_work_result {
     int64_t count[256];                        /* voxels per label */
     bool seg_written;                          /* false when no organ was found (not a failure) */
     struct mms_seg_result seg;
+    bool preview_written; /* a preview that fails is logged, not a failure */
+    struct mms_preview_result preview;
 };
 
 /* The options of the configuration's [series], [infer] and [seg] sections (max_memory_mb 0:

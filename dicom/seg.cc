@@ -3,17 +3,33 @@
 // One BINARY segmentation: a segment per label present, frames in segment order and, within a
 // segment, in slice order; each frame references its source CT instance (and frame) and
 // carries the source slice's position, so a tilted or irregular stack keeps its geometry.
-// DCMTK 3.6.7 leaves the Common Instance Reference module empty: the Referenced Series
-// Sequence is added to the data set before it is saved. Threads: any.
+// dcmseg writes the data set from one frame per segment: the modules, the segments, the
+// shared functional groups and the dimensions. The frames are then put into that data set
+// with dcmdata: the Per-frame Functional Groups Sequence (the items dcmseg writes, built in
+// place: its per-frame objects, copied for every frame, took most of the time), Number of
+// Frames and Pixel Data, whose value DCMTK reads as it writes the file from a stream that
+// packs the frames from the labels, so they are never held whole in memory (DCMTK 3.6.7's own
+// concatenation of bit-packed frames loses bits when rows x columns is not a multiple of 8).
+// DCMTK 3.6.7 also leaves the Common Instance Reference module empty: the Referenced Series
+// Sequence is added before the data set is saved. The file is written through a buffer into
+// a descriptor whose written part is handed to writeback as it grows, then synced. Threads:
+// any.
 #include "dicom/seg.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 #include <memory>
+#include <new>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "common/err.h"
@@ -22,9 +38,21 @@
 
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
+#include <dcmtk/dcmdata/dcistrma.h>
 #include <dcmtk/dcmdata/dcitem.h>
+#include <dcmtk/dcmdata/dcostrma.h>
 #include <dcmtk/dcmdata/dcsequen.h>
 #include <dcmtk/dcmdata/dcuid.h>
+#include <dcmtk/dcmdata/dcvrcs.h>
+#include <dcmtk/dcmdata/dcvrds.h>
+#include <dcmtk/dcmdata/dcvris.h>
+#include <dcmtk/dcmdata/dcvrlo.h>
+#include <dcmtk/dcmdata/dcvrsh.h>
+#include <dcmtk/dcmdata/dcvrst.h>
+#include <dcmtk/dcmdata/dcvrui.h>
+#include <dcmtk/dcmdata/dcvrul.h>
+#include <dcmtk/dcmdata/dcvrus.h>
+#include <dcmtk/dcmdata/dcwcache.h>
 #include <dcmtk/dcmfg/fgderimg.h>
 #include <dcmtk/dcmfg/fgfracon.h>
 #include <dcmtk/dcmfg/fgpixmsr.h>
@@ -37,6 +65,30 @@
 
 namespace
 {
+
+// What each frame's Derivation Image Sequence says (dcmseg's codes).
+const char derivation_description[] = "Segmentation by MM-UNet";
+
+// One frame: segment u (index into the segments written) on slice k, whose label lab occurs
+// on rows r0 to r1 of the slice (r0 < 0: nowhere, an empty frame kept).
+struct frame {
+    int u;
+    int64_t k;
+    uint8_t lab;
+    int32_t r0, r1;
+};
+
+// What the Pixel Data value is made of: the frames, one bit per pixel, least significant bit
+// first, each frame starting where the previous one ended, then zero bits to len bytes (an
+// even number). It is generated as DCMTK writes it (pixel_stream below), so the packed frames
+// are never held in memory as a whole.
+struct pixel_source {
+    const uint8_t *labels; // slice k, row j, column i
+    size_t cols, plane;
+    std::vector<frame> frames;
+    size_t data; // bytes holding frame bits: (plane x frames + 7) / 8
+    size_t len;  // data and padding
+};
 
 // A decimal string of v as DICOM DS wants it (at most 16 characters).
 std::string
@@ -57,6 +109,154 @@ fail(char *why, size_t why_len, const char *what, const OFCondition &c)
     return mms_why(why, why_len, MMS_EDICOM, "%s: %s", what, c.text());
 }
 
+// e, given the value text, appended to item (callers append in tag order, so the insertion
+// finds its place at the end at once). e is consumed.
+OFCondition
+put(DcmItem &item, DcmElement *e, const char *text)
+{
+    OFCondition c = e->putString(text);
+    if (c.good())
+        c = item.insert(e);
+    if (c.bad())
+        delete e;
+    return c;
+}
+
+// A sequence key with one new, empty item, appended to item; that item in *out.
+OFCondition
+put_item(DcmItem &item, const DcmTagKey &key, DcmItem **out)
+{
+    std::unique_ptr<DcmSequenceOfItems> sq(new DcmSequenceOfItems(DcmTag(key, EVR_SQ)));
+    std::unique_ptr<DcmItem> it(new DcmItem());
+    OFCondition c = sq->append(it.get());
+    if (c.bad())
+        return c;
+    *out = it.release();
+    c = item.insert(sq.get());
+    if (c.good())
+        sq.release();
+    return c;
+}
+
+// A code sequence key of one item (Code Value, Coding Scheme Designator, Code Meaning).
+OFCondition
+put_code(DcmItem &item, const DcmTagKey &key, const char *value, const char *scheme,
+         const char *meaning)
+{
+    DcmItem *code = NULL;
+    OFCondition c = put_item(item, key, &code);
+    if (c.good())
+        c = put(*code, new DcmShortString(DcmTag(DCM_CodeValue, EVR_SH)), value);
+    if (c.good())
+        c = put(*code, new DcmShortString(DcmTag(DCM_CodingSchemeDesignator, EVR_SH)), scheme);
+    if (c.good())
+        c = put(*code, new DcmLongString(DcmTag(DCM_CodeMeaning, EVR_LO)), meaning);
+    return c;
+}
+
+// The item of the Per-frame Functional Groups Sequence of one frame, appended to per, with
+// the content dcmseg gives it: Derivation Image (the source instance, its frame when the
+// source is multi-frame, Spatial Locations Preserved YES: the frame lies on the source grid,
+// which readers such as highdicom need), Frame Content (dimension index values: segment
+// number, slice number), Plane Position (ipp: "x\y\z"), Segment Identification.
+OFCondition
+put_frame(DcmSequenceOfItems &per, const struct mms_volume_src *src, const char *ipp,
+          Uint16 segment, Uint32 slice)
+{
+    std::unique_ptr<DcmItem> own(new DcmItem());
+    DcmItem *fr = own.get();
+    OFCondition c = per.append(fr);
+    if (c.bad())
+        return c;
+    own.release();
+    DcmItem *der = NULL, *img = NULL, *it = NULL;
+    c = put_item(*fr, DCM_DerivationImageSequence, &der);
+    if (c.good())
+        c = put(*der, new DcmShortText(DcmTag(DCM_DerivationDescription, EVR_ST)),
+                derivation_description);
+    if (c.good())
+        c = put_item(*der, DCM_SourceImageSequence, &img);
+    if (c.good())
+        c = put(*img, new DcmUniqueIdentifier(DcmTag(DCM_ReferencedSOPClassUID, EVR_UI)),
+                src->sop_class);
+    if (c.good())
+        c = put(*img, new DcmUniqueIdentifier(DcmTag(DCM_ReferencedSOPInstanceUID, EVR_UI)),
+                src->sop_instance);
+    if (c.good() && strcmp(src->sop_class, UID_CTImageStorage) != 0) {
+        char num[24];
+        snprintf(num, sizeof num, "%lld", (long long)src->frame + 1);
+        c = put(*img, new DcmIntegerString(DcmTag(DCM_ReferencedFrameNumber, EVR_IS)), num);
+    }
+    if (c.good())
+        c = put(*img, new DcmCodeString(DcmTag(DCM_SpatialLocationsPreserved, EVR_CS)), "YES");
+    if (c.good())
+        c = put_code(*img, DCM_PurposeOfReferenceCodeSequence, "121322", "DCM",
+                     "Source Image for Image Processing Operation");
+    if (c.good())
+        c = put_code(*der, DCM_DerivationCodeSequence, "113076", "DCM", "Segmentation");
+    if (c.good())
+        c = put_item(*fr, DCM_FrameContentSequence, &it);
+    if (c.good()) {
+        const Uint32 index[2] = {segment, slice};
+        DcmUnsignedLong *e = new DcmUnsignedLong(DcmTag(DCM_DimensionIndexValues, EVR_UL));
+        c = e->putUint32Array(index, 2);
+        if (c.good())
+            c = it->insert(e);
+        if (c.bad())
+            delete e;
+    }
+    if (c.good())
+        c = put_item(*fr, DCM_PlanePositionSequence, &it);
+    if (c.good())
+        c = put(*it, new DcmDecimalString(DcmTag(DCM_ImagePositionPatient, EVR_DS)), ipp);
+    if (c.good())
+        c = put_item(*fr, DCM_SegmentIdentificationSequence, &it);
+    if (c.good()) {
+        DcmUnsignedShort *e = new DcmUnsignedShort(DcmTag(DCM_ReferencedSegmentNumber, EVR_US));
+        c = e->putUint16(segment);
+        if (c.good())
+            c = it->insert(e);
+        if (c.bad())
+            delete e;
+    }
+    return c;
+}
+
+// The frame of segment number `segment` on slice k through dcmseg (a blank mask, replaced
+// with the rest of the frames by put_frame and the packed Pixel Data): dcmseg writes a data
+// set only with at least one frame per segment.
+OFCondition
+add_dcmseg_frame(DcmSegmentation &seg, const struct mms_volume *v, int64_t k, Uint16 segment,
+                 Uint8 *blank)
+{
+    const struct mms_volume_src *src = &v->src[k];
+    std::unique_ptr<FGPlanePosPatient> pos(FGPlanePosPatient::createMinimal(
+        ds(v->ipp[k][0]).c_str(), ds(v->ipp[k][1]).c_str(), ds(v->ipp[k][2]).c_str()));
+    FGFrameContent fc;
+    OFVector<ImageSOPInstanceReferenceMacro> images(1);
+    OFCondition c = images[0].setReferencedSOPClassUID(src->sop_class);
+    if (c.good())
+        c = images[0].setReferencedSOPInstanceUID(src->sop_instance);
+    // a multi-frame source: which frame (setReferencedFrameNumber fails in 3.6.7)
+    if (c.good() && strcmp(src->sop_class, UID_CTImageStorage) != 0)
+        c = images[0].addReferencedFrameNumber((Uint16)(src->frame + 1));
+    if (c.bad())
+        return c;
+    std::unique_ptr<FGDerivationImage> der(
+        DcmSegmentation::createDerivationImageFG(images, derivation_description));
+    c = pos != nullptr && der != nullptr ? fc.setDimensionIndexValues(segment, 0)
+                                         : EC_MemoryExhausted;
+    if (c.good())
+        c = fc.setDimensionIndexValues((Uint32)(k + 1), 1);
+    OFVector<FGBase *> groups;
+    groups.push_back(pos.get());
+    groups.push_back(&fc);
+    groups.push_back(der.get());
+    if (c.good())
+        c = seg.addFrame(blank, segment, groups);
+    return c;
+}
+
 // The Referenced Series Sequence of the Common Instance Reference module: the source series
 // and every instance the frames refer to, each once.
 OFCondition
@@ -68,20 +268,101 @@ add_common_references(DcmItem &ds_, const char *series_uid,
     if (c.bad())
         return c;
     c = series->putAndInsertString(DCM_SeriesInstanceUID, series_uid);
+    std::unique_ptr<DcmSequenceOfItems> insts(
+        new DcmSequenceOfItems(DcmTag(DCM_ReferencedInstanceSequence, EVR_SQ)));
+    std::unordered_set<std::string> seen;
     for (size_t i = 0; c.good() && i < refs.size(); i++) {
-        bool seen = false;
-        for (size_t j = 0; j < i && !seen; j++)
-            seen = refs[j].second == refs[i].second;
-        if (seen)
+        if (!seen.insert(refs[i].second).second)
             continue;
-        DcmItem *inst = NULL;
-        c = series->findOrCreateSequenceItem(DCM_ReferencedInstanceSequence, inst, -2);
-        if (c.good())
-            c = inst->putAndInsertString(DCM_ReferencedSOPClassUID, refs[i].first.c_str());
+        std::unique_ptr<DcmItem> inst(new DcmItem());
+        c = inst->putAndInsertString(DCM_ReferencedSOPClassUID, refs[i].first.c_str());
         if (c.good())
             c = inst->putAndInsertString(DCM_ReferencedSOPInstanceUID, refs[i].second.c_str());
+        if (c.good())
+            c = insts->append(inst.get());
+        if (c.good())
+            inst.release();
     }
+    if (c.good() && !insts->isEmpty())
+        c = series->insert(insts.get());
+    if (c.good() && !insts->isEmpty())
+        insts.release();
     return c;
+}
+
+// What the 64 bytes at p hold: 0, all the value p[0]; 1, only the values p[0] and p[63]; 2,
+// other values too.
+inline int
+chunk_values(const uint8_t *p)
+{
+#if defined(__SSE2__)
+    const __m128i *q = (const __m128i *)p;
+    const __m128i a0 = _mm_loadu_si128(q), a1 = _mm_loadu_si128(q + 1);
+    const __m128i a2 = _mm_loadu_si128(q + 2), a3 = _mm_loadu_si128(q + 3);
+    const __m128i v = _mm_set1_epi8((char)p[0]), w = _mm_set1_epi8((char)p[63]);
+    const __m128i v0 = _mm_cmpeq_epi8(a0, v), v1 = _mm_cmpeq_epi8(a1, v);
+    const __m128i v2 = _mm_cmpeq_epi8(a2, v), v3 = _mm_cmpeq_epi8(a3, v);
+    if (_mm_movemask_epi8(_mm_and_si128(_mm_and_si128(v0, v1), _mm_and_si128(v2, v3))) == 0xffff)
+        return 0;
+    const __m128i e0 = _mm_or_si128(v0, _mm_cmpeq_epi8(a0, w));
+    const __m128i e1 = _mm_or_si128(v1, _mm_cmpeq_epi8(a1, w));
+    const __m128i e2 = _mm_or_si128(v2, _mm_cmpeq_epi8(a2, w));
+    const __m128i e3 = _mm_or_si128(v3, _mm_cmpeq_epi8(a3, w));
+    return _mm_movemask_epi8(_mm_and_si128(_mm_and_si128(e0, e1), _mm_and_si128(e2, e3))) == 0xffff
+               ? 1
+               : 2;
+#else
+    const uint64_t ones = 0x0101010101010101ull, low7 = 0x7f7f7f7f7f7f7f7full;
+    const uint64_t v = ones * p[0], w = ones * p[63];
+    uint64_t x[8], any = 0;
+    memcpy(x, p, sizeof x);
+    for (int q = 0; q < 8; q++)
+        any |= x[q] ^ v;
+    if (any == 0)
+        return 0;
+    for (int q = 0; q < 8; q++) { // every byte equal to one of the two
+        const uint64_t a = x[q] ^ v, b = x[q] ^ w;
+        const uint64_t za = ~(((a & low7) + low7) | a), zb = ~(((b & low7) + low7) | b);
+        if (((za | zb) & (ones << 7)) != (ones << 7))
+            return 2;
+    }
+    return 1;
+#endif
+}
+
+// Value v seen on row r: the rows on which it occurs extended to r.
+inline void
+mark(int32_t first[256], int32_t last[256], uint8_t v, int32_t r)
+{
+    if (last[v] != r) {
+        if (last[v] < 0)
+            first[v] = r;
+        last[v] = r;
+    }
+}
+
+// The rows of the slice at l (rows x cols) on which each value occurs: from first[value] to
+// last[value], both -1 where it does not. A label volume is mostly runs of one value, and
+// most of the rest is one boundary between two: 64 bytes at a time.
+void
+scan_slice(const uint8_t *l, int64_t rows, int64_t cols, int32_t first[256], int32_t last[256])
+{
+    for (int32_t r = 0; r < (int32_t)rows; r++) {
+        const uint8_t *p = l + (size_t)r * (size_t)cols;
+        const size_t n = (size_t)cols;
+        size_t i = 0;
+        for (; i + 64 <= n; i += 64) {
+            const int k = chunk_values(p + i);
+            mark(first, last, p[i], r);
+            if (k == 0)
+                continue;
+            mark(first, last, p[i + 63], r);
+            for (size_t j = i + 1; k == 2 && j < i + 63; j++)
+                mark(first, last, p[j], r);
+        }
+        for (; i < n; i++)
+            mark(first, last, p[i], r);
+    }
 }
 
 // Bit q of the result: p[q] == lab.
@@ -103,85 +384,301 @@ match8(const uint8_t *p, uint8_t lab)
 #endif
 }
 
-// What DCMTK 3.6.7 gets wrong in the frames, put right in the data set it wrote:
-// - Pixel Data: its concatenation of bit-packed frames loses bits when rows x columns is not
-//   a multiple of 8, so the frames (one bit per pixel, least significant bit first, each
-//   frame starting where the previous one ended) are packed here from the labels;
-// - Spatial Locations Preserved YES on every source reference (the frames lie on the source
-//   grid), which readers such as highdicom need to map frames to source instances.
-OFCondition
-finish_frames(DcmItem &ds_, const uint8_t *labels, size_t plane,
-              const std::vector<std::pair<int, int64_t>> &order)
+#if defined(__SSE2__)
+// Bit q of the result: byte q of the 16 at p equals that of v.
+inline uint64_t
+eq16(const uint8_t *p, __m128i v)
 {
-    size_t bits = plane * order.size(), len = (bits + 7) / 8;
-    len += len & 1; // even length
-    std::vector<Uint8> px(len, 0);
-    size_t bit = 0;
-    for (const auto &f : order) {
-        const uint8_t *l = labels + (size_t)f.second * plane;
-        const uint8_t lab = (uint8_t)f.first;
-        size_t i = 0;
-        for (; i < plane && (bit & 7) != 0; i++, bit++) // up to a byte boundary
-            if (l[i] == lab)
-                px[bit >> 3] = (Uint8)(px[bit >> 3] | 1u << (bit & 7));
-        for (; i + 8 <= plane; i += 8, bit += 8) // whole bytes, 8 pixels at a time
-            px[bit >> 3] = match8(l + i, lab);
-        for (; i < plane; i++, bit++) // the rest
-            if (l[i] == lab)
-                px[bit >> 3] = (Uint8)(px[bit >> 3] | 1u << (bit & 7));
+    return (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_loadu_si128((const __m128i *)p), v));
+}
+#endif
+
+// The mask of label lab in the n (a multiple of 8) pixels at l, into the n / 8 bytes at out:
+// one bit per pixel, the first in the least significant bit.
+void
+pack_bytes(const uint8_t *l, size_t n, uint8_t lab, Uint8 *out)
+{
+    size_t i = 0;
+#if defined(__SSE2__) // x86, little endian: 64 pixels, 8 bytes at a time
+    const __m128i v = _mm_set1_epi8((char)lab);
+    for (; i + 64 <= n; i += 64) {
+        const uint64_t m = eq16(l + i, v) | eq16(l + i + 16, v) << 16 | eq16(l + i + 32, v) << 32 |
+                           eq16(l + i + 48, v) << 48;
+        memcpy(out + i / 8, &m, 8);
     }
-    OFCondition c = ds_.putAndInsertUint8Array(DCM_PixelData, px.data(), (unsigned long)len);
-    DcmSequenceOfItems *per = NULL;
+#endif
+    for (; i < n; i += 8)
+        out[i >> 3] = match8(l + i, lab);
+}
+
+// Bytes [off, off + n) of frame fr of px (px.plane a multiple of 8) into out: only the rows
+// on which its label occurs are read, the other bytes are zero.
+void
+frame_bytes(const pixel_source &px, const frame &fr, size_t off, size_t n, Uint8 *out)
+{
+    size_t a = off, b = off; // [a, b): the bytes packed from the labels
+    if (fr.r0 >= 0) {
+        a = (size_t)fr.r0 * px.cols / 8;
+        b = ((size_t)fr.r1 + 1) * px.cols / 8 + (((size_t)fr.r1 + 1) * px.cols % 8 != 0);
+        a = a < off ? off : a > off + n ? off + n : a;
+        b = b < a ? a : b > off + n ? off + n : b;
+    }
+    memset(out, 0, a - off);
+    if (b > a)
+        pack_bytes(px.labels + (size_t)fr.k * px.plane + a * 8, (b - a) * 8, fr.lab,
+                   out + (a - off));
+    memset(out + (b - off), 0, off + n - b);
+}
+
+// Bytes [pos, pos + n) of the Pixel Data value of px into out.
+void
+fill(const pixel_source &px, size_t pos, size_t n, Uint8 *out)
+{
+    const size_t end = pos + n;
+    if (px.plane % 8 == 0) {
+        const size_t fb = px.plane / 8;
+        while (pos < end && pos < px.data) {
+            const size_t f = pos / fb, off = pos - f * fb;
+            const size_t m = end - pos < fb - off ? end - pos : fb - off;
+            frame_bytes(px, px.frames[f], off, m, out);
+            out += m;
+            pos += m;
+        }
+    } else if (pos < px.data) { // frames start inside bytes
+        size_t f = pos * 8 / px.plane, p = pos * 8 % px.plane;
+        for (; pos < end && pos < px.data; pos++) {
+            unsigned byte = 0;
+            if (p + 8 <= px.plane) {
+                const frame &fr = px.frames[f];
+                if (fr.r0 >= 0)
+                    byte = match8(px.labels + (size_t)fr.k * px.plane + p, fr.lab);
+                p += 8;
+            } else {
+                for (int q = 0; q < 8 && f < px.frames.size(); q++, p++) {
+                    if (p == px.plane) {
+                        f++;
+                        p = 0;
+                        if (f == px.frames.size())
+                            break;
+                    }
+                    const frame &fr = px.frames[f];
+                    if (fr.r0 >= 0 && px.labels[(size_t)fr.k * px.plane + p] == fr.lab)
+                        byte |= 1u << q;
+                }
+            }
+            if (p == px.plane) {
+                f++;
+                p = 0;
+            }
+            *out++ = (Uint8)byte;
+        }
+    }
+    if (pos < end)
+        memset(out, 0, end - pos);
+}
+
+// The Pixel Data value of a pixel_source as a DCMTK input stream: DCMTK reads the value of an
+// element whose value is not in memory through such a stream when it writes it (by blocks of
+// 64 KiB through its write cache), as it does for a value left in the file it was read from.
+class pixel_producer : public DcmProducer
+{
+  public:
+    explicit pixel_producer(const pixel_source *px) : px_(px), pos_(0)
+    {
+    }
+    OFBool
+    good() const override
+    {
+        return OFTrue;
+    }
+    OFCondition
+    status() const override
+    {
+        return EC_Normal;
+    }
+    OFBool
+    eos() override
+    {
+        return pos_ >= px_->len;
+    }
+    offile_off_t
+    avail() override
+    {
+        return (offile_off_t)(px_->len - pos_);
+    }
+    offile_off_t
+    read(void *buf, offile_off_t buflen) override
+    {
+        size_t n = buflen < avail() ? (size_t)buflen : (size_t)avail();
+        fill(*px_, pos_, n, (Uint8 *)buf);
+        pos_ += n;
+        return (offile_off_t)n;
+    }
+    offile_off_t
+    skip(offile_off_t skiplen) override
+    {
+        size_t n = skiplen < avail() ? (size_t)skiplen : (size_t)avail();
+        pos_ += n;
+        return (offile_off_t)n;
+    }
+    void
+    putback(offile_off_t num) override
+    {
+        pos_ -= (size_t)num < pos_ ? (size_t)num : pos_;
+    }
+
+  private:
+    const pixel_source *px_;
+    size_t pos_;
+};
+
+class pixel_stream_factory;
+
+class pixel_stream : public DcmInputStream
+{
+  public:
+    explicit pixel_stream(const pixel_source *px)
+        : DcmInputStream(&producer_), producer_(px), px_(px)
+    {
+    }
+    DcmInputStreamFactory *newFactory() const override;
+
+  private:
+    pixel_producer producer_;
+    const pixel_source *px_;
+};
+
+class pixel_stream_factory : public DcmInputStreamFactory
+{
+  public:
+    explicit pixel_stream_factory(const pixel_source *px) : px_(px)
+    {
+    }
+    DcmInputStream *
+    create() const override
+    {
+        return new pixel_stream(px_);
+    }
+    DcmInputStreamFactory *
+    clone() const override
+    {
+        return new pixel_stream_factory(px_);
+    }
+    DcmInputStreamFactoryType
+    ident() const override
+    {
+        return DFT_DcmInputTempFileStreamFactory; // DCMTK does not ask; the nearest kind
+    }
+
+  private:
+    const pixel_source *px_;
+};
+
+DcmInputStreamFactory *
+pixel_stream::newFactory() const
+{
+    return new pixel_stream_factory(px_);
+}
+
+// The frames put into the data set dcmseg wrote: Number of Frames, the Per-frame Functional
+// Groups Sequence and Pixel Data (its value read from px as the data set is saved: px must
+// outlive the data set's writing).
+OFCondition
+put_frames(DcmItem &ds_, const struct mms_volume *v, const std::vector<Uint16> &number,
+           const pixel_source *px)
+{
+    const std::vector<frame> &frames = px->frames;
+    char num[24];
+    snprintf(num, sizeof num, "%zu", frames.size());
+    OFCondition c = ds_.putAndInsertString(DCM_NumberOfFrames, num);
+    if (c.bad())
+        return c;
+
+    // functional groups, the position text made once per slice
+    std::unique_ptr<DcmSequenceOfItems> per(
+        new DcmSequenceOfItems(DcmTag(DCM_PerFrameFunctionalGroupsSequence, EVR_SQ)));
+    std::vector<std::string> ipp((size_t)v->dims[2]);
+    for (size_t f = 0; c.good() && f < frames.size(); f++) {
+        const int64_t k = frames[f].k;
+        std::string &p = ipp[(size_t)k];
+        if (p.empty())
+            p = ds(v->ipp[k][0]) + "\\" + ds(v->ipp[k][1]) + "\\" + ds(v->ipp[k][2]);
+        c = put_frame(*per, &v->src[k], p.c_str(), number[(size_t)frames[f].u], (Uint32)(k + 1));
+    }
     if (c.good())
-        c = ds_.findAndGetSequence(DCM_PerFrameFunctionalGroupsSequence, per);
-    for (unsigned long i = 0; c.good() && per != NULL && i < per->card(); i++) {
-        DcmItem *der = NULL;
-        if (per->getItem(i)->findAndGetSequenceItem(DCM_DerivationImageSequence, der, 0).bad())
-            continue;
-        DcmSequenceOfItems *srcs = NULL;
-        if (der->findAndGetSequence(DCM_SourceImageSequence, srcs).bad() || srcs == NULL)
-            continue;
-        for (unsigned long j = 0; c.good() && j < srcs->card(); j++)
-            c = srcs->getItem(j)->putAndInsertString(DCM_SpatialLocationsPreserved, "YES");
-    }
+        c = ds_.insert(per.get(), OFTrue);
+    if (c.bad())
+        return c;
+    per.release();
+
+    // pixel data: the element dcmseg wrote, its value now to be read from px
+    DcmElement *e = NULL;
+    c = ds_.findAndGetElement(DCM_PixelData, e);
+    if (c.bad())
+        return c;
+    std::unique_ptr<pixel_stream_factory> factory(new pixel_stream_factory(px));
+    c = e->createValueFromTempFile(factory.get(), (Uint32)px->len, EBO_LittleEndian);
+    if (c.good())
+        factory.release(); // the element's now
     return c;
 }
 
-} // namespace
-
-extern "C" int
-mms_seg_write(const struct mms_seg_input *in, const char *path, struct mms_seg_result *res,
-              char *why, size_t why_len)
+// The SEG of in into the data set of ff; its Pixel Data value is read from *px (filled here)
+// when ff is saved. The segments written in *n_segments.
+int
+build(const struct mms_seg_input *in, DcmFileFormat &ff, pixel_source *px, int *n_segments,
+      char *why, size_t why_len)
 {
     const struct mms_volume *v = in->vol;
     const int64_t cols = v->dims[0], rows = v->dims[1], slices = v->dims[2];
     const size_t plane = (size_t)(cols * rows);
-    if (cols > 65535 || rows > 65535 || in->n_segments < 1)
-        return mms_why(why, why_len, MMS_EINVAL, "nothing to write");
 
-    // which segments are present, and on which slices
-    std::vector<std::vector<char>> present((size_t)in->n_segments,
-                                           std::vector<char>((size_t)slices, 0));
-    std::vector<int> which(256, -1);
-    for (int s = 0; s < in->n_segments; s++)
-        if (in->segments[s].label > 0 && in->segments[s].label < 256)
-            which[(size_t)in->segments[s].label] = s;
+    // on which rows of which slices each segment is: at[2 * (s * slices + k)] to [... + 1]
+    std::vector<int32_t> at((size_t)in->n_segments * (size_t)slices * 2, -1);
     for (int64_t k = 0; k < slices; k++) {
-        const uint8_t *l = in->labels + (size_t)k * plane;
-        for (size_t i = 0; i < plane; i++)
-            if (which[l[i]] >= 0)
-                present[(size_t)which[l[i]]][(size_t)k] = 1;
+        int32_t first[256], last[256];
+        for (int i = 0; i < 256; i++)
+            first[i] = last[i] = -1;
+        scan_slice(in->labels + (size_t)k * plane, rows, cols, first, last);
+        for (int s = 0; s < in->n_segments; s++) {
+            const int lab = in->segments[s].label;
+            if (lab > 0 && lab < 256 && first[lab] >= 0) {
+                at[2 * ((size_t)s * (size_t)slices + (size_t)k)] = first[lab];
+                at[2 * ((size_t)s * (size_t)slices + (size_t)k) + 1] = last[lab];
+            }
+        }
     }
     std::vector<int> used;
     for (int s = 0; s < in->n_segments; s++) {
         bool any = false;
         for (int64_t k = 0; k < slices && !any; k++)
-            any = present[(size_t)s][(size_t)k] != 0;
+            any = at[2 * ((size_t)s * (size_t)slices + (size_t)k)] >= 0;
         if (any)
             used.push_back(s);
     }
     if (used.empty())
         return mms_why(why, why_len, MMS_EINVAL, "no segment has a voxel");
+
+    // the frames, in segment order and within a segment in slice order
+    std::vector<frame> &frames = px->frames;
+    for (size_t u = 0; u < used.size(); u++) {
+        const uint8_t lab = (uint8_t)in->segments[used[u]].label;
+        for (int64_t k = 0; k < slices; k++) {
+            const int32_t *r = &at[2 * ((size_t)used[u] * (size_t)slices + (size_t)k)];
+            if (in->keep_empty_frames || r[0] >= 0)
+                frames.push_back(frame{(int)u, k, lab, r[0], r[1]});
+        }
+    }
+    size_t bits;
+    if (frames.size() > 2147483647u || __builtin_mul_overflow(plane, frames.size(), &bits) ||
+        bits / 8 > 4294967292u)
+        return mms_why(why, why_len, MMS_EINVAL, "%zu frames of %zu pixels: too many",
+                       frames.size(), plane);
+    px->labels = in->labels;
+    px->cols = (size_t)cols;
+    px->plane = plane;
+    px->data = (bits + 7) / 8;
+    px->len = px->data + (px->data & 1); // even length
 
     char description[256];
     if (in->series_description != NULL && in->series_description[0] != '\0')
@@ -221,19 +718,18 @@ mms_seg_write(const struct mms_seg_input *in, const char *path, struct mms_seg_r
         return fail(why, why_len, "series and instance", c);
 
     // shared functional groups: orientation and pixel measures
-    FGPlaneOrientationPatient *ori = FGPlaneOrientationPatient::createMinimal(
+    std::unique_ptr<FGPlaneOrientationPatient> ori(FGPlaneOrientationPatient::createMinimal(
         ds(v->dir[0][0]).c_str(), ds(v->dir[1][0]).c_str(), ds(v->dir[2][0]).c_str(),
-        ds(v->dir[0][1]).c_str(), ds(v->dir[1][1]).c_str(), ds(v->dir[2][1]).c_str());
+        ds(v->dir[0][1]).c_str(), ds(v->dir[1][1]).c_str(), ds(v->dir[2][1]).c_str()));
     FGPixelMeasures pm;
     std::string spacing = ds(v->spacing[1]) + "\\" + ds(v->spacing[0]);
-    c = ori != NULL ? pm.setPixelSpacing(spacing.c_str()) : EC_MemoryExhausted;
+    c = ori != nullptr ? pm.setPixelSpacing(spacing.c_str()) : EC_MemoryExhausted;
     if (c.good())
         c = pm.setSliceThickness(ds(v->spacing[2]).c_str());
     if (c.good())
         c = seg->addForAllFrames(pm);
     if (c.good())
         c = seg->addForAllFrames(*ori);
-    delete ori;
     if (c.bad())
         return fail(why, why_len, "shared functional groups", c);
 
@@ -295,82 +791,216 @@ mms_seg_write(const struct mms_seg_input *in, const char *path, struct mms_seg_r
         }
     }
 
-    // frames; DCMTK gets a blank mask for each: finish_frames() writes the pixel data
-    std::vector<Uint8> mask(plane, 0);
-    std::vector<char> referenced((size_t)slices, 0);
-    std::vector<std::pair<int, int64_t>> order; // (label, slice) of each frame
-    int64_t frames = 0;
-    for (size_t u = 0; u < used.size(); u++) {
-        const int label = in->segments[used[u]].label;
-        for (int64_t k = 0; k < slices; k++) {
-            if (!present[(size_t)used[u]][(size_t)k] && !in->keep_empty_frames)
-                continue;
-            const struct mms_volume_src *src = &v->src[k];
-            FGPlanePosPatient *pos = FGPlanePosPatient::createMinimal(
-                ds(v->ipp[k][0]).c_str(), ds(v->ipp[k][1]).c_str(), ds(v->ipp[k][2]).c_str());
-            FGFrameContent fc;
-            OFVector<ImageSOPInstanceReferenceMacro> images(1);
-            c = images[0].setReferencedSOPClassUID(src->sop_class);
-            if (c.good())
-                c = images[0].setReferencedSOPInstanceUID(src->sop_instance);
-            // a multi-frame source: which frame (setReferencedFrameNumber fails in 3.6.7)
-            if (c.good() && strcmp(src->sop_class, UID_CTImageStorage) != 0)
-                c = images[0].addReferencedFrameNumber((Uint16)(src->frame + 1));
-            if (c.bad())
-                return fail(why, why_len, "source reference", c);
-            FGDerivationImage *der =
-                DcmSegmentation::createDerivationImageFG(images, "Segmentation by MM-UNet");
-            c = pos != NULL && der != NULL ? fc.setDimensionIndexValues(number[u], 0)
-                                           : EC_MemoryExhausted;
-            if (c.good())
-                c = fc.setDimensionIndexValues((Uint32)(k + 1), 1);
-            OFVector<FGBase *> groups;
-            groups.push_back(pos);
-            groups.push_back(&fc);
-            groups.push_back(der);
-            if (c.good())
-                c = seg->addFrame(mask.data(), number[u], groups);
-            delete pos;
-            delete der;
-            if (c.bad())
-                return fail(why, why_len, "adding a frame", c);
-            frames++;
-            referenced[(size_t)k] = 1;
-            order.emplace_back(label, k);
-        }
+    // dcmseg: the first frame of each segment, blank
+    {
+        std::vector<Uint8> blank(plane, 0);
+        for (size_t f = 0; c.good() && f < frames.size(); f++)
+            if (f == 0 || frames[f].u != frames[f - 1].u)
+                c = add_dcmseg_frame(*seg, v, frames[f].k, number[(size_t)frames[f].u],
+                                     blank.data());
+        if (c.bad())
+            return fail(why, why_len, "adding a frame", c);
     }
-
-    std::vector<std::pair<std::string, std::string>> refs;
-    for (int64_t k = 0; k < slices; k++)
-        if (referenced[(size_t)k])
-            refs.emplace_back(v->src[k].sop_class, v->src[k].sop_instance);
-    DcmFileFormat ff;
     c = seg->writeDataset(*ff.getDataset());
     if (c.good())
+        c = put_frames(*ff.getDataset(), v, number, px);
+    if (c.good()) {
+        std::vector<char> referenced((size_t)slices, 0);
+        for (const auto &f : frames)
+            referenced[(size_t)f.k] = 1;
+        std::vector<std::pair<std::string, std::string>> refs;
+        for (int64_t k = 0; k < slices; k++)
+            if (referenced[(size_t)k])
+                refs.emplace_back(v->src[k].sop_class, v->src[k].sop_instance);
         c = add_common_references(*ff.getDataset(), in->source_series_uid, refs);
-    if (c.good())
-        c = finish_frames(*ff.getDataset(), in->labels, plane, order);
+    }
     if (c.bad())
         return fail(why, why_len, "writing the data set", c);
-
-    std::string tmp = std::string(path) + ".tmp";
-    c = ff.saveFile(tmp.c_str(), EXS_LittleEndianExplicit);
-    if (c.bad()) {
-        unlink(tmp.c_str());
-        return fail(why, why_len, path, c);
-    }
-    FILE *f = fopen(tmp.c_str(), "rb+");
-    bool synced = f != NULL && fsync(fileno(f)) == 0;
-    if (f != NULL)
-        fclose(f);
-    if (!synced || rename(tmp.c_str(), path) != 0) {
-        int rc = mms_err_errno();
-        unlink(tmp.c_str());
-        return mms_why(why, why_len, rc, "%s: %s", path, mms_strerror(rc));
-    }
-    if (res != NULL) {
-        res->segments = (int)used.size();
-        res->frames = frames;
-    }
+    *n_segments = (int)used.size();
     return 0;
+}
+
+// A DCMTK output stream into the file descriptor fd, through a buffer: DCMTK writes a data set
+// element by element, a few bytes at a time. The first error is kept (as -errno).
+class fd_consumer : public DcmConsumer
+{
+  public:
+    explicit fd_consumer(int fd) : fd_(fd), err_(0), buf_(256 * 1024), n_(0)
+    {
+    }
+    OFBool
+    good() const override
+    {
+        return err_ == 0;
+    }
+    OFCondition
+    status() const override
+    {
+        return err_ == 0 ? EC_Normal : EC_InvalidStream;
+    }
+    OFBool
+    isFlushed() const override
+    {
+        return n_ == 0;
+    }
+    offile_off_t
+    avail() const override
+    {
+        return 2147483647; // as DCMTK's file consumer: no limit
+    }
+    offile_off_t
+    write(const void *buf, offile_off_t buflen) override
+    {
+        const size_t len = (size_t)buflen;
+        if (n_ + len > buf_.size())
+            flush();
+        if (len >= buf_.size()) // large (a block of Pixel Data): straight through
+            put((const char *)buf, len);
+        else if (err_ == 0) {
+            memcpy(buf_.data() + n_, buf, len);
+            n_ += len;
+        }
+        return err_ == 0 ? buflen : 0;
+    }
+    void
+    flush() override
+    {
+        put(buf_.data(), n_);
+        n_ = 0;
+    }
+    int
+    error() const
+    {
+        return err_;
+    }
+
+  private:
+    void
+    put(const char *p, size_t len)
+    {
+        while (err_ == 0 && len > 0) {
+            ssize_t w = ::write(fd_, p, len);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w <= 0) {
+                err_ = w < 0 ? -errno : -EIO;
+                break;
+            }
+            p += w;
+            len -= (size_t)w;
+            written_ += (size_t)w;
+        }
+#if defined(SYNC_FILE_RANGE_WRITE)
+        // start writing back what is written, so that the fsync() that follows has less left
+        if (err_ == 0 && written_ - synced_ >= 8u << 20) {
+            sync_file_range(fd_, (off_t)synced_, (off_t)(written_ - synced_),
+                            SYNC_FILE_RANGE_WRITE);
+            synced_ = written_;
+        }
+#endif
+    }
+
+    int fd_, err_;
+    std::vector<char> buf_;
+    size_t n_, written_ = 0, synced_ = 0;
+};
+
+class fd_stream : public DcmOutputStream
+{
+  public:
+    explicit fd_stream(int fd) : DcmOutputStream(&consumer_), consumer_(fd)
+    {
+    }
+    int
+    error() const
+    {
+        return consumer_.error();
+    }
+
+  private:
+    fd_consumer consumer_;
+};
+
+// ff written into fd (explicit VR little endian, as DcmFileFormat::saveFile writes it, without
+// recomputing group lengths: the data set has none). tmp names fd's file in messages.
+int
+write_fd(DcmFileFormat &ff, int fd, const char *tmp, char *why, size_t why_len)
+{
+    fd_stream out(fd);
+    DcmWriteCache wcache;
+    ff.transferInit();
+    OFCondition c = ff.write(out, EXS_LittleEndianExplicit, EET_UndefinedLength, &wcache,
+                             EGL_noChange, EPD_noChange, 0, 0, 0, EWM_fileformat);
+    ff.transferEnd();
+    if (c.good())
+        out.flush();
+    if (out.error() < 0)
+        return mms_why(why, why_len, out.error(), "%s: %s", tmp, mms_strerror(out.error()));
+    if (c.bad())
+        return fail(why, why_len, tmp, c);
+    return 0;
+}
+
+// ff saved to path through path.tmp, synced and renamed into place.
+int
+save(DcmFileFormat &ff, const char *path, char *why, size_t why_len)
+{
+    std::string tmp = std::string(path) + ".tmp";
+    int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+    if (fd < 0) {
+        int rc = mms_err_errno();
+        return mms_why(why, why_len, rc, "%s: %s", tmp.c_str(), mms_strerror(rc));
+    }
+    int rc;
+    try {
+        rc = write_fd(ff, fd, tmp.c_str(), why, why_len);
+    } catch (...) {
+        close(fd);
+        unlink(tmp.c_str());
+        throw;
+    }
+    if (rc == 0 && fsync(fd) != 0) {
+        rc = mms_err_errno();
+        mms_why(why, why_len, rc, "%s: fsync: %s", tmp.c_str(), mms_strerror(rc));
+    }
+    if (close(fd) != 0 && rc == 0) {
+        rc = mms_err_errno();
+        mms_why(why, why_len, rc, "%s: close: %s", tmp.c_str(), mms_strerror(rc));
+    }
+    if (rc == 0 && rename(tmp.c_str(), path) != 0) {
+        rc = mms_err_errno();
+        mms_why(why, why_len, rc, "%s: %s", path, mms_strerror(rc));
+    }
+    if (rc < 0)
+        unlink(tmp.c_str());
+    return rc;
+}
+
+} // namespace
+
+extern "C" int
+mms_seg_write(const struct mms_seg_input *in, const char *path, struct mms_seg_result *res,
+              char *why, size_t why_len)
+{
+    try {
+        const struct mms_volume *v = in->vol;
+        if (v->dims[0] < 1 || v->dims[1] < 1 || v->dims[2] < 1 || v->dims[0] > 65535 ||
+            v->dims[1] > 65535 || in->n_segments < 1)
+            return mms_why(why, why_len, MMS_EINVAL, "nothing to write");
+        pixel_source px; // read while ff is saved
+        DcmFileFormat ff;
+        int segments = 0;
+        int rc = build(in, ff, &px, &segments, why, why_len);
+        if (rc == 0)
+            rc = save(ff, path, why, why_len);
+        if (rc == 0 && res != NULL) {
+            res->segments = segments;
+            res->frames = (int64_t)px.frames.size();
+        }
+        return rc;
+    } catch (const std::bad_alloc &) {
+        return mms_why(why, why_len, MMS_ENOMEM, "%s: out of memory", path);
+    } catch (...) {
+        return mms_why(why, why_len, MMS_EDICOM, "%s: DCMTK failed", path);
+    }
 }

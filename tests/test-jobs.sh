@@ -10,7 +10,11 @@
 #  b) a late instance (one slice sent again with other content) re-opens the regular series:
 #     run 2 writes a superseding SEG (series number 9902), delivered beside the first;
 #  c) the daemon killed (SIGKILL) while a job runs: after the restart the job is recorded as
-#     interrupted, the series runs again, and Orthanc holds exactly one SEG of it.
+#     interrupted, the series runs again, and Orthanc holds exactly one SEG of it;
+#  d) a fourth series (irregular spacing) through the drop folder: its SEG has the same pixel
+#     data and UIDs as the one `mmsegd segment -o` writes for the same files;
+#  e) SIGHUP: a model file that does not load is refused, another one takes over;
+#  and the metrics endpoint moves as the series go through.
 set -u
 . "$(dirname "$0")/find-testdata.sh"
 . "$(dirname "$0")/serve-util.sh"
@@ -39,16 +43,17 @@ cleanup() {
     [ -n "${KEEP:-}" ] && echo "# kept $tmp" || rm -rf "$tmp"
 }
 trap cleanup EXIT
-echo "1..23"
+echo "1..25"
 
 # ---------------------------------------------------------------------------- inputs
 "$python" "$src/tools/mmunet/phantom_series.py" write --seed 1000 --out "$tmp/ph" \
-    --variants regular,tilt,shear >"$tmp/ph.log" 2>&1 ||
-    { result FAIL "phantom_series.py writes three series"; sed 's/^/# /' "$tmp/ph.log"; exit 1; }
+    --variants regular,tilt,shear,irregular >"$tmp/ph.log" 2>&1 ||
+    { result FAIL "phantom_series.py writes four series"; sed 's/^/# /' "$tmp/ph.log"; exit 1; }
 uid_of() { "$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["variants"][sys.argv[2]]["series_uid"])' "$tmp/ph/series.json" "$1"; }
 dir_of() { "$python" -c 'import json,os,sys; m=json.load(open(sys.argv[1])); print(os.path.join(os.path.dirname(sys.argv[1]), m["variants"][sys.argv[2]]["dicom"]))' "$tmp/ph/series.json" "$1"; }
-reg=$(uid_of regular) tilt=$(uid_of tilt) shear=$(uid_of shear)
+reg=$(uid_of regular) tilt=$(uid_of tilt) shear=$(uid_of shear) irr=$(uid_of irregular)
 reg_dir=$(dir_of regular) tilt_dir=$(dir_of tilt) shear_dir=$(dir_of shear)
+irr_dir=$(dir_of irregular)
 "$mmsegd" segment --model "$model" --nifti "$tmp/nifti" "$reg_dir" "$tilt_dir" >"$tmp/segment.log" 2>&1
 dice=$("$python" "$src/tools/mmunet/phantom_series.py" score --manifest "$tmp/ph/series.json" \
     --variant regular --pred "$tmp/nifti/$reg.nii.gz" 2>/dev/null |
@@ -63,7 +68,7 @@ orthanc_start open && result OK "Orthanc listens (DICOM $dicom_open)" ||
     { result FAIL "Orthanc listens"; exit 1; }
 port=$(free_port)
 mport=$(free_port)
-mkdir -p "$tmp/folder"
+mkdir -p "$tmp/folder" "$tmp/drop"
 cat >"$tmp/mmsegd.ini" <<INI
 [daemon]
 state_dir = $tmp/state
@@ -73,6 +78,10 @@ metrics_listen = 127.0.0.1:$mport
 bind = 127.0.0.1
 port = $port
 min_free_mb = 1
+[drop]
+dir = $tmp/drop
+stable_s = 1
+scan_s = 1
 [series]
 stable_age_s = 2
 [infer]
@@ -218,23 +227,40 @@ cnt=$(segs_of "$shear" | wc -l)
 [ "$jobs" = "interrupted 1,done 2," ] && [ "$cnt" = 1 ] &&
     result OK "c) jobs: interrupted (run 1), done (run 2); Orthanc holds exactly one SEG of it" ||
     result FAIL "c) jobs '$jobs'; Orthanc holds $cnt SEGs of it"
-# ---------------------------------------------------------------------------- d) SIGHUP
+# ---------------------------------------------------------------------------- d) drop folder
+"$mmsegd" segment --model "$model" -o "$tmp/oneshot" "$irr_dir" >"$tmp/oneshot.log" 2>&1
+cp -r "$irr_dir" "$tmp/drop/irregular"
+if wait_for 60 sends_done 10; then
+    result OK "d) the series put in the drop folder is segmented and delivered"
+else
+    result FAIL "d) the series put in the drop folder is segmented and delivered"
+fi
+daemon_seg=$(grep -l "$irr" "$tmp"/folder/*.dcm 2>/dev/null | head -1)
+"$python" -c '
+import pydicom, sys
+a, b = pydicom.dcmread(sys.argv[1]), pydicom.dcmread(sys.argv[2])
+sys.exit(not (a.PixelData == b.PixelData and a.SOPInstanceUID == b.SOPInstanceUID and
+              a.NumberOfFrames == b.NumberOfFrames))' "${daemon_seg:-/nonexistent}" \
+    "$tmp/oneshot/$irr.seg.dcm" 2>/dev/null &&
+    result OK "d) its SEG has the pixel data, frames and UIDs of mmsegd segment's" ||
+    result FAIL "d) its SEG has the pixel data, frames and UIDs of mmsegd segment's"
+# ---------------------------------------------------------------------------- e) SIGHUP
 # a model file that does not load is refused; another valid model takes over
 tiny=$(cd "$src" && pwd)/tests/fixtures/mmunet/tiny-shared.safetensors
 sed -i "s|^model = .*|model = $tmp/broken.safetensors|" "$tmp/mmsegd.ini"
 echo "not a model" >"$tmp/broken.safetensors"
 kill -HUP "$pid"
 wait_for 10 grep -q "reload: model $tmp/broken.safetensors: .*keeping the running model" "$tmp/log" &&
-    result OK "d) SIGHUP with a model file that does not load: the running model stays" ||
-    result FAIL "d) SIGHUP with a model file that does not load: the running model stays"
+    result OK "e) SIGHUP with a model file that does not load: the running model stays" ||
+    result FAIL "e) SIGHUP with a model file that does not load: the running model stays"
 sed -i "s|^model = .*|model = $tiny|" "$tmp/mmsegd.ini"
 kill -HUP "$pid"
 tiny_sha=$(sha256sum <"$tiny" | cut -c1-64)
 if wait_for 10 grep -q "reload: now using model .* sha256 $tiny_sha" "$tmp/log" &&
     curl -sf "http://127.0.0.1:$mport/metrics" | grep -q "sha256=\"$tiny_sha\""; then
-    result OK "d) SIGHUP with another model: it takes over (metrics name its SHA-256)"
+    result OK "e) SIGHUP with another model: it takes over (metrics name its SHA-256)"
 else
-    result FAIL "d) SIGHUP with another model: it takes over"
+    result FAIL "e) SIGHUP with another model: it takes over"
 fi
 stop
 grep -q "Sanitizer" "$tmp/log" &&
