@@ -258,20 +258,34 @@ static const char *const state_names[] = {
 #define N_STATES ((int)(sizeof state_names / sizeof state_names[0]))
 _Static_assert(N_STATES == MMS_SERIES_SKIPPED + 1, "a name for every series state");
 
+/* names[v] for 0 <= v < n, else NULL. */
+static const char *
+name_in(const char *const *names, int n, int v)
+{
+    return v >= 0 && v < n ? names[v] : NULL;
+}
+
+/* The index of text in names[0..n), or -1. */
+static int
+parse_in(const char *const *names, int n, const char *text)
+{
+    for (int i = 0; text != NULL && i < n; i++)
+        if (strcmp(names[i], text) == 0)
+            return i;
+    return -1;
+}
+
 const char *
 mms_series_state_name(int state)
 {
-    return state >= 0 && state < N_STATES ? state_names[state] : NULL;
+    return name_in(state_names, N_STATES, state);
 }
 
 /* The state named by text, or -1. */
 static int
 state_parse(const char *text)
 {
-    for (int i = 0; text != NULL && i < N_STATES; i++)
-        if (strcmp(state_names[i], text) == 0)
-            return i;
-    return -1;
+    return parse_in(state_names, N_STATES, text);
 }
 
 static const char *const send_state_names[] = {
@@ -286,7 +300,7 @@ _Static_assert(N_SEND_STATES == MMS_SEND_DEAD + 1, "a name for every send state"
 const char *
 mms_send_state_name(int state)
 {
-    return state >= 0 && state < N_SEND_STATES ? send_state_names[state] : NULL;
+    return name_in(send_state_names, N_SEND_STATES, state);
 }
 
 static const char *const job_state_names[] = {
@@ -302,25 +316,19 @@ _Static_assert(N_JOB_STATES == MMS_JOB_INTERRUPTED + 1, "a name for every job st
 const char *
 mms_job_state_name(int state)
 {
-    return state >= 0 && state < N_JOB_STATES ? job_state_names[state] : NULL;
+    return name_in(job_state_names, N_JOB_STATES, state);
 }
 
 static int
 job_state_parse(const char *text)
 {
-    for (int i = 0; text != NULL && i < N_JOB_STATES; i++)
-        if (strcmp(job_state_names[i], text) == 0)
-            return i;
-    return -1;
+    return parse_in(job_state_names, N_JOB_STATES, text);
 }
 
 static int
 send_state_parse(const char *text)
 {
-    for (int i = 0; text != NULL && i < N_SEND_STATES; i++)
-        if (strcmp(send_state_names[i], text) == 0)
-            return i;
-    return -1;
+    return parse_in(send_state_names, N_SEND_STATES, text);
 }
 
 /* ---------------------------------------------------------------------------- helpers */
@@ -402,6 +410,31 @@ rollback(struct mms_index *ix)
     char ignored[256];
     if (run(ix, S_ROLLBACK, ignored, sizeof ignored) < 0)
         mms_log(MMS_LOG_ERR, "index: %s", ignored);
+}
+
+/* Lock ix and begin a write transaction; on failure ix is unlocked again. */
+static int
+begin_write(struct mms_index *ix, char *why, size_t why_len)
+{
+    int rc = lock(ix, why, why_len);
+    if (rc < 0)
+        return rc;
+    if ((rc = run(ix, S_BEGIN_WRITE, why, why_len)) < 0)
+        unlock(ix);
+    return rc;
+}
+
+/* End what begin_write() began: commit when rc is 0, roll back otherwise; unlock. Returns
+ * rc, or the commit's failure. */
+static int
+end_write(struct mms_index *ix, int rc, char *why, size_t why_len)
+{
+    if (rc >= 0 && (rc = run(ix, S_COMMIT, why, why_len)) >= 0)
+        rc = 0;
+    if (rc < 0)
+        rollback(ix);
+    unlock(ix);
+    return rc;
 }
 
 /* Bindings that remember the first failure, so a row binds without a check per column. */
@@ -961,21 +994,15 @@ mms_index_put(struct mms_index *ix, const struct mms_instance_row *r, enum mms_p
         return mms_why(why, why_len, MMS_EINVAL, "no SOP Instance UID or Series Instance UID");
     if (ix->read_only)
         return mms_why(why, why_len, MMS_EINVAL, "the index is open read-only");
-    if ((rc = lock(ix, why, why_len)) < 0)
+    if ((rc = begin_write(ix, why, why_len)) < 0)
         return rc;
-    if ((rc = run(ix, S_BEGIN_WRITE, why, why_len)) < 0)
-        goto out;
-    if ((rc = put_locked(ix, r, &result, old, sizeof old, why, why_len)) < 0 ||
-        (rc = run(ix, S_COMMIT, why, why_len)) < 0) {
-        rollback(ix);
-        goto out;
-    }
+    rc = put_locked(ix, r, &result, old, sizeof old, why, why_len);
+    if ((rc = end_write(ix, rc, why, why_len)) < 0)
+        return rc;
     *res = result;
     if (old_path != NULL)
         snprintf(old_path, old_path_len, "%s", old);
-out:
-    unlock(ix);
-    return rc;
+    return 0;
 }
 
 int
@@ -1174,11 +1201,9 @@ mms_index_sends_add(struct mms_index *ix, int64_t job, const char *series_uid,
         if (destinations[i] == NULL || destinations[i][0] == '\0' ||
             strlen(destinations[i]) >= sizeof((struct mms_send_row *)0)->destination)
             return mms_why(why, why_len, MMS_EINVAL, "destination %d: empty or too long name", i);
-    int rc = lock(ix, why, why_len);
+    int rc = begin_write(ix, why, why_len);
     if (rc < 0)
         return rc;
-    if ((rc = run(ix, S_BEGIN_WRITE, why, why_len)) < 0)
-        goto out;
     for (int i = 0; i < n && rc == 0; i++) {
         sqlite3_stmt *st = stmt(ix, S_SEND_ADD, why, why_len);
         if (st == NULL) {
@@ -1196,11 +1221,7 @@ mms_index_sends_add(struct mms_index *ix, int64_t job, const char *series_uid,
             rc = 0;
         sqlite3_reset(st);
     }
-    if (rc < 0 || (rc = run(ix, S_COMMIT, why, why_len)) < 0)
-        rollback(ix);
-out:
-    unlock(ix);
-    return rc;
+    return end_write(ix, rc, why, why_len);
 }
 
 int
@@ -1370,17 +1391,11 @@ mms_index_job_start(struct mms_index *ix, const char *series_uid, double now, in
         return mms_why(why, why_len, MMS_EINVAL, "no index, series or output");
     if (ix->read_only)
         return mms_why(why, why_len, MMS_EINVAL, "the index is open read-only");
-    int rc = lock(ix, why, why_len);
+    int rc = begin_write(ix, why, why_len);
     if (rc < 0)
         return rc;
-    if ((rc = run(ix, S_BEGIN_WRITE, why, why_len)) < 0)
-        goto out;
-    if ((rc = job_start_locked(ix, series_uid, now, id, run_no, why, why_len)) < 0 ||
-        (rc = run(ix, S_COMMIT, why, why_len)) < 0)
-        rollback(ix);
-out:
-    unlock(ix);
-    return rc;
+    rc = job_start_locked(ix, series_uid, now, id, run_no, why, why_len);
+    return end_write(ix, rc, why, why_len);
 }
 
 /* The body of mms_index_job_finish(), inside the write transaction. */
@@ -1436,17 +1451,11 @@ mms_index_job_finish(struct mms_index *ix, const struct mms_job_row *j, int seri
         return mms_why(why, why_len, MMS_EINVAL, "no index or job, or an unknown state");
     if (ix->read_only)
         return mms_why(why, why_len, MMS_EINVAL, "the index is open read-only");
-    int rc = lock(ix, why, why_len);
+    int rc = begin_write(ix, why, why_len);
     if (rc < 0)
         return rc;
-    if ((rc = run(ix, S_BEGIN_WRITE, why, why_len)) < 0)
-        goto out;
-    if ((rc = job_finish_locked(ix, j, name, sname, series_reason, now, why, why_len)) < 0 ||
-        (rc = run(ix, S_COMMIT, why, why_len)) < 0)
-        rollback(ix);
-out:
-    unlock(ix);
-    return rc;
+    rc = job_finish_locked(ix, j, name, sname, series_reason, now, why, why_len);
+    return end_write(ix, rc, why, why_len);
 }
 
 int

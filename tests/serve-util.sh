@@ -1,8 +1,20 @@
 # Sourced by the tests that run the daemon beside a real Orthanc (Debian's, on loopback with
 # its own ports). Needs $tmp (a scratch folder), $python, $orthanc (the server binary) and
 # $mmsegd; the daemon runs with $tmp/mmsegd.ini and logs to $tmp/log, its PID in pid.
-# Declares opid (the Orthanc PIDs by name); the caller's cleanup kills them and pid.
+# Declares opid (the Orthanc PIDs by name); serve_cleanup (for `trap serve_cleanup EXIT`)
+# kills the daemon and the Orthanc servers (stopped ones too) and removes $tmp unless KEEP
+# is set.
 declare -A opid
+pid=
+serve_cleanup() {
+    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
+    for k in "${!opid[@]}"; do
+        kill -CONT "${opid[$k]}" 2>/dev/null
+        kill -9 "${opid[$k]}" 2>/dev/null
+        wait "${opid[$k]}" 2>/dev/null
+    done
+    [ -n "${KEEP:-}" ] && echo "# kept $tmp" || rm -rf "$tmp"
+}
 free_port() {
     "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }

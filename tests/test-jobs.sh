@@ -33,16 +33,7 @@ model=$(cd "$src" && pwd)/models/demo.safetensors
 dciodvfy=${DCIODVFY:-$(command -v dciodvfy || echo /usr/bin/dciodvfy)}
 tmp=$(mktemp -d)
 pid=
-cleanup() {
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
-    for k in "${!opid[@]}"; do
-        kill -CONT "${opid[$k]}" 2>/dev/null
-        kill -9 "${opid[$k]}" 2>/dev/null
-        wait "${opid[$k]}" 2>/dev/null
-    done
-    [ -n "${KEEP:-}" ] && echo "# kept $tmp" || rm -rf "$tmp"
-}
-trap cleanup EXIT
+trap serve_cleanup EXIT
 echo "1..25"
 
 # ---------------------------------------------------------------------------- inputs

@@ -34,16 +34,7 @@ model=${srcdir:-.}/models/demo.safetensors
 ct=$td/dcmqi/data/segmentations/ct-3slice
 tmp=$(mktemp -d)
 pid=
-cleanup() {
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
-    for k in "${!opid[@]}"; do
-        kill -CONT "${opid[$k]}" 2>/dev/null
-        kill -9 "${opid[$k]}" 2>/dev/null
-        wait "${opid[$k]}" 2>/dev/null
-    done
-    [ -n "${KEEP:-}" ] && echo "# kept $tmp" || rm -rf "$tmp"
-}
-trap cleanup EXIT
+trap serve_cleanup EXIT
 # ---------------------------------------------------------------------------- mmsegd
 state=$tmp/state
 config() {

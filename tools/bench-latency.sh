@@ -37,12 +37,7 @@ done
 tmp=$(mktemp -d)
 pid=
 . tests/serve-util.sh
-cleanup() {
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
-    for k in "${!opid[@]}"; do kill -9 "${opid[$k]}" 2>/dev/null; wait "${opid[$k]}" 2>/dev/null; done
-    rm -rf "$tmp"
-}
-trap cleanup EXIT
+trap serve_cleanup EXIT
 stable=2
 
 "$python" tools/mmunet/phantom_series.py write --seed 1000 --out "$tmp/ph" --variants regular \
