@@ -25,6 +25,8 @@
 #     bit position of a byte) with random labels 1 and 2;
 #  i) dcmqi's Legacy Converted Enhanced CT 23x38x3/multiframe/mf.dcm (3 frames in one file)
 #     with synthetic labels: each SEG frame refers to its source frame;
+#  highdicom (optional, where it is installed: HIGHDICOM_PYTHON or _build/venv-ref) reads the
+#  SEGs of (b) and (c): segments with their codes, and for (c) the masks per source instance;
 #  e) `mmsegd segment --model demo -o DIR --nifti NDIR` on (b): one .seg.dcm in DIR, which
 #     seg_check accepts against the label NIfTI of the same run;
 #  h) the checker itself: copies of (c) with one defect each (a position 0.01 mm off, a
@@ -295,6 +297,31 @@ vfy() {
     grep -E '^(Error|Warning)' "$tmp/$name.vfy" | sed "s/^/# $name dciodvfy: /" | head -30
 }
 
+# hdread NAME DICOM RAW: highdicom (optional: PyPI, in the virtual environment
+# _build/venv-ref that tools/mmunet/nnunet_proof.sh makes, or HIGHDICOM_PYTHON) reads the SEG:
+# its segments with their codes, and per referenced source instance masks equal to the labels.
+hdpy=${HIGHDICOM_PYTHON:-$src/_build/venv-ref/bin/python}
+hdread() {
+    local name=$1 dicom=$2 raw=$3
+    if [ ! -x "$hdpy" ] || ! "$hdpy" -c 'import highdicom' 2>/dev/null; then
+        skip "$name: highdicom reads segments, codes and masks" \
+            "highdicom is not installed at $hdpy (pip install highdicom in a virtual environment, then HIGHDICOM_PYTHON)"
+        return
+    fi
+    if "$hdpy" "$src/tools/mmunet/bench_seg_highdicom.py" verify "$tmp/$name.dcm" "$dicom" "$raw" \
+        >"$tmp/$name.hd" 2>&1; then
+        if grep -q '"per_instance": "not checked' "$tmp/$name.hd"; then
+            result OK "$name: highdicom reads segments and codes; masks per source instance not checked: the source files have no SOP Instance UID (seg_check.py checks them)"
+        else
+            result OK "$name: highdicom reads segments, codes and masks per source instance"
+        fi
+        diag "$tmp/$name.hd"
+    else
+        result FAIL "$name: highdicom reads segments, codes and masks"
+        diag "$tmp/$name.hd"
+    fi
+}
+
 if [ ! -x "$segwrite" ]; then
     result FAIL "$segwrite is built (make tests/seg-write)"
 fi
@@ -324,6 +351,7 @@ if mk ts "$tsd/example_seg_dicom.nii.gz" "$tmp/b.raw" "$src/tools" >"$tmp/b.mk" 
     segcheck b "$tmp/b.raw" "$tsdcm"
     vfy b
     pylines "$python" "$tmp/mk.py" pydicom "$tmp/b.dcm" "$tmp/b.raw" 20 512 512
+    hdread b "$tsdcm" "$tmp/b.raw"
 else
     result FAIL "b: example_seg_dicom.nii.gz mapped to the demo ids"
     diag "$tmp/b.mk"
@@ -343,6 +371,7 @@ if mk synth "$tmp/c.raw" 54 512 512 2.371 0.4824 >"$tmp/c.mk" 2>&1; then
     *) result FAIL "c (tilt 18.5 deg): ${line#not ok - }" ;;
     esac
     vfy c
+    hdread c "$tilt" "$tmp/c.raw"
     want=$(sed -n 2p "$tmp/c.counts")
     write d "$tilt" "$tmp/c.raw" --keep-empty
     segcheck d "$tmp/c.raw" "$tilt" --keep-empty
