@@ -26,20 +26,40 @@ on_note(void *arg, const char *kind, const char *path, const char *reason)
         mms_log(MMS_LOG_INFO, "%s: %s", kind, reason);
 }
 
+/* Progress on stderr: one line redrawn on a terminal (series, stage, tiles), plain lines per
+ * stage otherwise. */
+struct progress {
+    bool tty;
+    const char *uid;
+    int number, total; /* series number of total */
+};
+
+static void
+on_stage(void *arg, int stage)
+{
+    const struct progress *p = arg;
+    static const char *const what[] = {"decoding", "segmenting", "writing"};
+    if (p->tty)
+        fprintf(stderr, "\r\033[K[%d/%d] %.40s: %s", p->number, p->total, p->uid, what[stage]);
+    else
+        fprintf(stderr, "series %d/%d %s: %s\n", p->number, p->total, p->uid, what[stage]);
+    if (p->tty && stage == MMS_STAGE_OUTPUT)
+        fputc('\n', stderr);
+}
+
 static void
 on_progress(void *arg, int64_t done, int64_t total)
 {
-    const char *uid = arg;
-    fprintf(stderr, "\r%.40s: tile %lld/%lld (%3d%%)", uid, (long long)done, (long long)total,
-            (int)(100 * done / total));
-    if (done == total)
-        fputc('\n', stderr);
+    const struct progress *p = arg;
+    if (p->tty)
+        fprintf(stderr, "\r\033[K[%d/%d] %.40s: segmenting, tile %lld/%lld (%3d%%)", p->number,
+                p->total, p->uid, (long long)done, (long long)total, (int)(100 * done / total));
 }
 
 /* One series: files fs->f[idx[0..n)]. Returns 0, 1 when it failed, 2 when it was skipped
  * (reported). */
 static int
-segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
+segment_series(const struct mms_fileset *fs, const int *idx, int n, int number, int total,
                const struct segment_opts *o, const struct mms_engine *e, FILE *out, cJSON *arr)
 {
     const struct mms_header *h0 = &fs->f[idx[0]].h;
@@ -77,9 +97,12 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number,
         h[i] = fs->f[idx[i]].h;
     }
     struct mms_work_opts wo = o->wo;
-    if (o->progress) {
+    struct progress pr = {.tty = o->progress, .uid = uid, .number = number, .total = total};
+    if (!o->json) {
         wo.pipe.progress = on_progress;
-        wo.pipe.progress_arg = (void *)uid;
+        wo.pipe.progress_arg = &pr;
+        wo.on_stage = on_stage;
+        wo.stage_arg = &pr;
     }
     if (o->nifti_dir != NULL) {
         mms_series_nifti_path(o->nifti_dir, h0->series_uid, number, nifti, sizeof nifti);
@@ -212,8 +235,8 @@ mms_segment(const char *const *paths, int n, const struct segment_opts *o, FILE 
     }
     int failed = 0, done = 0;
     for (int s = 0; s < fs.n_series; s++) {
-        int r = segment_series(&fs, fs.idx + fs.start[s], fs.start[s + 1] - fs.start[s], s + 1, o,
-                               &e, out, arr);
+        int r = segment_series(&fs, fs.idx + fs.start[s], fs.start[s + 1] - fs.start[s], s + 1,
+                               fs.n_series, o, &e, out, arr);
         failed += r == 1;
         done += r == 0;
     }

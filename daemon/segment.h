@@ -16,7 +16,8 @@ struct segment_opts {
     const char *nifti_dir;   /* write each label volume here as NIfTI, or NULL */
     const char *seg_dir;     /* write each SEG here, or NULL */
     bool json;               /* one JSON object on out instead of text */
-    bool progress;           /* a progress line on stderr (a terminal) */
+    bool progress;           /* stderr is a terminal: one progress line redrawn (series, stage,
+                                tiles); otherwise plain lines per stage (none with json) */
 };
 
 /* Segment every CT series under the n paths: volume, pipeline, labels on the DICOM grid,

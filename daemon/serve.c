@@ -269,9 +269,19 @@ judge(struct daemon *d)
         next = 60.0;
     uv_timer_start(&d->tick, on_tick, (uint64_t)(next * 1000.0) + 1, 0);
     mms_jobs_kick(d->jobs);
-    char line[160];
-    snprintf(line, sizeof line, "STATUS=ready; %zu series queued, %zu running",
-             mms_sched_queued(d->sched), mms_jobs_running(d->jobs));
+    /* the essentials of `mmsegd status` and the metrics, in one line for systemctl status */
+    int64_t sends[MMS_SEND_DEAD + 1] = {0};
+    char line[320], why[256];
+    const struct mms_engine *e = mms_jobs_engine(d->jobs);
+    if (mms_index_send_counts(d->ix, sends, why, sizeof why) < 0)
+        mms_log(MMS_LOG_ERR, "status: %s", why);
+    snprintf(line, sizeof line,
+             "STATUS=ready; model %s; %zu series queued, %zu job%s running; sends %" PRId64
+             " pending, %" PRId64 " dead",
+             e != NULL ? mms_model_card(e->model)->name : "none (see the log)",
+             mms_sched_queued(d->sched), mms_jobs_running(d->jobs),
+             mms_jobs_running(d->jobs) == 1 ? "" : "s", sends[MMS_SEND_PENDING],
+             sends[MMS_SEND_DEAD]);
     notify(line);
 }
 

@@ -193,6 +193,8 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
     int rc;
 
     r->stage = MMS_STAGE_DECODE;
+    if (o->on_stage != NULL)
+        o->on_stage(o->stage_arg, r->stage);
     if ((rc = mms_volume_build(paths, h, n, &o->vol, &v, why, why_len)) < 0) {
         r->why_names_series = true; /* "series UID: problem" */
         goto out;
@@ -205,6 +207,8 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
     r->decode_s = t1 - t0;
 
     r->stage = MMS_STAGE_INFER;
+    if (o->on_stage != NULL)
+        o->on_stage(o->stage_arg, r->stage);
     struct mms_ct ct;
     ct_of(v, &ct);
     size_t nv = (size_t)(v->dims[0] * v->dims[1] * v->dims[2]);
@@ -226,6 +230,8 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
         r->count[labels[i]]++;
 
     r->stage = MMS_STAGE_OUTPUT;
+    if (o->on_stage != NULL)
+        o->on_stage(o->stage_arg, r->stage);
     if (o->nifti_path != NULL &&
         (rc = mms_nifti_write_labels(v, labels, o->nifti_path, why, why_len)) < 0)
         goto out;

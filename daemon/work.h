@@ -51,6 +51,9 @@ struct mms_work_opts {
     const char *seg_path;     /* write the SEG here (through a temporary file), or NULL */
     const char *nifti_path;   /* write the labels here as NIfTI, or NULL */
     const char *preview_path; /* write the preview PNG here, or NULL */
+    /* called as each stage starts (enum mms_stage); may be NULL */
+    void (*on_stage)(void *arg, int stage);
+    void *stage_arg;
 };
 
 struct mms_work_result {
