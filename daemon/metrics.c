@@ -17,6 +17,19 @@ const double mms_hist_bounds[MMS_HIST_BUCKETS] = {0.1, 0.25, 0.5, 1,   2.5, 5,
                                                   10,  30,   60,  120, 300, 600};
 
 void
+mms_metrics_label_value(FILE *out, const char *text)
+{
+    for (const char *p = text; *p != '\0'; p++) {
+        if (*p == '\\' || *p == '"')
+            fputc('\\', out);
+        if (*p == '\n')
+            fputs("\\n", out);
+        else
+            fputc(*p, out);
+    }
+}
+
+void
 mms_hist_observe(struct mms_hist *h, double v)
 {
     h->count += 1;

@@ -27,6 +27,10 @@ unsigned mms_metrics_port(const struct mms_metrics *m);
  * them. NULL is a no-op. */
 void mms_metrics_stop(struct mms_metrics *m);
 
+/* Write text as the inside of a label value: backslash, double quote and newline escaped as
+ * the text format requires. */
+void mms_metrics_label_value(FILE *out, const char *text);
+
 /* A histogram with fixed upper bounds, for the exposition. */
 #define MMS_HIST_BUCKETS 12
 struct mms_hist {

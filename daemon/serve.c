@@ -526,8 +526,12 @@ fill_metrics(void *ud, FILE *f)
     const struct mms_engine *e = mms_jobs_engine(d->jobs);
     if (e != NULL) {
         const struct mms_card *card = mms_model_card(e->model);
-        fprintf(f, "mmsegd_model_info{name=\"%s\",version=\"%s\",sha256=\"%s\",backend=\"%s\"} 1\n",
-                card->name, card->version, mms_model_sha256(e->model), mms_backend_name(e->be));
+        fputs("mmsegd_model_info{name=\"", f);
+        mms_metrics_label_value(f, card->name);
+        fputs("\",version=\"", f);
+        mms_metrics_label_value(f, card->version);
+        fprintf(f, "\",sha256=\"%s\",backend=\"%s\"} 1\n", mms_model_sha256(e->model),
+                mms_backend_name(e->be));
     } else {
         fprintf(f, "mmsegd_model_info{name=\"\",version=\"\",sha256=\"\",backend=\"\"} 0\n");
     }
