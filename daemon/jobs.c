@@ -11,6 +11,7 @@
 
 #include "common/clock.h"
 #include "common/err.h"
+#include "common/grow.h"
 #include "common/log.h"
 #include "daemon/outbox.h"
 #include "daemon/work.h"
@@ -64,16 +65,12 @@ static int
 collect_running(void *ud, const struct mms_job_row *j)
 {
     struct recover *r = ud;
-    if (r->n == r->cap) {
-        int cap = r->cap > 0 ? 2 * r->cap : 8;
-        struct mms_job_row *grown = realloc(r->rows, (size_t)cap * sizeof *grown);
-        if (grown == NULL) {
-            r->no_memory = true;
-            return 1;
-        }
-        r->rows = grown;
-        r->cap = cap;
+    void *grown = mms_grow(r->rows, &r->cap, r->n, sizeof *r->rows, 8);
+    if (grown == NULL) {
+        r->no_memory = true;
+        return 1;
     }
+    r->rows = grown;
     r->rows[r->n++] = *j;
     return 0;
 }
@@ -133,16 +130,12 @@ static int
 collect_file(void *ud, const struct mms_instance_row *r)
 {
     struct files *f = ud;
-    if (f->n == f->cap) {
-        int cap = f->cap > 0 ? 2 * f->cap : 64;
-        char **grown = realloc(f->paths, (size_t)cap * sizeof *grown);
-        if (grown == NULL) {
-            f->no_memory = true;
-            return 1;
-        }
-        f->paths = grown;
-        f->cap = cap;
+    void *grown = mms_grow(f->paths, &f->cap, f->n, sizeof *f->paths, 64);
+    if (grown == NULL) {
+        f->no_memory = true;
+        return 1;
     }
+    f->paths = grown;
     size_t len = strlen(f->state_dir) + strlen(r->path) + 2;
     if ((f->paths[f->n] = malloc(len)) == NULL) {
         f->no_memory = true;

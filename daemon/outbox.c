@@ -13,6 +13,7 @@
 
 #include "common/err.h"
 #include "common/fs.h"
+#include "common/grow.h"
 
 #define PATH_CAP 4400
 /* The longest state_dir: with a job number, a destination name (64) and a file name (255)
@@ -130,15 +131,12 @@ list_dir(const char *dir, const char *suffix, const char *skip, char ***out, cha
         if (e->d_name[0] == '.' || (skip != NULL && strcmp(e->d_name, skip) == 0) || l < sl ||
             (sl > 0 && strcmp(e->d_name + l - sl, suffix) != 0))
             continue;
-        if (n == cap) {
-            cap = cap > 0 ? 2 * cap : 8;
-            char **grown = realloc(list, (size_t)cap * sizeof *list);
-            if (grown == NULL) {
-                rc = MMS_ENOMEM;
-                break;
-            }
-            list = grown;
+        void *grown = mms_grow(list, &cap, n, sizeof *list, 8);
+        if (grown == NULL) {
+            rc = MMS_ENOMEM;
+            break;
         }
+        list = grown;
         size_t len = strlen(dir) + l + 2;
         if ((list[n] = malloc(len)) == NULL) {
             rc = MMS_ENOMEM;
@@ -276,16 +274,12 @@ collect_send(void *ud, const struct mms_send_row *r)
     struct collect *c = ud;
     if (r->state == MMS_SEND_DONE)
         return 0;
-    if (c->n == c->cap) {
-        int cap = c->cap > 0 ? 2 * c->cap : 16;
-        struct mms_send_row *grown = realloc(c->rows, (size_t)cap * sizeof *grown);
-        if (grown == NULL) {
-            c->no_memory = true;
-            return 1;
-        }
-        c->rows = grown;
-        c->cap = cap;
+    void *grown = mms_grow(c->rows, &c->cap, c->n, sizeof *c->rows, 16);
+    if (grown == NULL) {
+        c->no_memory = true;
+        return 1;
     }
+    c->rows = grown;
     c->rows[c->n++] = *r;
     return 0;
 }
