@@ -75,6 +75,25 @@ collect_running(void *ud, const struct mms_job_row *j)
     return 0;
 }
 
+/* A series whose job the daemon stopped during (a crash, a kill) this many times in a row is
+ * failed instead of queued again: a file that crashes the decoder must not loop forever. */
+#define MAX_INTERRUPTED 3
+
+struct streak {
+    const char *series;
+    int interrupted; /* the series' interrupted jobs since its last finished one */
+};
+
+static int
+count_streak(void *ud, const struct mms_job_row *j)
+{
+    struct streak *k = ud;
+    if (strcmp(j->series_uid, k->series) != 0 || j->state == MMS_JOB_RUNNING)
+        return 0;
+    k->interrupted = j->state == MMS_JOB_INTERRUPTED ? k->interrupted + 1 : 0;
+    return 0;
+}
+
 static int
 any_send(void *ud, const struct mms_send_row *s)
 {
@@ -96,6 +115,11 @@ mms_jobs_recover(struct mms_index *ix, double now)
         bool sent = false;
         if ((rc = mms_index_sends(ix, -1, j->id, any_send, &sent, why, sizeof why)) < 0)
             break;
+        struct streak k = {j->series_uid, 0};
+        if (!sent && (rc = mms_index_jobs(ix, -1, count_streak, &k, why, sizeof why)) < 0)
+            break;
+        bool give_up = !sent && k.interrupted + 1 >= MAX_INTERRUPTED;
+        char series_reason[256] = "";
         j->finished = now;
         if (sent) {
             j->state = MMS_JOB_DONE;
@@ -105,11 +129,22 @@ mms_jobs_recover(struct mms_index *ix, double now)
             j->state = MMS_JOB_INTERRUPTED;
             snprintf(j->reason, sizeof j->reason, "the daemon stopped during the job");
         }
-        rc = mms_index_job_finish(ix, j, sent ? MMS_SERIES_DONE : MMS_SERIES_RUNNING, NULL, now,
-                                  why, sizeof why);
-        mms_log(MMS_LOG_NOTICE, "job %" PRId64 " (series %s, run %" PRId64 "): %s; %s", j->id,
-                j->series_uid, j->run, j->reason,
-                sent ? "its sends go on" : "the series is queued again");
+        if (give_up)
+            snprintf(series_reason, sizeof series_reason,
+                     "the daemon stopped during %d jobs of this series in a row (a crash in "
+                     "decoding or inference?); not run again",
+                     k.interrupted + 1);
+        rc = mms_index_job_finish(ix, j,
+                                  sent      ? MMS_SERIES_DONE
+                                  : give_up ? MMS_SERIES_FAILED
+                                            : MMS_SERIES_RUNNING,
+                                  series_reason, now, why, sizeof why);
+        mms_log(give_up ? MMS_LOG_ERR : MMS_LOG_NOTICE,
+                "job %" PRId64 " (series %s, run %" PRId64 "): %s; %s", j->id, j->series_uid,
+                j->run, j->reason,
+                sent      ? "its sends go on"
+                : give_up ? series_reason
+                          : "the series is queued again");
     }
     free(r.rows);
     if (rc < 0)

@@ -32,7 +32,9 @@ struct mms_jobs;
 
 /* After a restart, before mms_sched_recover(): a job left running whose sends exist finished
  * its work before the stop (done, its series done); any other is interrupted, and its series
- * (still running) is queued again by mms_sched_recover(). Returns 0 or MMS_EIO. */
+ * (still running) is queued again by mms_sched_recover(), unless this is the third
+ * interrupted job of the series in a row: then the series fails with that reason, so that an
+ * input that crashes the daemon does not make it crash forever. Returns 0 or MMS_EIO. */
 int mms_jobs_recover(struct mms_index *ix, double now);
 
 /* Load the model, start the worker threads and take the queued series.

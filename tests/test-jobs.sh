@@ -13,7 +13,9 @@
 #     interrupted, the series runs again, and Orthanc holds exactly one SEG of it;
 #  d) a fourth series (irregular spacing) through the drop folder: its SEG has the same pixel
 #     data and UIDs as the one `mmsegd segment -o` writes for the same files;
-#  e) SIGHUP: a model file that does not load is refused, another one takes over;
+#  e) the daemon killed during three jobs of one series in a row: the series fails instead of
+#     running again (an input that crashes the daemon must not loop forever);
+#  f) SIGHUP: a model file that does not load is refused, another one takes over;
 #  and the metrics endpoint moves as the series go through.
 set -u
 . "$(dirname "$0")/find-testdata.sh"
@@ -34,7 +36,7 @@ dciodvfy=${DCIODVFY:-$(command -v dciodvfy || echo /usr/bin/dciodvfy)}
 tmp=$(mktemp -d)
 pid=
 trap serve_cleanup EXIT
-echo "1..25"
+echo "1..27"
 
 # ---------------------------------------------------------------------------- inputs
 "$python" "$src/tools/mmunet/phantom_series.py" write --seed 1000 --out "$tmp/ph" \
@@ -235,23 +237,47 @@ sys.exit(not (a.PixelData == b.PixelData and a.SOPInstanceUID == b.SOPInstanceUI
     "$tmp/oneshot/$irr.seg.dcm" 2>/dev/null &&
     result OK "d) its SEG has the pixel data, frames and UIDs of mmsegd segment's" ||
     result FAIL "d) its SEG has the pixel data, frames and UIDs of mmsegd segment's"
-# ---------------------------------------------------------------------------- e) SIGHUP
+# ---------------------------------------------------------------------------- e) crash loop
+# the shear series re-opened, then the daemon killed during three of its jobs in a row: the
+# series fails after the third instead of running (and crashing) again
+kill_during_job() { # RUN: wait for the job of that run, kill the daemon
+    wait_for 30 grep -q "job [0-9]*: series $shear, run $1\$" "$tmp/log" || return 1
+    kill -9 "$pid"
+    wait "$pid" 2>/dev/null
+    pid=
+}
+cp "$(ls "$shear_dir"/* | head -1)" "$tmp/late2.dcm"
+dcmodify -nb -m "(0008,103E)=re-opened" "$tmp/late2.dcm" >/dev/null 2>&1
+storescu -aec MMSEGD 127.0.0.1 "$port" "$tmp/late2.dcm" >/dev/null 2>&1
+looped=0
+kill_during_job 3 && start && kill_during_job 4 && start && kill_during_job 5 && start && looped=1
+shear_state=$(series_state "$shear")
+reason=$(sqlite3 "$tmp/state/state.db" "SELECT reason FROM series WHERE series_uid = '$shear'")
+[ $looped = 1 ] && [ "$shear_state" = "failed 5" ] && case $reason in *"stopped during 3 jobs"*) true ;; *) false ;; esac &&
+    result OK "e) killed during three jobs of a series in a row: the series fails ($reason)" ||
+    result FAIL "e) killed during three jobs of a series in a row: the series fails ('$shear_state', '$reason')"
+sleep 3
+! grep -q "series $shear, run 6" "$tmp/log" && kill -0 "$pid" 2>/dev/null &&
+    result OK "e) it is not run again, and the daemon keeps serving" ||
+    result FAIL "e) it is not run again, and the daemon keeps serving"
+
+# ---------------------------------------------------------------------------- f) SIGHUP
 # a model file that does not load is refused; another valid model takes over
 tiny=$(cd "$src" && pwd)/tests/fixtures/mmunet/tiny-shared.safetensors
 sed -i "s|^model = .*|model = $tmp/broken.safetensors|" "$tmp/mmsegd.ini"
 echo "not a model" >"$tmp/broken.safetensors"
 kill -HUP "$pid"
 wait_for 10 grep -q "reload: model $tmp/broken.safetensors: .*keeping the running model" "$tmp/log" &&
-    result OK "e) SIGHUP with a model file that does not load: the running model stays" ||
-    result FAIL "e) SIGHUP with a model file that does not load: the running model stays"
+    result OK "f) SIGHUP with a model file that does not load: the running model stays" ||
+    result FAIL "f) SIGHUP with a model file that does not load: the running model stays"
 sed -i "s|^model = .*|model = $tiny|" "$tmp/mmsegd.ini"
 kill -HUP "$pid"
 tiny_sha=$(sha256sum <"$tiny" | cut -c1-64)
 if wait_for 10 grep -q "reload: now using model .* sha256 $tiny_sha" "$tmp/log" &&
     curl -sf "http://127.0.0.1:$mport/metrics" | grep -q "sha256=\"$tiny_sha\""; then
-    result OK "e) SIGHUP with another model: it takes over (metrics name its SHA-256)"
+    result OK "f) SIGHUP with another model: it takes over (metrics name its SHA-256)"
 else
-    result FAIL "e) SIGHUP with another model: it takes over"
+    result FAIL "f) SIGHUP with another model: it takes over"
 fi
 stop
 grep -q "Sanitizer" "$tmp/log" &&
