@@ -162,13 +162,19 @@ run_task(struct worker *w, struct mms_send_row r)
     } else {
         char rel[256];
         mms_outbox_dead_name(r.job, d->name, rel, sizeof rel);
-        r.state = MMS_SEND_DEAD;
-        r.state_since = now;
-        if (mms_outbox_bury(s->state_dir, r.job, d->name, reason, why, sizeof why) < 0)
-            mms_log(MMS_LOG_ERR, "job %" PRId64 " to %s: keeping the dead letter failed: %s", r.job,
-                    d->name, why);
-        mms_log(MMS_LOG_ERR, "job %" PRId64 " to %s: not delivered, kept in %s: %s", r.job, d->name,
-                rel, reason);
+        if (mms_outbox_bury(s->state_dir, r.job, d->name, reason, why, sizeof why) == 0) {
+            r.state = MMS_SEND_DEAD;
+            r.state_since = now;
+            mms_log(MMS_LOG_ERR, "job %" PRId64 " to %s: not delivered, kept in %s: %s", r.job,
+                    d->name, rel, reason);
+        } else {
+            /* without its dead letter the outbox is the only copy: keep the send pending */
+            r.next_attempt = now + backoff(d, r.attempts);
+            mms_log(MMS_LOG_ERR,
+                    "job %" PRId64 " to %s: not delivered (%s), and keeping the dead letter "
+                    "failed (%s); the send stays pending",
+                    r.job, d->name, reason, why);
+        }
     }
     if (mms_index_send_update(s->ix, &r, why, sizeof why) < 0) {
         /* the row stays as it was: pending, so the attempt is made again (a duplicate the
