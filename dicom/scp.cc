@@ -55,6 +55,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "dicom/text-impl.hh"
 
 void mms__route_dcmtk_log(); // below; also used by seg.cc (dicom-impl.hh)
 
@@ -93,50 +94,20 @@ makeOFConditionConst(stopping, OFM_dcmnet, 0x7f00, OF_error, "the Store SCP stop
 // dcmExternalSocketHandle is one value for the whole process.
 std::mutex ext_lock;
 
-std::string
-trim(const std::string &s)
-{
-    size_t b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
-    return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
-}
-
-// Received text made safe for a log line: at most 64 printable characters.
-std::string
-printable(const char *s)
-{
-    std::string out;
-    for (; *s != '\0' && out.size() < 64; s++)
-        out += *s >= 0x20 && *s < 0x7f ? *s : '?';
-    return out;
-}
-
-// An AE title as PS3.5 allows it: 1 to 16 characters of the default repertoire without
-// backslash or control characters, not only spaces (leading and trailing spaces are padding).
-bool
-ae_valid(const std::string &ae)
-{
-    if (ae.empty() || ae.size() > 16)
-        return false;
-    for (char c : ae)
-        if (c < 0x20 || c >= 0x7f || c == '\\')
-            return false;
-    return true;
-}
-
 // Split a comma list; items are trimmed. An all-blank list gives no items; an empty item
 // in a non-blank list is an error (false).
 bool
 split_list(const char *list, std::vector<std::string> *out)
 {
     out->clear();
-    if (list == nullptr || trim(list).empty())
+    if (list == nullptr || mms__trim(list).empty())
         return true;
     std::string s = list;
     size_t at = 0;
     for (;;) {
         size_t comma = s.find(',', at);
         std::string item =
-            trim(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
+            mms__trim(s.substr(at, comma == std::string::npos ? std::string::npos : comma - at));
         if (item.empty())
             return false;
         out->push_back(item);
@@ -269,7 +240,7 @@ dataset_uid(const char *path, std::string *uid)
     std::string s = v.c_str();
     while (!s.empty() && (s.back() == ' ' || s.back() == '\0'))
         s.pop_back();
-    *uid = trim(s);
+    *uid = mms__trim(s);
     return EC_Normal;
 }
 
@@ -322,15 +293,15 @@ class association : public DcmThreadSCP
     processAssociationRQ() override
     {
         T_ASC_Parameters *p = assoc_->params;
-        calling_ = trim(p->DULparams.callingAPTitle);
-        std::string called = trim(p->DULparams.calledAPTitle);
+        calling_ = mms__trim(p->DULparams.callingAPTitle);
+        std::string called = mms__trim(p->DULparams.calledAPTitle);
         if (!s_.hosts.empty() && mms_cidr_match(s_.hosts.c_str(), peer_.c_str()) != 1)
             return refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
                           ASC_REASON_SU_NOREASON, "host not in allowed_hosts");
         if (called != s_.ae)
             return refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
                           ASC_REASON_SU_CALLEDAETITLENOTRECOGNIZED,
-                          "called AE title '" + printable(called.c_str()) + "' is not ours");
+                          "called AE title '" + mms__printable(called.c_str()) + "' is not ours");
         bool known = s_.calling.empty();
         for (const std::string &c : s_.calling)
             known = known || c == calling_;
@@ -404,7 +375,7 @@ class association : public DcmThreadSCP
            T_ASC_RejectParametersReason reason, const std::string &why)
     {
         mms_log(MMS_LOG_NOTICE, "association from %s@%s refused: %s",
-                printable(calling_.c_str()).c_str(), peer_.c_str(), why.c_str());
+                mms__printable(calling_.c_str()).c_str(), peer_.c_str(), why.c_str());
         T_ASC_RejectParameters rej = {result, source, reason};
         OFCondition cond = ASC_rejectAssociation(assoc_, &rej);
         if (cond.bad())
@@ -432,11 +403,11 @@ class association : public DcmThreadSCP
         cond = ASC_acknowledgeAssociation(assoc_);
         if (cond.bad()) {
             mms_log(MMS_LOG_NOTICE, "association from %s@%s: ASC_acknowledgeAssociation: %s",
-                    printable(calling_.c_str()).c_str(), peer_.c_str(), cond.text());
+                    mms__printable(calling_.c_str()).c_str(), peer_.c_str(), cond.text());
             return;
         }
         mms_log(MMS_LOG_INFO, "association from %s@%s accepted",
-                printable(calling_.c_str()).c_str(), peer_.c_str());
+                mms__printable(calling_.c_str()).c_str(), peer_.c_str());
         cond = receive_loop();
         int level = MMS_LOG_INFO;
         std::string how;
@@ -455,7 +426,8 @@ class association : public DcmThreadSCP
             ASC_abortAssociation(assoc_);
         }
         mms_log(level, "association from %s@%s %s; %u instances stored, %u refused",
-                printable(calling_.c_str()).c_str(), peer_.c_str(), how.c_str(), stored_, refused_);
+                mms__printable(calling_.c_str()).c_str(), peer_.c_str(), how.c_str(), stored_,
+                refused_);
     }
 
     // DcmSCP::handleAssociation, except that waiting for the next command also watches the
@@ -513,8 +485,8 @@ class association : public DcmThreadSCP
         } else {
             refused_++;
             mms_log(level, "C-STORE %s from %s@%s answered 0x%04X: %s",
-                    printable(req.AffectedSOPInstanceUID).c_str(),
-                    printable(calling_.c_str()).c_str(), peer_.c_str(), status, why.c_str());
+                    mms__printable(req.AffectedSOPInstanceUID).c_str(),
+                    mms__printable(calling_.c_str()).c_str(), peer_.c_str(), status, why.c_str());
         }
         return sendSTOREResponse(pres, req, status);
     }
@@ -527,9 +499,9 @@ class association : public DcmThreadSCP
             return DIMSE_BADMESSAGE;
         if (info.abstractSyntax != req.AffectedSOPClassUID)
             return drop(req, pres, st_no_class, MMS_LOG_NOTICE,
-                        "SOP class " + printable(req.AffectedSOPClassUID) +
+                        "SOP class " + mms__printable(req.AffectedSOPClassUID) +
                             " is not the presentation context's");
-        std::string inst = trim(req.AffectedSOPInstanceUID);
+        std::string inst = mms__trim(req.AffectedSOPInstanceUID);
         if (inst.empty()) // DCMTK's parser refuses this already (see the top of the file)
             return drop(req, pres, st_bad_data, MMS_LOG_NOTICE,
                         "the request has no Affected SOP Instance UID");
@@ -560,7 +532,7 @@ class association : public DcmThreadSCP
                 return answer(req, pres, st_resources, MMS_LOG_WARNING,
                               std::string("writing the file failed: ") + cond.text());
             mms_log(MMS_LOG_NOTICE, "C-STORE %s from %s@%s: receiving failed: %s",
-                    printable(inst.c_str()).c_str(), printable(calling_.c_str()).c_str(),
+                    mms__printable(inst.c_str()).c_str(), mms__printable(calling_.c_str()).c_str(),
                     peer_.c_str(), cond.text());
             return cond;
         }
@@ -577,16 +549,17 @@ class association : public DcmThreadSCP
                 return answer(req, pres, st_unreadable, MMS_LOG_NOTICE,
                               std::string("data set unreadable: ") + cond.text());
             return answer(req, pres, st_bad_data, MMS_LOG_NOTICE,
-                          uid.empty() ? "the data set has no SOP Instance UID (0008,0018)"
-                                      : "SOP Instance UID (0008,0018) " + printable(uid.c_str()) +
-                                            " differs from the request's");
+                          uid.empty()
+                              ? "the data set has no SOP Instance UID (0008,0018)"
+                              : "SOP Instance UID (0008,0018) " + mms__printable(uid.c_str()) +
+                                    " differs from the request's");
         }
         struct mms_scp_store st = {path.c_str(), calling_.c_str(), peer_.c_str(),
                                    req.AffectedSOPClassUID, inst.c_str()};
         Uint16 status = s_.on_store(s_.ctx, &st);
         mms_log(MMS_LOG_DEBUG, "C-STORE %s from %s@%s: %s, on_store answered 0x%04X",
-                printable(inst.c_str()).c_str(), printable(calling_.c_str()).c_str(), peer_.c_str(),
-                path.c_str(), status);
+                mms__printable(inst.c_str()).c_str(), mms__printable(calling_.c_str()).c_str(),
+                peer_.c_str(), path.c_str(), status);
         return answer(req, pres, status, MMS_LOG_NOTICE, "refused by on_store");
     }
 };
@@ -750,7 +723,7 @@ open_listener(const std::string &addr, unsigned port, int *fd, unsigned *out, st
         a6->sin6_port = htons((uint16_t)port);
         len = sizeof *a6;
     } else {
-        *msg = "bind: not a numeric IPv4 or IPv6 address: " + printable(addr.c_str());
+        *msg = "bind: not a numeric IPv4 or IPv6 address: " + mms__printable(addr.c_str());
         return MMS_EINVAL;
     }
     int f = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -779,7 +752,7 @@ int
 check_opts(const struct mms_scp_opts *o, std::string *msg)
 {
     std::vector<std::string> items;
-    if (o->ae_title == nullptr || !ae_valid(trim(o->ae_title))) {
+    if (o->ae_title == nullptr || !mms__ae_valid(mms__trim(o->ae_title))) {
         *msg = "ae_title: not an AE title (1 to 16 characters, no backslash)";
     } else if (!split_list(o->allowed_calling_aes, &items)) {
         *msg = "allowed_calling_aes: empty item in the list";
@@ -799,11 +772,11 @@ check_opts(const struct mms_scp_opts *o, std::string *msg)
         *msg = "on_store: missing";
     } else if (o->allowed_hosts != nullptr && mms_cidr_match(o->allowed_hosts, "::") < 0) {
         *msg = std::string("allowed_hosts: not a list of addresses or CIDR blocks: ") +
-               printable(o->allowed_hosts);
+               mms__printable(o->allowed_hosts);
     } else {
         for (const std::string &c : items)
-            if (!ae_valid(c)) {
-                *msg = "allowed_calling_aes: not an AE title: " + printable(c.c_str());
+            if (!mms__ae_valid(c)) {
+                *msg = "allowed_calling_aes: not an AE title: " + mms__printable(c.c_str());
                 return MMS_EINVAL;
             }
         return 0;
@@ -817,10 +790,10 @@ start(const struct mms_scp_opts *o, std::unique_ptr<mms_scp> &s, std::string *ms
     int rc = check_opts(o, msg);
     if (rc < 0)
         return rc;
-    s->ae = trim(o->ae_title);
+    s->ae = mms__trim(o->ae_title);
     s->bind = o->bind != nullptr && o->bind[0] != '\0' ? o->bind : "0.0.0.0";
     split_list(o->allowed_calling_aes, &s->calling);
-    s->hosts = o->allowed_hosts != nullptr ? trim(o->allowed_hosts) : "";
+    s->hosts = o->allowed_hosts != nullptr ? mms__trim(o->allowed_hosts) : "";
     s->tmp_dir = o->tmp_dir;
     s->space_dir = o->space_dir;
     s->max_assoc = o->max_associations;
@@ -912,7 +885,7 @@ mms_cidr_match(const char *list, const char *addr)
             return MMS_EINVAL;
         unsigned char a[16];
         bool v4;
-        if (!parse_addr(trim(addr), a, &v4))
+        if (!parse_addr(mms__trim(addr), a, &v4))
             return MMS_EINVAL;
         std::vector<std::string> items;
         if (!split_list(list, &items))

@@ -50,6 +50,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "dicom/text-impl.hh"
 
 void mms__route_dcmtk_log(); // scp.cc
 
@@ -82,23 +83,6 @@ struct context {
 
 const size_t max_contexts = 128; // odd IDs 1..255
 
-// Received text made safe for a reason: at most 64 printable characters.
-std::string
-printable(const char *s)
-{
-    std::string out;
-    for (; s != nullptr && *s != '\0' && out.size() < 64; s++)
-        out += *s >= 0x20 && *s < 0x7f ? *s : '?';
-    return out;
-}
-
-std::string
-trim(const std::string &s)
-{
-    size_t b = s.find_first_not_of(" \t"), e = s.find_last_not_of(" \t");
-    return b == std::string::npos ? std::string() : s.substr(b, e - b + 1);
-}
-
 // An AE title as PS3.5 allows it: 1 to 16 characters of the default repertoire without
 // backslash or control characters, not only spaces.
 bool
@@ -106,13 +90,7 @@ ae_valid(const char *ae)
 {
     if (ae == nullptr)
         return false;
-    std::string t = trim(ae);
-    if (t.empty() || t.size() > 16)
-        return false;
-    for (char c : t)
-        if (c < 0x20 || c >= 0x7f || c == '\\')
-            return false;
-    return true;
+    return mms__ae_valid(mms__trim(ae));
 }
 
 std::string
@@ -126,7 +104,7 @@ hex4(unsigned v)
 std::string
 addr_of(const mms_scu_peer *p)
 {
-    return trim(p->called_ae) + "@" + p->host + ":" + std::to_string(p->port);
+    return mms__trim(p->called_ae) + "@" + p->host + ":" + std::to_string(p->port);
 }
 
 // The classification of a C-STORE-RSP status (design.md section 8).
@@ -148,10 +126,10 @@ status_text(Uint16 st, DcmDataset *detail)
     OFString comment;
     if (detail != nullptr && detail->findAndGetOFString(DCM_ErrorComment, comment).good() &&
         !comment.empty())
-        s += ", Error Comment '" + printable(comment.c_str()) + "'";
+        s += ", Error Comment '" + mms__printable(comment.c_str()) + "'";
     OFString id;
     if (detail != nullptr && detail->findAndGetOFString(DCM_ErrorID, id).good() && !id.empty())
-        s += ", Error ID " + printable(id.c_str());
+        s += ", Error ID " + mms__printable(id.c_str());
     return s;
 }
 
@@ -351,9 +329,9 @@ read_meta(item *it)
         meta->findAndGetOFString(DCM_MediaStorageSOPInstanceUID, inst);
         meta->findAndGetOFString(DCM_TransferSyntaxUID, ts);
     }
-    it->sop_class = trim(cls.c_str());
-    it->sop_instance = trim(inst.c_str());
-    it->ts = trim(ts.c_str());
+    it->sop_class = mms__trim(cls.c_str());
+    it->sop_instance = mms__trim(inst.c_str());
+    it->ts = mms__trim(ts.c_str());
     if (cond.bad()) {
         o.rc = MMS_EDICOM;
         o.reason = it->path + ": cannot read the file meta information: " + cond.text();
@@ -364,8 +342,8 @@ read_meta(item *it)
                    "(0002,0003) or (0002,0010)";
     } else if ((it->xfer = DcmXfer(it->ts.c_str()).getXfer()) == EXS_Unknown) {
         o.rc = MMS_EDICOM;
-        o.reason =
-            it->path + ": transfer syntax " + printable(it->ts.c_str()) + " is not known to DCMTK";
+        o.reason = it->path + ": transfer syntax " + mms__printable(it->ts.c_str()) +
+                   " is not known to DCMTK";
     } else {
         it->readable = true;
         return outcome();
@@ -461,7 +439,7 @@ class association
             o->reason = std::string("cannot set up the association: ") + cond.text();
             return false;
         }
-        std::string calling = trim(p->calling_ae), called = trim(p->called_ae);
+        std::string calling = mms__trim(p->calling_ae), called = mms__trim(p->called_ae);
         ASC_setAPTitles(params_, calling.c_str(), called.c_str(), nullptr);
         char local[256] = "localhost";
         gethostname(local, sizeof local - 1);
@@ -636,7 +614,7 @@ check_peer(const mms_scu_peer *p, std::string *msg)
     }
     if (std::strchr(p->host, ':') != nullptr) {
         *msg = std::string("host: DCMTK 3.6.7 cannot connect to an IPv6 literal: ") +
-               printable(p->host);
+               mms__printable(p->host);
         return MMS_ENOTSUP;
     }
     for (const char *c = p->host; *c != '\0'; c++)
