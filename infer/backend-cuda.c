@@ -186,6 +186,17 @@ dev_free(void *p)
         (void)MMS_CUDA_CHECK(cudaFree(p));
 }
 
+/* Host to device on the backend's stream, waited for (the stream does not synchronize with
+ * the legacy default stream, so plain cudaMemcpy could race with the kernels). */
+static int
+h2d(struct mms_cuda *cu, void *dst, const void *src, size_t nbytes)
+{
+    int rc = MMS_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyHostToDevice, cu->stream));
+    if (rc == 0)
+        rc = MMS_CUDA_CHECK(cudaStreamSynchronize(cu->stream));
+    return rc;
+}
+
 /* ------------------------------------------------------------------------ device */
 static int
 cuda_init(struct mms_backend *be, const struct mms_backend_params *p)
@@ -518,14 +529,12 @@ conv_upload(struct mms_cuda *cu, const struct mms_node *nd, struct conv_state *c
     if ((rc = dev_alloc(&c->wei, count * conv_esize(cu), nd->name)) < 0 ||
         (rc = dev_alloc((void **)&c->bias, (size_t)co * sizeof(float), nd->name)) < 0)
         goto out;
-    if ((rc = MMS_CUDA_CHECK(cudaMemcpy(c->bias, nd->u.conv.b, (size_t)co * sizeof(float),
-                                        cudaMemcpyHostToDevice))) < 0)
+    if ((rc = h2d(cu, c->bias, nd->u.conv.b, (size_t)co * sizeof(float))) < 0)
         goto out;
     if (cu->precision == MMS_CUDA_FP32) {
-        rc = MMS_CUDA_CHECK(cudaMemcpy(c->wei, host, fbytes, cudaMemcpyHostToDevice));
+        rc = h2d(cu, c->wei, host, fbytes);
     } else {
-        if ((rc = dev_alloc(&tmp, fbytes, nd->name)) < 0 ||
-            (rc = MMS_CUDA_CHECK(cudaMemcpy(tmp, host, fbytes, cudaMemcpyHostToDevice))) < 0)
+        if ((rc = dev_alloc(&tmp, fbytes, nd->name)) < 0 || (rc = h2d(cu, tmp, host, fbytes)) < 0)
             goto out;
         struct mms_k_cast_args ca = {
             .src = tmp, .dst = c->wei, .count = (int64_t)count, .to = conv_ftype(cu)};
@@ -626,12 +635,11 @@ cuda_graph_fini(struct mms_backend *be, void *gctx)
 }
 
 static int
-upload_vec(float **out, const float *src, int64_t n, const char *what)
+upload_vec(struct mms_cuda *cu, float **out, const float *src, int64_t n, const char *what)
 {
     int rc = dev_alloc((void **)out, (size_t)n * sizeof(float), what);
     if (rc == 0)
-        rc = MMS_CUDA_CHECK(
-            cudaMemcpy(*out, src, (size_t)n * sizeof(float), cudaMemcpyHostToDevice));
+        rc = h2d(cu, *out, src, (size_t)n * sizeof(float));
     return rc;
 }
 
@@ -735,8 +743,8 @@ cuda_graph_init(struct mms_backend *be, const struct mms_graph *g, void **gctx, 
             break;
         case MMS_OP_NORM: {
             int64_t ch = g->tensors[nd->src[0]].c;
-            if ((rc = upload_vec(&s->gamma, nd->u.norm.gamma, ch, nd->name)) < 0 ||
-                (rc = upload_vec(&s->beta, nd->u.norm.beta, ch, nd->name)) < 0)
+            if ((rc = upload_vec(cu, &s->gamma, nd->u.norm.gamma, ch, nd->name)) < 0 ||
+                (rc = upload_vec(cu, &s->beta, nd->u.norm.beta, ch, nd->name)) < 0)
                 goto fail;
             gc->fixed_bytes += 2 * (size_t)ch * sizeof(float);
             break;

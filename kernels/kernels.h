@@ -42,7 +42,7 @@ enum mms_k_ftype { MMS_K_F32, MMS_K_BF16, MMS_K_F16 };
  * are bitwise repeatable), biased variance, then x = x * scale + shift (scale = gamma /
  * sqrt(var + eps), shift = beta - mean * scale), then LReLU(slope) when lrelu.
  * ws: device workspace of mms_k_instnorm_ws_bytes(c, n) bytes. */
-#define MMS_K_IN_CHUNKS 256
+#define MMS_K_IN_CHUNKS 1024
 static inline size_t
 mms_k_instnorm_ws_bytes(int64_t c, int n)
 {
