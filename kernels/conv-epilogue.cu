@@ -25,17 +25,32 @@ to_f32(__half v)
     return __half2float(v);
 }
 
-/* y may alias dst (fp32 in place): no __restrict__ on them. */
-template <typename T>
+/* y may alias dst (fp32 in place): no __restrict__ on them. I is the index type: 32-bit
+ * unsigned when the tensor allows, as the channel modulo is much cheaper then. */
+template <typename T, typename I>
 static __global__ void
-conv_epilogue_kernel(const T *y, float *dst, const float *__restrict__ bias, int64_t count,
-                     int64_t c, bool accumulate, float slope)
+conv_epilogue_kernel(const T *y, float *dst, const float *__restrict__ bias, I count, I c,
+                     bool accumulate, float slope)
 {
-    int64_t step = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += step) {
+    I step = (I)gridDim.x * blockDim.x;
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += step) {
         float acc = accumulate ? dst[i] : 0.0f;
         dst[i] = mms_conv_epilogue(to_f32(y[i]), bias[i % c], acc, accumulate, slope);
     }
+}
+
+template <typename T>
+static void
+run(const T *y, const struct mms_k_conv_epilogue_args *a, int64_t count, unsigned blocks,
+    cudaStream_t s)
+{
+    /* a grid-stride index stays below count + step, which must fit the type */
+    if (count + (int64_t)blocks * 256 <= (int64_t)UINT32_MAX)
+        conv_epilogue_kernel<T, uint32_t><<<blocks, 256, 0, s>>>(
+            y, a->dst, a->bias, (uint32_t)count, (uint32_t)a->c, a->accumulate, a->slope);
+    else
+        conv_epilogue_kernel<T, int64_t>
+            <<<blocks, 256, 0, s>>>(y, a->dst, a->bias, count, a->c, a->accumulate, a->slope);
 }
 
 static void
@@ -45,14 +60,11 @@ conv_epilogue_launch(const struct mms_k_conv_epilogue_args *a, cudaStream_t s)
     if (blocks > 8192)
         blocks = 8192; /* grid-stride loop covers the rest */
     if (a->ytype == MMS_K_F32)
-        conv_epilogue_kernel<<<(unsigned)blocks, 256, 0, s>>>((const float *)a->y, a->dst, a->bias,
-                                                              count, a->c, a->accumulate, a->slope);
+        run<float>((const float *)a->y, a, count, (unsigned)blocks, s);
     else if (a->ytype == MMS_K_BF16)
-        conv_epilogue_kernel<<<(unsigned)blocks, 256, 0, s>>>(
-            (const __nv_bfloat16 *)a->y, a->dst, a->bias, count, a->c, a->accumulate, a->slope);
+        run<__nv_bfloat16>((const __nv_bfloat16 *)a->y, a, count, (unsigned)blocks, s);
     else
-        conv_epilogue_kernel<<<(unsigned)blocks, 256, 0, s>>>((const __half *)a->y, a->dst, a->bias,
-                                                              count, a->c, a->accumulate, a->slope);
+        run<__half>((const __half *)a->y, a, count, (unsigned)blocks, s);
 }
 
 extern "C" int

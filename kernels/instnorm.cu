@@ -68,16 +68,18 @@ instnorm_coef_kernel(const double *__restrict__ part, int64_t l, int64_t c, int 
     coef[smp * 2 * c + c + ch] = sh;
 }
 
+/* I is the index type: 32-bit unsigned when the tensor allows (a cheaper channel modulo). */
+template <typename I>
 static __global__ void
-instnorm_apply_kernel(float *__restrict__ x, int64_t count, int64_t c, size_t stride,
+instnorm_apply_kernel(float *__restrict__ x, I count, I c, size_t stride,
                       const float *__restrict__ coef, bool lrelu, float slope)
 {
     int smp = blockIdx.y;
     float *xs = x + (size_t)smp * stride;
     const float *sc = coef + (size_t)smp * 2 * c, *sh = sc + c;
-    int64_t step = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += step) {
-        int64_t ch = i % c;
+    I step = (I)gridDim.x * blockDim.x;
+    for (I i = (I)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += step) {
+        I ch = i % c;
         xs[i] = mms_norm_apply(xs[i], sc[ch], sh[ch], lrelu, slope);
     }
 }
@@ -97,8 +99,14 @@ instnorm_launch(const struct mms_k_instnorm_args *a, cudaStream_t s)
     int64_t count = a->l * a->c, blocks = (count + 255) / 256;
     if (blocks > 8192)
         blocks = 8192; /* grid-stride loop covers the rest */
-    instnorm_apply_kernel<<<dim3((unsigned)blocks, (unsigned)a->n), 256, 0, s>>>(
-        a->x, count, a->c, a->stride, coef, a->lrelu, a->slope);
+    dim3 grid((unsigned)blocks, (unsigned)a->n);
+    /* a grid-stride index stays below count + step, which must fit the type */
+    if (count + blocks * 256 <= (int64_t)UINT32_MAX)
+        instnorm_apply_kernel<uint32_t><<<grid, 256, 0, s>>>(a->x, (uint32_t)count, (uint32_t)a->c,
+                                                             a->stride, coef, a->lrelu, a->slope);
+    else
+        instnorm_apply_kernel<int64_t>
+            <<<grid, 256, 0, s>>>(a->x, count, a->c, a->stride, coef, a->lrelu, a->slope);
 }
 
 extern "C" int
