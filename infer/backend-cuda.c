@@ -11,9 +11,10 @@
  * Convolutions use cuDNN's legacy API (cudnnConvolutionForward with Nd descriptors): it is
  * the form whose behaviour is documented per algorithm and per data type configuration, it
  * needs no graph or engine heuristics to build, and its descriptors map one to one onto a
- * node: activations NDHWC (CUDNN_TENSOR_NHWC with 5 dimensions), filters (cout, kD, kH, kW,
- * cin), reordered once at graph_init(). Many legacy algorithms want fully packed tensors, so a
- * convolution runs once per sample (each sample is a packed (D, H, W, C) tensor). The
+ * node: activations NDHWC (5-dimensional descriptors with channels-last strides), filters
+ * (cout, kD, kH, kW, cin) (CUDNN_TENSOR_NHWC with 5 dimensions), reordered once at
+ * graph_init(). Many legacy algorithms want fully packed tensors, so a convolution runs once
+ * per sample (each sample is a packed (D, H, W, C) tensor). The
  * algorithm is chosen once per node from cudnnGetConvolutionForwardAlgorithm_v7's list
  * (deterministic ones first, so runs repeat bit for bit); when a run answers NOT_SUPPORTED,
  * the next one on the list is used from then on. The bias (and for the skip projections the
@@ -460,10 +461,11 @@ conv_plan(struct mms_cuda *cu, const struct mms_graph *g, const struct mms_node 
         return c->w = NULL, rc;
     if ((rc = MMS_CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&c->conv))) < 0)
         return c->conv = NULL, rc;
-    if ((rc = MMS_CUDNN_CHECK(cudnnSetTensorNdDescriptorEx(c->x, CUDNN_TENSOR_NHWC, dt, 5, xd))) <
-            0 ||
-        (rc = MMS_CUDNN_CHECK(cudnnSetTensorNdDescriptorEx(c->y, CUDNN_TENSOR_NHWC, dt, 5, yd))) <
-            0 ||
+    /* dims (N, C, D, H, W) with NDHWC strides: channels fastest, packed */
+    int xs[5] = {xd[1] * xd[2] * xd[3] * xd[4], 1, xd[3] * xd[4] * xd[1], xd[4] * xd[1], xd[1]};
+    int ys[5] = {yd[1] * yd[2] * yd[3] * yd[4], 1, yd[3] * yd[4] * yd[1], yd[4] * yd[1], yd[1]};
+    if ((rc = MMS_CUDNN_CHECK(cudnnSetTensorNdDescriptor(c->x, dt, 5, xd, xs))) < 0 ||
+        (rc = MMS_CUDNN_CHECK(cudnnSetTensorNdDescriptor(c->y, dt, 5, yd, ys))) < 0 ||
         (rc = MMS_CUDNN_CHECK(cudnnSetFilterNdDescriptor(c->w, dt, CUDNN_TENSOR_NHWC, 5, wd))) <
             0 ||
         (rc = MMS_CUDNN_CHECK(
