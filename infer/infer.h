@@ -145,9 +145,13 @@ int64_t mms_model_param_count(const struct mms_model *m);
 /* ----------------------------------------------------------------------------- backends */
 struct mms_backend;
 
+/* Precision of the convolutions on a GPU (mmunet.md 3.2); the CPU computes in fp32 always. */
+enum mms_precision { MMS_PRECISION_FP32, MMS_PRECISION_FP16, MMS_PRECISION_BF16 };
+
 struct mms_backend_params {
-    int threads; /* CPU threads; 0 = all online cores */
-    int device;  /* GPU ordinal (CUDA) */
+    int threads;   /* CPU threads; 0 = all online cores */
+    int device;    /* GPU ordinal (CUDA) */
+    int precision; /* enum mms_precision (CUDA); 0 = fp32 */
 };
 
 /* Open a backend by name: "cpu", "cuda", or "auto" (CUDA when built and a device starts,

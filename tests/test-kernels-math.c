@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdint.h>
 
+#include "kernels/eltwise-math.h"
 #include "kernels/rescale-math.h"
 #include "kernels/ssm-math.h"
 #include "tests/tap.h"
@@ -12,7 +13,7 @@ main(void)
 {
     int wrong = 0;
 
-    plan(9, 10);
+    plan(13, 10);
     is_int((int)mms_rescale_1(0.0f, 1.0f, -1024.0f), -1024, "stored 0 with intercept -1024");
     ok(mms_rescale_1(1000.0f, 0.5f, -1024.0f) == -524.0f, "slope 0.5");
     /* Every int16 value with slope 1 is exact. */
@@ -59,5 +60,28 @@ main(void)
             worst = err > worst ? err : worst;
     }
     ok(worst < 1e-6, "mms_silu on [-90, 90] within 1e-6 relative (worst %.3g)", worst);
+    /* The element-wise ops of the CUDA backend against the CPU backend's formulas. */
+    ok(mms_lrelu(-2.0f, 0.01f) == -0.02f && mms_lrelu(3.0f, 0.01f) == 3.0f &&
+           mms_lrelu(0.0f, 0.01f) == 0.0f,
+       "LReLU scales negatives only");
+    wrong = 0;
+    for (int i = -1000; i <= 1000; i++) {
+        float y = (float)i * 0.37f, b = 0.25f, acc = (float)(i % 7) - 3.0f;
+        float v = y + b, want = v + acc < 0.0f ? (v + acc) * 0.01f : v + acc;
+        if (mms_conv_epilogue(y, b, acc, true, 0.01f) != want ||
+            mms_conv_epilogue(y, b, acc, false, 0.01f) != v)
+            wrong++;
+    }
+    is_int(wrong, 0, "conv epilogue: (y + bias), then + dst and LReLU, in the CPU's order");
+    float sc, sh;
+    /* values 1, 2, 3, 4: mean 2.5, biased variance 1.25 */
+    mms_norm_coef(10.0, 30.0, 4.0, 2.0f, 0.5f, 1e-5f, &sc, &sh);
+    double want_sc = 2.0 / sqrt(1.25 + (double)1e-5f);
+    ok(sc == (float)want_sc && sh == (float)(0.5 - 2.5 * want_sc),
+       "IN coefficients: biased variance, fp64, gamma / sqrt(var + eps)");
+    ok(mms_norm_apply(-1.0f, 2.0f, 0.5f, true, 0.01f) == -0.015f &&
+           mms_norm_apply(-1.0f, 2.0f, 0.5f, false, 0.01f) == -1.5f,
+       "IN apply: scale, shift, optional LReLU");
+
     return done_testing();
 }
