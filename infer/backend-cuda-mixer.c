@@ -10,7 +10,8 @@
  *
  * cuBLAS sees row-major data as its transpose: c (m, n) = a (m, k) b (n, k)^T is the
  * column-major c^T = b a^T, so every product is one sgemm(T, N) with no copy. The handle stays
- * in its default math mode and host pointer mode: true fp32 (mmunet.md 3.2).
+ * in its default math mode, true fp32 without TF32 (mmunet.md 3.2); runs set the host
+ * pointer mode (alpha and beta are host floats).
  *
  * Threads: one caller at a time, with the backend's device current. */
 #include "infer/backend-cuda-impl.h"
@@ -23,7 +24,7 @@
 #include "common/log.h"
 #include "kernels/kernels.h"
 
-#define WS_TARGET ((size_t)64 << 20) /* bytes of chunk buffers per mixer, before clamping */
+#define WS_TARGET ((size_t)128 << 20) /* bytes of chunk buffers per mixer, before clamping */
 #define CHUNK_MIN 4096
 #define CHUNK_MAX 262144
 #define ALIGN 256
@@ -425,6 +426,9 @@ mms__cuda_mixer_run(struct mms_cuda *cu, const struct mms_node *nd, struct mms_c
         return MMS_EINVAL; /* prepared for another node */
     if (cu->lost)
         return MMS_ECUDA;
+    /* alpha and beta of the sgemms are host floats */
+    if ((rc = MMS_CUBLAS_CHECK(cublasSetPointerMode(cu->cublas, CUBLAS_POINTER_MODE_HOST))) < 0)
+        return rc;
     const int64_t lc = l * nd->u.mixer.c;
     for (int i = 0; i < n; i++) {
         const float *s = src + (size_t)i * stride;

@@ -40,7 +40,7 @@ scan_seg_len(int64_t m, int e)
     segs = segs < 1 ? 1 : segs;
     int64_t len = (m + segs - 1) / segs;
     len = (len + TILE - 1) / TILE * TILE;
-    return len < 2 * TILE ? 2 * TILE : len;
+    return len < TILE ? TILE : len;
 }
 
 template <int NM, bool OUT>
@@ -197,12 +197,12 @@ mms_k_ssm_scan_scratch_bytes(int64_t m, int e, int n)
 {
     if (m < 1 || e < 1 || n < 1)
         return 0;
-    /* nseg <= m / (2 TILE) (the shortest segment) and <= the target count (the length is
-     * rounded up): a bound that grows with m, so it covers every shorter run */
+    /* nseg <= m / TILE (the shortest segment) and <= the target count (the length is rounded
+     * up): a bound that grows with m, so it covers every shorter run */
     int te = scan_threads(e);
     int64_t blocks_e = (e + te - 1) / te, segs = SCAN_TARGET / (blocks_e * te);
     segs = segs < 1 ? 1 : segs;
-    int64_t by_len = (m + 2 * TILE - 1) / (2 * TILE), nseg = by_len < segs ? by_len : segs;
+    int64_t by_len = (m + TILE - 1) / TILE, nseg = by_len < segs ? by_len : segs;
     return (size_t)nseg * (size_t)(n + 1) * (size_t)e * sizeof(float);
 }
 
