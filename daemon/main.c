@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 
 #include "common/clock.h"
+#include "common/crash.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "daemon/config.h"
@@ -335,7 +336,10 @@ cmd_serve(int argc, char **argv)
     rc = load_config(path, &cfg);
     if (rc != 0)
         return rc;
-    mms_log_stderr_open(STDERR_FILENO);
+    bool journal = mms_log_stderr_open(STDERR_FILENO);
+    /* a crash leaves the signal, the stage and a backtrace in the log (common/crash.h) */
+    if ((rc = mms_crash_install(STDERR_FILENO, journal)) < 0)
+        mms_log(MMS_LOG_WARNING, "fatal-signal handler not installed: %s", mms_strerror(rc));
     rc = mms_serve(cfg); /* takes ownership of cfg */
     return rc == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
