@@ -84,6 +84,13 @@ mms_log_stderr_open(int fd)
     return stderr_journal;
 }
 
+int
+mms_log_stderr_fd(bool *journal)
+{
+    *journal = stderr_journal;
+    return stderr_fd;
+}
+
 static void
 write_all(int fd, const char *buf, size_t len)
 {

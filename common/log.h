@@ -47,6 +47,9 @@ void mms_log_set_sink(mms_log_fn fn, void *ud);
  * format was chosen. */
 bool mms_log_stderr_open(int fd);
 
+/* The stderr sink's fd, and in *journal whether it writes the journal format. */
+int mms_log_stderr_fd(bool *journal);
+
 /* The stderr sink itself, for callers that chain sinks. */
 void mms_log_stderr_sink(int level, const char *msg, void *ud);
 
