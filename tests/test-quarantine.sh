@@ -89,7 +89,7 @@ why_with() { grep -l -F -- "$1" "$q"/*.why 2>/dev/null; }
 ct=$td/dcm_qa_ct/In/GE/03.dcm
 [ -f "$ct" ] || ct=$(find "$td/dcm_qa_ct/In" -type f -name '*.dcm' | head -1)
 
-echo "1..17"
+echo "1..18"
 mkdir -p "$drop"
 config
 check "the daemon starts" start
@@ -143,13 +143,21 @@ if [ "$(id -u)" -ne 0 ] || ! mount -t tmpfs -o size=16m tmpfs "$tmp/other" 2>"$t
     skip "cross-file-system quarantine: cannot mount a tmpfs here ($(id -u) $(cat "$tmp/mount.err" 2>/dev/null))"
     skip "cross-file-system quarantine: no tmpfs"
     skip "cross-file-system quarantine: no tmpfs"
+    skip "cross-file-system quarantine: no tmpfs"
 else
     mounted=$tmp/other
     drop=$tmp/other/drop
     mkdir -p "$drop"
     config
+    # a marker as the crash handler leaves it, naming a file on the tmpfs: quarantined at
+    # start through rename's EXDEV branch (copy, sync, rename, then unlink the original)
+    echo "crashed us" >"$drop/j3.dcm"
+    printf '%s\0SIGBUS\0' "$drop/j3.dcm" >"$q/.intake-inflight"
     start
-    before=$(ls "$q"/*.why | wc -l)
+    f=$(why_with "origin: $drop/j3.dcm")
+    check "a file named by a crash marker, on another file system, is quarantined at start" \
+        bash -c "[ -n '$f' ] && grep -q 'reason: the daemon crashed (SIGBUS) while reading this file' $f &&
+            [ ! -e '$drop/j3.dcm' ] && cmp -s '${f%.why}' <(echo 'crashed us') && ! ls -A '$q' | grep -q part"
     echo "junk on another file system" >"$tmp/other/j1"
     mv "$tmp/other/j1" "$drop/j1.dcm"
     wait_for 10 why_with "origin: $drop/j1.dcm"
@@ -214,7 +222,7 @@ import ctypes, sys
 libc = ctypes.CDLL(None, use_errno=True)
 sys.exit(libc.syscall(234, $pid, int('${tid:-0}'), 11))  # tgkill(pid, tid, SIGSEGV)
 " 2>/dev/null
-wait "$pid"
+{ wait "$pid"; } 2>/dev/null # no "Segmentation fault" job line from bash
 st=$?
 pid=
 check "the process dies of the signal (exit status $st = 128 + 11)" [ "$st" -eq 139 ]
