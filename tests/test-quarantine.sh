@@ -217,11 +217,12 @@ head -c 1 /dev/zero >"$tmp/big" && truncate -s 600M "$tmp/big"
 mv "$tmp/big" "$drop/big.dcm"
 tid=$(grep -l '^mms-intake$' /proc/"$pid"/task/*/comm 2>/dev/null | head -1 | cut -d/ -f5)
 wait_for 10 test -e "$q/.intake-inflight"
+# tgkill(pid, tid, SIGSEGV); when it cannot be sent, SIGKILL (the checks below then fail)
 "$python" -c "
 import ctypes, sys
 libc = ctypes.CDLL(None, use_errno=True)
-sys.exit(libc.syscall(234, $pid, int('${tid:-0}'), 11))  # tgkill(pid, tid, SIGSEGV)
-" 2>/dev/null
+sys.exit(1 if libc.syscall(234, $pid, int('${tid:-0}'), 11) != 0 else 0)
+" 2>/dev/null || kill -9 "$pid"
 { wait "$pid"; } 2>/dev/null # no "Segmentation fault" job line from bash
 st=$?
 pid=
