@@ -254,7 +254,7 @@ mms_spool_ingest(struct mms_spool *sp, const char *tmp_path, const char *source,
         if (why != NULL && n < why_len)
             snprintf(why + n, why_len - n, "; %s%s", q == 0 ? "quarantined as " : "",
                      q == 0 ? res->quarantined : qwhy);
-        if (q != 0)
+        if (q != 0 && q != MMS_EEXIST)
             res->quarantined[0] = '\0';
     }
     if (rc < 0)
@@ -266,6 +266,8 @@ int
 mms_spool_quarantine(struct mms_spool *sp, const char *path, const char *origin, const char *reason)
 {
     char why[1024];
+    if (strncmp(origin, "drop:", 5) == 0) /* a source as mms_spool_ingest() takes it */
+        origin += 5;
     int rc = mms_quarantine_put(sp->quarantine_dir, path, origin, reason, NULL, 0, why, sizeof why);
     if (rc < 0)
         mms_log(MMS_LOG_WARNING, "quarantine: %s: %s", origin, why);

@@ -56,8 +56,9 @@ int64_t mms_spool_free_bytes(const struct mms_spool *sp);
 int mms_spool_ingest(struct mms_spool *sp, const char *tmp_path, const char *source,
                      bool derive_uids, struct mms_ingest *res, char *why, size_t why_len);
 
-/* Move path (any file system) into quarantine/ as a new item whose .why holds origin and
- * reason (escaped), as mms_quarantine_put() does; a failure is logged with its errno.
+/* Move path (any file system) into quarantine/ as a new item whose .why holds origin (a
+ * source "drop:PATH" is written PATH) and reason, escaped, as mms_quarantine_put() does; a
+ * failure is logged with its errno.
  * Returns 0; MMS_EEXIST when it was copied in but path could not be removed (do not
  * quarantine path again); or -errno (path untouched). */
 int mms_spool_quarantine(struct mms_spool *sp, const char *path, const char *origin,
