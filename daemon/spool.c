@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/crash.h"
 #include "common/err.h"
 #include "common/fs.h"
 #include "common/log.h"
@@ -237,7 +238,12 @@ mms_spool_ingest(struct mms_spool *sp, const char *tmp_path, const char *source,
                  struct mms_ingest *res, char *why, size_t why_len)
 {
     res->quarantined[0] = '\0';
+    bool stage = strncmp(source, "drop:", 5) != 0; /* the drop folder sets its own */
+    if (stage)
+        mms_stage_set("storing C-STORE data from %s", source);
     int rc = ingest(sp, tmp_path, source, derive_uids, res, why, why_len);
+    if (stage)
+        mms_stage_clear();
     if (rc == MMS_EDICOM) {
         /* refused for its content: kept for an operator, under the name the sender used */
         char origin[4200], qwhy[1024];
