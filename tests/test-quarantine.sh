@@ -221,7 +221,7 @@ wait_for 10 test -e "$q/.intake-inflight"
 "$python" -c "
 import ctypes, sys
 libc = ctypes.CDLL(None, use_errno=True)
-sys.exit(1 if libc.syscall(234, $pid, int('${tid:-0}'), 11) != 0 else 0)
+sys.exit(1 if libc.tgkill($pid, int('${tid:-0}'), 11) != 0 else 0)
 " 2>/dev/null || kill -9 "$pid"
 { wait "$pid"; } 2>/dev/null # no "Segmentation fault" job line from bash
 st=$?
