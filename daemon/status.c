@@ -387,9 +387,16 @@ print_quarantine(const char *state_dir, FILE *f, cJSON *root, char *why, size_t 
     size_t n;
     int64_t count, bytes;
     snprintf(qdir, sizeof qdir, "%s/quarantine", state_dir);
-    int rc = mms_quarantine_scan(qdir, items, QUARANTINE_SHOWN, &n, &count, &bytes, why, why_len);
-    if (rc < 0)
-        return rc;
+    char err[512];
+    if (mms_quarantine_scan(qdir, items, QUARANTINE_SHOWN, &n, &count, &bytes, err, sizeof err) <
+        0) { /* the rest of the status is still worth printing */
+        if (root == NULL)
+            fprintf(f, "\nquarantine: cannot be read: %s\n", err);
+        else if (cJSON_AddObjectToObject(root, "quarantine") == NULL ||
+                 !add_text(cJSON_GetObjectItemCaseSensitive(root, "quarantine"), "error", err))
+            return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+        return 0;
+    }
     if (root != NULL) {
         cJSON *q = cJSON_AddObjectToObject(root, "quarantine"), *a;
         if (q == NULL || cJSON_AddNumberToObject(q, "items", (double)count) == NULL ||
