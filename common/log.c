@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +84,13 @@ mms_log_stderr_open(int fd)
     return stderr_journal;
 }
 
+int
+mms_log_stderr_fd(bool *journal)
+{
+    *journal = stderr_journal;
+    return stderr_fd;
+}
+
 static void
 write_all(int fd, const char *buf, size_t len)
 {
@@ -125,22 +133,93 @@ mms_log_stderr_sink(int level, const char *msg, void *ud)
     write_all(stderr_fd, line, (size_t)n);
 }
 
+/* The length of the valid, shortest-form UTF-8 sequence at s (s[0] not NUL) that encodes a
+ * character other than a control (C0, DEL, C1), or 0. */
+static size_t
+utf8_printable(const unsigned char *s)
+{
+    size_t n = s[0] < 0x80             ? 1
+               : (s[0] & 0xe0) == 0xc0 ? 2
+               : (s[0] & 0xf0) == 0xe0 ? 3
+               : (s[0] & 0xf8) == 0xf0 ? 4
+                                       : 0;
+    if (n == 0)
+        return 0;
+    uint32_t cp = n == 1 ? s[0] : s[0] & (0x7fu >> n);
+    for (size_t i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80) /* also stops at the NUL */
+            return 0;
+        cp = cp << 6 | (s[i] & 0x3fu);
+    }
+    static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) || cp < 0x20 ||
+        (cp >= 0x7f && cp < 0xa0))
+        return 0;
+    return n;
+}
+
+size_t
+mms_text_escape(const char *text, unsigned flags, char *out, size_t len, bool *cut)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t o = 0;
+    if (cut != NULL)
+        *cut = false;
+    if (len == 0)
+        return 0;
+    for (const unsigned char *p = (const unsigned char *)text; *p != '\0';) {
+        size_t n = utf8_printable(p);
+        char esc[4];
+        const char *src = (const char *)p;
+        size_t take = n;
+        if (n == 0 && (flags & MMS_ESCAPE_SPACES) && (*p == '\n' || *p == '\r' || *p == '\t')) {
+            src = " ";
+            take = 1;
+        } else if (n == 0) {
+            esc[0] = '\\';
+            esc[1] = 'x';
+            esc[2] = hex[*p >> 4];
+            esc[3] = hex[*p & 15];
+            src = esc;
+            take = 4;
+        } else if (*p == '\\' && (flags & MMS_ESCAPE_BACKSLASH)) {
+            src = "\\\\";
+            take = 2;
+        }
+        if (o + take >= len) { /* cut at a character boundary */
+            if (cut != NULL)
+                *cut = true;
+            break;
+        }
+        memcpy(out + o, src, take);
+        o += take;
+        p += n != 0 ? n : 1;
+    }
+    out[o] = '\0';
+    return o;
+}
+
 void
 mms__vlog(int level, const char *fmt, va_list ap)
 {
-    char msg[MSG_MAX];
+    char msg[MSG_MAX], clean[MSG_MAX];
     int saved = errno;
     int n = vsnprintf(msg, sizeof msg, fmt, ap);
 
     if (n < 0)
         snprintf(msg, sizeof msg, "(unformattable log message: %s)", fmt);
-    else if ((size_t)n >= sizeof msg)
-        memcpy(msg + sizeof msg - 4, "...", 4);
-    /* A line is one event: embedded newlines would split it into several journal entries. */
-    for (char *p = msg; *p != '\0'; p++)
-        if (*p == '\n' || *p == '\r')
-            *p = ' ';
-    sink_fn(level, msg, sink_ud);
+    /* A line is one event: embedded newlines would split it into several journal entries,
+     * and received text (names, UIDs) may hold any byte. So newlines and tabs become spaces,
+     * other controls and invalid UTF-8 "\xNN", here in the sink path for every sink. */
+    bool cut;
+    size_t len = mms_text_escape(msg, MMS_ESCAPE_SPACES, clean, sizeof clean, &cut);
+    if ((n > 0 && (size_t)n >= sizeof msg) || cut) {
+        len = len < sizeof clean - 4 ? len : sizeof clean - 4;
+        while (len > 0 && ((unsigned char)clean[len] & 0xc0) == 0x80)
+            len--; /* not inside a character */
+        memcpy(clean + len, "...", 4);
+    }
+    sink_fn(level, clean, sink_ud);
     errno = saved;
 }
 

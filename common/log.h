@@ -9,6 +9,7 @@
 
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stddef.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -46,8 +47,24 @@ void mms_log_set_sink(mms_log_fn fn, void *ud);
  * format was chosen. */
 bool mms_log_stderr_open(int fd);
 
+/* The stderr sink's fd, and in *journal whether it writes the journal format. */
+int mms_log_stderr_fd(bool *journal);
+
 /* The stderr sink itself, for callers that chain sinks. */
 void mms_log_stderr_sink(int level, const char *msg, void *ud);
+
+/* Flags of mms_text_escape(). */
+enum {
+    MMS_ESCAPE_SPACES = 1,    /* newline, carriage return and tab become a space */
+    MMS_ESCAPE_BACKSLASH = 2, /* a backslash is doubled, so that the escaping can be undone */
+};
+
+/* Copy text to out (len > 0 bytes, always NUL-terminated) so that it can go into a log line
+ * or a line-based file: control characters (C0, DEL, C1) and bytes that are not valid,
+ * shortest-form UTF-8 become "\xNN" (hex of the byte), except as flags say. When out is too
+ * small the copy is cut at a character boundary, and *cut (may be NULL) says so. Returns the
+ * length of out. Every message goes through this before it reaches a sink. Threads: any. */
+size_t mms_text_escape(const char *text, unsigned flags, char *out, size_t len, bool *cut);
 
 /* Format and emit; use the mms_log() macro, which skips formatting for disabled levels. */
 void mms__log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

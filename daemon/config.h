@@ -43,6 +43,8 @@ struct mms_config {
         int log_level; /* enum mms_log_level */
         unsigned workers;
         char *metrics_listen;
+        unsigned quarantine_max_mb;   /* 0: no size bound */
+        unsigned quarantine_max_days; /* 0: no age bound */
     } daemon;
     struct {
         char *ae_title;

@@ -3,10 +3,12 @@
 #include "daemon/intake.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -19,17 +21,20 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/crash.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "daemon/quarantine.h"
 
 /* A file seen in the folder and not taken yet. */
 struct cand {
     char *path;
     int64_t size;
     struct timespec mtime;
-    double since;  /* when size and mtime were last seen to change */
-    bool moved_in; /* renamed into the tree: take at once */
-    bool seen;     /* found by the current scan */
+    double since;    /* when size and mtime were last seen to change */
+    double retry_at; /* after a failed take: not before this (monotonic seconds) */
+    bool moved_in;   /* renamed into the tree: take at once */
+    bool seen;       /* found by the current scan */
 };
 
 /* A watched directory. */
@@ -37,6 +42,18 @@ struct watch {
     int wd;
     char *path;
 };
+
+/* A file that could be neither stored nor quarantined (or removed after quarantine): left
+ * alone, without a retry or a log line each scan, until it changes. */
+struct fkey {
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    struct timespec mtime;
+};
+
+/* Remembered files at most; the oldest is forgotten first (and retried once). */
+#define MAX_REMEMBERED 4096
 
 struct mms_intake {
     struct mms_intake_opts o;
@@ -49,6 +66,9 @@ struct mms_intake {
     struct watch *w;
     size_t nw, capw;
     double last_scan;
+    struct fkey *failed; /* a ring of MAX_REMEMBERED */
+    size_t nfailed, next_failed;
+    char marker[4200]; /* quarantine/.intake-inflight: the file being taken (crash.h) */
 };
 
 static bool
@@ -171,6 +191,68 @@ scan(struct mms_intake *in)
     in->last_scan = mms_mono_s();
 }
 
+static bool
+same_key(const struct fkey *k, const struct stat *sb)
+{
+    return k->dev == sb->st_dev && k->ino == sb->st_ino && k->size == sb->st_size &&
+           k->mtime.tv_sec == sb->st_mtim.tv_sec && k->mtime.tv_nsec == sb->st_mtim.tv_nsec;
+}
+
+static bool
+remembered(const struct mms_intake *in, const struct stat *sb)
+{
+    for (size_t i = 0; i < in->nfailed; i++)
+        if (same_key(&in->failed[i], sb))
+            return true;
+    return false;
+}
+
+static void
+remember(struct mms_intake *in, const struct stat *sb)
+{
+    if (in->failed == NULL && (in->failed = calloc(MAX_REMEMBERED, sizeof *in->failed)) == NULL)
+        return;
+    in->failed[in->next_failed] = (struct fkey){
+        .dev = sb->st_dev, .ino = sb->st_ino, .size = sb->st_size, .mtime = sb->st_mtim};
+    in->next_failed = (in->next_failed + 1) % MAX_REMEMBERED;
+    if (in->nfailed < MAX_REMEMBERED)
+        in->nfailed++;
+}
+
+/* Write the marker naming path (with its NUL) and arm it for the crash handler. A process
+ * crash keeps the page cache, so no fsync: the marker only has to outlive the process. */
+static void
+marker_set(struct mms_intake *in, const char *path)
+{
+    int fd = open(in->marker, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return;
+    size_t len = strlen(path) + 1;
+    bool ok = write(fd, path, len) == (ssize_t)len;
+    close(fd);
+    if (ok)
+        mms_crash_marker_arm(in->marker);
+    else
+        unlink(in->marker);
+}
+
+static void
+marker_clear(struct mms_intake *in)
+{
+    mms_crash_marker_disarm();
+    unlink(in->marker);
+    mms_stage_clear();
+}
+
+/* Whether a failure to copy a file in is the daemon's want of resources (the file waits and
+ * is tried again) rather than the file's own (it is remembered and left alone). */
+static bool
+resource_error(int rc)
+{
+    return rc == MMS_ENOSPC || rc == -EDQUOT || rc == MMS_EIO || rc == MMS_ENOMEM ||
+           rc == -EMFILE || rc == -ENFILE || rc == MMS_EROFS;
+}
+
 /* Take one file: copy it into the spool, ingest it, then remove it from the folder. Returns
  * true when the candidate is finished with (stored, quarantined or vanished). */
 static bool
@@ -179,30 +261,56 @@ take(struct mms_intake *in, const char *path)
     struct stat sb;
     if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode))
         return true;
+    if (remembered(in, &sb))
+        return false; /* logged once already; waits until it changes */
     int64_t free_b = mms_spool_free_bytes(in->sp);
     if (free_b >= 0 && (uint64_t)free_b < in->o.min_free_bytes) {
         mms_log(MMS_LOG_WARNING, "drop folder: %s waits: free space under min_free_mb", path);
         return false;
     }
     char tmp[4200], why[1024], source[4200];
+    bool done = false;
+    marker_set(in, path);
+    mms_stage_set("copying drop file %s", path);
     int rc = mms_spool_copy_in(in->sp, path, tmp, sizeof tmp);
     if (rc < 0) {
-        mms_log(MMS_LOG_WARNING, "drop folder: %s: cannot copy it in: %s (tried again later)", path,
-                mms_strerror(rc));
-        return false;
+        if (resource_error(rc)) {
+            mms_log(MMS_LOG_WARNING, "drop folder: %s: cannot copy it in: %s (tried again later)",
+                    path, mms_strerror(rc));
+        } else {
+            remember(in, &sb);
+            mms_log(MMS_LOG_WARNING,
+                    "drop folder: %s: cannot read it: %s; left in place until it changes", path,
+                    mms_strerror(rc));
+        }
+        goto out;
     }
+    mms_stage_set("reading drop file %s", path);
     snprintf(source, sizeof source, "drop:%s", path);
     struct mms_ingest res;
     rc = mms_spool_ingest(in->sp, tmp, source, true, &res, why, sizeof why);
     if (rc == MMS_EDICOM) {
-        int q = mms_spool_quarantine(in->sp, path, source, why);
-        mms_log(MMS_LOG_WARNING, "drop folder: %s: %s; %s", path, why,
-                q == 0 ? "moved to quarantine" : "could not be quarantined");
-        return q == 0;
+        /* its copy is in quarantine (why says as what); the original goes */
+        if (res.quarantined[0] == '\0') {
+            remember(in, &sb);
+            mms_log(MMS_LOG_WARNING, "drop folder: %s: %s; left in place until it changes", path,
+                    why);
+        } else if (unlink(path) != 0) {
+            rc = mms_err_errno();
+            remember(in, &sb);
+            mms_log(MMS_LOG_WARNING,
+                    "drop folder: %s: %s; but it cannot be removed from the folder: %s; left in "
+                    "place until it changes",
+                    path, why, mms_strerror(rc));
+        } else {
+            mms_log(MMS_LOG_WARNING, "drop folder: %s: %s", path, why);
+            done = true;
+        }
+        goto out;
     }
     if (rc < 0) {
         mms_log(MMS_LOG_WARNING, "drop folder: %s: %s (tried again later)", path, why);
-        return false;
+        goto out;
     }
     if (unlink(path) != 0)
         mms_log(MMS_LOG_WARNING, "drop folder: %s stored, but cannot be removed: %s", path,
@@ -212,7 +320,63 @@ take(struct mms_intake *in, const char *path)
             : res.put == MMS_PUT_REPLACED ? "replaced"
                                           : "duplicate",
             res.series_uid);
-    return true;
+    done = true;
+out:
+    marker_clear(in);
+    return done;
+}
+
+/* At start: a marker left behind names the file being taken when the process ended. When
+ * the crash handler appended a signal, that file crashed the daemon: it is quarantined
+ * instead of being taken again (which would crash it again at every restart). */
+static void
+recover_marker(struct mms_intake *in)
+{
+    char buf[4200 + 32];
+    int fd = open(in->marker, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    unlink(in->marker);
+    if (n <= 0)
+        return;
+    buf[n] = '\0';
+    const char *path = buf;
+    size_t plen = strlen(path);
+    const char *sig = (size_t)n > plen + 1 ? buf + plen + 1 : NULL;
+    size_t dlen = strlen(in->dir);
+    if (plen == 0 || strncmp(path, in->dir, dlen) != 0 || path[dlen] != '/')
+        return; /* not ours */
+    static const int fatal[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
+    bool crashed = false;
+    for (size_t i = 0; sig != NULL && i < sizeof fatal / sizeof fatal[0]; i++)
+        crashed = crashed || strcmp(sig, mms_crash_signal_name(fatal[i])) == 0;
+    if (!crashed) {
+        mms_log(MMS_LOG_NOTICE,
+                "drop folder: the daemon stopped while taking %s, not by a crash there; it is "
+                "taken again",
+                path);
+        return;
+    }
+    struct stat sb;
+    if (lstat(path, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        mms_log(MMS_LOG_WARNING,
+                "drop folder: the daemon crashed (%s) while reading %s, which is gone now", sig,
+                path);
+        return;
+    }
+    char reason[128], name[32], why[1024];
+    snprintf(reason, sizeof reason, "the daemon crashed (%s) while reading this file", sig);
+    int rc = mms_quarantine_put(mms_spool_quarantine_dir(in->sp), path, path, reason, name,
+                                sizeof name, why, sizeof why);
+    if (rc == 0) {
+        mms_log(MMS_LOG_WARNING, "drop folder: %s: %s; quarantined as %s", path, reason, name);
+        return;
+    }
+    remember(in, &sb);
+    mms_log(MMS_LOG_ERR, "drop folder: %s: %s; %s; left in place until it changes", path, reason,
+            why);
 }
 
 /* Take every candidate that is ready. */
@@ -229,11 +393,19 @@ take_ready(struct mms_intake *in)
         }
         note_file(in, c->path, &sb, false);
         c = &in->c[i];
-        if ((c->moved_in || now - c->since >= in->o.stable_s) && take(in, c->path)) {
+        if (now < c->retry_at) {
+            i++;
+            continue;
+        }
+        bool ready = c->moved_in || now - c->since >= in->o.stable_s;
+        if (ready && take(in, c->path)) {
             drop_cand(in, i);
             continue;
         }
-        c->moved_in = false; /* a failed take waits like any other file */
+        c = &in->c[i];
+        if (ready) /* a failed take waits for the next scan, not the next poll */
+            c->retry_at = now + in->o.scan_s;
+        c->moved_in = false;
         i++;
     }
 }
@@ -279,6 +451,9 @@ static void *
 run(void *arg)
 {
     struct mms_intake *in = arg;
+    pthread_setname_np(pthread_self(), "mms-intake");
+    if (mms_crash_thread_init() < 0)
+        mms_log(MMS_LOG_WARNING, "drop folder: no alternate signal stack for its thread");
     scan(in);
     for (;;) {
         struct pollfd p[2] = {{.fd = in->ino, .events = POLLIN},
@@ -294,6 +469,7 @@ run(void *arg)
             scan(in);
         take_ready(in);
     }
+    mms_crash_thread_fini();
     return NULL;
 }
 
@@ -314,6 +490,8 @@ mms_intake_start(const struct mms_intake_opts *o, struct mms_spool *sp, struct m
     size_t len = strlen(in->dir);
     while (len > 1 && in->dir[len - 1] == '/')
         in->dir[--len] = '\0';
+    snprintf(in->marker, sizeof in->marker, "%s/.intake-inflight", mms_spool_quarantine_dir(sp));
+    recover_marker(in);
     if (mkdir(in->dir, 0750) != 0 && errno != EEXIST)
         rc = mms_err_errno();
     else if ((in->ino = inotify_init1(IN_NONBLOCK | IN_CLOEXEC)) < 0 ||
@@ -353,6 +531,7 @@ mms_intake_stop(struct mms_intake *in)
         free(in->w[i].path);
     free(in->c);
     free(in->w);
+    free(in->failed);
     free(in->dir);
     free(in);
 }

@@ -12,6 +12,7 @@
 #include <cjson/cJSON.h>
 
 #include "common/clock.h"
+#include "common/crash.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "daemon/config.h"
@@ -78,8 +79,9 @@ static const struct command commands[] = {
      "running, done, failed, skipped), the age of its last instance, its instance count and\n"
      "the reason it was skipped or failed, then the counts per state; then the sends not\n"
      "delivered yet (pending with the time to their next attempt, or dead with the reason)\n"
-     "and the counts per send state. Exit 0, or 1 when there is no state database or it\n"
-     "cannot be read.\n"
+     "and the counts per send state; then the quarantine (state_dir/quarantine): its items,\n"
+     "bytes and the newest 5 with their reasons and origins. Exit 0, or 1 when there is no\n"
+     "state database or it cannot be read.\n"
      "\n"
      "  -c, --config FILE   configuration file (default " MMS_DEFAULT_CONFIG ")\n"
      "  --json              print one JSON object\n"
@@ -335,7 +337,10 @@ cmd_serve(int argc, char **argv)
     rc = load_config(path, &cfg);
     if (rc != 0)
         return rc;
-    mms_log_stderr_open(STDERR_FILENO);
+    bool journal = mms_log_stderr_open(STDERR_FILENO);
+    /* a crash leaves the signal, the stage and a backtrace in the log (common/crash.h) */
+    if ((rc = mms_crash_install(STDERR_FILENO, journal)) < 0)
+        mms_log(MMS_LOG_WARNING, "fatal-signal handler not installed: %s", mms_strerror(rc));
     rc = mms_serve(cfg); /* takes ownership of cfg */
     return rc == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

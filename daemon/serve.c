@@ -20,6 +20,7 @@
 #include "daemon/intake.h"
 #include "daemon/jobs.h"
 #include "daemon/metrics.h"
+#include "daemon/quarantine.h"
 #include "daemon/scheduler.h"
 #include "daemon/sender.h"
 #include "daemon/spool.h"
@@ -41,6 +42,7 @@ struct daemon {
     struct mms_intake *intake;
     uv_async_t arrived; /* an instance was stored (any thread) */
     uv_timer_t tick;    /* the next series that can become complete */
+    uv_timer_t qprune;  /* quarantine/ kept within its bounds */
     bool intake_on;
     struct mms_sender *sender; /* the outbox to the destinations */
     struct mms_jobs *jobs;     /* queued series to results */
@@ -204,6 +206,7 @@ stop(struct daemon *d, const char *why)
     if (d->intake_on) {
         uv_close((uv_handle_t *)&d->arrived, on_close);
         uv_close((uv_handle_t *)&d->tick, on_close);
+        uv_close((uv_handle_t *)&d->qprune, on_close);
         d->intake_on = false;
     }
 }
@@ -295,6 +298,31 @@ on_stored(void *ud, const char *series_uid)
     uv_async_send(&d->arrived);
 }
 
+/* quarantine/ within [daemon] quarantine_max_mb and quarantine_max_days, oldest items
+ * first: at start and every QUARANTINE_PRUNE_S seconds. */
+#define QUARANTINE_PRUNE_S 600
+
+static void
+on_qprune(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    const struct mms_config *c = d->cfg;
+    int removed;
+    int64_t freed;
+    char why[1024];
+    int rc = mms_quarantine_prune(
+        mms_spool_quarantine_dir(d->spool), (int64_t)c->daemon.quarantine_max_mb << 20,
+        c->daemon.quarantine_max_days * 86400.0, mms_wall_s(), &removed, &freed, why, sizeof why);
+    if (rc < 0)
+        mms_log(MMS_LOG_WARNING, "quarantine: %s", why);
+    if (removed > 0)
+        mms_log(MMS_LOG_NOTICE,
+                "quarantine: removed the %d oldest item%s (%" PRId64
+                " bytes), over quarantine_max_mb %u or quarantine_max_days %u",
+                removed, removed == 1 ? "" : "s", freed, c->daemon.quarantine_max_mb,
+                c->daemon.quarantine_max_days);
+}
+
 /* One C-STORE, on an association thread: the durable path, then the status to answer. */
 static uint16_t
 on_store(void *ctx, const struct mms_scp_store *st)
@@ -354,13 +382,17 @@ start_intake(struct daemon *d)
         (rc = mms_sched_recover(d->sched, mms_wall_s())) < 0)
         return rc;
     if ((rc = uv_async_init(&d->loop, &d->arrived, on_arrived)) < 0 ||
-        (rc = uv_timer_init(&d->loop, &d->tick)) < 0) {
+        (rc = uv_timer_init(&d->loop, &d->tick)) < 0 ||
+        (rc = uv_timer_init(&d->loop, &d->qprune)) < 0) {
         mms_log(MMS_LOG_ERR, "intake handles: %s", uv_strerror(rc));
         return MMS_EIO;
     }
     d->arrived.data = d;
     d->tick.data = d;
+    d->qprune.data = d;
     d->intake_on = true;
+    on_qprune(&d->qprune);
+    uv_timer_start(&d->qprune, on_qprune, QUARANTINE_PRUNE_S * 1000, QUARANTINE_PRUNE_S * 1000);
     judge(d);
 
     const uint64_t min_free = (uint64_t)c->scp.min_free_mb << 20;

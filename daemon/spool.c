@@ -13,10 +13,12 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/crash.h"
 #include "common/err.h"
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/sha256.h"
+#include "daemon/quarantine.h"
 #include "dicom/dicom.h"
 
 struct mms_spool {
@@ -203,42 +205,85 @@ ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool deri
     return 0;
 }
 
+/* What an operator knows a source by: the drop folder path, or "C-STORE from AE@IP". */
+static void
+origin_of(const char *source, char *out, size_t len)
+{
+    if (strncmp(source, "drop:", 5) == 0)
+        snprintf(out, len, "%s", source + 5);
+    else
+        snprintf(out, len, "C-STORE from %s", source);
+}
+
+/* Replace every occurrence of from in text (len bytes) by to. */
+static void
+replace_all(char *text, size_t len, const char *from, const char *to)
+{
+    size_t nf = strlen(from), nt = strlen(to);
+    char *p = text;
+    if (nf == 0)
+        return;
+    while ((p = strstr(p, from)) != NULL) {
+        size_t tail = strlen(p + nf), at = (size_t)(p - text);
+        if (at + nt + tail >= len)
+            return;
+        memmove(p + nt, p + nf, tail + 1);
+        memcpy(p, to, nt);
+        p += nt;
+    }
+}
+
 int
 mms_spool_ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool derive_uids,
                  struct mms_ingest *res, char *why, size_t why_len)
 {
+    res->quarantined[0] = '\0';
+    bool stage = strncmp(source, "drop:", 5) != 0; /* the drop folder sets its own */
+    if (stage)
+        mms_stage_set("storing C-STORE data from %s", source);
     int rc = ingest(sp, tmp_path, source, derive_uids, res, why, why_len);
+    if (stage)
+        mms_stage_clear();
+    if (rc == MMS_EDICOM) {
+        /* refused for its content: kept for an operator, under the name the sender used */
+        char origin[4200], qwhy[1024];
+        origin_of(source, origin, sizeof origin);
+        size_t tl = strlen(tmp_path);
+        if (why != NULL && strncmp(why, tmp_path, tl) == 0 && strncmp(why + tl, ": ", 2) == 0)
+            memmove(why, why + tl + 2, strlen(why + tl + 2) + 1); /* the caller names it */
+        if (why != NULL)
+            replace_all(why, why_len, tmp_path, origin);
+        int q =
+            mms_quarantine_put(sp->quarantine_dir, tmp_path, origin, why != NULL ? why : "refused",
+                               res->quarantined, sizeof res->quarantined, qwhy, sizeof qwhy);
+        size_t n = why != NULL ? strlen(why) : 0;
+        if (why != NULL && n < why_len)
+            snprintf(why + n, why_len - n, "; %s%s", q == 0 ? "quarantined as " : "",
+                     q == 0 ? res->quarantined : qwhy);
+        if (q != 0 && q != MMS_EEXIST)
+            res->quarantined[0] = '\0';
+    }
     if (rc < 0)
-        unlink(tmp_path);
+        unlink(tmp_path); /* gone already when quarantined */
     return rc;
 }
 
 int
 mms_spool_quarantine(struct mms_spool *sp, const char *path, const char *origin, const char *reason)
 {
-    char name[64], dest[4400], note[4400];
-    int rc = mms_fs_random_name("q", name, sizeof name);
+    char why[1024];
+    if (strncmp(origin, "drop:", 5) == 0) /* a source as mms_spool_ingest() takes it */
+        origin += 5;
+    int rc = mms_quarantine_put(sp->quarantine_dir, path, origin, reason, NULL, 0, why, sizeof why);
     if (rc < 0)
-        return rc;
-    snprintf(dest, sizeof dest, "%s/%s", sp->quarantine_dir, name);
-    snprintf(note, sizeof note, "%s/%s.why", sp->quarantine_dir, name);
-    FILE *f = fopen(note, "we");
-    if (f == NULL)
-        return mms_err_errno();
-    fprintf(f, "origin: %s\nreason: %s\n", origin, reason);
-    if (fflush(f) != 0 || fsync(fileno(f)) != 0) {
-        rc = mms_err_errno();
-        fclose(f);
-        unlink(note);
-        return rc;
-    }
-    fclose(f);
-    if (rename(path, dest) != 0) {
-        rc = mms_err_errno();
-        unlink(note);
-        return rc;
-    }
-    return mms_fs_fsync_dir(sp->quarantine_dir);
+        mms_log(MMS_LOG_WARNING, "quarantine: %s: %s", origin, why);
+    return rc;
+}
+
+const char *
+mms_spool_quarantine_dir(const struct mms_spool *sp)
+{
+    return sp->quarantine_dir;
 }
 
 int

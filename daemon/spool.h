@@ -25,7 +25,8 @@ typedef void (*mms_spool_notify_fn)(void *ud, const char *series_uid);
 struct mms_ingest {
     enum mms_put_result put;
     char sop_instance[65], series_uid[65];
-    bool derived_uids; /* Study/Series UIDs were empty and were derived from the content */
+    bool derived_uids;    /* Study/Series UIDs were empty and were derived from the content */
+    char quarantined[32]; /* MMS_EDICOM: the quarantine item holding the refused file, or "" */
 };
 
 /* Create tmp/, instances/ and quarantine/ under state_dir, remove what a crash left in tmp/,
@@ -46,15 +47,25 @@ int64_t mms_spool_free_bytes(const struct mms_spool *sp);
  * as a path). derive_uids: when the Study or Series Instance UID is empty, derive stable ones
  * from the content (frame of reference, size, orientation) and log a WARNING; otherwise such
  * a file is refused. Returns 0 and *res; MMS_EDICOM (the content cannot be stored: not DICOM,
- * a DICOMDIR, no SOP Class or Instance UID, no Series UID; why says which); or a resource
- * error (-errno, MMS_EIO from the index, MMS_ENOMEM), after which the sender should retry. */
+ * a DICOMDIR, no SOP Class or Instance UID, no Series UID; why says which, naming the origin
+ * rather than tmp_path): then the file is moved to quarantine/ (daemon/quarantine.h) with
+ * origin "PATH" for a source "drop:PATH" and "C-STORE from AE@IP" otherwise, res->quarantined
+ * names the item and why ends with "; quarantined as NAME" (or, when that failed, is removed
+ * and why ends with the reason); or a resource error (-errno, MMS_EIO from the index,
+ * MMS_ENOMEM), after which the sender should retry. */
 int mms_spool_ingest(struct mms_spool *sp, const char *tmp_path, const char *source,
                      bool derive_uids, struct mms_ingest *res, char *why, size_t why_len);
 
-/* Move path into quarantine/ under a new name, with NAME.why holding reason and origin.
- * Returns 0 or -errno. */
+/* Move path (any file system) into quarantine/ as a new item whose .why holds origin (a
+ * source "drop:PATH" is written PATH) and reason, escaped, as mms_quarantine_put() does; a
+ * failure is logged with its errno.
+ * Returns 0; MMS_EEXIST when it was copied in but path could not be removed (do not
+ * quarantine path again); or -errno (path untouched). */
 int mms_spool_quarantine(struct mms_spool *sp, const char *path, const char *origin,
                          const char *reason);
+
+/* state_dir/quarantine. */
+const char *mms_spool_quarantine_dir(const struct mms_spool *sp);
 
 /* Copy the file src to a new file in tmp/ and fsync it; tmp_path (len bytes) receives its
  * path. Returns 0, or -errno (nothing is left in tmp/). */

@@ -12,6 +12,7 @@
 #include "common/clock.h"
 #include "common/err.h"
 #include "daemon/index.h"
+#include "daemon/quarantine.h"
 
 #define N_STATES (MMS_SERIES_SKIPPED + 1)
 
@@ -29,6 +30,8 @@
 #define W_JOB 6
 #define W_DEST 12
 #define W_NEXT 7
+#define QUARANTINE_SHOWN 5 /* newest items listed */
+#define W_SIZE 10
 
 struct walk {
     bool json;
@@ -375,6 +378,61 @@ print_counts(FILE *f, const struct walk *w)
     fprintf(f, "; %lld instance%s\n", (long long)w->instances, w->instances == 1 ? "" : "s");
 }
 
+/* quarantine/: the totals and the newest items, as text or into root. */
+static int
+print_quarantine(const char *state_dir, FILE *f, cJSON *root, char *why, size_t why_len)
+{
+    char qdir[4200];
+    struct mms_quarantine_item items[QUARANTINE_SHOWN];
+    size_t n;
+    int64_t count, bytes;
+    snprintf(qdir, sizeof qdir, "%s/quarantine", state_dir);
+    char err[512];
+    if (mms_quarantine_scan(qdir, items, QUARANTINE_SHOWN, &n, &count, &bytes, err, sizeof err) <
+        0) { /* the rest of the status is still worth printing */
+        if (root == NULL)
+            fprintf(f, "\nquarantine: cannot be read: %s\n", err);
+        else if (cJSON_AddObjectToObject(root, "quarantine") == NULL ||
+                 !add_text(cJSON_GetObjectItemCaseSensitive(root, "quarantine"), "error", err))
+            return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+        return 0;
+    }
+    if (root != NULL) {
+        cJSON *q = cJSON_AddObjectToObject(root, "quarantine"), *a;
+        if (q == NULL || cJSON_AddNumberToObject(q, "items", (double)count) == NULL ||
+            cJSON_AddNumberToObject(q, "bytes", (double)bytes) == NULL ||
+            (a = cJSON_AddArrayToObject(q, "newest")) == NULL)
+            return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+        for (size_t i = 0; i < n; i++) {
+            cJSON *o = cJSON_CreateObject();
+            if (o == NULL || !cJSON_AddItemToArray(a, o) ||
+                cJSON_AddStringToObject(o, "name", items[i].name) == NULL ||
+                cJSON_AddNumberToObject(o, "time", items[i].time) == NULL ||
+                cJSON_AddNumberToObject(o, "size", (double)items[i].size) == NULL ||
+                !add_text(o, "origin", items[i].origin) || !add_text(o, "reason", items[i].reason))
+                return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+        }
+        return 0;
+    }
+    fprintf(f, "\nquarantine: %lld item%s, %lld bytes in %s\n", (long long)count,
+            count == 1 ? "" : "s", (long long)bytes, qdir);
+    if (n > 0)
+        fprintf(f, "%-*s  %-*s  %*s  %-*s  %s\n", 20, "NAME", W_AGE, "AGE", W_SIZE, "BYTES",
+                W_REASON, "REASON", "ORIGIN");
+    for (size_t i = 0; i < n; i++) {
+        char age[32];
+        format_age(mms_wall_s() - items[i].time, age, sizeof age);
+        fprintf(f, "%-*s  %-*s  %*lld  ", 20, items[i].name, W_AGE, age, W_SIZE,
+                (long long)items[i].size);
+        cell(f, items[i].reason, W_REASON, false);
+        cell(f, items[i].origin, 0, true);
+        fputc('\n', f);
+    }
+    if ((int64_t)n < count)
+        fprintf(f, "(the newest %zu shown)\n", n);
+    return 0;
+}
+
 /* The root object in the order it prints: {"instances": 0, "counts": {...: 0}, "series": []};
  * the figures are set after the walk. NULL when out of memory. */
 static cJSON *
@@ -478,6 +536,12 @@ mms_status_print(const char *state_dir, bool json, FILE *out, char *why, size_t 
         rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory");
         goto out;
     }
+    if (!json)
+        print_send_counts(w.out, &w);
+    if ((rc = print_quarantine(state_dir, w.out, root, reason, sizeof reason)) < 0) {
+        rc = mms_why(why, why_len, rc, "%s", reason);
+        goto out;
+    }
     if (json) {
         json_figures(&w, root);
         if ((text = cJSON_Print(root)) == NULL) {
@@ -486,7 +550,6 @@ mms_status_print(const char *state_dir, bool json, FILE *out, char *why, size_t 
         }
         text_len = strlen(text);
     } else {
-        print_send_counts(w.out, &w);
         bool bad = ferror(w.out) != 0;
         fclose(w.out); /* text and text_len are final now */
         w.out = NULL;

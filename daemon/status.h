@@ -22,8 +22,11 @@
  * "next_attempt", "last_attempt", "state_since", "reason"}, ...], "job_counts": {"running": n,
  * "done": n, "failed": n, "interrupted": n}, "jobs": [{"job", "series_uid", "run", "state",
  * "stage", "reason", "started", "finished", "segments", "frames", "times": {"decode_s",
- * "wait_s", "preprocess_s", "network_s", "export_s", "write_s", "total_s"}}, ...]} (every
- * send and job; times in seconds since the epoch).
+ * "wait_s", "preprocess_s", "network_s", "export_s", "write_s", "total_s"}}, ...],
+ * "quarantine": {"items": n, "bytes": b, "newest": [{"name", "time", "size", "origin",
+ * "reason"}, ...]} or {"error": "..."} when it cannot be read} (every send and job; the 5
+ * newest quarantine items; times in seconds since the epoch). The text form ends with the
+ * quarantine's totals and newest 5 items, or why it cannot be read.
  * Received text is printed with control characters and invalid UTF-8 replaced.
  * Returns 0; MMS_ENOENT when there is no database (why: "no state database at PATH (the
  * daemon has not run yet)"); MMS_EIO (database unreadable, or out could not be written),

@@ -52,7 +52,7 @@ main(void)
     char js[64], big[6000];
     const char *line;
 
-    plan(13, 10);
+    plan(19, 10);
     if (pipe(fds) < 0 || fstat(fds[1], &st) < 0)
         return 1;
 
@@ -84,6 +84,15 @@ main(void)
     is_str(capture(fds, MMS_LOG_ERR, "disk full"), "<3>disk full\n", "ERR is <3>");
     is_str(capture(fds, MMS_LOG_INFO, "two\nlines"), "<6>two lines\n",
            "a message is one line: newlines become spaces");
+    is_str(capture(fds, MMS_LOG_INFO, "bell\a esc\x1b[31m del\x7f c1\xc2\x85"),
+           "<6>bell\\x07 esc\\x1b[31m del\\x7f c1\\xc2\\x85\n",
+           "control characters (C0, DEL, C1) are escaped as \\xNN");
+    is_str(capture(fds, MMS_LOG_INFO, "bad \xff\xfe utf8 \xc3( over\xc0\xaf end"),
+           "<6>bad \\xff\\xfe utf8 \\xc3( over\\xc0\\xaf end\n",
+           "invalid and overlong UTF-8 bytes are escaped as \\xNN");
+    is_str(capture(fds, MMS_LOG_INFO, "caf\xc3\xa9 \xe6\x97\xa5 back\\slash"),
+           "<6>caf\xc3\xa9 \xe6\x97\xa5 back\\slash\n",
+           "valid UTF-8 and backslashes pass unchanged");
 
     /* The level filter runs before formatting. */
     formatted = 0;
@@ -100,5 +109,17 @@ main(void)
            strcmp(line + strlen(line) - 4, "...\n") == 0,
        "a long message is cut with '...' (%zu bytes)", strlen(line));
     ok(strchr(line, '\n') == line + strlen(line) - 1, "and stays one line");
+
+    /* Escaping that expands past the limit is cut too, never inside an escape. */
+    memset(big, 1, sizeof big - 1);
+    line = capture(fds, MMS_LOG_ERR, big);
+    ok(strlen(line) < sizeof big && strcmp(line + strlen(line) - 8, "\\x01...\n") == 0,
+       "an escaped message over the limit is cut after a whole escape (%zu bytes)", strlen(line));
+
+    char esc[16];
+    bool cut;
+    is_int((int)mms_text_escape("a\\b\nc", MMS_ESCAPE_BACKSLASH, esc, sizeof esc, &cut), 9,
+           "mms_text_escape with MMS_ESCAPE_BACKSLASH doubles backslashes");
+    is_str(esc, "a\\\\b\\x0ac", "and escapes a newline as \\x0a");
     return done_testing();
 }
