@@ -314,7 +314,8 @@ on_store(void *ctx, const struct mms_scp_store *st)
     }
     if (rc == MMS_EDICOM) { /* the content: sending it again does not help */
         mms_log(MMS_LOG_WARNING, "C-STORE from %s refused: %s", source, why);
-        return 0xC000;
+        snprintf(st->comment, st->comment_len, "%s", why);
+        return res.bad_identity ? 0xA900 : 0xC000;
     }
     mms_log(MMS_LOG_ERR, "C-STORE from %s not stored (0xA700, out of resources): %s", source, why);
     return 0xA700;

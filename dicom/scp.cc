@@ -55,6 +55,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/uid.h"
 #include "dicom/text-impl.hh"
 
 void mms__route_dcmtk_log(); // below; also used by seg.cc (dicom-impl.hh)
@@ -475,20 +476,30 @@ class association : public DcmThreadSCP
         return answer(req, pres, status, level, why);
     }
 
+    // comment: the Error Comment (0000,0902) of a refusal; "" for none.
     OFCondition
     answer(T_DIMSE_C_StoreRQ &req, T_ASC_PresentationContextID pres, Uint16 status, int level,
-           const std::string &why)
+           const std::string &why, const std::string &comment = std::string())
     {
         // success, or a warning (0xB000, 0xB006, 0xB007): the instance was taken
         if (status == st_success || (status & 0xF000) == 0xB000) {
             stored_++;
-        } else {
-            refused_++;
-            mms_log(level, "C-STORE %s from %s@%s answered 0x%04X: %s",
-                    mms__printable(req.AffectedSOPInstanceUID).c_str(),
-                    mms__printable(calling_.c_str()).c_str(), peer_.c_str(), status, why.c_str());
+            return sendSTOREResponse(pres, req, status);
         }
-        return sendSTOREResponse(pres, req, status);
+        refused_++;
+        mms_log(level, "C-STORE %s from %s@%s answered 0x%04X: %s",
+                mms__printable(req.AffectedSOPInstanceUID).c_str(),
+                mms__printable(calling_.c_str()).c_str(), peer_.c_str(), status, why.c_str());
+        // LO: at most 64 characters, printable, no backslash
+        std::string lo;
+        for (char c : comment.empty() ? why : comment)
+            if (lo.size() < 64)
+                lo.push_back(c >= 0x20 && c < 0x7f && c != '\\' ? c : '?');
+        DcmDataset detail;
+        if (lo.empty() || detail.putAndInsertString(DCM_ErrorComment, lo.c_str()).bad())
+            return sendSTOREResponse(pres, req, status);
+        return sendSTOREResponse(pres, req.MessageID, req.AffectedSOPClassUID,
+                                 req.AffectedSOPInstanceUID, status, &detail);
     }
 
     OFCondition
@@ -543,6 +554,15 @@ class association : public DcmThreadSCP
         }
         std::string uid;
         cond = dataset_uid(path.c_str(), &uid);
+        char bad[96];
+        // DCMTK cuts the request's UID to 64 characters: a longer one in the data set is
+        // named as what it is, not as a mismatch
+        if (cond.good() && !uid.empty() &&
+            !mms_uid_check(uid.data(), uid.size(), bad, sizeof bad)) {
+            unlink(path.c_str());
+            return answer(req, pres, st_bad_data, MMS_LOG_NOTICE,
+                          std::string("SOP Instance UID (0008,0018) is not a valid UID: ") + bad);
+        }
         if (cond.bad() || uid.empty() || uid != inst) {
             unlink(path.c_str());
             if (cond.bad())
@@ -554,13 +574,18 @@ class association : public DcmThreadSCP
                               : "SOP Instance UID (0008,0018) " + mms__printable(uid.c_str()) +
                                     " differs from the request's");
         }
-        struct mms_scp_store st = {path.c_str(), calling_.c_str(), peer_.c_str(),
-                                   req.AffectedSOPClassUID, inst.c_str()};
+        char comment[256] = "";
+        struct mms_scp_store st = {
+            path.c_str(), calling_.c_str(), peer_.c_str(), req.AffectedSOPClassUID,
+            inst.c_str(), comment,          sizeof comment};
         Uint16 status = s_.on_store(s_.ctx, &st);
         mms_log(MMS_LOG_DEBUG, "C-STORE %s from %s@%s: %s, on_store answered 0x%04X",
                 mms__printable(inst.c_str()).c_str(), mms__printable(calling_.c_str()).c_str(),
                 peer_.c_str(), path.c_str(), status);
-        return answer(req, pres, status, MMS_LOG_NOTICE, "refused by on_store");
+        return answer(req, pres, status, MMS_LOG_NOTICE,
+                      comment[0] != '\0' ? std::string("refused by on_store: ") + comment
+                                         : std::string("refused by on_store"),
+                      comment);
     }
 };
 

@@ -25,10 +25,14 @@ struct mms_scp_store {
     const char *peer;         /* the peer's IP address, text */
     const char *sop_class;    /* Affected SOP Class UID of the request */
     const char *sop_instance; /* Affected SOP Instance UID of the request */
+    char *comment;            /* out: on a refusal, the reason for the peer (Error Comment
+                                 (0000,0902), cut to 64 characters); starts as "" */
+    size_t comment_len;
 };
 
 /* Decide the answer to one C-STORE: 0x0000 success, 0xA700 out of resources (the sender
- * retries), 0xA900 / 0xC000 refused (the reason is logged by the callee). Threads: any. */
+ * retries), 0xA900 / 0xC000 refused (the reason is logged by the callee and may be put in
+ * st->comment). Threads: any. */
 typedef uint16_t (*mms_scp_store_fn)(void *ctx, const struct mms_scp_store *st);
 
 struct mms_scp_opts {
