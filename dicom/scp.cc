@@ -125,6 +125,10 @@ class prefix_conn : public DcmTCPConnection
         size_t k = std::min(n, pdu_.size() - at_);
         std::memcpy(buf, pdu_.data() + at_, k);
         at_ += k;
+        if (at_ == pdu_.size()) { // read to its end: the memory goes
+            std::vector<unsigned char>().swap(pdu_);
+            at_ = 0;
+        }
         return (ssize_t)k;
     }
     OFBool
