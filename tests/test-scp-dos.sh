@@ -5,7 +5,8 @@
 # within 1 s (the latency is printed). With max_associations_per_host 4 the host's oldest
 # stalled connections are closed as newer ones come; with no per-host limit the stalled ones
 # are closed after assoc_timeout_s; every such closing is counted in
-# mmsegd_associations_refused_total.
+# mmsegd_associations_refused_total. Then deny by default: without allowed_hosts loopback is
+# refused (and counted), and `any` is a WARNING at start.
 set -u
 for t in echoscu curl; do
     if ! command -v $t >/dev/null; then
@@ -34,8 +35,10 @@ check() { # check DESCRIPTION COMMAND...
 free_port() {
     "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
-# start PER_HOST ASSOC_TIMEOUT_S: the daemon with that policy
+# start PER_HOST ASSOC_TIMEOUT_S [HOSTS AES]: the daemon with that policy (the lists default
+# to loopback and ECHOSCU; "-" leaves a list out); waits until it is ready
 start() {
+    local hosts=${3:-127.0.0.0/8} aes=${4:-ECHOSCU}
     port=$(free_port)
     mport=$(free_port)
     cat >"$tmp/mmsegd.ini" <<EOF
@@ -47,8 +50,8 @@ metrics_listen = 127.0.0.1:$mport
 ae_title = MMSEGD
 bind = 127.0.0.1
 port = $port
-allowed_hosts = 127.0.0.0/8
-allowed_calling_aes = ECHOSCU
+$([ "$hosts" = - ] || echo "allowed_hosts = $hosts")
+$([ "$aes" = - ] || echo "allowed_calling_aes = $aes")
 max_associations_per_host = $1
 assoc_timeout_s = $2
 min_free_mb = 1
@@ -56,7 +59,7 @@ EOF
     "$mmsegd" serve -c "$tmp/mmsegd.ini" >>"$tmp/log" 2>&1 &
     pid=$!
     for _ in $(seq 100); do
-        echoscu -to 2 -aec MMSEGD 127.0.0.1 "$port" >/dev/null 2>&1 && return 0
+        grep -q "mmsegd .* ready (pid $pid" "$tmp/log" && return 0
         kill -0 "$pid" 2>/dev/null || return 1
         sleep 0.1
     done
@@ -103,7 +106,7 @@ metric() { # REASON: the refusal counter for that reason
         sed -n "s/^mmsegd_associations_refused_total{reason=\"$1\"} //p"
 }
 
-echo "1..8"
+echo "1..12"
 # ---------------------------------------------------------------- per-host limit 4
 check "the daemon starts (max_associations_per_host 4, assoc_timeout_s 30)" start 4 30
 echo "# baseline, nothing stalled: C-ECHO $(echo_ms) ms"
@@ -129,6 +132,30 @@ timed_out() { [ "$(cat "$tmp/closed")" -eq 40 ] && [ "$(metric timeout)" -ge 40 
 check "every stalled connection was closed after assoc_timeout_s, counted as timeout" timed_out
 echo "# closed by the server: $(cat "$tmp/closed") of 40; timeout $(metric timeout)"
 check "the daemon is still up and answers C-ECHO" echo_ms
+stop
+
+# ---------------------------------------------------------------- deny by default
+: >"$tmp/log"
+start 4 10 - -
+refused_by_default() {
+    ! echoscu -to 5 -aec MMSEGD 127.0.0.1 "$port" && [ "$(metric host)" -eq 1 ] &&
+        grep -q "notice: Store SCP policy: allowed_hosts: none (every association is refused" "$tmp/log"
+}
+check "no allowed_hosts: loopback is refused (counted as host), the start says so" \
+    refused_by_default
+stop
+: >"$tmp/log"
+start 4 10 - ECHOSCU
+check "no allowed_hosts, but the calling AE listed: still refused" test "$(
+    echoscu -to 5 -aec MMSEGD 127.0.0.1 "$port" >/dev/null 2>&1
+    echo $?
+)" -ne 0
+stop
+: >"$tmp/log"
+start 4 10 any any
+check "allowed_hosts = any, allowed_calling_aes = any: a WARNING at start" \
+    grep -q "warning: Store SCP policy: allowed_hosts: any host" "$tmp/log"
+check "... and C-ECHO is answered" echo_ms
 stop
 [ $failed = 0 ] || { echo "# log:"; tail -30 "$tmp/log" | sed 's/^/# /'; }
 exit $failed
