@@ -738,7 +738,7 @@ main(void)
             snprintf(why, sizeof why, "%s is not on PATH (Debian package dcmtk)", progs[i]);
             skip_all(why);
         }
-    plan(113, 300);
+    plan(115, 300);
     mms_log_set_level(getenv("MMS_TEST_DEBUG") != NULL ? MMS_LOG_DEBUG : MMS_LOG_NOTICE);
 
     snprintf(dir, sizeof dir, "/tmp/mms-test-scp-XXXXXX");
@@ -934,6 +934,21 @@ main(void)
     o = default_opts();
     o.assoc_timeout_s = 0;
     is_int(mms_scp_start(&o, &s, why, sizeof why), MMS_EINVAL, "start: assoc_timeout_s 0 refused");
+
+    /* max_associations_per_host 1: an open association of 127.0.0.1 keeps a second one out
+     * (transient, local limit), counted as per_host_limit; free again after its release */
+    o = default_opts();
+    o.max_associations_per_host = 1;
+    s = start(&o);
+    port = s != NULL ? mms_scp_port(s) : 0;
+    int held = ul_open_at("127.0.0.1", port, "MMSEGD", CT_CLASS, "1.2.840.10008.1.2.1");
+    rc = run("echoscu -aec MMSEGD 127.0.0.1 %u", port);
+    ok(held >= 0 && rc != 0 && file_has(tool_log, "Rejected Transient") &&
+           mms_scp_refused(s, MMS_SCP_REFUSED_PER_HOST_LIMIT) == 1,
+       "max_associations_per_host 1: a second association of the host is rejected (transient)");
+    ok(held >= 0 && ul_release(held) && run("echoscu -aec MMSEGD 127.0.0.1 %u", port) == 0,
+       "max_associations_per_host 1: after the release the host is served again");
+    mms_scp_stop(s);
 
     /* allowed hosts */
     o = default_opts();
