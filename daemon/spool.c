@@ -236,8 +236,7 @@ ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool deri
         return mms_why(why, why_len, rc, "rename: %s", mms_strerror(rc));
     }
     if (!existed && (rc = mms_fs_fsync_dir(dir2)) < 0) {
-        if (!existed)
-            unlink(dest);
+        unlink(dest);
         return mms_why(why, why_len, rc, "fsync: %s", mms_strerror(rc));
     }
 
