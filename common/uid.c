@@ -104,3 +104,28 @@ mms_uid_uuid5(const char *name, char out[65])
     d[8] = (uint8_t)((d[8] & 0x3f) | 0x80); /* RFC 4122 variant */
     mms_uid_from_bytes(d, out);
 }
+
+bool
+mms_uid_check(const char *s, size_t len, char *why, size_t why_len)
+{
+    const char *msg = NULL;
+    if (len == 0)
+        msg = "empty";
+    else if (len > 64)
+        msg = "longer than 64 characters";
+    for (size_t i = 0, start = 0; msg == NULL && i <= len; i++) {
+        if (i < len && s[i] != '.') {
+            if (s[i] < '0' || s[i] > '9')
+                msg = "a character other than a digit or a dot";
+            continue;
+        }
+        if (i == start)
+            msg = "an empty component";
+        else if (s[start] == '0' && i - start > 1)
+            msg = "a component with a leading zero";
+        start = i + 1;
+    }
+    if (msg != NULL && why != NULL && why_len > 0)
+        snprintf(why, why_len, "%s (%zu characters)", msg, len);
+    return msg == NULL;
+}

@@ -11,6 +11,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/net.h"
 
 enum cfg_type {
     T_STR,  /* any text, char * */
@@ -81,6 +82,9 @@ static const struct cfg_key main_keys[] = {
     {"scp", "allowed_calling_aes", T_STR, OFF(scp.allowed_calling_aes), "", 0, 0, NULL, 0},
     {"scp", "allowed_hosts", T_STR, OFF(scp.allowed_hosts), "", 0, 0, NULL, 0},
     {"scp", "max_associations", T_UINT, OFF(scp.max_associations), "16", 1, 1024, NULL, 0},
+    {"scp", "max_associations_per_host", T_UINT, OFF(scp.max_associations_per_host), "4", 0, 1024,
+     NULL, 0},
+    {"scp", "assoc_timeout_s", T_UINT, OFF(scp.assoc_timeout_s), "10", 1, 300, NULL, 0},
     {"scp", "max_pdu", T_UINT, OFF(scp.max_pdu), "65536", 4096, 131072, NULL, 0},
     {"scp", "timeout_s", T_UINT, OFF(scp.timeout_s), "30", 1, 3600, NULL, 0},
     {"scp", "min_free_mb", T_UINT, OFF(scp.min_free_mb), "1024", 0, UMAX, NULL, 0},
@@ -635,6 +639,79 @@ on_key(void *user, const char *section, const char *name, const char *value)
 }
 
 /* Checks that need the whole file: keys of features not built yet, destination fields. */
+/* The line of the main key at offset, 0 when it was not set in the file. */
+static unsigned
+line_of(const struct loader *ld, size_t offset)
+{
+    for (size_t k = 0; k < N_MAIN; k++)
+        if (main_keys[k].offset == offset)
+            return ld->key_line[k];
+    return 0;
+}
+
+/* Whether the AE title list is "any" alone or a comma list of AE titles; msg says why not. */
+static bool
+valid_ae_list(const char *list, char *msg, size_t len)
+{
+    char item[64];
+    if (list == NULL || list[0] == '\0')
+        return true;
+    int n = 0;
+    bool any = false;
+    for (const char *at = list;; n++) {
+        const char *comma = strchr(at, ',');
+        size_t k = comma != NULL ? (size_t)(comma - at) : strlen(at);
+        while (k > 0 && *at == ' ') {
+            at++;
+            k--;
+        }
+        while (k > 0 && at[k - 1] == ' ')
+            k--;
+        if (k == 0 || k >= sizeof item) {
+            snprintf(msg, len, "an empty or over-long item");
+            return false;
+        }
+        memcpy(item, at, k);
+        item[k] = '\0';
+        any = any || strcmp(item, "any") == 0;
+        if (strcmp(item, "any") != 0 && !valid_ae(item)) {
+            snprintf(msg, len,
+                     "'%s' is not an AE title (1 to 16 printable characters, no "
+                     "backslash)",
+                     item);
+            return false;
+        }
+        if (comma == NULL)
+            break;
+        at = comma + 1;
+    }
+    if (any && n > 0) {
+        snprintf(msg, len, "`any` stands alone");
+        return false;
+    }
+    return true;
+}
+
+/* What the listeners would refuse at start is refused here: the same parsers. */
+static void
+check_network(struct loader *ld)
+{
+    const struct mms_config *c = ld->cfg;
+    char msg[256];
+    if (c->scp.allowed_hosts != NULL &&
+        mms_net_cidr_match(c->scp.allowed_hosts, "::", msg, sizeof msg) < 0)
+        report(ld, line_of(ld, OFF(scp.allowed_hosts)), "[scp] allowed_hosts: %s", msg);
+    if (!valid_ae_list(c->scp.allowed_calling_aes, msg, sizeof msg))
+        report(ld, line_of(ld, OFF(scp.allowed_calling_aes)), "[scp] allowed_calling_aes: %s", msg);
+    if (c->scp.bind != NULL && c->scp.bind[0] != '\0' && !mms_net_is_address(c->scp.bind))
+        report(ld, line_of(ld, OFF(scp.bind)),
+               "[scp] bind: '%s' is not a numeric IPv4 or IPv6 address", c->scp.bind);
+    struct sockaddr_in sa;
+    if (c->daemon.metrics_listen != NULL && c->daemon.metrics_listen[0] != '\0' &&
+        mms_net_parse_listen(c->daemon.metrics_listen, &sa, msg, sizeof msg) < 0)
+        report(ld, line_of(ld, OFF(daemon.metrics_listen)), "[daemon] metrics_listen: %s", msg);
+}
+
 static int
 validate(struct loader *ld)
 {
@@ -679,6 +756,8 @@ validate(struct loader *ld)
         }
         regfree(&re);
     }
+
+    check_network(ld);
 
     for (size_t i = 0; i < ld->cfg->n_dests; i++) {
         const struct mms_dest_config *d = &ld->cfg->dests[i];
@@ -839,6 +918,36 @@ mms_config_print(const struct mms_config *cfg, FILE *f)
             fprintf(f, "%s = %s\n", dest_keys[i].key, v);
         }
     }
+    char hosts[512], aes[512];
+    mms_config_policy(cfg, hosts, sizeof hosts, aes, sizeof aes);
+    fprintf(f,
+            "\n; association policy of the Store SCP\n; allowed_hosts: %s\n"
+            "; allowed_calling_aes: %s\n",
+            hosts, aes);
+}
+
+/* One list in words: none, any, or the list itself. */
+static void
+policy_text(const char *list, const char *what, char *out, size_t len)
+{
+    bool blank = true;
+    for (const char *p = list != NULL ? list : ""; *p != '\0'; p++)
+        blank = blank && *p == ' ';
+    if (blank)
+        snprintf(out, len, "none (every association is refused; write `any` to accept any %s)",
+                 what);
+    else if (strcmp(list, "any") == 0)
+        snprintf(out, len, "any %s (WARNING: nothing is refused for its %s)", what, what);
+    else
+        snprintf(out, len, "%s only", list);
+}
+
+void
+mms_config_policy(const struct mms_config *cfg, char *hosts, size_t hosts_len, char *aes,
+                  size_t aes_len)
+{
+    policy_text(cfg->scp.allowed_hosts, "host", hosts, hosts_len);
+    policy_text(cfg->scp.allowed_calling_aes, "calling AE title", aes, aes_len);
 }
 
 int

@@ -53,6 +53,8 @@ struct mms_config {
         char *allowed_calling_aes;
         char *allowed_hosts;
         unsigned max_associations;
+        unsigned max_associations_per_host;
+        unsigned assoc_timeout_s;
         unsigned max_pdu;
         unsigned timeout_s;
         unsigned min_free_mb;
@@ -126,6 +128,12 @@ void mms_config_free(struct mms_config *cfg);
 /* Write the effective configuration to f as an ini file that loads back to the same values:
  * every key of every section, defaults included, then the destinations. */
 void mms_config_print(const struct mms_config *cfg, FILE *f);
+
+/* The Store SCP's association policy in words, for check-config and the start of serve:
+ * hosts and aes receive "none (every association is refused; ...)", "any host (WARNING: ...)"
+ * or "LIST only". */
+void mms_config_policy(const struct mms_config *cfg, char *hosts, size_t hosts_len, char *aes,
+                       size_t aes_len);
 
 /* For a reload from old to new: call fn once for each key whose new value differs from the
  * old one but that a running daemon cannot change (it needs a restart); returns their count.

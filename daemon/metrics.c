@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/err.h"
+#include "common/net.h"
 #include "common/log.h"
 
 #define MAX_REQUEST 8192
@@ -232,17 +233,10 @@ int
 mms_metrics_start(uv_loop_t *loop, const char *listen, mms_metrics_fill_fn fill, void *ud,
                   struct mms_metrics **out, char *why, size_t why_len)
 {
-    char host[64];
-    unsigned port;
-    const char *colon = listen != NULL ? strrchr(listen, ':') : NULL;
     struct sockaddr_in sa;
-    if (colon == NULL || (size_t)(colon - listen) >= sizeof host ||
-        sscanf(colon + 1, "%u", &port) != 1 || port > 65535)
-        return mms_why(why, why_len, MMS_EINVAL, "metrics_listen '%s': not IPv4:PORT",
-                       listen != NULL ? listen : "");
-    snprintf(host, sizeof host, "%.*s", (int)(colon - listen), listen);
-    if (uv_ip4_addr(host, (int)port, &sa) != 0)
-        return mms_why(why, why_len, MMS_EINVAL, "metrics_listen '%s': not IPv4:PORT", listen);
+    char msg[256];
+    if (mms_net_parse_listen(listen, &sa, msg, sizeof msg) < 0)
+        return mms_why(why, why_len, MMS_EINVAL, "metrics_listen %s", msg);
     struct mms_metrics *m = calloc(1, sizeof *m);
     if (m == NULL)
         return mms_why(why, why_len, MMS_ENOMEM, "out of memory");

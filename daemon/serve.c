@@ -342,7 +342,8 @@ on_store(void *ctx, const struct mms_scp_store *st)
     }
     if (rc == MMS_EDICOM) { /* the content: sending it again does not help */
         mms_log(MMS_LOG_WARNING, "C-STORE from %s refused: %s", source, why);
-        return 0xC000;
+        snprintf(st->comment, st->comment_len, "%s", why);
+        return res.bad_identity ? 0xA900 : 0xC000;
     }
     mms_log(MMS_LOG_ERR, "C-STORE from %s not stored (0xA700, out of resources): %s", source, why);
     return 0xA700;
@@ -395,6 +396,15 @@ start_intake(struct daemon *d)
     uv_timer_start(&d->qprune, on_qprune, QUARANTINE_PRUNE_S * 1000, QUARANTINE_PRUNE_S * 1000);
     judge(d);
 
+    /* deny by default (design.md section 9): say what the lists let in */
+    char hosts[512], aes[512];
+    mms_config_policy(c, hosts, sizeof hosts, aes, sizeof aes);
+    bool open_h = strncmp(hosts, "any ", 4) == 0, open_a = strncmp(aes, "any ", 4) == 0;
+    bool shut = strncmp(hosts, "none ", 5) == 0 || strncmp(aes, "none ", 5) == 0;
+    mms_log(open_h || open_a ? MMS_LOG_WARNING
+            : shut           ? MMS_LOG_NOTICE
+                             : MMS_LOG_INFO,
+            "Store SCP policy: allowed_hosts: %s; allowed_calling_aes: %s", hosts, aes);
     const uint64_t min_free = (uint64_t)c->scp.min_free_mb << 20;
     struct mms_scp_opts sc = {
         .ae_title = c->scp.ae_title,
@@ -403,6 +413,8 @@ start_intake(struct daemon *d)
         .allowed_calling_aes = c->scp.allowed_calling_aes,
         .allowed_hosts = c->scp.allowed_hosts,
         .max_associations = c->scp.max_associations,
+        .max_associations_per_host = c->scp.max_associations_per_host,
+        .assoc_timeout_s = c->scp.assoc_timeout_s,
         .max_pdu = c->scp.max_pdu,
         .timeout_s = c->scp.timeout_s,
         .tmp_dir = mms_spool_tmp_dir(d->spool),
@@ -521,6 +533,13 @@ fill_metrics(void *ud, FILE *f)
     help(f, "mmsegd_instances_received_total", "counter", "Instances stored since the start.");
     fprintf(f, "mmsegd_instances_received_total %" PRIu64 "\n",
             __atomic_load_n(&d->received, __ATOMIC_RELAXED));
+    help(f, "mmsegd_associations_refused_total", "counter",
+         "Associations and connections the Store SCP refused or closed since the start, by "
+         "reason.");
+    for (int i = 0; i < MMS_SCP_REFUSED_N; i++)
+        fprintf(f, "mmsegd_associations_refused_total{reason=\"%s\"} %" PRIu64 "\n",
+                mms_scp_refusal_name((enum mms_scp_refusal)i),
+                mms_scp_refused(d->scp, (enum mms_scp_refusal)i));
     help(f, "mmsegd_instances", "gauge", "Instances in the index.");
     fprintf(f, "mmsegd_instances %" PRId64 "\n", instances);
     help(f, "mmsegd_series", "gauge", "Series by state.");

@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,12 +124,56 @@ fill_row(const struct mms_header *h, const char *digest, const char *rel, int64_
     snprintf(r->source, sizeof r->source, "%s", source);
 }
 
+/* Rename tmp_path to dest unless dest exists. Returns 0 (renamed), 1 (dest exists, nothing
+ * done) or -errno. */
+static int
+place(const char *tmp_path, const char *dest)
+{
+    if (renameat2(AT_FDCWD, tmp_path, AT_FDCWD, dest, RENAME_NOREPLACE) == 0)
+        return 0;
+    if (errno == EEXIST)
+        return 1;
+    if (errno != EINVAL && errno != ENOSYS)
+        return mms_err_errno();
+    /* a file system without RENAME_NOREPLACE: a hard link fails on an existing name too */
+    if (link(tmp_path, dest) != 0)
+        return errno == EEXIST ? 1 : mms_err_errno();
+    unlink(tmp_path);
+    return 0;
+}
+
+/* The file stored at dest has the data set of h: is it the same instance, that is, does its
+ * file meta give that data set the same transfer syntax and UIDs? Returns 0 (the same), or
+ * MMS_EDICOM (another instance: refused, the stored file kept) or another error reading it. */
+static int
+same_instance(const char *dest, const struct mms_header *h, char *why, size_t why_len)
+{
+    struct mms_header o;
+    char reason[512];
+    int rc = mms_header_read(dest, &o, reason, sizeof reason);
+    if (rc < 0)
+        return mms_why(why, why_len, rc == MMS_EDICOM ? MMS_EIO : rc,
+                       "the stored file with the same data set is unreadable: %s", reason);
+    const char *what = strcmp(o.transfer_syntax, h->transfer_syntax) != 0 ? "transfer syntax"
+                       : strcmp(o.sop_instance, h->sop_instance) != 0     ? "SOP Instance UID"
+                       : strcmp(o.sop_class, h->sop_class) != 0           ? "SOP Class UID"
+                                                                          : NULL;
+    if (what == NULL)
+        return 0;
+    return mms_why(why, why_len, MMS_EDICOM,
+                   "the same data set is stored with another %s in its file meta "
+                   "(stored %s, transfer syntax %s; received %s, transfer syntax %s); the "
+                   "stored instance is kept",
+                   what, o.sop_instance, o.transfer_syntax, h->sop_instance, h->transfer_syntax);
+}
+
 /* Everything but the removal of tmp_path on failure. */
 static int
 ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool derive,
        struct mms_ingest *res, char *why, size_t why_len)
 {
     char reason[512];
+    res->bad_identity = false;
     int rc = mms_fs_fsync(tmp_path);
     if (rc < 0)
         return mms_why(why, why_len, rc, "fsync: %s", mms_strerror(rc));
@@ -141,6 +186,11 @@ ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool deri
     if (h.sop_class[0] == '\0' || h.sop_instance[0] == '\0')
         return mms_why(why, why_len, MMS_EDICOM, "no SOP %s UID",
                        h.sop_class[0] == '\0' ? "Class" : "Instance");
+    /* never cut to fit: two long UIDs with one prefix would be one instance */
+    if (h.bad_uid[0] != '\0') {
+        res->bad_identity = true;
+        return mms_why(why, why_len, MMS_EDICOM, "%s", h.bad_uid);
+    }
     res->derived_uids = false;
     if (h.series_uid[0] == '\0' || h.study_uid[0] == '\0') {
         if (!derive)
@@ -167,15 +217,28 @@ ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool deri
     if ((made1 && (rc = mms_fs_fsync_dir(sp->inst_dir)) < 0) ||
         (made2 && (rc = mms_fs_fsync_dir(dir1)) < 0))
         return mms_why(why, why_len, rc, "fsync: %s", mms_strerror(rc));
-    bool existed = stat(dest, &sb) == 0;
-    if (stat(tmp_path, &sb) != 0 || rename(tmp_path, dest) != 0) {
+    if (stat(tmp_path, &sb) != 0) {
         rc = mms_err_errno();
-        return mms_why(why, why_len, rc, "rename: %s", mms_strerror(rc));
+        return mms_why(why, why_len, rc, "stat: %s", mms_strerror(rc));
     }
     int64_t size = (int64_t)sb.st_size;
-    if ((rc = mms_fs_fsync_dir(dir2)) < 0) {
-        if (!existed)
-            unlink(dest);
+    /* a stored file is never replaced by a rename: the same data set may come with other
+     * file meta, which would change what the stored bytes mean */
+    bool existed = false;
+    if ((rc = place(tmp_path, dest)) == 1) {
+        if ((rc = same_instance(dest, &h, why, why_len)) < 0) {
+            res->bad_identity = rc == MMS_EDICOM;
+            return rc;
+        }
+        existed = true;
+        unlink(tmp_path);
+        if (stat(dest, &sb) == 0)
+            size = (int64_t)sb.st_size;
+    } else if (rc < 0) {
+        return mms_why(why, why_len, rc, "rename: %s", mms_strerror(rc));
+    }
+    if (!existed && (rc = mms_fs_fsync_dir(dir2)) < 0) {
+        unlink(dest);
         return mms_why(why, why_len, rc, "fsync: %s", mms_strerror(rc));
     }
 

@@ -27,6 +27,8 @@ struct mms_ingest {
     char sop_instance[65], series_uid[65];
     bool derived_uids;    /* Study/Series UIDs were empty and were derived from the content */
     char quarantined[32]; /* MMS_EDICOM: the quarantine item holding the refused file, or "" */
+    bool bad_identity;    /* on MMS_EDICOM: a UID is not valid, or the same data set is stored
+                             with other file meta (a Store SCP answers 0xA900) */
 };
 
 /* Create tmp/, instances/ and quarantine/ under state_dir, remove what a crash left in tmp/,
@@ -46,13 +48,18 @@ int64_t mms_spool_free_bytes(const struct mms_spool *sp);
  * indexed; on any failure it is removed. source: "AE@IP" or "drop:PATH" (stored, never used
  * as a path). derive_uids: when the Study or Series Instance UID is empty, derive stable ones
  * from the content (frame of reference, size, orientation) and log a WARNING; otherwise such
- * a file is refused. Returns 0 and *res; MMS_EDICOM (the content cannot be stored: not DICOM,
- * a DICOMDIR, no SOP Class or Instance UID, no Series UID; why says which, naming the origin
- * rather than tmp_path): then the file is moved to quarantine/ (daemon/quarantine.h) with
- * origin "PATH" for a source "drop:PATH" and "C-STORE from AE@IP" otherwise, res->quarantined
- * names the item and why ends with "; quarantined as NAME" (or, when that failed, is removed
- * and why ends with the reason); or a resource error (-errno, MMS_EIO from the index,
- * MMS_ENOMEM), after which the sender should retry. */
+ * a file is refused. A UID that is not valid (over 64 characters, other characters than
+ * digits and dots...) is refused, never cut. When a file with the same data set is stored
+ * already, nothing is renamed: with the same file meta (transfer syntax, SOP Class and
+ * Instance UIDs) it is the same instance (a duplicate), otherwise it is refused and the stored
+ * file is kept. Returns 0 and *res; MMS_EDICOM (the content cannot be stored: not DICOM,
+ * a DICOMDIR, no SOP Class or Instance UID, no Series UID, a UID that is not valid, the same
+ * data set under other file meta; why says which, naming the origin rather than tmp_path):
+ * then the file is moved to quarantine/ (daemon/quarantine.h) with origin "PATH" for a source
+ * "drop:PATH" and "C-STORE from AE@IP" otherwise, res->quarantined names the item and why
+ * ends with "; quarantined as NAME" (or, when that failed, is removed and why ends with the
+ * reason); or a resource error (-errno, MMS_EIO from the index, MMS_ENOMEM), after which the
+ * sender should retry. */
 int mms_spool_ingest(struct mms_spool *sp, const char *tmp_path, const char *source,
                      bool derive_uids, struct mms_ingest *res, char *why, size_t why_len);
 

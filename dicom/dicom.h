@@ -107,6 +107,9 @@ struct mms_header {
     char body_part[17];            /* BodyPartExamined ("" when absent) */
     int64_t images_in_acquisition; /* ImagesInAcquisition, -1 when absent */
     struct mms_pixel_layout pix;
+    char bad_uid[160]; /* "" or which UID (SOP Class or Instance, Study, Series, Frame of
+                          Reference, Transfer Syntax) is not a valid UID and why: such a
+                          value is never cut to fit the fields above, the file is refused */
 };
 
 /* SOP classes mmsegd reconstructs: CT Image, Enhanced CT Image, Legacy Converted Enhanced CT

@@ -24,6 +24,7 @@
 
 #include "common/err.h"
 #include "common/sha256.h"
+#include "common/uid.h"
 #include "dicom/dicom-impl.hh"
 
 namespace
@@ -238,6 +239,15 @@ read_layout(const attrs &a, struct mms_pixel_layout *lo)
     copy(lo->why, sizeof lo->why, msg);
 }
 
+// Record in bad (160 bytes) the first UID that is not valid; an absent one ("") is fine here.
+void
+check_uid(const char *name, const std::string &v, char *bad)
+{
+    char why[96];
+    if (bad[0] == '\0' && !v.empty() && !mms_uid_check(v.data(), v.size(), why, sizeof why))
+        std::snprintf(bad, 160, "%s is not a valid UID: %s", name, why);
+}
+
 // The header from its attributes; meta: the file meta's UIDs and transfer syntax.
 void
 fill(const attrs &a, const std::string &media_class, const std::string &media_instance,
@@ -258,6 +268,16 @@ fill(const attrs &a, const std::string &media_class, const std::string &media_in
         copy(h.sop_class, sizeof h.sop_class, media_class);
     if (h.sop_instance[0] == '\0')
         copy(h.sop_instance, sizeof h.sop_instance, media_instance);
+    const std::string &cls =
+        a.text(MMS_TAG_SOP_CLASS).empty() ? media_class : a.text(MMS_TAG_SOP_CLASS);
+    const std::string &inst =
+        a.text(MMS_TAG_SOP_INSTANCE).empty() ? media_instance : a.text(MMS_TAG_SOP_INSTANCE);
+    check_uid("SOP Instance UID", inst, h.bad_uid);
+    check_uid("SOP Class UID", cls, h.bad_uid);
+    check_uid("Series Instance UID", a.text(MMS_TAG_SERIES), h.bad_uid);
+    check_uid("Study Instance UID", a.text(MMS_TAG_STUDY), h.bad_uid);
+    check_uid("Frame of Reference UID", a.text(MMS_TAG_FRAME_OF_REF), h.bad_uid);
+    check_uid("Transfer Syntax UID", ts, h.bad_uid);
     h.frames = integer_or(a.text(MMS_TAG_FRAMES), 1);
     h.instance_number = integer_or(a.text(MMS_TAG_INSTANCE_NUMBER), -1);
     struct mms_slice &s = h.slice;

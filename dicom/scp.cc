@@ -9,7 +9,17 @@
 // IPv6, port 0 read back with getsockname) and hand each accepted socket to
 // ASC_receiveAssociation through dcmExternalSocketHandle, DCMTK's documented way in for a
 // socket opened elsewhere (storescp uses it for inetd). That handle is one process-wide value,
-// so the hand-over is serialized by ext_lock.
+// so the hand-over is serialized by ext_lock. No peer can hold that lock: the connection's own
+// thread reads the whole A-ASSOCIATE-RQ first (within assoc_timeout_s), and DCMTK reads it back
+// from memory (prefix_conn, through our transport layer), so under the lock nothing waits on
+// the network.
+//
+// Admission (docs/conformance.md): a connection that has not yet sent its whole request is
+// "pending"; a host has at most max_associations_per_host pending connections and as many
+// associations (0: no per-host limit). A new connection beyond the pending limit closes that
+// host's oldest pending one, and past pending_cap() pending connections in all, the oldest of
+// all: a peer that stalls mid-request can never keep another one out. Refusals are counted by
+// reason (mms_scp_refused).
 //
 // C-STORE answers: 0x0000 or what on_store returns; 0xA700 when free space is under
 // min_free_bytes (the data set is read and dropped, nothing is written) or when the file
@@ -30,11 +40,13 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <list>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <new>
@@ -47,6 +59,8 @@
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/dcmnet/assoc.h>
+#include <dcmtk/dcmnet/dcmlayer.h>
+#include <dcmtk/dcmnet/dcmtrans.h>
 #include <dcmtk/dcmnet/dimse.h>
 #include <dcmtk/dcmnet/dul.h>
 #include <dcmtk/dcmnet/scpthrd.h>
@@ -55,6 +69,8 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/net.h"
+#include "common/uid.h"
 #include "dicom/text-impl.hh"
 
 void mms__route_dcmtk_log(); // below; also used by seg.cc (dicom-impl.hh)
@@ -94,6 +110,55 @@ makeOFConditionConst(stopping, OFM_dcmnet, 0x7f00, OF_error, "the Store SCP stop
 // dcmExternalSocketHandle is one value for the whole process.
 std::mutex ext_lock;
 
+// A TCP connection whose first bytes come from memory: the A-ASSOCIATE-RQ read beforehand.
+class prefix_conn : public DcmTCPConnection
+{
+  public:
+    prefix_conn(DcmNativeSocketType fd, std::vector<unsigned char> &&pdu)
+        : DcmTCPConnection(fd), pdu_(std::move(pdu))
+    {
+    }
+    ssize_t
+    read(void *buf, size_t n) override
+    {
+        if (at_ >= pdu_.size())
+            return DcmTCPConnection::read(buf, n);
+        size_t k = std::min(n, pdu_.size() - at_);
+        std::memcpy(buf, pdu_.data() + at_, k);
+        at_ += k;
+        if (at_ == pdu_.size()) { // read to its end: the memory goes
+            std::vector<unsigned char>().swap(pdu_);
+            at_ = 0;
+        }
+        return (ssize_t)k;
+    }
+    OFBool
+    networkDataAvailable(int timeout) override
+    {
+        return at_ < pdu_.size() ? OFTrue : DcmTCPConnection::networkDataAvailable(timeout);
+    }
+
+  private:
+    std::vector<unsigned char> pdu_;
+    size_t at_ = 0;
+};
+
+// Hands the request read beforehand (next, set under ext_lock) to the connection DCMTK makes.
+class prefix_layer : public DcmTransportLayer
+{
+  public:
+    std::vector<unsigned char> next;
+    DcmTransportConnection *
+    createConnection(DcmNativeSocketType fd, OFBool) override
+    {
+        try {
+            return new prefix_conn(fd, std::move(next));
+        } catch (...) {
+            return nullptr;
+        }
+    }
+};
+
 // Split a comma list; items are trimmed. An all-blank list gives no items; an empty item
 // in a non-blank list is an error (false).
 bool
@@ -115,49 +180,6 @@ split_list(const char *list, std::vector<std::string> *out)
             return true;
         at = comma + 1;
     }
-}
-
-// An address as 16 bytes, IPv4 as IPv4-mapped IPv6 (::ffff:a.b.c.d). *v4: it was IPv4.
-bool
-parse_addr(const std::string &text, unsigned char out[16], bool *v4)
-{
-    struct in_addr a4;
-    if (inet_pton(AF_INET, text.c_str(), &a4) == 1) {
-        std::memset(out, 0, 10);
-        out[10] = out[11] = 0xff;
-        std::memcpy(out + 12, &a4, 4);
-        *v4 = true;
-        return true;
-    }
-    *v4 = false;
-    return inet_pton(AF_INET6, text.c_str(), out) == 1;
-}
-
-// One CIDR block or plain address: its network in 16 bytes and the prefix length counted
-// in those 128 bits.
-bool
-parse_block(const std::string &item, unsigned char net[16], int *bits)
-{
-    size_t slash = item.find('/');
-    std::string host = item.substr(0, slash);
-    int n = -1;
-    if (slash != std::string::npos) {
-        std::string len = item.substr(slash + 1);
-        if (len.empty() || len.size() > 3 ||
-            len.find_first_not_of("0123456789") != std::string::npos)
-            return false;
-        n = std::atoi(len.c_str());
-    }
-    bool v4;
-    if (!parse_addr(host, net, &v4))
-        return false;
-    int max = v4 ? 32 : 128;
-    if (n > max)
-        return false;
-    if (n < 0)
-        n = max;
-    *bits = v4 ? 96 + n : n;
-    return true;
 }
 
 // The peer of an accepted socket as text; an IPv4-mapped IPv6 address as plain IPv4.
@@ -250,8 +272,9 @@ struct mms_scp {
     // options
     std::string ae, bind, tmp_dir, space_dir;
     std::vector<std::string> calling;
-    std::string hosts;
-    unsigned max_assoc, max_pdu, timeout_s;
+    bool any_calling = false, any_host = false;
+    std::string hosts; // "" (with any_host false): no host is allowed
+    unsigned max_assoc, max_pdu, timeout_s, assoc_timeout_s, per_host;
     uint64_t min_free;
     mms_scp_store_fn on_store;
     void *ctx;
@@ -262,12 +285,42 @@ struct mms_scp {
     int listen_fd = -1, stop_rd = -1, stop_wr = -1;
     unsigned port = 0;
     T_ASC_Network *net = nullptr;
+    prefix_layer layer; // outlives net (dropped in release)
     std::thread listener;
 
-    // associations past negotiation, at most max_assoc
+    // associations past negotiation, at most max_assoc, and per host; connections still
+    // reading their request (oldest first); all under lock
     std::mutex lock;
     unsigned admitted = 0;
+    std::map<std::string, unsigned> per_host_admitted;
+    struct pending {
+        int fd;
+        std::string peer;
+        bool evicted;
+    };
+    std::list<pending *> pend;
+    std::atomic<uint64_t> refused[MMS_SCP_REFUSED_N] = {};
+
+    size_t
+    pending_cap() const
+    {
+        return 2 * (size_t)max_assoc + 16;
+    }
 };
+
+namespace
+{
+
+const char *refusal_names[MMS_SCP_REFUSED_N] = {
+    "host", "called_ae", "calling_ae", "per_host_limit", "max_associations", "timeout", "protocol"};
+
+void
+count(mms_scp &s, enum mms_scp_refusal r)
+{
+    s.refused[r].fetch_add(1, std::memory_order_relaxed);
+}
+
+} // namespace
 
 namespace
 {
@@ -295,38 +348,51 @@ class association : public DcmThreadSCP
         T_ASC_Parameters *p = assoc_->params;
         calling_ = mms__trim(p->DULparams.callingAPTitle);
         std::string called = mms__trim(p->DULparams.calledAPTitle);
-        if (!s_.hosts.empty() && mms_cidr_match(s_.hosts.c_str(), peer_.c_str()) != 1)
-            return refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
-                          ASC_REASON_SU_NOREASON, "host not in allowed_hosts");
+        if (!s_.any_host &&
+            (s_.hosts.empty() || mms_cidr_match(s_.hosts.c_str(), peer_.c_str()) != 1))
+            return refuse(MMS_SCP_REFUSED_HOST, ASC_RESULT_REJECTEDPERMANENT,
+                          ASC_SOURCE_SERVICEUSER, ASC_REASON_SU_NOREASON,
+                          "host not in allowed_hosts");
         if (called != s_.ae)
-            return refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
-                          ASC_REASON_SU_CALLEDAETITLENOTRECOGNIZED,
+            return refuse(MMS_SCP_REFUSED_CALLED_AE, ASC_RESULT_REJECTEDPERMANENT,
+                          ASC_SOURCE_SERVICEUSER, ASC_REASON_SU_CALLEDAETITLENOTRECOGNIZED,
                           "called AE title '" + mms__printable(called.c_str()) + "' is not ours");
-        bool known = s_.calling.empty();
+        bool known = s_.any_calling;
         for (const std::string &c : s_.calling)
             known = known || c == calling_;
         if (!known)
-            return refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
-                          ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED,
+            return refuse(MMS_SCP_REFUSED_CALLING_AE, ASC_RESULT_REJECTEDPERMANENT,
+                          ASC_SOURCE_SERVICEUSER, ASC_REASON_SU_CALLINGAETITLENOTRECOGNIZED,
                           "calling AE title not in allowed_calling_aes");
         char name[BUFSIZ];
         if (ASC_getApplicationContextName(p, name, sizeof name).bad() ||
             std::strcmp(name, DICOM_STDAPPLICATIONCONTEXT) != 0)
-            return refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
-                          ASC_REASON_SU_APPCONTEXTNAMENOTSUPPORTED,
+            return refuse(MMS_SCP_REFUSED_PROTOCOL, ASC_RESULT_REJECTEDPERMANENT,
+                          ASC_SOURCE_SERVICEUSER, ASC_REASON_SU_APPCONTEXTNAMENOTSUPPORTED,
                           "application context not supported");
         {
             std::lock_guard<std::mutex> g(s_.lock);
             if (s_.admitted >= s_.max_assoc)
-                return refuse(ASC_RESULT_REJECTEDTRANSIENT,
+                return refuse(MMS_SCP_REFUSED_MAX_ASSOCIATIONS, ASC_RESULT_REJECTEDTRANSIENT,
                               ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
                               ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED,
                               "max_associations (" + std::to_string(s_.max_assoc) + ") reached");
+            unsigned &mine = s_.per_host_admitted[peer_];
+            if (s_.per_host > 0 && mine >= s_.per_host)
+                return refuse(MMS_SCP_REFUSED_PER_HOST_LIMIT, ASC_RESULT_REJECTEDTRANSIENT,
+                              ASC_SOURCE_SERVICEPROVIDER_PRESENTATION_RELATED,
+                              ASC_REASON_SP_PRES_LOCALLIMITEXCEEDED,
+                              "max_associations_per_host (" + std::to_string(s_.per_host) +
+                                  ") reached");
+            mine++;
             s_.admitted++;
         }
         accept_and_serve();
         std::lock_guard<std::mutex> g(s_.lock);
         s_.admitted--;
+        auto it = s_.per_host_admitted.find(peer_);
+        if (it != s_.per_host_admitted.end() && --it->second == 0)
+            s_.per_host_admitted.erase(it);
         return EC_Normal;
     }
 
@@ -370,10 +436,14 @@ class association : public DcmThreadSCP
     uint64_t rx_bytes_ = 0;
     unsigned stored_ = 0, refused_ = 0;
 
+    // counted: the reason for the metrics; MMS_SCP_REFUSED_N: not counted
     OFCondition
-    refuse(T_ASC_RejectParametersResult result, T_ASC_RejectParametersSource source,
-           T_ASC_RejectParametersReason reason, const std::string &why)
+    refuse(enum mms_scp_refusal counted, T_ASC_RejectParametersResult result,
+           T_ASC_RejectParametersSource source, T_ASC_RejectParametersReason reason,
+           const std::string &why)
     {
+        if (counted < MMS_SCP_REFUSED_N)
+            count(s_, counted);
         mms_log(MMS_LOG_NOTICE, "association from %s@%s refused: %s",
                 mms__printable(calling_.c_str()).c_str(), peer_.c_str(), why.c_str());
         T_ASC_RejectParameters rej = {result, source, reason};
@@ -391,13 +461,13 @@ class association : public DcmThreadSCP
         ASC_setAPTitles(p, nullptr, nullptr, s_.ae.c_str());
         OFCondition cond = negotiateAssociation();
         if (cond.bad()) {
-            refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER, ASC_REASON_SU_NOREASON,
-                   std::string("negotiation failed: ") + cond.text());
+            refuse(MMS_SCP_REFUSED_PROTOCOL, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
+                   ASC_REASON_SU_NOREASON, std::string("negotiation failed: ") + cond.text());
             return;
         }
         if (ASC_countAcceptedPresentationContexts(p) == 0) {
-            refuse(ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER, ASC_REASON_SU_NOREASON,
-                   "no acceptable presentation context");
+            refuse(MMS_SCP_REFUSED_PROTOCOL, ASC_RESULT_REJECTEDPERMANENT, ASC_SOURCE_SERVICEUSER,
+                   ASC_REASON_SU_NOREASON, "no acceptable presentation context");
             return;
         }
         cond = ASC_acknowledgeAssociation(assoc_);
@@ -475,20 +545,30 @@ class association : public DcmThreadSCP
         return answer(req, pres, status, level, why);
     }
 
+    // comment: the Error Comment (0000,0902) of a refusal; "" for none.
     OFCondition
     answer(T_DIMSE_C_StoreRQ &req, T_ASC_PresentationContextID pres, Uint16 status, int level,
-           const std::string &why)
+           const std::string &why, const std::string &comment = std::string())
     {
         // success, or a warning (0xB000, 0xB006, 0xB007): the instance was taken
         if (status == st_success || (status & 0xF000) == 0xB000) {
             stored_++;
-        } else {
-            refused_++;
-            mms_log(level, "C-STORE %s from %s@%s answered 0x%04X: %s",
-                    mms__printable(req.AffectedSOPInstanceUID).c_str(),
-                    mms__printable(calling_.c_str()).c_str(), peer_.c_str(), status, why.c_str());
+            return sendSTOREResponse(pres, req, status);
         }
-        return sendSTOREResponse(pres, req, status);
+        refused_++;
+        mms_log(level, "C-STORE %s from %s@%s answered 0x%04X: %s",
+                mms__printable(req.AffectedSOPInstanceUID).c_str(),
+                mms__printable(calling_.c_str()).c_str(), peer_.c_str(), status, why.c_str());
+        // LO: at most 64 characters, printable, no backslash
+        std::string lo;
+        for (char c : comment.empty() ? why : comment)
+            if (lo.size() < 64)
+                lo.push_back(c >= 0x20 && c < 0x7f && c != '\\' ? c : '?');
+        DcmDataset detail;
+        if (lo.empty() || detail.putAndInsertString(DCM_ErrorComment, lo.c_str()).bad())
+            return sendSTOREResponse(pres, req, status);
+        return sendSTOREResponse(pres, req.MessageID, req.AffectedSOPClassUID,
+                                 req.AffectedSOPInstanceUID, status, &detail);
     }
 
     OFCondition
@@ -543,6 +623,15 @@ class association : public DcmThreadSCP
         }
         std::string uid;
         cond = dataset_uid(path.c_str(), &uid);
+        char bad[96];
+        // DCMTK cuts the request's UID to 64 characters: a longer one in the data set is
+        // named as what it is, not as a mismatch
+        if (cond.good() && !uid.empty() &&
+            !mms_uid_check(uid.data(), uid.size(), bad, sizeof bad)) {
+            unlink(path.c_str());
+            return answer(req, pres, st_bad_data, MMS_LOG_NOTICE,
+                          std::string("SOP Instance UID (0008,0018) is not a valid UID: ") + bad);
+        }
         if (cond.bad() || uid.empty() || uid != inst) {
             unlink(path.c_str());
             if (cond.bad())
@@ -554,48 +643,144 @@ class association : public DcmThreadSCP
                               : "SOP Instance UID (0008,0018) " + mms__printable(uid.c_str()) +
                                     " differs from the request's");
         }
-        struct mms_scp_store st = {path.c_str(), calling_.c_str(), peer_.c_str(),
-                                   req.AffectedSOPClassUID, inst.c_str()};
+        char comment[256] = "";
+        struct mms_scp_store st = {
+            path.c_str(), calling_.c_str(), peer_.c_str(), req.AffectedSOPClassUID,
+            inst.c_str(), comment,          sizeof comment};
         Uint16 status = s_.on_store(s_.ctx, &st);
         mms_log(MMS_LOG_DEBUG, "C-STORE %s from %s@%s: %s, on_store answered 0x%04X",
                 mms__printable(inst.c_str()).c_str(), mms__printable(calling_.c_str()).c_str(),
                 peer_.c_str(), path.c_str(), status);
-        return answer(req, pres, status, MMS_LOG_NOTICE, "refused by on_store");
+        return answer(req, pres, status, MMS_LOG_NOTICE,
+                      comment[0] != '\0' ? std::string("refused by on_store: ") + comment
+                                         : std::string("refused by on_store"),
+                      comment);
     }
 };
 
-// One accepted connection, on its own thread: wait for the first bytes, let DCMTK read the
-// A-ASSOCIATE-RQ, then run the association. fd is ours until ASC_receiveAssociation took it.
-void
-connection_body(mms_scp *s, int fd, const std::string &peer)
+// What reading the A-ASSOCIATE-RQ came to.
+enum rq_end { RQ_OK, RQ_CLOSED, RQ_TIMEOUT, RQ_EVICTED, RQ_STOPPED, RQ_BAD };
+
+// Read one whole A-ASSOCIATE-RQ PDU (type 0x01, its 4-byte length, at most DCMTK's
+// dcmAssociatePDUSizeLimit) into pdu within assoc_timeout_s, watching the stop pipe. A pending
+// connection closed by the listener (shutdown) reads as the end of the stream: *evicted says
+// so. why: what was wrong with the bytes (RQ_BAD).
+rq_end
+read_request(mms_scp *s, int fd, mms_scp::pending *me, std::vector<unsigned char> *pdu,
+             std::string *why)
 {
-    struct pollfd p[2] = {{fd, POLLIN, 0}, {s->stop_rd, POLLIN, 0}};
-    int n;
-    do
-        n = poll(p, 2, (int)s->timeout_s * 1000);
-    while (n < 0 && errno == EINTR);
-    if (n <= 0 || p[1].revents != 0) {
+    const int64_t deadline_ms = (int64_t)s->assoc_timeout_s * 1000;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    size_t want = 6;
+    pdu->resize(0);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        int64_t left = deadline_ms - ((int64_t)(t.tv_sec - t0.tv_sec) * 1000 +
+                                      (t.tv_nsec - t0.tv_nsec) / 1000000);
+        if (left <= 0)
+            return RQ_TIMEOUT;
+        struct pollfd p[2] = {{fd, POLLIN, 0}, {s->stop_rd, POLLIN, 0}};
+        int n = poll(p, 2, (int)left);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 || p[1].revents != 0)
+            return RQ_STOPPED;
         if (n == 0)
+            continue; // the deadline, checked above
+        size_t have = pdu->size();
+        pdu->resize(want);
+        ssize_t r = recv(fd, pdu->data() + have, want - have, MSG_DONTWAIT);
+        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+            pdu->resize(have);
+            continue;
+        }
+        if (r <= 0) {
+            pdu->resize(have);
+            std::lock_guard<std::mutex> g(s->lock);
+            return me->evicted ? RQ_EVICTED : RQ_CLOSED;
+        }
+        pdu->resize(have + (size_t)r);
+        if (pdu->size() < want)
+            continue;
+        if (want == 6) {
+            const unsigned char *h = pdu->data();
+            uint64_t len = (uint64_t)h[2] << 24 | (uint64_t)h[3] << 16 | (uint64_t)h[4] << 8 | h[5];
+            if (h[0] != 0x01) {
+                *why = "not an A-ASSOCIATE-RQ (PDU type " + std::to_string(h[0]) + ")";
+                return RQ_BAD;
+            }
+            if (len > dcmAssociatePDUSizeLimit.get() || len < 68) {
+                *why = "A-ASSOCIATE-RQ of " + std::to_string(len) + " bytes";
+                return RQ_BAD;
+            }
+            want = 6 + (size_t)len;
+            continue;
+        }
+        return RQ_OK;
+    }
+}
+
+// One accepted connection, on its own thread: read the A-ASSOCIATE-RQ (no lock held), let
+// DCMTK take the socket and parse the request from memory, then run the association. fd is
+// ours until ASC_receiveAssociation took it; me (the pending record, owned by this thread) is
+// off the pending list before fd is closed or handed over.
+void
+connection_body(mms_scp *s, int fd, const std::string &peer, mms_scp::pending *me)
+{
+    std::vector<unsigned char> pdu;
+    std::string why;
+    rq_end end = read_request(s, fd, me, &pdu, &why);
+    {
+        std::lock_guard<std::mutex> g(s->lock);
+        s->pend.remove(me);
+    }
+    if (end != RQ_OK) {
+        switch (end) {
+        case RQ_TIMEOUT:
+            count(*s, MMS_SCP_REFUSED_TIMEOUT);
             mms_log(MMS_LOG_NOTICE,
-                    "connection from %s closed: no association request within "
-                    "timeout_s",
+                    "connection from %s closed: no whole association request within "
+                    "assoc_timeout_s (%u s)",
+                    peer.c_str(), s->assoc_timeout_s);
+            break;
+        case RQ_EVICTED:
+            count(*s, MMS_SCP_REFUSED_PER_HOST_LIMIT);
+            mms_log(MMS_LOG_NOTICE,
+                    "connection from %s closed: its association request was not complete when "
+                    "a newer connection came past the pending limit",
                     peer.c_str());
+            break;
+        case RQ_BAD:
+            count(*s, MMS_SCP_REFUSED_PROTOCOL);
+            mms_log(MMS_LOG_NOTICE, "connection from %s closed: %s", peer.c_str(), why.c_str());
+            break;
+        case RQ_CLOSED: // a port probe is not worth a notice
+            mms_log(MMS_LOG_INFO, "connection from %s closed before an association request",
+                    peer.c_str());
+            break;
+        default:
+            break;
+        }
         close(fd);
         return;
     }
     T_ASC_Association *a = nullptr;
     OFCondition cond;
     {
+        // the request is in memory: nothing here waits on the network
         std::lock_guard<std::mutex> g(ext_lock);
+        s->layer.next = std::move(pdu);
         dcmExternalSocketHandle.set(fd);
         cond = ASC_receiveAssociation(s->net, &a, (long)s->max_pdu, nullptr, nullptr, OFFalse,
-                                      DUL_NOBLOCK, (int)s->timeout_s);
+                                      DUL_NOBLOCK, (int)s->assoc_timeout_s);
         dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
+        s->layer.next.clear();
     }
     if (cond.bad()) {
-        // a connection closed without a word (a port probe) is not worth a notice
-        mms_log(cond == DUL_NETWORKCLOSED ? MMS_LOG_INFO : MMS_LOG_NOTICE,
-                "connection from %s: ASC_receiveAssociation: %s", peer.c_str(), cond.text());
+        count(*s, MMS_SCP_REFUSED_PROTOCOL);
+        mms_log(MMS_LOG_NOTICE, "connection from %s: ASC_receiveAssociation: %s", peer.c_str(),
+                cond.text());
         // without a DUL association key DCMTK never wrapped the socket (plain TCP cannot fail
         // after that), so it is still ours to close
         if (a == nullptr || a->DULassociation == nullptr)
@@ -612,10 +797,10 @@ connection_body(mms_scp *s, int fd, const std::string &peer)
 }
 
 void
-connection(mms_scp *s, int fd, std::string peer, std::atomic<bool> *done)
+connection(mms_scp *s, int fd, std::string peer, mms_scp::pending *me, std::atomic<bool> *done)
 {
     try {
-        connection_body(s, fd, peer);
+        connection_body(s, fd, peer, me);
     } catch (const std::bad_alloc &) {
         mms_log(MMS_LOG_ERR, "connection from %s: out of memory", peer.c_str());
     } catch (...) {
@@ -627,7 +812,38 @@ connection(mms_scp *s, int fd, std::string peer, std::atomic<bool> *done)
 struct conn {
     std::thread t;
     std::atomic<bool> done{false};
+    mms_scp::pending rec;
 };
+
+// Before a new pending connection from peer is listed: close (shutdown) the oldest pending one
+// of that host when it has max_associations_per_host pending, and the oldest of all when
+// pending_cap() are pending. Under s->lock.
+void
+make_room(mms_scp *s, const std::string &peer)
+{
+    size_t mine = 0;
+    mms_scp::pending *oldest_mine = nullptr, *oldest = nullptr;
+    for (mms_scp::pending *p : s->pend) {
+        if (p->evicted)
+            continue;
+        if (oldest == nullptr)
+            oldest = p;
+        if (p->peer == peer && mine++ == 0)
+            oldest_mine = p;
+    }
+    size_t live = 0;
+    for (mms_scp::pending *p : s->pend)
+        live += p->evicted ? 0 : 1;
+    mms_scp::pending *victim = nullptr;
+    if (s->per_host > 0 && mine >= s->per_host)
+        victim = oldest_mine;
+    else if (live >= s->pending_cap())
+        victim = oldest;
+    if (victim != nullptr) {
+        victim->evicted = true;
+        shutdown(victim->fd, SHUT_RDWR);
+    }
+}
 
 // The listening thread: accept until the stop pipe is readable, one thread per connection.
 // At most 2 * max_associations connection threads exist (the second half answers the
@@ -636,7 +852,8 @@ void
 listen_loop(mms_scp *s)
 {
     std::list<std::unique_ptr<conn>> conns;
-    const size_t cap = 2 * (size_t)s->max_assoc;
+    // associations, their over-limit rejections, and pending connections (make_room)
+    const size_t cap = 2 * (size_t)s->max_assoc + s->pending_cap() + 1;
     for (;;) {
         for (auto it = conns.begin(); it != conns.end();) {
             if ((*it)->done.load()) {
@@ -689,9 +906,21 @@ listen_loop(mms_scp *s)
             std::string peer = peer_text(ss);
             conns.push_back(std::unique_ptr<conn>(new conn));
             conn *c = conns.back().get();
+            c->rec.fd = fd;
+            c->rec.peer = peer;
+            c->rec.evicted = false;
+            {
+                std::lock_guard<std::mutex> g(s->lock);
+                make_room(s, peer);
+                s->pend.push_back(&c->rec);
+            }
             try {
-                c->t = std::thread(connection, s, fd, peer, &c->done);
+                c->t = std::thread(connection, s, fd, peer, &c->rec, &c->done);
             } catch (...) {
+                {
+                    std::lock_guard<std::mutex> g(s->lock);
+                    s->pend.remove(&c->rec);
+                }
                 conns.pop_back();
                 throw;
             }
@@ -770,12 +999,19 @@ check_opts(const struct mms_scp_opts *o, std::string *msg)
         *msg = "space_dir: missing";
     } else if (o->on_store == nullptr) {
         *msg = "on_store: missing";
+    } else if (o->assoc_timeout_s < 1 || o->assoc_timeout_s > 300) {
+        *msg = "assoc_timeout_s: must be 1 to 300";
+    } else if (o->max_associations_per_host > 1024) {
+        *msg = "max_associations_per_host: must be 0 to 1024";
     } else if (o->allowed_hosts != nullptr && mms_cidr_match(o->allowed_hosts, "::") < 0) {
-        *msg = std::string("allowed_hosts: not a list of addresses or CIDR blocks: ") +
+        *msg = std::string("allowed_hosts: not `any` nor a list of addresses or CIDR blocks: ") +
                mms__printable(o->allowed_hosts);
     } else {
         for (const std::string &c : items)
-            if (!mms__ae_valid(c)) {
+            if (c == "any" && items.size() > 1) {
+                *msg = "allowed_calling_aes: `any` stands alone";
+                return MMS_EINVAL;
+            } else if (c != "any" && !mms__ae_valid(c)) {
                 *msg = "allowed_calling_aes: not an AE title: " + mms__printable(c.c_str());
                 return MMS_EINVAL;
             }
@@ -793,7 +1029,11 @@ start(const struct mms_scp_opts *o, std::unique_ptr<mms_scp> &s, std::string *ms
     s->ae = mms__trim(o->ae_title);
     s->bind = o->bind != nullptr && o->bind[0] != '\0' ? o->bind : "0.0.0.0";
     split_list(o->allowed_calling_aes, &s->calling);
+    s->any_calling = s->calling.size() == 1 && s->calling[0] == "any";
     s->hosts = o->allowed_hosts != nullptr ? mms__trim(o->allowed_hosts) : "";
+    s->any_host = s->hosts == "any";
+    s->assoc_timeout_s = o->assoc_timeout_s;
+    s->per_host = o->max_associations_per_host;
     s->tmp_dir = o->tmp_dir;
     s->space_dir = o->space_dir;
     s->max_assoc = o->max_associations;
@@ -840,10 +1080,15 @@ start(const struct mms_scp_opts *o, std::unique_ptr<mms_scp> &s, std::string *ms
         cond = ASC_initializeNetwork(NET_ACCEPTOR, (int)s->port, (int)s->timeout_s, &s->net);
         dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
     }
+    if (cond.good())
+        cond = ASC_setTransportLayer(s->net, &s->layer, 0);
     if (cond.bad()) {
         *msg = std::string("ASC_initializeNetwork: ") + cond.text();
         return MMS_EDIMSE;
     }
+    // no reverse lookup of the peer while ext_lock is held: a slow resolver would be a lock
+    // that one peer holds for all
+    dcmDisableGethostbyaddr.set(OFTrue);
     int p[2];
     if (pipe2(p, O_CLOEXEC | O_NONBLOCK) != 0) {
         *msg = std::string("pipe: ") + mms_strerror(mms_err_errno());
@@ -880,33 +1125,7 @@ release(mms_scp *s)
 extern "C" int
 mms_cidr_match(const char *list, const char *addr)
 {
-    try {
-        if (list == nullptr || addr == nullptr)
-            return MMS_EINVAL;
-        unsigned char a[16];
-        bool v4;
-        if (!parse_addr(mms__trim(addr), a, &v4))
-            return MMS_EINVAL;
-        std::vector<std::string> items;
-        if (!split_list(list, &items))
-            return MMS_EINVAL;
-        bool match = items.empty();
-        for (const std::string &item : items) {
-            unsigned char net[16];
-            int bits;
-            if (!parse_block(item, net, &bits))
-                return MMS_EINVAL;
-            bool same = true;
-            for (int i = 0; i < bits && same; i++)
-                same = ((a[i / 8] ^ net[i / 8]) & (0x80 >> (i % 8))) == 0;
-            match = match || same;
-        }
-        return match ? 1 : 0;
-    } catch (const std::bad_alloc &) {
-        return MMS_ENOMEM;
-    } catch (...) {
-        return MMS_EINVAL;
-    }
+    return mms_net_cidr_match(list, addr, nullptr, 0);
 }
 
 extern "C" int
@@ -935,6 +1154,20 @@ mms_scp_start(const struct mms_scp_opts *o, struct mms_scp **out, char *why, siz
     }
     *out = s.release();
     return 0;
+}
+
+extern "C" uint64_t
+mms_scp_refused(const struct mms_scp *s, enum mms_scp_refusal r)
+{
+    if (s == nullptr || r < 0 || r >= MMS_SCP_REFUSED_N)
+        return 0;
+    return s->refused[r].load(std::memory_order_relaxed);
+}
+
+extern "C" const char *
+mms_scp_refusal_name(enum mms_scp_refusal r)
+{
+    return r >= 0 && r < MMS_SCP_REFUSED_N ? refusal_names[r] : nullptr;
 }
 
 extern "C" unsigned

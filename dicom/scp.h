@@ -25,26 +25,35 @@ struct mms_scp_store {
     const char *peer;         /* the peer's IP address, text */
     const char *sop_class;    /* Affected SOP Class UID of the request */
     const char *sop_instance; /* Affected SOP Instance UID of the request */
+    char *comment;            /* out: on a refusal, the reason for the peer (Error Comment
+                                 (0000,0902), cut to 64 characters); starts as "" */
+    size_t comment_len;
 };
 
 /* Decide the answer to one C-STORE: 0x0000 success, 0xA700 out of resources (the sender
- * retries), 0xA900 / 0xC000 refused (the reason is logged by the callee). Threads: any. */
+ * retries), 0xA900 / 0xC000 refused (the reason is logged by the callee and may be put in
+ * st->comment). Threads: any. */
 typedef uint16_t (*mms_scp_store_fn)(void *ctx, const struct mms_scp_store *st);
 
 struct mms_scp_opts {
-    const char *ae_title;            /* our AE title; the called AE title must equal it */
-    const char *bind;                /* listen address ("0.0.0.0", "127.0.0.1", "::") */
-    unsigned port;                   /* 0: any free port (see mms_scp_port) */
-    const char *allowed_calling_aes; /* comma list; "" or NULL: any */
-    const char *allowed_hosts;       /* comma list of IPv4/IPv6 CIDR blocks; "" or NULL: any */
-    unsigned max_associations;       /* concurrent associations; more are rejected (transient) */
-    unsigned max_pdu;                /* bytes, 4096..131072 */
-    unsigned timeout_s;              /* ACSE, DIMSE and network timeout */
-    const char *tmp_dir;             /* where instances are received */
-    const char *space_dir;           /* the file system whose free space is checked */
-    uint64_t min_free_bytes;         /* below it every C-STORE is answered 0xA700 (the data
-                                        set is read off the wire and dropped, never stored) */
-    bool accept_all;                 /* accept_sop_classes = all: every storage SOP class */
+    const char *ae_title;               /* our AE title; the called AE title must equal it */
+    const char *bind;                   /* listen address ("0.0.0.0", "127.0.0.1", "::") */
+    unsigned port;                      /* 0: any free port (see mms_scp_port) */
+    const char *allowed_calling_aes;    /* comma list; "any": any; "" or NULL: none */
+    const char *allowed_hosts;          /* comma list of IPv4/IPv6 CIDR blocks; "any": any;
+                                           "" or NULL: none */
+    unsigned max_associations;          /* concurrent associations; more are rejected (transient) */
+    unsigned max_associations_per_host; /* concurrent associations of one address, and its
+                                           connections still sending their request (the
+                                           oldest is closed); 0: no per-host limit */
+    unsigned assoc_timeout_s;           /* 1..300: a connection's whole A-ASSOCIATE-RQ within */
+    unsigned max_pdu;                   /* bytes, 4096..131072 */
+    unsigned timeout_s;                 /* ACSE, DIMSE and network timeout */
+    const char *tmp_dir;                /* where instances are received */
+    const char *space_dir;              /* the file system whose free space is checked */
+    uint64_t min_free_bytes;            /* below it every C-STORE is answered 0xA700 (the data
+                                           set is read off the wire and dropped, never stored) */
+    bool accept_all;                    /* accept_sop_classes = all: every storage SOP class */
     mms_scp_store_fn on_store;
     void *ctx;
 };
@@ -58,6 +67,28 @@ struct mms_scp;
  * MMS_ENOMEM. */
 int mms_scp_start(const struct mms_scp_opts *o, struct mms_scp **out, char *why, size_t why_len);
 
+/* Why an association or a connection was refused: allowed_hosts, the called AE title,
+ * allowed_calling_aes, max_associations_per_host (also a pending connection closed for a
+ * newer one), max_associations, assoc_timeout_s, and anything else that is not DICOM's upper
+ * layer protocol as we take it (not an A-ASSOCIATE-RQ, no acceptable context). */
+enum mms_scp_refusal {
+    MMS_SCP_REFUSED_HOST,
+    MMS_SCP_REFUSED_CALLED_AE,
+    MMS_SCP_REFUSED_CALLING_AE,
+    MMS_SCP_REFUSED_PER_HOST_LIMIT,
+    MMS_SCP_REFUSED_MAX_ASSOCIATIONS,
+    MMS_SCP_REFUSED_TIMEOUT,
+    MMS_SCP_REFUSED_PROTOCOL,
+    MMS_SCP_REFUSED_N
+};
+
+/* How many were refused for r since start. Threads: any. */
+uint64_t mms_scp_refused(const struct mms_scp *s, enum mms_scp_refusal r);
+
+/* The metrics label of r ("host", "called_ae", "calling_ae", "per_host_limit",
+ * "max_associations", "timeout", "protocol"), NULL out of range. */
+const char *mms_scp_refusal_name(enum mms_scp_refusal r);
+
 /* The port actually listened on (useful with port 0). */
 unsigned mms_scp_port(const struct mms_scp *s);
 
@@ -68,7 +99,7 @@ void mms_scp_stop(struct mms_scp *s);
 
 /* Parse a comma list of CIDR blocks ("10.0.0.0/8, ::1/128, 192.168.1.7") and test addr
  * (text) against it. Returns 1 (inside), 0 (outside), MMS_EINVAL (the list or addr is not
- * valid). An empty list contains every address. Threads: any. */
+ * valid). An empty list contains no address; "any" contains every address. Threads: any. */
 int mms_cidr_match(const char *list, const char *addr);
 
 #ifdef __cplusplus

@@ -16,7 +16,7 @@ ok() { # ok STATUS DESCRIPTION
 }
 diag() { printf '%s\n' "$1" | sed 's/^/# /'; }
 
-echo "1..18"
+echo "1..21"
 
 out=$("$MMSEGD" --version); rc=$?
 [ $rc -eq 0 ] && [[ $out =~ ^mmsegd\ [0-9]+\.[0-9]+\.[0-9]+$ ]]; ok $? "--version: $out"
@@ -66,6 +66,20 @@ grep -qF "$tmp/bad.ini:2: [daemon] log_level: 'loud' is not one of" "$tmp/err"
 [ $rc -eq 2 ] && grep -qF "bad.ini:2:" "$tmp/err"; ok $? "serve refuses an invalid file with exit 2 (got $rc)"
 "$MMSEGD" check-config -c "$tmp/missing.ini" >/dev/null 2>"$tmp/err"; rc=$?
 [ $rc -eq 2 ] && grep -qF "cannot open" "$tmp/err"; ok $? "a missing file: exit 2 (got $rc)"
+
+# deny by default: check-config says what the lists let in; what serve would refuse at start
+# (a prefix over 32, a metrics port over 65535) check-config refuses with exit 2 too
+grep -qF '; allowed_hosts: none (every association is refused; write `any` to accept any host)' \
+    "$tmp/defaults.out"
+ok $? "check-config explains empty allowed_hosts: every association is refused"
+"$MMSEGD" check-config -c "$srcdir/etc/demo.ini" >"$tmp/demo.out" 2>/dev/null
+grep -qF '; allowed_hosts: 127.0.0.0/8 only' "$tmp/demo.out"
+ok $? "etc/demo.ini allows loopback only"
+printf '[scp]\nallowed_hosts = 127.0.0.1/33\n[daemon]\nmetrics_listen = :99999\n' >"$tmp/net.ini"
+"$MMSEGD" check-config -c "$tmp/net.ini" >/dev/null 2>"$tmp/err"; rc=$?
+[ $rc -eq 2 ] && grep -qF "net.ini:2: [scp] allowed_hosts:" "$tmp/err" &&
+    grep -qF "net.ini:4: [daemon] metrics_listen:" "$tmp/err"
+ok $? "allowed_hosts 127.0.0.1/33 and metrics_listen :99999: check-config exits 2 (got $rc)"
 
 # model-info: the card, the counts and the file's SHA-256; a malformed file exits 1 naming the
 # file and the tensor; a missing operand is a usage error.

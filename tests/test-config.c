@@ -51,7 +51,7 @@ main(void)
     char longline[400];
     int rc;
 
-    plan(37, 30);
+    plan(45, 30);
     if (mkdtemp(dir) == NULL)
         return 1;
     snprintf(path, sizeof path, "%s/mmsegd.ini", dir);
@@ -127,6 +127,25 @@ main(void)
     expect_error("bad AE title", "[scp]\nae_title = THIS_IS_FAR_TOO_LONG\n",
                  "2: [scp] ae_title: 'THIS_IS_FAR_TOO_LONG' is not an AE title (1 to 16 printable "
                  "characters, no backslash)");
+    /* what serve would refuse at start is refused here (the same parsers) */
+    expect_error("CIDR prefix over 32", "[scp]\nallowed_hosts = 127.0.0.1/33\n",
+                 "2: [scp] allowed_hosts: '127.0.0.1/33' is not an IPv4 or IPv6 address or CIDR "
+                 "block (prefix at most 32 or 128)");
+    expect_error("host name in allowed_hosts", "[scp]\nallowed_hosts = 10.0.0.0/8, pacs\n",
+                 "2: [scp] allowed_hosts: 'pacs' is not an IPv4 or IPv6 address or CIDR block "
+                 "(prefix at most 32 or 128)");
+    expect_error("any among AE titles", "[scp]\nallowed_calling_aes = any, CT1\n",
+                 "2: [scp] allowed_calling_aes: `any` stands alone");
+    expect_error("empty AE title item", "[scp]\nallowed_calling_aes = CT1,,CT2\n",
+                 "2: [scp] allowed_calling_aes: an empty or over-long item");
+    expect_error("bind not an address", "[scp]\nbind = localhost\n",
+                 "2: [scp] bind: 'localhost' is not a numeric IPv4 or IPv6 address");
+    expect_error("metrics port out of range", "[daemon]\nmetrics_listen = :99999\n",
+                 "2: [daemon] metrics_listen: ':99999': not IPv4:PORT (port 0 to 65535)");
+    expect_error("metrics host missing", "[daemon]\nmetrics_listen = :9411\n",
+                 "2: [daemon] metrics_listen: ':9411': '' is not an IPv4 address");
+    expect_error("assoc_timeout_s 0", "[scp]\nassoc_timeout_s = 0\n",
+                 "2: [scp] assoc_timeout_s: 0 is out of range (1 to 300)");
 
     /* inih splits long lines: they are refused at their own line number instead. */
     memset(longline, 'x', sizeof longline);

@@ -24,6 +24,8 @@ cat >"$tmp/mmsegd.ini" <<EOF2
 state_dir = $tmp/state
 [scp]
 bind = 127.0.0.1
+allowed_hosts = 127.0.0.0/8
+allowed_calling_aes = any
 port = $port
 min_free_mb = 1
 [series]

@@ -10,6 +10,7 @@
 #include <sys/stat.h>
 
 #include "common/err.h"
+#include "common/uid.h"
 #include "dicom/dicom.h"
 #include "tests/tap.h"
 #include "tests/find-testdata.h"
@@ -133,7 +134,7 @@ main(void)
 {
     if (!find_testdata(td, sizeof td))
         skip_all("the shared test data is not here (set MMS_TESTDATA to its folder)");
-    plan(6, 300);
+    plan(7, 300);
     nftw(td, on_file, 16, FTW_PHYS);
     ok(n_files > 400, "%d files in the test data", n_files);
     ok(n_rc_same == n_files, "both readers accept and refuse the same files (%d of %d)", n_rc_same,
@@ -162,5 +163,36 @@ main(void)
     rc = mms_frames_decode(path, &h, 0, 1, 1000000000ull, x, why, sizeof why);
     ok(rc == MMS_EDICOM && strstr(why, "shorter than declared") != NULL,
        "a stale pixel data offset: refused (%s)", why);
+
+    /* UIDs: refused, never cut */
+    static const struct {
+        const char *uid;
+        bool valid;
+    } uids[] = {
+        {"1.2.840.10008.1.2.1", true},
+        {"0", true},
+        {"1.0.3", true},
+        {"1.2.826.0.1.3680043.2.1143.5555555555555555555555555555555555555", true}, /* 64 */
+        {"1.2.826.0.1.3680043.2.1143.55555555555555555555555555555555555551", false},
+        {"", false},
+        {"1..2", false},
+        {".1.2", false},
+        {"1.2.", false},
+        {"1.02", false},
+        {"1.2/3", false},
+        {"1.2\n3", false},
+        {"1.2 3", false},
+    };
+    int n_right = 0;
+    for (size_t i = 0; i < sizeof uids / sizeof uids[0]; i++) {
+        char w[96] = "";
+        bool v = mms_uid_check(uids[i].uid, strlen(uids[i].uid), w, sizeof w);
+        if (v == uids[i].valid && (v || w[0] != '\0'))
+            n_right++;
+        else
+            diag("%s: %s", uids[i].uid, v ? "valid" : w);
+    }
+    ok(n_right == (int)(sizeof uids / sizeof uids[0]), "UID checks: %d of %zu right", n_right,
+       sizeof uids / sizeof uids[0]);
     return done_testing();
 }

@@ -46,6 +46,8 @@ log_level = info
 ae_title = MMSEGD
 bind = 127.0.0.1
 port = $port
+allowed_hosts = ${ALLOW_HOSTS:-127.0.0.0/8}
+allowed_calling_aes = ${ALLOW_AES:-any}
 min_free_mb = ${MIN_FREE_MB:-1}
 $*
 [drop]
@@ -204,14 +206,14 @@ check "garbage goes to quarantine with a .why file" \
 
 # association policy
 stop
-config "allowed_calling_aes = GOODAE"
+ALLOW_AES=GOODAE config
 start
 echoscu -aet BADAE -aec MMSEGD 127.0.0.1 "$port" >"$tmp/out" 2>&1
 check "a calling AE not allowed is refused at association" test $? -ne 0
 echoscu -aet GOODAE -aec OTHER 127.0.0.1 "$port" >"$tmp/out" 2>&1
 check "a called AE title other than ours is refused" test $? -ne 0
 stop
-config "allowed_hosts = 10.0.0.0/8"
+ALLOW_HOSTS=10.0.0.0/8 config
 start
 echoscu -aec MMSEGD 127.0.0.1 "$port" >"$tmp/out" 2>&1
 check "a host outside allowed_hosts is refused" test $? -ne 0

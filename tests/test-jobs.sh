@@ -69,6 +69,8 @@ workers = 2
 metrics_listen = 127.0.0.1:$mport
 [scp]
 bind = 127.0.0.1
+allowed_hosts = 127.0.0.0/8
+allowed_calling_aes = any
 port = $port
 min_free_mb = 1
 [drop]

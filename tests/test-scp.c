@@ -566,9 +566,12 @@ default_opts(void)
         .ae_title = "MMSEGD",
         .bind = "127.0.0.1",
         .port = 0,
+        .allowed_calling_aes = "any",
+        .allowed_hosts = "any",
         .max_associations = 4,
         .max_pdu = 65536,
         .timeout_s = 5,
+        .assoc_timeout_s = 5,
         .tmp_dir = tmp_dir,
         .space_dir = tmp_dir,
         .min_free_bytes = 0,
@@ -607,7 +610,9 @@ now_s(void)
 static void
 test_cidr(void)
 {
-    is_int(mms_cidr_match("", "10.1.2.3"), 1, "cidr: an empty list contains every address");
+    is_int(mms_cidr_match("", "10.1.2.3"), 0, "cidr: an empty list contains no address");
+    is_int(mms_cidr_match(" any ", "10.1.2.3"), 1, "cidr: `any` contains every address");
+    is_int(mms_cidr_match("any", "::1"), 1, "cidr: `any` contains IPv6 addresses too");
     is_int(mms_cidr_match("10.0.0.0/8", "10.1.2.3"), 1, "cidr: v4 inside /8");
     is_int(mms_cidr_match("10.0.0.0/8", "11.1.2.3"), 0, "cidr: v4 outside /8");
     is_int(mms_cidr_match(" 192.168.1.7 ,10.0.0.0/8", "192.168.1.7"), 1,
@@ -733,7 +738,7 @@ main(void)
             snprintf(why, sizeof why, "%s is not on PATH (Debian package dcmtk)", progs[i]);
             skip_all(why);
         }
-    plan(103, 300);
+    plan(115, 300);
     mms_log_set_level(getenv("MMS_TEST_DEBUG") != NULL ? MMS_LOG_DEBUG : MMS_LOG_NOTICE);
 
     snprintf(dir, sizeof dir, "/tmp/mms-test-scp-XXXXXX");
@@ -895,6 +900,54 @@ main(void)
        "calling AE title not allowed: association rejected");
     is_int(run("echoscu -aet GOOD -aec MMSEGD 127.0.0.1 %u", port), 0,
            "calling AE title in the list: accepted");
+    mms_scp_stop(s);
+
+    /* deny by default: empty lists refuse everyone, and each refusal is counted */
+    o = default_opts();
+    o.allowed_hosts = "";
+    s = start(&o);
+    port = s != NULL ? mms_scp_port(s) : 0;
+    rc = run("echoscu -aec MMSEGD 127.0.0.1 %u", port);
+    ok(rc != 0 && file_has(tool_log, "Rejected Permanent"), "empty allowed_hosts: refused");
+    is_int((int)mms_scp_refused(s, MMS_SCP_REFUSED_HOST), 1,
+           "empty allowed_hosts: counted as host");
+    mms_scp_stop(s);
+    o = default_opts();
+    o.allowed_calling_aes = NULL;
+    s = start(&o);
+    port = s != NULL ? mms_scp_port(s) : 0;
+    rc = run("echoscu -aet GOOD -aec MMSEGD 127.0.0.1 %u", port);
+    ok(rc != 0 && file_has(tool_log, "Calling AE Title Not Recognized"),
+       "no allowed_calling_aes: refused");
+    is_int((int)mms_scp_refused(s, MMS_SCP_REFUSED_CALLING_AE), 1,
+           "no allowed_calling_aes: counted as calling_ae");
+    rc = run("echoscu -aet GOOD -aec OTHER 127.0.0.1 %u", port);
+    is_int((int)mms_scp_refused(s, MMS_SCP_REFUSED_CALLED_AE), 1,
+           "called AE: counted as called_ae");
+    is_str(mms_scp_refusal_name(MMS_SCP_REFUSED_PER_HOST_LIMIT), "per_host_limit",
+           "refusal names are metrics labels");
+    mms_scp_stop(s);
+    o = default_opts();
+    o.allowed_calling_aes = "any, GOOD";
+    is_int(mms_scp_start(&o, &s, why, sizeof why), MMS_EINVAL,
+           "start: `any` with other AE titles is refused");
+    o = default_opts();
+    o.assoc_timeout_s = 0;
+    is_int(mms_scp_start(&o, &s, why, sizeof why), MMS_EINVAL, "start: assoc_timeout_s 0 refused");
+
+    /* max_associations_per_host 1: an open association of 127.0.0.1 keeps a second one out
+     * (transient, local limit), counted as per_host_limit; free again after its release */
+    o = default_opts();
+    o.max_associations_per_host = 1;
+    s = start(&o);
+    port = s != NULL ? mms_scp_port(s) : 0;
+    int held = ul_open_at("127.0.0.1", port, "MMSEGD", CT_CLASS, "1.2.840.10008.1.2.1");
+    rc = run("echoscu -aec MMSEGD 127.0.0.1 %u", port);
+    ok(held >= 0 && rc != 0 && file_has(tool_log, "Rejected Transient") &&
+           mms_scp_refused(s, MMS_SCP_REFUSED_PER_HOST_LIMIT) == 1,
+       "max_associations_per_host 1: a second association of the host is rejected (transient)");
+    ok(held >= 0 && ul_release(held) && run("echoscu -aec MMSEGD 127.0.0.1 %u", port) == 0,
+       "max_associations_per_host 1: after the release the host is served again");
     mms_scp_stop(s);
 
     /* allowed hosts */

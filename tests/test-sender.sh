@@ -45,6 +45,8 @@ log_level = info
 [scp]
 ae_title = MMSEGD
 bind = 127.0.0.1
+allowed_hosts = 127.0.0.0/8
+allowed_calling_aes = any
 port = $(free_port)
 min_free_mb = 1
 timeout_s = 5
