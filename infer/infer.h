@@ -146,8 +146,10 @@ int64_t mms_model_param_count(const struct mms_model *m);
 struct mms_backend;
 
 struct mms_backend_params {
-    int threads; /* CPU threads; 0 = all online cores */
-    int device;  /* GPU ordinal (CUDA) */
+    int threads;   /* CPU threads; 0 = all online cores */
+    int device;    /* GPU ordinal (CUDA) */
+    int precision; /* convolutions on CUDA: 0 fp32, 1 fp16, 2 bf16 (the values of enum
+                      mms_precision, [infer] precision); the CPU runs fp32 whatever it says */
 };
 
 /* Open a backend by name: "cpu", "cuda", or "auto" (CUDA when built and a device starts,

@@ -254,10 +254,13 @@ for t in tests/test-kernels:60 tests/test-backend-ops:150 tests/test-mixer-cuda:
 done
 if have mmsegd; then
     run_step "mmsegd --version" 10 $tests_until "$logs/mmsegd-version.log" rc ./mmsegd --version
-    printf '[infer]\nbackend = cuda\nmodel = %s\n' "$b/models/demo.safetensors" >"$tmp/cuda.ini"
-    run_step "mmsegd model-info ([infer] backend = cuda)" 30 $tests_until \
-        "$logs/mmsegd-model-info.log" rc ./mmsegd model-info -c "$tmp/cuda.ini" \
-        "$b/models/demo.safetensors"
+    run_step "mmsegd model-info --backend cuda" 30 $tests_until "$logs/mmsegd-model-info.log" \
+        rc ./mmsegd model-info --backend cuda models/demo.safetensors
+    if [ "${states[-1]}" = ok ] && ! grep -q '^backend: cuda' "$logs/mmsegd-model-info.log"; then
+        states[-1]=fail
+        details[-1]="no 'backend: cuda' line: $(grep '^backend' "$logs/mmsegd-model-info.log")"
+        echo "not ok ${#names[@]} - ${details[-1]}"
+    fi
 fi
 
 # ---------------------------------------------------------------------------- 3. benchmarks
