@@ -3,7 +3,7 @@
 # machine which has the NVIDIA driver, the CUDA runtime, cuBLAS and cuDNN but none of our
 # other dependencies (make gpu-bundle; tests/gpu/device-check.sh unpacks and runs it).
 #
-#   tools/gpu-bundle.sh --builddir DIR [--out FILE] [PROGRAM...]
+#   tools/gpu-bundle.sh --builddir DIR [--out FILE] [--level N] [PROGRAM...]
 #
 # PROGRAM: paths relative to DIR (default: those of tests/test-kernels tests/test-backend-ops
 # tests/test-mixer-cuda tests/test-forward bench/bench-forward mmsegd that exist).
@@ -15,9 +15,12 @@
 #   tests/fixtures/, models/demo.safetensors: the files the tests read (the programs find
 #               them through srcdir=bundle); tools/mmunet/*.py: the PyTorch reference, the
 #               benchmark models' exporter and the PyTorch benchmark;
+#   phantom/    a phantom CT series with its truth (tools/mmunet/phantom_series.py, seed 1000,
+#               regular; $PYTHON3 with numpy, scipy and nibabel, default /usr/bin/python3);
 #   MANIFEST    the source revision, the build's configuration, each file with its size, the
 #               libraries expected from the target and the newest glibc / libstdc++ symbol
 #               versions the bundle needs.
+# --level: xz's compression level (default 9; tests/test-gpu-bundle.sh uses 0).
 # Programs run there with LD_LIBRARY_PATH=bundle/lib plus where the target keeps CUDA.
 # Fails when a library does not resolve here or a named program is missing.
 set -euo pipefail
@@ -26,11 +29,13 @@ src=$(pwd)
 builddir=
 out=$src/.gpu/gpu-bundle.tar.xz
 progs=()
+level=9
 while [ $# -gt 0 ]; do
     case $1 in
     --builddir) builddir=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
-    -*) echo "usage: $0 --builddir DIR [--out FILE] [PROGRAM...]" >&2; exit 2 ;;
+    --level) level=$2; shift 2 ;;
+    -*) echo "usage: $0 --builddir DIR [--out FILE] [--level N] [PROGRAM...]" >&2; exit 2 ;;
     *) progs+=("$1"); shift ;;
     esac
 done
@@ -86,6 +91,13 @@ mkdir -p "$b/tests" "$b/models" "$b/tools/mmunet"
 cp -r tests/fixtures "$b/tests/"
 cp models/demo.safetensors "$b/models/"
 cp tools/mmunet/*.py tools/mmunet/*.json "$b/tools/mmunet/"
+# A phantom CT with its truth for device-check's whole-job step (numpy, scipy, nibabel).
+if ! "${PYTHON3:-/usr/bin/python3}" tools/mmunet/phantom_series.py write --seed 1000 \
+    --out "$b/phantom" --variants regular >"$stage/phantom.log" 2>&1; then
+    echo "gpu-bundle: no phantom CT ($(tail -1 "$stage/phantom.log")): device-check will not" \
+        "segment one" >&2
+    rm -rf "$b/phantom"
+fi
 
 # The newest symbol versions the bundled files ask of the target's glibc and libstdc++.
 need_ver() { # need_ver PREFIX: the highest PREFIX_x.y.z referenced by the bundle's ELF files
@@ -108,7 +120,7 @@ need_ver() { # need_ver PREFIX: the highest PREFIX_x.y.z referenced by the bundl
 
 mkdir -p "$(dirname "$out")"
 raw=$(du -sb "$b" | cut -f1)
-tar -C "$stage" --owner=0 --group=0 --sort=name -cf - bundle | xz -9 -T1 >"$out.tmp"
+tar -C "$stage" --owner=0 --group=0 --sort=name -cf - bundle | xz -"$level" -T1 >"$out.tmp"
 mv "$out.tmp" "$out"
 size=$(stat -c %s "$out")
 echo "gpu-bundle: ${progs[*]}; $(ls "$b/lib" | wc -l) libraries;" \

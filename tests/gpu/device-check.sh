@@ -8,7 +8,10 @@
 # cuBLAS and cuDNN the bundle expects from the machine are), then runs:
 #   1. the libraries: every bundled program resolves all it needs;
 #   2. every GPU test program in the bundle (TAP), each with its timeout, with srcdir=bundle
-#      (fixtures) and LD_LIBRARY_PATH=bundle/lib; then mmsegd --version and model-info;
+#      (fixtures) and LD_LIBRARY_PATH=bundle/lib; then mmsegd --version, model-info --backend
+#      cuda, and mmsegd segment of a phantom CT (bundled) on the CPU and on CUDA: the CUDA
+#      labels must agree with the CPU's on 99.5% of the voxels, mean Dice against the truth
+#      within 0.01;
 #   3. the benchmarks, last, while time is left: test-mixer-cuda --bench (the scan), then
 #      bench-forward on the CUDA backend at batch 1 and 8 in fp32, bf16 and fp16 and the
 #      PyTorch reference (tools/mmunet/bench_forward.py --device cuda, fp32, tf32, bf16, fp16)
@@ -263,6 +266,47 @@ if have mmsegd; then
     fi
 fi
 
+# The whole job on a phantom CT (tools/mmunet/phantom_series.py, seed 1000, regular; made at
+# bundle time): labels from the CUDA backend against the CPU's and against the truth.
+if have mmsegd && [ -d "$b/phantom/regular/dicom" ]; then
+    for be in cpu cuda; do
+        run_step "mmsegd segment --backend $be (phantom, no TTA)" 120 $tests_until \
+            "$logs/segment-$be.log" rc ./mmsegd segment --model models/demo.safetensors \
+            --backend $be --tta no --nifti "$tmp/seg-$be" phantom/regular/dicom
+    done
+    run_step "segment: cuda labels against cpu's and the truth" 30 $tests_until \
+        "$logs/segment-compare.log" rc "$py" - "$tmp/seg-cpu" "$tmp/seg-cuda" \
+        phantom/regular/truth.nii.gz <<'PY'
+import glob, gzip, struct, sys
+import numpy as np
+def load(p):
+    d = gzip.open(p).read()
+    dims = struct.unpack("<8h", d[40:56])
+    code = struct.unpack("<h", d[70:72])[0]
+    off = int(struct.unpack("<f", d[108:112])[0])
+    dtype = {2: np.uint8, 4: np.int16, 8: np.int32, 256: np.int8, 512: np.uint16}[code]
+    n = int(np.prod(dims[1:1 + dims[0]]))
+    return tuple(dims[1:1 + dims[0]]), np.frombuffer(d, dtype, n, off).astype(np.int64)
+def one(d):
+    f = glob.glob(d + "/*.nii.gz")
+    if len(f) != 1:
+        sys.exit(f"{d}: {len(f)} label files")
+    return load(f[0])
+(gc, c), (gg, g), (gt, t) = one(sys.argv[1]), one(sys.argv[2]), load(sys.argv[3])
+if not gc == gg == gt:
+    sys.exit(f"the grids differ: cpu {gc}, cuda {gg}, truth {gt}")
+agree = float((c == g).mean())
+ids = sorted(set(np.unique(t).tolist()) - {0})
+def dice(a):
+    return float(np.mean([2.0 * np.sum((a == i) & (t == i)) / max(1, np.sum(a == i) + np.sum(t == i))
+                          for i in ids]))
+dc, dg = dice(c), dice(g)
+print(f"cuda/cpu voxel agreement {agree:.5f}; mean Dice against the truth over {len(ids)} "
+      f"labels: cpu {dc:.4f}, cuda {dg:.4f} (pass: agreement >= 0.995, Dice within 0.01)")
+sys.exit(0 if agree >= 0.995 and abs(dc - dg) <= 0.01 else 1)
+PY
+fi
+
 # ---------------------------------------------------------------------------- 3. benchmarks
 if have tests/test-mixer-cuda; then
     run_step "scan benchmark (test-mixer-cuda --bench)" 60 "$budget" "$logs/scan-bench.log" rc \
@@ -288,7 +332,7 @@ else
         "exit $rc: $(tail -2 "$logs/bench-model.log" | tr '\n' ';' | cut -c1-200)"
 fi
 
-# bench_row JSONFILE KEY=VALUE...: append the last JSON line of FILE, with the keys, to bench.jsonl
+# bench_row LOG KEY=VALUE...: append the JSON lines of LOG, with the keys, to bench.jsonl
 bench_row() {
     "$py" - "$@" >>"$out/bench.jsonl" <<'PY' 2>>"$logs/bench-rows.log"
 import json, sys
@@ -297,7 +341,7 @@ for l in rows:
     r = json.loads(l)
     for kv in sys.argv[2:]:
         k, v = kv.split("=", 1)
-        r.setdefault(k, int(v) if v.isdigit() else v)
+        r[k] = int(v) if v.isdigit() else v
     print(json.dumps(r))
 PY
 }
@@ -314,16 +358,16 @@ for batch in 1 8; do
                 log=$logs/bench-$m-b$batch-$prec.log
                 run_step "bench-forward cuda $m batch $batch $prec" 60 "$budget" "$log" rc \
                     ./bench/bench-forward "$f" --backend cuda \
-                    --precision $prec --batch $batch --tile 64 128 128 --runs $runs &&
-                    bench_row "$log" case=$m impl=mmsegd backend=cuda precision=$prec batch=$batch
+                    --precision $prec --batch $batch --tile 64 128 128 --runs $runs
+                bench_row "$log" case=$m impl=mmsegd backend=cuda precision=$prec batch=$batch
             done
         fi
         log=$logs/bench-$m-b$batch-pytorch.log
         # shellcheck disable=SC2086
         run_step "pytorch cuda $m batch $batch fp32,tf32,bf16,fp16" 120 "$budget" "$log" rc \
             "$py" tools/mmunet/bench_forward.py "$f" --device cuda --tile 64 128 128 \
-            --precision fp32,tf32,bf16,fp16 --batch $batch --runs $runs $group --json &&
-            bench_row "$log" case=$m
+            --precision fp32,tf32,bf16,fp16 --batch $batch --runs $runs $group --json
+        bench_row "$log" case=$m # the cases done before a timeout count
     done
 done
 
