@@ -38,7 +38,11 @@ ok $? "the archive holds bundle/tests/test-kernels and its MANIFEST"
 grep -q '^target-libs: .*libcudart\.so' "$b/MANIFEST"
 ok $? "MANIFEST expects the CUDA runtime from the GPU machine: $(grep '^target-libs' "$b/MANIFEST")"
 
-bad=$(ls "$b/lib" 2>/dev/null | grep -E '^(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcudnn)[.-]')
+bad=
+for f in "$b"/lib/*; do
+    [[ ${f##*/} =~ ^(libc|libm|libdl|libpthread|librt|libstdc\+\+|libgcc_s|libcuda|libcudart|libcublas|libcudnn)[.-] ]] &&
+        bad="$bad ${f##*/}"
+done
 [ -z "$bad" ]; ok $? "lib/ holds no library the GPU machine brings${bad:+: $bad}"
 
 [ -f "$b/tests/fixtures/mmunet/micro.safetensors" ] && [ -f "$b/models/demo.safetensors" ] &&

@@ -77,10 +77,12 @@ run_step() {
         record "$name" skip 0 "no time left (budget ${budget} s)"
         return 0
     fi
-    local s=$(date +%s) rc
+    local s rc
+    s=$(date +%s)
     (cd "$b" && timeout -k 5 "$to" "$@") >"$log" 2>&1
     rc=$?
-    local d=$(($(date +%s) - s)) detail
+    local d detail
+    d=$(($(date +%s) - s))
     if [ $rc -eq 124 ] || [ $rc -eq 137 ]; then
         record "$name" fail "$d" "timed out after ${to} s"
         return 1
@@ -200,6 +202,7 @@ for s in site.getsitepackages(): print(*glob.glob(s + "/nvidia/*/lib"))' 2>/dev/
 }
 {
     echo "== probe $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname)"
+    command -v nvidia-smi >/dev/null || echo "nvidia-smi: not found"
     nvidia-smi -L 2>&1 | head -8
     nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv,noheader 2>&1 |
         head -1 | sed 's/^/gpu: /'
