@@ -1,6 +1,11 @@
-/* bench-forward: time one forward pass of a model on the CPU backend.
+/* bench-forward: time one forward pass of a model on a backend.
  *
- *   bench-forward MODEL --tile D H W [--threads T] [--runs R]
+ *   bench-forward MODEL --tile D H W [--threads T] [--runs R] [--backend cpu|cuda]
+ *                 [--precision fp32|bf16|fp16] [--batch N]
+ *
+ * A pass runs N tiles (default 1) in one mms_net_forward() call; the backend splits them by
+ * its max batch. On CUDA the device memory is the network's own figures (arena for the max
+ * batch plus the fixed part, device_mb), and the oneDNN-alone figures are 0 and null.
  *
  * Prints one JSON object: the median and minimum of R timed passes after one warm-up, the
  * arena and fixed memory, the process's peak RSS (after the timed passes) and its RSS before
@@ -123,12 +128,17 @@ onednn_alone(const struct mms_model *m, const int64_t tile[3], int threads, doub
     return rc;
 }
 
+static const char usage[] =
+    "usage: bench-forward MODEL [--tile D H W] [--threads T] [--runs R] [--backend cpu|cuda] "
+    "[--precision fp32|bf16|fp16] [--batch N]\n";
+
 int
 main(int argc, char **argv)
 {
     const char *path = NULL;
     int64_t tile[3] = {0, 0, 0};
-    int threads = 0, runs = 5;
+    int threads = 0, runs = 5, batch = 1, precision = MMS_PRECISION_FP32;
+    const char *backend = "cpu", *prec_name = "fp32";
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--tile") == 0 && i + 3 < argc) {
             for (int d = 0; d < 3; d++)
@@ -137,16 +147,30 @@ main(int argc, char **argv)
             threads = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--runs") == 0 && i + 1 < argc) {
             runs = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--batch") == 0 && i + 1 < argc) {
+            batch = atoi(argv[++i]);
+        } else if (strcmp(argv[i], "--backend") == 0 && i + 1 < argc &&
+                   (strcmp(argv[i + 1], "cpu") == 0 || strcmp(argv[i + 1], "cuda") == 0)) {
+            backend = argv[++i];
+        } else if (strcmp(argv[i], "--precision") == 0 && i + 1 < argc) {
+            prec_name = argv[++i];
+            if (strcmp(prec_name, "fp32") == 0)
+                precision = MMS_PRECISION_FP32;
+            else if (strcmp(prec_name, "bf16") == 0)
+                precision = MMS_PRECISION_BF16;
+            else if (strcmp(prec_name, "fp16") == 0)
+                precision = MMS_PRECISION_FP16;
+            else
+                path = NULL, i = argc; /* usage below */
         } else if (argv[i][0] != '-' && path == NULL) {
             path = argv[i];
         } else {
-            fprintf(stderr, "usage: bench-forward MODEL [--tile D H W] [--threads T] "
-                            "[--runs R]\n");
+            fprintf(stderr, "%s", usage);
             return 2;
         }
     }
-    if (path == NULL || runs < 1 || runs > 1000) {
-        fprintf(stderr, "usage: bench-forward MODEL [--tile D H W] [--threads T] [--runs R]\n");
+    if (path == NULL || runs < 1 || runs > 1000 || batch < 1 || batch > 64) {
+        fprintf(stderr, "%s", usage);
         return 2;
     }
     char why[512] = "";
@@ -161,29 +185,29 @@ main(int argc, char **argv)
     const struct mms_card *card = mms_model_card(m);
     if (tile[0] == 0)
         memcpy(tile, card->inf.patch, sizeof tile);
-    struct mms_backend_params bp = {.threads = threads};
+    struct mms_backend_params bp = {.threads = threads, .precision = precision};
     double base_rss = cur_rss_mb();
-    if ((rc = mms_backend_open("cpu", &bp, &be)) < 0 ||
+    if ((rc = mms_backend_open(backend, &bp, &be)) < 0 ||
         (rc = mms_net_new(m, be, tile, 0, &net)) < 0) {
         fprintf(stderr, "bench-forward: %s\n", mms_strerror(rc));
         return 1;
     }
     int64_t vox = tile[0] * tile[1] * tile[2];
-    float *in = malloc((size_t)(vox * card->arch.in_channels) * sizeof(float));
-    float *out = malloc((size_t)(vox * card->arch.num_classes) * sizeof(float));
+    float *in = malloc((size_t)(vox * card->arch.in_channels) * sizeof(float) * (size_t)batch);
+    float *out = malloc((size_t)(vox * card->arch.num_classes) * sizeof(float) * (size_t)batch);
     unsigned long long s = 12345;
-    for (int64_t i = 0; i < vox * card->arch.in_channels; i++) {
+    for (int64_t i = 0; i < vox * card->arch.in_channels * batch; i++) {
         s = s * 6364136223846793005ull + 1442695040888963407ull;
         in[i] = (float)((double)(s >> 11) / 9007199254740992.0 * 4.0 - 2.0);
     }
     double *t = malloc((size_t)runs * sizeof(double));
-    if ((rc = mms_net_forward(net, in, 1, out)) < 0) { /* warm-up */
+    if ((rc = mms_net_forward(net, in, batch, out)) < 0) { /* warm-up */
         fprintf(stderr, "bench-forward: forward: %s\n", mms_strerror(rc));
         return 1;
     }
     for (int r = 0; r < runs; r++) {
         double t0 = now_s();
-        mms_net_forward(net, in, 1, out);
+        mms_net_forward(net, in, batch, out);
         t[r] = (now_s() - t0) * 1e3;
     }
     double peak = peak_rss_mb();
@@ -196,22 +220,27 @@ main(int argc, char **argv)
     double alone_s = 0.0, alone_flop = 0.0;
     int any_ndhwc = -1;
     int nthreads = threads > 0 ? threads : omp_get_num_procs();
-    onednn_alone(m, tile, nthreads, &alone_s, &alone_flop, &any_ndhwc);
+    bool cpu = strcmp(backend, "cpu") == 0;
+    if (cpu)
+        onednn_alone(m, tile, nthreads, &alone_s, &alone_flop, &any_ndhwc);
     double med = median(t, runs), best = t[0];
     for (int r = 1; r < runs; r++)
         best = t[r] < best ? t[r] : best;
-    printf("{\"impl\": \"mmsegd-cpu\", \"model\": \"%s\", \"threads\": %d, "
+    printf("{\"impl\": \"mmsegd-%s\", \"model\": \"%s\", \"threads\": %d, "
+           "\"precision\": \"%s\", \"batch\": %d, \"max_batch\": %d, "
            "\"tile\": [%lld, %lld, %lld], \"runs_ms\": [",
-           card->name, nthreads, (long long)tile[0], (long long)tile[1], (long long)tile[2]);
+           backend, card->name, nthreads, cpu ? "fp32" : prec_name, batch, mms_net_max_batch(net),
+           (long long)tile[0], (long long)tile[1], (long long)tile[2]);
     for (int r = 0; r < runs; r++)
         printf("%s%.1f", r ? ", " : "", t[r]);
-    printf("], \"median_ms\": %.1f, \"min_ms\": %.1f, \"ops\": %d, \"arena_mb\": %.1f, "
+    printf("], \"median_ms\": %.1f, \"min_ms\": %.1f, \"median_ms_per_tile\": %.2f, "
+           "\"ops\": %d, \"arena_mb\": %.1f, "
            "\"arena_unplanned_mb\": %.1f, \"fixed_mb\": %.1f, \"baseline_rss_mb\": %.1f, "
            "\"peak_rss_mb\": %.1f, \"params\": %lld, "
            "\"profile_ms\": {\"conv\": %.1f, \"norm\": %.1f, \"mixer\": %.1f, \"other\": %.1f}, "
            "\"conv_gflop\": %.2f, \"conv_gflops_in_pass\": %.1f, \"conv_gflops_onednn_alone\": "
-           "%.1f, \"onednn_prefers_ndhwc\": %s, \"logits_sum\": %.6g}\n",
-           med, best, mms_net_op_count(net), mms_net_arena_bytes(net) / 1048576.0,
+           "%.1f, \"onednn_prefers_ndhwc\": %s, \"device_mb\": %.1f, \"logits_sum\": %.6g}\n",
+           med, best, med / batch, mms_net_op_count(net), mms_net_arena_bytes(net) / 1048576.0,
            mms_net_unplanned_bytes(net) / 1048576.0, mms_net_fixed_bytes(net) / 1048576.0, base_rss,
            peak, (long long)mms_model_param_count(m), p.conv_s * 1e3, p.norm_s * 1e3,
            p.mixer_s * 1e3, p.other_s * 1e3, p.conv_flop * 1e-9,
@@ -220,7 +249,7 @@ main(int argc, char **argv)
            any_ndhwc < 0 ? "null"
            : any_ndhwc   ? "true"
                          : "false",
-           sum);
+           cpu ? 0.0 : (mms_net_arena_bytes(net) + mms_net_fixed_bytes(net)) / 1048576.0, sum);
     free(t);
     free(in);
     free(out);

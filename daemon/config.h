@@ -12,8 +12,9 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "infer/infer.h" /* enum mms_precision */
+
 enum mms_backend_choice { MMS_BACKEND_AUTO, MMS_BACKEND_CPU, MMS_BACKEND_CUDA };
-enum mms_precision { MMS_PRECISION_FP32, MMS_PRECISION_FP16, MMS_PRECISION_BF16 };
 enum mms_export_mode { MMS_EXPORT_EXACT, MMS_EXPORT_FAST };
 enum mms_accept_sop { MMS_ACCEPT_CT, MMS_ACCEPT_ALL };
 enum mms_empty_frames { MMS_EMPTY_FRAMES_OMIT, MMS_EMPTY_FRAMES_KEEP };

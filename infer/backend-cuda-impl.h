@@ -34,7 +34,8 @@ struct mms_cuda {
 
 /* Evaluate a CUDA runtime / cuDNN / cuBLAS call: 0 on success; otherwise log the statement,
  * function, file, line and the library's message, and evaluate to MMS_ECUDA (MMS_ECUDNN for
- * cuDNN). The caller's `goto fail` stays visible. */
+ * cuDNN; MMS_ENOMEM for an allocation failure, which is then cleared). The caller's
+ * `goto fail` stays visible. */
 int mms__cuda_check(cudaError_t e, const char *what, const char *func, const char *file, int line);
 int mms__cudnn_check(cudnnStatus_t s, const char *what, const char *func, const char *file,
                      int line);

@@ -68,6 +68,9 @@ extern const struct mms_backend_ops *const mms__backends[];
 /* CPU backend (infer/backend-cpu.c). */
 extern const struct mms_backend_ops mms__backend_cpu;
 
+/* CUDA backend (infer/backend-cuda.c), in CUDA builds only. */
+extern const struct mms_backend_ops mms__backend_cuda;
+
 /* Wrappers that check optional slots. */
 int mms__backend_synchronize(struct mms_backend *be);
 

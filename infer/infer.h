@@ -145,11 +145,14 @@ int64_t mms_model_param_count(const struct mms_model *m);
 /* ----------------------------------------------------------------------------- backends */
 struct mms_backend;
 
+/* Precision of the convolutions on a GPU (mmunet.md 3.2); the CPU computes in fp32 always. */
+enum mms_precision { MMS_PRECISION_FP32, MMS_PRECISION_FP16, MMS_PRECISION_BF16 };
+
 struct mms_backend_params {
     int threads;   /* CPU threads; 0 = all online cores */
     int device;    /* GPU ordinal (CUDA) */
-    int precision; /* convolutions on CUDA: 0 fp32, 1 fp16, 2 bf16 (the values of enum
-                      mms_precision, [infer] precision); the CPU runs fp32 whatever it says */
+    int precision; /* enum mms_precision: convolutions on CUDA; the CPU runs fp32 whatever it
+                      says; 0 = fp32 */
 };
 
 /* Open a backend by name: "cpu", "cuda", or "auto" (CUDA when built and a device starts,

@@ -190,10 +190,12 @@ test_big(const char *dir)
        agree, vox);
     double t2 = tol_of(logits[1], logits[0], vox * (size_t)nc);
     double t3 = tol_of(logits[2], logits[0], vox * (size_t)nc);
-    ok(t2 <= 1e-6 && t3 <= 1e-6,
+    /* Each thread count cuts the token-parallel scan into other segments, so the logits
+     * differ by the rounding of another summation order: measured 2.4e-7 and 1.1e-6 on an
+     * AVX2 machine, less with AVX-512. The bound stays ten times under the goldens' 1e-4. */
+    ok(t2 <= 1e-5 && t3 <= 1e-5,
        "thread count changes the logits by rounding only (fp64 sums, segment decays): 2 vs 1: "
-       "%.2g, 3 vs 1: "
-       "%.2g (bound 1e-6)",
+       "%.2g, 3 vs 1: %.2g (bound 1e-5)",
        t2, t3);
     ok(arena > 0 && arena < unplanned,
        "the arena reuses buffers: %zu bytes planned, %zu without "
@@ -218,7 +220,10 @@ test_errors(const char *dir)
     is_int(mms_backend_open("tpu", NULL, &be), MMS_EINVAL, "an unknown backend name is refused");
     long before = n_allocs;
     int rc = mms_backend_open("auto", NULL, &be);
-    ok(rc == 0 && strcmp(mms_backend_name(be), "cpu") == 0, "auto falls back to the CPU");
+    /* the CPU here unless a CUDA device starts (tests/test-backend-ops covers both) */
+    ok(rc == 0 &&
+           (strcmp(mms_backend_name(be), "cpu") == 0 || strcmp(mms_backend_name(be), "cuda") == 0),
+       "auto opens a backend: %s", rc == 0 ? mms_backend_name(be) : mms_strerror(rc));
     ok(n_allocs > before, "the allocation counter sees the engine's own allocations (%ld)",
        n_allocs - before);
     int64_t bad[3] = {8, 16, 6}; /* W must be a multiple of 2 x 2 = 4 */

@@ -1,13 +1,280 @@
-/* Tests of the CUDA kernels on a GPU: each kernel against the host math of kernels/<op>-math.h.
+/* Tests of the CUDA kernels on a GPU: each kernel against the host math of kernels/<op>-math.h
+ * or a host loop written from the CPU backend's definition (infer/ops-cpu/).
  * Built only with CUDA; prints a TAP SKIP line with the reason when no device is usable. */
 #include <cuda_runtime_api.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "common/err.h"
+#include "kernels/eltwise-math.h"
 #include "kernels/kernels.h"
 #include "kernels/rescale-math.h"
 #include "tests/tap.h"
+
+/* A device copy of n floats of host (NULL: zeroed), or NULL on failure. */
+static void *
+dev_of(const void *host, size_t nbytes)
+{
+    void *d = NULL;
+    if (cudaMalloc(&d, nbytes) != cudaSuccess)
+        return NULL;
+    if ((host != NULL ? cudaMemcpy(d, host, nbytes, cudaMemcpyHostToDevice)
+                      : cudaMemset(d, 0, nbytes)) != cudaSuccess) {
+        cudaFree(d);
+        return NULL;
+    }
+    return d;
+}
+
+static bool
+back(void *host, const void *dev, size_t nbytes, cudaStream_t s)
+{
+    return cudaStreamSynchronize(s) == cudaSuccess &&
+           cudaMemcpy(host, dev, nbytes, cudaMemcpyDeviceToHost) == cudaSuccess;
+}
+
+static float
+rnd(uint64_t *st)
+{
+    *st = *st * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((double)(*st >> 11) / 9007199254740992.0 * 4.0 - 2.0);
+}
+
+static float
+from_bf16(uint16_t h)
+{
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+static float
+from_f16(uint16_t h)
+{
+    int e = (h >> 10) & 31, m = h & 1023;
+    float v = e == 0 ? ldexpf((float)m, -24) : ldexpf((float)(m | 1024), e - 25);
+    return (h & 0x8000) ? -v : v;
+}
+
+/* The CUDA backend's element-wise ops, 2 samples at a stride larger than a sample. */
+static void
+test_ops(cudaStream_t s)
+{
+    enum { L = 3000, C = 5, NS = 2, STRIDE = L * C + 77 };
+    size_t tot = (size_t)NS * STRIDE;
+    float *x = malloc(tot * sizeof(float)), *y = malloc(tot * sizeof(float));
+    float *got = malloc(tot * sizeof(float)), *want = malloc(tot * sizeof(float));
+    float gamma[C], beta[C];
+    uint64_t st = 42;
+    for (size_t i = 0; i < tot; i++) {
+        x[i] = rnd(&st) * 3.0f + 1.0f;
+        y[i] = rnd(&st);
+    }
+    for (int c = 0; c < C; c++) {
+        gamma[c] = 0.5f + 0.1f * (float)c;
+        beta[c] = 0.2f * (float)c - 0.3f;
+    }
+
+    /* instance norm + LReLU against fp64 statistics on the host */
+    float *dx = dev_of(x, tot * sizeof(float)), *dg = dev_of(gamma, sizeof gamma),
+          *db = dev_of(beta, sizeof beta);
+    void *ws = dev_of(NULL, mms_k_instnorm_ws_bytes(C, NS));
+    struct mms_k_instnorm_args ia = {.x = dx,
+                                     .l = L,
+                                     .c = C,
+                                     .n = NS,
+                                     .stride = STRIDE,
+                                     .gamma = dg,
+                                     .beta = db,
+                                     .eps = 1e-5f,
+                                     .lrelu = true,
+                                     .slope = 0.01f,
+                                     .ws = ws};
+    int rc = dx && dg && db && ws ? mms_k_instnorm(&ia, s) : MMS_ENOMEM;
+    double worst = INFINITY;
+    if (rc == 0 && back(got, dx, tot * sizeof(float), s)) {
+        worst = 0.0;
+        for (int n = 0; n < NS; n++) {
+            for (int c = 0; c < C; c++) {
+                double sum = 0.0, sq = 0.0;
+                for (int t = 0; t < L; t++) {
+                    double v = x[n * STRIDE + t * C + c];
+                    sum += v;
+                    sq += v * v;
+                }
+                float sc, sh;
+                mms_norm_coef(sum, sq, L, gamma[c], beta[c], 1e-5f, &sc, &sh);
+                for (int t = 0; t < L; t++) {
+                    size_t i = (size_t)n * STRIDE + (size_t)t * C + c;
+                    float w = mms_norm_apply(x[i], sc, sh, true, 0.01f);
+                    double d = fabs((double)got[i] - w) / (1.0 + fabs(w));
+                    worst = d > worst ? d : worst;
+                }
+            }
+            for (int i = L * C; i < STRIDE; i++) /* the gap between samples is untouched */
+                if (got[n * STRIDE + i] != x[n * STRIDE + i])
+                    worst = INFINITY;
+        }
+    }
+    ok(rc == 0 && worst <= 1e-6, "mms_k_instnorm: 2 samples, fp64 statistics (worst %.3g)", worst);
+
+    /* add + LReLU, bit for bit */
+    float *dy = dev_of(y, tot * sizeof(float));
+    cudaFree(dx);
+    dx = dev_of(x, tot * sizeof(float));
+    struct mms_k_add_lrelu_args aa = {
+        .x = dx, .y = dy, .count = L * C, .n = NS, .stride = STRIDE, .slope = 0.01f};
+    rc = dx && dy ? mms_k_add_lrelu(&aa, s) : MMS_ENOMEM;
+    int wrong = -1;
+    if (rc == 0 && back(got, dx, tot * sizeof(float), s)) {
+        wrong = 0;
+        for (size_t i = 0; i < tot; i++) {
+            bool in = (i % STRIDE) < (size_t)(L * C);
+            if (got[i] != (in ? mms_lrelu(x[i] + y[i], 0.01f) : x[i]))
+                wrong++;
+        }
+    }
+    is_int(wrong, 0, "mms_k_add_lrelu: bit for bit, the gap untouched");
+
+    /* transpose (L, C) -> (C, L) and back */
+    float *dt = dev_of(NULL, tot * sizeof(float)), *dt2 = dev_of(NULL, tot * sizeof(float));
+    cudaFree(dx);
+    dx = dev_of(x, tot * sizeof(float));
+    struct mms_k_transpose_args ta = {
+        .src = dx, .dst = dt, .rows = L, .cols = C, .n = NS, .stride = STRIDE};
+    struct mms_k_transpose_args tb = {
+        .src = dt, .dst = dt2, .rows = C, .cols = L, .n = NS, .stride = STRIDE};
+    rc = dx && dt && dt2 ? mms_k_transpose(&ta, s) : MMS_ENOMEM;
+    if (rc == 0)
+        rc = mms_k_transpose(&tb, s);
+    wrong = -1;
+    if (rc == 0 && back(got, dt, tot * sizeof(float), s) &&
+        back(want, dt2, tot * sizeof(float), s)) {
+        wrong = 0;
+        for (int n = 0; n < NS; n++)
+            for (int t = 0; t < L; t++)
+                for (int c = 0; c < C; c++) {
+                    size_t o = (size_t)n * STRIDE;
+                    if (got[o + (size_t)c * L + t] != x[o + (size_t)t * C + c] ||
+                        want[o + (size_t)t * C + c] != x[o + (size_t)t * C + c])
+                        wrong++;
+                }
+    }
+    is_int(wrong, 0, "mms_k_transpose: (L, C) -> (C, L) -> (L, C), 2 samples");
+
+    /* up + concat: lo (2, 3, 5, 3 channels) up by (2, 2, 1) beside skip (4, 6, 5, 2 channels) */
+    {
+        enum { LD = 2, LH = 3, LW = 5, FL = 3, D = 4, H = 6, W = 5, FS = 2, OC = FL + FS };
+        float *dlo = dev_of(x, tot * sizeof(float)), *dsk = dev_of(y, tot * sizeof(float));
+        float *dd = dev_of(NULL, tot * sizeof(float));
+        struct mms_k_up_concat_args ua = {.lo = dlo,
+                                          .skip = dsk,
+                                          .dst = dd,
+                                          .ld = LD,
+                                          .lh = LH,
+                                          .lw = LW,
+                                          .flo = FL,
+                                          .d = D,
+                                          .h = H,
+                                          .w = W,
+                                          .fskip = FS,
+                                          .up = {2, 2, 1},
+                                          .n = NS,
+                                          .stride = STRIDE};
+        rc = dlo && dsk && dd ? mms_k_up_concat(&ua, s) : MMS_ENOMEM;
+        wrong = -1;
+        if (rc == 0 && back(got, dd, tot * sizeof(float), s)) {
+            wrong = 0;
+            for (int n = 0; n < NS; n++)
+                for (int z = 0; z < D; z++)
+                    for (int h = 0; h < H; h++)
+                        for (int w = 0; w < W; w++)
+                            for (int c = 0; c < OC; c++) {
+                                size_t o = (size_t)n * STRIDE, v = ((size_t)z * H + h) * W + w;
+                                float e =
+                                    c < FL
+                                        ? x[o + (((size_t)(z / 2) * LH + h / 2) * LW + w) * FL + c]
+                                        : y[o + v * FS + (c - FL)];
+                                if (got[o + v * OC + c] != e)
+                                    wrong++;
+                            }
+        }
+        is_int(wrong, 0, "mms_k_up_concat: nearest up by (2, 2, 1), concat, 2 samples");
+        cudaFree(dlo);
+        cudaFree(dsk);
+        cudaFree(dd);
+    }
+
+    /* casts and the epilogue from each type; y = x rounded */
+    static const enum mms_k_ftype types[3] = {MMS_K_F32, MMS_K_BF16, MMS_K_F16};
+    static const char *const tname[3] = {"fp32", "bf16", "fp16"};
+    uint16_t *h16 = malloc((size_t)L * C * sizeof(uint16_t));
+    for (int k = 0; k < 3; k++) {
+        void *dh = dev_of(NULL, (size_t)L * C * sizeof(float));
+        float *dacc = dev_of(y, (size_t)L * C * sizeof(float)), *dbias = dev_of(beta, sizeof beta);
+        cudaFree(dx);
+        dx = dev_of(x, (size_t)L * C * sizeof(float));
+        rc = dh && dacc && dbias && dx ? 0 : MMS_ENOMEM;
+        double cast_err = 0.0;
+        if (rc == 0 && k > 0) {
+            struct mms_k_cast_args ca = {.src = dx, .dst = dh, .count = L * C, .to = types[k]};
+            rc = mms_k_cast(&ca, s);
+            if (rc == 0 && back(h16, dh, (size_t)L * C * 2, s)) {
+                for (int i = 0; i < L * C; i++) {
+                    float r = k == 1 ? from_bf16(h16[i]) : from_f16(h16[i]);
+                    double d = fabs((double)r - x[i]) / fmax(fabs((double)x[i]), 1e-4);
+                    cast_err = d > cast_err ? d : cast_err;
+                }
+            } else {
+                cast_err = INFINITY;
+            }
+        }
+        struct mms_k_conv_epilogue_args ea = {.y = k == 0 ? (const void *)dx : dh,
+                                              .ytype = types[k],
+                                              .dst = dacc,
+                                              .bias = dbias,
+                                              .l = L,
+                                              .c = C,
+                                              .accumulate = true,
+                                              .slope = 0.01f};
+        if (rc == 0)
+            rc = mms_k_conv_epilogue(&ea, s);
+        wrong = -1;
+        if (rc == 0 && back(got, dacc, (size_t)L * C * sizeof(float), s)) {
+            wrong = 0;
+            for (int i = 0; i < L * C; i++) {
+                float yv = k == 0 ? x[i] : k == 1 ? from_bf16(h16[i]) : from_f16(h16[i]);
+                if (got[i] != mms_conv_epilogue(yv, beta[i % C], y[i], true, 0.01f))
+                    wrong++;
+            }
+        }
+        /* round to nearest: half an ulp, 2^-8 for bf16 and 2^-11 for fp16 (relative to
+         * max(|x|, 1e-4), which covers fp16 subnormals) */
+        double bound = k == 1 ? 1.0 / 256 : 1.0 / 2048;
+        ok(rc == 0 && wrong == 0 && (k == 0 || cast_err <= bound),
+           "%s: cast within half an ulp (worst %.3g), epilogue (bias, + dst, LReLU) bit for bit "
+           "(%d wrong)",
+           tname[k], cast_err, wrong);
+        cudaFree(dh);
+        cudaFree(dacc);
+        cudaFree(dbias);
+    }
+    free(h16);
+    cudaFree(dx);
+    cudaFree(dy);
+    cudaFree(dt);
+    cudaFree(dt2);
+    cudaFree(dg);
+    cudaFree(db);
+    cudaFree(ws);
+    free(x);
+    free(y);
+    free(got);
+    free(want);
+}
 
 #define N 1000003 /* not a multiple of the block size */
 
@@ -29,7 +296,7 @@ main(void)
                  e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
         skip_all(why);
     }
-    plan(4, 60);
+    plan(4 + 7, 60);
     hx = malloc(N * sizeof *hx);
     hy = malloc(N * sizeof *hy);
     if (hx == NULL || hy == NULL)
@@ -50,6 +317,7 @@ main(void)
         if (hy[i] != mms_rescale_1((float)hx[i], 0.3f, -1000.25f))
             wrong++;
     is_int(wrong, 0, "device results equal the host math bit for bit");
+    test_ops(s);
     cudaFree(dx);
     cudaFree(dy);
     cudaStreamDestroy(s);
