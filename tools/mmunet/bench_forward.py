@@ -26,6 +26,7 @@ times when that case failed (out of memory, ...); the other cases still run.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -73,8 +74,9 @@ def bench_cuda(args, torch, export, precisions, batches, json_fd):
             try:
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats(dev)
-                with torch.inference_mode(), torch.autocast("cuda", dtype=dtype or torch.float32,
-                                                             enabled=dtype is not None):
+                cast = (torch.autocast("cuda", dtype=dtype) if dtype is not None
+                        else contextlib.nullcontext())
+                with torch.inference_mode(), cast:
                     for i in range(2 + args.runs):
                         start = torch.cuda.Event(enable_timing=True)
                         end = torch.cuda.Event(enable_timing=True)
