@@ -40,7 +40,7 @@ struct mms_jobs {
     /* the model file and how to open it again on SIGHUP */
     char *model_path;
     const char *backend;
-    int device, threads;
+    int device, precision, threads;
     struct stat model_st;   /* of the file the engine was loaded from */
     struct mms_engine next; /* loaded on SIGHUP, waiting for the running jobs to end */
     bool swap_pending;
@@ -415,7 +415,8 @@ mms_jobs_reload_model(struct mms_jobs *J, const char *model)
     if (same_path && same_file(&st, &J->model_st) && J->engine_ok)
         return; /* unchanged */
     struct mms_engine e;
-    if (mms_engine_open(model, J->backend, J->device, J->threads, &e, why, sizeof why) < 0) {
+    if (mms_engine_open(model, J->backend, J->device, J->precision, J->threads, &e, why,
+                        sizeof why) < 0) {
         mms_engine_close(&e);
         mms_log(MMS_LOG_ERR, "reload: %s; keeping the %s", why,
                 J->engine_ok ? "running model" : "queue waiting");
@@ -504,6 +505,7 @@ mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sched,
     J->wo.seg_description = J->description;
     J->backend = backend; /* a static string */
     J->device = (int)cfg->infer.device;
+    J->precision = (int)cfg->infer.precision;
     J->threads = (int)cfg->infer.threads;
     if ((J->model_path = strdup(cfg->infer.model)) == NULL) {
         free_jobs(J);
@@ -514,8 +516,9 @@ mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sched,
 
     char ewhy[1024];
     double t0 = mms_mono_s();
-    if (mms_engine_open(cfg->infer.model, backend, (int)cfg->infer.device, (int)cfg->infer.threads,
-                        &J->engine, ewhy, sizeof ewhy) == 0) {
+    if (mms_engine_open(cfg->infer.model, backend, (int)cfg->infer.device,
+                        (int)cfg->infer.precision, (int)cfg->infer.threads, &J->engine, ewhy,
+                        sizeof ewhy) == 0) {
         J->engine_ok = true;
         const struct mms_card *card = mms_model_card(J->engine.model);
         mms_log(MMS_LOG_NOTICE, "model %s %s (%s), sha256 %s, on %s; loaded in %.2f s", card->name,

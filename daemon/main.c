@@ -62,13 +62,18 @@ static const struct command commands[] = {
      "  -h, --help          show this help\n",
      cmd_check_config},
     {"model-info", "check a model file and print its card, size and SHA-256",
-     "FILE\n"
+     "[-c FILE] [--backend NAME] [--precision P] FILE\n"
      "\n"
      "Checks FILE against every rule of the model format (mmunet.md 4.3: header, tensors,\n"
-     "values, card, tensor names and shapes). Exit 0 with the model card, the line\n"
-     "'tensors: N, parameters: P, bytes: B' and the line 'sha256: HEX' (the model ID) on\n"
-     "standard output when it is valid; exit 1 and the reason on standard error when not.\n"
+     "values, card, tensor names and shapes) and opens the backend [infer] backend names.\n"
+     "Exit 0 with the model card, the line 'backend: NAME' (for cuda: ', device N,\n"
+     "precision P'), the line 'tensors: N, parameters: P, bytes: B' and the line\n"
+     "'sha256: HEX' (the model ID) on standard output when it is valid and the backend\n"
+     "starts; exit 1 and the reason on standard error when not.\n"
      "\n"
+     "  -c, --config FILE   take [infer] from FILE (default: built-in ones)\n"
+     "  --backend NAME      auto, cpu or cuda ([infer] backend)\n"
+     "  --precision P       fp32, fp16 or bf16 convolutions on CUDA ([infer] precision)\n"
      "  -h, --help          show this help\n",
      cmd_model_info},
     {"status", "show the series the daemon received, their states and reasons",
@@ -121,6 +126,7 @@ static const struct command commands[] = {
      "  --nifti DIR           where the label volumes go (created if needed)\n"
      "  --model FILE          the model file ([infer] model)\n"
      "  --backend NAME        auto, cpu or cuda ([infer] backend)\n"
+     "  --precision P         fp32, fp16 or bf16 convolutions on CUDA ([infer] precision)\n"
      "  --threads N           CPU threads, 0 = all cores ([infer] threads)\n"
      "  --tta yes|no          mirroring test-time augmentation ([infer] tta)\n"
      "  --tile-step X         tile overlap step as a fraction of the tile ([infer] tile_step)\n"
@@ -192,12 +198,15 @@ bad_option(const struct command *c, int ch, char **argv)
 }
 
 /* The options commands take; each command says which of them it accepts. */
-#define OPT_CONFIG 0x1  /* -c, --config FILE */
-#define OPT_JSON 0x2    /* --json */
-#define OPT_NIFTI 0x4   /* --nifti DIR */
-#define OPT_INFER 0x8   /* --model, --backend, --threads, --tta, --tile-step, --max-memory-mb */
-#define OPT_OUTPUT 0x10 /* -o, --output DIR */
-#define OPT_DEAD 0x20   /* --dead */
+#define OPT_CONFIG 0x1 /* -c, --config FILE */
+#define OPT_JSON 0x2   /* --json */
+#define OPT_NIFTI 0x4  /* --nifti DIR */
+#define OPT_INFER                                                                                  \
+    0x8                  /* --model, --backend, --precision, --threads, --tta, --tile-step,        \
+                            --max-memory-mb */
+#define OPT_OUTPUT 0x10  /* -o, --output DIR */
+#define OPT_DEAD 0x20    /* --dead */
+#define OPT_BACKEND 0x40 /* --backend, --precision (also in OPT_INFER) */
 
 struct cli_opts {
     const char *config; /* NULL when not given */
@@ -205,7 +214,8 @@ struct cli_opts {
     bool dead;
     const char *nifti;
     const char *output;
-    const char *model, *backend, *threads, *tta, *tile_step, *max_memory_mb; /* OPT_INFER */
+    const char *model, *threads, *tta, *tile_step, *max_memory_mb; /* OPT_INFER */
+    const char *backend, *precision;                               /* OPT_BACKEND or OPT_INFER */
 };
 
 /* Parse the options of c that `allowed` lets it take (and --help); optind ends at the first
@@ -221,6 +231,7 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
         {"output", required_argument, NULL, 'o'},
         {"model", required_argument, NULL, 'M'},
         {"backend", required_argument, NULL, 'B'},
+        {"precision", required_argument, NULL, 'P'},
         {"threads", required_argument, NULL, 'T'},
         {"tta", required_argument, NULL, 'A'},
         {"tile-step", required_argument, NULL, 'S'},
@@ -253,8 +264,10 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
             o->output = optarg;
         else if (ch == 'M' && (allowed & OPT_INFER))
             o->model = optarg;
-        else if (ch == 'B' && (allowed & OPT_INFER))
+        else if (ch == 'B' && (allowed & (OPT_INFER | OPT_BACKEND)))
             o->backend = optarg;
+        else if (ch == 'P' && (allowed & (OPT_INFER | OPT_BACKEND)))
+            o->precision = optarg;
         else if (ch == 'T' && (allowed & OPT_INFER))
             o->threads = optarg;
         else if (ch == 'A' && (allowed & OPT_INFER))
@@ -356,7 +369,7 @@ cmd_model_info(int argc, char **argv)
     int rc;
 
     struct cli_opts o;
-    if ((rc = parse_opts(c, argc, argv, 0, &o)) >= 0)
+    if ((rc = parse_opts(c, argc, argv, OPT_CONFIG | OPT_BACKEND, &o)) >= 0)
         return rc;
     if (optind >= argc) {
         fprintf(stderr, "mmsegd %s: a model FILE is required\n", c->name);
@@ -368,17 +381,55 @@ cmd_model_info(int argc, char **argv)
         command_usage(c, stderr);
         return EXIT_USAGE;
     }
+    struct mms_config *cfg = NULL;
+    rc = o.config != NULL ? load_config(o.config, &cfg) : mms_config_defaults(&cfg);
+    if (rc != 0) {
+        if (o.config == NULL)
+            fprintf(stderr, "mmsegd %s: %s\n", c->name, mms_strerror(rc));
+        return o.config != NULL ? rc : EXIT_FAILURE;
+    }
+    const char *set[][2] = {{"backend", o.backend}, {"precision", o.precision}};
+    for (size_t i = 0; i < sizeof set / sizeof set[0]; i++)
+        if (set[i][1] != NULL &&
+            mms_config_set(cfg, "infer", set[i][0], set[i][1], why, sizeof why) < 0) {
+            fprintf(stderr, "mmsegd %s: %s\n", c->name, why);
+            mms_config_free(cfg);
+            return EXIT_USAGE;
+        }
     rc = mms_model_load(argv[optind], &m, why, sizeof why);
     if (rc < 0) {
         fprintf(stderr, "mmsegd: model-info: %s\n", why);
+        mms_config_free(cfg);
         return EXIT_FAILURE;
     }
+    /* The backend the daemon would run the model on. */
+    struct mms_work_opts wo;
+    const char *bname;
+    mms_work_opts_from_config(cfg, &wo, &bname);
+    struct mms_backend_params bp = {.threads = (int)cfg->infer.threads,
+                                    .device = (int)cfg->infer.device,
+                                    .precision = (int)cfg->infer.precision};
+    struct mms_backend *be = NULL;
+    mms_config_free(cfg);
+    if ((rc = mms_backend_open(bname, &bp, &be)) < 0) {
+        fprintf(stderr, "mmsegd: model-info: backend %s: %s\n", bname, mms_strerror(rc));
+        mms_model_free(m);
+        return EXIT_FAILURE;
+    }
+    char backend_line[128];
+    if (strcmp(mms_backend_name(be), "cpu") == 0)
+        snprintf(backend_line, sizeof backend_line, "backend: cpu");
+    else
+        snprintf(backend_line, sizeof backend_line, "backend: %s, device %d, precision %s",
+                 mms_backend_name(be), bp.device, mms_precision_name(bp.precision));
+    mms_backend_free(be);
     card = mms_model_card(m);
     /* Indented for reading; a card cJSON cannot read (NaN in provenance) is shown as stored. */
     json = cJSON_Parse(card->json);
     if (json != NULL)
         text = cJSON_Print(json);
     printf("%s\n", text != NULL ? text : card->json);
+    printf("%s\n", backend_line);
     printf("tensors: %d, parameters: %lld, bytes: %lld\n", mms_model_tensor_count(m),
            (long long)mms_model_param_count(m),
            (long long)mms_model_param_count(m) * (long long)sizeof(float));
@@ -453,9 +504,13 @@ cmd_segment(int argc, char **argv)
             fprintf(stderr, "mmsegd %s: %s\n", c->name, mms_strerror(rc));
         return co.config != NULL ? rc : EXIT_FAILURE;
     }
-    const char *set[][2] = {{"model", co.model},         {"backend", co.backend},
-                            {"threads", co.threads},     {"tta", co.tta},
-                            {"tile_step", co.tile_step}, {"max_memory_mb", co.max_memory_mb}};
+    const char *set[][2] = {{"model", co.model},
+                            {"backend", co.backend},
+                            {"precision", co.precision},
+                            {"threads", co.threads},
+                            {"tta", co.tta},
+                            {"tile_step", co.tile_step},
+                            {"max_memory_mb", co.max_memory_mb}};
     for (size_t i = 0; i < sizeof set / sizeof set[0]; i++) {
         char why[512];
         if (set[i][1] != NULL &&
@@ -468,6 +523,7 @@ cmd_segment(int argc, char **argv)
     struct segment_opts o = {0};
     o.model = cfg->infer.model;
     o.device = (int)cfg->infer.device;
+    o.precision = (int)cfg->infer.precision;
     o.threads = (int)cfg->infer.threads;
     mms_work_opts_from_config(cfg, &o.wo, &o.backend);
     o.nifti_dir = co.nifti;

@@ -214,7 +214,8 @@ mms_segment(const char *const *paths, int n, const struct segment_opts *o, FILE 
     struct mms_engine e;
     struct mms_fileset fs;
     memset(&fs, 0, sizeof fs);
-    int rc = mms_engine_open(o->model, o->backend, o->device, o->threads, &e, why, why_len);
+    int rc = mms_engine_open(o->model, o->backend, o->device, o->precision, o->threads, &e, why,
+                             why_len);
     if (rc < 0)
         goto out;
     const struct mms_card *card = mms_model_card(e.model);
@@ -231,6 +232,9 @@ mms_segment(const char *const *paths, int n, const struct segment_opts *o, FILE 
         cJSON_AddStringToObject(root, "model", o->model);
         cJSON_AddStringToObject(root, "model_sha256", mms_model_sha256(e.model));
         cJSON_AddStringToObject(root, "backend", mms_backend_name(e.be));
+        cJSON_AddStringToObject(
+            root, "precision",
+            strcmp(mms_backend_name(e.be), "cpu") == 0 ? "fp32" : mms_precision_name(o->precision));
         arr = cJSON_AddArrayToObject(root, "series");
     }
     int failed = 0, done = 0;

@@ -12,6 +12,7 @@ struct segment_opts {
     const char *model;       /* model file */
     const char *backend;     /* "auto", "cpu" or "cuda" */
     int device, threads;     /* CUDA device; CPU threads (0 = all) */
+    int precision;           /* enum mms_precision (CUDA convolutions) */
     struct mms_work_opts wo; /* volume, pipeline and SEG settings (no paths) */
     const char *nifti_dir;   /* write each label volume here as NIfTI, or NULL */
     const char *seg_dir;     /* write each SEG here, or NULL */

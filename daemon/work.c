@@ -12,7 +12,7 @@
 #include "common/uid.h"
 
 int
-mms_engine_open(const char *model, const char *backend, int device, int threads,
+mms_engine_open(const char *model, const char *backend, int device, int precision, int threads,
                 struct mms_engine *e, char *why, size_t why_len)
 {
     memset(e, 0, sizeof *e);
@@ -20,9 +20,12 @@ mms_engine_open(const char *model, const char *backend, int device, int threads,
     int rc = mms_model_load(model, &e->model, mwhy, sizeof mwhy);
     if (rc < 0)
         return mms_why(why, why_len, rc, "model %s: %s", model, mwhy);
-    struct mms_backend_params bp = {.threads = threads, .device = device};
+    struct mms_backend_params bp = {.threads = threads, .device = device, .precision = precision};
     if ((rc = mms_backend_open(backend, &bp, &e->be)) < 0)
         return mms_why(why, why_len, rc, "backend %s: %s", backend, mms_strerror(rc));
+    if (precision != MMS_PRECISION_FP32 && strcmp(mms_backend_name(e->be), "cpu") == 0)
+        mms_log(MMS_LOG_NOTICE, "precision %s applies to the CUDA backend; the CPU runs fp32",
+                mms_precision_name(precision));
     const struct mms_card *card = mms_model_card(e->model);
     if ((rc = mms_net_new(e->model, e->be, card->inf.patch, 0, &e->net)) < 0)
         return mms_why(why, why_len, rc, "model %s on backend %s: %s", model,

@@ -24,10 +24,12 @@ struct mms_engine {
     struct mms_net *net;
 };
 
-/* Load the model file and build its network on backend ("auto", "cpu", "cuda").
+/* Load the model file and build its network on backend ("auto", "cpu", "cuda") with the
+ * convolution precision (enum mms_precision: CUDA only; a NOTICE says when the CPU backend
+ * runs fp32 instead of what was asked).
  * Ownership: e's members are new; close with mms_engine_close() (also after a failure).
  * Returns 0, or the loader's or backend's code with why naming the model and backend. */
-int mms_engine_open(const char *model, const char *backend, int device, int threads,
+int mms_engine_open(const char *model, const char *backend, int device, int precision, int threads,
                     struct mms_engine *e, char *why, size_t why_len);
 void mms_engine_close(struct mms_engine *e);
 

@@ -151,7 +151,8 @@ enum mms_precision { MMS_PRECISION_FP32, MMS_PRECISION_FP16, MMS_PRECISION_BF16 
 struct mms_backend_params {
     int threads;   /* CPU threads; 0 = all online cores */
     int device;    /* GPU ordinal (CUDA) */
-    int precision; /* enum mms_precision (CUDA); 0 = fp32 */
+    int precision; /* enum mms_precision: convolutions on CUDA; the CPU runs fp32 whatever it
+                      says; 0 = fp32 */
 };
 
 /* Open a backend by name: "cpu", "cuda", or "auto" (CUDA when built and a device starts,

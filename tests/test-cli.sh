@@ -16,7 +16,7 @@ ok() { # ok STATUS DESCRIPTION
 }
 diag() { printf '%s\n' "$1" | sed 's/^/# /'; }
 
-echo "1..21"
+echo "1..25"
 
 out=$("$MMSEGD" --version); rc=$?
 [ $rc -eq 0 ] && [[ $out =~ ^mmsegd\ [0-9]+\.[0-9]+\.[0-9]+$ ]]; ok $? "--version: $out"
@@ -100,7 +100,24 @@ ok $? "model-info on a malformed file: exit 1 (got $rc) and the reason"
 "$MMSEGD" model-info >/dev/null 2>"$tmp/err"; rc=$?
 [ $rc -eq 2 ] && grep -qF "a model FILE is required" "$tmp/err"; ok $? "model-info without FILE exits 2 (got $rc)"
 out=$("$MMSEGD" help model-info); rc=$?
-[ $rc -eq 0 ] && [[ $out == "Usage: mmsegd model-info FILE"* ]]; ok $? "help model-info"
+[ $rc -eq 0 ] && [[ $out == "Usage: mmsegd model-info [-c FILE] [--backend NAME] [--precision P] FILE"* ]]
+ok $? "help model-info"
+
+# The backend model-info reports: the one [infer] backend opens (--backend, --precision
+# override the file); a bad value is a usage error naming the key.
+"$MMSEGD" model-info --backend cpu --precision bf16 "$demo" >"$tmp/info.out" 2>"$tmp/err"; rc=$?
+[ $rc -eq 0 ] && [ "$(tail -n 3 "$tmp/info.out" | head -1)" = "backend: cpu" ]
+ok $? "model-info --backend cpu --precision bf16: 'backend: cpu' (exit $rc)"
+[ $rc -eq 0 ] || diag "$(tail -n 3 "$tmp/info.out"; cat "$tmp/err")"
+printf '[infer]\nbackend = cpu\nprecision = fp16\n' >"$tmp/cpu.ini"
+"$MMSEGD" model-info -c "$tmp/cpu.ini" "$demo" >"$tmp/info.out" 2>"$tmp/err"; rc=$?
+[ $rc -eq 0 ] && grep -qx "backend: cpu" "$tmp/info.out"; ok $? "model-info -c FILE: its [infer] backend (exit $rc)"
+"$MMSEGD" model-info --backend gpu "$demo" >/dev/null 2>"$tmp/err"; rc=$?
+[ $rc -eq 2 ] && grep -qF "[infer] backend: 'gpu' is not one of auto, cpu, cuda" "$tmp/err"
+ok $? "model-info --backend gpu exits 2 (got $rc) naming the key"
+"$MMSEGD" segment --precision fp8 --nifti "$tmp/seg" "$tmp" >/dev/null 2>"$tmp/err"; rc=$?
+[ $rc -eq 2 ] && grep -qF "[infer] precision: 'fp8' is not one of fp32, fp16, bf16" "$tmp/err"
+ok $? "segment --precision fp8 exits 2 (got $rc) naming the key"
 
 # README command 2 is what CI runs, verbatim.
 readme_cmd=$(awk '/^```/ {f++; next} f == 1 && NF && !/^#/' "$srcdir/README.md" | sed -n 2p)

@@ -51,7 +51,7 @@ main(void)
     char longline[400];
     int rc;
 
-    plan(45, 30);
+    plan(49, 30);
     if (mkdtemp(dir) == NULL)
         return 1;
     snprintf(path, sizeof path, "%s/mmsegd.ini", dir);
@@ -69,6 +69,7 @@ main(void)
     ok(cfg->series.max_gap_ratio == 2.0, "default max_gap_ratio 2.0");
     is_int(cfg->series.max_voxels, 1000000000, "default max_voxels");
     ok(cfg->infer.tta, "default tta yes");
+    is_int(cfg->infer.precision, MMS_PRECISION_FP32, "default precision fp32");
     is_int(cfg->n_dests, 0, "no destinations by default");
     mms_config_free(cfg);
 
@@ -176,6 +177,19 @@ main(void)
     expect_error("bad regular expression", "[series]\ndescription_include = (abc\n",
                  "2: [series] description_include: not a POSIX extended regular expression: "
                  "Unmatched ( or \\(");
+    /* [infer] precision is live: each value loads, and names back the same way. */
+    rc = load("[infer]\nbackend = cuda\nprecision = bf16\n", &cfg);
+    ok(rc == 0 && cfg->infer.precision == MMS_PRECISION_BF16 &&
+           cfg->infer.backend == MMS_BACKEND_CUDA,
+       "precision = bf16 with backend = cuda loads");
+    mms_config_free(cfg);
+    ok(strcmp(mms_precision_name(MMS_PRECISION_FP32), "fp32") == 0 &&
+           strcmp(mms_precision_name(MMS_PRECISION_FP16), "fp16") == 0 &&
+           strcmp(mms_precision_name(MMS_PRECISION_BF16), "bf16") == 0 &&
+           strcmp(mms_precision_name(7), "?") == 0,
+       "mms_precision_name spells each precision as the file does");
+    expect_error("bad precision", "[infer]\nprecision = fp8\n",
+                 "2: [infer] precision: 'fp8' is not one of fp32, fp16, bf16");
     expect_error("unsupported key value", "[daemon]\nlog_level = info\n[infer]\nexport = fast\n",
                  "4: [infer] export: not supported yet (only the default 'exact' is accepted)");
 
