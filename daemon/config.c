@@ -70,6 +70,10 @@ static const struct cfg_key main_keys[] = {
     {"daemon", "log_level", T_ENUM, OFF(daemon.log_level), "info", 0, 0, log_levels, RELOAD},
     {"daemon", "workers", T_UINT, OFF(daemon.workers), "2", 1, 64, NULL, 0},
     {"daemon", "metrics_listen", T_STR, OFF(daemon.metrics_listen), "", 0, 0, NULL, 0},
+    {"daemon", "isolate", T_BOOL, OFF(daemon.isolate), "yes", 0, 0, NULL, 0},
+    {"daemon", "decode_max_memory_mb", T_UINT, OFF(daemon.decode_max_memory_mb), "8192", 0, UMAX,
+     NULL, 0},
+    {"daemon", "decode_timeout_s", T_UINT, OFF(daemon.decode_timeout_s), "600", 1, 86400, NULL, 0},
 
     {"scp", "ae_title", T_AE, OFF(scp.ae_title), "MMSEGD", 0, 0, NULL, 0},
     {"scp", "bind", T_STR, OFF(scp.bind), "0.0.0.0", 0, 0, NULL, 0},

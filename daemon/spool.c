@@ -1,5 +1,7 @@
 /* daemon/spool: tmp/ -> instances/ with fsync, rename, directory fsync and index commit
- * (design.md section 3). Threads: reentrant; the index serializes its own calls. */
+ * (design.md section 3). The header of each file is read in a sandbox child (sandbox.h), so
+ * that a reader crash on received data refuses that instance and nothing else.
+ * Threads: reentrant; the index serializes its own calls. */
 #include "daemon/spool.h"
 
 #include <dirent.h>
@@ -17,6 +19,7 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "common/sha256.h"
+#include "daemon/sandbox.h"
 #include "dicom/dicom.h"
 
 struct mms_spool {
@@ -25,7 +28,18 @@ struct mms_spool {
     struct mms_index *ix;
     mms_spool_notify_fn notify;
     void *ud;
+    struct mms_sandbox_limits lim; /* of the header reader's child */
 };
+
+/* What the header reader's child gives back, in the shared mapping. */
+struct header_out {
+    int rc;
+    struct mms_header h;
+    char digest[65];
+    char why[512];
+};
+
+#define HEADER_TIMEOUT_S 60
 
 int
 mms_spool_open(const char *state_dir, struct mms_index *ix, mms_spool_notify_fn notify, void *ud,
@@ -39,6 +53,9 @@ mms_spool_open(const char *state_dir, struct mms_index *ix, mms_spool_notify_fn 
     sp->ix = ix;
     sp->notify = notify;
     sp->ud = ud;
+    sp->lim = (struct mms_sandbox_limits){.max_memory = (size_t)MMS_SPOOL_DEFAULT_MEMORY_MB << 20,
+                                          .cpu_s = HEADER_TIMEOUT_S,
+                                          .timeout_ms = HEADER_TIMEOUT_S * 1000};
     snprintf(sp->tmp_dir, sizeof sp->tmp_dir, "%s/tmp", state_dir);
     snprintf(sp->inst_dir, sizeof sp->inst_dir, "%s/instances", state_dir);
     snprintf(sp->quarantine_dir, sizeof sp->quarantine_dir, "%s/quarantine", state_dir);
@@ -78,6 +95,14 @@ const char *
 mms_spool_tmp_dir(const struct mms_spool *sp)
 {
     return sp->tmp_dir;
+}
+
+void
+mms_spool_set_limits(struct mms_spool *sp, size_t max_memory, unsigned timeout_s)
+{
+    sp->lim.max_memory = max_memory;
+    sp->lim.cpu_s = timeout_s;
+    sp->lim.timeout_ms = timeout_s * 1000;
 }
 
 int64_t
@@ -121,6 +146,54 @@ fill_row(const struct mms_header *h, const char *digest, const char *rel, int64_
     snprintf(r->source, sizeof r->source, "%s", source);
 }
 
+/* In the child: read the header and digest of the file at arg into shm. */
+static int
+header_child(void *arg, void *shm, size_t len)
+{
+    struct header_out *o = shm;
+    (void)len;
+    o->rc = mms_header_read_digest(arg, &o->h, o->digest, o->why, sizeof o->why);
+    if (o->rc == 0 && mms_sandbox_test_crash("header", o->h.sop_instance))
+        mms_sandbox_crash_now();
+    return o->rc;
+}
+
+/* mms_header_read_digest() in a sandbox child. A child that does not return (crash, timeout,
+ * memory ceiling, blocked system call) refuses the instance (MMS_EDICOM); a file received on
+ * the network is then quarantined here (the drop folder quarantines its own original). */
+static int
+read_header(struct mms_spool *sp, const char *tmp_path, const char *source, struct mms_header *h,
+            char digest[65], char *why, size_t why_len)
+{
+    struct header_out *o = mms_sandbox_shm_new(sizeof *o);
+    if (o == NULL)
+        return mms_why(why, why_len, MMS_ENOMEM, "header reader: out of memory");
+    struct mms_sandbox_result res;
+    int rc = mms_sandbox_run(header_child, (void *)tmp_path, o, sizeof *o, &sp->lim, &res);
+    if (rc == 0 && res.outcome == MMS_SANDBOX_NOTSTART) {
+        rc = mms_why(why, why_len, res.fn_rc, "header reader: %s", res.what);
+    } else if (rc == 0 && res.outcome != MMS_SANDBOX_OK) {
+        char reason[256];
+        snprintf(reason, sizeof reason, "header parser %s", res.what);
+        int q = 0;
+        if (strncmp(source, "drop:", 5) != 0)
+            q = mms_spool_quarantine(sp, tmp_path, source, reason);
+        mms_log(MMS_LOG_ERR, "%s: %s%s", source, reason,
+                strncmp(source, "drop:", 5) == 0 ? ""
+                : q == 0                         ? "; the file is quarantined"
+                                                 : "; the file could not be quarantined");
+        rc = mms_why(why, why_len, MMS_EDICOM, "%s", reason);
+    } else if (rc == 0 && (rc = o->rc) < 0) {
+        mms_why(why, why_len, rc, "%s", o->why);
+    } else if (rc == 0) {
+        *h = o->h;
+        memcpy(digest, o->digest, 65);
+        digest[64] = '\0';
+    }
+    mms_sandbox_shm_free(o, sizeof *o);
+    return rc;
+}
+
 /* Everything but the removal of tmp_path on failure. */
 static int
 ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool derive,
@@ -132,7 +205,7 @@ ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool deri
         return mms_why(why, why_len, rc, "fsync: %s", mms_strerror(rc));
     char digest[65];
     struct mms_header h;
-    if ((rc = mms_header_read_digest(tmp_path, &h, digest, reason, sizeof reason)) < 0)
+    if ((rc = read_header(sp, tmp_path, source, &h, digest, reason, sizeof reason)) < 0)
         return mms_why(why, why_len, rc, "%s", reason);
     if (mms_sop_class_is_dicomdir(h.media_class) || mms_sop_class_is_dicomdir(h.sop_class))
         return mms_why(why, why_len, MMS_EDICOM, "a DICOMDIR, not an instance");
