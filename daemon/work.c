@@ -3,6 +3,7 @@
  * Threads: any. */
 #include "daemon/work.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -196,6 +197,7 @@ mms_work_write_seg(const struct mms_model *m, const char *const *paths, const st
  * volume's arrays at the offsets of struct vol_layout. */
 struct vol_head {
     int rc;
+    int crashed_file; /* the file the crashing thread was decoding, or -1 */
     char why[1024];
     struct mms_volume v; /* its scalars; the pointers are the child's */
 };
@@ -265,11 +267,25 @@ plan_layout(const struct mms_header *h, int n, uint64_t max_voxels, struct vol_l
     return 0;
 }
 
+/* In the child: the file each decoding thread is on, and where a crash handler records it. */
+static __thread int cur_file = -1;
+static int *crashed_file;
+
+/* In the child, on the crashing thread: note its file, then end as the signal would have. */
+static void
+on_crash(int sig)
+{
+    if (crashed_file != NULL)
+        *crashed_file = cur_file;
+    raise(sig); /* SA_RESETHAND: the default action now */
+}
+
 /* In the child, on a decoding thread: the file's state, for the reason of a crash. */
 static void
 on_file(void *arg, int file, bool done)
 {
     struct vol_arg *a = arg;
+    cur_file = done ? -1 : file;
     __atomic_store_n(a->shm + a->L.state_at + file, done ? FILE_DONE : FILE_DECODING,
                      __ATOMIC_RELEASE);
     if (!done && mms_sandbox_test_crash("decode", a->h[file].sop_instance))
@@ -285,6 +301,16 @@ vol_child(void *arg, void *shm, size_t len)
     struct mms_volume *v = NULL;
     (void)len;
     a->shm = shm;
+    hd->crashed_file = -1;
+    crashed_file = &hd->crashed_file;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_crash;
+    sa.sa_flags = SA_RESETHAND | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    static const int sigs[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        (void)sigaction(sigs[i], &sa, NULL); /* without it, the reason names fewer files */
     a->o.on_file = on_file;
     a->o.on_file_arg = a;
     int rc = mms_volume_build(a->paths, a->h, a->n, &a->o, &v, hd->why, sizeof hd->why);
@@ -371,12 +397,16 @@ mms_work_volume(const char *const *paths, const struct mms_header *h, int n,
     } else {
         const unsigned char *state = shm + a.L.state_at;
         int at = -1, busy = 0;
-        for (int i = 0; i < n; i++)
-            if (__atomic_load_n(&state[i], __ATOMIC_ACQUIRE) == FILE_DECODING) {
-                busy++;
-                if (at < 0)
-                    at = i;
-            }
+        if (res.outcome == MMS_SANDBOX_CRASHED && hd->crashed_file >= 0 && hd->crashed_file < n) {
+            at = hd->crashed_file; /* the crashing thread's own file */
+        } else {
+            for (int i = 0; i < n; i++)
+                if (__atomic_load_n(&state[i], __ATOMIC_ACQUIRE) == FILE_DECODING) {
+                    busy++;
+                    if (at < 0)
+                        at = i;
+                }
+        }
         if (at >= 0)
             rc = mms_why(why, why_len, MMS_EDICOM, "series %s: decoder %s on %s%s", series,
                          res.what, paths[at], busy > 1 ? " (or a file decoded beside it)" : "");
