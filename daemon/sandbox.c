@@ -20,7 +20,8 @@
  * hang into a failed instance or job: the daemon does not hang with it.
  *
  * The child, right after fork(): signals back to their defaults and unblocked (the daemon's
- * handlers, if any, are not run in it), PR_SET_PDEATHSIG SIGKILL (it dies with the daemon),
+ * handlers, if any, are not run in it), PR_SET_PDEATHSIG SIGKILL (it dies with the daemon;
+ * a pool worker, which outlives the thread that forked it, ends when its socket closes),
  * every descriptor above 2 closed (the daemon's sockets, database, other children's pipes),
  * RLIMIT_CORE 0, RLIMIT_NOFILE 64, RLIMIT_CPU, and RLIMIT_AS = the address space it inherits
  * plus max_memory (the limit is on growth: the daemon's own mappings, its model, a CUDA
@@ -62,6 +63,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -105,6 +107,7 @@ struct ctl {
     _Atomic int state; /* STATE_* */
     int fn_rc;
     long syscall_nr;
+    int retiring; /* a pool worker that ends after this request (its CPU time is spent) */
 };
 enum { STATE_RUNNING, STATE_RETURNED, STATE_SYSCALL };
 
@@ -296,11 +299,15 @@ vm_bytes(void)
     return (size_t)pages * (size_t)(page > 0 ? page : 4096);
 }
 
+/* Close every descriptor above 2 but keep (-1: none). */
 static void
-close_from_3(void)
+close_from_3(int keep)
 {
 #ifdef SYS_close_range
-    if (syscall(SYS_close_range, 3U, ~0U, 0U) == 0)
+    if (keep < 3 && syscall(SYS_close_range, 3U, ~0U, 0U) == 0)
+        return;
+    if (keep >= 3 && (keep == 3 || syscall(SYS_close_range, 3U, (unsigned)keep - 1, 0U) == 0) &&
+        syscall(SYS_close_range, (unsigned)keep + 1, ~0U, 0U) == 0)
         return;
 #endif
     struct rlimit rl;
@@ -308,7 +315,8 @@ close_from_3(void)
                    ? (long)rl.rlim_cur
                    : 65536;
     for (long fd = 3; fd < top; fd++)
-        close((int)fd);
+        if (fd != keep)
+            close((int)fd);
 }
 
 static void
@@ -321,7 +329,7 @@ set_limit(int resource, rlim_t soft, rlim_t hard)
 /* Never returns. */
 static void
 child_main(mms_sandbox_fn fn, void *arg, void *shm, size_t shm_len,
-           const struct mms_sandbox_limits *lim, struct ctl *ctl, pid_t parent)
+           const struct mms_sandbox_limits *lim, struct ctl *ctl, pid_t parent, int keep_fd)
 {
     child_ctl = ctl;
     static const int sigs[] = {SIGSEGV, SIGBUS,  SIGILL, SIGFPE, SIGABRT, SIGXCPU,
@@ -331,9 +339,12 @@ child_main(mms_sandbox_fn fn, void *arg, void *shm, size_t shm_len,
     sigset_t none;
     sigemptyset(&none);
     pthread_sigmask(SIG_SETMASK, &none, NULL);
-    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+    /* PR_SET_PDEATHSIG fires when the forking thread ends: right for a one-shot child, whose
+       thread waits for it; a pool worker outlives the thread that started it and ends
+       instead when its socket reads end of file (the daemon gone) */
+    if ((keep_fd < 0 && prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) || getppid() != parent)
         _exit(126);
-    close_from_3();
+    close_from_3(keep_fd);
 
     set_limit(RLIMIT_CORE, 0, 0);
     set_limit(RLIMIT_NOFILE, CHILD_NOFILE, CHILD_NOFILE);
@@ -466,48 +477,12 @@ wait_until(pid_t pid, double deadline, int *st)
     return true;
 }
 
-int
-mms_sandbox_run(mms_sandbox_fn fn, void *arg, void *shm, size_t shm_len,
-                const struct mms_sandbox_limits *lim, struct mms_sandbox_result *res)
+/* How the child ended: its wait status st (timed_out: killed by us), its control block. */
+static void
+map_end(int st, bool timed_out, const struct ctl *ctl, const struct mms_sandbox_limits *lim,
+        struct mms_sandbox_result *res)
 {
-    if (fn == NULL || res == NULL || lim == NULL)
-        return MMS_EINVAL;
-    memset(res, 0, sizeof *res);
-    if (!mms_sandbox_enabled()) {
-        res->fn_rc = fn(arg, shm, shm_len);
-        res->outcome = MMS_SANDBOX_OK;
-        snprintf(res->what, sizeof res->what, "ok (not isolated)");
-        return 0;
-    }
-    struct ctl *ctl = mms_sandbox_shm_new(sizeof *ctl);
-    if (ctl == NULL) {
-        res->outcome = MMS_SANDBOX_NOTSTART;
-        res->fn_rc = MMS_ENOMEM;
-        snprintf(res->what, sizeof res->what, "not started: %s", mms_strerror(MMS_ENOMEM));
-        return 0;
-    }
-    pthread_once(&env_once, read_env); /* the child only reads what the parent read */
-    double deadline = lim->timeout_ms > 0 ? mms_mono_s() + lim->timeout_ms / 1000.0 : 0;
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    if (pid == 0)
-        child_main(fn, arg, shm, shm_len, lim, ctl, parent);
-    if (pid < 0) {
-        res->outcome = MMS_SANDBOX_NOTSTART;
-        res->fn_rc = mms_err_errno();
-        snprintf(res->what, sizeof res->what, "not started: fork: %s", mms_strerror(res->fn_rc));
-        mms_sandbox_shm_free(ctl, sizeof *ctl);
-        return 0;
-    }
-    int st = 0;
-    bool timed_out = false;
-    if (!wait_until(pid, deadline, &st)) {
-        timed_out = true;
-        kill(pid, SIGKILL);
-        while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-            ;
-    }
-    int state = atomic_load(&ctl->state);
+    int state = atomic_load(&((struct ctl *)ctl)->state);
     if (timed_out) {
         res->outcome = MMS_SANDBOX_TIMEOUT;
         snprintf(res->what, sizeof res->what, "timed out after %u s",
@@ -548,6 +523,297 @@ mms_sandbox_run(mms_sandbox_fn fn, void *arg, void *shm, size_t shm_len,
         res->status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
         snprintf(res->what, sizeof res->what, "exited with status %d", res->status);
     }
+}
+
+int
+mms_sandbox_run(mms_sandbox_fn fn, void *arg, void *shm, size_t shm_len,
+                const struct mms_sandbox_limits *lim, struct mms_sandbox_result *res)
+{
+    if (fn == NULL || res == NULL || lim == NULL)
+        return MMS_EINVAL;
+    memset(res, 0, sizeof *res);
+    if (!mms_sandbox_enabled()) {
+        res->fn_rc = fn(arg, shm, shm_len);
+        res->outcome = MMS_SANDBOX_OK;
+        snprintf(res->what, sizeof res->what, "ok (not isolated)");
+        return 0;
+    }
+    struct ctl *ctl = mms_sandbox_shm_new(sizeof *ctl);
+    if (ctl == NULL) {
+        res->outcome = MMS_SANDBOX_NOTSTART;
+        res->fn_rc = MMS_ENOMEM;
+        snprintf(res->what, sizeof res->what, "not started: %s", mms_strerror(MMS_ENOMEM));
+        return 0;
+    }
+    pthread_once(&env_once, read_env); /* the child only reads what the parent read */
+    double deadline = lim->timeout_ms > 0 ? mms_mono_s() + lim->timeout_ms / 1000.0 : 0;
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid == 0)
+        child_main(fn, arg, shm, shm_len, lim, ctl, parent, -1);
+    if (pid < 0) {
+        res->outcome = MMS_SANDBOX_NOTSTART;
+        res->fn_rc = mms_err_errno();
+        snprintf(res->what, sizeof res->what, "not started: fork: %s", mms_strerror(res->fn_rc));
+        mms_sandbox_shm_free(ctl, sizeof *ctl);
+        return 0;
+    }
+    int st = 0;
+    bool timed_out = false;
+    if (!wait_until(pid, deadline, &st)) {
+        timed_out = true;
+        kill(pid, SIGKILL);
+        while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
+            ;
+    }
+    map_end(st, timed_out, ctl, lim, res);
     mms_sandbox_shm_free(ctl, sizeof *ctl);
+    return 0;
+}
+
+/* -------------------------------------------------------------------------------- pools */
+struct slot {
+    pid_t pid; /* 0: no worker */
+    int fd;    /* the parent's end of the worker's socket pair */
+    unsigned served;
+    bool busy;
+    struct ctl *ctl;
+    void *shm;
+};
+
+struct mms_sandbox_pool {
+    mms_sandbox_fn fn;
+    size_t shm_len;
+    struct mms_sandbox_limits lim; /* of one request */
+    unsigned max_requests;
+    int n;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    struct slot *slots;
+};
+
+/* What a worker knows, in its own copy of the parent's memory. */
+struct worker {
+    mms_sandbox_fn fn;
+    int fd;
+    unsigned cpu_s;
+};
+
+/* In the worker: serve requests until the socket closes or the CPU time is spent. */
+static int
+worker_loop(void *arg, void *shm, size_t len)
+{
+    struct worker *w = arg;
+    for (;;) {
+        char c;
+        if (read(w->fd, &c, 1) != 1)
+            _exit(0);
+        atomic_store(&child_ctl->state, STATE_RUNNING);
+        child_ctl->fn_rc = w->fn(NULL, shm, len);
+        struct timespec ts;
+        child_ctl->retiring = w->cpu_s > 0 && clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts) == 0 &&
+                              ts.tv_sec >= (time_t)w->cpu_s;
+        atomic_store(&child_ctl->state, STATE_RETURNED);
+        if (write(w->fd, "d", 1) != 1 || child_ctl->retiring)
+            _exit(0);
+    }
+}
+
+static void
+retire(struct slot *s, bool kill_it)
+{
+    if (s->pid <= 0)
+        return;
+    if (kill_it)
+        kill(s->pid, SIGKILL);
+    close(s->fd);
+    while (waitpid(s->pid, NULL, 0) < 0 && errno == EINTR)
+        ;
+    s->pid = 0;
+    s->fd = -1;
+}
+
+static int
+spawn(struct mms_sandbox_pool *p, struct slot *s)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) != 0)
+        return mms_err_errno();
+    /* every request gets cpu_s: the worker ends itself once it has used that much, and its
+       limit is twice that */
+    struct mms_sandbox_limits wl = p->lim;
+    wl.cpu_s = p->lim.cpu_s > 0 ? 2 * p->lim.cpu_s : 0;
+    struct worker w = {.fn = p->fn, .fd = sv[1], .cpu_s = p->lim.cpu_s};
+    pthread_once(&env_once, read_env);
+    pid_t parent = getpid();
+    memset(s->ctl, 0, sizeof *s->ctl);
+    pid_t pid = fork();
+    if (pid == 0)
+        child_main(worker_loop, &w, s->shm, p->shm_len, &wl, s->ctl, parent, sv[1]);
+    int rc = pid < 0 ? mms_err_errno() : 0;
+    close(sv[1]);
+    if (rc < 0) {
+        close(sv[0]);
+        return rc;
+    }
+    s->pid = pid;
+    s->fd = sv[0];
+    s->served = 0;
+    return 0;
+}
+
+int
+mms_sandbox_pool_new(mms_sandbox_fn fn, size_t shm_len, int workers, unsigned max_requests,
+                     const struct mms_sandbox_limits *lim, struct mms_sandbox_pool **out)
+{
+    if (fn == NULL || shm_len == 0 || workers < 1 || lim == NULL || out == NULL)
+        return MMS_EINVAL;
+    struct mms_sandbox_pool *p = calloc(1, sizeof *p);
+    if (p == NULL || (p->slots = calloc((size_t)workers, sizeof *p->slots)) == NULL) {
+        free(p);
+        return MMS_ENOMEM;
+    }
+    p->fn = fn;
+    p->shm_len = shm_len;
+    p->lim = *lim;
+    p->lim.threads = false;
+    p->max_requests = max_requests;
+    p->n = workers;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    for (int i = 0; i < workers; i++) {
+        struct slot *s = &p->slots[i];
+        s->fd = -1;
+        s->ctl = mms_sandbox_shm_new(sizeof *s->ctl);
+        s->shm = mms_sandbox_shm_new(shm_len);
+        if (s->ctl == NULL || s->shm == NULL) {
+            mms_sandbox_pool_free(p);
+            return MMS_ENOMEM;
+        }
+    }
+    *out = p;
+    return 0;
+}
+
+void
+mms_sandbox_pool_free(struct mms_sandbox_pool *p)
+{
+    if (p == NULL)
+        return;
+    for (int i = 0; i < p->n; i++) {
+        retire(&p->slots[i], true);
+        mms_sandbox_shm_free(p->slots[i].ctl, sizeof *p->slots[i].ctl);
+        mms_sandbox_shm_free(p->slots[i].shm, p->shm_len);
+    }
+    pthread_cond_destroy(&p->cv);
+    pthread_mutex_destroy(&p->mu);
+    free(p->slots);
+    free(p);
+}
+
+/* One request on the worker of slot s (busy, ours); false when the worker was found gone
+   before it took the request (the caller starts another one and tries again). */
+static bool
+exchange(struct mms_sandbox_pool *p, struct slot *s, struct mms_sandbox_result *res)
+{
+    atomic_store(&s->ctl->state, STATE_RUNNING);
+    s->ctl->fn_rc = 0;
+    if (send(s->fd, "g", 1, MSG_NOSIGNAL) != 1) {
+        retire(s, true);
+        return false;
+    }
+    double deadline = p->lim.timeout_ms > 0 ? mms_mono_s() + p->lim.timeout_ms / 1000.0 : 0;
+    for (;;) {
+        struct pollfd pf = {.fd = s->fd, .events = POLLIN};
+        double left = deadline > 0 ? deadline - mms_mono_s() : 1.0;
+        if (deadline > 0 && left <= 0) {
+            kill(s->pid, SIGKILL);
+            int st = 0;
+            while (waitpid(s->pid, &st, 0) < 0 && errno == EINTR)
+                ;
+            map_end(st, true, s->ctl, &p->lim, res);
+            close(s->fd);
+            s->pid = 0;
+            s->fd = -1;
+            return true;
+        }
+        int k = poll(&pf, 1, left > 1.0 ? 1000 : (int)(left * 1000.0) + 1);
+        if (k <= 0)
+            continue;
+        char c;
+        ssize_t r = recv(s->fd, &c, 1, 0);
+        if (r == 1) { /* done */
+            map_end(0, false, s->ctl, &p->lim, res);
+            s->served++;
+            if (s->ctl->retiring || (p->max_requests > 0 && s->served >= p->max_requests))
+                retire(s, false);
+            return true;
+        }
+        if (r < 0 && errno == EINTR)
+            continue;
+        /* the worker ended during the request */
+        int st = 0;
+        while (waitpid(s->pid, &st, 0) < 0 && errno == EINTR)
+            ;
+        map_end(st, false, s->ctl, &p->lim, res);
+        close(s->fd);
+        s->pid = 0;
+        s->fd = -1;
+        return true;
+    }
+}
+
+int
+mms_sandbox_pool_run(struct mms_sandbox_pool *p, const void *req, size_t req_len, void *resp,
+                     size_t resp_len, struct mms_sandbox_result *res)
+{
+    if (p == NULL || res == NULL || req_len > p->shm_len || resp_len > p->shm_len ||
+        (req_len > 0 && req == NULL) || (resp_len > 0 && resp == NULL))
+        return MMS_EINVAL;
+    memset(res, 0, sizeof *res);
+    pthread_mutex_lock(&p->mu);
+    struct slot *s = NULL;
+    while (s == NULL) {
+        for (int i = 0; i < p->n && s == NULL; i++)
+            if (!p->slots[i].busy)
+                s = &p->slots[i];
+        if (s == NULL)
+            pthread_cond_wait(&p->cv, &p->mu);
+    }
+    s->busy = true;
+    pthread_mutex_unlock(&p->mu);
+
+    if (req_len > 0)
+        memcpy(s->shm, req, req_len);
+    if (!mms_sandbox_enabled()) {
+        res->fn_rc = p->fn(NULL, s->shm, p->shm_len);
+        res->outcome = MMS_SANDBOX_OK;
+        snprintf(res->what, sizeof res->what, "ok (not isolated)");
+    } else {
+        bool done = false;
+        for (int attempt = 0; attempt < 2 && !done; attempt++) {
+            int rc = s->pid > 0 ? 0 : spawn(p, s);
+            if (rc < 0) {
+                res->outcome = MMS_SANDBOX_NOTSTART;
+                res->fn_rc = rc;
+                snprintf(res->what, sizeof res->what, "not started: fork: %s", mms_strerror(rc));
+                done = true;
+            } else {
+                done = exchange(p, s, res);
+            }
+        }
+        if (!done) {
+            res->outcome = MMS_SANDBOX_NOTSTART;
+            res->fn_rc = MMS_EIO;
+            snprintf(res->what, sizeof res->what, "not started: the worker ends at once");
+        }
+    }
+    if (res->outcome == MMS_SANDBOX_OK && resp_len > 0)
+        memcpy(resp, s->shm, resp_len);
+
+    pthread_mutex_lock(&p->mu);
+    s->busy = false;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
     return 0;
 }

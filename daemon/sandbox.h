@@ -70,6 +70,27 @@ void mms_sandbox_shm_free(void *p, size_t len);
 int mms_sandbox_run(mms_sandbox_fn fn, void *arg, void *shm, size_t shm_len,
                     const struct mms_sandbox_limits *lim, struct mms_sandbox_result *res);
 
+/* A pool of long-lived sandbox workers, for small requests where a fork per request would
+ * cost more than the work (a header read): each worker is a child as mms_sandbox_run()
+ * makes it (limits, filter; no threads), which serves requests one after another through
+ * its own shared area of shm_len bytes. A worker that crashes, times out or is blocked
+ * fails that request only and is replaced at the next one; one is also replaced after
+ * max_requests requests (0: never) and once it has used lim->cpu_s of CPU time (each request
+ * gets at least that much). Workers start on first use.
+ * Ownership: *out is new; free with mms_sandbox_pool_free() (NULL: no-op), which kills its
+ * workers. Returns 0, MMS_EINVAL, MMS_ENOMEM. Threads: any. */
+struct mms_sandbox_pool;
+int mms_sandbox_pool_new(mms_sandbox_fn fn, size_t shm_len, int workers, unsigned max_requests,
+                         const struct mms_sandbox_limits *lim, struct mms_sandbox_pool **out);
+void mms_sandbox_pool_free(struct mms_sandbox_pool *p);
+
+/* Run fn(NULL, area, shm_len) on a free worker (waiting for one): req (req_len bytes) is
+ * copied to the start of its area first, and on outcome OK the first resp_len bytes of the
+ * area are copied to resp. With isolation off, fn runs in the calling thread on the area.
+ * Returns 0 with *res as mms_sandbox_run() fills it, or MMS_EINVAL. Threads: any. */
+int mms_sandbox_pool_run(struct mms_sandbox_pool *p, const void *req, size_t req_len, void *resp,
+                         size_t resp_len, struct mms_sandbox_result *res);
+
 /* [daemon] isolate = no: mms_sandbox_run() calls fn in place. Threads: call before the
  * threads that use the sandbox start. */
 void mms_sandbox_set_enabled(bool on);

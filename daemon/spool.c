@@ -5,6 +5,7 @@
 #include "daemon/spool.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,15 +30,23 @@ struct mms_spool {
     mms_spool_notify_fn notify;
     void *ud;
     struct mms_sandbox_limits lim; /* of the header reader's child */
+    pthread_mutex_t pool_mu;
+    struct mms_sandbox_pool *pool; /* the header readers, started on first use */
 };
 
-/* What the header reader's child gives back, in the shared mapping. */
-struct header_out {
+/* A header reader's shared area: the path in, the header out. */
+struct header_io {
+    char path[4096];
     int rc;
     struct mms_header h;
     char digest[65];
     char why[512];
 };
+
+/* Header readers: a fork per file costs about as much as reading the header (a process with
+ * the toolkits' libraries mapped), so a few long-lived workers serve every file. */
+#define HEADER_WORKERS 4
+#define HEADER_REQUESTS 1000 /* per worker, then a fresh one */
 
 #define HEADER_TIMEOUT_S 60
 
@@ -53,6 +62,7 @@ mms_spool_open(const char *state_dir, struct mms_index *ix, mms_spool_notify_fn 
     sp->ix = ix;
     sp->notify = notify;
     sp->ud = ud;
+    pthread_mutex_init(&sp->pool_mu, NULL);
     sp->lim = (struct mms_sandbox_limits){.max_memory = (size_t)MMS_SPOOL_DEFAULT_MEMORY_MB << 20,
                                           .cpu_s = HEADER_TIMEOUT_S,
                                           .timeout_ms = HEADER_TIMEOUT_S * 1000};
@@ -87,6 +97,8 @@ mms_spool_close(struct mms_spool *sp)
 {
     if (sp == NULL)
         return;
+    mms_sandbox_pool_free(sp->pool);
+    pthread_mutex_destroy(&sp->pool_mu);
     free(sp->state_dir);
     free(sp);
 }
@@ -146,33 +158,47 @@ fill_row(const struct mms_header *h, const char *digest, const char *rel, int64_
     snprintf(r->source, sizeof r->source, "%s", source);
 }
 
-/* In the child: read the header and digest of the file at arg into shm. */
+/* In a worker: read the header and digest of the file named in the area. */
 static int
 header_child(void *arg, void *shm, size_t len)
 {
-    struct header_out *o = shm;
-    (void)len;
-    o->rc = mms_header_read_digest(arg, &o->h, o->digest, o->why, sizeof o->why);
-    if (o->rc == 0 && mms_sandbox_test_crash("header", o->h.sop_instance))
+    struct header_io *io = shm;
+    (void)arg, (void)len;
+    io->rc = mms_header_read_digest(io->path, &io->h, io->digest, io->why, sizeof io->why);
+    if (io->rc == 0 && mms_sandbox_test_crash("header", io->h.sop_instance))
         mms_sandbox_crash_now();
-    return o->rc;
+    return io->rc;
 }
 
-/* mms_header_read_digest() in a sandbox child. A child that does not return (crash, timeout,
- * memory ceiling, blocked system call) refuses the instance (MMS_EDICOM); a file received on
- * the network is then quarantined here (the drop folder quarantines its own original). */
+/* mms_header_read_digest() in a sandbox worker. A worker that does not return (crash,
+ * timeout, memory ceiling, blocked system call) refuses the instance (MMS_EDICOM); a file
+ * received on the network is then quarantined here (the drop folder quarantines its
+ * original). */
 static int
 read_header(struct mms_spool *sp, const char *tmp_path, const char *source, struct mms_header *h,
             char digest[65], char *why, size_t why_len)
 {
-    struct header_out *o = mms_sandbox_shm_new(sizeof *o);
-    if (o == NULL)
+    struct header_io *io = malloc(sizeof *io);
+    if (io == NULL)
         return mms_why(why, why_len, MMS_ENOMEM, "header reader: out of memory");
+    int rc = 0;
+    pthread_mutex_lock(&sp->pool_mu);
+    if (sp->pool == NULL)
+        rc = mms_sandbox_pool_new(header_child, sizeof *io, HEADER_WORKERS, HEADER_REQUESTS,
+                                  &sp->lim, &sp->pool);
+    pthread_mutex_unlock(&sp->pool_mu);
     struct mms_sandbox_result res;
-    int rc = mms_sandbox_run(header_child, (void *)tmp_path, o, sizeof *o, &sp->lim, &res);
-    if (rc == 0 && res.outcome == MMS_SANDBOX_NOTSTART) {
+    if (rc == 0 && strlen(tmp_path) >= sizeof io->path)
+        rc = MMS_ENAMETOOLONG;
+    if (rc == 0) {
+        snprintf(io->path, sizeof io->path, "%s", tmp_path);
+        rc = mms_sandbox_pool_run(sp->pool, io, sizeof io->path, io, sizeof *io, &res);
+    }
+    if (rc < 0) {
+        mms_why(why, why_len, rc, "header reader: %s", mms_strerror(rc));
+    } else if (res.outcome == MMS_SANDBOX_NOTSTART) {
         rc = mms_why(why, why_len, res.fn_rc, "header reader: %s", res.what);
-    } else if (rc == 0 && res.outcome != MMS_SANDBOX_OK) {
+    } else if (res.outcome != MMS_SANDBOX_OK) {
         char reason[256];
         snprintf(reason, sizeof reason, "header parser %s", res.what);
         int q = 0;
@@ -183,14 +209,14 @@ read_header(struct mms_spool *sp, const char *tmp_path, const char *source, stru
                 : q == 0                         ? "; the file is quarantined"
                                                  : "; the file could not be quarantined");
         rc = mms_why(why, why_len, MMS_EDICOM, "%s", reason);
-    } else if (rc == 0 && (rc = o->rc) < 0) {
-        mms_why(why, why_len, rc, "%s", o->why);
-    } else if (rc == 0) {
-        *h = o->h;
-        memcpy(digest, o->digest, 65);
+    } else if ((rc = io->rc) < 0) {
+        mms_why(why, why_len, rc, "%s", io->why);
+    } else {
+        *h = io->h;
+        memcpy(digest, io->digest, 65);
         digest[64] = '\0';
     }
-    mms_sandbox_shm_free(o, sizeof *o);
+    free(io);
     return rc;
 }
 

@@ -40,7 +40,8 @@ void mms_spool_close(struct mms_spool *sp);
 
 /* The limits of the child process that reads each file's header (sandbox.h): max_memory
  * bytes beyond what it inherits (0: none), timeout_s seconds of wall clock and of CPU.
- * Default: 8192 MB, 60 s. Threads: before the spool is used. */
+ * Default: 8192 MB, 60 s. Threads: before the first file is ingested (the readers start then
+ * and keep these limits). */
 void mms_spool_set_limits(struct mms_spool *sp, size_t max_memory, unsigned timeout_s);
 
 /* state_dir/tmp, where files are written before they are ingested. */

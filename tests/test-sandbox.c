@@ -218,6 +218,26 @@ many(void *arg)
     return NULL;
 }
 
+/* A pool worker's request: op 0 doubles x, 1 segfaults, 2 never ends; the pid answers. */
+struct preq {
+    int op, x;
+    pid_t pid;
+};
+
+static int
+fn_pool(void *arg, void *shm, size_t len)
+{
+    struct preq *q = shm;
+    (void)arg, (void)len;
+    if (q->op == 1)
+        return fn_segv(NULL, NULL, 0);
+    if (q->op == 2)
+        return fn_sleep(NULL, NULL, 0);
+    q->x *= 2;
+    q->pid = getpid();
+    return 0;
+}
+
 static struct mms_sandbox_result
 run(mms_sandbox_fn fn, void *arg, const struct mms_sandbox_limits *lim)
 {
@@ -232,7 +252,7 @@ run(mms_sandbox_fn fn, void *arg, const struct mms_sandbox_limits *lim)
 int
 main(void)
 {
-    plan(30, 180);
+    plan(36, 180);
     pid_t me = getpid();
     bool filter = strcmp(mms_sandbox_filter_name(), "seccomp") == 0;
     diag("filter: %s", mms_sandbox_filter_name());
@@ -342,6 +362,36 @@ main(void)
     for (int i = 0; i < 50; i++)
         mms_sandbox_run(fn_code, NULL, NULL, 0, &base, &r);
     diag("a child costs %.2f ms (50 runs)", (mms_mono_s() - t0) * 1000.0 / 50);
+
+    struct mms_sandbox_pool *pool = NULL;
+    lim = base;
+    lim.timeout_ms = 500;
+    is_int(mms_sandbox_pool_new(fn_pool, sizeof(struct preq), 2, 50, &lim, &pool), 0, "a pool");
+    bool all = true;
+    pid_t pids[120];
+    t0 = mms_mono_s();
+    for (int i = 0; i < 120; i++) {
+        struct preq q = {0, i, 0};
+        all = all && mms_sandbox_pool_run(pool, &q, sizeof q, &q, sizeof q, &r) == 0 &&
+              r.outcome == MMS_SANDBOX_OK && q.x == 2 * i && q.pid != me;
+        pids[i] = q.pid;
+    }
+    diag("a pool request costs %.3f ms (120 requests)", (mms_mono_s() - t0) * 1000.0 / 120);
+    ok(all && pids[0] == pids[49] && pids[49] != pids[50],
+       "120 requests answered; a worker serves 50, then another one takes over");
+    struct preq q = {1, 0, 0};
+    mms_sandbox_pool_run(pool, &q, sizeof q, &q, sizeof q, &r);
+    ok(r.outcome == MMS_SANDBOX_CRASHED && r.signo == SIGSEGV, "a request that crashes: crashed");
+    q = (struct preq){0, 21, 0};
+    mms_sandbox_pool_run(pool, &q, sizeof q, &q, sizeof q, &r);
+    ok(r.outcome == MMS_SANDBOX_OK && q.x == 42, "the next request: a new worker answers");
+    q = (struct preq){2, 0, 0};
+    mms_sandbox_pool_run(pool, &q, sizeof q, &q, sizeof q, &r);
+    ok(r.outcome == MMS_SANDBOX_TIMEOUT, "a request that never ends: timed out");
+    q = (struct preq){0, 5, 0};
+    mms_sandbox_pool_run(pool, &q, sizeof q, &q, sizeof q, &r);
+    ok(r.outcome == MMS_SANDBOX_OK && q.x == 10, "and the next one is answered");
+    mms_sandbox_pool_free(pool);
 
     mms_sandbox_set_enabled(false);
     r = run(fn_mark, NULL, &base);

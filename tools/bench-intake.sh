@@ -104,6 +104,7 @@ EOF2
     pid=
     if [ "$stored" -ne "$total" ]; then
         echo "bench-intake: mmsegd stored $stored of $total instances" >&2
+        grep -E " (err|warning): " "$work/mmsegd.log" | tail -5 >&2
         exit 1
     fi
 done
