@@ -75,6 +75,10 @@ static const struct cfg_key main_keys[] = {
      RELOAD},
     {"daemon", "quarantine_max_days", T_UINT, OFF(daemon.quarantine_max_days), "30", 0, 36500, NULL,
      RELOAD},
+    {"daemon", "isolate", T_BOOL, OFF(daemon.isolate), "yes", 0, 0, NULL, 0},
+    {"daemon", "decode_max_memory_mb", T_UINT, OFF(daemon.decode_max_memory_mb), "8192", 0, UMAX,
+     NULL, 0},
+    {"daemon", "decode_timeout_s", T_UINT, OFF(daemon.decode_timeout_s), "600", 1, 86400, NULL, 0},
 
     {"scp", "ae_title", T_AE, OFF(scp.ae_title), "MMSEGD", 0, 0, NULL, 0},
     {"scp", "bind", T_STR, OFF(scp.bind), "0.0.0.0", 0, 0, NULL, 0},

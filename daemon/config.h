@@ -43,8 +43,11 @@ struct mms_config {
         int log_level; /* enum mms_log_level */
         unsigned workers;
         char *metrics_listen;
-        unsigned quarantine_max_mb;   /* 0: no size bound */
-        unsigned quarantine_max_days; /* 0: no age bound */
+        unsigned quarantine_max_mb;    /* 0: no size bound */
+        unsigned quarantine_max_days;  /* 0: no age bound */
+        bool isolate;                  /* headers and decoding in sandbox children */
+        unsigned decode_max_memory_mb; /* their memory ceiling; 0: none */
+        unsigned decode_timeout_s;     /* a job's decoding (a header: at most 60 s) */
     } daemon;
     struct {
         char *ae_title;

@@ -195,12 +195,9 @@ read_series(struct mms_jobs *J, const char *series, struct files *f, struct mms_
         return rc;
     if ((*hdr = calloc((size_t)f->n, sizeof **hdr)) == NULL)
         return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
-    for (int i = 0; i < f->n; i++) {
-        char hwhy[512];
-        if ((rc = mms_header_read(f->paths[i], &(*hdr)[i], hwhy, sizeof hwhy)) < 0)
-            return mms_why(why, why_len, rc, "%s: %s", f->paths[i], hwhy);
-    }
-    return 0;
+    /* in a sandbox child, as every reading of received data */
+    return mms_work_headers((const char *const *)f->paths, f->n, &J->wo.decode_lim, *hdr, why,
+                            why_len);
 }
 
 static void

@@ -23,6 +23,7 @@
 #include "daemon/quarantine.h"
 #include "daemon/scheduler.h"
 #include "daemon/sender.h"
+#include "daemon/sandbox.h"
 #include "daemon/spool.h"
 #include "dicom/scp.h"
 
@@ -367,6 +368,14 @@ start_intake(struct daemon *d)
         mms_log(MMS_LOG_ERR, "spool: %s", why);
         return rc;
     }
+    mms_sandbox_set_enabled(c->daemon.isolate);
+    mms_spool_set_limits(d->spool, (size_t)c->daemon.decode_max_memory_mb << 20,
+                         c->daemon.decode_timeout_s < 60 ? c->daemon.decode_timeout_s : 60);
+    if (!c->daemon.isolate)
+        mms_log(MMS_LOG_WARNING, "isolate = no: headers and decoding run inside the daemon");
+    else if (strcmp(mms_sandbox_filter_name(), "seccomp") != 0)
+        mms_log(MMS_LOG_NOTICE, "isolation: child processes with limits, without a system call "
+                                "filter in this build (sanitizers)");
     struct mms_sched_opts so = {
         .stable_age_s = c->series.stable_age_s,
         .min_slices = c->series.min_slices,

@@ -1,8 +1,11 @@
 /* daemon/spool: tmp/ -> instances/ with fsync, rename, directory fsync and index commit
- * (design.md section 3). Threads: reentrant; the index serializes its own calls. */
+ * (design.md section 3). The header of each file is read in a sandbox child (sandbox.h), so
+ * that a reader crash on received data refuses that instance and nothing else.
+ * Threads: reentrant; the index serializes its own calls. */
 #include "daemon/spool.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -20,6 +23,7 @@
 #include "common/log.h"
 #include "common/sha256.h"
 #include "daemon/quarantine.h"
+#include "daemon/sandbox.h"
 #include "dicom/dicom.h"
 
 struct mms_spool {
@@ -28,7 +32,26 @@ struct mms_spool {
     struct mms_index *ix;
     mms_spool_notify_fn notify;
     void *ud;
+    struct mms_sandbox_limits lim; /* of the header reader's child */
+    pthread_mutex_t pool_mu;
+    struct mms_sandbox_pool *pool; /* the header readers, started on first use */
 };
+
+/* A header reader's shared area: the path in, the header out. */
+struct header_io {
+    char path[4096];
+    int rc;
+    struct mms_header h;
+    char digest[65];
+    char why[512];
+};
+
+/* Header readers: a fork per file costs about as much as reading the header (a process with
+ * the toolkits' libraries mapped), so a few long-lived workers serve every file. */
+#define HEADER_WORKERS 4
+#define HEADER_REQUESTS 1000 /* per worker, then a fresh one */
+
+#define HEADER_TIMEOUT_S 60
 
 int
 mms_spool_open(const char *state_dir, struct mms_index *ix, mms_spool_notify_fn notify, void *ud,
@@ -42,6 +65,10 @@ mms_spool_open(const char *state_dir, struct mms_index *ix, mms_spool_notify_fn 
     sp->ix = ix;
     sp->notify = notify;
     sp->ud = ud;
+    pthread_mutex_init(&sp->pool_mu, NULL);
+    sp->lim = (struct mms_sandbox_limits){.max_memory = (size_t)MMS_SPOOL_DEFAULT_MEMORY_MB << 20,
+                                          .cpu_s = HEADER_TIMEOUT_S,
+                                          .timeout_ms = HEADER_TIMEOUT_S * 1000};
     snprintf(sp->tmp_dir, sizeof sp->tmp_dir, "%s/tmp", state_dir);
     snprintf(sp->inst_dir, sizeof sp->inst_dir, "%s/instances", state_dir);
     snprintf(sp->quarantine_dir, sizeof sp->quarantine_dir, "%s/quarantine", state_dir);
@@ -73,6 +100,8 @@ mms_spool_close(struct mms_spool *sp)
 {
     if (sp == NULL)
         return;
+    mms_sandbox_pool_free(sp->pool);
+    pthread_mutex_destroy(&sp->pool_mu);
     free(sp->state_dir);
     free(sp);
 }
@@ -81,6 +110,14 @@ const char *
 mms_spool_tmp_dir(const struct mms_spool *sp)
 {
     return sp->tmp_dir;
+}
+
+void
+mms_spool_set_limits(struct mms_spool *sp, size_t max_memory, unsigned timeout_s)
+{
+    sp->lim.max_memory = max_memory;
+    sp->lim.cpu_s = timeout_s;
+    sp->lim.timeout_ms = timeout_s * 1000;
 }
 
 int64_t
@@ -167,6 +204,61 @@ same_instance(const char *dest, const struct mms_header *h, char *why, size_t wh
                    what, o.sop_instance, o.transfer_syntax, h->sop_instance, h->transfer_syntax);
 }
 
+/* In a worker: read the header and digest of the file named in the area. */
+static int
+header_child(void *arg, void *shm, size_t len)
+{
+    struct header_io *io = shm;
+    (void)arg, (void)len;
+    io->rc = mms_header_read_digest(io->path, &io->h, io->digest, io->why, sizeof io->why);
+    if (io->rc == 0 && mms_sandbox_test_crash("header", io->h.sop_instance))
+        mms_sandbox_crash_now();
+    return io->rc;
+}
+
+/* mms_header_read_digest() in a sandbox worker. A worker that does not return (crash,
+ * timeout, memory ceiling, blocked system call) refuses the instance (MMS_EDICOM); a file
+ * received on the network is then quarantined here (the drop folder quarantines its
+ * original). */
+static int
+read_header(struct mms_spool *sp, const char *tmp_path, const char *source, struct mms_header *h,
+            char digest[65], char *why, size_t why_len)
+{
+    struct header_io *io = malloc(sizeof *io);
+    if (io == NULL)
+        return mms_why(why, why_len, MMS_ENOMEM, "header reader: out of memory");
+    int rc = 0;
+    pthread_mutex_lock(&sp->pool_mu);
+    if (sp->pool == NULL)
+        rc = mms_sandbox_pool_new(header_child, sizeof *io, HEADER_WORKERS, HEADER_REQUESTS,
+                                  &sp->lim, &sp->pool);
+    pthread_mutex_unlock(&sp->pool_mu);
+    struct mms_sandbox_result res;
+    if (rc == 0 && strlen(tmp_path) >= sizeof io->path)
+        rc = MMS_ENAMETOOLONG;
+    if (rc == 0) {
+        snprintf(io->path, sizeof io->path, "%s", tmp_path);
+        rc = mms_sandbox_pool_run(sp->pool, io, sizeof io->path, io, sizeof *io, &res);
+    }
+    if (rc < 0) {
+        mms_why(why, why_len, rc, "header reader: %s", mms_strerror(rc));
+    } else if (res.outcome == MMS_SANDBOX_NOTSTART) {
+        rc = mms_why(why, why_len, res.fn_rc, "header reader: %s", res.what);
+    } else if (res.outcome != MMS_SANDBOX_OK) {
+        /* refused for its content: mms_spool_ingest() quarantines it */
+        mms_log(MMS_LOG_ERR, "%s: header parser %s", source, res.what);
+        rc = mms_why(why, why_len, MMS_EDICOM, "header parser %s", res.what);
+    } else if ((rc = io->rc) < 0) {
+        mms_why(why, why_len, rc, "%s", io->why);
+    } else {
+        *h = io->h;
+        memcpy(digest, io->digest, 65);
+        digest[64] = '\0';
+    }
+    free(io);
+    return rc;
+}
+
 /* Everything but the removal of tmp_path on failure. */
 static int
 ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool derive,
@@ -179,7 +271,7 @@ ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool deri
         return mms_why(why, why_len, rc, "fsync: %s", mms_strerror(rc));
     char digest[65];
     struct mms_header h;
-    if ((rc = mms_header_read_digest(tmp_path, &h, digest, reason, sizeof reason)) < 0)
+    if ((rc = read_header(sp, tmp_path, source, &h, digest, reason, sizeof reason)) < 0)
         return mms_why(why, why_len, rc, "%s", reason);
     if (mms_sop_class_is_dicomdir(h.media_class) || mms_sop_class_is_dicomdir(h.sop_class))
         return mms_why(why, why_len, MMS_EDICOM, "a DICOMDIR, not an instance");

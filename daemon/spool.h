@@ -38,6 +38,15 @@ int mms_spool_open(const char *state_dir, struct mms_index *ix, mms_spool_notify
                    void *ud, struct mms_spool **out, char *why, size_t why_len);
 void mms_spool_close(struct mms_spool *sp);
 
+/* The memory ceiling of the header reader's child unless mms_spool_set_limits() says. */
+#define MMS_SPOOL_DEFAULT_MEMORY_MB 8192
+
+/* The limits of the child process that reads each file's header (sandbox.h): max_memory
+ * bytes beyond what it inherits (0: none), timeout_s seconds of wall clock and of CPU.
+ * Default: 8192 MB, 60 s. Threads: before the first file is ingested (the readers start then
+ * and keep these limits). */
+void mms_spool_set_limits(struct mms_spool *sp, size_t max_memory, unsigned timeout_s);
+
 /* state_dir/tmp, where files are written before they are ingested. */
 const char *mms_spool_tmp_dir(const struct mms_spool *sp);
 
@@ -48,18 +57,20 @@ int64_t mms_spool_free_bytes(const struct mms_spool *sp);
  * indexed; on any failure it is removed. source: "AE@IP" or "drop:PATH" (stored, never used
  * as a path). derive_uids: when the Study or Series Instance UID is empty, derive stable ones
  * from the content (frame of reference, size, orientation) and log a WARNING; otherwise such
- * a file is refused. A UID that is not valid (over 64 characters, other characters than
- * digits and dots...) is refused, never cut. When a file with the same data set is stored
- * already, nothing is renamed: with the same file meta (transfer syntax, SOP Class and
- * Instance UIDs) it is the same instance (a duplicate), otherwise it is refused and the stored
- * file is kept. Returns 0 and *res; MMS_EDICOM (the content cannot be stored: not DICOM,
- * a DICOMDIR, no SOP Class or Instance UID, no Series UID, a UID that is not valid, the same
- * data set under other file meta; why says which, naming the origin rather than tmp_path):
- * then the file is moved to quarantine/ (daemon/quarantine.h) with origin "PATH" for a source
- * "drop:PATH" and "C-STORE from AE@IP" otherwise, res->quarantined names the item and why
- * ends with "; quarantined as NAME" (or, when that failed, is removed and why ends with the
- * reason); or a resource error (-errno, MMS_EIO from the index, MMS_ENOMEM), after which the
- * sender should retry. */
+ * a file is refused. The header is read in a sandbox child (sandbox.h): when that child
+ * crashes, times out or passes its limits, the instance is refused (MMS_EDICOM, why "header
+ * parser crashed (SIGSEGV)"...). A UID that is not valid (over 64 characters, other
+ * characters than digits and dots...) is refused, never cut. When a file with the same data
+ * set is stored already, nothing is renamed: with the same file meta (transfer syntax, SOP
+ * Class and Instance UIDs) it is the same instance (a duplicate), otherwise it is refused and
+ * the stored file is kept. Returns 0 and *res; MMS_EDICOM (the content cannot be stored: not
+ * DICOM, a DICOMDIR, no SOP Class or Instance UID, no Series UID, a UID that is not valid,
+ * the same data set under other file meta, the header reader crashed; why says which, naming
+ * the origin rather than tmp_path): then the file is moved to quarantine/
+ * (daemon/quarantine.h) with origin "PATH" for a source "drop:PATH" and "C-STORE from AE@IP"
+ * otherwise, res->quarantined names the item and why ends with "; quarantined as NAME" (or,
+ * when that failed, is removed and why ends with the reason); or a resource error (-errno,
+ * MMS_EIO from the index, MMS_ENOMEM, fork failed), after which the sender should retry. */
 int mms_spool_ingest(struct mms_spool *sp, const char *tmp_path, const char *source,
                      bool derive_uids, struct mms_ingest *res, char *why, size_t why_len);
 

@@ -1,9 +1,13 @@
-/* daemon/work: one series from files to labels, SEG and NIfTI (work.h). */
+/* daemon/work: one series from files to labels, SEG and NIfTI (work.h). The decoding runs
+ * in a sandbox child (sandbox.h) that returns the volume through a shared mapping.
+ * Threads: any. */
 #include "daemon/work.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "common/clock.h"
@@ -61,6 +65,13 @@ mms_work_opts_from_config(const struct mms_config *cfg, struct mms_work_opts *wo
     wo->vol.stack.allow_gaps = cfg->series.allow_gaps;
     wo->vol.max_voxels = cfg->series.max_voxels;
     wo->vol.threads = (int)cfg->series.decode_threads;
+    long cpus = wo->vol.threads > 0 ? wo->vol.threads : sysconf(_SC_NPROCESSORS_ONLN);
+    wo->decode_lim.max_memory = (size_t)cfg->daemon.decode_max_memory_mb << 20;
+    wo->decode_lim.timeout_ms = cfg->daemon.decode_timeout_s * 1000U;
+    /* CPU time adds up over the decoding threads */
+    wo->decode_lim.cpu_s = cfg->daemon.decode_timeout_s * (unsigned)(cpus > 0 ? cpus : 1);
+    wo->decode_lim.threads = true;
+    mms_sandbox_set_enabled(cfg->daemon.isolate);
     wo->run = 1;
     wo->keep_empty_frames = cfg->seg.empty_frames == MMS_EMPTY_FRAMES_KEEP;
     wo->seg_description = cfg->seg.series_description;
@@ -184,6 +195,312 @@ mms_work_write_seg(const struct mms_model *m, const char *const *paths, const st
     return rc;
 }
 
+/* ------------------------------------------------------------------ isolated decoding */
+/* The decoding child's shared mapping: this head, the state of each file (FILE_*), then the
+ * volume's arrays at the offsets of struct vol_layout. */
+struct vol_head {
+    int rc;
+    int crashed_file; /* the file the crashing thread was decoding, or -1 */
+    char why[1024];
+    struct mms_volume v; /* its scalars; the pointers are the child's */
+};
+
+enum { FILE_WAITING, FILE_DECODING, FILE_DONE };
+
+struct vol_layout {
+    size_t voxels, slices;                          /* room for */
+    size_t state_at, hu_at, ipp_at, pos_at, src_at; /* byte offsets */
+    size_t len;
+};
+
+struct vol_arg {
+    const char *const *paths;
+    const struct mms_header *h;
+    int n;
+    struct mms_volume_opts o;
+    struct vol_layout L;
+    unsigned char *shm;
+};
+
+static bool
+add_aligned(size_t *at, size_t count, size_t size, size_t *next)
+{
+    size_t bytes, a = (*next + 63) & ~(size_t)63;
+    if (a < *next || __builtin_mul_overflow(count, size, &bytes) ||
+        __builtin_add_overflow(a, bytes, next))
+        return false;
+    *at = a;
+    return true;
+}
+
+/* Room for the largest volume the headers allow: rows x columns x frames of every file, at
+ * most max_voxels, and one slice per frame. */
+static int
+plan_layout(const struct mms_header *h, int n, uint64_t max_voxels, struct vol_layout *L)
+{
+    uint64_t vox = 0, slices = 0;
+    for (int i = 0; i < n; i++) {
+        int64_t rows = h[i].pix.rows > 0 ? h[i].pix.rows : h[i].slice.rows;
+        int64_t cols = h[i].pix.cols > 0 ? h[i].pix.cols : h[i].slice.cols;
+        int64_t frames = h[i].frames > 0 ? h[i].frames : 1;
+        uint64_t f;
+        if (rows < 0 || cols < 0 || __builtin_mul_overflow((uint64_t)rows, (uint64_t)cols, &f) ||
+            __builtin_mul_overflow(f, (uint64_t)frames, &f) ||
+            __builtin_add_overflow(vox, f, &vox) ||
+            __builtin_add_overflow(slices, (uint64_t)frames, &slices))
+            return MMS_EDICOM;
+    }
+    if (max_voxels > 0 && vox > max_voxels)
+        vox = max_voxels; /* mms_volume_build() refuses more */
+    if (vox == 0)
+        vox = 1;
+    if (vox > SIZE_MAX / 8 || slices > (uint64_t)INT32_MAX)
+        return MMS_EDICOM;
+    memset(L, 0, sizeof *L);
+    L->voxels = (size_t)vox;
+    L->slices = (size_t)slices;
+    size_t next = sizeof(struct vol_head);
+    if (!add_aligned(&L->state_at, (size_t)n, 1, &next) ||
+        !add_aligned(&L->hu_at, L->voxels, sizeof(float), &next) ||
+        !add_aligned(&L->ipp_at, L->slices, sizeof(double[3]), &next) ||
+        !add_aligned(&L->pos_at, L->slices, sizeof(double), &next) ||
+        !add_aligned(&L->src_at, L->slices, sizeof(struct mms_volume_src), &next))
+        return MMS_EDICOM;
+    L->len = next;
+    return 0;
+}
+
+/* In the child: the file each decoding thread is on, and where a crash handler records it. */
+static __thread int cur_file = -1;
+static int *crashed_file;
+
+/* In the child, on the crashing thread: note its file, then end as the signal would have. */
+static void
+on_crash(int sig)
+{
+    if (crashed_file != NULL)
+        *crashed_file = cur_file;
+    raise(sig); /* SA_RESETHAND: the default action now */
+}
+
+/* In the child, on a decoding thread: the file's state, for the reason of a crash. */
+static void
+on_file(void *arg, int file, bool done)
+{
+    struct vol_arg *a = arg;
+    cur_file = done ? -1 : file;
+    __atomic_store_n(a->shm + a->L.state_at + file, done ? FILE_DONE : FILE_DECODING,
+                     __ATOMIC_RELEASE);
+    if (!done && mms_sandbox_test_crash("decode", a->h[file].sop_instance))
+        mms_sandbox_crash_now();
+}
+
+/* In the child: build the volume and copy it into the shared mapping. */
+static int
+vol_child(void *arg, void *shm, size_t len)
+{
+    struct vol_arg *a = arg;
+    struct vol_head *hd = shm;
+    struct mms_volume *v = NULL;
+    (void)len;
+    a->shm = shm;
+    hd->crashed_file = -1;
+    crashed_file = &hd->crashed_file;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_crash;
+    sa.sa_flags = SA_RESETHAND | SA_NODEFER;
+    sigemptyset(&sa.sa_mask);
+    static const int sigs[] = {SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT};
+    for (size_t i = 0; i < sizeof sigs / sizeof sigs[0]; i++)
+        (void)sigaction(sigs[i], &sa, NULL); /* without it, the reason names fewer files */
+    a->o.on_file = on_file;
+    a->o.on_file_arg = a;
+    int rc = mms_volume_build(a->paths, a->h, a->n, &a->o, &v, hd->why, sizeof hd->why);
+    if (rc == 0) {
+        size_t nz = (size_t)v->dims[2], nv = (size_t)v->dims[0] * (size_t)v->dims[1] * nz;
+        if (nv > a->L.voxels || nz > a->L.slices) { /* cannot be: the headers bound it */
+            rc =
+                mms_why(hd->why, sizeof hd->why, MMS_EDICOM,
+                        "series %s: the volume is larger than its headers say", a->h[0].series_uid);
+        } else {
+            unsigned char *b = shm;
+            memcpy(b + a->L.hu_at, v->hu, nv * sizeof *v->hu);
+            memcpy(b + a->L.ipp_at, v->ipp, nz * sizeof *v->ipp);
+            memcpy(b + a->L.pos_at, v->pos_mm, nz * sizeof *v->pos_mm);
+            memcpy(b + a->L.src_at, v->src, nz * sizeof *v->src);
+            hd->v = *v;
+        }
+    }
+    mms_volume_free(v);
+    hd->rc = rc;
+    return rc;
+}
+
+/* The parent's own copy of the child's volume. */
+static int
+vol_copy(const unsigned char *shm, const struct vol_layout *L, struct mms_volume **out)
+{
+    const struct vol_head *hd = (const void *)shm;
+    size_t nz = (size_t)hd->v.dims[2], nv = (size_t)hd->v.dims[0] * (size_t)hd->v.dims[1] * nz;
+    struct mms_volume *v = malloc(sizeof *v);
+    if (v == NULL)
+        return MMS_ENOMEM;
+    *v = hd->v;
+    v->hu = NULL;
+    const size_t huge = (size_t)2 << 20, bytes = nv * sizeof(float);
+    void *p = NULL;
+    if (bytes >= 4 * huge && posix_memalign(&p, huge, bytes) == 0)
+        (void)madvise(p, bytes, MADV_HUGEPAGE); /* as volume.c: advice only */
+    else if (bytes < 4 * huge)
+        p = malloc(bytes > 0 ? bytes : 1);
+    v->hu = p;
+    v->ipp = malloc(nz * sizeof *v->ipp);
+    v->pos_mm = malloc(nz * sizeof *v->pos_mm);
+    v->src = malloc(nz * sizeof *v->src);
+    if (v->hu == NULL || v->ipp == NULL || v->pos_mm == NULL || v->src == NULL) {
+        mms_volume_free(v);
+        return MMS_ENOMEM;
+    }
+    memcpy(v->hu, shm + L->hu_at, bytes);
+    memcpy(v->ipp, shm + L->ipp_at, nz * sizeof *v->ipp);
+    memcpy(v->pos_mm, shm + L->pos_at, nz * sizeof *v->pos_mm);
+    memcpy(v->src, shm + L->src_at, nz * sizeof *v->src);
+    *out = v;
+    return 0;
+}
+
+int
+mms_work_volume(const char *const *paths, const struct mms_header *h, int n,
+                const struct mms_volume_opts *o, const struct mms_sandbox_limits *lim,
+                struct mms_volume **out, char *why, size_t why_len)
+{
+    if (!mms_sandbox_enabled() || n < 1 || paths == NULL || h == NULL)
+        return mms_volume_build(paths, h, n, o, out, why, why_len);
+    const char *series = h[0].series_uid[0] != '\0' ? h[0].series_uid : "(no Series Instance UID)";
+    struct vol_arg a = {.paths = paths, .h = h, .n = n, .o = *o};
+    if (plan_layout(h, n, o->max_voxels, &a.L) < 0)
+        return mms_why(why, why_len, MMS_EDICOM, "series %s: the image sizes overflow", series);
+    unsigned char *shm = mms_sandbox_shm_new(a.L.len);
+    if (shm == NULL)
+        return mms_why(why, why_len, MMS_ENOMEM, "series %s: no room for the volume (%zu MB)",
+                       series, a.L.len >> 20);
+    struct mms_sandbox_result res;
+    struct vol_head *hd = (void *)shm;
+    int rc = mms_sandbox_run(vol_child, &a, shm, a.L.len, lim, &res);
+    if (rc < 0) {
+        mms_why(why, why_len, rc, "series %s: %s", series, mms_strerror(rc));
+    } else if (res.outcome == MMS_SANDBOX_NOTSTART) {
+        rc = mms_why(why, why_len, res.fn_rc, "series %s: decoder %s", series, res.what);
+    } else if (res.outcome == MMS_SANDBOX_OK) {
+        if ((rc = res.fn_rc) < 0)
+            mms_why(why, why_len, rc, "%s", hd->why);
+        else if ((rc = vol_copy(shm, &a.L, out)) < 0)
+            mms_why(why, why_len, rc, "series %s: out of memory for the volume", series);
+    } else {
+        const unsigned char *state = shm + a.L.state_at;
+        int at = -1, busy = 0;
+        if (res.outcome == MMS_SANDBOX_CRASHED && hd->crashed_file >= 0 && hd->crashed_file < n) {
+            at = hd->crashed_file; /* the crashing thread's own file */
+        } else {
+            for (int i = 0; i < n; i++)
+                if (__atomic_load_n(&state[i], __ATOMIC_ACQUIRE) == FILE_DECODING) {
+                    busy++;
+                    if (at < 0)
+                        at = i;
+                }
+        }
+        if (at >= 0)
+            rc = mms_why(why, why_len, MMS_EDICOM, "series %s: decoder %s on %s%s", series,
+                         res.what, paths[at], busy > 1 ? " (or a file decoded beside it)" : "");
+        else
+            rc = mms_why(why, why_len, MMS_EDICOM, "series %s: decoder %s%s%s", series, res.what,
+                         res.outcome == MMS_SANDBOX_NOMEM && hd->why[0] != '\0' ? ": " : "",
+                         res.outcome == MMS_SANDBOX_NOMEM ? hd->why : "");
+    }
+    mms_sandbox_shm_free(shm, a.L.len);
+    return rc;
+}
+
+/* The header reading child's shared mapping: this head, then a state (FILE_*) and a header
+ * for each file. */
+struct hdr_head {
+    int rc, failed; /* the first file that failed */
+    char why[512];
+};
+
+struct hdr_arg {
+    const char *const *paths;
+    int n;
+    size_t state_at, h_at;
+};
+
+static int
+hdr_child(void *arg, void *shm, size_t len)
+{
+    struct hdr_arg *a = arg;
+    struct hdr_head *hd = shm;
+    unsigned char *state = (unsigned char *)shm + a->state_at;
+    struct mms_header *h = (void *)((unsigned char *)shm + a->h_at);
+    (void)len;
+    for (int i = 0; i < a->n; i++) {
+        state[i] = FILE_DECODING;
+        int rc = mms_header_read(a->paths[i], &h[i], hd->why, sizeof hd->why);
+        if (rc < 0) {
+            hd->rc = rc;
+            hd->failed = i;
+            return rc;
+        }
+        state[i] = FILE_DONE;
+    }
+    return 0;
+}
+
+int
+mms_work_headers(const char *const *paths, int n, const struct mms_sandbox_limits *lim,
+                 struct mms_header *h, char *why, size_t why_len)
+{
+    char hwhy[512];
+    if (!mms_sandbox_enabled() || n < 1) {
+        for (int i = 0; i < n; i++) {
+            int rc = mms_header_read(paths[i], &h[i], hwhy, sizeof hwhy);
+            if (rc < 0)
+                return mms_why(why, why_len, rc, "%s: %s", paths[i], hwhy);
+        }
+        return 0;
+    }
+    struct hdr_arg a = {.paths = paths, .n = n};
+    size_t next = sizeof(struct hdr_head);
+    if (!add_aligned(&a.state_at, (size_t)n, 1, &next) ||
+        !add_aligned(&a.h_at, (size_t)n, sizeof *h, &next))
+        return mms_why(why, why_len, MMS_ENOMEM, "%d headers: out of memory", n);
+    unsigned char *shm = mms_sandbox_shm_new(next);
+    if (shm == NULL)
+        return mms_why(why, why_len, MMS_ENOMEM, "%d headers: out of memory", n);
+    struct hdr_head *hd = (void *)shm;
+    struct mms_sandbox_result res;
+    int rc = mms_sandbox_run(hdr_child, &a, shm, next, lim, &res);
+    if (rc < 0) {
+        mms_why(why, why_len, rc, "headers: %s", mms_strerror(rc));
+    } else if (res.outcome == MMS_SANDBOX_NOTSTART) {
+        rc = mms_why(why, why_len, res.fn_rc, "header parser %s", res.what);
+    } else if (res.outcome == MMS_SANDBOX_OK && (rc = res.fn_rc) < 0) {
+        int at = hd->failed >= 0 && hd->failed < n ? hd->failed : 0;
+        mms_why(why, why_len, rc, "%s: %s", paths[at], hd->why);
+    } else if (res.outcome == MMS_SANDBOX_OK) {
+        memcpy(h, shm + a.h_at, (size_t)n * sizeof *h);
+    } else {
+        int at = -1;
+        for (int i = 0; i < n && at < 0; i++)
+            if (shm[a.state_at + (size_t)i] == FILE_DECODING)
+                at = i;
+        rc = mms_why(why, why_len, MMS_EDICOM, "header parser %s%s%s", res.what,
+                     at >= 0 ? " on " : "", at >= 0 ? paths[at] : "");
+    }
+    mms_sandbox_shm_free(shm, next);
+    return rc;
+}
+
 int
 mms_work_series(const struct mms_engine *e, const char *const *paths, const struct mms_header *h,
                 int n, const struct mms_work_opts *o, struct mms_work_result *r, char *why,
@@ -198,7 +515,7 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
     r->stage = MMS_STAGE_DECODE;
     if (o->on_stage != NULL)
         o->on_stage(o->stage_arg, r->stage);
-    if ((rc = mms_volume_build(paths, h, n, &o->vol, &v, why, why_len)) < 0) {
+    if ((rc = mms_work_volume(paths, h, n, &o->vol, &o->decode_lim, &v, why, why_len)) < 0) {
         r->why_names_series = true; /* "series UID: problem" */
         goto out;
     }

@@ -12,6 +12,7 @@
 
 #include "daemon/config.h"
 #include "daemon/preview.h"
+#include "daemon/sandbox.h"
 #include "dicom/dicom.h"
 #include "dicom/seg.h"
 #include "infer/infer.h"
@@ -45,6 +46,7 @@ const char *mms_stage_name(int stage);
 
 struct mms_work_opts {
     struct mms_volume_opts vol;
+    struct mms_sandbox_limits decode_lim; /* the decoding child's (when isolation is on) */
     struct mms_pipe_opts pipe;
     pthread_mutex_t *infer_mu; /* held around the pipeline; NULL: none */
     int run;                   /* the run number in the SEG's UIDs (design.md section 3) */
@@ -74,7 +76,9 @@ struct mms_work_result {
 };
 
 /* The options of the configuration's [series], [infer] and [seg] sections (max_memory_mb 0:
- * 80 % of the RAM); run 1, no paths, no lock. *backend receives "auto", "cpu" or "cuda". */
+ * 80 % of the RAM) and the decoding child's limits ([daemon] decode_max_memory_mb,
+ * decode_timeout_s); run 1, no paths, no lock. *backend receives "auto", "cpu" or "cuda".
+ * Also sets mms_sandbox_set_enabled() from [daemon] isolate. */
 void mms_work_opts_from_config(const struct mms_config *cfg, struct mms_work_opts *wo,
                                const char **backend);
 
@@ -93,8 +97,29 @@ int mms_work_write_seg(const struct mms_model *m, const char *const *paths,
                        const uint8_t *labels, int run, bool keep_empty, const char *description,
                        const char *path, struct mms_seg_result *res, char *why, size_t why_len);
 
-/* Do the work on the n files paths[] of one series (h[]: their headers). The SEG's UIDs come
- * from the source series, the model's SHA-256 and o->run.
+/* mms_volume_build() in a sandbox child (sandbox.h) with the limits lim: the child decodes
+ * and builds the volume and hands it back through a shared mapping sized from the headers
+ * (rows x columns x frames of every file, overflow-checked, at most o->max_voxels).
+ * A child that does not return fails with MMS_EDICOM and why "series UID: decoder crashed
+ * (SIGSEGV) on PATH" (PATH: a file whose decoding had started and not ended, when known;
+ * also "timed out after N s", "out of memory (limit N MB)", "blocked system call N").
+ * Ownership and other returns: as mms_volume_build(); a fork that fails returns -errno.
+ * With isolation off, mms_volume_build() itself. Threads: any. */
+int mms_work_volume(const char *const *paths, const struct mms_header *h, int n,
+                    const struct mms_volume_opts *o, const struct mms_sandbox_limits *lim,
+                    struct mms_volume **out, char *why, size_t why_len);
+
+/* Read the headers of the n files paths[] into h[] (caller's memory, n entries), in one
+ * sandbox child with the limits lim (mms_header_read() in place with isolation off).
+ * Returns 0; the first reader error with why "PATH: reason"; MMS_EDICOM with why "header
+ * parser crashed (SIGSEGV) on PATH" (or timed out...) when the child did not return;
+ * MMS_ENOMEM, -errno. h is complete only on success. Threads: any. */
+int mms_work_headers(const char *const *paths, int n, const struct mms_sandbox_limits *lim,
+                     struct mms_header *h, char *why, size_t why_len);
+
+/* Do the work on the n files paths[] of one series (h[]: their headers): the volume through
+ * mms_work_volume(), then the pipeline and the outputs. The SEG's UIDs come from the source
+ * series, the model's SHA-256 and o->run.
  * Returns 0, or a negative code with r->stage and why. */
 int mms_work_series(const struct mms_engine *e, const char *const *paths,
                     const struct mms_header *h, int n, const struct mms_work_opts *o,

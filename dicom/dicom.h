@@ -258,6 +258,10 @@ struct mms_volume_opts {
     struct mms_stack_opts stack;
     uint64_t max_voxels; /* columns x rows x slices (also checked per file before decoding) */
     int threads;         /* decoding threads; 0: one per online CPU */
+    /* called on a decoding thread as the decoding of file (an index into the caller's files)
+       starts (done false) and when it succeeded (done true); NULL: none. Must not block. */
+    void (*on_file)(void *arg, int file, bool done);
+    void *on_file_arg;
 };
 
 /* Where one slice of the volume comes from (the DICOM SEG refers to it frame by frame). */

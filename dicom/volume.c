@@ -39,6 +39,8 @@ struct work {
     struct job *jobs;
     int n_jobs;
     uint64_t max_voxels;
+    void (*on_file)(void *arg, int file, bool done);
+    void *on_file_arg;
     atomic_int next;
     atomic_bool failed;
     pthread_mutex_t lock;
@@ -115,8 +117,12 @@ decode_thread(void *arg)
                 rc = mms_why(why, sizeof why, MMS_ENOMEM, "%s: out of memory", w->paths[j->file]);
             }
         }
+        if (rc == 0 && w->on_file != NULL)
+            w->on_file(w->on_file_arg, j->file, false);
         if (rc == 0)
             rc = decode_job(w, j, tmp, why, sizeof why);
+        if (rc == 0 && w->on_file != NULL)
+            w->on_file(w->on_file_arg, j->file, true);
         if (rc < 0) {
             pthread_mutex_lock(&w->lock);
             if (w->rc == 0) {
@@ -208,7 +214,9 @@ decode_all(const char *const *paths, const struct mms_header *h, struct mms_volu
                      .v = v,
                      .jobs = jobs,
                      .n_jobs = n_jobs,
-                     .max_voxels = o->max_voxels};
+                     .max_voxels = o->max_voxels,
+                     .on_file = o->on_file,
+                     .on_file_arg = o->on_file_arg};
     atomic_init(&w.next, 0);
     atomic_init(&w.failed, false);
     pthread_mutex_init(&w.lock, NULL);

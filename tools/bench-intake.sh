@@ -4,8 +4,10 @@
 # without fsync), the same files sent over 4 parallel associations to each, in one run, both
 # writing to the same file system. (make bench-intake; BENCH_ARGS passes options.)
 #
-#   tools/bench-intake.sh [--slices N] [--runs R]
+#   tools/bench-intake.sh [--slices N] [--runs R] [--isolate yes|no]
 #
+# --isolate sets [daemon] isolate (default yes: each header is read in a sandbox child), to
+# measure what the isolation costs per instance.
 # Four synthetic series of N slices (default 100) are made by tools/mkseries.py from the
 # clean Philips series in a temporary folder; each association sends one. storescp runs with
 # --fork (a process per association) so that it receives in parallel too. The target is
@@ -14,12 +16,14 @@ set -eu
 cd "$(dirname "$0")/.."
 slices=100
 runs=3
+isolate=yes
 while [ $# -gt 0 ]; do
     case $1 in
     --slices) slices=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --short) runs=1; slices=40; shift ;;
-    *) echo "usage: $0 [--slices N] [--runs R] [--short]" >&2; exit 2 ;;
+    --isolate) isolate=$2; shift 2 ;;
+    *) echo "usage: $0 [--slices N] [--runs R] [--short] [--isolate yes|no]" >&2; exit 2 ;;
     esac
 done
 mmsegd=${MMSEGD:-_build/dev/mmsegd}
@@ -85,6 +89,7 @@ for r in $(seq "$runs"); do
 [daemon]
 state_dir = $work/state
 log_level = warning
+isolate = $isolate
 [scp]
 bind = 127.0.0.1
 allowed_hosts = 127.0.0.0/8
@@ -101,14 +106,15 @@ EOF2
     pid=
     if [ "$stored" -ne "$total" ]; then
         echo "bench-intake: mmsegd stored $stored of $total instances" >&2
+        grep -E " (err|warning): " "$work/mmsegd.log" | tail -5 >&2
         exit 1
     fi
 done
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
 mo=$(median "${ours[@]}")
 mt=$(median "${theirs[@]}")
-printf 'instances: %d (4 associations x %d), runs: %d, file system: %s\n' "$total" "$slices" "$runs" \
-    "$(df --output=fstype "$work" | tail -1)"
+printf 'instances: %d (4 associations x %d), runs: %d, isolate: %s, file system: %s\n' "$total" \
+    "$slices" "$runs" "$isolate" "$(df --output=fstype "$work" | tail -1)"
 printf '%-10s %10s %14s\n' impl "median s" "instances/s"
 printf '%-10s %10.3f %14.1f\n' storescp "$mt" "$(echo "$total / $mt" | bc -l)"
 printf '%-10s %10.3f %14.1f\n' mmsegd "$mo" "$(echo "$total / $mo" | bc -l)"
