@@ -403,7 +403,15 @@ build(const char *const *paths, const struct mms_header *h, int n, const struct 
         if ((rc = check_frame(paths[c[i].file], &h[c[i].file], c[i].frame, s[i].ipp, c[i].ps, true,
                               why, why_len)) < 0)
             goto fail;
-    if ((rc = mms_stack_find(s, m, &o->stack, &st, why, why_len)) < 0)
+    if ((rc = mms_stack_find(s, m, &o->stack, &st, why, why_len)) == MMS_EINVAL && m > 0) {
+        const double *r = s[0].iop; /* every frame refused: say what the first one has */
+        rc = mms_why(why, why_len, MMS_EDICOM,
+                     "no frame has a valid orientation (%s: Image Orientation (Patient) %g\\%g\\%g"
+                     "\\%g\\%g\\%g is not two orthogonal unit vectors within 0.01)",
+                     paths[c[0].file], r[0], r[1], r[2], r[3], r[4], r[5]);
+        goto fail;
+    }
+    if (rc < 0)
         goto fail;
     const int nz = st->n;
     const struct cand *c0 = &c[st->order[0]];

@@ -10,6 +10,7 @@ applied to every file:
     spacing=V        Pixel Spacing V\\V (the text as given: 1e30, NaN, 0, -1 ...)
     thickness=V      Slice Thickness V
     slope=V          Rescale Slope V
+    orientation=V    Image Orientation (Patient) V (six values separated by '\\')
     position=V       the z coordinate of Image Position (Patient) set to V (the same in every
                      file, so for a finite V the slices also share one position)
     for-per-slice    a Frame of Reference UID of its own in every file
@@ -42,6 +43,8 @@ def main():
             ds.SliceThickness = value
         elif key == "slope":
             ds.RescaleSlope = value
+        elif key == "orientation":
+            ds.ImageOrientationPatient = value.split("\\")
         elif key == "position":
             p = list(ds.ImagePositionPatient)
             ds.ImagePositionPatient = [p[0], p[1], value]

@@ -33,6 +33,8 @@ CASES=(
     "slope=1e38|1|Rescale Slope 1e+38 is outside 0.0001..10000 (in absolute value)"
     "slope=0|1|Rescale Slope 0 is outside 0.0001..10000"
     "slope=NaN|1|Rescale Slope nan is outside 0.0001..10000"
+    "orientation=1\\0\\0\\1\\0\\0|1|Image Orientation (Patient) 1\\0\\0\\1\\0\\0 is not two orthogonal unit vectors"
+    "orientation=1e30\\0\\0\\0\\1\\0|1|Image Orientation (Patient) 1e+30\\0\\0\\0\\1\\0 is not"
     "position=NaN|1|no CT image with position and orientation ("
     "position=1e30|1|1e+30) mm is outside +-1e+06 mm"
     "for-per-slice|1|not a volume: the largest of 20 stacks has 1 frame of 20 (left out: 19 in other frames of reference"
