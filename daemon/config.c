@@ -2,12 +2,15 @@
 #include "daemon/config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <ini.h>
 #include <math.h>
 #include <regex.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "common/log.h"
@@ -146,6 +149,7 @@ static const struct cfg_key dest_keys[] = {
 #define N_MAIN (sizeof main_keys / sizeof main_keys[0])
 #define N_DEST (sizeof dest_keys / sizeof dest_keys[0])
 #define DEST_NAME_MAX 64
+#define CONFIG_MAX_BYTES (1 << 20) /* a configuration is a few KiB of text */
 
 static const char *const sections[] = {"daemon", "scp", "drop", "series", "infer", "seg"};
 
@@ -807,9 +811,30 @@ mms_config_load(const char *path, struct mms_config **out, char *errbuf, size_t 
     if (apply_defaults(main_keys, N_MAIN, ld.cfg) < 0)
         goto oom;
 
-    ld.f = fopen(path, "re");
+    /* a regular file of bounded size: /dev/zero or a FIFO would be read without end */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    struct stat sb;
+    if (fd < 0 || fstat(fd, &sb) != 0) {
+        rc = mms_err_errno();
+        if (fd >= 0)
+            close(fd);
+        report(&ld, 0, "cannot open: %s", mms_strerror(rc));
+        goto fail;
+    }
+    if (!S_ISREG(sb.st_mode) || sb.st_size > CONFIG_MAX_BYTES) {
+        close(fd);
+        rc = MMS_ECONFIG;
+        if (!S_ISREG(sb.st_mode))
+            report(&ld, 0, "not a regular file");
+        else
+            report(&ld, 0, "%lld bytes, more than the maximum of %d for a configuration file",
+                   (long long)sb.st_size, CONFIG_MAX_BYTES);
+        goto fail;
+    }
+    ld.f = fdopen(fd, "r");
     if (ld.f == NULL) {
         rc = mms_err_errno();
+        close(fd);
         report(&ld, 0, "cannot open: %s", mms_strerror(rc));
         goto fail;
     }

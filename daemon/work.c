@@ -63,6 +63,7 @@ mms_work_opts_from_config(const struct mms_config *cfg, struct mms_work_opts *wo
                                                        : 0;
     wo->vol.stack.max_gap_ratio = cfg->series.max_gap_ratio;
     wo->vol.stack.allow_gaps = cfg->series.allow_gaps;
+    wo->vol.stack.min_slices = (int)cfg->series.min_slices;
     wo->vol.max_voxels = cfg->series.max_voxels;
     wo->vol.threads = (int)cfg->series.decode_threads;
     long cpus = wo->vol.threads > 0 ? wo->vol.threads : sysconf(_SC_NPROCESSORS_ONLN);

@@ -26,10 +26,22 @@ struct mms_slice {
     int64_t temporal;    /* TemporalPositionIdentifier, or -1 */
 };
 
+/* Physical limits of the values a volume is built from: a series with a value outside them
+ * fails, and the reason names the value, the limit and the file. */
+#define MMS_SPACING_MIN_MM 1e-3 /* Pixel Spacing, Slice Thickness, steps between slices */
+#define MMS_SPACING_MAX_MM 1e3
+#define MMS_POSITION_MAX_MM 1e6 /* each coordinate of Image Position (Patient) */
+#define MMS_SLOPE_MIN 1e-4      /* |Rescale Slope|: nonzero */
+#define MMS_SLOPE_MAX 1e4
+#define MMS_INTERCEPT_MAX 1e5 /* |Rescale Intercept| */
+#define MMS_HU_MAX 1e7        /* |HU| of every stored value the pixel format allows */
+
 struct mms_stack_opts {
     double max_gap_ratio; /* a step of this times the median spacing or more (1 % slack) is a
                              gap: at the default 2.0, one missing slice is one */
     bool allow_gaps;      /* keep stacks with gaps (irregular spacing) instead of failing */
+    int min_slices;       /* when the split into stacks leaves the main one with fewer frames
+                             than this, the series fails (0: no minimum) */
 };
 
 /* Why a frame is not in the main stack. */
@@ -63,10 +75,14 @@ struct mms_stack {
  * normal, never by instance number; measure the spacing, gaps and tilt.
  * why (why_len bytes, may be NULL) receives a one-line reason on failure.
  * Ownership: *out is new, free with mms_stack_free(); *out is untouched on failure.
+ * A frame whose orientation is not two orthonormal vectors (within 1e-2), or whose position is
+ * not finite or beyond MMS_POSITION_MAX_MM, is left out (MMS_STACK_BAD_ORIENTATION).
  * Returns 0, MMS_EINVAL (n < 1, or no frame with a valid orientation), MMS_EDICOM ("not a
  * volume": two frames of the main stack at one position, or all frames at one position in
- * acquisitions of one frame each; "missing slices between ...": a gap without allow_gaps),
- * MMS_ENOMEM. */
+ * acquisitions of one frame each, or several frames and every stack of one frame (one frame
+ * of reference or orientation per frame), or a main stack under o->min_slices frames after
+ * the split; "missing slices between ...": a gap without allow_gaps; a median slice step
+ * over MMS_SPACING_MAX_MM), MMS_ENOMEM. */
 int mms_stack_find(const struct mms_slice *s, int n, const struct mms_stack_opts *o,
                    struct mms_stack **out, char *why, size_t why_len);
 void mms_stack_free(struct mms_stack *st);
@@ -303,13 +319,23 @@ struct mms_volume {
  * why receives a one-line reason on failure: "series UID: problem" (the problem begins
  * "PATH: " when it lies in one file).
  * Ownership: *out is new, free with mms_volume_free(); untouched on failure.
- * Returns 0, MMS_EINVAL (n < 1), MMS_EDICOM (no CT frame with geometry; the stack errors of
- * mms_stack_find; pixel spacing differs; more than max_voxels; a decoding error), MMS_ENOMEM,
- * -errno. Threads: any. */
+ * Before the geometry is computed, the values it comes from are checked against the limits
+ * above (Image Position (Patient), and for the main stack's files Pixel Spacing, Slice
+ * Thickness where present, Rescale Slope and Intercept).
+ * Returns 0, MMS_EINVAL (n < 1), MMS_EDICOM (no CT frame with geometry; a value outside its
+ * limits; the stack errors of mms_stack_find; pixel spacing differs; more than max_voxels; a
+ * decoding error), MMS_ENOMEM, -errno. Threads: any. */
 int mms_volume_build(const char *const *paths, const struct mms_header *h, int n,
                      const struct mms_volume_opts *o, struct mms_volume **out, char *why,
                      size_t why_len);
 void mms_volume_free(struct mms_volume *v);
+
+/* Check Rescale Slope and Intercept (1 and 0 where absent) before pixels are rescaled:
+ * finite, MMS_SLOPE_MIN <= |slope| <= MMS_SLOPE_MAX, |intercept| <= MMS_INTERCEPT_MAX, and
+ * every stored value of bits_stored bits (signed when pixel_rep is 1) within MMS_HU_MAX HU.
+ * Returns 0 or MMS_EDICOM with the value and the limit in why. Threads: any. */
+int mms_rescale_check(double slope, double intercept, int bits_stored, int pixel_rep, char *why,
+                      size_t why_len);
 
 /* The smallest and largest HU of v. */
 void mms_volume_range(const struct mms_volume *v, float *lo, float *hi);

@@ -227,8 +227,13 @@ read_layout(const attrs &a, struct mms_pixel_layout *lo)
             lo->pixel_rep = (int)v;
         }
     }
-    lo->has_slope = real(a.text(MMS_TAG_SLOPE), &lo->slope);
-    lo->has_intercept = real(a.text(MMS_TAG_INTERCEPT), &lo->intercept);
+    // present but not a finite number: NaN, which decoding refuses (not the default 1 or 0)
+    lo->has_slope = !a.text(MMS_TAG_SLOPE).empty();
+    if (lo->has_slope && !real(a.text(MMS_TAG_SLOPE), &lo->slope))
+        lo->slope = NAN;
+    lo->has_intercept = !a.text(MMS_TAG_INTERCEPT).empty();
+    if (lo->has_intercept && !real(a.text(MMS_TAG_INTERCEPT), &lo->intercept))
+        lo->intercept = NAN;
     // US in a signed image: the 16-bit two's complement of the negative value it means
     lo->has_padding = integer(a.text(MMS_TAG_PADDING), &lo->padding);
     if (lo->has_padding && lo->pixel_rep == 1 && lo->padding > INT16_MAX &&

@@ -432,9 +432,10 @@ mms_frames_decode(const char *path, const struct mms_header *h, int64_t first, i
             slope = lo.has_slope ? lo.slope : im.GetSlope();
             intercept = lo.has_intercept ? lo.intercept : im.GetIntercept();
         }
-        if (!std::isfinite(slope) || !std::isfinite(intercept))
-            return mms__dicom_fail(why, why_len, MMS_EDICOM, path,
-                                   "rescale slope or intercept invalid");
+        char bad[256];
+        if ((rc = mms_rescale_check(slope, intercept, bits_stored, lo.pixel_rep, bad, sizeof bad)) <
+            0)
+            return mms__dicom_fail(why, why_len, rc, path, bad);
         const table &t = hu_table(lo, bits_stored, slope, intercept);
         const uint64_t nv = frame_voxels * (uint64_t)count;
         if (lo.bits_allocated == 8) {

@@ -53,7 +53,7 @@ orientation_ok(const struct mms_slice *s)
         if (!isfinite(s->iop[i]))
             return false;
     for (int i = 0; i < 3; i++)
-        if (!isfinite(s->ipp[i]))
+        if (!(fabs(s->ipp[i]) <= MMS_POSITION_MAX_MM)) /* also NaN */
             return false;
     double r = sqrt(dot3(s->iop, s->iop)), c = sqrt(dot3(s->iop + 3, s->iop + 3));
     return fabs(r - 1.0) <= UNIT_TOL && fabs(c - 1.0) <= UNIT_TOL &&
@@ -201,6 +201,25 @@ mms_stack_find(const struct mms_slice *s, int n, const struct mms_stack_opts *o,
                      "not a volume: %d frames at one position, one per acquisition", 1 + split_off);
         goto fail;
     }
+    int valid = 0, by[MMS_STACK_ACQUISITION + 1] = {0};
+    for (int i = 0; i < n; i++) {
+        valid += group[i] >= 0;
+        by[st->reason[i]]++;
+    }
+    /* the split left a main stack of one frame out of several (one frame of reference or
+     * orientation per frame), or fewer frames than the caller's minimum */
+    if (m < valid && (m == 1 || m < o->min_slices)) {
+        char min[64] = "";
+        if (m > 1)
+            snprintf(min, sizeof min, ", fewer than min_slices %d", o->min_slices);
+        rc = mms_why(why, why_len, MMS_EDICOM,
+                     "not a volume: the largest of %d stacks has %d frame%s of %d%s (left out: %d "
+                     "in other frames of reference, %d in other orientations, %d of other sizes, "
+                     "%d in other acquisitions)",
+                     st->n_stacks, m, m == 1 ? "" : "s", valid, min, by[MMS_STACK_FRAME_OF_REF],
+                     by[MMS_STACK_ORIENTATION], by[MMS_STACK_SIZE], by[MMS_STACK_ACQUISITION]);
+        goto fail;
+    }
     if (sort_group(idx, m, proj)) {
         int j = 1;
         while (proj[idx[j]] - proj[idx[j - 1]] >= POS_TOL)
@@ -255,6 +274,12 @@ mms_stack_find(const struct mms_slice *s, int n, const struct mms_stack_opts *o,
         st->spacing_mm = (m - 1) % 2 ? sorted[(m - 1) / 2]
                                      : 0.5 * (sorted[(m - 1) / 2 - 1] + sorted[(m - 1) / 2]);
         free(sorted);
+        if (!(st->spacing_mm <= MMS_SPACING_MAX_MM)) {
+            rc = mms_why(why, why_len, MMS_EDICOM,
+                         "the median step between slices, %g mm, is over %g mm", st->spacing_mm,
+                         MMS_SPACING_MAX_MM);
+            goto fail;
+        }
         st->irregular = st->max_step_mm - st->spacing_mm > IRREGULAR * st->spacing_mm ||
                         st->spacing_mm - st->min_step_mm > IRREGULAR * st->spacing_mm;
         for (int j = 0; j + 1 < m && !o->allow_gaps; j++) {

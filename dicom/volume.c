@@ -244,13 +244,80 @@ decode_all(const char *const *paths, const struct mms_header *h, struct mms_volu
     return 0;
 }
 
+int
+mms_rescale_check(double slope, double intercept, int bits_stored, int pixel_rep, char *why,
+                  size_t why_len)
+{
+    if (!(fabs(slope) >= MMS_SLOPE_MIN && fabs(slope) <= MMS_SLOPE_MAX)) /* also NaN */
+        return mms_why(why, why_len, MMS_EDICOM,
+                       "Rescale Slope %g is outside %g..%g (in absolute value)", slope,
+                       MMS_SLOPE_MIN, MMS_SLOPE_MAX);
+    if (!(fabs(intercept) <= MMS_INTERCEPT_MAX))
+        return mms_why(why, why_len, MMS_EDICOM, "Rescale Intercept %g is outside -%g..%g",
+                       intercept, MMS_INTERCEPT_MAX, MMS_INTERCEPT_MAX);
+    int b = bits_stored >= 1 && bits_stored <= 32 ? bits_stored : 16;
+    double lo = pixel_rep == 1 ? -ldexp(1.0, b - 1) : 0.0;
+    double hi = pixel_rep == 1 ? ldexp(1.0, b - 1) - 1.0 : ldexp(1.0, b) - 1.0;
+    double a = lo * slope + intercept, z = hi * slope + intercept;
+    if (!(fabs(a) <= MMS_HU_MAX && fabs(z) <= MMS_HU_MAX))
+        return mms_why(why, why_len, MMS_EDICOM,
+                       "Rescale Slope %g and Intercept %g map the %d-bit %s stored values to %g.."
+                       "%g HU, beyond +-%g HU",
+                       slope, intercept, b, pixel_rep == 1 ? "signed" : "unsigned", a < z ? a : z,
+                       a < z ? z : a, MMS_HU_MAX);
+    return 0;
+}
+
+/* Where a frame's values are outside the limits of dicom.h: "PATH: problem" (frame k of a
+ * multi-frame file named). pos_only: only Image Position (Patient), which every frame with
+ * geometry has; otherwise the pixel values of the file too. */
+static int
+check_frame(const char *path, const struct mms_header *h, int64_t frame, const double *p,
+            const double *ps, bool pos_only, char *why, size_t why_len)
+{
+    char where[64] = "";
+    if (h->frames > 1)
+        snprintf(where, sizeof where, " of frame %lld", (long long)frame + 1);
+    for (int i = 0; i < 3; i++)
+        if (!(fabs(p[i]) <= MMS_POSITION_MAX_MM))
+            return mms_why(why, why_len, MMS_EDICOM,
+                           "%s: Image Position (Patient)%s (%g, %g, %g) mm is outside +-%g mm",
+                           path, where, p[0], p[1], p[2], MMS_POSITION_MAX_MM);
+    if (pos_only)
+        return 0;
+    if (!(ps[0] > 0.0 && ps[1] > 0.0))
+        return mms_why(why, why_len, MMS_EDICOM,
+                       "%s: Pixel Spacing%s missing, not two finite numbers, or not positive (%g "
+                       "x %g mm)",
+                       path, where, ps[0], ps[1]);
+    for (int i = 0; i < 2; i++)
+        if (!(ps[i] >= MMS_SPACING_MIN_MM && ps[i] <= MMS_SPACING_MAX_MM))
+            return mms_why(why, why_len, MMS_EDICOM,
+                           "%s: Pixel Spacing%s %g x %g mm is outside %g..%g mm", path, where,
+                           ps[0], ps[1], MMS_SPACING_MIN_MM, MMS_SPACING_MAX_MM);
+    double th = h->slice_thickness; /* 0: absent */
+    if (th != 0.0 && !(th >= MMS_SPACING_MIN_MM && th <= MMS_SPACING_MAX_MM))
+        return mms_why(why, why_len, MMS_EDICOM, "%s: Slice Thickness %g mm is outside %g..%g mm",
+                       path, th, MMS_SPACING_MIN_MM, MMS_SPACING_MAX_MM);
+    const struct mms_pixel_layout *lo = &h->pix;
+    if (lo->has_slope || lo->has_intercept) {
+        char r[256];
+        int rc = mms_rescale_check(lo->has_slope ? lo->slope : 1.0,
+                                   lo->has_intercept ? lo->intercept : 0.0, lo->bits_stored,
+                                   lo->pixel_rep, r, sizeof r);
+        if (rc < 0)
+            return mms_why(why, why_len, rc, "%s: %s", path, r);
+    }
+    return 0;
+}
+
 /* The CT frames of the series with their geometry: c[m], s[m]. */
 static int
 collect(const char *const *paths, const struct mms_header *h, int n, uint64_t max_voxels,
         struct cand **c_out, struct mms_slice **s_out, int *m_out, char *why, size_t why_len)
 {
     int64_t total = 0;
-    int ct = 0, localizers = 0;
+    int ct = 0, localizers = 0, no_geometry = -1;
     for (int i = 0; i < n; i++) {
         const struct mms_header *hi = &h[i];
         ct += mms_sop_class_is_ct(hi->sop_class);
@@ -270,10 +337,18 @@ collect(const char *const *paths, const struct mms_header *h, int n, uint64_t ma
             total += hi->frames;
         } else if (hi->has_geometry) {
             total++;
+        } else if (no_geometry < 0) {
+            no_geometry = i;
         }
         if (total > INT32_MAX / 2)
             return mms_why(why, why_len, MMS_EDICOM, "more than %d frames", INT32_MAX / 2);
     }
+    if (total == 0 && ct > localizers && no_geometry >= 0)
+        return mms_why(why, why_len, MMS_EDICOM,
+                       "no CT image with position and orientation (%s: Image Position (Patient) "
+                       "not 3 finite numbers, Image Orientation (Patient) not 6, or no rows or "
+                       "columns)",
+                       paths[no_geometry]);
     if (total == 0)
         return mms_why(why, why_len, MMS_EDICOM, "%s",
                        ct == 0            ? "no CT image (CT, Enhanced CT or Legacy Converted "
@@ -332,17 +407,28 @@ build(const char *const *paths, const struct mms_header *h, int n, const struct 
     int rc = collect(paths, h, n, o->max_voxels, &c, &s, &m, why, why_len);
     if (rc < 0)
         return rc;
-    if ((rc = mms_stack_find(s, m, &o->stack, &st, why, why_len)) < 0)
+    for (int i = 0; i < m; i++) /* positions before any geometry is derived from them */
+        if ((rc = check_frame(paths[c[i].file], &h[c[i].file], c[i].frame, s[i].ipp, c[i].ps, true,
+                              why, why_len)) < 0)
+            goto fail;
+    if ((rc = mms_stack_find(s, m, &o->stack, &st, why, why_len)) == MMS_EINVAL && m > 0) {
+        const double *r = s[0].iop; /* every frame refused: say what the first one has */
+        rc = mms_why(why, why_len, MMS_EDICOM,
+                     "no frame has a valid orientation (%s: Image Orientation (Patient) %g\\%g\\%g"
+                     "\\%g\\%g\\%g is not two orthogonal unit vectors within 0.01)",
+                     paths[c[0].file], r[0], r[1], r[2], r[3], r[4], r[5]);
+        goto fail;
+    }
+    if (rc < 0)
         goto fail;
     const int nz = st->n;
     const struct cand *c0 = &c[st->order[0]];
     const int64_t rows = s[st->order[0]].rows, cols = s[st->order[0]].cols;
     for (int k = 0; k < nz; k++) {
         const struct cand *ck = &c[st->order[k]];
-        if (!(ck->ps[0] > 0.0 && ck->ps[1] > 0.0 && isfinite(ck->ps[0]) && isfinite(ck->ps[1]))) {
-            rc = mms_why(why, why_len, MMS_EDICOM, "%s: no valid pixel spacing", paths[ck->file]);
+        if ((rc = check_frame(paths[ck->file], &h[ck->file], ck->frame, s[st->order[k]].ipp, ck->ps,
+                              false, why, why_len)) < 0)
             goto fail;
-        }
         if (!same_spacing(ck->ps, c0->ps)) {
             rc = mms_why(why, why_len, MMS_EDICOM,
                          "pixel spacing differs between slices (%g x %g mm in %s, %g x %g mm in "

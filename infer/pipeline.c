@@ -154,8 +154,9 @@ crop_box(struct job *j, int threads)
             hi[a] = h[a] > hi[a] ? h[a] : hi[a];
         }
     }
+    const bool all_zero = hi[0] < 0; /* tested once: the loop below changes hi[0] */
     for (int a = 0; a < 3; a++) {
-        if (hi[0] < 0 || !j->card->pre.crop_to_nonzero) { /* all zero: no crop */
+        if (all_zero || !j->card->pre.crop_to_nonzero) { /* all zero: no crop */
             lo[a] = 0;
             hi[a] = n[a] - 1;
         }
@@ -238,28 +239,93 @@ job_free(struct job *j)
         free(j->starts[t]);
 }
 
+/* a * b and a + b, saturating at SIZE_MAX: an estimate that overflows exceeds every limit */
+static size_t
+sat_mul(size_t a, size_t b)
+{
+    size_t r;
+    return __builtin_mul_overflow(a, b, &r) ? SIZE_MAX : r;
+}
+
+static size_t
+sat_add(size_t a, size_t b)
+{
+    size_t r;
+    return __builtin_add_overflow(a, b, &r) ? SIZE_MAX : r;
+}
+
+/* The product of three non-negative extents, or -1 when it exceeds MMS_PIPE_MAX_VOXELS. */
+static int64_t
+voxels3(const int64_t n[3])
+{
+    int64_t v;
+    if (n[0] < 0 || n[1] < 0 || n[2] < 0 || __builtin_mul_overflow(n[0], n[1], &v) ||
+        __builtin_mul_overflow(v, n[2], &v) || v > MMS_PIPE_MAX_VOXELS)
+        return -1;
+    return v;
+}
+
 static size_t
 estimate(const struct job *j, const struct mms_net *net, int threads)
 {
-    size_t pv = (size_t)(j->pd[0] * j->pd[1] * j->pd[2]);
-    size_t pp = (size_t)(j->patch[0] * j->patch[1] * j->patch[2]);
+    /* prepare() bounded every shape by MMS_PIPE_MAX_VOXELS; saturate anyway */
+    const int64_t in[3] = {j->ct->slices, j->ct->rows, j->ct->cols};
+    size_t pv = (size_t)voxels3(j->pd), pp = (size_t)voxels3(j->patch), nv = (size_t)voxels3(in);
     size_t c = (size_t)j->classes, b = (size_t)j->batch;
     int64_t longest = 0;
     for (int a = 0; a < 3; a++) {
         longest = j->nc[a] > longest ? j->nc[a] : longest;
         longest = j->tk[a] > longest ? j->tk[a] : longest;
     }
-    size_t bytes = (size_t)(j->tmp_n[0] + j->tmp_n[1]) * sizeof(float) /* between passes */
-                   + pv * sizeof(float)                                /* network input */
-                   + c * pv * sizeof(float)                            /* logits */
-                   + pv                                                /* target labels */
-                   + (2 + b + b * c + c) * pp * sizeof(float)          /* tiles, Gaussian */
-                   + (size_t)threads * mms__pass_scratch(longest, longest) +
-                   (size_t)(j->ct->slices * j->ct->rows * j->ct->cols) * 5 /* input, labels */
-                   + (size_t)longest * 64;                                 /* tables */
+    size_t bytes = sat_mul((size_t)j->tmp_n[0] + (size_t)j->tmp_n[1], sizeof(float)); /* passes */
+    bytes = sat_add(bytes, sat_mul(pv, sizeof(float)));                 /* network input */
+    bytes = sat_add(bytes, sat_mul(sat_mul(c, pv), sizeof(float)));     /* logits */
+    bytes = sat_add(bytes, pv);                                         /* target labels */
+    bytes = sat_add(bytes, sat_mul(sat_mul(2 + b + b * c + c, pp), 4)); /* tiles, Gaussian */
+    bytes = sat_add(bytes, sat_mul((size_t)threads, mms__pass_scratch(longest, longest)));
+    bytes = sat_add(bytes, sat_mul(nv, 5));               /* input, labels */
+    bytes = sat_add(bytes, sat_mul((size_t)longest, 64)); /* tables */
     if (net != NULL)
-        bytes += mms_net_arena_bytes(net) + mms_net_fixed_bytes(net);
+        bytes = sat_add(bytes, sat_add(mms_net_arena_bytes(net), mms_net_fixed_bytes(net)));
     return bytes;
+}
+
+/* The volume description, before anything is derived from it: sizes, spacings, directions
+ * and slice positions finite and within the limits of pipeline.h. */
+static int
+check_ct(const struct mms_ct *ct, char *why, size_t why_len)
+{
+    if (ct->hu == NULL || ct->ipp == NULL || ct->pos_mm == NULL || ct->cols < 1 || ct->rows < 1 ||
+        ct->slices < 1)
+        return mms_why(why, why_len, MMS_EINVAL, "the volume description is incomplete");
+    const int64_t n[3] = {ct->slices, ct->rows, ct->cols};
+    if (voxels3(n) < 0 || ct->cols > INT32_MAX / 4 || ct->rows > INT32_MAX / 4 ||
+        ct->slices > INT32_MAX / 4)
+        return mms_why(why, why_len, MMS_ERANGE,
+                       "the volume has %lld x %lld x %lld voxels, more than the maximum of %lld",
+                       (long long)ct->cols, (long long)ct->rows, (long long)ct->slices,
+                       (long long)MMS_PIPE_MAX_VOXELS);
+    static const char *const name[3] = {"column", "row", "slice"};
+    const double sp[3] = {ct->col_mm, ct->row_mm, ct->slice_mm};
+    for (int a = 0; a < 3; a++)
+        if (!(sp[a] >= MMS_PIPE_MIN_SPACING_MM && sp[a] <= MMS_PIPE_MAX_SPACING_MM))
+            return mms_why(why, why_len, MMS_EINVAL, "the %s spacing %g mm is outside %g..%g mm",
+                           name[a], sp[a], MMS_PIPE_MIN_SPACING_MM, MMS_PIPE_MAX_SPACING_MM);
+    for (int i = 0; i < 3; i++)
+        if (!isfinite(ct->u_c[i]) || !isfinite(ct->u_r[i]) || !isfinite(ct->normal[i]))
+            return mms_why(why, why_len, MMS_EINVAL, "the image orientation is not finite");
+    for (int64_t k = 0; k < ct->slices; k++) {
+        const double *p = ct->ipp[k];
+        if (!isfinite(p[0]) || !isfinite(p[1]) || !isfinite(p[2]) || !isfinite(ct->pos_mm[k]))
+            return mms_why(why, why_len, MMS_EINVAL, "the position of slice %lld is not finite",
+                           (long long)k);
+        if (k > 0 && !(ct->pos_mm[k] > ct->pos_mm[k - 1]))
+            return mms_why(why, why_len, MMS_EINVAL,
+                           "slice positions not ascending along the normal (slice %lld at %g mm, "
+                           "slice %lld at %g mm)",
+                           (long long)k - 1, ct->pos_mm[k - 1], (long long)k, ct->pos_mm[k]);
+    }
+    return 0;
 }
 
 static int
@@ -271,18 +337,16 @@ prepare(struct job *j, const struct mms_ct *ct, const struct mms_model *m,
     j->ct = ct;
     j->card = mms_model_card(m);
     const struct mms_card *card = j->card;
-    if (ct->hu == NULL || ct->cols < 1 || ct->rows < 1 || ct->slices < 1 || ct->ipp == NULL ||
-        ct->pos_mm == NULL || !(ct->col_mm > 0.0) || !(ct->row_mm > 0.0) || !(ct->slice_mm > 0.0) ||
-        ct->cols > INT32_MAX / 4 || ct->rows > INT32_MAX / 4 || ct->slices > INT32_MAX / 4)
-        return mms_why(why, why_len, MMS_EINVAL, "the volume description is incomplete");
+    int rc = check_ct(ct, why, why_len);
+    if (rc < 0)
+        return rc;
     if (card->arch.in_channels != 1)
         return mms_why(why, why_len, MMS_ENOTSUP, "the model takes %d input channels, not 1",
                        card->arch.in_channels);
     j->classes = card->arch.num_classes;
     if (j->classes > 255)
         return mms_why(why, why_len, MMS_ENOTSUP, "%d classes do not fit in 8 bits", j->classes);
-    int rc = orient(j, why, why_len);
-    if (rc < 0)
+    if ((rc = orient(j, why, why_len)) < 0)
         return rc;
     crop_box(j, threads);
 
@@ -300,7 +364,25 @@ prepare(struct job *j, const struct mms_ct *ct, const struct mms_model *m,
         j->patch[t] = card->inf.patch[t];
     }
     memcpy(j->sp, sp, sizeof sp);
+    if (!(j->sp[0] >= MMS_PIPE_MIN_SPACING_MM && j->sp[0] <= MMS_PIPE_MAX_SPACING_MM))
+        return mms_why(why, why_len, MMS_EINVAL,
+                       "the mean slice step %g mm over the crop is outside %g..%g mm", j->sp[0],
+                       MMS_PIPE_MIN_SPACING_MM, MMS_PIPE_MAX_SPACING_MM);
     mms_pipe_new_shape(j->nc, j->sp, j->tg, j->tk);
+    for (int a = 0; a < 3; a++)
+        if (j->tk[a] > MMS_PIPE_MAX_AXIS)
+            return mms_why(why, why_len, MMS_ERANGE,
+                           "resampling %lld voxels of %g mm to %g mm gives %.4g voxels along "
+                           "DICOM axis %d, more than the maximum of %lld",
+                           (long long)j->nc[a], j->sp[a], j->tg[a],
+                           j->sp[a] / j->tg[a] * (double)j->nc[a], a, (long long)MMS_PIPE_MAX_AXIS);
+    if (voxels3(j->tk) < 0)
+        return mms_why(why, why_len, MMS_ERANGE,
+                       "the target shape %lld x %lld x %lld (from %g x %g x %g mm to %g x %g x "
+                       "%g mm) has more than the maximum of %lld voxels",
+                       (long long)j->tk[0], (long long)j->tk[1], (long long)j->tk[2], j->sp[0],
+                       j->sp[1], j->sp[2], j->tg[0], j->tg[1], j->tg[2],
+                       (long long)MMS_PIPE_MAX_VOXELS);
     for (int64_t k = j->lo[0] + 1; k < j->hi[0] && !j->tilted; k++)
         for (int d = 0; d < 3; d++) {
             double step = ct->ipp[k][d] - ct->ipp[k - 1][d];
@@ -371,10 +453,27 @@ prepare(struct job *j, const struct mms_ct *ct, const struct mms_model *m,
         j->pd[t] = j->tn[t] > j->patch[t] ? j->tn[t] : j->patch[t];
         j->pb[t] = (j->pd[t] - j->tn[t]) / 2;
     }
+    if (voxels3(j->pd) < 0 || voxels3(j->patch) < 0)
+        return mms_why(why, why_len, MMS_ERANGE,
+                       "the padded network input %lld x %lld x %lld (patch %lld x %lld x %lld) "
+                       "has more than the maximum of %lld voxels",
+                       (long long)j->pd[0], (long long)j->pd[1], (long long)j->pd[2],
+                       (long long)j->patch[0], (long long)j->patch[1], (long long)j->patch[2],
+                       (long long)MMS_PIPE_MAX_VOXELS);
     j->st[2] = 1;
     j->st[1] = j->pd[2];
     j->st[0] = j->pd[1] * j->pd[2];
     for (int t = 0; t < 3; t++) {
+        /* more tiles than voxels along an axis: a step below one voxel (tile_step x patch) */
+        double tiles =
+            j->pd[t] <= j->patch[t]
+                ? 1.0
+                : ceil((double)(j->pd[t] - j->patch[t]) / ((double)j->patch[t] * j->step)) + 1.0;
+        if (!(tiles <= (double)j->pd[t]))
+            return mms_why(why, why_len, MMS_EINVAL,
+                           "tile step %g of a %lld-voxel patch gives %.4g tiles over %lld "
+                           "voxels along network axis %d",
+                           j->step, (long long)j->patch[t], tiles, (long long)j->pd[t], t);
         j->n_starts[t] = mms_pipe_tile_starts(j->pd[t], j->patch[t], j->step, NULL);
         if ((j->starts[t] = malloc((size_t)j->n_starts[t] * sizeof(int64_t))) == NULL)
             return MMS_ENOMEM;
@@ -910,7 +1009,9 @@ mms_pipe_run(const struct mms_ct *ct, const struct mms_model *m, struct mms_net 
     for (size_t i = 0; i < pv; i++)
         x[i] = pad;
     if ((rc = preprocess(&j, x, threads)) < 0) {
-        mms_why(why, why_len, rc, "resampling failed");
+        mms_why(why, why_len, rc, "resampling %lld x %lld x %lld voxels to %lld x %lld x %lld: %s",
+                (long long)j.nc[0], (long long)j.nc[1], (long long)j.nc[2], (long long)j.tk[0],
+                (long long)j.tk[1], (long long)j.tk[2], mms_strerror(rc));
         goto out;
     }
     double t1 = mms_mono_s();

@@ -21,7 +21,18 @@ extern "C" {
 /* ----------------------------------------------------------------------------- building blocks
  * Arrays are 3D, row-major, shape[0] outermost. Spacings are per array axis, in mm. */
 
-/* New shape of mmunet.md 5.4: round_half_even(spacing[i] / target[i] * shape[i]), at least 1. */
+/* Hard limits on what a job may plan, whatever the memory limit: a target axis longer than
+ * MMS_PIPE_MAX_AXIS voxels or a target volume over MMS_PIPE_MAX_VOXELS is refused, and so is a
+ * spacing outside MMS_PIPE_MIN_SPACING_MM..MMS_PIPE_MAX_SPACING_MM (the DICOM reader's limits)
+ * or an input over MMS_PIPE_MAX_VOXELS. They keep every size a job derives within 64 bits. */
+#define MMS_PIPE_MAX_AXIS ((int64_t)1 << 20)
+#define MMS_PIPE_MAX_VOXELS ((int64_t)1 << 32)
+#define MMS_PIPE_MIN_SPACING_MM 1e-3
+#define MMS_PIPE_MAX_SPACING_MM 1e3
+
+/* New shape of mmunet.md 5.4: round_half_even(spacing[i] / target[i] * shape[i]), at least 1,
+ * computed in double: a result over MMS_PIPE_MAX_AXIS, or not a number, is given as
+ * MMS_PIPE_MAX_AXIS + 1, which the pipeline refuses. */
 void mms_pipe_new_shape(const int64_t shape[3], const double spacing[3], const double target[3],
                         int64_t out[3]);
 
@@ -91,8 +102,11 @@ void mms_pipe_opts_default(struct mms_pipe_opts *o);
 /* The bytes a job holds at its peak (the input volume, mms_pipe_run()'s buffers, net's arena
  * and weights, the output labels) go to stats->memory_estimate, with the shapes it derived.
  * Nothing big is allocated.
- * Returns 0, MMS_ENOMEM when the estimate exceeds o->max_memory (the figures in why), or
- * MMS_EINVAL / MMS_ENOTSUP with a reason in why. */
+ * The spacings, positions and shapes are checked first (finite, within the limits above, slice
+ * positions ascending); the target shape and the estimate are computed with overflow checks.
+ * Returns 0, MMS_ENOMEM when the estimate exceeds o->max_memory (the figures in why), MMS_ERANGE
+ * when a shape exceeds the hard limits (the figures in why), or MMS_EINVAL / MMS_ENOTSUP with a
+ * reason in why. */
 int mms_pipe_plan(const struct mms_ct *ct, const struct mms_model *m, const struct mms_net *net,
                   const struct mms_pipe_opts *o, struct mms_pipe_stats *stats, char *why,
                   size_t why_len);
@@ -102,7 +116,8 @@ int mms_pipe_plan(const struct mms_ct *ct, const struct mms_model *m, const stru
  * labels receives slices*rows*cols class indices in DICOM order. net must have been built
  * for tiles of the card's patch size.
  * Refuses before allocating when the plan exceeds o->max_memory (MMS_ENOMEM, with the figures
- * in why). Returns 0, MMS_EINVAL, MMS_ENOTSUP, MMS_ENOMEM, MMS_EMODEL (non-finite logits),
+ * in why). Returns 0, MMS_EINVAL, MMS_ENOTSUP, MMS_ENOMEM, MMS_ERANGE, MMS_EMODEL (non-finite
+ * logits),
  * or a backend error; why gets a one-line reason. Threads: net's thread. */
 int mms_pipe_run(const struct mms_ct *ct, const struct mms_model *m, struct mms_net *net,
                  const struct mms_pipe_opts *o, uint8_t *labels, struct mms_pipe_stats *stats,

@@ -25,8 +25,10 @@ mms_pipe_new_shape(const int64_t shape[3], const double spacing[3], const double
                    int64_t out[3])
 {
     for (int i = 0; i < 3; i++) {
-        double v = rint(spacing[i] / target[i] * (double)shape[i]); /* half to even */
-        out[i] = v < 1.0 ? 1 : (int64_t)v;
+        double v = rint(spacing[i] / target[i] * (double)shape[i]);        /* half to even */
+        out[i] = !(v <= (double)MMS_PIPE_MAX_AXIS) ? MMS_PIPE_MAX_AXIS + 1 /* also NaN */
+                 : v < 1.0                         ? 1
+                                                   : (int64_t)v;
     }
 }
 
@@ -241,7 +243,12 @@ mms_pipe_resample(const float *in, const int64_t shape_in[3], float *out,
         if (shape_in[a] < 1 || shape_out[a] < 1 || shape_in[a] > INT32_MAX / 2 ||
             shape_out[a] > INT32_MAX / 2)
             return MMS_EINVAL;
-    int64_t n_in = shape_in[0] * shape_in[1] * shape_in[2];
+    int64_t n_in, n_out;
+    if (__builtin_mul_overflow(shape_in[0], shape_in[1], &n_in) ||
+        __builtin_mul_overflow(n_in, shape_in[2], &n_in) || n_in > MMS_PIPE_MAX_VOXELS ||
+        __builtin_mul_overflow(shape_out[0], shape_out[1], &n_out) ||
+        __builtin_mul_overflow(n_out, shape_out[2], &n_out) || n_out > MMS_PIPE_MAX_VOXELS)
+        return MMS_EINVAL;
     if (memcmp(shape_in, shape_out, 3 * sizeof *shape_in) == 0) {
         memcpy(out, in, (size_t)n_in * sizeof *in);
         return 0;

@@ -1,5 +1,6 @@
 /* Tests of daemon/config.c: a valid file, defaults, and each class of error with its exact
  * message and line number. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -51,7 +52,7 @@ main(void)
     char longline[400];
     int rc;
 
-    plan(49, 30);
+    plan(53, 30);
     if (mkdtemp(dir) == NULL)
         return 1;
     snprintf(path, sizeof path, "%s/mmsegd.ini", dir);
@@ -205,6 +206,31 @@ main(void)
     rc = mms_config_load(path, &cfg, err, sizeof err);
     ok(rc == MMS_ENOENT && strstr(err, "cannot open: no such file or directory") != NULL,
        "a missing file is ENOENT with a message");
+
+    /* special files are refused by type before anything is read: /dev/zero never ends, a
+     * FIFO would block; a regular file over 1 MiB is refused by size */
+    rc = mms_config_load("/dev/zero", &cfg, err, sizeof err);
+    ok(rc == MMS_ECONFIG && strstr(err, "/dev/zero: not a regular file") != NULL,
+       "/dev/zero is refused: %s", err);
+    rc = mms_config_load(dir, &cfg, err, sizeof err);
+    ok(rc == MMS_ECONFIG && strstr(err, "not a regular file") != NULL, "a folder is refused");
+    char fifo[300];
+    snprintf(fifo, sizeof fifo, "%s/fifo.ini", dir);
+    rc = mkfifo(fifo, 0600) == 0 ? mms_config_load(fifo, &cfg, err, sizeof err) : MMS_EIO;
+    ok(rc == MMS_ECONFIG && strstr(err, "not a regular file") != NULL,
+       "a FIFO is refused without blocking");
+    unlink(fifo);
+    FILE *f = fopen(path, "w");
+    for (int i = 0; f != NULL && i < (1 << 20) / 16 + 1; i++)
+        fputs(";23456789012345\n", f);
+    if (f != NULL)
+        fclose(f);
+    rc = mms_config_load(path, &cfg, err, sizeof err);
+    ok(rc == MMS_ECONFIG &&
+           strstr(err, "1048592 bytes, more than the maximum of 1048576 for a configuration") !=
+               NULL,
+       "a file over 1 MiB is refused: %s", err);
+    unlink(path);
 
     rmdir(dir);
     return done_testing();

@@ -789,6 +789,134 @@ test_memory_limit(const char *dir)
     mms_model_free(m);
 }
 
+/* Values a broken or hostile series can carry: each is refused by the plan with a reason that
+ * names it and its figure, before anything is allocated, and the memory estimate grows with
+ * the spacing instead of wrapping. A constant volume, all zero included, is segmented. */
+enum { BAD_CASES = 12 };
+
+static void
+test_bad_values(const char *dir)
+{
+    char path[4096], why[512] = "";
+    struct mms_model *m = NULL;
+    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-separate.safetensors", dir);
+    if (mms_model_load(path, &m, why, sizeof why) < 0) {
+        ok(false, "load %s: %s", path, why);
+        for (int i = 1; i < BAD_CASES; i++)
+            skip("no model");
+        return;
+    }
+    enum { C = 24, R = 20, K = 8 };
+    static float hu[K * R * C];
+    static uint8_t lab[K * R * C];
+    double ipp[K][3], pos[K];
+    for (int k = 0; k < K; k++) {
+        ipp[k][0] = ipp[k][1] = 0.0;
+        ipp[k][2] = pos[k] = 2.0 * k;
+    }
+    const struct mms_ct base = {.cols = C,
+                                .rows = R,
+                                .slices = K,
+                                .hu = hu,
+                                .col_mm = 0.8,
+                                .row_mm = 0.8,
+                                .slice_mm = 2.0,
+                                .u_c = {1, 0, 0},
+                                .u_r = {0, 1, 0},
+                                .normal = {0, 0, 1},
+                                .ipp = (const double(*)[3])ipp,
+                                .pos_mm = pos};
+    struct mms_pipe_opts o;
+    mms_pipe_opts_default(&o);
+    struct mms_pipe_stats st;
+    static const struct {
+        double col_mm, slice_mm;
+        const char *want;
+    } sp[] = {
+        {1e30, 2.0, "column spacing 1e+30 mm is outside 0.001..1000 mm"},
+        {1e10, 2.0, "column spacing 1e+10 mm is outside"},
+        {1e-30, 2.0, "column spacing 1e-30 mm is outside"},
+        {NAN, 2.0, "column spacing nan mm is outside"},
+        {0.0, 2.0, "column spacing 0 mm is outside"},
+        {-0.8, 2.0, "column spacing -0.8 mm is outside"},
+        {0.8, INFINITY, "slice spacing inf mm is outside"},
+    };
+    for (size_t i = 0; i < sizeof sp / sizeof sp[0]; i++) {
+        struct mms_ct ct = base;
+        ct.col_mm = sp[i].col_mm;
+        ct.slice_mm = sp[i].slice_mm;
+        why[0] = '\0';
+        int rc = mms_pipe_plan(&ct, m, NULL, &o, &st, why, sizeof why);
+        ok(rc == MMS_EINVAL && strstr(why, sp[i].want) != NULL, "spacing %g x %g mm refused: %s",
+           sp[i].col_mm, sp[i].slice_mm, why);
+    }
+    {
+        struct mms_ct ct = base;
+        pos[3] = NAN;
+        int rc = mms_pipe_plan(&ct, m, NULL, &o, &st, why, sizeof why);
+        pos[3] = 6.0;
+        double keep = pos[5];
+        pos[5] = pos[4];
+        int rc2 = mms_pipe_plan(&ct, m, NULL, &o, &st, why + 256, sizeof why - 256);
+        pos[5] = keep;
+        ok(rc == MMS_EINVAL && strstr(why, "position of slice 3 is not finite") != NULL &&
+               rc2 == MMS_EINVAL && strstr(why + 256, "not ascending") != NULL,
+           "a NaN position and a zero step refused: %s; %s", why, why + 256);
+    }
+    { /* within the spacing limits, but the target shape is over the hard maximum */
+        static float big[K * 64 * 64];
+        struct mms_ct ct = base;
+        ct.hu = big;
+        ct.cols = ct.rows = 64;
+        ct.col_mm = ct.row_mm = 1000.0;
+        why[0] = '\0';
+        int rc = mms_pipe_plan(&ct, m, NULL, &o, &st, why, sizeof why);
+        ok(rc == MMS_ERANGE && strstr(why, "maximum of 4294967296 voxels") != NULL,
+           "1000 mm pixels: the target refused with its figures: %s", why);
+    }
+    { /* the estimate grows with the spacing (it wrapped around 1e8 mm) */
+        size_t last = 0;
+        bool grows = true;
+        static const double mm[] = {0.8, 8.0, 80.0, 200.0};
+        for (size_t i = 0; i < sizeof mm / sizeof mm[0]; i++) {
+            struct mms_ct ct = base;
+            ct.col_mm = ct.row_mm = mm[i];
+            int rc = mms_pipe_plan(&ct, m, NULL, &o, &st, why, sizeof why);
+            grows = grows && rc == 0 && st.memory_estimate > last;
+            last = st.memory_estimate;
+        }
+        ok(grows, "the memory estimate grows with the spacing (%zu MiB at 200 mm)", last >> 20);
+    }
+    /* constant volumes: all zero (no crop) and all 40 HU */
+    struct mms_backend *be = NULL;
+    struct mms_net *net = NULL;
+    struct mms_backend_params bp = {.threads = 1};
+    if (mms_backend_open("cpu", &bp, &be) == 0 &&
+        mms_net_new(m, be, mms_model_card(m)->inf.patch, 0, &net) == 0) {
+        static const float value[2] = {0.0f, 40.0f};
+        for (int v = 0; v < 2; v++) {
+            for (size_t i = 0; i < sizeof hu / sizeof hu[0]; i++)
+                hu[i] = value[v];
+            memset(lab, 0xee, sizeof lab);
+            why[0] = '\0';
+            int rc = mms_pipe_run(&base, m, net, &o, lab, &st, why, sizeof why);
+            int bad = 0;
+            for (size_t i = 0; i < sizeof lab; i++)
+                bad += lab[i] >= mms_model_card(m)->arch.num_classes;
+            ok(rc == 0 && bad == 0 && st.crop_hi[1] == R && st.crop_hi[2] == C,
+               "a constant volume of %g HU is segmented (crop %lld..%lld x %lld..%lld): %s",
+               (double)value[v], (long long)st.crop_lo[1], (long long)st.crop_hi[1],
+               (long long)st.crop_lo[2], (long long)st.crop_hi[2], rc < 0 ? why : "ok");
+        }
+    } else {
+        ok(false, "CPU backend for the tiny model");
+        skip("no backend");
+    }
+    mms_net_free(net);
+    mms_backend_free(be);
+    mms_model_free(m);
+}
+
 int
 main(void)
 {
@@ -801,7 +929,7 @@ main(void)
         n_gauss += strncmp(mms__st_tensor(bl, i)->name, "gaussian.", 9) == 0;
     int n = (int)(need(bl, "new_shape")->shape[0] + need(bl, "separate_axis")->shape[0] +
                   need(bl, "tiles.params")->shape[0]) +
-            n_gauss + 3 + count_resample(rs) + 1 + 4 + 2 + 5 + 5 + 1 + 2 + 4 + 2;
+            n_gauss + 3 + count_resample(rs) + 1 + 4 + 2 + 5 + 5 + 1 + 2 + 4 + 2 + BAD_CASES;
     plan(n, 60);
     test_new_shape(bl);
     test_separate_axis(bl);
@@ -817,6 +945,7 @@ main(void)
     test_errors();
     test_orientations(dir);
     test_memory_limit(dir);
+    test_bad_values(dir);
     mms__st_close(nn);
     mms__st_close(rs);
     mms__st_close(bl);

@@ -2,6 +2,7 @@
  * sorting by position, spacing, gaps, duplicates, repeated acquisitions, localizers, other
  * frames of reference, gantry tilt and oblique orientations. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -47,7 +48,7 @@ main(void)
     struct mms_stack *st = NULL;
     char why[256];
     int rc;
-    plan(26, 30);
+    plan(31, 30);
 
     /* shuffled input: the order comes from positions, never from input or instance order */
     static const int perm[10] = {3, 7, 0, 9, 1, 8, 2, 6, 4, 5};
@@ -236,5 +237,41 @@ main(void)
     st = NULL;
     is_int(mms_stack_find(sl, 0, &opts, &st, why, sizeof why), MMS_EINVAL, "no frames at all");
     ok(st == NULL, "out untouched on failure");
+
+    /* one frame of reference per frame: no stack of more than one frame, not a volume */
+    axial(12, 0.0, 2.5, NULL);
+    for (int i = 0; i < 12; i++)
+        snprintf(sl[i].frame_of_ref, sizeof sl[i].frame_of_ref, "1.2.3.%d", i);
+    rc = run(12, &opts, &st, why);
+    ok(rc == MMS_EDICOM &&
+           strstr(why, "not a volume: the largest of 12 stacks has 1 frame of 12 (left out: 11 "
+                       "in other frames of reference") != NULL,
+       "one frame of reference per frame: %s", why);
+    /* two frames of reference: the main stack under min_slices fails, at 0 it is kept */
+    axial(14, 0.0, 2.5, NULL);
+    for (int i = 8; i < 14; i++)
+        strcpy(sl[i].frame_of_ref, "9.9.9");
+    struct mms_stack_opts o10 = opts;
+    o10.min_slices = 10;
+    rc = run(14, &o10, &st, why);
+    ok(rc == MMS_EDICOM && strstr(why, "has 8 frames of 14, fewer than min_slices 10") != NULL,
+       "8 + 6 frames in two frames of reference, min_slices 10: %s", why);
+    rc = run(14, &opts, &st, why);
+    ok(rc == 0 && st->n == 8 && st->n_stacks == 2, "the same without a minimum: a stack of 8");
+    mms_stack_free(st);
+    st = NULL;
+    /* positions beyond 1e6 mm are left out like a bad orientation */
+    axial(4, 0.0, 2.5, NULL);
+    sl[3].ipp[0] = 1e30;
+    rc = run(4, &opts, &st, why);
+    ok(rc == 0 && st->n == 3 && st->reason[3] == MMS_STACK_BAD_ORIENTATION,
+       "a position of 1e30 mm: that frame is left out");
+    mms_stack_free(st);
+    st = NULL;
+    /* a median step over 1000 mm */
+    axial(4, 0.0, 5000.0, NULL);
+    rc = run(4, &opts, &st, why);
+    ok(rc == MMS_EDICOM && strstr(why, "5000 mm, is over 1000 mm") != NULL,
+       "5000 mm between slices: %s", why);
     return done_testing();
 }
