@@ -104,7 +104,9 @@ class scan_attrs : public attrs
             const mms_scan_value &v = pre_.v[i];
             if (!v.found)
                 continue;
-            if (v.at > len_ || v.len > len_ - v.at) // the pre-scan checked it; never trusted
+            // the pre-scan checked it; never trusted (a sequence of undefined length is not
+            // read as a value)
+            if (v.at > len_ || (v.len != 0xffffffffu && v.len > len_ - v.at))
                 return false;
             if (v.vr[0] == '\0')
                 continue;
@@ -128,7 +130,8 @@ class scan_attrs : public attrs
     text(enum mms_tag t) const override
     {
         const mms_scan_value &v = pre_.v[t];
-        if (!v.found || v.len == 0 || t == MMS_TAG_SHARED_GROUPS || t == MMS_TAG_FRAME_GROUPS)
+        if (!v.found || v.len == 0 || v.len == 0xffffffffu || t == MMS_TAG_SHARED_GROUPS ||
+            t == MMS_TAG_FRAME_GROUPS)
             return std::string();
         const uint8_t *b = data_ + v.at;
         if (is_binary(t)) {

@@ -95,10 +95,16 @@ long_vr(const uint8_t *vr)
     return false;
 }
 
+/* One of the VRs of PS3.5 (GDCM asserts on another one in the file meta information). */
 static bool
-vr_letters(const uint8_t *vr)
+known_vr(const uint8_t *vr)
 {
-    return vr[0] >= 'A' && vr[0] <= 'Z' && vr[1] >= 'A' && vr[1] <= 'Z';
+    static const char all[] =
+        "AEASATCSDADSDTFDFLISLOLTOBODOFOLOVOWPNSHSLSQSSSTSVTMUCUIULUNURUSUTUV";
+    for (size_t i = 0; i + 1 < sizeof all; i += 2)
+        if (is_vr(vr, all + i))
+            return true;
+    return false;
 }
 
 static enum walk_rc
@@ -253,7 +259,7 @@ walk(struct walker *w, enum enc enc, struct mms_prescan *info)
             pos += 8;
         } else {
             vr = p + pos + 4;
-            if (!vr_letters(vr))
+            if (!known_vr(vr))
                 return fail(w, WALK_BAD, "data element (%04X,%04X) at byte %zu has no valid VR", g,
                             e, at);
             if (long_vr(vr)) {
@@ -418,7 +424,7 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
             const size_t at = w.pos;
             uint16_t el = u16(data + w.pos + 2, false);
             const uint8_t *vr = data + w.pos + 4;
-            if (!vr_letters(vr))
+            if (!known_vr(vr))
                 return mms_why(why, why_len, MMS_EDICOM,
                                "file meta information: element (0002,%04X) at byte %zu has no "
                                "valid VR",

@@ -328,7 +328,7 @@ main(int argc, char **argv)
     const char *t = getenv("TMPDIR");
     snprintf(tmpdir, sizeof tmpdir, "%s", t != NULL && t[0] != '\0' ? t : "/tmp");
     if (write_dir[0] == '\0')
-        plan(28, 600);
+        plan(30, 600);
 
     /* the valid files themselves pass */
     if (write_dir[0] == '\0') {
@@ -393,6 +393,21 @@ main(int argc, char **argv)
         if (m != 0)
             put32(b.p + m + 8, 0xfffffff0u);
         expect_refused("huge-meta-ob", b, "file meta information", 1.0);
+        /* meta: an element with a VR that does not exist (GDCM asserted on it; found by
+         * fuzz-volume) */
+        b = dup_buf(base_ex);
+        static const uint8_t inst[6] = {0x02, 0x00, 0x03, 0x00, 'U', 'I'};
+        for (size_t i = 132; i + 8 < b.n && i < 400; i++)
+            if (memcmp(b.p + i, inst, 6) == 0) {
+                memcpy(b.p + i + 4, "EI", 2);
+                break;
+            }
+        expect_refused("meta-unknown-vr", b, "no valid VR", 1.0);
+        /* data set: the same */
+        b = dup_buf(base_ex);
+        at = find_tag(b, 0x0008, 0x0060, &val);
+        memcpy(b.p + at + 4, "QQ", 2);
+        expect_refused("unknown-vr", b, "no valid VR", 1.0);
         /* meta: the transfer syntax UID holds letters */
         b = dup_buf(base_ex);
         set_ts(&b, "1.2.840.10008.1.2.X");
