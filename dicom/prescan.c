@@ -416,10 +416,15 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
     memset(info, 0, sizeof *info);
     char *ts = info->transfer_syntax;
     bool meta = len >= 132 && memcmp(data + 128, "DICM", 4) == 0;
+    /* without the preamble, a file may still begin with its meta information (GDCM reads it
+     * so, and asserts where it is malformed) */
+    if (!meta && len >= 8 && u16(data, false) == 0x0002 && known_vr(data + 4))
+        meta = true, w.pos = 0;
+    else if (meta)
+        w.pos = 132;
     enum enc enc = ENC_IMPLICIT;
     if (meta) {
         /* file meta information: explicit VR little endian, group 0002 */
-        w.pos = 132;
         while (len - w.pos >= 8 && u16(data + w.pos, false) == 0x0002) {
             const size_t at = w.pos;
             uint16_t el = u16(data + w.pos + 2, false);
@@ -440,6 +445,11 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
                                "%u bytes, %zu remain",
                                el, at, (unsigned)l, len - w.pos - hdr);
             const uint8_t *v = data + w.pos + hdr;
+            if (el == 0x0000 && l == 4 && u32(v, false) > len - w.pos - hdr - l)
+                return mms_why(why, why_len, MMS_EDICOM,
+                               "file meta information: its group length %u goes beyond the end "
+                               "of the file",
+                               (unsigned)u32(v, false));
             bool uid_ok = true;
             if (el == 0x0002)
                 uid_ok = meta_uid(v, l, info->media_class, sizeof info->media_class);
