@@ -188,11 +188,13 @@ struct mms_prescan {
  * outside sequences, elements without a VR in explicit VR, a truncated element or sequence,
  * sequences and items nested deeper than max_depth levels (group 0000, private and UN elements
  * included), file meta information that is malformed (no VR, a length beyond the file, a UID
- * that is not digits and dots within 64 characters), a deflated data set that is corrupt,
+ * that is not digits and dots within 64 characters, a group length beyond the file or
+ * ending inside an element, no data set after it), a deflated data set that is corrupt,
  * inflates beyond MMS_DICOM_INFLATE_RATIO times its size (at least MMS_DICOM_INFLATE_MIN, at
- * most MMS_DICOM_INFLATE_MAX bytes) or whose inflated bytes fail the same checks. A data set in
- * another encoding than its meta information declares passes when it walks soundly in another
- * (the toolkits detect it); info->complete is then false. The top-level pixel data is not
+ * most MMS_DICOM_INFLATE_MAX bytes) or whose inflated bytes fail the same checks. A data set
+ * must walk in the transfer syntax its meta declares; without a declared one (no meta, or no
+ * transfer syntax in it) it passes when it walks soundly in implicit VR, explicit VR little or
+ * big endian (the toolkits detect it), info->complete then false. The top-level pixel data is not
  * judged (a truncated one is the decoder's error): info->pixel_fits says whether it fits.
  * *info receives the meta information's UIDs and where the values of the enum mms_tag
  * attributes lie (info->complete: the data set was walked in its declared encoding, the values

@@ -229,7 +229,7 @@ walk(struct walker *w, enum enc enc, struct mms_prescan *info)
                                 (unsigned)l, n - pos);
                 if (depth >= limit)
                     return fail(w, WALK_DEEP, "sequences nested deeper than %d levels at byte %zu",
-                                w->max_depth, at);
+                                limit, at);
                 lv[depth++] =
                     (struct level){l == UNDEFINED ? SIZE_MAX : pos + l, K_ELEMENTS, implicit};
             } else if (e == 0xe00d) {
@@ -285,7 +285,7 @@ walk(struct walker *w, enum enc enc, struct mms_prescan *info)
             if (tag == PIXEL_DATA && (vr == NULL || is_vr(vr, "OB") || is_vr(vr, "OW"))) {
                 if (depth >= limit)
                     return fail(w, WALK_DEEP, "sequences nested deeper than %d levels at byte %zu",
-                                w->max_depth, at);
+                                limit, at);
                 lv[depth++] = (struct level){SIZE_MAX, K_FRAGMENTS, implicit};
                 continue;
             }
@@ -296,7 +296,7 @@ walk(struct walker *w, enum enc enc, struct mms_prescan *info)
                             g, e, at);
             if (depth >= limit)
                 return fail(w, WALK_DEEP, "sequences nested deeper than %d levels at byte %zu",
-                            w->max_depth, at);
+                            limit, at);
             if (depth == 0)
                 record(info, tag, vr, pos, l);
             /* UN of undefined length holds implicit VR little endian items */
@@ -317,7 +317,7 @@ walk(struct walker *w, enum enc enc, struct mms_prescan *info)
         if (sq || as_items) {
             if (depth >= limit)
                 return fail(w, WALK_DEEP, "sequences nested deeper than %d levels at byte %zu",
-                            w->max_depth, at);
+                            limit, at);
             lv[depth++] = (struct level){pos + l, K_ITEMS, implicit || as_items};
             continue;
         }
@@ -423,6 +423,7 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
     else if (meta)
         w.pos = 132;
     enum enc enc = ENC_IMPLICIT;
+    size_t group_end = 0; /* where (0002,0000) says the file meta ends */
     if (meta) {
         /* file meta information: explicit VR little endian, group 0002 */
         while (len - w.pos >= 8 && u16(data + w.pos, false) == 0x0002) {
@@ -450,6 +451,13 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
                                "file meta information: its group length %u goes beyond the end "
                                "of the file",
                                (unsigned)u32(v, false));
+            if (el == 0x0000 && l == 4 && group_end == 0)
+                group_end = w.pos + hdr + l + u32(v, false);
+            else if (group_end != 0 && w.pos < group_end && w.pos + hdr + l > group_end)
+                return mms_why(why, why_len, MMS_EDICOM,
+                               "file meta information: its group length ends inside element "
+                               "(0002,%04X)",
+                               el);
             bool uid_ok = true;
             if (el == 0x0002)
                 uid_ok = meta_uid(v, l, info->media_class, sizeof info->media_class);
@@ -465,6 +473,8 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
             w.pos += hdr + l;
         }
         info->dataset_at = w.pos;
+        if (w.pos == len) /* GDCM asserts at the end of the file right after the meta */
+            return mms_why(why, why_len, MMS_EDICOM, "no data set after the file meta information");
         enc = strcmp(ts, TS_IMPLICIT) == 0 ? ENC_IMPLICIT
               : strcmp(ts, TS_BIG) == 0    ? ENC_BIG
                                            : ENC_EXPLICIT;
@@ -501,8 +511,8 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
     }
     info->big_endian = enc == ENC_BIG;
 
-    /* the declared encoding first; a data set in another encoding than its meta declares is
-     * read by the toolkits (they detect it), so it passes when it walks soundly in that one */
+    /* the declared encoding; without one (no meta, or no transfer syntax in it) the
+     * toolkits detect the encoding, so the data set passes when it walks soundly in one */
     const size_t start = w.pos;
     struct mms_prescan first = *info;
     enum walk_rc wr = walk(&w, enc, info);
@@ -510,7 +520,9 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
         info->complete = true;
         return 0;
     }
-    if (wr == WALK_DEEP)
+    /* with a declared transfer syntax, only that one: GDCM's recovery from a data set that
+     * breaks off in it asserts where the other encodings would walk */
+    if (wr == WALK_DEEP || ts[0] != '\0')
         return MMS_EDICOM;
     static const enum enc all[3] = {ENC_IMPLICIT, ENC_EXPLICIT, ENC_BIG};
     for (int i = 0; i < 3; i++) {

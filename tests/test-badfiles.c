@@ -161,6 +161,9 @@ deflated(struct buf base, const uint8_t *ds, size_t n, size_t zeros)
                 uint8_t pad[2] = {0, 0};
                 insert(&m, i + 8 + l, pad, want - l);
                 put16(m.p + i + 6, (unsigned)want);
+                /* (0002,0000), the group length, first in the meta: its value at 140 */
+                uint32_t gl = (uint32_t)(m.p[140] | m.p[141] << 8 | m.p[142] << 16);
+                put32(m.p + 140, gl + (uint32_t)(want - l));
             }
             memcpy(m.p + i + 8, "1.2.840.10008.1.2.1.99", want);
             break;
@@ -328,7 +331,7 @@ main(int argc, char **argv)
     const char *t = getenv("TMPDIR");
     snprintf(tmpdir, sizeof tmpdir, "%s", t != NULL && t[0] != '\0' ? t : "/tmp");
     if (write_dir[0] == '\0')
-        plan(32, 600);
+        plan(35, 600);
 
     /* the valid files themselves pass */
     if (write_dir[0] == '\0') {
@@ -413,6 +416,25 @@ main(int argc, char **argv)
         memmove(b.p, b.p + 132, 12);
         b.n = 12;
         expect_refused("meta-group-length-no-preamble", b, "group length", 1.0);
+        /* meta: a group length that ends inside the last meta element (GDCM asserted on
+         * it with and without the preamble; found by fuzz-prescan and fuzz-volume) */
+        b = dup_buf(base_ex);
+        put32(b.p + 140, (uint32_t)(b.p[140] | b.p[141] << 8) - 2);
+        expect_refused("meta-group-length-inside", b, "ends inside", 1.0);
+        /* the file meta alone (GDCM asserted at the end of the file; fuzz-volume) */
+        {
+            struct mms_prescan pm;
+            char w2[256];
+            mms_dicom_prescan(base_ex.p, base_ex.n, MMS_DICOM_MAX_NESTING, &pm, w2, sizeof w2);
+            b = dup_buf(base_ex);
+            b.n = (size_t)pm.dataset_at;
+            expect_refused("meta-only", b, "no data set", 1.0);
+        }
+        /* an explicit VR data set declared implicit: refused in the declared syntax, not left
+         * to GDCM's recovery (which asserted on such a file; fuzz-prescan) */
+        b = dup_buf(base_ex);
+        set_ts(&b, "1.2.840.10008.1.2");
+        expect_refused("ts-mismatch", b, "declares", 1.0);
         /* data set: the same */
         b = dup_buf(base_ex);
         at = find_tag(b, 0x0008, 0x0060, &val);
