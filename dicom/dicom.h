@@ -196,24 +196,44 @@ struct mms_prescan {
     uint64_t dataset_at; /* offset of the data set after the file meta; 0 without one */
     uint64_t pixel_at;   /* offset of the top-level Pixel Data value; 0 when not reached */
     uint32_t pixel_len;  /* its declared length */
+    bool pixel_fits;     /* that length (or, when undefined, every fragment) lies within the
+                            bytes present */
     struct mms_scan_value v[MMS_TAG_COUNT]; /* the first top-level occurrence of each */
 };
 
 /* Walk the element structure of a DICOM file image (len bytes) up to its pixel data, without
- * recursion, and refuse one whose sequences and items nest deeper than max_depth levels (a
- * toolkit that parses recursively would exhaust its stack). Anything else that looks wrong is
- * left to the toolkit (info->complete is then false). *info receives the meta information's
- * UIDs and where the values of the enum mms_tag attributes lie.
- * Returns 0, or MMS_EDICOM with the reason in why. Threads: any. */
+ * recursion, and refuse what a toolkit cannot read safely: a declared length beyond the bytes
+ * present, an undefined length on anything but a sequence or encapsulated pixel data, items
+ * outside sequences, elements without a VR in explicit VR, a truncated element or sequence,
+ * sequences and items nested deeper than max_depth levels (group 0000, private and UN elements
+ * included), file meta information that is malformed (no VR, a length beyond the file, a UID
+ * that is not digits and dots within 64 characters, a group length beyond the file or
+ * ending inside an element, no data set after it), a deflated data set that is corrupt,
+ * inflates beyond MMS_DICOM_INFLATE_RATIO times its size (at least MMS_DICOM_INFLATE_MIN, at
+ * most MMS_DICOM_INFLATE_MAX bytes) or whose inflated bytes fail the same checks. A data set
+ * must walk in the transfer syntax its meta declares; without a declared one (no meta, or no
+ * transfer syntax in it) it passes when it walks soundly in implicit VR, explicit VR little or
+ * big endian (the toolkits detect it), info->complete then false. The top-level pixel data is not
+ * judged (a truncated one is the decoder's error): info->pixel_fits says whether it fits.
+ * *info receives the meta information's UIDs and where the values of the enum mms_tag
+ * attributes lie (info->complete: the data set was walked in its declared encoding, the values
+ * are the whole story).
+ * Returns 0, MMS_EDICOM with a one-line reason in why (why_len bytes, may be NULL), or
+ * MMS_ENOMEM (inflating). Threads: any. */
 int mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_prescan *info,
                       char *why, size_t why_len);
 
 /* Sequence and item levels the readers accept; real CT headers use fewer than 10. */
 #define MMS_DICOM_MAX_NESTING 128
+/* A deflated data set may inflate to this many times its compressed size, to at least
+ * MMS_DICOM_INFLATE_MIN and never beyond MMS_DICOM_INFLATE_MAX bytes. */
+#define MMS_DICOM_INFLATE_RATIO 32
+#define MMS_DICOM_INFLATE_MIN ((size_t)64 << 20)
+#define MMS_DICOM_INFLATE_MAX ((size_t)1 << 30)
 
 /* mms_dicom_prescan() on the file at path (mapped read-only), with MMS_DICOM_MAX_NESTING.
- * why receives "PATH: reason". Returns 0, -errno, or MMS_EDICOM (not a regular file, empty,
- * nested too deep). Threads: any. */
+ * why receives "PATH: reason". Returns 0, -errno, MMS_ENOMEM, or MMS_EDICOM (not a regular
+ * file, empty, or refused by the pre-scan). Threads: any. */
 int mms_dicom_prescan_file(const char *path, struct mms_prescan *info, char *why, size_t why_len);
 
 /* Read the header of the DICOM file at path, up to its pixel data (which is not read).

@@ -93,7 +93,8 @@ is_binary(enum mms_tag t)
 class scan_attrs : public attrs
 {
   public:
-    scan_attrs(const uint8_t *data, const mms_prescan &pre) : data_(data), pre_(pre)
+    scan_attrs(const uint8_t *data, size_t len, const mms_prescan &pre)
+        : data_(data), len_(len), pre_(pre)
     {
     }
     // false when a value has a VR this reader does not interpret as GDCM would
@@ -102,7 +103,13 @@ class scan_attrs : public attrs
     {
         for (int i = 0; i < MMS_TAG_COUNT; i++) {
             const mms_scan_value &v = pre_.v[i];
-            if (!v.found || v.vr[0] == '\0')
+            if (!v.found)
+                continue;
+            // the pre-scan checked it; never trusted (a sequence of undefined length is not
+            // read as a value)
+            if (v.at > len_ || (v.len != 0xffffffffu && v.len > len_ - v.at))
+                return false;
+            if (v.vr[0] == '\0')
                 continue;
             std::string vr(v.vr, 2);
             enum mms_tag t = (enum mms_tag)i;
@@ -124,7 +131,8 @@ class scan_attrs : public attrs
     text(enum mms_tag t) const override
     {
         const mms_scan_value &v = pre_.v[t];
-        if (!v.found || v.len == 0 || t == MMS_TAG_SHARED_GROUPS || t == MMS_TAG_FRAME_GROUPS)
+        if (!v.found || v.len == 0 || v.len == 0xffffffffu || t == MMS_TAG_SHARED_GROUPS ||
+            t == MMS_TAG_FRAME_GROUPS)
             return std::string();
         const uint8_t *b = data_ + v.at;
         if (is_binary(t)) {
@@ -150,6 +158,7 @@ class scan_attrs : public attrs
 
   private:
     const uint8_t *data_;
+    size_t len_;
     const mms_prescan &pre_;
 };
 
@@ -396,7 +405,7 @@ read(const char *path, bool scan_ok, struct mms_header *out, char *digest, char 
         } else if (mms_sop_class_is_dicomdir(pre.media_class)) {
             fill_dicomdir(pre, out);
         } else {
-            scan_attrs sa(static_cast<const uint8_t *>(map), pre);
+            scan_attrs sa(static_cast<const uint8_t *>(map), len, pre);
             // only for data sets whose encoding GDCM knows too (it decodes the pixels)
             const gdcm::TransferSyntax::TSType tst =
                 gdcm::TransferSyntax::GetTSType(pre.transfer_syntax);

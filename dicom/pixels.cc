@@ -138,6 +138,23 @@ read_native(const char *path, uint64_t value_at, bool big_endian, uint64_t need,
 int
 gdcm_check(const char *path, const char *ts_uid, uint64_t nbytes, std::string *msg)
 {
+    // GDCM allocates the declared length of Pixel Data (of each fragment, when encapsulated)
+    // before it reads it: the pre-scan says whether it lies within the file
+    struct mms_prescan pre;
+    char reason[512];
+    int rc = mms_dicom_prescan_file(path, &pre, reason, sizeof reason);
+    if (rc < 0) {
+        const size_t skip = std::strlen(path) + 2; // "PATH: reason"
+        *msg = std::strlen(reason) > skip ? reason + skip : reason;
+        return rc;
+    }
+    if (pre.pixel_at != 0 && !pre.pixel_fits) {
+        *msg = pre.pixel_len == 0xffffffffu
+                   ? "pixel data fragments shorter than declared, or not terminated"
+                   : "pixel data shorter than declared (" + std::to_string(pre.pixel_len) +
+                         " bytes declared, the file ends first)";
+        return MMS_EDICOM;
+    }
     // encapsulated data: GDCM allocates per fragment as it reads them, nothing to check here
     const gdcm::TransferSyntax declared = gdcm::TransferSyntax::GetTSType(ts_uid);
     if (declared != gdcm::TransferSyntax::TS_END && declared.IsEncapsulated())

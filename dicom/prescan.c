@@ -1,20 +1,27 @@
 /* dicom: a structural pre-scan of a DICOM file before any toolkit parses it.
  *
- * GDCM reads nested sequences recursively: a file with 100 000 nested sequences (there is one
- * in the test data) exhausts the stack and kills the process. This walker reads the element
- * structure up to the pixel data without recursion and refuses a file nested deeper than a
- * bound. It is a guard, not a parser: where the structure stops making sense it stops and
- * leaves the verdict to the toolkit. Deflated data sets are not scanned.
+ * GDCM reads nested sequences recursively, trusts declared lengths (it allocates what an
+ * element declares before it reads it) and asserts or dereferences where the structure of a
+ * data set makes no sense. So nothing received reaches it before this walker has read the whole
+ * element structure up to the pixel data, without recursion, and found it sound: every length
+ * within the bytes present, undefined lengths only on sequences and encapsulated pixel data,
+ * items only inside sequences, sequences and items nested no deeper than a bound (group 0000
+ * and private elements included), file meta information well formed, deflated data sets
+ * inflated within a size cap and walked too. What the walker refuses comes with a one-line
+ * reason; what it accepts the toolkits can read without trusting a length.
  * Threads: reentrant. */
 #include "dicom/dicom.h"
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "common/err.h"
 
@@ -27,27 +34,54 @@ const uint32_t mms__dicom_tags[MMS_TAG_COUNT] = {
 };
 
 #define UNDEFINED 0xffffffffu
-#define MAX_LEVELS 4096 /* containers tracked; deeper files are refused long before */
+#define MAX_LEVELS 1024 /* containers tracked; deeper files are refused */
+#define PIXEL_DATA 0x7fe00010u
+#define KEEP ((size_t)16 << 20) /* inflated bytes kept to walk: a deflated header is smaller */
+#define TS_IMPLICIT "1.2.840.10008.1.2"
+#define TS_EXPLICIT "1.2.840.10008.1.2.1"
+#define TS_DEFLATED "1.2.840.10008.1.2.1.99"
+#define TS_BIG "1.2.840.10008.1.2.2"
+
+enum enc { ENC_IMPLICIT, ENC_EXPLICIT, ENC_BIG };
+
+/* What a level of nesting holds: data elements (the data set, an item), items (a sequence),
+ * or fragments (encapsulated pixel data). */
+enum kind { K_ELEMENTS, K_ITEMS, K_FRAGMENTS };
+
+struct level {
+    size_t end; /* SIZE_MAX: undefined length, ends at its delimiter */
+    uint8_t kind;
+    bool implicit;
+};
+
+/* The outcome of one walk. */
+enum walk_rc { WALK_OK, WALK_BAD, WALK_DEEP };
 
 struct walker {
     const uint8_t *p;
     size_t n, pos;
-    bool big; /* explicit VR big endian data set */
+    int max_depth;
+    char *why;
+    size_t why_len;
 };
 
 static uint16_t
-u16(const struct walker *w, size_t at, bool big)
+u16(const uint8_t *b, bool big)
 {
-    const uint8_t *b = w->p + at;
     return big ? (uint16_t)(b[0] << 8 | b[1]) : (uint16_t)(b[1] << 8 | b[0]);
 }
 
 static uint32_t
-u32(const struct walker *w, size_t at, bool big)
+u32(const uint8_t *b, bool big)
 {
-    const uint8_t *b = w->p + at;
     return big ? (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3]
                : (uint32_t)b[3] << 24 | (uint32_t)b[2] << 16 | (uint32_t)b[1] << 8 | b[0];
+}
+
+static bool
+is_vr(const uint8_t *vr, const char *s)
+{
+    return vr[0] == (uint8_t)s[0] && vr[1] == (uint8_t)s[1];
 }
 
 static bool
@@ -56,9 +90,33 @@ long_vr(const uint8_t *vr)
     static const char *const l[] = {"OB", "OD", "OF", "OL", "OV", "OW", "SQ",
                                     "SV", "UC", "UN", "UR", "UT", "UV"};
     for (size_t i = 0; i < sizeof l / sizeof l[0]; i++)
-        if (vr[0] == (uint8_t)l[i][0] && vr[1] == (uint8_t)l[i][1])
+        if (is_vr(vr, l[i]))
             return true;
     return false;
+}
+
+/* One of the VRs of PS3.5 (GDCM asserts on another one in the file meta information). */
+static bool
+known_vr(const uint8_t *vr)
+{
+    static const char all[] =
+        "AEASATCSDADSDTFDFLISLOLTOBODOFOLOVOWPNSHSLSQSSSTSVTMUCUIULUNURUSUTUV";
+    for (size_t i = 0; i + 1 < sizeof all; i += 2)
+        if (is_vr(vr, all + i))
+            return true;
+    return false;
+}
+
+static enum walk_rc
+fail(struct walker *w, enum walk_rc rc, const char *fmt, ...)
+{
+    if (w->why != NULL && w->why_len > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(w->why, w->why_len, fmt, ap);
+        va_end(ap);
+    }
+    return rc;
 }
 
 /* Record where the value of a wanted top-level attribute lies (its first occurrence). */
@@ -82,154 +140,415 @@ record(struct mms_prescan *info, uint32_t tag, const uint8_t *vr, size_t at, uin
     }
 }
 
+/* One of the attributes read as values, never a sequence. */
 static bool
-vr_letters(const uint8_t *vr)
+value_tag(uint32_t tag)
 {
-    return vr[0] >= 'A' && vr[0] <= 'Z' && vr[1] >= 'A' && vr[1] <= 'Z';
+    for (int i = 0; i < MMS_TAG_COUNT; i++)
+        if (mms__dicom_tags[i] == tag)
+            return i != MMS_TAG_SHARED_GROUPS && i != MMS_TAG_FRAME_GROUPS;
+    return false;
 }
 
-/* A UID of the file meta information; the first one wins when the group repeats. */
-static void
+/* The bytes at b (n of them) begin with an item or a sequence delimitation tag. */
+static bool
+item_next(const uint8_t *b, size_t n, bool big)
+{
+    if (n < 4 || u16(b, big) != 0xfffe)
+        return false;
+    uint16_t e = u16(b + 2, big);
+    return e == 0xe000 || e == 0xe0dd;
+}
+
+/* The fragments of top-level encapsulated pixel data: each within the bytes present, ended by
+ * a sequence delimiter. */
+static bool
+fragments_fit(const uint8_t *p, size_t n, size_t pos, bool big)
+{
+    while (n - pos >= 8) {
+        uint16_t g = u16(p + pos, big), e = u16(p + pos + 2, big);
+        uint32_t l = u32(p + pos + 4, big);
+        pos += 8;
+        if (g != 0xfffe)
+            return false;
+        if (e == 0xe0dd)
+            return true;
+        if (e != 0xe000 || l == UNDEFINED || l > n - pos)
+            return false;
+        pos += l;
+    }
+    return false;
+}
+
+/* Walk the data set at w->pos in encoding enc to its top-level pixel data or its end.
+ * WALK_OK with info filled, WALK_BAD (structure broken) or WALK_DEEP (nested too deep), with the
+ * reason in w->why. */
+static enum walk_rc
+walk(struct walker *w, enum enc enc, struct mms_prescan *info)
+{
+    struct level lv[MAX_LEVELS];
+    int depth = 0, limit = w->max_depth < MAX_LEVELS ? w->max_depth : MAX_LEVELS;
+    const uint8_t *p = w->p;
+    const size_t n = w->n;
+    size_t pos = w->pos;
+
+    for (;;) {
+        while (depth > 0 && lv[depth - 1].end != SIZE_MAX && pos >= lv[depth - 1].end) {
+            if (pos > lv[depth - 1].end)
+                return fail(w, WALK_BAD,
+                            "an element crosses the end of its sequence or item at byte %zu",
+                            lv[depth - 1].end);
+            depth--;
+        }
+        if (pos == n)
+            break;
+        if (n - pos < 8)
+            return fail(w, WALK_BAD, "truncated: %zu bytes at byte %zu are not a whole element",
+                        n - pos, pos);
+        const enum kind kind = depth > 0 ? (enum kind)lv[depth - 1].kind : K_ELEMENTS;
+        const bool implicit = depth > 0 ? lv[depth - 1].implicit : enc == ENC_IMPLICIT;
+        const bool big = enc == ENC_BIG && !implicit;
+        const size_t at = pos;
+        const uint16_t g = u16(p + pos, big), e = u16(p + pos + 2, big);
+        const uint32_t tag = (uint32_t)g << 16 | e;
+
+        if (g == 0xfffe) { /* items and delimiters: tag and a 4-byte length */
+            uint32_t l = u32(p + pos + 4, big);
+            pos += 8;
+            if (e == 0xe000 && kind == K_FRAGMENTS) {
+                if (l == UNDEFINED || l > n - pos)
+                    return fail(w, WALK_BAD,
+                                "pixel data fragment at byte %zu declares %u bytes, %zu remain", at,
+                                (unsigned)l, n - pos);
+                pos += l;
+            } else if (e == 0xe000) {
+                if (kind != K_ITEMS)
+                    return fail(w, WALK_BAD, "an item outside a sequence at byte %zu", at);
+                if (l != UNDEFINED && l > n - pos)
+                    return fail(w, WALK_BAD, "item at byte %zu declares %u bytes, %zu remain", at,
+                                (unsigned)l, n - pos);
+                if (depth >= limit)
+                    return fail(w, WALK_DEEP, "sequences nested deeper than %d levels at byte %zu",
+                                limit, at);
+                lv[depth++] =
+                    (struct level){l == UNDEFINED ? SIZE_MAX : pos + l, K_ELEMENTS, implicit};
+            } else if (e == 0xe00d) {
+                if (depth == 0 || kind != K_ELEMENTS)
+                    return fail(w, WALK_BAD, "an item delimiter outside an item at byte %zu", at);
+                depth--;
+            } else if (e == 0xe0dd) {
+                if (depth == 0 || kind == K_ELEMENTS)
+                    return fail(w, WALK_BAD, "a sequence delimiter outside a sequence at byte %zu",
+                                at);
+                depth--;
+            } else {
+                return fail(w, WALK_BAD, "unknown item tag (FFFE,%04X) at byte %zu", e, at);
+            }
+            continue;
+        }
+        if (kind != K_ELEMENTS)
+            return fail(w, WALK_BAD,
+                        "data element (%04X,%04X) inside a sequence, not in an item, at "
+                        "byte %zu",
+                        g, e, at);
+
+        const uint8_t *vr = NULL;
+        uint32_t l;
+        if (implicit) {
+            l = u32(p + pos + 4, false);
+            pos += 8;
+        } else {
+            vr = p + pos + 4;
+            if (!known_vr(vr))
+                return fail(w, WALK_BAD, "data element (%04X,%04X) at byte %zu has no valid VR", g,
+                            e, at);
+            if (long_vr(vr)) {
+                if (n - pos < 12)
+                    return fail(w, WALK_BAD, "truncated: data element (%04X,%04X) at byte %zu", g,
+                                e, at);
+                l = u32(p + pos + 8, big);
+                pos += 12;
+            } else {
+                l = u16(p + pos + 6, big);
+                pos += 8;
+            }
+        }
+        if (tag == PIXEL_DATA && depth == 0) { /* the header ends here */
+            info->pixel_at = pos;
+            info->pixel_len = l;
+            info->pixel_fits = l == UNDEFINED ? fragments_fit(p, n, pos, big) : l <= n - pos;
+            return WALK_OK;
+        }
+        if (l == UNDEFINED) {
+            bool un = vr != NULL && is_vr(vr, "UN");
+            bool sq = vr != NULL ? is_vr(vr, "SQ") || un : item_next(p + pos, n - pos, false);
+            if (tag == PIXEL_DATA && (vr == NULL || is_vr(vr, "OB") || is_vr(vr, "OW"))) {
+                if (depth >= limit)
+                    return fail(w, WALK_DEEP, "sequences nested deeper than %d levels at byte %zu",
+                                limit, at);
+                lv[depth++] = (struct level){SIZE_MAX, K_FRAGMENTS, implicit};
+                continue;
+            }
+            if (!sq || value_tag(tag))
+                return fail(w, WALK_BAD,
+                            "data element (%04X,%04X) at byte %zu has an undefined length, "
+                            "which only sequences and encapsulated pixel data may have",
+                            g, e, at);
+            if (depth >= limit)
+                return fail(w, WALK_DEEP, "sequences nested deeper than %d levels at byte %zu",
+                            limit, at);
+            if (depth == 0)
+                record(info, tag, vr, pos, l);
+            /* UN of undefined length holds implicit VR little endian items */
+            lv[depth++] = (struct level){SIZE_MAX, K_ITEMS, implicit || un};
+            continue;
+        }
+        if (l > n - pos)
+            return fail(w, WALK_BAD,
+                        "data element (%04X,%04X) at byte %zu declares %u bytes, %zu remain", g, e,
+                        at, (unsigned)l, n - pos);
+        if (depth == 0)
+            record(info, tag, vr, pos, l);
+        /* a sequence of defined length; in implicit VR, and in UN (which the toolkits may
+         * read as implicit VR items), a value that begins with an item is read as one */
+        bool sq = vr != NULL && is_vr(vr, "SQ");
+        bool as_items = !sq && (vr == NULL || is_vr(vr, "UN")) && l >= 8 &&
+                        u16(p + pos, false) == 0xfffe && u16(p + pos + 2, false) == 0xe000;
+        if (sq || as_items) {
+            if (depth >= limit)
+                return fail(w, WALK_DEEP, "sequences nested deeper than %d levels at byte %zu",
+                            limit, at);
+            lv[depth++] = (struct level){pos + l, K_ITEMS, implicit || as_items};
+            continue;
+        }
+        pos += l;
+    }
+    if (depth > 0)
+        return fail(w, WALK_BAD, "truncated: %d sequence%s or item%s still open at the end", depth,
+                    depth == 1 ? "" : "s", depth == 1 ? "" : "s");
+    return WALK_OK;
+}
+
+/* A UID of the file meta information (the first one wins when the group repeats); false when
+ * it is longer than 64 characters or holds other characters than digits and dots. */
+static bool
 meta_uid(const uint8_t *v, uint32_t l, char *out, size_t n)
 {
-    if (l >= n || out[0] != '\0')
-        return;
-    memcpy(out, v, l);
-    out[l] = '\0';
-    for (int i = (int)l - 1; i >= 0 && (out[i] == ' ' || out[i] == '\0'); i--)
-        out[i] = '\0';
+    while (l > 0 && (v[l - 1] == ' ' || v[l - 1] == '\0'))
+        l--;
+    if (l >= n)
+        return false;
+    for (uint32_t i = 0; i < l; i++)
+        if (!(v[i] == '.' || (v[i] >= '0' && v[i] <= '9')))
+            return false;
+    if (out[0] == '\0') {
+        memcpy(out, v, l);
+        out[l] = '\0';
+    }
+    return true;
+}
+
+/* Inflate the deflated data set in (n bytes): its first bytes, up to KEEP, into a new buffer
+ * (*out, *out_len), the rest only counted, and refuse it when it inflates beyond cap bytes.
+ * 0, MMS_ENOMEM, or MMS_EDICOM with the reason. */
+static int
+inflate_capped(const uint8_t *in, size_t n, size_t cap, uint8_t **out, size_t *out_len, char *why,
+               size_t why_len)
+{
+    z_stream z;
+    memset(&z, 0, sizeof z);
+    if (inflateInit2(&z, -MAX_WBITS) != Z_OK)
+        return mms_why(why, why_len, MMS_ENOMEM, "out of memory (zlib)");
+    static const size_t chunk = 64 << 10;
+    size_t size = n < KEEP / 4 ? 4 * n + chunk : KEEP, kept = 0, total = 0, done_in = 0;
+    uint8_t *buf = malloc(size), *scratch = malloc(chunk), *nb;
+    int rc = buf != NULL && scratch != NULL ? 0 : MMS_ENOMEM, zrc;
+    while (rc == 0) {
+        bool keep = kept < KEEP;
+        if (keep && kept == size) {
+            size_t ns = size > KEEP / 2 ? KEEP : 2 * size;
+            if ((nb = realloc(buf, ns)) == NULL) {
+                rc = MMS_ENOMEM;
+                break;
+            }
+            buf = nb, size = ns;
+        }
+        z.next_in = (Bytef *)(in + done_in);
+        z.avail_in = n - done_in > UINT32_MAX ? UINT32_MAX : (uInt)(n - done_in);
+        z.next_out = keep ? buf + kept : scratch;
+        z.avail_out = (uInt)(keep ? size - kept : chunk);
+        uInt ai = z.avail_in, ao = z.avail_out;
+        zrc = inflate(&z, Z_NO_FLUSH);
+        done_in += ai - z.avail_in;
+        total += ao - z.avail_out;
+        if (keep)
+            kept += ao - z.avail_out;
+        if (total > cap)
+            rc = mms_why(why, why_len, MMS_EDICOM,
+                         "deflated data set inflates to more than %zu MiB (%zu bytes compressed)",
+                         cap >> 20, n);
+        else if (zrc == Z_STREAM_END)
+            break;
+        else if (zrc != Z_OK && zrc != Z_BUF_ERROR)
+            rc = mms_why(why, why_len, MMS_EDICOM, "deflated data set is corrupt (zlib: %s)",
+                         z.msg != NULL ? z.msg : "error");
+        else if (ai - z.avail_in == 0 && ao - z.avail_out == 0)
+            rc = mms_why(why, why_len, MMS_EDICOM, "deflated data set is truncated");
+    }
+    inflateEnd(&z);
+    free(scratch);
+    if (rc == MMS_ENOMEM)
+        mms_why(why, why_len, rc, "out of memory inflating the data set");
+    if (rc < 0) {
+        free(buf);
+        return rc;
+    }
+    *out = buf;
+    *out_len = kept;
+    return 0;
 }
 
 int
 mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_prescan *info,
                   char *why, size_t why_len)
 {
-    struct walker w = {.p = data, .n = len};
-    size_t end[MAX_LEVELS];
-    bool implicit_at[MAX_LEVELS];
-    int depth = 0;
-    bool implicit = false;
-
+    struct walker w = {.p = data, .n = len, .max_depth = max_depth, .why = why, .why_len = why_len};
     memset(info, 0, sizeof *info);
     char *ts = info->transfer_syntax;
-    if (len >= 132 && memcmp(data + 128, "DICM", 4) == 0) {
-        w.pos = 132; /* file meta information: explicit VR little endian, group 0002 */
-        while (w.pos + 8 <= len && u16(&w, w.pos, false) == 0x0002) {
-            uint16_t el = u16(&w, w.pos + 2, false);
+    bool meta = len >= 132 && memcmp(data + 128, "DICM", 4) == 0;
+    /* without the preamble, a file may still begin with its meta information (GDCM reads it
+     * so, and asserts where it is malformed) */
+    if (!meta && len >= 8 && u16(data, false) == 0x0002 && known_vr(data + 4))
+        meta = true, w.pos = 0;
+    else if (meta)
+        w.pos = 132;
+    enum enc enc = ENC_IMPLICIT;
+    size_t group_end = 0; /* where (0002,0000) says the file meta ends */
+    if (meta) {
+        /* file meta information: explicit VR little endian, group 0002 */
+        while (len - w.pos >= 8 && u16(data + w.pos, false) == 0x0002) {
+            const size_t at = w.pos;
+            uint16_t el = u16(data + w.pos + 2, false);
             const uint8_t *vr = data + w.pos + 4;
+            if (!known_vr(vr))
+                return mms_why(why, why_len, MMS_EDICOM,
+                               "file meta information: element (0002,%04X) at byte %zu has no "
+                               "valid VR",
+                               el, at);
             size_t hdr = long_vr(vr) ? 12 : 8;
-            if (w.pos + hdr > len)
-                return 0;
-            uint32_t l = long_vr(vr) ? u32(&w, w.pos + 8, false) : u16(&w, w.pos + 6, false);
+            if (len - w.pos < hdr)
+                return mms_why(why, why_len, MMS_EDICOM,
+                               "file meta information: truncated at byte %zu", at);
+            uint32_t l = hdr == 12 ? u32(data + w.pos + 8, false) : u16(data + w.pos + 6, false);
             if (l == UNDEFINED || l > len - w.pos - hdr)
-                return 0;
+                return mms_why(why, why_len, MMS_EDICOM,
+                               "file meta information: element (0002,%04X) at byte %zu declares "
+                               "%u bytes, %zu remain",
+                               el, at, (unsigned)l, len - w.pos - hdr);
+            const uint8_t *v = data + w.pos + hdr;
+            if (el == 0x0000 && l == 4 && u32(v, false) > len - w.pos - hdr - l)
+                return mms_why(why, why_len, MMS_EDICOM,
+                               "file meta information: its group length %u goes beyond the end "
+                               "of the file",
+                               (unsigned)u32(v, false));
+            if (el == 0x0000 && l == 4 && group_end == 0)
+                group_end = w.pos + hdr + l + u32(v, false);
+            else if (group_end != 0 && w.pos < group_end && w.pos + hdr + l > group_end)
+                return mms_why(why, why_len, MMS_EDICOM,
+                               "file meta information: its group length ends inside element "
+                               "(0002,%04X)",
+                               el);
+            bool uid_ok = true;
             if (el == 0x0002)
-                meta_uid(data + w.pos + hdr, l, info->media_class, sizeof info->media_class);
+                uid_ok = meta_uid(v, l, info->media_class, sizeof info->media_class);
             else if (el == 0x0003)
-                meta_uid(data + w.pos + hdr, l, info->media_instance, sizeof info->media_instance);
+                uid_ok = meta_uid(v, l, info->media_instance, sizeof info->media_instance);
             else if (el == 0x0010)
-                meta_uid(data + w.pos + hdr, l, ts, sizeof info->transfer_syntax);
+                uid_ok = meta_uid(v, l, ts, sizeof info->transfer_syntax);
+            if (!uid_ok)
+                return mms_why(why, why_len, MMS_EDICOM,
+                               "file meta information: (0002,%04X) is not a valid UID (digits "
+                               "and dots, at most 64)",
+                               el);
             w.pos += hdr + l;
         }
         info->dataset_at = w.pos;
-        if (strcmp(ts, "1.2.840.10008.1.2.1.99") == 0)
-            return 0; /* deflated: nothing to walk without inflating */
-        implicit = strcmp(ts, "1.2.840.10008.1.2") == 0;
-        w.big = strcmp(ts, "1.2.840.10008.1.2.2") == 0;
+        if (w.pos == len) /* GDCM asserts at the end of the file right after the meta */
+            return mms_why(why, why_len, MMS_EDICOM, "no data set after the file meta information");
+        enc = strcmp(ts, TS_IMPLICIT) == 0 ? ENC_IMPLICIT
+              : strcmp(ts, TS_BIG) == 0    ? ENC_BIG
+                                           : ENC_EXPLICIT;
+        if (strcmp(ts, TS_DEFLATED) == 0) {
+            /* deflated: the toolkits inflate all of it; walk what they would read, and refuse
+             * a data set that inflates beyond the cap */
+            size_t in = len - w.pos, cap = MMS_DICOM_INFLATE_MAX;
+            if (in < MMS_DICOM_INFLATE_MAX / MMS_DICOM_INFLATE_RATIO)
+                cap = in * MMS_DICOM_INFLATE_RATIO < MMS_DICOM_INFLATE_MIN
+                          ? MMS_DICOM_INFLATE_MIN
+                          : in * MMS_DICOM_INFLATE_RATIO;
+            uint8_t *raw = NULL;
+            size_t raw_len = 0;
+            int rc = inflate_capped(data + w.pos, in, cap, &raw, &raw_len, why, why_len);
+            if (rc < 0)
+                return rc;
+            struct mms_prescan sub;
+            memset(&sub, 0, sizeof sub);
+            struct walker dw = {.p = raw, .n = raw_len, .max_depth = max_depth};
+            char reason[200] = "";
+            dw.why = reason;
+            dw.why_len = sizeof reason;
+            enum walk_rc wr = walk(&dw, ENC_EXPLICIT, &sub);
+            free(raw);
+            if (wr != WALK_OK && raw_len == KEEP && sub.pixel_at == 0)
+                return mms_why(why, why_len, MMS_EDICOM,
+                               "deflated data set: no pixel data in its first %zu MiB", KEEP >> 20);
+            if (wr != WALK_OK)
+                return mms_why(why, why_len, MMS_EDICOM, "deflated data set: %s", reason);
+            return 0; /* not complete: the values lie in the inflated bytes */
+        }
     } else {
-        implicit = true; /* a bare data set: implicit VR little endian */
+        enc = ENC_IMPLICIT; /* a bare data set: implicit VR little endian, else explicit */
     }
-    info->big_endian = w.big;
-    /* an element whose VR is not two capital letters: the transfer syntax is not the one
-     * declared, or the data is damaged; the toolkit has the last word on such a file */
-    bool sane = true;
+    info->big_endian = enc == ENC_BIG;
 
-    while (w.pos + 8 <= len) {
-        while (depth > 0 && end[depth - 1] != SIZE_MAX && w.pos >= end[depth - 1]) {
-            depth--;
-            implicit = implicit_at[depth];
-        }
-        bool big = w.big && !implicit;
-        uint16_t g = u16(&w, w.pos, big), e = u16(&w, w.pos + 2, big);
-        if (g == 0xfffe) { /* item and delimiters: tag and a 4-byte length */
-            uint32_t l = u32(&w, w.pos + 4, big);
-            w.pos += 8;
-            if (e == 0xe000) {
-                if (depth >= MAX_LEVELS || depth >= max_depth)
-                    goto too_deep;
-                implicit_at[depth] = implicit;
-                end[depth++] = l == UNDEFINED || l > len - w.pos ? SIZE_MAX : w.pos + l;
-            } else if (e == 0xe00d || e == 0xe0dd) {
-                if (depth == 0)
-                    return 0; /* unbalanced: let the toolkit judge */
-                depth--;
-                implicit = implicit_at[depth];
-            } else {
-                return 0;
-            }
+    /* the declared encoding; without one (no meta, or no transfer syntax in it) the
+     * toolkits detect the encoding, so the data set passes when it walks soundly in one */
+    const size_t start = w.pos;
+    struct mms_prescan first = *info;
+    enum walk_rc wr = walk(&w, enc, info);
+    if (wr == WALK_OK) {
+        info->complete = true;
+        return 0;
+    }
+    /* with a declared transfer syntax, only that one: GDCM's recovery from a data set that
+     * breaks off in it asserts where the other encodings would walk */
+    if (wr == WALK_DEEP || ts[0] != '\0')
+        return MMS_EDICOM;
+    static const enum enc all[3] = {ENC_IMPLICIT, ENC_EXPLICIT, ENC_BIG};
+    for (int i = 0; i < 3; i++) {
+        if (all[i] == enc)
             continue;
-        }
-        if (g == 0xffff || g < 0x0002)
-            return 0; /* not a data element: no structure to judge */
-        if (g == 0x7fe0 && e == 0x0010 && depth == 0) { /* pixel data: the header is sound */
-            size_t hdr = implicit ? 8 : long_vr(data + w.pos + 4) ? 12 : 8;
-            if (w.pos + hdr <= len) {
-                info->pixel_at = w.pos + hdr;
-                info->pixel_len = u32(&w, w.pos + hdr - 4, big);
-                info->complete = sane && (implicit || vr_letters(data + w.pos + 4));
-            }
+        struct mms_prescan alt = first;
+        char reason[200] = "";
+        struct walker aw = {.p = data,
+                            .n = len,
+                            .pos = start,
+                            .max_depth = max_depth,
+                            .why = reason,
+                            .why_len = sizeof reason};
+        enum walk_rc ar = walk(&aw, all[i], &alt);
+        if (ar == WALK_DEEP)
+            return mms_why(why, why_len, MMS_EDICOM, "%s", reason);
+        if (ar == WALK_OK) {
+            *info = first; /* not complete: the toolkit reads it in the encoding it detects */
             return 0;
         }
-        uint32_t l;
-        bool sq = false;
-        const uint8_t *vr = NULL;
-        if (implicit) {
-            l = u32(&w, w.pos + 4, false);
-            w.pos += 8;
-            sq = l == UNDEFINED;
-        } else {
-            vr = data + w.pos + 4;
-            sane = sane && vr_letters(vr);
-            if (long_vr(vr)) {
-                if (w.pos + 12 > len)
-                    return 0;
-                l = u32(&w, w.pos + 8, big);
-                w.pos += 12;
-                sq = (vr[0] == 'S' && vr[1] == 'Q') || l == UNDEFINED;
-            } else {
-                l = u16(&w, w.pos + 6, big);
-                w.pos += 8;
-            }
-            if (sq && l == UNDEFINED && vr[0] == 'U' && vr[1] == 'N') {
-                /* UN of undefined length holds implicit VR little endian items */
-                if (depth >= MAX_LEVELS || depth >= max_depth)
-                    goto too_deep;
-                implicit_at[depth] = implicit;
-                end[depth++] = SIZE_MAX;
-                implicit = true;
-                continue;
-            }
-        }
-        if (depth == 0)
-            record(info, (uint32_t)g << 16 | e, vr, w.pos, l);
-        if (sq) {
-            if (depth >= MAX_LEVELS || depth >= max_depth)
-                goto too_deep;
-            implicit_at[depth] = implicit;
-            end[depth++] = l == UNDEFINED || l > len - w.pos ? SIZE_MAX : w.pos + l;
-            continue;
-        }
-        if (l > len - w.pos)
-            return 0; /* truncated: the toolkit will say so */
-        w.pos += l;
     }
-    info->complete = sane && depth == 0 && w.pos == len; /* a header without pixel data */
-    return 0;
-
-too_deep:
-    if (why != NULL && why_len > 0)
-        snprintf(why, why_len, "sequences nested deeper than %d levels at byte %zu", max_depth,
-                 w.pos);
+    if (!meta && why != NULL && why_len > 0) {
+        char reason[256];
+        snprintf(reason, sizeof reason, "%s", why);
+        snprintf(why, why_len, "not DICOM (no DICM prefix, and not a data set: %s)", reason);
+    }
     return MMS_EDICOM;
 }
 

@@ -1,5 +1,6 @@
-/* Tests of the structural pre-scan (dicom/prescan.c): nesting depth in every encoding, the
- * meta information's UIDs, and that anything it cannot judge is left to the toolkit. */
+/* Tests of the structural pre-scan (dicom/prescan.c): nesting depth in every encoding (group
+ * 0000 and implicit VR values included), the meta information's UIDs and lengths, undefined
+ * lengths, truncation, items out of place and garbage: each refused with its reason. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -78,7 +79,7 @@ main(void)
 {
     char why[256];
     struct mms_prescan info;
-    plan(9, 10);
+    plan(20, 10);
 
     /* explicit VR LE: 200 nested undefined-length SQ + items */
     meta("1.2.840.10008.1.2.1");
@@ -89,6 +90,14 @@ main(void)
         u16le(0);
         u32le(0xffffffffu);
         item_undefined();
+    }
+    for (int i = 0; i < 200; i++) { /* closed again: item, then sequence delimiter */
+        u16le(0xfffe);
+        u16le(0xe00d);
+        u32le(0);
+        u16le(0xfffe);
+        u16le(0xe0dd);
+        u32le(0);
     }
     int rc = scan(128, why);
     ok(rc == MMS_EDICOM && strstr(why, "deeper than 128") != NULL, "explicit LE, 200 levels: %s",
@@ -147,14 +156,102 @@ main(void)
     u32le(0);
     ok(scan(8, why) == 0, "a defined-length sequence of depth 2, then pixel data: fine");
 
-    /* truncated and garbage input is left to the toolkit */
+    /* truncated and garbage input is refused with its reason */
     len -= 30;
-    ok(scan(8, why) == 0, "truncated: not judged here");
+    ok(scan(8, why) == MMS_EDICOM && strstr(why, "declares 18 bytes") != NULL,
+       "truncated inside a sequence: %s", why);
+    size_t whole = len + 30;
+    len = whole - 4;
+    ok(scan(8, why) == 0, "truncated pixel data: the header is whole");
+    mms_dicom_prescan(buf, len, 8, &info, why, sizeof why);
+    ok(info.complete && info.pixel_at == whole - 4 && !info.pixel_fits,
+       "... and the pre-scan says the pixel data does not fit");
     len = 0;
     for (int i = 0; i < 1000; i++)
         put("\xff", 1);
-    ok(scan(8, why) == 0, "garbage without DICM: not judged here");
+    ok(scan(8, why) == MMS_EDICOM && strstr(why, "not DICOM") != NULL, "garbage without DICM: %s",
+       why);
     len = 3;
-    ok(scan(8, why) == 0, "three bytes: not judged here");
+    ok(scan(8, why) == MMS_EDICOM && strstr(why, "truncated") != NULL, "three bytes: %s", why);
+
+    /* implicit VR: an undefined length is a sequence only where an item follows */
+    meta("1.2.840.10008.1.2");
+    u16le(0x0008);
+    u16le(0x0018);
+    u32le(0xffffffffu);
+    put("1.2.3.4\0", 8);
+    ok(scan(8, why) == MMS_EDICOM && strstr(why, "(0008,0018)") && strstr(why, "undefined length"),
+       "implicit VR, a UID of undefined length: %s", why);
+    /* a known value attribute may not be a sequence even when an item follows */
+    meta("1.2.840.10008.1.2");
+    u16le(0x0008);
+    u16le(0x0060);
+    u32le(0xffffffffu);
+    u16le(0xfffe);
+    u16le(0xe0dd);
+    u32le(0);
+    ok(scan(8, why) == MMS_EDICOM && strstr(why, "(0008,0060)") != NULL,
+       "implicit VR, Modality of undefined length before a delimiter: %s", why);
+    /* explicit VR: undefined length on a UT */
+    meta("1.2.840.10008.1.2.1");
+    u16le(0x0008);
+    u16le(0x0018);
+    put("UT", 2);
+    u16le(0);
+    u32le(0xffffffffu);
+    ok(scan(8, why) == MMS_EDICOM && strstr(why, "undefined length") != NULL,
+       "explicit VR, a UT of undefined length: %s", why);
+    /* an item at the top level, an element directly inside a sequence */
+    meta("1.2.840.10008.1.2.1");
+    item_undefined();
+    ok(scan(8, why) == MMS_EDICOM && strstr(why, "outside a sequence") != NULL, "%s", why);
+    meta("1.2.840.10008.1.2.1");
+    u16le(0x0008);
+    u16le(0x1140);
+    put("SQ", 2);
+    u16le(0);
+    u32le(0xffffffffu);
+    u16le(0x0008);
+    u16le(0x1150);
+    put("UI", 2);
+    u16le(2);
+    put("1", 2);
+    ok(scan(8, why) == MMS_EDICOM && strstr(why, "not in an item") != NULL, "%s", why);
+    /* group 0000 is walked like any other: nesting in it counts */
+    meta("1.2.840.10008.1.2.1");
+    for (int i = 0; i < 20; i++) {
+        u16le(0x0000);
+        u16le(0x1000);
+        put("SQ", 2);
+        u16le(0);
+        u32le(0xffffffffu);
+        item_undefined();
+    }
+    ok(scan(8, why) == MMS_EDICOM && strstr(why, "deeper than 8") != NULL,
+       "nesting under group 0000: %s", why);
+    /* implicit VR: a defined-length value that begins with an item is walked as a sequence */
+    static uint8_t nest[20 * 16];
+    size_t nn = 0;
+    for (int i = 0; i < 20; i++) { /* from the inside out: element > item > element ... */
+        uint8_t hdr[16] = {0x09, 0x00, 0x10, 0x10, 0, 0, 0, 0, 0xfe, 0xff, 0x00, 0xe0, 0, 0, 0, 0};
+        uint32_t il = (uint32_t)nn, el = il + 8;
+        for (int k = 0; k < 4; k++) {
+            hdr[4 + k] = (uint8_t)(el >> (8 * k));
+            hdr[12 + k] = (uint8_t)(il >> (8 * k));
+        }
+        memmove(nest + 16, nest, nn);
+        memcpy(nest, hdr, 16);
+        nn += 16;
+    }
+    meta("1.2.840.10008.1.2");
+    put(nest, nn);
+    ok(scan(8, why) == MMS_EDICOM, "implicit VR, nesting in defined-length values: %s", why);
+    /* file meta: a length beyond the file, a UID that is no UID */
+    meta("1.2.840.10008.1.2.1");
+    buf[132 + 6] = 0xff;
+    buf[132 + 7] = 0x7f;
+    ok(scan(8, why) == MMS_EDICOM && strstr(why, "file meta information") != NULL, "%s", why);
+    meta("1.2.840.10008.1.2.1\n");
+    ok(scan(8, why) == MMS_EDICOM && strstr(why, "not a valid UID") != NULL, "%s", why);
     return done_testing();
 }
