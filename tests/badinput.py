@@ -319,8 +319,10 @@ def make(base, out):
         ds = _fresh(one, k, _uid(k, "9"))
         ds.SOPInstanceUID = uid
         whole, dsb = _encode(ds, IMPLICIT_LE)
+        # the request carries the UID as DCMTK's storescu does: cut to the 64 characters a
+        # UI value may have (a longer one in the command itself is a protocol error)
         c.instance(name, "invalid UID (never truncated, never a path)", "refused", whole, dsb,
-                   IMPLICIT_LE, uid)
+                   IMPLICIT_LE, uid[:64])
 
     # --- the same data set again with another file meta (transfer syntax changed)
     k += 1

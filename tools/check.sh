@@ -2,7 +2,8 @@
 # README command 2: install, build and run the whole test suite, twice:
 #   1. the normal build, with CUDA where nvcc is present (--with-cuda=yes), else without;
 #   2. --with-cuda=no with AddressSanitizer and UndefinedBehaviorSanitizer;
-# then make distcheck and the formatting check. Ends with one line "check: N passed, N failed, N skipped".
+# then every libFuzzer target for FUZZ_SECONDS (30) each, make distcheck and the formatting
+# check. Ends with one line "check: N passed, N failed, N skipped".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -70,6 +71,20 @@ if [ -z "$ran" ]; then
     fail=$((fail + 1)); status=1
 else
     pass=$((pass + ran - pskip - pfail)); skip=$((skip + pskip)); fail=$((fail + pfail))
+fi
+
+echo "=== fuzz: every libFuzzer target for ${FUZZ_SECONDS:-30} s (clang, ASan, UBSan)"
+fdir=$top/_build/fuzz
+rm -rf "$fdir" && mkdir -p "$fdir"
+if (cd "$fdir" && "$top/configure" --enable-fuzz --with-cuda=no CC=clang CXX=clang++ \
+    >configure.out 2>&1 && make -j"$(nproc)" fuzz FUZZ_SECONDS="${FUZZ_SECONDS:-30}" \
+    >fuzz.out 2>&1); then
+    sed -n '/^target /,$p' "$fdir/fuzz.out"
+    pass=$((pass + 1))
+else
+    tail -30 "$fdir/fuzz.out" "$fdir/configure.out" 2>/dev/null
+    echo "fuzz: a target found something or did not run"
+    fail=$((fail + 1)); status=1
 fi
 
 echo "=== distcheck: the release tarball builds and passes make check on its own"

@@ -13,6 +13,8 @@ packages=(
     libgdcm-dev libsqlite3-dev libcjson-dev libdnnl-dev libpng-dev zlib1g-dev
     # tests and demo
     clang-format systemd dcmtk dicom3tools dcm2niix orthanc sqlite3
+    # the fuzz targets: clang with libFuzzer and the sanitizers
+    clang libclang-rt-dev
     # the PyTorch reference and its tests (tools/mmunet); OpenBLAS replaces the reference BLAS
     python3 python3-numpy python3-scipy python3-skimage python3-pydicom python3-nibabel
     python3-torch python3-jsonschema python3-venv libopenblas0-pthread
