@@ -6,8 +6,14 @@
  * MetaBlock's internals, logits) against the CPU backend by NMSE = sum((a - b)^2) / sum(a^2)
  * <= 1e-7 and against the goldens (tol 1e-4, as tests/test-forward); on the 32x64x64 input
  * argmax against the reference, a batch against single runs, repeated runs bit for bit,
- * bf16 and fp16 against fp32 (argmax agreement >= 99.9 %), and a tile too large for the
- * device refused with MMS_ENOMEM. */
+ * bf16 and fp16 against fp32, and a tile too large for the device refused with MMS_ENOMEM.
+ *
+ * bf16 and fp16 round the input, weights and output of every convolution, which moves this
+ * untrained model's logits by about 0.05 (bf16) and 0.007 (fp16) in the median, while a
+ * tenth of its voxels have the two best logits closer than that. So the reduced precisions
+ * are checked by the logits' NMSE against fp32 and by the argmax on the voxels whose fp32
+ * margin (best minus second logit) is at least MARGIN; the label agreement of mmunet.md V3
+ * (>= 99.9 % on all voxels) is a property of a trained model, checked with the shipped one. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +26,7 @@
 #include "tests/tol.h"
 
 #define N_GPU_TESTS 13
+#define MARGIN 0.5f /* fp32 logit margin of the voxels whose argmax must agree */
 
 static char last_log[1024];
 
@@ -219,20 +226,36 @@ test_big(const char *dir)
     mms_backend_free(be);
     static const int precs[2] = {MMS_PRECISION_BF16, MMS_PRECISION_FP16};
     static const char *const pname[2] = {"bf16", "fp16"};
+    /* NMSE of 3.8e-3 and 8.9e-5 measured with a host convolution that rounds as cuDNN does */
+    static const double max_nmse[2] = {2e-2, 1e-3};
     for (int p = 0; p < 2; p++) {
         float *lp = again;
         rc = open_net(m, "cuda", precs[p], tile, 0, &be, &net);
         if (rc == 0)
             rc = mms_net_forward(net, in->data, 1, lp);
         argmax(lp, nc, vox, lab2);
+        size_t sure = 0, sure_agree = 0;
         agree = 0;
-        for (size_t v = 0; v < vox; v++)
+        for (size_t v = 0; v < vox; v++) {
+            float best = -INFINITY, second = -INFINITY;
+            for (int c = 0; c < nc; c++) {
+                float x = gpu[(size_t)c * vox + v];
+                second = x > best ? best : (x > second ? x : second);
+                best = x > best ? x : best;
+            }
             agree += lab2[v] == lab[v];
+            if (best - second >= MARGIN) {
+                sure++;
+                sure_agree += lab2[v] == lab[v];
+            }
+        }
         double ep = rc == 0 ? nmse(lp, gpu, nl) : INFINITY;
-        diag("%s: logits NMSE vs fp32 %.3g", pname[p], ep);
-        ok(rc == 0 && rc2 == 0 && (double)agree >= 0.999 * (double)vox,
-           "32x64x64 on CUDA %s: argmax equals fp32's on %zu of %zu voxels (>= 99.9%%)", pname[p],
-           agree, vox);
+        diag("%s: argmax equals fp32's on %zu of %zu voxels", pname[p], agree, vox);
+        ok(rc == 0 && rc2 == 0 && ep <= max_nmse[p] && sure >= vox / 4 &&
+               (double)sure_agree >= 0.999 * (double)sure,
+           "32x64x64 on CUDA %s: logits NMSE vs fp32 %.3g (<= %.0e); argmax equals fp32's on %zu "
+           "of the %zu voxels with a margin >= %.1f (>= 99.9%%)",
+           pname[p], ep, max_nmse[p], sure_agree, sure, (double)MARGIN);
         mms_net_free(net);
         mms_backend_free(be);
     }
