@@ -333,8 +333,9 @@ def make(base, out):
     meta = bytearray(whole[:len(whole) - len(dsb)])
     i = meta.find(EXPLICIT_LE.encode() + b"\0")
     meta[i:i + len(EXPLICIT_BE)] = EXPLICIT_BE.encode()
+    # refused and quarantined; the first copy stays byte for byte (the check at the end)
     c.instance("dup-other-meta", "acknowledged data overwritten (same bytes, other meta)",
-               "intact", bytes(meta) + dsb, dsb, EXPLICIT_BE, str(ds.SOPInstanceUID),
+               "refused", bytes(meta) + dsb, dsb, EXPLICIT_BE, str(ds.SOPInstanceUID),
                route="drop")
 
     # --- whole series with bad values (C-STORE; each must end failed or skipped, not done)
