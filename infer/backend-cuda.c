@@ -798,30 +798,6 @@ cuda_max_batch(struct mms_backend *be, const struct mms_graph *g)
     return 1;
 }
 
-static void
-account(struct mms_net_profile *p, const struct mms_graph *g, const struct mms_node *nd, double s)
-{
-    switch (nd->op) {
-    case MMS_OP_CONV: {
-        const struct mms_tdesc *o = &g->tensors[nd->dst];
-        double taps = (double)nd->u.conv.k[0] * nd->u.conv.k[1] * nd->u.conv.k[2];
-        p->conv_s += s;
-        p->conv_flop += 2.0 * taps * (double)nd->u.conv.cin * (double)nd->u.conv.cout *
-                        (double)mms__tdesc_voxels(o);
-        break;
-    }
-    case MMS_OP_NORM:
-        p->norm_s += s;
-        break;
-    case MMS_OP_MIXER:
-        p->mixer_s += s;
-        break;
-    default:
-        p->other_s += s;
-        break;
-    }
-}
-
 static int
 run_node(struct mms_cuda *cu, const struct mms_graph *g, struct graph_ctx *gc, int i, char *base,
          int n)
@@ -956,7 +932,7 @@ cuda_compute(struct mms_backend *be, const struct mms_graph *g, void *gctx,
             return rc;
         }
         if (g->profile != NULL)
-            account(g->profile, g, &g->nodes[i], mms_mono_s() - t0);
+            mms__profile_account(g->profile, g, &g->nodes[i], n, mms_mono_s() - t0);
     }
     return 0;
 }

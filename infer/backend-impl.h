@@ -71,6 +71,11 @@ extern const struct mms_backend_ops mms__backend_cpu;
 /* CUDA backend (infer/backend-cuda.c), in CUDA builds only. */
 extern const struct mms_backend_ops mms__backend_cuda;
 
+/* Add s seconds of node nd, run on n samples, to the profile p: its kind's time, and for a
+ * convolution its floating-point operations. */
+void mms__profile_account(struct mms_net_profile *p, const struct mms_graph *g,
+                          const struct mms_node *nd, int n, double s);
+
 /* Wrappers that check optional slots. */
 int mms__backend_synchronize(struct mms_backend *be);
 

@@ -82,3 +82,28 @@ mms__backend_synchronize(struct mms_backend *be)
 {
     return be->ops->synchronize != NULL ? be->ops->synchronize(be) : 0;
 }
+
+void
+mms__profile_account(struct mms_net_profile *p, const struct mms_graph *g,
+                     const struct mms_node *nd, int n, double s)
+{
+    switch (nd->op) {
+    case MMS_OP_CONV: {
+        const struct mms_tdesc *o = &g->tensors[nd->dst];
+        double taps = (double)nd->u.conv.k[0] * nd->u.conv.k[1] * nd->u.conv.k[2];
+        p->conv_s += s;
+        p->conv_flop += 2.0 * taps * (double)nd->u.conv.cin * (double)nd->u.conv.cout *
+                        (double)mms__tdesc_voxels(o) * n;
+        break;
+    }
+    case MMS_OP_NORM:
+        p->norm_s += s;
+        break;
+    case MMS_OP_MIXER:
+        p->mixer_s += s;
+        break;
+    default:
+        p->other_s += s;
+        break;
+    }
+}
