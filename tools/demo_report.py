@@ -112,7 +112,7 @@ def main():
         truth = nib.load(os.path.join(base, man["variants"][a.variant]["truth"]))
         # the SEG's segments back to the model's label ids, through the card's Segment Labels
         text = open(a.card).read()
-        card = json.loads(text[:text.index("\ntensors:")])
+        card = json.JSONDecoder().raw_decode(text)[0]  # the card, then the summary lines
         ids = {lab["segment_label"]: int(lab["id"]) for lab in card["labels"]}
         lab = np.zeros(truth.shape, np.uint8)
         for number, k, m in masks(seg, order):
