@@ -69,6 +69,8 @@ state_dir = $tmp/state
 bind = 127.0.0.1
 port = $port
 min_free_mb = 1
+allowed_hosts = 127.0.0.0/8
+allowed_calling_aes = any
 [series]
 stable_age_s = 1
 [infer]
