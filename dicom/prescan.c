@@ -524,8 +524,11 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
      * breaks off in it asserts where the other encodings would walk */
     if (wr == WALK_DEEP || ts[0] != '\0')
         return MMS_EDICOM;
-    static const enum enc all[3] = {ENC_IMPLICIT, ENC_EXPLICIT, ENC_BIG};
-    for (int i = 0; i < 3; i++) {
+    /* a bare data set in big endian is not detected as such by GDCM, which then reads it in
+     * another encoding and asserts (a 12-byte (1200,0000) UL element, found by fuzzing):
+     * without a declared transfer syntax only the little-endian encodings pass */
+    static const enum enc all[2] = {ENC_IMPLICIT, ENC_EXPLICIT};
+    for (int i = 0; i < 2; i++) {
         if (all[i] == enc)
             continue;
         struct mms_prescan alt = first;
