@@ -11,26 +11,19 @@
 
 #include "common/err.h"
 #include "daemon/config.h"
+#include "tests/fuzz/fuzz-util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    int fd = memfd_create("fuzz-config.ini", MFD_CLOEXEC);
+    char path[64], err[2048];
+    int fd = fuzz_memfd("fuzz-config.ini", data, size, path, sizeof path);
     if (fd < 0)
         return 0;
-    size_t done = 0;
-    while (done < size) {
-        ssize_t w = write(fd, data + done, size - done);
-        if (w <= 0)
-            break;
-        done += (size_t)w;
-    }
-    char path[64], err[2048];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     struct mms_config *cfg = NULL;
-    if (done == size && mms_config_load(path, &cfg, err, sizeof err) == 0) {
+    if (mms_config_load(path, &cfg, err, sizeof err) == 0) {
         /* a loaded configuration must print (check-config does) and free cleanly */
         FILE *null = fopen("/dev/null", "w");
         if (null != NULL) {

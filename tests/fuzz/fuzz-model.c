@@ -13,6 +13,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "infer/infer.h"
+#include "tests/fuzz/fuzz-util.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -32,20 +33,12 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         once = 1;
         mms_log_set_sink(quiet, NULL);
     }
-    int fd = memfd_create("fuzz-model.safetensors", MFD_CLOEXEC);
+    char path[64], why[1024];
+    int fd = fuzz_memfd("fuzz-model.safetensors", data, size, path, sizeof path);
     if (fd < 0)
         return 0;
-    size_t done = 0;
-    while (done < size) {
-        ssize_t w = write(fd, data + done, size - done);
-        if (w <= 0)
-            break;
-        done += (size_t)w;
-    }
-    char path[64], why[1024];
-    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     struct mms_model *m = NULL;
-    if (done == size && mms_model_load(path, &m, why, sizeof why) == 0) {
+    if (mms_model_load(path, &m, why, sizeof why) == 0) {
         const struct mms_card *card = mms_model_card(m);
         if (card == NULL)
             abort(); /* a loaded model always has its card */
