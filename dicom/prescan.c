@@ -36,7 +36,13 @@ const uint32_t mms__dicom_tags[MMS_TAG_COUNT] = {
 #define UNDEFINED 0xffffffffu
 #define MAX_LEVELS 1024 /* containers tracked; deeper files are refused */
 #define PIXEL_DATA 0x7fe00010u
-#define KEEP ((size_t)16 << 20) /* inflated bytes kept to walk: a deflated header is smaller */
+/* inflated bytes kept to walk: a deflated header is smaller (the fuzz targets keep less, as
+ * their inflate floor is smaller: see dicom.h) */
+#ifdef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION
+#define KEEP ((size_t)256 << 10)
+#else
+#define KEEP ((size_t)16 << 20)
+#endif
 #define TS_IMPLICIT "1.2.840.10008.1.2"
 #define TS_EXPLICIT "1.2.840.10008.1.2.1"
 #define TS_DEFLATED "1.2.840.10008.1.2.1.99"
@@ -180,6 +186,13 @@ fragments_fit(const uint8_t *p, size_t n, size_t pos, bool big)
     return false;
 }
 
+/* Items inside UN hold implicit VR little endian (DICOM PS3.5 6.2.2); in a big endian data set
+ * GDCM reads them byte-swapped, so their lengths mean other things to the two toolkits: one
+ * such length made GDCM allocate and clear gigabytes. Refused. */
+#define UN_BIG_ENDIAN                                                                              \
+    "data element (%04X,%04X) at byte %zu: UN holding items in a big endian data set (the "        \
+    "toolkits disagree on their byte order)"
+
 /* Walk the data set at w->pos in encoding enc to its top-level pixel data or its end.
  * WALK_OK with info filled, WALK_BAD (structure broken) or WALK_DEEP (nested too deep), with the
  * reason in w->why. */
@@ -297,6 +310,8 @@ walk(struct walker *w, enum enc enc, struct mms_prescan *info)
             if (depth >= limit)
                 return fail(w, WALK_DEEP, "sequences nested deeper than %d levels at byte %zu",
                             limit, at);
+            if (un && enc == ENC_BIG)
+                return fail(w, WALK_BAD, UN_BIG_ENDIAN, g, e, at);
             if (depth == 0)
                 record(info, tag, vr, pos, l);
             /* UN of undefined length holds implicit VR little endian items */
@@ -314,6 +329,9 @@ walk(struct walker *w, enum enc enc, struct mms_prescan *info)
         bool sq = vr != NULL && is_vr(vr, "SQ");
         bool as_items = !sq && (vr == NULL || is_vr(vr, "UN")) && l >= 8 &&
                         u16(p + pos, false) == 0xfffe && u16(p + pos + 2, false) == 0xe000;
+        if (vr != NULL && is_vr(vr, "UN") && enc == ENC_BIG && l >= 8 &&
+            (as_items || (u16(p + pos, true) == 0xfffe && u16(p + pos + 2, true) == 0xe000)))
+            return fail(w, WALK_BAD, UN_BIG_ENDIAN, g, e, at);
         if (sq || as_items) {
             if (depth >= limit)
                 return fail(w, WALK_DEEP, "sequences nested deeper than %d levels at byte %zu",
@@ -501,7 +519,7 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
             free(raw);
             if (wr != WALK_OK && raw_len == KEEP && sub.pixel_at == 0)
                 return mms_why(why, why_len, MMS_EDICOM,
-                               "deflated data set: no pixel data in its first %zu MiB", KEEP >> 20);
+                               "deflated data set: no pixel data in its first %zu KiB", KEEP >> 10);
             if (wr != WALK_OK)
                 return mms_why(why, why_len, MMS_EDICOM, "deflated data set: %s", reason);
             return 0; /* not complete: the values lie in the inflated bytes */

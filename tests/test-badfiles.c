@@ -331,7 +331,7 @@ main(int argc, char **argv)
     const char *t = getenv("TMPDIR");
     snprintf(tmpdir, sizeof tmpdir, "%s", t != NULL && t[0] != '\0' ? t : "/tmp");
     if (write_dir[0] == '\0')
-        plan(35, 600);
+        plan(38, 600);
 
     /* the valid files themselves pass */
     if (write_dir[0] == '\0') {
@@ -499,6 +499,50 @@ main(int argc, char **argv)
         free(b.p);
         free(ds);
         free(seq.p);
+    }
+
+    /* 4b. UN holding items in a big endian data set: the items are implicit VR little endian
+     * to DCMTK and to the pre-scan, byte-swapped to GDCM, which took an item length of 88 as
+     * 1.4 GB and cleared that much (found by fuzz-prescan). Undefined length, then defined
+     * lengths beginning with an item tag in either byte order. */
+    {
+        struct mms_prescan pre;
+        char why[256];
+        mms_dicom_prescan(base_ex.p, base_ex.n, MMS_DICOM_MAX_NESTING, &pre, why, sizeof why);
+        /* (0008,0060) CS "CT", big endian */
+        static const uint8_t modality[] = {0x00, 0x08, 0x00, 0x60, 'C', 'S', 0x00, 0x02, 'C', 'T'};
+        /* an item of 8 bytes holding (0008,1150) of length 0, implicit VR little endian; the
+         * same item with its tag and length big endian */
+        static const uint8_t item_le[] = {0xfe, 0xff, 0x00, 0xe0, 8, 0, 0, 0,
+                                          0x08, 0x00, 0x50, 0x11, 0, 0, 0, 0};
+        static const uint8_t item_be[] = {0xff, 0xfe, 0xe0, 0x00, 0, 0, 0, 8,
+                                          0x08, 0x00, 0x50, 0x11, 0, 0, 0, 0};
+        static const uint8_t seq_end[] = {0xfe, 0xff, 0xdd, 0xe0, 0, 0, 0, 0};
+        for (int v = 0; v < 3; v++) {
+            struct buf b = {malloc(pre.dataset_at + 128), pre.dataset_at};
+            memcpy(b.p, base_ex.p, pre.dataset_at);
+            set_ts(&b, "1.2.840.10008.1.2.2");
+            memcpy(b.p + b.n, modality, sizeof modality);
+            b.n += sizeof modality;
+            /* (0008,2112) UN, big endian; undefined length or 16 */
+            static const uint8_t un[] = {0x00, 0x08, 0x21, 0x12, 'U', 'N', 0, 0};
+            memcpy(b.p + b.n, un, sizeof un);
+            b.n += sizeof un;
+            uint8_t len[4] = {0xff, 0xff, 0xff, 0xff};
+            if (v > 0)
+                len[0] = len[1] = len[2] = 0, len[3] = 16;
+            memcpy(b.p + b.n, len, 4);
+            b.n += 4;
+            memcpy(b.p + b.n, v == 2 ? item_be : item_le, 16);
+            b.n += 16;
+            if (v == 0) {
+                memcpy(b.p + b.n, seq_end, sizeof seq_end);
+                b.n += sizeof seq_end;
+            }
+            static const char *names[] = {"un-items-big-endian", "un-items-big-endian-defined",
+                                          "un-items-big-endian-swapped"};
+            expect_refused(names[v], b, "UN holding items in a big endian", 1.0);
+        }
     }
 
     /* 5. amplification: a 34 KB file declaring a 4 GB element; a deflate bomb */

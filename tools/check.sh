@@ -92,6 +92,11 @@ if (cd "$top/_build/cuda-$cuda" && make distcheck >distcheck.out 2>&1); then
     echo "distcheck: ok"
     pass=$((pass + 1))
 else
+    grep -E '^(FAIL|ERROR|XPASS): ' "$top/_build/cuda-$cuda/distcheck.out"
+    for t in $(sed -n 's/^\(FAIL\|ERROR\): \([^ ]*\).*/\2/p' "$top/_build/cuda-$cuda/distcheck.out" | sort -u); do
+        f=$(find "$top/_build/cuda-$cuda" -path "*/_build/sub/$t.log" 2>/dev/null | head -1)
+        [ -n "$f" ] && { echo "--- $t.log (end)"; tail -40 "$f"; }
+    done
     tail -30 "$top/_build/cuda-$cuda/distcheck.out"
     fail=$((fail + 1)); status=1
 fi
