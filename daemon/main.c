@@ -130,7 +130,9 @@ static const struct command commands[] = {
      "  --threads N           CPU threads, 0 = all cores ([infer] threads)\n"
      "  --tta yes|no          mirroring test-time augmentation ([infer] tta)\n"
      "  --tile-step X         tile overlap step as a fraction of the tile ([infer] tile_step)\n"
-     "  --max-memory-mb N     refuse larger jobs before allocating, 0 = 80% of RAM\n"
+     "  --max-memory-mb N     plan each job from its headers before decoding; over N MiB\n"
+     "                        it runs one tile per network call, then without mirroring\n"
+     "                        (\"no TTA\" in the SEG), else fails; 0 = 80% of RAM\n"
      "                        ([infer] max_memory_mb)\n"
      "  --json                print one JSON object (stage times, shapes, label counts)\n"
      "  -h, --help            show this help\n",

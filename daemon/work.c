@@ -106,6 +106,62 @@ ct_of(const struct mms_volume *v, struct mms_ct *ct)
     ct->pos_mm = v->pos_mm;
 }
 
+int
+mms_work_plan(const struct mms_engine *e, const struct mms_ct *ct, const struct mms_pipe_opts *o,
+              struct mms_pipe_opts *used, struct mms_pipe_stats *st, unsigned *degraded, char *why,
+              size_t why_len)
+{
+    static const char *const step[3] = {"as configured", "with one tile per network call",
+                                        "with one tile per network call and no mirroring"};
+    char tried[3][96];
+    int n = 0, rc = 0;
+    *used = *o;
+    *degraded = 0;
+    for (int s = 0; s < 3; s++) {
+        if (s == 1) {
+            if (mms_net_max_batch(e->net) <= 1 && o->max_batch != 1)
+                continue; /* one per call already */
+            used->max_batch = 1;
+            *degraded |= MMS_DEGRADE_BATCH;
+        } else if (s == 2) {
+            if (!o->tta || (mms_model_card(e->model)->inf.mirror_axes & 7u) == 0)
+                continue; /* no mirroring to give up */
+            used->tta = false;
+            *degraded |= MMS_DEGRADE_NO_TTA;
+        }
+        if ((rc = mms_pipe_plan(ct, e->model, e->net, used, st, why, why_len)) != MMS_ENOMEM)
+            return rc; /* fits, or fails for another reason than memory */
+        snprintf(tried[n++], sizeof tried[0], "%zu MiB %s",
+                 (st->memory_estimate + (1u << 20) - 1) >> 20, step[s]);
+    }
+    return mms_why(why, why_len, MMS_ENOMEM,
+                   "the job needs an estimated %s%s%s%s%s: more than the limit of %zu MiB",
+                   tried[0], n > 1 ? ", " : "", n > 1 ? tried[1] : "", n > 2 ? ", " : "",
+                   n > 2 ? tried[2] : "", o->max_memory >> 20);
+}
+
+/* mms_volume_opts.plan: the plan of the job from the geometry, before decoding. */
+struct plan_arg {
+    const struct mms_engine *e;
+    const struct mms_pipe_opts *o;
+};
+
+static int
+plan_volume(void *arg, const struct mms_volume *v, char *why, size_t why_len)
+{
+    const struct plan_arg *a = arg;
+    struct mms_ct ct;
+    struct mms_pipe_opts used;
+    struct mms_pipe_stats st;
+    unsigned degraded;
+    ct_of(v, &ct);
+    char reason[768];
+    int rc = mms_work_plan(a->e, &ct, a->o, &used, &st, &degraded, reason, sizeof reason);
+    if (rc < 0)
+        mms_why(why, why_len, rc, "%s (planned from the headers, before decoding)", reason);
+    return rc;
+}
+
 /* The segment of label l as the card defines it, and its PatientSex variants. */
 static void
 segment_of(const struct mms_label *l, struct mms_seg_segment *s, struct mms_seg_segment sex[3])
@@ -202,6 +258,7 @@ mms_work_write_seg(const struct mms_model *m, const char *const *paths, const st
 struct vol_head {
     int rc;
     int crashed_file; /* the file the crashing thread was decoding, or -1 */
+    bool planned_out; /* the plan refused the job before decoding (its own reason in why) */
     char why[1024];
     struct mms_volume v; /* its scalars; the pointers are the child's */
 };
@@ -221,6 +278,8 @@ struct vol_arg {
     struct mms_volume_opts o;
     struct vol_layout L;
     unsigned char *shm;
+    int (*plan)(void *arg, const struct mms_volume *v, char *why, size_t why_len); /* o's */
+    void *plan_arg;
 };
 
 static bool
@@ -296,6 +355,16 @@ on_file(void *arg, int file, bool done)
         mms_sandbox_crash_now();
 }
 
+/* In the child: the caller's plan, noting a refusal (its MMS_ENOMEM is not the child's). */
+static int
+child_plan(void *arg, const struct mms_volume *v, char *why, size_t why_len)
+{
+    struct vol_arg *a = arg;
+    int rc = a->plan(a->plan_arg, v, why, why_len);
+    ((struct vol_head *)(void *)a->shm)->planned_out = rc < 0;
+    return rc;
+}
+
 /* In the child: build the volume and copy it into the shared mapping. */
 static int
 vol_child(void *arg, void *shm, size_t len)
@@ -317,6 +386,12 @@ vol_child(void *arg, void *shm, size_t len)
         (void)sigaction(sigs[i], &sa, NULL); /* without it, the reason names fewer files */
     a->o.on_file = on_file;
     a->o.on_file_arg = a;
+    if (a->o.plan != NULL) {
+        a->plan = a->o.plan;
+        a->plan_arg = a->o.plan_arg;
+        a->o.plan = child_plan;
+        a->o.plan_arg = a;
+    }
     int rc = mms_volume_build(a->paths, a->h, a->n, &a->o, &v, hd->why, sizeof hd->why);
     if (rc == 0) {
         size_t nz = (size_t)v->dims[2], nv = (size_t)v->dims[0] * (size_t)v->dims[1] * nz;
@@ -393,7 +468,7 @@ mms_work_volume(const char *const *paths, const struct mms_header *h, int n,
         mms_why(why, why_len, rc, "series %s: %s", series, mms_strerror(rc));
     } else if (res.outcome == MMS_SANDBOX_NOTSTART) {
         rc = mms_why(why, why_len, res.fn_rc, "series %s: decoder %s", series, res.what);
-    } else if (res.outcome == MMS_SANDBOX_OK) {
+    } else if (res.outcome == MMS_SANDBOX_OK || hd->planned_out) {
         if ((rc = res.fn_rc) < 0)
             mms_why(why, why_len, rc, "%s", hd->why);
         else if ((rc = vol_copy(shm, &a.L, out)) < 0)
@@ -516,7 +591,12 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
     r->stage = MMS_STAGE_DECODE;
     if (o->on_stage != NULL)
         o->on_stage(o->stage_arg, r->stage);
-    if ((rc = mms_work_volume(paths, h, n, &o->vol, &o->decode_lim, &v, why, why_len)) < 0) {
+    /* the plan from the geometry, before a pixel is decoded (in the decoding child) */
+    struct plan_arg pa = {e, &o->pipe};
+    struct mms_volume_opts vo = o->vol;
+    vo.plan = plan_volume;
+    vo.plan_arg = &pa;
+    if ((rc = mms_work_volume(paths, h, n, &vo, &o->decode_lim, &v, why, why_len)) < 0) {
         r->why_names_series = true; /* "series UID: problem" */
         goto out;
     }
@@ -537,11 +617,21 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
         pthread_mutex_lock(o->infer_mu);
     double t2 = mms_mono_s();
     r->wait_s = t2 - t1;
-    rc = mms_pipe_plan(&ct, e->model, e->net, &o->pipe, &r->st, why, why_len);
+    struct mms_pipe_opts po;
+    rc = mms_work_plan(e, &ct, &o->pipe, &po, &r->st, &r->degraded, why, why_len);
+    if (rc == 0 && r->degraded != 0)
+        mms_log(MMS_LOG_WARNING,
+                "series %s: the job needs an estimated %zu MiB with %s, within the limit of %zu "
+                "MiB only so",
+                h[0].series_uid, (r->st.memory_estimate + (1u << 20) - 1) >> 20,
+                (r->degraded & MMS_DEGRADE_NO_TTA) != 0
+                    ? "one tile per network call and no mirroring (no TTA)"
+                    : "one tile per network call",
+                o->pipe.max_memory >> 20);
     if (rc == 0 && (labels = malloc(nv)) == NULL)
         rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory for the labels");
     if (rc == 0)
-        rc = mms_pipe_run(&ct, e->model, e->net, &o->pipe, labels, &r->st, why, why_len);
+        rc = mms_pipe_run(&ct, e->model, e->net, &po, labels, &r->st, why, why_len);
     if (o->infer_mu != NULL)
         pthread_mutex_unlock(o->infer_mu);
     if (rc < 0)
@@ -557,8 +647,17 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
         (rc = mms_nifti_write_labels(v, labels, o->nifti_path, why, why_len)) < 0)
         goto out;
     if (o->seg_path != NULL) {
-        rc = mms_work_write_seg(e->model, paths, &h[0], v, labels, o->run, o->keep_empty_frames,
-                                o->seg_description, o->seg_path, &r->seg, why, why_len);
+        char desc[128];
+        const char *d = o->seg_description;
+        if ((r->degraded & MMS_DEGRADE_NO_TTA) != 0) { /* the SEG says what it was made with */
+            if (d != NULL && d[0] != '\0')
+                snprintf(desc, sizeof desc, "%s (no TTA)", d);
+            else
+                snprintf(desc, sizeof desc, "MM-UNet %s (no TTA)", mms_model_card(e->model)->name);
+            d = desc;
+        }
+        rc = mms_work_write_seg(e->model, paths, &h[0], v, labels, o->run, o->keep_empty_frames, d,
+                                o->seg_path, &r->seg, why, why_len);
         if (rc == MMS_EINVAL) { /* no organ found: nothing to send, not a failure */
             rc = 0;
         } else if (rc < 0) {

@@ -60,8 +60,15 @@ struct mms_work_opts {
     void *stage_arg;
 };
 
+/* What a job gave up to fit its memory limit, in the degrade order (mms_work_plan). */
+enum {
+    MMS_DEGRADE_BATCH = 1, /* one tile x mirroring per network call: slower, the same labels */
+    MMS_DEGRADE_NO_TTA = 2 /* no mirroring: other labels ("no TTA" in the SEG's description) */
+};
+
 struct mms_work_result {
     int stage;             /* the stage reached (the failed one on failure) */
+    unsigned degraded;     /* MMS_DEGRADE_* */
     bool why_names_series; /* the reason begins with the Series Instance UID */
     int64_t dims[3];       /* the volume: columns, rows, slices */
     bool irregular;
@@ -74,6 +81,15 @@ struct mms_work_result {
     bool preview_written; /* a preview that fails is logged, not a failure */
     struct mms_preview_result preview;
 };
+
+/* The plan of a job on volume ct (ct->hu NULL: from the headers, before decoding) in the
+ * degrade order: the options o as they are; then one tile x mirroring per network call; then
+ * also no mirroring. *used receives the first options that fit o->max_memory, *st their plan
+ * and *degraded what was given up (MMS_DEGRADE_*). Returns 0, or mms_pipe_plan()'s error of
+ * the last step (MMS_ENOMEM with the figures of every step tried in why). */
+int mms_work_plan(const struct mms_engine *e, const struct mms_ct *ct,
+                  const struct mms_pipe_opts *o, struct mms_pipe_opts *used,
+                  struct mms_pipe_stats *st, unsigned *degraded, char *why, size_t why_len);
 
 /* The options of the configuration's [series], [infer] and [seg] sections (max_memory_mb 0:
  * 80 % of the RAM) and the decoding child's limits ([daemon] decode_max_memory_mb,

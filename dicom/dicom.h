@@ -296,6 +296,7 @@ int mms_frames_decode(const char *path, const struct mms_header *h, int64_t firs
                       uint64_t max_voxels, float *hu, char *why, size_t why_len);
 
 /* ------------------------------------------------------------------------------- volume */
+struct mms_volume;
 struct mms_volume_opts {
     struct mms_stack_opts stack;
     uint64_t max_voxels; /* columns x rows x slices (also checked per file before decoding) */
@@ -304,6 +305,11 @@ struct mms_volume_opts {
        starts (done false) and when it succeeded (done true); NULL: none. Must not block. */
     void (*on_file)(void *arg, int file, bool done);
     void *on_file_arg;
+    /* called once the geometry is known, before the voxels are allocated or a pixel is decoded,
+       with v complete but for v->hu (NULL); a negative return fails the build with that code
+       and the reason the callback wrote to why. NULL: none. */
+    int (*plan)(void *arg, const struct mms_volume *v, char *why, size_t why_len);
+    void *plan_arg;
 };
 
 /* Where one slice of the volume comes from (the DICOM SEG refers to it frame by frame). */

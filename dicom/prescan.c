@@ -440,6 +440,12 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
         meta = true, w.pos = 0;
     else if (meta)
         w.pos = 132;
+    else if (len >= 4 && (u16(data, false) == 0x0002 || u16(data, true) == 0x0002))
+        /* group 0002 first, but not as explicit VR little endian: GDCM still reads it as the
+         * file meta, and asserts (found by fuzz-prescan) */
+        return mms_why(why, why_len, MMS_EDICOM,
+                       "file meta information without its preamble is not explicit VR little "
+                       "endian (no valid VR at byte 4)");
     enum enc enc = ENC_IMPLICIT;
     size_t group_end = 0; /* where (0002,0000) says the file meta ends */
     if (meta) {

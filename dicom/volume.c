@@ -447,7 +447,7 @@ build(const char *const *paths, const struct mms_header *h, int n, const struct 
                      (long long)rows, nz, (unsigned long long)o->max_voxels);
         goto fail;
     }
-    if ((v = calloc(1, sizeof *v)) == NULL || (v->hu = alloc_voxels(voxels)) == NULL ||
+    if ((v = calloc(1, sizeof *v)) == NULL ||
         (v->ipp = malloc((size_t)nz * sizeof *v->ipp)) == NULL ||
         (v->pos_mm = malloc((size_t)nz * sizeof *v->pos_mm)) == NULL ||
         (v->src = calloc((size_t)nz, sizeof *v->src)) == NULL) {
@@ -489,6 +489,13 @@ build(const char *const *paths, const struct mms_header *h, int n, const struct 
         if (st->reason[k] != MMS_STACK_MAIN)
             v->left_out[st->reason[k]]++;
 
+    if (o->plan != NULL && (rc = o->plan(o->plan_arg, v, why, why_len)) < 0)
+        goto fail;
+    if ((v->hu = alloc_voxels(voxels)) == NULL) {
+        rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory for %llu voxels",
+                     (unsigned long long)voxels);
+        goto fail;
+    }
     if ((rc = make_jobs(c, st, n, &jobs, &n_jobs)) < 0) {
         mms_why(why, why_len, rc, "out of memory");
         goto fail;

@@ -127,6 +127,14 @@ crop_box(struct job *j, int threads)
     const struct mms_ct *ct = j->ct;
     int64_t n[3] = {ct->slices, ct->rows, ct->cols};
     int64_t lo[3] = {n[0], n[1], n[2]}, hi[3] = {-1, -1, -1};
+    if (ct->hu == NULL) { /* a plan from the headers: the whole volume, the largest crop */
+        for (int a = 0; a < 3; a++) {
+            j->lo[a] = 0;
+            j->hi[a] = n[a];
+            j->nc[a] = n[a];
+        }
+        return;
+    }
 #pragma omp parallel num_threads(threads)
     {
         int64_t l[3] = {n[0], n[1], n[2]}, h[3] = {-1, -1, -1};
@@ -293,10 +301,10 @@ estimate(const struct job *j, const struct mms_net *net, int threads)
 /* The volume description, before anything is derived from it: sizes, spacings, directions
  * and slice positions finite and within the limits of pipeline.h. */
 static int
-check_ct(const struct mms_ct *ct, char *why, size_t why_len)
+check_ct(const struct mms_ct *ct, bool voxels, char *why, size_t why_len)
 {
-    if (ct->hu == NULL || ct->ipp == NULL || ct->pos_mm == NULL || ct->cols < 1 || ct->rows < 1 ||
-        ct->slices < 1)
+    if ((voxels && ct->hu == NULL) || ct->ipp == NULL || ct->pos_mm == NULL || ct->cols < 1 ||
+        ct->rows < 1 || ct->slices < 1)
         return mms_why(why, why_len, MMS_EINVAL, "the volume description is incomplete");
     const int64_t n[3] = {ct->slices, ct->rows, ct->cols};
     if (voxels3(n) < 0 || ct->cols > INT32_MAX / 4 || ct->rows > INT32_MAX / 4 ||
@@ -329,7 +337,7 @@ check_ct(const struct mms_ct *ct, char *why, size_t why_len)
 }
 
 static int
-prepare(struct job *j, const struct mms_ct *ct, const struct mms_model *m,
+prepare(struct job *j, const struct mms_ct *ct, bool voxels, const struct mms_model *m,
         const struct mms_net *net, const struct mms_pipe_opts *o, int threads, char *why,
         size_t why_len)
 {
@@ -337,7 +345,7 @@ prepare(struct job *j, const struct mms_ct *ct, const struct mms_model *m,
     j->ct = ct;
     j->card = mms_model_card(m);
     const struct mms_card *card = j->card;
-    int rc = check_ct(ct, why, why_len);
+    int rc = check_ct(ct, voxels, why, why_len);
     if (rc < 0)
         return rc;
     if (card->arch.in_channels != 1)
@@ -484,6 +492,8 @@ prepare(struct job *j, const struct mms_ct *ct, const struct mms_model *m,
         if ((sub & ~axes) == 0)
             j->mirrors[j->n_mirror++] = sub;
     int mb = net != NULL ? mms_net_max_batch(net) : 1;
+    if (o->max_batch > 0 && o->max_batch < mb)
+        mb = o->max_batch;
     j->batch = mb < j->n_mirror ? mb : j->n_mirror;
     return 0;
 }
@@ -527,7 +537,7 @@ mms_pipe_plan(const struct mms_ct *ct, const struct mms_model *m, const struct m
         return MMS_EINVAL;
     int threads = o->threads > 0 ? o->threads : omp_get_max_threads();
     struct job j;
-    int rc = prepare(&j, ct, m, net, o, threads, why, why_len);
+    int rc = prepare(&j, ct, false, m, net, o, threads, why, why_len);
     if (rc == 0) {
         fill_stats(&j, net, threads, stats);
         rc = within_limit(stats, o, why, why_len);
@@ -991,7 +1001,7 @@ mms_pipe_run(const struct mms_ct *ct, const struct mms_model *m, struct mms_net 
     struct job j;
     float *x = NULL, *acc = NULL;
     uint8_t *lab = NULL;
-    int rc = prepare(&j, ct, m, net, o, threads, why, why_len);
+    int rc = prepare(&j, ct, true, m, net, o, threads, why, why_len);
     if (rc < 0)
         goto out;
     fill_stats(&j, net, threads, stats);

@@ -77,6 +77,7 @@ struct mms_pipe_opts {
     bool tta;          /* mirroring over the card's mirror_axes */
     double tile_step;  /* 0 = the card's */
     size_t max_memory; /* bytes the job may hold; 0 = no limit */
+    int max_batch;     /* tiles x mirrorings per network call at most; 0 = the network's */
     int threads;       /* OpenMP threads of the pre- and post-processing; 0 = all */
     /* Called after each tile with (tiles done, tiles in all); may be NULL. */
     void (*progress)(void *arg, int64_t done, int64_t total);
@@ -104,6 +105,8 @@ void mms_pipe_opts_default(struct mms_pipe_opts *o);
  * Nothing big is allocated.
  * The spacings, positions and shapes are checked first (finite, within the limits above, slice
  * positions ascending); the target shape and the estimate are computed with overflow checks.
+ * ct->hu may be NULL: a plan from the headers, before anything is decoded, without the crop to
+ * the nonzero region (which needs the voxels): the most the job can need.
  * Returns 0, MMS_ENOMEM when the estimate exceeds o->max_memory (the figures in why), MMS_ERANGE
  * when a shape exceeds the hard limits (the figures in why), or MMS_EINVAL / MMS_ENOTSUP with a
  * reason in why. */
