@@ -265,8 +265,16 @@ run_job(struct jworker *w)
         mms_log(MMS_LOG_ERR, "job %" PRId64 " failed at %s: %s", j.id, j.stage, j.reason);
     } else {
         j.state = MMS_JOB_DONE;
-        if (!wr.seg_written)
-            snprintf(j.reason, sizeof j.reason, "no organ found: no SEG");
+        /* what the memory limit made the job give up (mms_work_plan), on its row */
+        const char *given_up = (wr.degraded & MMS_DEGRADE_NO_TTA) != 0
+                                   ? "one tile per network call and no mirroring (no TTA)"
+                               : wr.degraded != 0 ? "one tile per network call"
+                                                  : NULL;
+        snprintf(j.reason, sizeof j.reason, "%s%s%s%s",
+                 wr.seg_written ? "" : "no organ found: no SEG",
+                 given_up != NULL && !wr.seg_written ? "; " : "",
+                 given_up != NULL ? "within max_memory_mb only with " : "",
+                 given_up != NULL ? given_up : "");
         snprintf(reason, sizeof reason, "%s", j.reason);
         mms_log(MMS_LOG_NOTICE,
                 "job %" PRId64 " done in %.2f s (decode %.2f, wait %.2f, preprocess %.2f, "

@@ -449,7 +449,12 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
     enum enc enc = ENC_IMPLICIT;
     size_t group_end = 0; /* where (0002,0000) says the file meta ends */
     if (meta) {
-        /* file meta information: explicit VR little endian, group 0002 */
+        /* file meta information: explicit VR little endian, group 0002; right after "DICM"
+         * (GDCM otherwise guesses, once as big endian, and allocated gigabytes for a length it
+         * swapped: found by fuzz-prescan) */
+        if (len - w.pos < 8 || u16(data + w.pos, false) != 0x0002)
+            return mms_why(why, why_len, MMS_EDICOM,
+                           "no file meta information (group 0002) after the DICM prefix");
         while (len - w.pos >= 8 && u16(data + w.pos, false) == 0x0002) {
             const size_t at = w.pos;
             uint16_t el = u16(data + w.pos + 2, false);
