@@ -17,14 +17,15 @@
 #include "common/net.h"
 
 enum cfg_type {
-    T_STR,  /* any text, char * */
-    T_PATH, /* a path, char *; relative paths are resolved against the file's directory */
-    T_AE,   /* a DICOM AE title: 1 to 16 printable ASCII characters, no backslash; char * */
-    T_UINT, /* unsigned */
-    T_U64,  /* uint64_t */
-    T_DBL,  /* double */
-    T_BOOL, /* bool: yes or no */
-    T_ENUM, /* int, from a list of choices */
+    T_STR,     /* any text, char * */
+    T_PATH,    /* a path, char *; relative paths are resolved against the file's directory */
+    T_AE,      /* a DICOM AE title: 1 to 16 printable ASCII characters, no backslash; char * */
+    T_UINT,    /* unsigned */
+    T_U64,     /* uint64_t */
+    T_DBL,     /* double */
+    T_BOOL,    /* bool: yes or no */
+    T_ENUM,    /* int, from a list of choices */
+    T_DEVICES, /* struct mms_devices: "all", or device indexes within min..max, comma-separated */
 };
 
 /* Flags of a key. */
@@ -119,7 +120,7 @@ static const struct cfg_key main_keys[] = {
     {"infer", "model", T_PATH, OFF(infer.model), "/usr/share/mmsegd/models/demo.safetensors", 0, 0,
      NULL, RELOAD},
     {"infer", "backend", T_ENUM, OFF(infer.backend), "auto", 0, 0, backends, 0},
-    {"infer", "device", T_UINT, OFF(infer.device), "0", 0, 63, NULL, 0},
+    {"infer", "device", T_DEVICES, OFF(infer.devices), "0", 0, 63, NULL, 0},
     {"infer", "threads", T_UINT, OFF(infer.threads), "0", 0, 1024, NULL, 0},
     {"infer", "tta", T_BOOL, OFF(infer.tta), "yes", 0, 0, NULL, 0},
     {"infer", "tile_step", T_DBL, OFF(infer.tile_step), "0.5", 0.1, 1.0, NULL, 0},
@@ -329,6 +330,36 @@ parse_value(const struct loader *ld, const struct cfg_key *k, const char *text, 
             return MMS_EINVAL;
         }
         return 0;
+    case T_DEVICES: {
+        struct mms_devices d = {.all = false, .n = 0};
+        if (strcmp(text, "all") == 0) {
+            d.all = true;
+            d.n = 1;
+        } else {
+            for (const char *p = text;; p = end + 1) {
+                unsigned long v;
+                errno = 0;
+                v = *p >= '0' && *p <= '9' ? strtoul(p, &end, 10) : (end = (char *)p, 0);
+                if (end == p || (*end != ',' && *end != '\0') || errno == ERANGE ||
+                    (double)v < k->min || (double)v > k->max) {
+                    snprintf(why, whylen,
+                             "'%s' is not \"all\" or a list of device indexes (%.0f to %.0f, "
+                             "comma-separated)",
+                             text, k->min, k->max);
+                    return MMS_EINVAL;
+                }
+                if (d.n == MMS_MAX_ENGINES) {
+                    snprintf(why, whylen, "'%s' names more than %d devices", text, MMS_MAX_ENGINES);
+                    return MMS_EINVAL;
+                }
+                d.id[d.n++] = (unsigned)v;
+                if (*end == '\0')
+                    break;
+            }
+        }
+        *(struct mms_devices *)field = d;
+        return 0;
+    }
     case T_ENUM: {
         size_t used;
         for (const struct choice *c = k->choices; c->name != NULL; c++) {
@@ -400,6 +431,11 @@ field_equal(const struct cfg_key *k, const void *a, const void *b)
         return *(const bool *)fa == *(const bool *)fb;
     case T_ENUM:
         return *(const int *)fa == *(const int *)fb;
+    case T_DEVICES: {
+        const struct mms_devices *da = (const void *)fa, *db = (const void *)fb;
+        return da->all == db->all && da->n == db->n &&
+               memcmp(da->id, db->id, (size_t)da->n * sizeof da->id[0]) == 0;
+    }
     }
     return false;
 }
@@ -441,6 +477,16 @@ format_value(const struct cfg_key *k, const void *base, char *out, size_t len)
         }
         snprintf(out, len, "?");
         return;
+    case T_DEVICES: {
+        const struct mms_devices *d = (const void *)f;
+        size_t used = 0;
+        out[0] = '\0';
+        if (d->all)
+            snprintf(out, len, "all");
+        for (int i = 0; !d->all && i < d->n && used < len; i++)
+            used += (size_t)snprintf(out + used, len - used, "%s%u", i > 0 ? "," : "", d->id[i]);
+        return;
+    }
     }
 }
 

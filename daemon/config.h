@@ -36,6 +36,17 @@ struct mms_dest_config {
     unsigned retry_max_age_s;
 };
 
+/* [infer] device: the engines to run, one per entry: a device index (0 to 63), a list of
+ * them ("0,1"; an index may repeat: two engines on one device), or "all" (every CUDA device;
+ * one engine on the CPU backend). With the CPU backend each entry is one engine on the host's
+ * cores, which they share. */
+#define MMS_MAX_ENGINES 8
+struct mms_devices {
+    bool all;
+    int n; /* entries in id (1 for "all": id[0] = 0, the first) */
+    unsigned id[MMS_MAX_ENGINES];
+};
+
 struct mms_config {
     char *path; /* the file this was loaded from */
     struct {
@@ -85,8 +96,8 @@ struct mms_config {
     } series;
     struct {
         char *model;
-        int backend; /* enum mms_backend_choice */
-        unsigned device;
+        int backend;                /* enum mms_backend_choice */
+        struct mms_devices devices; /* the key is "device" */
         unsigned threads;
         bool tta;
         double tile_step;

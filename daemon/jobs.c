@@ -35,16 +35,22 @@ struct mms_jobs {
     char **dests;
     int n_dests;
     struct mms_work_opts wo;
-    struct mms_engine engine;
+    /* one engine per entry of [infer] device; a job takes the first free one once its volume
+       is decoded */
+    struct mms_engine engine[MMS_MAX_ENGINES];
+    bool engine_busy[MMS_MAX_ENGINES]; /* under mu */
+    int n_engines;
     bool engine_ok;
+    pthread_cond_t engine_free;
     /* the model file and how to open it again on SIGHUP */
     char *model_path;
     const char *backend;
-    int device, precision, threads;
-    struct stat model_st;   /* of the file the engine was loaded from */
-    struct mms_engine next; /* loaded on SIGHUP, waiting for the running jobs to end */
+    struct mms_devices devices;
+    int precision, threads;
+    struct stat model_st;                    /* of the file the engines were loaded from */
+    struct mms_engine next[MMS_MAX_ENGINES]; /* loaded on SIGHUP, waiting for the running jobs */
+    int n_next;
     bool swap_pending;
-    pthread_mutex_t infer_mu; /* one inference at a time on the engine */
     pthread_mutex_t mu;
     pthread_cond_t wake;
     bool stopping;
@@ -200,6 +206,91 @@ read_series(struct mms_jobs *J, const char *series, struct files *f, struct mms_
                             why_len);
 }
 
+/* The engine the job of this worker thread took last (its index), for the log. */
+static __thread int taken_engine = -1;
+
+/* mms_work_opts.take_engine: the first free engine, waiting for one. */
+static const struct mms_engine *
+take_engine(void *arg)
+{
+    struct mms_jobs *J = arg;
+    pthread_mutex_lock(&J->mu);
+    for (;;) {
+        for (int i = 0; i < J->n_engines; i++)
+            if (!J->engine_busy[i]) {
+                J->engine_busy[i] = true;
+                taken_engine = i;
+                pthread_mutex_unlock(&J->mu);
+                return &J->engine[i];
+            }
+        pthread_cond_wait(&J->engine_free, &J->mu);
+    }
+}
+
+static void
+give_engine(void *arg, const struct mms_engine *e)
+{
+    struct mms_jobs *J = arg;
+    pthread_mutex_lock(&J->mu);
+    J->engine_busy[e - J->engine] = false;
+    pthread_cond_broadcast(&J->engine_free);
+    pthread_mutex_unlock(&J->mu);
+}
+
+/* Open the engines of J->devices for model into e[] (*n of them). With "all", one per device
+ * until one does not exist (one on the CPU backend); with a list, every one must open. Every
+ * engine after the first runs on the first one's backend (auto never mixes in the CPU). CPU
+ * threads 0 with several engines: the cores divided among them. */
+static int
+open_engines(const struct mms_jobs *J, const char *model, struct mms_engine *e, int *n, char *why,
+             size_t why_len)
+{
+    const struct mms_devices *d = &J->devices;
+    int want = d->all ? MMS_MAX_ENGINES : d->n, rc = 0;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    int threads = J->threads;
+    if (threads == 0 && !d->all && d->n > 1)
+        threads = cpus / d->n > 1 ? (int)(cpus / d->n) : 1;
+    *n = 0;
+    for (int i = 0; i < want; i++) {
+        const char *backend = i == 0 ? J->backend : mms_backend_name(e[0].be);
+        int device = d->all ? i : (int)d->id[i];
+        if ((rc = mms_engine_open(model, backend, device, J->precision, threads, &e[i], why,
+                                  why_len)) < 0) {
+            mms_engine_close(&e[i]);
+            if (d->all && i > 0 && rc == MMS_ENODEV)
+                return 0; /* every device has its engine */
+            while (*n > 0)
+                mms_engine_close(&e[--*n]);
+            return rc;
+        }
+        ++*n;
+        if (d->all && strcmp(mms_backend_name(e[0].be), "cpu") == 0)
+            break;
+    }
+    return 0;
+}
+
+static void
+close_engines(struct mms_engine *e, int *n)
+{
+    while (*n > 0)
+        mms_engine_close(&e[--*n]);
+}
+
+/* "cpu", "cuda:0", "cuda:0, cuda:1": the engines, for the log. */
+static void
+describe_engines(const struct mms_engine *e, int n, char *out, size_t len)
+{
+    size_t used = 0;
+    out[0] = '\0';
+    for (int i = 0; i < n && used < len; i++) {
+        char one[32];
+        mms_engine_describe(&e[i], one, sizeof one);
+        used += (size_t)snprintf(out + used, len - used, "%s%s", i > 0 ? ", " : "", one);
+    }
+}
+
 static void
 run_job(struct jworker *w)
 {
@@ -213,17 +304,20 @@ run_job(struct jworker *w)
     memset(&wr, 0, sizeof wr);
 
     mms_log(MMS_LOG_INFO, "job %" PRId64 ": series %s, run %" PRId64, j.id, j.series_uid, j.run);
+    taken_engine = -1;
     int rc = read_series(J, j.series_uid, &f, &hdr, why, sizeof why);
     if (rc == 0) {
         struct mms_work_opts wo = J->wo;
         wo.run = (int)j.run;
-        wo.infer_mu = &J->infer_mu;
-        mms_work_seg_uids(J->engine.model, j.series_uid, (int)j.run, seg_series, sop);
+        wo.take_engine = take_engine;
+        wo.give_engine = give_engine;
+        wo.engine_arg = J;
+        mms_work_seg_uids(J->engine[0].model, j.series_uid, (int)j.run, seg_series, sop);
         snprintf(tmp, sizeof tmp, "%s/tmp/%s.dcm", J->state_dir, sop);
         snprintf(png, sizeof png, "%s/tmp/%s.png", J->state_dir, sop);
         wo.seg_path = tmp;
         wo.preview_path = png;
-        rc = mms_work_series(&J->engine, (const char *const *)f.paths, hdr, f.n, &wo, &wr, why,
+        rc = mms_work_series(&J->engine[0], (const char *const *)f.paths, hdr, f.n, &wo, &wr, why,
                              sizeof why);
     }
     int sent_to = 0;
@@ -277,11 +371,12 @@ run_job(struct jworker *w)
                  given_up != NULL ? given_up : "");
         snprintf(reason, sizeof reason, "%s", j.reason);
         mms_log(MMS_LOG_NOTICE,
-                "job %" PRId64 " done in %.2f s (decode %.2f, wait %.2f, preprocess %.2f, "
-                "network %.2f, export %.2f, SEG %.2f s); %s%" PRId64 " segments, %" PRId64
-                " frames, to %d destination%s",
-                j.id, j.total_s, j.decode_s, j.wait_s, j.preprocess_s, j.network_s, j.export_s,
-                j.write_s, wr.seg_written ? "" : "no SEG: ", j.segments, j.frames, sent_to,
+                "job %" PRId64 " done in %.2f s on engine %d of %d (%s; decode %.2f, wait %.2f, "
+                "preprocess %.2f, network %.2f, export %.2f, SEG %.2f s); %s%" PRId64
+                " segments, %" PRId64 " frames, to %d destination%s",
+                j.id, j.total_s, taken_engine + 1, J->n_engines, wr.engine, j.decode_s, j.wait_s,
+                j.preprocess_s, j.network_s, j.export_s, j.write_s,
+                wr.seg_written ? "" : "no SEG: ", j.segments, j.frames, sent_to,
                 sent_to == 1 ? "" : "s");
     }
     if (mms_index_job_finish(J->ix, &j, rc < 0 ? MMS_SERIES_FAILED : MMS_SERIES_DONE, reason, now,
@@ -323,15 +418,16 @@ try_swap(struct mms_jobs *J)
 {
     if (!J->swap_pending || mms_jobs_running(J) > 0)
         return;
-    if (J->engine_ok)
-        mms_engine_close(&J->engine);
-    J->engine = J->next;
-    memset(&J->next, 0, sizeof J->next);
+    close_engines(J->engine, &J->n_engines);
+    memcpy(J->engine, J->next, sizeof J->next);
+    J->n_engines = J->n_next;
+    memset(J->next, 0, sizeof J->next);
+    J->n_next = 0;
     J->engine_ok = true;
     J->swap_pending = false;
-    const struct mms_card *card = mms_model_card(J->engine.model);
+    const struct mms_card *card = mms_model_card(J->engine[0].model);
     mms_log(MMS_LOG_NOTICE, "reload: now using model %s %s, sha256 %s", card->name, card->version,
-            mms_model_sha256(J->engine.model));
+            mms_model_sha256(J->engine[0].model));
 }
 
 void
@@ -383,7 +479,7 @@ on_done(uv_async_t *a)
 const struct mms_engine *
 mms_jobs_engine(const struct mms_jobs *J)
 {
-    return J != NULL && J->engine_ok ? &J->engine : NULL;
+    return J != NULL && J->engine_ok ? &J->engine[0] : NULL;
 }
 
 size_t
@@ -419,31 +515,32 @@ mms_jobs_reload_model(struct mms_jobs *J, const char *model)
     }
     if (same_path && same_file(&st, &J->model_st) && J->engine_ok)
         return; /* unchanged */
-    struct mms_engine e;
-    if (mms_engine_open(model, J->backend, J->device, J->precision, J->threads, &e, why,
-                        sizeof why) < 0) {
-        mms_engine_close(&e);
+    struct mms_engine e[MMS_MAX_ENGINES];
+    int n = 0;
+    if (open_engines(J, model, e, &n, why, sizeof why) < 0) {
         mms_log(MMS_LOG_ERR, "reload: %s; keeping the %s", why,
                 J->engine_ok ? "running model" : "queue waiting");
         return;
     }
     char *path = strdup(model);
     if (path == NULL) {
-        mms_engine_close(&e);
+        close_engines(e, &n);
         mms_log(MMS_LOG_ERR, "reload: out of memory; keeping the running model");
         return;
     }
     free(J->model_path);
     J->model_path = path;
     J->model_st = st;
-    if (J->engine_ok && strcmp(mms_model_sha256(e.model), mms_model_sha256(J->engine.model)) == 0) {
-        mms_engine_close(&e);
+    if (J->engine_ok &&
+        strcmp(mms_model_sha256(e[0].model), mms_model_sha256(J->engine[0].model)) == 0) {
+        close_engines(e, &n);
         mms_log(MMS_LOG_INFO, "reload: model %s has the same SHA-256; nothing changes", model);
         return;
     }
     if (J->swap_pending)
-        mms_engine_close(&J->next);
-    J->next = e;
+        close_engines(J->next, &J->n_next);
+    memcpy(J->next, e, sizeof e);
+    J->n_next = n;
     J->swap_pending = true;
     if (mms_jobs_running(J) > 0)
         mms_log(MMS_LOG_NOTICE,
@@ -456,10 +553,8 @@ mms_jobs_reload_model(struct mms_jobs *J, const char *model)
 static void
 free_jobs(struct mms_jobs *J)
 {
-    if (J->engine_ok || J->engine.model != NULL)
-        mms_engine_close(&J->engine);
-    if (J->swap_pending)
-        mms_engine_close(&J->next);
+    close_engines(J->engine, &J->n_engines);
+    close_engines(J->next, &J->n_next);
     free(J->model_path);
     for (int i = 0; i < J->n_dests; i++)
         free(J->dests[i]);
@@ -467,7 +562,7 @@ free_jobs(struct mms_jobs *J)
     free(J->w);
     free(J->state_dir);
     free(J->description);
-    pthread_mutex_destroy(&J->infer_mu);
+    pthread_cond_destroy(&J->engine_free);
     pthread_mutex_destroy(&J->mu);
     pthread_cond_destroy(&J->wake);
     free(J);
@@ -487,7 +582,7 @@ mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sched,
     struct mms_jobs *J = calloc(1, sizeof *J);
     if (J == NULL)
         return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
-    pthread_mutex_init(&J->infer_mu, NULL);
+    pthread_cond_init(&J->engine_free, NULL);
     pthread_mutex_init(&J->mu, NULL);
     pthread_cond_init(&J->wake, NULL);
     J->ix = ix;
@@ -509,7 +604,7 @@ mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sched,
     }
     J->wo.seg_description = J->description;
     J->backend = backend; /* a static string */
-    J->device = (int)cfg->infer.device;
+    J->devices = cfg->infer.devices;
     J->precision = (int)cfg->infer.precision;
     J->threads = (int)cfg->infer.threads;
     if ((J->model_path = strdup(cfg->infer.model)) == NULL) {
@@ -521,16 +616,19 @@ mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sched,
 
     char ewhy[1024];
     double t0 = mms_mono_s();
-    if (mms_engine_open(cfg->infer.model, backend, (int)cfg->infer.device,
-                        (int)cfg->infer.precision, (int)cfg->infer.threads, &J->engine, ewhy,
-                        sizeof ewhy) == 0) {
+    if (open_engines(J, cfg->infer.model, J->engine, &J->n_engines, ewhy, sizeof ewhy) == 0) {
         J->engine_ok = true;
-        const struct mms_card *card = mms_model_card(J->engine.model);
+        const struct mms_card *card = mms_model_card(J->engine[0].model);
+        char on[256];
+        describe_engines(J->engine, J->n_engines, on, sizeof on);
         mms_log(MMS_LOG_NOTICE, "model %s %s (%s), sha256 %s, on %s; loaded in %.2f s", card->name,
-                card->version, cfg->infer.model, mms_model_sha256(J->engine.model),
-                mms_backend_name(J->engine.be), mms_mono_s() - t0);
+                card->version, cfg->infer.model, mms_model_sha256(J->engine[0].model), on,
+                mms_mono_s() - t0);
+        if (J->n_engines > 1 && J->wo.pipe.threads == 0) { /* the pipelines share the cores */
+            long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+            J->wo.pipe.threads = cpus / J->n_engines > 1 ? (int)(cpus / J->n_engines) : 1;
+        }
     } else {
-        mms_engine_close(&J->engine);
         mms_log(MMS_LOG_ERR,
                 "%s; series stay queued until the daemon is restarted with a valid [infer] model",
                 ewhy);

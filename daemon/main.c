@@ -409,7 +409,7 @@ cmd_model_info(int argc, char **argv)
     const char *bname;
     mms_work_opts_from_config(cfg, &wo, &bname);
     struct mms_backend_params bp = {.threads = (int)cfg->infer.threads,
-                                    .device = (int)cfg->infer.device,
+                                    .device = (int)cfg->infer.devices.id[0],
                                     .precision = (int)cfg->infer.precision};
     struct mms_backend *be = NULL;
     mms_config_free(cfg);
@@ -524,7 +524,7 @@ cmd_segment(int argc, char **argv)
     }
     struct segment_opts o = {0};
     o.model = cfg->infer.model;
-    o.device = (int)cfg->infer.device;
+    o.device = (int)cfg->infer.devices.id[0];
     o.precision = (int)cfg->infer.precision;
     o.threads = (int)cfg->infer.threads;
     mms_work_opts_from_config(cfg, &o.wo, &o.backend);

@@ -20,6 +20,7 @@ mms_engine_open(const char *model, const char *backend, int device, int precisio
                 struct mms_engine *e, char *why, size_t why_len)
 {
     memset(e, 0, sizeof *e);
+    e->device = device;
     char mwhy[512];
     int rc = mms_model_load(model, &e->model, mwhy, sizeof mwhy);
     if (rc < 0)
@@ -35,6 +36,16 @@ mms_engine_open(const char *model, const char *backend, int device, int precisio
         return mms_why(why, why_len, rc, "model %s on backend %s: %s", model,
                        mms_backend_name(e->be), mms_strerror(rc));
     return 0;
+}
+
+void
+mms_engine_describe(const struct mms_engine *e, char *out, size_t len)
+{
+    const char *b = e->be != NULL ? mms_backend_name(e->be) : "none";
+    if (strcmp(b, "cpu") == 0)
+        snprintf(out, len, "cpu");
+    else
+        snprintf(out, len, "%s:%d", b, e->device);
 }
 
 void
@@ -613,12 +624,12 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
     struct mms_ct ct;
     ct_of(v, &ct);
     size_t nv = (size_t)(v->dims[0] * v->dims[1] * v->dims[2]);
-    if (o->infer_mu != NULL)
-        pthread_mutex_lock(o->infer_mu);
+    const struct mms_engine *ie = o->take_engine != NULL ? o->take_engine(o->engine_arg) : e;
     double t2 = mms_mono_s();
     r->wait_s = t2 - t1;
+    mms_engine_describe(ie, r->engine, sizeof r->engine);
     struct mms_pipe_opts po;
-    rc = mms_work_plan(e, &ct, &o->pipe, &po, &r->st, &r->degraded, why, why_len);
+    rc = mms_work_plan(ie, &ct, &o->pipe, &po, &r->st, &r->degraded, why, why_len);
     if (rc == 0 && r->degraded != 0)
         mms_log(MMS_LOG_WARNING,
                 "series %s: the job needs an estimated %zu MiB with %s, within the limit of %zu "
@@ -631,9 +642,9 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
     if (rc == 0 && (labels = malloc(nv)) == NULL)
         rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory for the labels");
     if (rc == 0)
-        rc = mms_pipe_run(&ct, e->model, e->net, &po, labels, &r->st, why, why_len);
-    if (o->infer_mu != NULL)
-        pthread_mutex_unlock(o->infer_mu);
+        rc = mms_pipe_run(&ct, ie->model, ie->net, &po, labels, &r->st, why, why_len);
+    if (o->take_engine != NULL)
+        o->give_engine(o->engine_arg, ie);
     if (rc < 0)
         goto out;
     double t3 = mms_mono_s();

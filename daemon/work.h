@@ -1,7 +1,7 @@
 /* daemon/work: the work on one series, shared by `mmsegd segment` and the daemon's jobs:
  * volume (dicom/), pipeline (infer/), labels on the DICOM grid, then the SEG and the NIfTI.
- * Threads: any; one engine may serve several threads when they pass the same infer_mu (the
- * network holds one arena: one inference at a time). */
+ * Threads: any; engines are shared between threads through take_engine / give_engine (a
+ * network holds one arena: one inference at a time on each). */
 #ifndef MMS_DAEMON_WORK_H
 #define MMS_DAEMON_WORK_H
 
@@ -23,6 +23,7 @@ struct mms_engine {
     struct mms_model *model;
     struct mms_backend *be;
     struct mms_net *net;
+    int device; /* the device asked for (CUDA) */
 };
 
 /* Load the model file and build its network on backend ("auto", "cpu", "cuda") with the
@@ -33,6 +34,9 @@ struct mms_engine {
 int mms_engine_open(const char *model, const char *backend, int device, int precision, int threads,
                     struct mms_engine *e, char *why, size_t why_len);
 void mms_engine_close(struct mms_engine *e);
+
+/* "cpu", or the backend and device ("cuda:0"), into out (len bytes). */
+void mms_engine_describe(const struct mms_engine *e, char *out, size_t len);
 
 /* The stages of the work, for the reason of a failure and for timings. */
 enum mms_stage {
@@ -48,9 +52,13 @@ struct mms_work_opts {
     struct mms_volume_opts vol;
     struct mms_sandbox_limits decode_lim; /* the decoding child's (when isolation is on) */
     struct mms_pipe_opts pipe;
-    pthread_mutex_t *infer_mu; /* held around the pipeline; NULL: none */
-    int run;                   /* the run number in the SEG's UIDs (design.md section 3) */
-    bool keep_empty_frames;    /* [seg] empty_frames = keep */
+    /* the engine to infer with, taken once the volume is decoded and given back after the
+       pipeline (it may wait for one to be free); NULL: the engine given to mms_work_series */
+    const struct mms_engine *(*take_engine)(void *arg);
+    void (*give_engine)(void *arg, const struct mms_engine *e);
+    void *engine_arg;
+    int run;                /* the run number in the SEG's UIDs (design.md section 3) */
+    bool keep_empty_frames; /* [seg] empty_frames = keep */
     const char *seg_description;
     const char *seg_path;     /* write the SEG here (through a temporary file), or NULL */
     const char *nifti_path;   /* write the labels here as NIfTI, or NULL */
@@ -74,7 +82,8 @@ struct mms_work_result {
     bool irregular;
     double tilt_deg;
     struct mms_pipe_stats st;                  /* the pipeline's figures */
-    double decode_s, wait_s, write_s, total_s; /* wait_s: for infer_mu */
+    double decode_s, wait_s, write_s, total_s; /* wait_s: for an engine (take_engine) */
+    char engine[32];                           /* the engine used: "cpu", "cuda:0" */
     int64_t count[256];                        /* voxels per label */
     bool seg_written;                          /* false when no organ was found (not a failure) */
     struct mms_seg_result seg;

@@ -52,7 +52,7 @@ main(void)
     char longline[400];
     int rc;
 
-    plan(53, 30);
+    plan(62, 30);
     if (mkdtemp(dir) == NULL)
         return 1;
     snprintf(path, sizeof path, "%s/mmsegd.ini", dir);
@@ -189,6 +189,40 @@ main(void)
            strcmp(mms_precision_name(MMS_PRECISION_BF16), "bf16") == 0 &&
            strcmp(mms_precision_name(7), "?") == 0,
        "mms_precision_name spells each precision as the file does");
+    /* [infer] device: an index, a list (an index may repeat), or all */
+    rc = load("[infer]\ndevice = 3\n", &cfg);
+    ok(rc == 0 && !cfg->infer.devices.all && cfg->infer.devices.n == 1 &&
+           cfg->infer.devices.id[0] == 3,
+       "device = 3: one engine on device 3");
+    mms_config_free(cfg);
+    rc = load("[infer]\ndevice = 0,1,0\n", &cfg);
+    ok(rc == 0 && !cfg->infer.devices.all && cfg->infer.devices.n == 3 &&
+           cfg->infer.devices.id[0] == 0 && cfg->infer.devices.id[1] == 1 &&
+           cfg->infer.devices.id[2] == 0,
+       "device = 0,1,0: three engines, two on device 0");
+    mms_config_free(cfg);
+    rc = load("[infer]\ndevice = all\n", &cfg);
+    ok(rc == 0 && cfg->infer.devices.all && cfg->infer.devices.n == 1, "device = all");
+    mms_config_free(cfg);
+    rc = load("", &cfg);
+    ok(rc == 0 && !cfg->infer.devices.all && cfg->infer.devices.n == 1 &&
+           cfg->infer.devices.id[0] == 0,
+       "default device 0");
+    mms_config_free(cfg);
+    expect_error("device out of range", "[infer]\ndevice = 0,64\n",
+                 "2: [infer] device: '0,64' is not \"all\" or a list of device indexes (0 to 63, "
+                 "comma-separated)");
+    expect_error("device list with a gap", "[infer]\ndevice = 0,,1\n",
+                 "2: [infer] device: '0,,1' is not \"all\" or a list of device indexes (0 to 63, "
+                 "comma-separated)");
+    expect_error("device list ending in a comma", "[infer]\ndevice = 1,\n",
+                 "2: [infer] device: '1,' is not \"all\" or a list of device indexes (0 to 63, "
+                 "comma-separated)");
+    expect_error("device = all,0", "[infer]\ndevice = all,0\n",
+                 "2: [infer] device: 'all,0' is not \"all\" or a list of device indexes (0 to 63, "
+                 "comma-separated)");
+    expect_error("nine devices", "[infer]\ndevice = 0,0,0,0,0,0,0,0,0\n",
+                 "2: [infer] device: '0,0,0,0,0,0,0,0,0' names more than 8 devices");
     expect_error("bad precision", "[infer]\nprecision = fp8\n",
                  "2: [infer] precision: 'fp8' is not one of fp32, fp16, bf16");
     expect_error("unsupported key value", "[daemon]\nlog_level = info\n[infer]\nexport = fast\n",

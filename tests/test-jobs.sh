@@ -16,7 +16,8 @@
 #  e) the daemon killed during three jobs of one series in a row: the series fails instead of
 #     running again (an input that crashes the daemon must not loop forever);
 #  f) SIGHUP: a model file that does not load is refused, another one takes over;
-#  and the metrics endpoint moves as the series go through.
+#  and the metrics endpoint moves as the series go through. The daemon runs two engines
+#  ([infer] device = 0,0: two CPU engines); jobs take the first free one.
 set -u
 . "$(dirname "$0")/find-testdata.sh"
 . "$(dirname "$0")/serve-util.sh"
@@ -36,7 +37,7 @@ dciodvfy=${DCIODVFY:-$(command -v dciodvfy || echo /usr/bin/dciodvfy)}
 tmp=$(mktemp -d)
 pid=
 trap serve_cleanup EXIT
-echo "1..27"
+echo "1..28"
 
 # ---------------------------------------------------------------------------- inputs
 "$python" "$src/tools/mmunet/phantom_series.py" write --seed 1000 --out "$tmp/ph" \
@@ -82,6 +83,7 @@ stable_age_s = 2
 [infer]
 model = $model
 threads = 1
+device = 0,0
 [destination pacs]
 ae_title = ORTHANC
 host = 127.0.0.1
@@ -93,6 +95,9 @@ path = $tmp/folder
 INI
 start && result OK "the daemon starts with the demo model" ||
     { result FAIL "the daemon starts"; sed 's/^/# /' "$tmp/log"; exit 1; }
+grep -q 'sha256 [0-9a-f]*, on cpu, cpu; loaded' "$tmp/log" &&
+    result OK "device = 0,0: two engines loaded ($(grep -o 'on cpu, cpu; loaded' "$tmp/log"))" ||
+    { result FAIL "device = 0,0: two engines loaded"; grep 'sha256' "$tmp/log" | sed 's/^/# /'; }
 
 series_state() {
     "$mmsegd" status -c "$tmp/mmsegd.ini" --json | "$python" -c '
