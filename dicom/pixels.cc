@@ -150,7 +150,8 @@ gdcm_check(const char *path, const char *ts_uid, uint64_t nbytes, std::string *m
     }
     if (pre.pixel_at != 0 && !pre.pixel_fits) {
         *msg = pre.pixel_len == 0xffffffffu
-                   ? "pixel data fragments shorter than declared, or not terminated"
+                   ? "pixel data fragments shorter than declared, or not ended by a sequence "
+                     "delimiter of length 0"
                    : "pixel data shorter than declared (" + std::to_string(pre.pixel_len) +
                          " bytes declared, the file ends first)";
         return MMS_EDICOM;

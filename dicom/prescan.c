@@ -178,7 +178,7 @@ fragments_fit(const uint8_t *p, size_t n, size_t pos, bool big)
         if (g != 0xfffe)
             return false;
         if (e == 0xe0dd)
-            return true;
+            return l == 0;
         if (e != 0xe000 || l == UNDEFINED || l > n - pos)
             return false;
         pos += l;
@@ -245,6 +245,10 @@ walk(struct walker *w, enum enc enc, struct mms_prescan *info)
                                 limit, at);
                 lv[depth++] =
                     (struct level){l == UNDEFINED ? SIZE_MAX : pos + l, K_ELEMENTS, implicit};
+            } else if ((e == 0xe00d || e == 0xe0dd) && l != 0) {
+                /* GDCM asserts on it (found by fuzz-prescan) */
+                return fail(w, WALK_BAD, "a %s delimiter with length %u (not 0) at byte %zu",
+                            e == 0xe00d ? "item" : "sequence", (unsigned)l, at);
             } else if (e == 0xe00d) {
                 if (depth == 0 || kind != K_ELEMENTS)
                     return fail(w, WALK_BAD, "an item delimiter outside an item at byte %zu", at);

@@ -331,7 +331,7 @@ main(int argc, char **argv)
     const char *t = getenv("TMPDIR");
     snprintf(tmpdir, sizeof tmpdir, "%s", t != NULL && t[0] != '\0' ? t : "/tmp");
     if (write_dir[0] == '\0')
-        plan(39, 600);
+        plan(40, 600);
 
     /* the valid files themselves pass */
     if (write_dir[0] == '\0') {
@@ -411,6 +411,19 @@ main(int argc, char **argv)
         b = dup_buf(base_ex);
         b.p[132] = 0x01;
         expect_refused("meta-group-0001", b, "no file meta information (group 0002)", 1.0);
+        /* a sequence delimiter with a length: GDCM asserted (found by fuzz-prescan) */
+        {
+            struct buf sq;
+            nested_explicit(&sq, 0x0009, 0x1000, 1); /* before Patient's Name */
+            put32(sq.p + sq.n - 4, 4);               /* the sequence delimiter's length */
+            size_t v2, at2 = find_tag(base_ex, 0x0010, 0x0010, &v2);
+            b = dup_buf(base_ex);
+            if (at2 != 0)
+                insert(&b, at2, sq.p, sq.n);
+            free(sq.p);
+            expect_refused("sequence-delimiter-length", b, "a sequence delimiter with length 4",
+                           1.0);
+        }
         /* meta: a group length beyond the end of the file, with the preamble (the file cut
          * after it) and without (the file meta's first element alone; GDCM asserted on it,
          * found by fuzz-volume) */
