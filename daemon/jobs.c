@@ -38,7 +38,8 @@ struct mms_jobs {
     /* one engine per entry of [infer] device; a job takes the first free one once its volume
        is decoded */
     struct mms_engine engine[MMS_MAX_ENGINES];
-    bool engine_busy[MMS_MAX_ENGINES]; /* under mu */
+    bool engine_busy[MMS_MAX_ENGINES];    /* under mu */
+    int64_t engine_jobs[MMS_MAX_ENGINES]; /* pipelines run on each, under mu */
     int n_engines;
     bool engine_ok;
     pthread_cond_t engine_free;
@@ -233,6 +234,7 @@ give_engine(void *arg, const struct mms_engine *e)
     struct mms_jobs *J = arg;
     pthread_mutex_lock(&J->mu);
     J->engine_busy[e - J->engine] = false;
+    J->engine_jobs[e - J->engine]++;
     pthread_cond_broadcast(&J->engine_free);
     pthread_mutex_unlock(&J->mu);
 }
@@ -421,6 +423,7 @@ try_swap(struct mms_jobs *J)
     close_engines(J->engine, &J->n_engines);
     memcpy(J->engine, J->next, sizeof J->next);
     J->n_engines = J->n_next;
+    memset(J->engine_jobs, 0, sizeof J->engine_jobs);
     memset(J->next, 0, sizeof J->next);
     J->n_next = 0;
     J->engine_ok = true;
@@ -480,6 +483,21 @@ const struct mms_engine *
 mms_jobs_engine(const struct mms_jobs *J)
 {
     return J != NULL && J->engine_ok ? &J->engine[0] : NULL;
+}
+
+void
+mms_jobs_engines(struct mms_jobs *J, char names[][32], int64_t *jobs, int *n)
+{
+    *n = 0;
+    if (J == NULL || !J->engine_ok)
+        return;
+    pthread_mutex_lock(&J->mu);
+    for (int i = 0; i < J->n_engines; i++) {
+        mms_engine_describe(&J->engine[i], names[i], 32);
+        jobs[i] = J->engine_jobs[i];
+    }
+    *n = J->n_engines;
+    pthread_mutex_unlock(&J->mu);
 }
 
 size_t

@@ -57,6 +57,11 @@ const struct mms_engine *mms_jobs_engine(const struct mms_jobs *j);
 /* Jobs running now. */
 size_t mms_jobs_running(const struct mms_jobs *j);
 
+/* The engines ([infer] device): *n of them (0 when no model is loaded); for engine i < *n,
+ * its description ("cpu", "cuda:0") into names[i] and the pipelines it ran since the daemon
+ * started into jobs[i]. Threads: the loop's. */
+void mms_jobs_engines(struct mms_jobs *j, char names[][32], int64_t *jobs, int *n);
+
 /* Take no new job, wait for the running ones to finish, join the threads, close the handle
  * (the memory is freed once the loop has closed it). NULL is a no-op. */
 void mms_jobs_stop(struct mms_jobs *j);

@@ -595,6 +595,15 @@ fill_metrics(void *ud, FILE *f)
     } else {
         fprintf(f, "mmsegd_model_info{name=\"\",version=\"\",sha256=\"\",backend=\"\"} 0\n");
     }
+    char names[MMS_MAX_ENGINES][32];
+    int64_t runs[MMS_MAX_ENGINES];
+    int n;
+    mms_jobs_engines(d->jobs, names, runs, &n);
+    help(f, "mmsegd_engine_jobs_total", "counter",
+         "Pipelines run on each engine ([infer] device) since the model was loaded.");
+    for (int i = 0; i < n; i++)
+        fprintf(f, "mmsegd_engine_jobs_total{engine=\"%d\",backend=\"%s\"} %" PRId64 "\n", i + 1,
+                names[i], runs[i]);
 }
 
 static int

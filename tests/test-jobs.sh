@@ -37,7 +37,7 @@ dciodvfy=${DCIODVFY:-$(command -v dciodvfy || echo /usr/bin/dciodvfy)}
 tmp=$(mktemp -d)
 pid=
 trap serve_cleanup EXIT
-echo "1..28"
+echo "1..29"
 
 # ---------------------------------------------------------------------------- inputs
 "$python" "$src/tools/mmunet/phantom_series.py" write --seed 1000 --out "$tmp/ph" \
@@ -182,6 +182,11 @@ after="$(metric mmsegd_instances_received_total) $(metric 'mmsegd_jobs{state="do
 [ "$after" = "120 2 4 2 1" ] &&
     result OK "metrics: 120 instances, 2 jobs done, 4 sends done, 2 network timings, the model ($after)" ||
     result FAIL "metrics: 120 instances, 2 jobs done, 4 sends done, 2 network timings, the model ('$after')"
+e1=$(metric 'mmsegd_engine_jobs_total{engine="1",backend="cpu"}')
+e2=$(metric 'mmsegd_engine_jobs_total{engine="2",backend="cpu"}')
+[ -n "$e1" ] && [ -n "$e2" ] && [ $((e1 + e2)) -eq 2 ] &&
+    result OK "metrics: the two engines ran the two pipelines (engine 1: $e1, engine 2: $e2)" ||
+    result FAIL "metrics: the two engines ran the two pipelines (engine 1: '$e1', engine 2: '$e2')"
 
 # ---------------------------------------------------------------------------- b) late instance
 late=$(ls "$reg_dir"/* | head -1)
