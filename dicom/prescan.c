@@ -430,6 +430,18 @@ inflate_capped(const uint8_t *in, size_t n, size_t cap, uint8_t **out, size_t *o
     return 0;
 }
 
+/* A data set without file meta information walks, but its first element is not in group 0008,
+ * where every data set begins: GDCM guesses the encoding from that element, and from another
+ * group guessed wrong and allocated gigabytes (found by fuzz-prescan). */
+static int
+bare_not_0008(const uint8_t *data, char *why, size_t why_len)
+{
+    return mms_why(why, why_len, MMS_EDICOM,
+                   "a data set without file meta information whose first element is in group "
+                   "%04X, not 0008",
+                   u16(data, false));
+}
+
 int
 mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_prescan *info,
                   char *why, size_t why_len)
@@ -549,6 +561,8 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
     const size_t start = w.pos;
     struct mms_prescan first = *info;
     enum walk_rc wr = walk(&w, enc, info);
+    if (wr == WALK_OK && !meta && u16(data, false) != 0x0008)
+        return bare_not_0008(data, why, why_len);
     if (wr == WALK_OK) {
         info->complete = true;
         return 0;
@@ -575,6 +589,8 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
         enum walk_rc ar = walk(&aw, all[i], &alt);
         if (ar == WALK_DEEP)
             return mms_why(why, why_len, MMS_EDICOM, "%s", reason);
+        if (ar == WALK_OK && u16(data, false) != 0x0008)
+            return bare_not_0008(data, why, why_len);
         if (ar == WALK_OK) {
             *info = first; /* not complete: the toolkit reads it in the encoding it detects */
             return 0;

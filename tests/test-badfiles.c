@@ -331,7 +331,7 @@ main(int argc, char **argv)
     const char *t = getenv("TMPDIR");
     snprintf(tmpdir, sizeof tmpdir, "%s", t != NULL && t[0] != '\0' ? t : "/tmp");
     if (write_dir[0] == '\0')
-        plan(40, 600);
+        plan(41, 600);
 
     /* the valid files themselves pass */
     if (write_dir[0] == '\0') {
@@ -411,6 +411,20 @@ main(int argc, char **argv)
         b = dup_buf(base_ex);
         b.p[132] = 0x01;
         expect_refused("meta-group-0001", b, "no file meta information (group 0002)", 1.0);
+        /* a data set without meta whose first element is not in group 0008: GDCM guessed its
+         * encoding wrong and allocated 4 GB (found by fuzz-prescan) */
+        {
+            struct mms_prescan pre;
+            char pw[256];
+            mms_dicom_prescan(base_ex.p, base_ex.n, MMS_DICOM_MAX_NESTING, &pre, pw, sizeof pw);
+            static const uint8_t odd[8] = {0x68, 0x3a, 0x2f, 0x00, 'S', 'H', 0, 0};
+            struct buf bare = {malloc(base_ex.n + 16), 0};
+            memcpy(bare.p, odd, sizeof odd);
+            memcpy(bare.p + sizeof odd, base_ex.p + pre.dataset_at,
+                   base_ex.n - (size_t)pre.dataset_at);
+            bare.n = sizeof odd + base_ex.n - (size_t)pre.dataset_at;
+            expect_refused("bare-first-group-3a68", bare, "first element is in group 3A68", 1.0);
+        }
         /* a sequence delimiter with a length: GDCM asserted (found by fuzz-prescan) */
         {
             struct buf sq;
