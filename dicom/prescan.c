@@ -561,7 +561,7 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
     const size_t start = w.pos;
     struct mms_prescan first = *info;
     enum walk_rc wr = walk(&w, enc, info);
-    if (wr == WALK_OK && !meta && u16(data, false) != 0x0008)
+    if (wr == WALK_OK && !meta && len >= 2 && u16(data, false) != 0x0008)
         return bare_not_0008(data, why, why_len);
     if (wr == WALK_OK) {
         info->complete = true;
@@ -589,7 +589,7 @@ mms_dicom_prescan(const uint8_t *data, size_t len, int max_depth, struct mms_pre
         enum walk_rc ar = walk(&aw, all[i], &alt);
         if (ar == WALK_DEEP)
             return mms_why(why, why_len, MMS_EDICOM, "%s", reason);
-        if (ar == WALK_OK && u16(data, false) != 0x0008)
+        if (ar == WALK_OK && len >= 2 && u16(data, false) != 0x0008)
             return bare_not_0008(data, why, why_len);
         if (ar == WALK_OK) {
             *info = first; /* not complete: the toolkit reads it in the encoding it detects */
