@@ -76,8 +76,9 @@ mms_spool_open(const char *state_dir, struct mms_index *ix, mms_spool_notify_fn 
     for (int i = 0; i < 3; i++) {
         int rc = mms_fs_mkdir(dirs[i]);
         if (rc < 0) {
+            mms_why(why, why_len, rc, "%s: %s", dirs[i], mms_strerror(rc)); /* dirs[] is sp's */
             mms_spool_close(sp);
-            return mms_why(why, why_len, rc, "%s: %s", dirs[i], mms_strerror(rc));
+            return rc;
         }
     }
     /* whatever a crash left in tmp/ was never acknowledged */
