@@ -16,12 +16,16 @@
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static char dir[512];
+static char dir[512], tpl_dir[512];
+static uint8_t *tpl; /* a new, empty index file: created once, copied for every input */
+static size_t tpl_len;
 
 static void
 cleanup(void)
 {
     fuzz_rmtree(dir, false);
+    fuzz_rmtree(tpl_dir, false);
+    free(tpl);
 }
 
 int
@@ -30,8 +34,25 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     (void)argc;
     (void)argv;
     mms_sandbox_set_enabled(false);
-    if (fuzz_tmpdir("fuzz-spool", dir, sizeof dir))
-        atexit(cleanup);
+    if (!fuzz_tmpdir("fuzz-spool", dir, sizeof dir) ||
+        !fuzz_tmpdir("fuzz-spool-index", tpl_dir, sizeof tpl_dir))
+        return 0;
+    atexit(cleanup);
+    char db[600], why[512];
+    struct mms_index *ix = NULL;
+    snprintf(db, sizeof db, "%s/index.sqlite", tpl_dir);
+    if (mms_index_open(db, false, &ix, why, sizeof why) == 0) {
+        mms_index_close(ix);
+        FILE *f = fopen(db, "rb");
+        if (f != NULL && fseek(f, 0, SEEK_END) == 0 && (tpl_len = (size_t)ftell(f)) > 0 &&
+            fseek(f, 0, SEEK_SET) == 0 && (tpl = malloc(tpl_len)) != NULL &&
+            fread(tpl, 1, tpl_len, f) != tpl_len) {
+            free(tpl);
+            tpl = NULL;
+        }
+        if (f != NULL)
+            fclose(f);
+    }
     return 0;
 }
 
@@ -44,6 +65,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (dir[0] == '\0')
         return 0;
     snprintf(db, sizeof db, "%s/index.sqlite", dir);
+    if (tpl != NULL) /* a copy of a new index: the same file as creating one, faster */
+        FUZZ_CHECK(fuzz_write(db, tpl, tpl_len));
     FUZZ_CHECK(mms_index_open(db, false, &ix, why, sizeof why) == 0);
     FUZZ_CHECK(mms_spool_open(dir, ix, NULL, NULL, &sp, why, sizeof why) == 0);
     snprintf(tmp, sizeof tmp, "%s/input.dcm", mms_spool_tmp_dir(sp));
