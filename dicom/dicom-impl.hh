@@ -59,7 +59,11 @@ mms__dicom_open(const char *path, int *fd, uint64_t *size, std::string *msg)
 inline std::string
 mms__dicom_element_text(const gdcm::StringFilter &sf, const gdcm::DataElement &de)
 {
-    if (de.IsEmpty())
+    // no text in a sequence or in fragments; GDCM 3.0.21's StringFilter asserts on the 64-bit
+    // VRs (found by fuzz-prescan: SOP Class UID written as UV)
+    const gdcm::VR::VRType vr = de.GetVR();
+    if (de.IsEmpty() || de.GetByteValue() == nullptr || vr == gdcm::VR::SQ || vr == gdcm::VR::UV ||
+        vr == gdcm::VR::SV || vr == gdcm::VR::OV)
         return std::string();
     std::string v = sf.ToString(de);
     while (!v.empty() && (v.back() == ' ' || v.back() == '\0'))
