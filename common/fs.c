@@ -16,9 +16,13 @@
 int
 mms_fs_mkdir(const char *path)
 {
-    if (mkdir(path, 0750) == 0 || errno == EEXIST)
+    if (mkdir(path, 0750) == 0)
         return 0;
-    return mms_err_errno();
+    int rc = mms_err_errno();
+    struct stat sb;
+    if (rc == -EEXIST) /* there already: a folder, or a link to one, will do */
+        return stat(path, &sb) == 0 && S_ISDIR(sb.st_mode) ? 0 : -ENOTDIR;
+    return rc;
 }
 
 static int

@@ -7,7 +7,8 @@
 
 #include <stddef.h>
 
-/* mkdir(path, 0750), an existing directory being fine. Returns 0 or -errno. */
+/* mkdir(path, 0750), an existing directory (or a link to one) being fine. Returns 0, -ENOTDIR
+ * when something else is there, or -errno. */
 int mms_fs_mkdir(const char *path);
 
 /* fsync the file at path. Returns 0 or -errno. */

@@ -16,7 +16,7 @@ ok() { # ok STATUS DESCRIPTION
 }
 diag() { printf '%s\n' "$1" | sed 's/^/# /'; }
 
-echo "1..25"
+echo "1..26"
 
 out=$("$MMSEGD" --version); rc=$?
 [ $rc -eq 0 ] && [[ $out =~ ^mmsegd\ [0-9]+\.[0-9]+\.[0-9]+$ ]]; ok $? "--version: $out"
@@ -64,6 +64,13 @@ grep -qF "$tmp/bad.ini:2: [daemon] log_level: 'loud' is not one of" "$tmp/err"
 [ $? -eq 0 ] && [ $rc -eq 2 ]; ok $? "an invalid file: exit 2 (got $rc), file, line and key on stderr"
 "$MMSEGD" serve -c "$tmp/bad.ini" >/dev/null 2>"$tmp/err"; rc=$?
 [ $rc -eq 2 ] && grep -qF "bad.ini:2:" "$tmp/err"; ok $? "serve refuses an invalid file with exit 2 (got $rc)"
+# a file where a state folder goes: serve stops at start, naming it
+mkdir -p "$tmp/state" && touch "$tmp/state/instances"
+printf '[daemon]\nstate_dir = %s/state\n[scp]\nport = 1\nbind = 127.0.0.1\nallowed_hosts = 127.0.0.0/8\nallowed_calling_aes = any\n' \
+    "$tmp" >"$tmp/state.ini"
+timeout 20 "$MMSEGD" serve -c "$tmp/state.ini" >/dev/null 2>"$tmp/err"; rc=$?
+[ $rc -eq 1 ] && grep -qF "$tmp/state/instances: not a directory" "$tmp/err"
+ok $? "serve stops when a file stands where a state folder goes (exit $rc: $(grep -m1 -o 'instances: .*' "$tmp/err"))"
 "$MMSEGD" check-config -c "$tmp/missing.ini" >/dev/null 2>"$tmp/err"; rc=$?
 [ $rc -eq 2 ] && grep -qF "cannot open" "$tmp/err"; ok $? "a missing file: exit 2 (got $rc)"
 
