@@ -142,8 +142,9 @@ mms_work_plan(const struct mms_engine *e, const struct mms_ct *ct, const struct 
         }
         if ((rc = mms_pipe_plan(ct, e->model, e->net, used, st, why, why_len)) != MMS_ENOMEM)
             return rc; /* fits, or fails for another reason than memory */
-        snprintf(tried[n++], sizeof tried[0], "%zu MiB %s",
-                 (st->memory_estimate + (1u << 20) - 1) >> 20, step[s]);
+        snprintf(tried[n], sizeof tried[0], "%zu MiB %s%s",
+                 (st->memory_estimate + (1u << 20) - 1) >> 20, n == 0 ? "of memory " : "", step[s]);
+        n++;
     }
     return mms_why(why, why_len, MMS_ENOMEM,
                    "the job needs an estimated %s%s%s%s%s: more than the limit of %zu MiB",

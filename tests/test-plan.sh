@@ -45,7 +45,7 @@ segment "1024 x 1024 x 2000 promised, 4096 MiB" 1 \
     "with one tile per network call and no mirroring: more than the limit of 4096 MiB $planned" \
     -c "$tmp/big.ini" --max-memory-mb 4096 -o "$tmp/out" "$tmp/large"
 segment "the same without mirroring" 1 \
-    "MiB as configured: more than the limit of 4096 MiB $planned" \
+    "MiB of memory as configured: more than the limit of 4096 MiB $planned" \
     -c "$tmp/big.ini" --max-memory-mb 4096 --tta no -o "$tmp/out" "$tmp/large"
 
 # 3. a real phantom series: refused under a limit below its plan, segmented above it
