@@ -32,9 +32,7 @@ cleanup() {
     [ -n "${KEEP:-}" ] && echo "# kept $tmp" || rm -rf "$tmp"
 }
 trap cleanup EXIT
-free_port() {
-    "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+. "$srcdir/tests/serve-util.sh" # free_port
 port=$(free_port)
 state=$tmp/state
 drop=$tmp/drop

@@ -51,7 +51,7 @@ crash_c=$(sop_of "$(first "$tmp/in3" 5)")
 ser_a=$(series_of "$(first "$tmp/in1")") ser_b=$(series_of "$(first "$tmp/in2")")
 ser_c=$(series_of "$(first "$tmp/in3")") ser_d=$(series_of "$(first "$tmp/in4")")
 
-free_port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+. "$(dirname "$0")/serve-util.sh" # free_port
 wait_for() { # SECONDS COMMAND...
     local end=$((SECONDS + $1))
     shift

@@ -35,9 +35,7 @@ skip() { # skip REASON
     n=$((n + 1))
     echo "ok $n # SKIP $1"
 }
-free_port() {
-    "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+. "$(dirname "$0")/serve-util.sh" # free_port
 wait_for() { # wait_for SECONDS COMMAND...
     local end=$((SECONDS + $1))
     shift

@@ -32,9 +32,7 @@ check() { # check DESCRIPTION COMMAND...
     n=$((n + 1))
     if "${@:2}" >/dev/null 2>&1; then echo "ok $n - $1"; else echo "not ok $n - $1"; failed=1; fi
 }
-free_port() {
-    "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
+. "$(dirname "$0")/serve-util.sh" # free_port
 # start PER_HOST ASSOC_TIMEOUT_S [HOSTS AES]: the daemon with that policy (the lists default
 # to loopback and ECHOSCU; "-" leaves a list out); waits until it is ready
 start() {
