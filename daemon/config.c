@@ -125,6 +125,8 @@ static const struct cfg_key main_keys[] = {
     {"infer", "tta", T_BOOL, OFF(infer.tta), "yes", 0, 0, NULL, 0},
     {"infer", "tile_step", T_DBL, OFF(infer.tile_step), "0.5", 0.1, 1.0, NULL, 0},
     {"infer", "max_memory_mb", T_UINT, OFF(infer.max_memory_mb), "0", 0, UMAX, NULL, 0},
+    {"infer", "max_device_memory_mb", T_UINT, OFF(infer.max_device_memory_mb), "0", 0, UMAX, NULL,
+     0},
     {"infer", "precision", T_ENUM, OFF(infer.precision), "fp32", 0, 0, precisions, 0},
     {"infer", "export", T_ENUM, OFF(infer.export_mode), "exact", 0, 0, exports, NOTYET},
 

@@ -102,8 +102,9 @@ struct mms_config {
         bool tta;
         double tile_step;
         unsigned max_memory_mb;
-        int precision;   /* enum mms_precision */
-        int export_mode; /* enum mms_export_mode; the key is "export" */
+        unsigned max_device_memory_mb; /* 0: 90 % of the GPU's free memory at start */
+        int precision;                 /* enum mms_precision */
+        int export_mode;               /* enum mms_export_mode; the key is "export" */
     } infer;
     struct {
         int empty_frames; /* enum mms_empty_frames */

@@ -40,6 +40,7 @@ struct mms_jobs {
     struct mms_engine engine[MMS_MAX_ENGINES];
     bool engine_busy[MMS_MAX_ENGINES];    /* under mu */
     int64_t engine_jobs[MMS_MAX_ENGINES]; /* pipelines run on each, under mu */
+    int64_t backend_jobs[2]; /* sliding windows finished on the CPU, on a GPU; under mu */
     int n_engines;
     bool engine_ok;
     pthread_cond_t engine_free;
@@ -341,6 +342,11 @@ run_job(struct jworker *w)
         unlink(png);
     }
 
+    if (wr.st.network_s > 0.0) { /* the sliding window finished: count it by backend */
+        pthread_mutex_lock(&J->mu);
+        J->backend_jobs[strncmp(wr.engine, "cpu", 3) == 0 ? 0 : 1]++;
+        pthread_mutex_unlock(&J->mu);
+    }
     double now = mms_wall_s();
     j.finished = now;
     j.decode_s = wr.decode_s;
@@ -364,13 +370,18 @@ run_job(struct jworker *w)
         /* what the memory limit made the job give up (mms_work_plan), on its row */
         const char *given_up = (wr.degraded & MMS_DEGRADE_NO_TTA) != 0
                                    ? "one tile per network call and no mirroring (no TTA)"
-                               : wr.degraded != 0 ? "one tile per network call"
-                                                  : NULL;
-        snprintf(j.reason, sizeof j.reason, "%s%s%s%s",
+                               : (wr.degraded & MMS_DEGRADE_BATCH) != 0
+                                   ? "one tile per network call"
+                                   : NULL;
+        char cpu[600] = "";
+        if (wr.fallback[0] != '\0')
+            snprintf(cpu, sizeof cpu, "ran on the CPU: %s", wr.fallback);
+        snprintf(j.reason, sizeof j.reason, "%s%s%s%s%s%s",
                  wr.seg_written ? "" : "no organ found: no SEG",
                  given_up != NULL && !wr.seg_written ? "; " : "",
-                 given_up != NULL ? "within max_memory_mb only with " : "",
-                 given_up != NULL ? given_up : "");
+                 given_up != NULL ? "within the memory limits only with " : "",
+                 given_up != NULL ? given_up : "",
+                 cpu[0] != '\0' && (given_up != NULL || !wr.seg_written) ? "; " : "", cpu);
         snprintf(reason, sizeof reason, "%s", j.reason);
         mms_log(MMS_LOG_NOTICE,
                 "job %" PRId64 " done in %.2f s on engine %d of %d (%s; decode %.2f, wait %.2f, "
@@ -498,6 +509,42 @@ mms_jobs_engines(struct mms_jobs *J, char names[][32], int64_t *jobs, int *n)
     }
     *n = J->n_engines;
     pthread_mutex_unlock(&J->mu);
+}
+
+void
+mms_jobs_backend_counts(struct mms_jobs *J, int64_t counts[2])
+{
+    counts[0] = counts[1] = 0;
+    if (J == NULL)
+        return;
+    pthread_mutex_lock(&J->mu);
+    counts[0] = J->backend_jobs[0];
+    counts[1] = J->backend_jobs[1];
+    pthread_mutex_unlock(&J->mu);
+}
+
+int
+mms_jobs_gpu_memory(struct mms_jobs *J, int *device, size_t *used, size_t *total)
+{
+    int n = 0;
+    if (J == NULL || !J->engine_ok)
+        return 0;
+    pthread_mutex_lock(&J->mu);
+    for (int i = 0; i < J->n_engines; i++) {
+        size_t fr, tot;
+        bool seen = false;
+        for (int k = 0; k < n; k++)
+            seen |= device[k] == J->engine[i].device;
+        if (seen || J->engine[i].device_free == 0 ||
+            mms_backend_memory(J->engine[i].be, &fr, &tot) < 0)
+            continue;
+        device[n] = J->engine[i].device;
+        used[n] = tot - fr;
+        total[n] = tot;
+        n++;
+    }
+    pthread_mutex_unlock(&J->mu);
+    return n;
 }
 
 size_t

@@ -62,6 +62,15 @@ size_t mms_jobs_running(const struct mms_jobs *j);
  * started into jobs[i]. Threads: the loop's. */
 void mms_jobs_engines(struct mms_jobs *j, char names[][32], int64_t *jobs, int *n);
 
+/* Sliding windows finished since the daemon started: counts[0] on the CPU (a CPU engine, or a
+ * job its GPU engine gave to the CPU), counts[1] on a GPU. Threads: any. */
+void mms_jobs_backend_counts(struct mms_jobs *j, int64_t counts[2]);
+
+/* The GPUs of the engines (each once): device[i], its memory in use and in all, now (at most
+ * MMS_MAX_ENGINES entries). Returns how many; 0 for engines on the CPU. Threads: the loop's
+ * (CUDA's memory query may run beside a job). */
+int mms_jobs_gpu_memory(struct mms_jobs *j, int *device, size_t *used, size_t *total);
+
 /* Take no new job, wait for the running ones to finish, join the threads, close the handle
  * (the memory is freed once the loop has closed it). NULL is a no-op. */
 void mms_jobs_stop(struct mms_jobs *j);

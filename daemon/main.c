@@ -134,6 +134,8 @@ static const struct command commands[] = {
      "                        it runs one tile per network call, then without mirroring\n"
      "                        (\"no TTA\" in the SEG), else fails; 0 = 80% of RAM\n"
      "                        ([infer] max_memory_mb)\n"
+     "  --max-device-memory-mb N  the same for a GPU's memory, then the CPU; 0 = 90% of\n"
+     "                        its free memory ([infer] max_device_memory_mb)\n"
      "  --json                print one JSON object (stage times, shapes, label counts)\n"
      "  -h, --help            show this help\n",
      cmd_segment},
@@ -205,7 +207,7 @@ bad_option(const struct command *c, int ch, char **argv)
 #define OPT_NIFTI 0x4  /* --nifti DIR */
 #define OPT_INFER                                                                                  \
     0x8                  /* --model, --backend, --precision, --threads, --tta, --tile-step,        \
-                            --max-memory-mb */
+                            --max-memory-mb, --max-device-memory-mb */
 #define OPT_OUTPUT 0x10  /* -o, --output DIR */
 #define OPT_DEAD 0x20    /* --dead */
 #define OPT_BACKEND 0x40 /* --backend, --precision (also in OPT_INFER) */
@@ -217,6 +219,7 @@ struct cli_opts {
     const char *nifti;
     const char *output;
     const char *model, *threads, *tta, *tile_step, *max_memory_mb; /* OPT_INFER */
+    const char *max_device_memory_mb;                              /* OPT_INFER */
     const char *backend, *precision;                               /* OPT_BACKEND or OPT_INFER */
 };
 
@@ -238,6 +241,7 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
         {"tta", required_argument, NULL, 'A'},
         {"tile-step", required_argument, NULL, 'S'},
         {"max-memory-mb", required_argument, NULL, 'X'},
+        {"max-device-memory-mb", required_argument, NULL, 'G'},
         {"dead", no_argument, NULL, 'D'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
@@ -278,6 +282,8 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
             o->tile_step = optarg;
         else if (ch == 'X' && (allowed & OPT_INFER))
             o->max_memory_mb = optarg;
+        else if (ch == 'G' && (allowed & OPT_INFER))
+            o->max_device_memory_mb = optarg;
         else if (ch == 'D' && (allowed & OPT_DEAD))
             o->dead = true;
         else
@@ -512,7 +518,8 @@ cmd_segment(int argc, char **argv)
                             {"threads", co.threads},
                             {"tta", co.tta},
                             {"tile_step", co.tile_step},
-                            {"max_memory_mb", co.max_memory_mb}};
+                            {"max_memory_mb", co.max_memory_mb},
+                            {"max_device_memory_mb", co.max_device_memory_mb}};
     for (size_t i = 0; i < sizeof set / sizeof set[0]; i++) {
         char why[512];
         if (set[i][1] != NULL &&

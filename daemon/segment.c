@@ -145,6 +145,11 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number, 
         cJSON_AddBoolToObject(js, "irregular", wr.irregular);
         cJSON_AddNumberToObject(js, "tilt_deg", wr.tilt_deg);
         cJSON_AddNumberToObject(js, "memory_estimate", (double)st.memory_estimate);
+        cJSON_AddNumberToObject(js, "device_memory_estimate", (double)st.device_memory_estimate);
+        cJSON_AddStringToObject(js, "engine", wr.engine);
+        cJSON_AddBoolToObject(js, "window_on_backend", st.window_on_backend);
+        if (wr.fallback[0] != '\0')
+            cJSON_AddStringToObject(js, "cpu_fallback", wr.fallback);
         cJSON_AddNumberToObject(js, "mixed_voxels", (double)st.mixed_voxels);
         cJSON *jt = cJSON_AddObjectToObject(js, "times");
         cJSON_AddNumberToObject(jt, "load_s", wr.decode_s);
@@ -186,6 +191,8 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number, 
                     (long long)sr.frames);
         if (segpath[0] != '\0' && wr.preview_written)
             fprintf(out, "  preview: %s\n", pngpath);
+        if (wr.fallback[0] != '\0')
+            fprintf(out, "  ran on the CPU: %s\n", wr.fallback);
     }
     rc = 0;
 out:

@@ -604,6 +604,22 @@ fill_metrics(void *ud, FILE *f)
     for (int i = 0; i < n; i++)
         fprintf(f, "mmsegd_engine_jobs_total{engine=\"%d\",backend=\"%s\"} %" PRId64 "\n", i + 1,
                 names[i], runs[i]);
+    int64_t by[2];
+    mms_jobs_backend_counts(d->jobs, by);
+    help(f, "mmsegd_backend_jobs_total", "counter",
+         "Sliding windows finished by backend since the start (cpu includes the jobs a GPU "
+         "engine gave to the CPU).");
+    fprintf(f, "mmsegd_backend_jobs_total{backend=\"cpu\"} %" PRId64 "\n", by[0]);
+    fprintf(f, "mmsegd_backend_jobs_total{backend=\"cuda\"} %" PRId64 "\n", by[1]);
+    int dev[MMS_MAX_ENGINES];
+    size_t used[MMS_MAX_ENGINES], total[MMS_MAX_ENGINES];
+    int ng = mms_jobs_gpu_memory(d->jobs, dev, used, total);
+    help(f, "mmsegd_gpu_memory_bytes", "gauge", "Memory in use on each GPU of the engines, now.");
+    for (int i = 0; i < ng; i++)
+        fprintf(f, "mmsegd_gpu_memory_bytes{device=\"%d\"} %zu\n", dev[i], used[i]);
+    help(f, "mmsegd_gpu_memory_total_bytes", "gauge", "Memory of each GPU of the engines.");
+    for (int i = 0; i < ng; i++)
+        fprintf(f, "mmsegd_gpu_memory_total_bytes{device=\"%d\"} %zu\n", dev[i], total[i]);
 }
 
 static int

@@ -21,6 +21,10 @@ mms_engine_open(const char *model, const char *backend, int device, int precisio
 {
     memset(e, 0, sizeof *e);
     e->device = device;
+    e->threads = threads;
+    if (strlen(model) >= sizeof e->model_path)
+        return mms_why(why, why_len, MMS_EINVAL, "model path too long: %.64s...", model);
+    snprintf(e->model_path, sizeof e->model_path, "%s", model);
     char mwhy[512];
     int rc = mms_model_load(model, &e->model, mwhy, sizeof mwhy);
     if (rc < 0)
@@ -31,6 +35,9 @@ mms_engine_open(const char *model, const char *backend, int device, int precisio
     if (precision != MMS_PRECISION_FP32 && strcmp(mms_backend_name(e->be), "cpu") == 0)
         mms_log(MMS_LOG_NOTICE, "precision %s applies to the CUDA backend; the CPU runs fp32",
                 mms_precision_name(precision));
+    size_t total;
+    if (mms_backend_memory(e->be, &e->device_free, &total) < 0)
+        e->device_free = 0; /* host memory: no device limit */
     const struct mms_card *card = mms_model_card(e->model);
     if ((rc = mms_net_new(e->model, e->be, card->inf.patch, 0, &e->net)) < 0)
         return mms_why(why, why_len, rc, "model %s on backend %s: %s", model,
@@ -72,6 +79,7 @@ mms_work_opts_from_config(const struct mms_config *cfg, struct mms_work_opts *wo
     wo->pipe.max_memory = cfg->infer.max_memory_mb > 0 ? (size_t)cfg->infer.max_memory_mb << 20
                           : pages > 0 && page > 0      ? (size_t)pages / 10 * 8 * (size_t)page
                                                        : 0;
+    wo->pipe.max_device_memory = (size_t)cfg->infer.max_device_memory_mb << 20;
     wo->vol.stack.max_gap_ratio = cfg->series.max_gap_ratio;
     wo->vol.stack.allow_gaps = cfg->series.allow_gaps;
     wo->vol.stack.min_slices = (int)cfg->series.min_slices;
@@ -117,18 +125,31 @@ ct_of(const struct mms_volume *v, struct mms_ct *ct)
     ct->pos_mm = v->pos_mm;
 }
 
+/* The device memory limit of a job on engine e (0: none). */
+static size_t
+device_limit(const struct mms_engine *e, const struct mms_pipe_opts *o)
+{
+    if (e->device_free == 0)
+        return 0;
+    return o->max_device_memory > 0 ? o->max_device_memory : e->device_free / 10 * 9;
+}
+
 int
 mms_work_plan(const struct mms_engine *e, const struct mms_ct *ct, const struct mms_pipe_opts *o,
               struct mms_pipe_opts *used, struct mms_pipe_stats *st, unsigned *degraded, char *why,
               size_t why_len)
 {
-    static const char *const step[3] = {"as configured", "with one tile per network call",
-                                        "with one tile per network call and no mirroring"};
-    char tried[3][96];
+    static const char *const step[4] = {"as configured", "with one tile per network call",
+                                        "with one tile per network call and no mirroring",
+                                        "on the CPU"};
+    char tried[4][112];
     int n = 0, rc = 0;
+    bool device_short = false; /* the device limit was exceeded */
     *used = *o;
+    used->max_device_memory = device_limit(e, o);
     *degraded = 0;
-    for (int s = 0; s < 3; s++) {
+    for (int s = 0; s < 4; s++) {
+        const struct mms_net *net = e->net;
         if (s == 1) {
             if (mms_net_max_batch(e->net) <= 1 && o->max_batch != 1)
                 continue; /* one per call already */
@@ -139,17 +160,37 @@ mms_work_plan(const struct mms_engine *e, const struct mms_ct *ct, const struct 
                 continue; /* no mirroring to give up */
             used->tta = false;
             *degraded |= MMS_DEGRADE_NO_TTA;
+        } else if (s == 3) {
+            if (!device_short)
+                continue; /* the CPU has no more host memory than the GPU engine */
+            *used = *o;
+            used->window = MMS_PIPE_WINDOW_HOST;
+            used->max_device_memory = 0;
+            *degraded = MMS_DEGRADE_CPU;
+            net = NULL;
         }
-        if ((rc = mms_pipe_plan(ct, e->model, e->net, used, st, why, why_len)) != MMS_ENOMEM)
+        if ((rc = mms_pipe_plan(ct, e->model, net, used, st, why, why_len)) != MMS_ENOMEM)
             return rc; /* fits, or fails for another reason than memory */
-        snprintf(tried[n], sizeof tried[0], "%zu MiB %s%s",
-                 (st->memory_estimate + (1u << 20) - 1) >> 20, n == 0 ? "of memory " : "", step[s]);
+        bool host_short = used->max_memory > 0 && st->memory_estimate > used->max_memory;
+        device_short = !host_short;
+        if (host_short)
+            snprintf(tried[n], sizeof tried[0], "%zu MiB %s%s",
+                     (st->memory_estimate + (1u << 20) - 1) >> 20, n == 0 ? "of memory " : "",
+                     step[s]);
+        else
+            snprintf(tried[n], sizeof tried[0], "%zu MiB of device memory %s",
+                     (st->device_memory_estimate + (1u << 20) - 1) >> 20, step[s]);
         n++;
     }
+    char limits[96] = "";
+    size_t dev = device_limit(e, o);
+    if (dev > 0)
+        snprintf(limits, sizeof limits, " of memory, or %zu MiB of device memory", dev >> 20);
     return mms_why(why, why_len, MMS_ENOMEM,
-                   "the job needs an estimated %s%s%s%s%s: more than the limit of %zu MiB",
+                   "the job needs an estimated %s%s%s%s%s%s%s: more than the limit of %zu MiB%s",
                    tried[0], n > 1 ? ", " : "", n > 1 ? tried[1] : "", n > 2 ? ", " : "",
-                   n > 2 ? tried[2] : "", o->max_memory >> 20);
+                   n > 2 ? tried[2] : "", n > 3 ? ", " : "", n > 3 ? tried[3] : "",
+                   o->max_memory >> 20, limits);
 }
 
 /* mms_volume_opts.plan: the plan of the job from the geometry, before decoding. */
@@ -625,27 +666,69 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
     struct mms_ct ct;
     ct_of(v, &ct);
     size_t nv = (size_t)(v->dims[0] * v->dims[1] * v->dims[2]);
-    const struct mms_engine *ie = o->take_engine != NULL ? o->take_engine(o->engine_arg) : e;
-    double t2 = mms_mono_s();
-    r->wait_s = t2 - t1;
-    mms_engine_describe(ie, r->engine, sizeof r->engine);
     struct mms_pipe_opts po;
-    rc = mms_work_plan(ie, &ct, &o->pipe, &po, &r->st, &r->degraded, why, why_len);
-    if (rc == 0 && r->degraded != 0)
+    struct mms_pipe_job *pj = NULL;
+    struct mms_engine cpu = {0};
+    rc = mms_work_plan(e, &ct, &o->pipe, &po, &r->st, &r->degraded, why, why_len);
+    if (rc == 0 && (r->degraded & (MMS_DEGRADE_BATCH | MMS_DEGRADE_NO_TTA)) != 0) {
+        char dev[96] = "";
+        if (po.max_device_memory > 0)
+            snprintf(dev, sizeof dev, " and %zu MiB of device memory (limit %zu MiB)",
+                     (r->st.device_memory_estimate + (1u << 20) - 1) >> 20,
+                     po.max_device_memory >> 20);
         mms_log(MMS_LOG_WARNING,
-                "series %s: the job needs an estimated %zu MiB with %s, within the limit of %zu "
-                "MiB only so",
+                "series %s: the job needs an estimated %zu MiB (limit %zu MiB)%s with %s, within "
+                "the limits only so",
                 h[0].series_uid, (r->st.memory_estimate + (1u << 20) - 1) >> 20,
+                o->pipe.max_memory >> 20, dev,
                 (r->degraded & MMS_DEGRADE_NO_TTA) != 0
                     ? "one tile per network call and no mirroring (no TTA)"
-                    : "one tile per network call",
-                o->pipe.max_memory >> 20);
+                    : "one tile per network call");
+    }
+    if (rc == 0 && (r->degraded & MMS_DEGRADE_CPU) != 0)
+        snprintf(r->fallback, sizeof r->fallback,
+                 "an estimated %zu MiB of device memory as configured: more than the limit",
+                 (r->st.device_memory_estimate + (1u << 20) - 1) >> 20);
+    /* 5.1-5.5 before an engine is taken */
+    if (rc == 0)
+        rc = mms_pipe_prepare(&ct, e->model, (r->degraded & MMS_DEGRADE_CPU) ? NULL : e->net, &po,
+                              &pj, &r->st, why, why_len);
     if (rc == 0 && (labels = malloc(nv)) == NULL)
         rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory for the labels");
+    const struct mms_engine *ie = NULL;
+    if (rc == 0 && (r->degraded & MMS_DEGRADE_CPU) == 0) {
+        double tw = mms_mono_s();
+        ie = o->take_engine != NULL ? o->take_engine(o->engine_arg) : e;
+        r->wait_s = mms_mono_s() - tw;
+        mms_engine_describe(ie, r->engine, sizeof r->engine);
+        rc = mms_pipe_infer(pj, ie->net, &r->st, why, why_len);
+        if (o->take_engine != NULL)
+            o->give_engine(o->engine_arg, ie);
+        if ((rc == MMS_ECUDA || rc == MMS_ENOMEM) && ie->device_free > 0) {
+            snprintf(r->fallback, sizeof r->fallback, "%s failed: %s", r->engine, why);
+            mms_log(MMS_LOG_WARNING, "series %s: %s; running the job on the CPU", h[0].series_uid,
+                    r->fallback);
+            r->degraded |= MMS_DEGRADE_CPU;
+        }
+    }
+    if ((r->degraded & MMS_DEGRADE_CPU) != 0 && (rc == 0 || ie != NULL)) {
+        char cwhy[512];
+        rc = mms_engine_open(e->model_path, "cpu", 0, MMS_PRECISION_FP32, e->threads, &cpu, cwhy,
+                             sizeof cwhy);
+        if (rc == 0 && strcmp(mms_model_sha256(cpu.model), mms_model_sha256(e->model)) != 0)
+            rc = mms_why(cwhy, sizeof cwhy, MMS_EMODEL, "%s no longer holds the model in use",
+                         e->model_path);
+        if (rc == 0) {
+            mms_engine_describe(&cpu, r->engine, sizeof r->engine);
+            rc = mms_pipe_infer(pj, cpu.net, &r->st, why, why_len);
+        } else {
+            mms_why(why, why_len, rc, "%s; no CPU engine to run it: %s", r->fallback, cwhy);
+        }
+    }
     if (rc == 0)
-        rc = mms_pipe_run(&ct, ie->model, ie->net, &po, labels, &r->st, why, why_len);
-    if (o->take_engine != NULL)
-        o->give_engine(o->engine_arg, ie);
+        rc = mms_pipe_finish(pj, labels, &r->st, why, why_len);
+    mms_pipe_job_free(pj);
+    mms_engine_close(&cpu);
     if (rc < 0)
         goto out;
     double t3 = mms_mono_s();

@@ -23,7 +23,10 @@ struct mms_engine {
     struct mms_model *model;
     struct mms_backend *be;
     struct mms_net *net;
-    int device; /* the device asked for (CUDA) */
+    int device;            /* the device asked for (CUDA) */
+    int threads;           /* CPU threads asked for */
+    size_t device_free;    /* device memory free when the backend started; 0: none (CPU) */
+    char model_path[4096]; /* the model file, for a CPU engine to take over a job */
 };
 
 /* Load the model file and build its network on backend ("auto", "cpu", "cuda") with the
@@ -68,10 +71,12 @@ struct mms_work_opts {
     void *stage_arg;
 };
 
-/* What a job gave up to fit its memory limit, in the degrade order (mms_work_plan). */
+/* What a job gave up to fit its memory limits, in the degrade order (mms_work_plan), and
+ * whether it ran on the CPU instead of its GPU engine. */
 enum {
-    MMS_DEGRADE_BATCH = 1, /* one tile x mirroring per network call: slower, the same labels */
-    MMS_DEGRADE_NO_TTA = 2 /* no mirroring: other labels ("no TTA" in the SEG's description) */
+    MMS_DEGRADE_BATCH = 1,  /* one tile x mirroring per network call: slower, the same labels */
+    MMS_DEGRADE_NO_TTA = 2, /* no mirroring: other labels ("no TTA" in the SEG's description) */
+    MMS_DEGRADE_CPU = 4     /* the GPU's memory limit: the job runs on the CPU, as configured */
 };
 
 struct mms_work_result {
@@ -84,8 +89,9 @@ struct mms_work_result {
     struct mms_pipe_stats st;                  /* the pipeline's figures */
     double decode_s, wait_s, write_s, total_s; /* wait_s: for an engine (take_engine) */
     char engine[32];                           /* the engine used: "cpu", "cuda:0" */
-    int64_t count[256];                        /* voxels per label */
-    bool seg_written;                          /* false when no organ was found (not a failure) */
+    char fallback[512]; /* why the GPU engine's work went to the CPU ("" when it did not) */
+    int64_t count[256]; /* voxels per label */
+    bool seg_written;   /* false when no organ was found (not a failure) */
     struct mms_seg_result seg;
     bool preview_written; /* a preview that fails is logged, not a failure */
     struct mms_preview_result preview;
@@ -93,9 +99,12 @@ struct mms_work_result {
 
 /* The plan of a job on volume ct (ct->hu NULL: from the headers, before decoding) in the
  * degrade order: the options o as they are; then one tile x mirroring per network call; then
- * also no mirroring. *used receives the first options that fit o->max_memory, *st their plan
- * and *degraded what was given up (MMS_DEGRADE_*). Returns 0, or mms_pipe_plan()'s error of
- * the last step (MMS_ENOMEM with the figures of every step tried in why). */
+ * also no mirroring; then, when e runs on a GPU whose memory limit was the obstacle, the
+ * options o on the CPU (planned without a CPU network's arena, which mms_pipe_infer() counts
+ * once the CPU engine exists). The device limit is o->max_device_memory, or 90 % of
+ * e->device_free when that is 0. *used receives the first options that fit, *st their plan and
+ * *degraded what was given up (MMS_DEGRADE_*). Returns 0, or mms_pipe_plan()'s error of the
+ * last step (MMS_ENOMEM with the figures of every step tried in why). */
 int mms_work_plan(const struct mms_engine *e, const struct mms_ct *ct,
                   const struct mms_pipe_opts *o, struct mms_pipe_opts *used,
                   struct mms_pipe_stats *st, unsigned *degraded, char *why, size_t why_len);
@@ -144,7 +153,12 @@ int mms_work_headers(const char *const *paths, int n, const struct mms_sandbox_l
 
 /* Do the work on the n files paths[] of one series (h[]: their headers): the volume through
  * mms_work_volume(), then the pipeline and the outputs. The SEG's UIDs come from the source
- * series, the model's SHA-256 and o->run.
+ * series, the model's SHA-256 and o->run. The pipeline is prepared (5.1-5.5) before an engine
+ * is taken and finished (5.8) after it is given back, so that other jobs use the engine
+ * meanwhile. When the plan fits only on the CPU (MMS_DEGRADE_CPU), or the GPU engine fails
+ * during the sliding window with a device error or out of device memory, a CPU engine of the
+ * same model file is opened for the job (r->fallback says why; the job fails when the file no
+ * longer holds the same model).
  * Returns 0, or a negative code with r->stage and why. */
 int mms_work_series(const struct mms_engine *e, const char *const *paths,
                     const struct mms_header *h, int n, const struct mms_work_opts *o,

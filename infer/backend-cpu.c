@@ -263,6 +263,54 @@ cpu_compute(struct mms_backend *be, const struct mms_graph *g, void *gctx, struc
     return 0;
 }
 
+static int
+cpu_buffer_zero(struct mms_backend *be, struct mms_buffer *buf)
+{
+    (void)be;
+    memset(buf->host, 0, buf->nbytes);
+    return 0;
+}
+
+/* The window slots: the map of kernels/window-math.h over the tile, on every thread. */
+static int
+cpu_window_gather(struct mms_backend *be, const struct mms_buffer *vol,
+                  const struct mms_k_window *w, struct mms_buffer *dst, size_t offset)
+{
+    const struct mms_cpu *cpu = be->ctx;
+    if (!mms__window_gather_fits(vol, w, dst, offset))
+        return MMS_EINVAL;
+    const float *v = vol->host;
+    float *d = (float *)((char *)dst->host + offset);
+    const int64_t pp = w->p[0] * w->p[1] * w->p[2];
+#pragma omp parallel for num_threads(cpu->threads) schedule(static)
+    for (int64_t i = 0; i < pp; i++) {
+        int64_t at;
+        (void)mms_k_window_map(w, i, &at);
+        d[i] = v[at];
+    }
+    return 0;
+}
+
+static int
+cpu_window_scatter(struct mms_backend *be, const struct mms_buffer *src, size_t offset,
+                   int channels, const struct mms_buffer *gauss, float scale,
+                   const struct mms_k_window *w, int64_t pv, struct mms_buffer *acc)
+{
+    const struct mms_cpu *cpu = be->ctx;
+    if (!mms__window_scatter_fits(src, offset, channels, gauss, w, pv, acc))
+        return MMS_EINVAL;
+    const float *s = (const float *)((const char *)src->host + offset), *g = gauss->host;
+    float *a = acc->host;
+    const int64_t pp = w->p[0] * w->p[1] * w->p[2];
+#pragma omp parallel for num_threads(cpu->threads) schedule(static)
+    for (int64_t i = 0; i < pp; i++) {
+        int64_t at, l = mms_k_window_map(w, i, &at);
+        for (int ch = 0; ch < channels; ch++)
+            a[ch * pv + at] += mms_k_window_term(g[l], s[ch * pp + i], scale);
+    }
+    return 0;
+}
+
 const struct mms_backend_ops mms__backend_cpu = {
     .api_version = MMS_BACKEND_API_VERSION,
     .name = "cpu",
@@ -278,4 +326,7 @@ const struct mms_backend_ops mms__backend_cpu = {
     .max_batch = cpu_max_batch,
     .compute = cpu_compute,
     .synchronize = NULL,
+    .buffer_zero = cpu_buffer_zero,
+    .window_gather = cpu_window_gather,
+    .window_scatter = cpu_window_scatter,
 };

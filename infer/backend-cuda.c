@@ -937,6 +937,62 @@ cuda_compute(struct mms_backend *be, const struct mms_graph *g, void *gctx,
     return 0;
 }
 
+static int
+cuda_buffer_zero(struct mms_backend *be, struct mms_buffer *buf)
+{
+    struct cuda_backend *cb = be->ctx;
+    int rc = current(&cb->cu);
+    if (rc < 0)
+        return rc;
+    if ((rc = MMS_CUDA_CHECK(cudaMemsetAsync(buf->device, 0, buf->nbytes, cb->cu.stream))) < 0)
+        note_lost(&cb->cu);
+    return rc;
+}
+
+/* The window slots: one launch each on the backend's stream, not waited for. */
+static int
+cuda_window_gather(struct mms_backend *be, const struct mms_buffer *vol,
+                   const struct mms_k_window *w, struct mms_buffer *dst, size_t offset)
+{
+    struct cuda_backend *cb = be->ctx;
+    if (!mms__window_gather_fits(vol, w, dst, offset))
+        return MMS_EINVAL;
+    int rc = current(&cb->cu);
+    if (rc == 0)
+        rc = mms_k_window_gather(vol->device, w, (float *)((char *)dst->device + offset),
+                                 cb->cu.stream);
+    if (rc < 0)
+        note_lost(&cb->cu);
+    return rc;
+}
+
+static int
+cuda_window_scatter(struct mms_backend *be, const struct mms_buffer *src, size_t offset,
+                    int channels, const struct mms_buffer *gauss, float scale,
+                    const struct mms_k_window *w, int64_t pv, struct mms_buffer *acc)
+{
+    struct cuda_backend *cb = be->ctx;
+    if (!mms__window_scatter_fits(src, offset, channels, gauss, w, pv, acc))
+        return MMS_EINVAL;
+    int rc = current(&cb->cu);
+    if (rc == 0)
+        rc = mms_k_window_scatter((const float *)((const char *)src->device + offset), channels,
+                                  gauss->device, scale, w, pv, acc->device, cb->cu.stream);
+    if (rc < 0)
+        note_lost(&cb->cu);
+    return rc;
+}
+
+static int
+cuda_memory_info(struct mms_backend *be, size_t *free_bytes, size_t *total_bytes)
+{
+    struct cuda_backend *cb = be->ctx;
+    int rc = current(&cb->cu);
+    if (rc == 0 && (rc = MMS_CUDA_CHECK(cudaMemGetInfo(free_bytes, total_bytes))) < 0)
+        note_lost(&cb->cu);
+    return rc;
+}
+
 const struct mms_backend_ops mms__backend_cuda = {
     .api_version = MMS_BACKEND_API_VERSION,
     .name = "cuda",
@@ -952,4 +1008,8 @@ const struct mms_backend_ops mms__backend_cuda = {
     .max_batch = cuda_max_batch,
     .compute = cuda_compute,
     .synchronize = cuda_synchronize,
+    .buffer_zero = cuda_buffer_zero,
+    .window_gather = cuda_window_gather,
+    .window_scatter = cuda_window_scatter,
+    .memory_info = cuda_memory_info,
 };

@@ -9,13 +9,20 @@
  *
  * Batches: compute() runs n samples; the arena holds max_batch() samples side by side at a
  * stride of the graph's arena size. compute() may return before the work is done when the
- * backend has synchronize(); the caller synchronizes before download(). */
+ * backend has synchronize(); the caller synchronizes before download().
+ *
+ * The sliding window (API 2, optional, all three or none): the pipeline keeps the padded
+ * volume, the Gaussian and the accumulator in backend buffers, fills the network's input from
+ * the volume and adds its output to the accumulator without a host round trip
+ * (kernels/window-math.h defines the map; mmunet.md 5.6, 5.7). They may be asynchronous like
+ * compute(). */
 #ifndef MMS_INFER_BACKEND_IMPL_H
 #define MMS_INFER_BACKEND_IMPL_H
 
 #include "infer/graph-impl.h"
+#include "kernels/window-math.h"
 
-#define MMS_BACKEND_API_VERSION 1
+#define MMS_BACKEND_API_VERSION 2
 
 struct mms_backend;
 
@@ -55,6 +62,19 @@ struct mms_backend_ops {
                    struct mms_buffer *arena, int n);
     /* Optional: wait for the work compute() queued. */
     int (*synchronize)(struct mms_backend *be);
+    /* API 2. Optional: set buf to zero bytes. */
+    int (*buffer_zero)(struct mms_backend *be, struct mms_buffer *buf);
+    /* Optional: dst at offset (w->p voxels) = the tile w of the volume vol, mirrored. */
+    int (*window_gather)(struct mms_backend *be, const struct mms_buffer *vol,
+                         const struct mms_k_window *w, struct mms_buffer *dst, size_t offset);
+    /* Optional: for ch < channels and every network voxel i of the tile w,
+     * acc[ch * pv + volume offset] += term(gauss[tile voxel], src[offset / 4 + ch * patch + i],
+     * scale): the logits at offset (channel-first) back into a channels x pv accumulator. */
+    int (*window_scatter)(struct mms_backend *be, const struct mms_buffer *src, size_t offset,
+                          int channels, const struct mms_buffer *gauss, float scale,
+                          const struct mms_k_window *w, int64_t pv, struct mms_buffer *acc);
+    /* Optional: the device memory free and in all, now (a backend on host memory has none). */
+    int (*memory_info)(struct mms_backend *be, size_t *free_bytes, size_t *total_bytes);
 };
 
 struct mms_backend {
@@ -75,6 +95,15 @@ extern const struct mms_backend_ops mms__backend_cuda;
  * convolution its floating-point operations. */
 void mms__profile_account(struct mms_net_profile *p, const struct mms_graph *g,
                           const struct mms_node *nd, int n, double s);
+
+/* Whether the window slots' arguments lie inside their buffers (a well-formed tile whose
+ * voxels are in vol, or in the first pv floats of acc's channels; dst, src and gauss large
+ * enough at float-aligned offsets). The backends check them before they touch memory. */
+bool mms__window_gather_fits(const struct mms_buffer *vol, const struct mms_k_window *w,
+                             const struct mms_buffer *dst, size_t offset);
+bool mms__window_scatter_fits(const struct mms_buffer *src, size_t offset, int channels,
+                              const struct mms_buffer *gauss, const struct mms_k_window *w,
+                              int64_t pv, const struct mms_buffer *acc);
 
 /* Wrappers that check optional slots. */
 int mms__backend_synchronize(struct mms_backend *be);

@@ -78,6 +78,16 @@ mms_backend_name(const struct mms_backend *be)
 }
 
 int
+mms_backend_memory(struct mms_backend *be, size_t *free_bytes, size_t *total_bytes)
+{
+    if (be == NULL || free_bytes == NULL || total_bytes == NULL)
+        return MMS_EINVAL;
+    if (be->ops->memory_info == NULL)
+        return MMS_ENOTSUP;
+    return be->ops->memory_info(be, free_bytes, total_bytes);
+}
+
+int
 mms__backend_synchronize(struct mms_backend *be)
 {
     return be->ops->synchronize != NULL ? be->ops->synchronize(be) : 0;
@@ -106,4 +116,42 @@ mms__profile_account(struct mms_net_profile *p, const struct mms_graph *g,
         p->other_s += s;
         break;
     }
+}
+
+/* The bytes past the tile's last voxel in its volume, or 0 for a malformed window. */
+static size_t
+window_end(const struct mms_k_window *w)
+{
+    int64_t last = w->base;
+    if (w->p[0] < 1 || w->p[1] < 1 || w->p[2] < 1 || w->st[2] != 1 || w->base < 0 || w->mask > 7u ||
+        w->st[1] < w->p[2] || w->st[0] < w->st[1] * w->p[1])
+        return 0;
+    for (int t = 0; t < 3; t++)
+        last += (w->p[t] - 1) * w->st[t];
+    return ((size_t)last + 1) * sizeof(float);
+}
+
+static bool
+holds(const struct mms_buffer *b, size_t offset, size_t nbytes)
+{
+    return offset <= b->nbytes && nbytes <= b->nbytes - offset;
+}
+
+bool
+mms__window_gather_fits(const struct mms_buffer *vol, const struct mms_k_window *w,
+                        const struct mms_buffer *dst, size_t offset)
+{
+    size_t end = window_end(w), pp = (size_t)(w->p[0] * w->p[1] * w->p[2]) * sizeof(float);
+    return end > 0 && end <= vol->nbytes && offset % sizeof(float) == 0 && holds(dst, offset, pp);
+}
+
+bool
+mms__window_scatter_fits(const struct mms_buffer *src, size_t offset, int channels,
+                         const struct mms_buffer *gauss, const struct mms_k_window *w, int64_t pv,
+                         const struct mms_buffer *acc)
+{
+    size_t end = window_end(w), pp = (size_t)(w->p[0] * w->p[1] * w->p[2]) * sizeof(float);
+    return end > 0 && channels > 0 && pv > 0 && end <= (size_t)pv * sizeof(float) &&
+           offset % sizeof(float) == 0 && holds(src, offset, pp * (size_t)channels) &&
+           holds(gauss, 0, pp) && (size_t)pv * (size_t)channels * sizeof(float) <= acc->nbytes;
 }

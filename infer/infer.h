@@ -165,6 +165,10 @@ int mms_backend_open(const char *name, const struct mms_backend_params *p,
 void mms_backend_free(struct mms_backend *be);
 const char *mms_backend_name(const struct mms_backend *be);
 
+/* The backend's device memory, free and in all, now. Returns 0, MMS_ENOTSUP for a backend on
+ * host memory (the CPU), or a backend error. Threads: the backend's. */
+int mms_backend_memory(struct mms_backend *be, size_t *free_bytes, size_t *total_bytes);
+
 /* ----------------------------------------------------------------------------- network */
 struct mms_net;
 

@@ -5,7 +5,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
-#include "infer/backend-impl.h"
+#include "infer/net-impl.h"
 
 struct mms_net {
     const struct mms_model *model;
@@ -101,6 +101,56 @@ mms_net_unplanned_bytes(const struct mms_net *n)
     return n->g->unplanned_bytes;
 }
 
+struct mms_backend *
+mms__net_backend(struct mms_net *n)
+{
+    return n->be;
+}
+
+struct mms_buffer *
+mms__net_arena(struct mms_net *n)
+{
+    return &n->arena;
+}
+
+bool
+mms__net_has_window(const struct mms_net *n)
+{
+    const struct mms_backend_ops *o = n->be->ops;
+    return o->buffer_zero != NULL && o->window_gather != NULL && o->window_scatter != NULL;
+}
+
+bool
+mms__net_on_device(const struct mms_net *n)
+{
+    return n->arena.host == NULL;
+}
+
+size_t
+mms__net_input_offset(const struct mms_net *n, int s)
+{
+    return (size_t)s * n->stride + n->g->tensors[n->g->input].offset;
+}
+
+size_t
+mms__net_output_offset(const struct mms_net *n, int s)
+{
+    return (size_t)s * n->stride + n->g->tensors[n->g->output].offset;
+}
+
+int
+mms__net_compute(struct mms_net *n, int nb)
+{
+    if (nb < 1 || nb > n->max_batch)
+        return MMS_EINVAL;
+    int rc = n->be->ops->compute(n->be, n->g, n->gctx, &n->arena, nb);
+    if (rc == 0)
+        rc = mms__backend_synchronize(n->be);
+    if (rc == 0 && n->g->profile != NULL)
+        n->g->profile->passes += nb;
+    return rc;
+}
+
 int
 mms_net_forward(struct mms_net *n, const float *in, int n_tiles, float *logits)
 {
@@ -119,11 +169,8 @@ mms_net_forward(struct mms_net *n, const float *in, int n_tiles, float *logits)
             if (rc < 0)
                 return rc;
         }
-        if ((rc = be->ops->compute(be, n->g, n->gctx, &n->arena, nb)) < 0 ||
-            (rc = mms__backend_synchronize(be)) < 0)
+        if ((rc = mms__net_compute(n, nb)) < 0)
             return rc;
-        if (n->g->profile != NULL)
-            n->g->profile->passes += nb;
         for (int s = 0; s < nb; s++) {
             rc = be->ops->download(be, (char *)logits + (size_t)(t0 + s) * out_bytes, &n->arena,
                                    s * n->stride + to->offset, out_bytes);

@@ -20,6 +20,7 @@
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "infer/net-impl.h"
 #include "infer/pipeline-impl.h"
 
 /* Everything mms_pipe_plan() derives from the volume, the card and the options. */
@@ -44,6 +45,8 @@ struct job {
     int64_t *starts[3], n_starts[3];
     uint32_t mirrors[8];
     int n_mirror, batch, classes;
+    int net_batch; /* samples per network call, across tiles (the window on the backend) */
+    bool on_backend, on_device; /* the window in backend buffers; they are device memory */
     double step;
 };
 
@@ -273,8 +276,9 @@ voxels3(const int64_t n[3])
     return v;
 }
 
+/* Host bytes of the job; *device receives the device bytes. */
 static size_t
-estimate(const struct job *j, const struct mms_net *net, int threads)
+estimate(const struct job *j, const struct mms_net *net, int threads, size_t *device)
 {
     /* prepare() bounded every shape by MMS_PIPE_MAX_VOXELS; saturate anyway */
     const int64_t in[3] = {j->ct->slices, j->ct->rows, j->ct->cols};
@@ -293,9 +297,13 @@ estimate(const struct job *j, const struct mms_net *net, int threads)
     bytes = sat_add(bytes, sat_mul((size_t)threads, mms__pass_scratch(longest, longest)));
     bytes = sat_add(bytes, sat_mul(nv, 5));               /* input, labels */
     bytes = sat_add(bytes, sat_mul((size_t)longest, 64)); /* tables */
+    size_t backend = 0; /* the network's memory, and the window's volume, logits, Gaussian */
     if (net != NULL)
-        bytes = sat_add(bytes, sat_add(mms_net_arena_bytes(net), mms_net_fixed_bytes(net)));
-    return bytes;
+        backend = sat_add(mms_net_arena_bytes(net), mms_net_fixed_bytes(net));
+    if (j->on_backend)
+        backend = sat_add(backend, sat_mul(sat_add(sat_mul(1 + c, pv), pp), sizeof(float)));
+    *device = j->on_device ? backend : 0;
+    return j->on_device ? bytes : sat_add(bytes, backend);
 }
 
 /* The volume description, before anything is derived from it: sizes, spacings, directions
@@ -335,6 +343,9 @@ check_ct(const struct mms_ct *ct, bool voxels, char *why, size_t why_len)
     }
     return 0;
 }
+
+static int bind_net(struct job *j, const struct mms_net *net, const struct mms_pipe_opts *o,
+                    char *why, size_t why_len);
 
 static int
 prepare(struct job *j, const struct mms_ct *ct, bool voxels, const struct mms_model *m,
@@ -491,10 +502,37 @@ prepare(struct job *j, const struct mms_ct *ct, bool voxels, const struct mms_mo
     for (uint32_t sub = 0; sub < 8; sub++)
         if ((sub & ~axes) == 0)
             j->mirrors[j->n_mirror++] = sub;
+    return bind_net(j, net, o, why, why_len);
+}
+
+/* The batch sizes and the window's place for network net (NULL: a plan without one). */
+static int
+bind_net(struct job *j, const struct mms_net *net, const struct mms_pipe_opts *o, char *why,
+         size_t why_len)
+{
     int mb = net != NULL ? mms_net_max_batch(net) : 1;
     if (o->max_batch > 0 && o->max_batch < mb)
         mb = o->max_batch;
     j->batch = mb < j->n_mirror ? mb : j->n_mirror;
+    j->net_batch = mb;
+    bool slots = net != NULL && mms__net_has_window(net);
+    j->on_device = net != NULL && mms__net_on_device(net);
+    switch (o->window) {
+    case MMS_PIPE_WINDOW_AUTO:
+        j->on_backend = slots && j->on_device;
+        break;
+    case MMS_PIPE_WINDOW_HOST:
+        j->on_backend = false;
+        break;
+    case MMS_PIPE_WINDOW_BACKEND:
+        if (net != NULL && !slots)
+            return mms_why(why, why_len, MMS_ENOTSUP,
+                           "the backend has no sliding window of its own");
+        j->on_backend = net != NULL;
+        break;
+    default:
+        return mms_why(why, why_len, MMS_EINVAL, "unknown window mode %d", o->window);
+    }
     return 0;
 }
 
@@ -514,18 +552,26 @@ fill_stats(const struct job *j, const struct mms_net *net, int threads, struct m
     st->sep_axis_out = j->sep_out < 0 ? -1 : j->inv[j->sep_out];
     st->tiles = j->n_starts[0] * j->n_starts[1] * j->n_starts[2];
     st->passes = st->tiles * j->n_mirror;
-    st->memory_estimate = estimate(j, net, threads);
+    st->memory_estimate = estimate(j, net, threads, &st->device_memory_estimate);
+    st->window_on_backend = j->on_backend;
 }
 
 static int
 within_limit(const struct mms_pipe_stats *st, const struct mms_pipe_opts *o, char *why,
              size_t why_len)
 {
-    if (o->max_memory == 0 || st->memory_estimate <= o->max_memory)
-        return 0;
-    return mms_why(why, why_len, MMS_ENOMEM,
-                   "the job needs an estimated %zu MiB of memory, more than the limit of %zu MiB",
-                   (st->memory_estimate + (1u << 20) - 1) >> 20, o->max_memory >> 20);
+    if (o->max_memory != 0 && st->memory_estimate > o->max_memory)
+        return mms_why(why, why_len, MMS_ENOMEM,
+                       "the job needs an estimated %zu MiB of memory, more than the limit of %zu "
+                       "MiB",
+                       (st->memory_estimate + (1u << 20) - 1) >> 20, o->max_memory >> 20);
+    if (o->max_device_memory != 0 && st->device_memory_estimate > o->max_device_memory)
+        return mms_why(why, why_len, MMS_ENOMEM,
+                       "the job needs an estimated %zu MiB of device memory, more than the limit "
+                       "of %zu MiB",
+                       (st->device_memory_estimate + (1u << 20) - 1) >> 20,
+                       o->max_device_memory >> 20);
+    return 0;
 }
 
 int
@@ -768,6 +814,104 @@ out:
     return rc;
 }
 
+/* The sliding window of 5.6 and 5.7 in the backend's buffers: the padded volume and the
+ * Gaussian go up once, batches of up to net_batch (tile, mirroring) pairs run across tiles
+ * (gathered and mirrored into the network's input, added back into the accumulator in the
+ * order they were queued), and only the accumulator comes back into acc. Each logit is
+ * scaled and weighted on its own instead of after the mirrorings' sum: the host path's
+ * terms, added in another order (a rounding apart). */
+static int
+window_on_backend(const struct job *j, struct mms_net *net, const float *x, float *acc,
+                  const struct mms_pipe_opts *o, char *why, size_t why_len)
+{
+    struct mms_backend *be = mms__net_backend(net);
+    const struct mms_backend_ops *ops = be->ops;
+    const int64_t *P = j->patch;
+    const int64_t pp = P[0] * P[1] * P[2], pv = j->pd[0] * j->pd[1] * j->pd[2];
+    const int c = j->classes;
+    struct mms_buffer vol = {0}, gs = {0}, ac = {0};
+    struct mms_k_window *w = calloc((size_t)j->net_batch, sizeof *w);
+    int64_t *tile_of = calloc((size_t)j->net_batch, sizeof *tile_of);
+    float *g = malloc((size_t)pp * sizeof *g);
+    int rc = MMS_ENOMEM;
+    if (w == NULL || tile_of == NULL || g == NULL) {
+        mms_why(why, why_len, rc, "out of memory for the sliding window");
+        goto out;
+    }
+    mms_pipe_gaussian(P, j->card->inf.sigma_scale, j->card->inf.peak, g);
+    if ((rc = ops->buffer_alloc(be, (size_t)pv * sizeof(float), &vol)) < 0 ||
+        (rc = ops->buffer_alloc(be, (size_t)pp * sizeof(float), &gs)) < 0 ||
+        (rc = ops->buffer_alloc(be, (size_t)c * (size_t)pv * sizeof(float), &ac)) < 0) {
+        mms_why(why, why_len, rc, "%s: no room for the sliding window's %lld x %d logits",
+                ops->name, (long long)pv, c);
+        goto out;
+    }
+    if ((rc = ops->upload(be, &vol, 0, x, (size_t)pv * sizeof(float))) < 0 ||
+        (rc = ops->upload(be, &gs, 0, g, (size_t)pp * sizeof(float))) < 0 ||
+        (rc = ops->buffer_zero(be, &ac)) < 0) {
+        mms_why(why, why_len, rc, "%s: the sliding window's buffers: %s", ops->name,
+                mms_strerror(rc));
+        goto out;
+    }
+    struct mms_buffer *arena = mms__net_arena(net);
+    const float scale = 1.0f / (float)j->n_mirror;
+    const int64_t n1 = j->n_starts[1], n2 = j->n_starts[2];
+    const int64_t total = j->n_starts[0] * n1 * n2;
+    int nb = 0;
+    for (int64_t t = 0; t < total; t++) {
+        const int64_t s0 = j->starts[0][t / (n1 * n2)], s1 = j->starts[1][t / n2 % n1],
+                      s2 = j->starts[2][t % n2];
+        for (int m = 0; m < j->n_mirror; m++) {
+            w[nb] = (struct mms_k_window){.p = {P[0], P[1], P[2]},
+                                          .st = {j->st[0], j->st[1], j->st[2]},
+                                          .base = s0 * j->st[0] + s1 * j->st[1] + s2,
+                                          .mask = j->mirrors[m]};
+            tile_of[nb] = t;
+            rc = ops->window_gather(be, &vol, &w[nb], arena, mms__net_input_offset(net, nb));
+            if (rc < 0) {
+                mms_why(why, why_len, rc, "%s: gathering tile (%lld, %lld, %lld): %s", ops->name,
+                        (long long)s0, (long long)s1, (long long)s2, mms_strerror(rc));
+                goto out;
+            }
+            if (++nb < j->net_batch && !(t == total - 1 && m == j->n_mirror - 1))
+                continue;
+            if ((rc = mms__net_compute(net, nb)) < 0) {
+                mms_why(why, why_len, rc, "the network failed on tile (%lld, %lld, %lld)",
+                        (long long)s0, (long long)s1, (long long)s2);
+                goto out;
+            }
+            for (int i = 0; i < nb; i++) {
+                rc = ops->window_scatter(be, arena, mms__net_output_offset(net, i), c, &gs, scale,
+                                         &w[i], pv, &ac);
+                if (rc < 0) {
+                    mms_why(why, why_len, rc, "%s: adding back tile %lld: %s", ops->name,
+                            (long long)tile_of[i], mms_strerror(rc));
+                    goto out;
+                }
+            }
+            /* tiles whose every mirroring has been added */
+            int64_t done = m == j->n_mirror - 1 ? t + 1 : t;
+            if (o->progress != NULL && done > 0)
+                o->progress(o->progress_arg, done, total);
+            nb = 0;
+        }
+    }
+    if ((rc = mms__backend_synchronize(be)) < 0 ||
+        (rc = ops->download(be, acc, &ac, 0, (size_t)c * (size_t)pv * sizeof(float))) < 0)
+        mms_why(why, why_len, rc, "%s: bringing the logits back: %s", ops->name, mms_strerror(rc));
+out:
+    if (ac.host != NULL || ac.device != NULL)
+        ops->buffer_free(be, &ac);
+    if (gs.host != NULL || gs.device != NULL)
+        ops->buffer_free(be, &gs);
+    if (vol.host != NULL || vol.device != NULL)
+        ops->buffer_free(be, &vol);
+    free(w);
+    free(tile_of);
+    free(g);
+    return rc;
+}
+
 /* Acc / Wt over the interior, with Wt = peak * w0 * w1 * w2 (the Gaussian and the tile grid
  * are both products over the axes); then the argmax at the target resolution. */
 static int
@@ -989,6 +1133,122 @@ out:
     return rc;
 }
 
+struct mms_pipe_job {
+    struct job j;
+    struct mms_pipe_opts o;
+    int threads;
+    float *x, *acc; /* the network input (freed once the window has run), the logits */
+    uint8_t *lab;   /* labels at the target resolution */
+    bool inferred;
+};
+
+void
+mms_pipe_job_free(struct mms_pipe_job *pj)
+{
+    if (pj == NULL)
+        return;
+    free(pj->x);
+    free(pj->acc);
+    free(pj->lab);
+    job_free(&pj->j);
+    free(pj);
+}
+
+int
+mms_pipe_prepare(const struct mms_ct *ct, const struct mms_model *m, const struct mms_net *net,
+                 const struct mms_pipe_opts *o, struct mms_pipe_job **out,
+                 struct mms_pipe_stats *stats, char *why, size_t why_len)
+{
+    if (ct == NULL || m == NULL || o == NULL || out == NULL || stats == NULL)
+        return MMS_EINVAL;
+    *out = NULL;
+    double t0 = mms_mono_s();
+    struct mms_pipe_job *pj = calloc(1, sizeof *pj);
+    if (pj == NULL)
+        return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+    pj->o = *o;
+    pj->threads = o->threads > 0 ? o->threads : omp_get_max_threads();
+    struct job *j = &pj->j;
+    int rc = prepare(j, ct, true, m, net, o, pj->threads, why, why_len);
+    if (rc < 0)
+        goto fail;
+    fill_stats(j, net, pj->threads, stats);
+    if ((rc = within_limit(stats, o, why, why_len)) < 0)
+        goto fail;
+    const size_t pv = (size_t)(j->pd[0] * j->pd[1] * j->pd[2]);
+    pj->x = malloc(pv * sizeof *pj->x);
+    pj->acc = malloc((size_t)j->classes * pv * sizeof *pj->acc);
+    pj->lab = calloc(pv, 1);
+    if (pj->x == NULL || pj->acc == NULL || pj->lab == NULL) {
+        rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory for the target volume");
+        goto fail;
+    }
+    const float pad = (float)j->card->inf.pad_value;
+    for (size_t i = 0; i < pv; i++)
+        pj->x[i] = pad;
+    if ((rc = preprocess(j, pj->x, pj->threads)) < 0) {
+        mms_why(why, why_len, rc, "resampling %lld x %lld x %lld voxels to %lld x %lld x %lld: %s",
+                (long long)j->nc[0], (long long)j->nc[1], (long long)j->nc[2], (long long)j->tk[0],
+                (long long)j->tk[1], (long long)j->tk[2], mms_strerror(rc));
+        goto fail;
+    }
+    stats->preprocess_s = mms_mono_s() - t0;
+    *out = pj;
+    return 0;
+fail:
+    mms_pipe_job_free(pj);
+    return rc;
+}
+
+int
+mms_pipe_infer(struct mms_pipe_job *pj, struct mms_net *net, struct mms_pipe_stats *stats,
+               char *why, size_t why_len)
+{
+    if (pj == NULL || net == NULL || stats == NULL || pj->x == NULL)
+        return MMS_EINVAL;
+    double t0 = mms_mono_s();
+    struct job *j = &pj->j;
+    int rc = bind_net(j, net, &pj->o, why, why_len);
+    if (rc < 0)
+        return rc;
+    struct mms_pipe_stats now; /* this network's figures; the preprocessing's time stays */
+    fill_stats(j, net, pj->threads, &now);
+    stats->memory_estimate = now.memory_estimate;
+    stats->device_memory_estimate = now.device_memory_estimate;
+    stats->window_on_backend = now.window_on_backend;
+    if ((rc = within_limit(stats, &pj->o, why, why_len)) < 0)
+        return rc;
+    memset(pj->acc, 0,
+           (size_t)j->classes * (size_t)(j->pd[0] * j->pd[1] * j->pd[2]) * sizeof *pj->acc);
+    rc = j->on_backend ? window_on_backend(j, net, pj->x, pj->acc, &pj->o, why, why_len)
+                       : sliding_window(j, net, pj->x, pj->acc, &pj->o, why, why_len);
+    if (rc < 0)
+        return rc; /* x stays: another network may run the job */
+    free(pj->x);
+    pj->x = NULL;
+    pj->inferred = true;
+    stats->network_s = mms_mono_s() - t0;
+    return 0;
+}
+
+int
+mms_pipe_finish(struct mms_pipe_job *pj, uint8_t *labels, struct mms_pipe_stats *stats, char *why,
+                size_t why_len)
+{
+    if (pj == NULL || labels == NULL || stats == NULL || !pj->inferred)
+        return MMS_EINVAL;
+    double t0 = mms_mono_s();
+    int rc = finalise(&pj->j, pj->acc, pj->lab, pj->threads, why, why_len);
+    if (rc < 0)
+        return rc;
+    if ((rc = export_labels(&pj->j, pj->acc, pj->lab, labels, pj->threads, &stats->mixed_voxels)) <
+        0)
+        return mms_why(why, why_len, rc, "out of memory in the export");
+    stats->export_s = mms_mono_s() - t0;
+    pj->inferred = false; /* acc now holds the normalised logits */
+    return 0;
+}
+
 int
 mms_pipe_run(const struct mms_ct *ct, const struct mms_model *m, struct mms_net *net,
              const struct mms_pipe_opts *o, uint8_t *labels, struct mms_pipe_stats *stats,
@@ -996,54 +1256,12 @@ mms_pipe_run(const struct mms_ct *ct, const struct mms_model *m, struct mms_net 
 {
     if (ct == NULL || m == NULL || net == NULL || o == NULL || labels == NULL || stats == NULL)
         return MMS_EINVAL;
-    int threads = o->threads > 0 ? o->threads : omp_get_max_threads();
-    double t0 = mms_mono_s();
-    struct job j;
-    float *x = NULL, *acc = NULL;
-    uint8_t *lab = NULL;
-    int rc = prepare(&j, ct, true, m, net, o, threads, why, why_len);
+    struct mms_pipe_job *pj;
+    int rc = mms_pipe_prepare(ct, m, net, o, &pj, stats, why, why_len);
     if (rc < 0)
-        goto out;
-    fill_stats(&j, net, threads, stats);
-    if ((rc = within_limit(stats, o, why, why_len)) < 0)
-        goto out;
-    const size_t pv = (size_t)(j.pd[0] * j.pd[1] * j.pd[2]);
-    x = malloc(pv * sizeof *x);
-    acc = calloc((size_t)j.classes * pv, sizeof *acc);
-    lab = calloc(pv, 1);
-    if (x == NULL || acc == NULL || lab == NULL) {
-        rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory for the target volume");
-        goto out;
-    }
-    const float pad = (float)j.card->inf.pad_value;
-    for (size_t i = 0; i < pv; i++)
-        x[i] = pad;
-    if ((rc = preprocess(&j, x, threads)) < 0) {
-        mms_why(why, why_len, rc, "resampling %lld x %lld x %lld voxels to %lld x %lld x %lld: %s",
-                (long long)j.nc[0], (long long)j.nc[1], (long long)j.nc[2], (long long)j.tk[0],
-                (long long)j.tk[1], (long long)j.tk[2], mms_strerror(rc));
-        goto out;
-    }
-    double t1 = mms_mono_s();
-    if ((rc = sliding_window(&j, net, x, acc, o, why, why_len)) < 0)
-        goto out;
-    free(x);
-    x = NULL;
-    double t2 = mms_mono_s();
-    if ((rc = finalise(&j, acc, lab, threads, why, why_len)) < 0)
-        goto out;
-    if ((rc = export_labels(&j, acc, lab, labels, threads, &stats->mixed_voxels)) < 0) {
-        mms_why(why, why_len, rc, "out of memory in the export");
-        goto out;
-    }
-    double t3 = mms_mono_s();
-    stats->preprocess_s = t1 - t0;
-    stats->network_s = t2 - t1;
-    stats->export_s = t3 - t2;
-out:
-    free(x);
-    free(acc);
-    free(lab);
-    job_free(&j);
+        return rc;
+    if ((rc = mms_pipe_infer(pj, net, stats, why, why_len)) == 0)
+        rc = mms_pipe_finish(pj, labels, stats, why, why_len);
+    mms_pipe_job_free(pj);
     return rc;
 }

@@ -73,12 +73,19 @@ struct mms_ct {
     const double *pos_mm;   /* per slice: ipp projected on the normal, ascending */
 };
 
+/* Where the sliding window runs. AUTO: on the backend when its memory is the device's and
+ * it has the window slots, else on the host. BACKEND: on the backend's slots whatever its
+ * memory (the CPU backend has them too), MMS_ENOTSUP when it has none. */
+enum mms_pipe_window { MMS_PIPE_WINDOW_AUTO, MMS_PIPE_WINDOW_HOST, MMS_PIPE_WINDOW_BACKEND };
+
 struct mms_pipe_opts {
-    bool tta;          /* mirroring over the card's mirror_axes */
-    double tile_step;  /* 0 = the card's */
-    size_t max_memory; /* bytes the job may hold; 0 = no limit */
-    int max_batch;     /* tiles x mirrorings per network call at most; 0 = the network's */
-    int threads;       /* OpenMP threads of the pre- and post-processing; 0 = all */
+    bool tta;                 /* mirroring over the card's mirror_axes */
+    double tile_step;         /* 0 = the card's */
+    size_t max_memory;        /* bytes of host memory the job may hold; 0 = no limit */
+    size_t max_device_memory; /* bytes of device memory the job may hold; 0 = no limit */
+    int max_batch;            /* tiles x mirrorings per network call at most; 0 = the network's */
+    int window;               /* enum mms_pipe_window */
+    int threads;              /* OpenMP threads of the pre- and post-processing; 0 = all */
     /* Called after each tile with (tiles done, tiles in all); may be NULL. */
     void (*progress)(void *arg, int64_t done, int64_t total);
     void *progress_arg;
@@ -91,7 +98,9 @@ struct mms_pipe_stats {
     double spacing_net[3];          /* input spacing, network order */
     int sep_axis_in, sep_axis_out;  /* separate axis going in / coming back (network order) */
     int64_t tiles, passes;          /* tiles, and network passes (tiles x mirrorings) */
-    size_t memory_estimate;         /* bytes, computed before anything is allocated */
+    size_t memory_estimate;         /* host bytes, computed before anything is allocated */
+    size_t device_memory_estimate;  /* device bytes (the network's, the window's buffers) */
+    bool window_on_backend;         /* the sliding window ran in the backend's buffers */
     double preprocess_s, network_s, export_s;
     int64_t mixed_voxels; /* output voxels whose label needed every class interpolated */
 };
@@ -101,13 +110,16 @@ struct mms_pipe_stats {
 void mms_pipe_opts_default(struct mms_pipe_opts *o);
 
 /* The bytes a job holds at its peak (the input volume, mms_pipe_run()'s buffers, net's arena
- * and weights, the output labels) go to stats->memory_estimate, with the shapes it derived.
+ * and weights, the output labels) go to stats->memory_estimate, with the shapes it derived;
+ * what lies in device memory (the arena and weights of a network on a GPU, the window's
+ * buffers there) goes to stats->device_memory_estimate instead.
  * Nothing big is allocated.
  * The spacings, positions and shapes are checked first (finite, within the limits above, slice
  * positions ascending); the target shape and the estimate are computed with overflow checks.
  * ct->hu may be NULL: a plan from the headers, before anything is decoded, without the crop to
  * the nonzero region (which needs the voxels): the most the job can need.
- * Returns 0, MMS_ENOMEM when the estimate exceeds o->max_memory (the figures in why), MMS_ERANGE
+ * Returns 0, MMS_ENOMEM when an estimate exceeds o->max_memory or o->max_device_memory (the
+ * figures in why), MMS_ERANGE
  * when a shape exceeds the hard limits (the figures in why), or MMS_EINVAL / MMS_ENOTSUP with a
  * reason in why. */
 int mms_pipe_plan(const struct mms_ct *ct, const struct mms_model *m, const struct mms_net *net,
@@ -125,6 +137,30 @@ int mms_pipe_plan(const struct mms_ct *ct, const struct mms_model *m, const stru
 int mms_pipe_run(const struct mms_ct *ct, const struct mms_model *m, struct mms_net *net,
                  const struct mms_pipe_opts *o, uint8_t *labels, struct mms_pipe_stats *stats,
                  char *why, size_t why_len);
+
+/* The same in three stages, so that a job holds a network only while it runs (the daemon
+ * prepares the next job on the CPU while the GPU runs one):
+ * - mms_pipe_prepare(): mms_pipe_run()'s checks and plan (net gives the batch and the memory
+ *   figures; it may be NULL, then planned as one sample per call on the host), and the
+ *   preprocessing (5.1-5.5) into a new job *out. ct (and what it points to) must stay valid
+ *   until the job is freed.
+ * - mms_pipe_infer(): the sliding window (5.6, 5.7) on net, planned anew for it (its batch, its
+ *   memory: MMS_ENOMEM over the limits). On failure the job keeps its input and may be
+ *   inferred again, on another network (a CPU one after a GPU failure).
+ * - mms_pipe_finish(): the way back (5.8) into labels, once after a successful infer.
+ * Each fills its part of stats (prepare: the plan and preprocess_s; infer: the estimates,
+ * window_on_backend, network_s; finish: export_s, mixed_voxels). Returns as mms_pipe_run().
+ * Ownership: free the job with mms_pipe_job_free() (NULL is accepted). Threads: one stage at a
+ * time per job; infer on net's thread. */
+struct mms_pipe_job;
+int mms_pipe_prepare(const struct mms_ct *ct, const struct mms_model *m, const struct mms_net *net,
+                     const struct mms_pipe_opts *o, struct mms_pipe_job **out,
+                     struct mms_pipe_stats *stats, char *why, size_t why_len);
+int mms_pipe_infer(struct mms_pipe_job *pj, struct mms_net *net, struct mms_pipe_stats *stats,
+                   char *why, size_t why_len);
+int mms_pipe_finish(struct mms_pipe_job *pj, uint8_t *labels, struct mms_pipe_stats *stats,
+                    char *why, size_t why_len);
+void mms_pipe_job_free(struct mms_pipe_job *pj);
 
 #ifdef __cplusplus
 }

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "kernels/window-math.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -186,6 +188,14 @@ int mms_k_ssm_scan(const struct mms_k_ssm_scan_args *a, cudaStream_t s);
 
 /* x[i] += y[i] for i < n (device pointers). */
 int mms_k_add(float *x, const float *y, int64_t n, cudaStream_t s);
+
+/* The sliding window (kernels/window-math.h): dst (w->p voxels) = the tile w of vol, mirrored;
+ * and for ch < channels, acc[ch * pv + volume offset of i] += term(gauss[tile voxel of i],
+ * src[ch * patch + i], scale). The tile's voxels map to distinct places, so one launch has
+ * no races; launches on one stream add in their order. */
+int mms_k_window_gather(const float *vol, const struct mms_k_window *w, float *dst, cudaStream_t s);
+int mms_k_window_scatter(const float *src, int channels, const float *gauss, float scale,
+                         const struct mms_k_window *w, int64_t pv, float *acc, cudaStream_t s);
 
 #ifdef __cplusplus
 }

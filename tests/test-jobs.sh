@@ -37,7 +37,7 @@ dciodvfy=${DCIODVFY:-$(command -v dciodvfy || echo /usr/bin/dciodvfy)}
 tmp=$(mktemp -d)
 pid=
 trap serve_cleanup EXIT
-echo "1..29"
+echo "1..30"
 
 # ---------------------------------------------------------------------------- inputs
 "$python" "$src/tools/mmunet/phantom_series.py" write --seed 1000 --out "$tmp/ph" \
@@ -187,6 +187,12 @@ e2=$(metric 'mmsegd_engine_jobs_total{engine="2",backend="cpu"}')
 [ -n "$e1" ] && [ -n "$e2" ] && [ $((e1 + e2)) -eq 2 ] &&
     result OK "metrics: the two engines ran the two pipelines (engine 1: $e1, engine 2: $e2)" ||
     result FAIL "metrics: the two engines ran the two pipelines (engine 1: '$e1', engine 2: '$e2')"
+bc=$(metric 'mmsegd_backend_jobs_total{backend="cpu"}')
+bg=$(metric 'mmsegd_backend_jobs_total{backend="cuda"}')
+gm=$(curl -sf "http://127.0.0.1:$mport/metrics" | grep -c '^mmsegd_gpu_memory_bytes{')
+[ "$bc" = 2 ] && [ "$bg" = 0 ] && [ "$gm" = 0 ] &&
+    result OK "metrics: 2 sliding windows on the CPU, none on a GPU, no GPU memory line" ||
+    result FAIL "metrics: backend counts cpu '$bc', cuda '$bg', GPU memory lines '$gm'"
 
 # ---------------------------------------------------------------------------- b) late instance
 late=$(ls "$reg_dir"/* | head -1)

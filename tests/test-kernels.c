@@ -276,6 +276,71 @@ test_ops(cudaStream_t s)
     free(want);
 }
 
+/* The sliding window's kernels against the map of kernels/window-math.h: every mirroring of
+ * a tile inside a larger volume, gathered bit for bit, and 2 channels of logits added back
+ * (an FMA may round the sum differently from the host's multiply and add). */
+static void
+test_window(cudaStream_t s)
+{
+    enum { D = 11, H = 13, W = 17, PV = D * H * W, PD = 4, PH = 5, PW = 6, PP = PD * PH * PW };
+    enum { C = 2 };
+    float *vol = malloc(PV * sizeof(float)), *acc = malloc(C * PV * sizeof(float));
+    float *want = malloc(C * PV * sizeof(float)), *got = malloc(C * PV * sizeof(float));
+    float g[PP], lg[C * PP], tile[PP];
+    uint64_t st = 7;
+    for (int i = 0; i < PV; i++)
+        vol[i] = rnd(&st);
+    for (int i = 0; i < C * PV; i++)
+        acc[i] = want[i] = rnd(&st);
+    for (int i = 0; i < PP; i++)
+        g[i] = 1.0f + rnd(&st);
+    for (int i = 0; i < C * PP; i++)
+        lg[i] = rnd(&st) * 10.0f;
+    float *dv = dev_of(vol, PV * sizeof(float)), *da = dev_of(acc, C * PV * sizeof(float));
+    float *dg = dev_of(g, sizeof g), *dl = dev_of(lg, sizeof lg), *dt = dev_of(NULL, sizeof tile);
+    int gathered = 0, rc = dv && da && dg && dl && dt ? 0 : MMS_ENOMEM;
+    double worst = 0.0;
+    for (uint32_t mask = 0; mask < 8 && rc == 0; mask++) {
+        struct mms_k_window w = {.p = {PD, PH, PW}, .st = {H * W, W, 1}, .mask = mask};
+        w.base = (int64_t)(2 + mask % 3) * H * W + 3 * W + 4 + mask;
+        if ((rc = mms_k_window_gather(dv, &w, dt, s)) < 0 || !back(tile, dt, sizeof tile, s))
+            break;
+        int same = 1;
+        for (int i = 0; i < PP; i++) {
+            int64_t at;
+            (void)mms_k_window_map(&w, i, &at);
+            same &= tile[i] == vol[at];
+        }
+        gathered += same;
+        if ((rc = mms_k_window_scatter(dl, C, dg, 0.125f, &w, PV, da, s)) < 0)
+            break;
+        for (int ch = 0; ch < C; ch++)
+            for (int i = 0; i < PP; i++) {
+                int64_t at, l = mms_k_window_map(&w, i, &at);
+                want[ch * PV + at] += mms_k_window_term(g[l], lg[ch * PP + i], 0.125f);
+            }
+    }
+    if (rc == 0 && back(got, da, C * PV * sizeof(float), s))
+        for (int i = 0; i < C * PV; i++) {
+            double d = fabs((double)got[i] - want[i]) / (1.0 + fabs((double)want[i]));
+            worst = d > worst ? d : worst;
+        }
+    else
+        worst = INFINITY;
+    is_int(gathered, 8, "mms_k_window_gather: 8 mirrorings equal the host map bit for bit");
+    ok(worst <= 1e-6, "mms_k_window_scatter: 8 mirrorings x 2 channels added back (worst %.3g)",
+       worst);
+    cudaFree(dv);
+    cudaFree(da);
+    cudaFree(dg);
+    cudaFree(dl);
+    cudaFree(dt);
+    free(vol);
+    free(acc);
+    free(want);
+    free(got);
+}
+
 #define N 1000003 /* not a multiple of the block size */
 
 int
@@ -296,7 +361,7 @@ main(void)
                  e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
         skip_all(why);
     }
-    plan(4 + 7, 60);
+    plan(4 + 7 + 2, 60);
     hx = malloc(N * sizeof *hx);
     hy = malloc(N * sizeof *hy);
     if (hx == NULL || hy == NULL)
@@ -318,6 +383,7 @@ main(void)
             wrong++;
     is_int(wrong, 0, "device results equal the host math bit for bit");
     test_ops(s);
+    test_window(s);
     cudaFree(dx);
     cudaFree(dy);
     cudaStreamDestroy(s);

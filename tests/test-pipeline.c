@@ -729,6 +729,78 @@ out:
     mms_model_free(m);
 }
 
+/* The sliding window in the backend's buffers (the slots a GPU backend runs) against the
+ * host's, on the CPU backend with mirroring: the same labels but for near-ties, and AUTO keeps
+ * the host path for a backend whose memory is the host's. */
+static void
+test_backend_window(const char *dir)
+{
+    char path[4096], why[512] = "";
+    struct mms_model *m = NULL;
+    struct mms_backend *be = NULL;
+    struct mms_net *net = NULL;
+    struct mms_backend_params bp = {.threads = 2};
+    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-separate.safetensors", dir);
+    int rc = mms_model_load(path, &m, why, sizeof why);
+    if (rc == 0)
+        rc = mms_backend_open("cpu", &bp, &be);
+    if (rc == 0)
+        rc = mms_net_new(m, be, mms_model_card(m)->inf.patch, 0, &net);
+    if (!ok(rc == 0, "tiny model on the CPU backend")) {
+        diag("%s %s", mms_strerror(rc), why);
+        for (int i = 0; i < 3; i++)
+            skip("no network");
+        goto out;
+    }
+    struct phys b = {{14, 30, 36}, {2.5, 1.2, 0.9}, NULL};
+    int64_t nv = b.n[0] * b.n[1] * b.n[2];
+    b.hu = malloc((size_t)nv * sizeof *b.hu);
+    float *hu = malloc((size_t)nv * sizeof *hu);
+    uint8_t *ref = malloc((size_t)nv), *lab = malloc((size_t)nv);
+    double(*ipp)[3] = malloc(64 * sizeof *ipp);
+    double *pos = malloc(64 * sizeof *pos);
+    for (int64_t i = 0; i < nv; i++) {
+        int64_t z = i / (b.n[1] * b.n[2]), y = i / b.n[2] % b.n[1], x = i % b.n[2];
+        b.hu[i] = (float)(400.0 * sin(0.5 * (double)z + 0.2 * (double)y) * cos(0.3 * (double)x));
+    }
+    struct mms_pipe_opts o;
+    mms_pipe_opts_default(&o);
+    o.threads = 2;
+    struct mms_pipe_stats st, sb;
+    struct mms_ct ct;
+    int64_t map[3][2];
+    orient_case(&b, 2, -1, 1, 1, &ct, hu, ipp, pos, map);
+    o.window = MMS_PIPE_WINDOW_AUTO;
+    rc = mms_pipe_run(&ct, m, net, &o, ref, &st, why, sizeof why);
+    if (!ok(rc == 0 && !st.window_on_backend && st.passes == 8 * st.tiles && st.tiles > 4,
+            "AUTO runs the host window on the CPU backend (%lld tiles x 8 mirrorings)",
+            (long long)st.tiles))
+        diag("%s", why);
+    o.window = MMS_PIPE_WINDOW_BACKEND;
+    rc = mms_pipe_run(&ct, m, net, &o, lab, &sb, why, sizeof why);
+    int64_t diff = 0;
+    for (int64_t i = 0; i < nv; i++)
+        diff += lab[i] != ref[i];
+    if (!ok(rc == 0 && sb.window_on_backend && sb.passes == st.passes && diff * 1000 <= nv,
+            "the window on the backend's slots gives the host's labels (%lld of %lld voxels "
+            "differ)",
+            (long long)diff, (long long)nv))
+        diag("%s", why);
+    ok(sb.memory_estimate > st.memory_estimate && sb.device_memory_estimate == 0,
+       "its buffers count as host memory on the CPU (%zu > %zu bytes)", sb.memory_estimate,
+       st.memory_estimate);
+    free(b.hu);
+    free(hu);
+    free(ref);
+    free(lab);
+    free(ipp);
+    free(pos);
+out:
+    mms_net_free(net);
+    mms_backend_free(be);
+    mms_model_free(m);
+}
+
 /* A job over max_memory is refused by the plan and by the run, before anything is written. */
 static void
 test_memory_limit(const char *dir)
@@ -929,7 +1001,7 @@ main(void)
         n_gauss += strncmp(mms__st_tensor(bl, i)->name, "gaussian.", 9) == 0;
     int n = (int)(need(bl, "new_shape")->shape[0] + need(bl, "separate_axis")->shape[0] +
                   need(bl, "tiles.params")->shape[0]) +
-            n_gauss + 3 + count_resample(rs) + 1 + 4 + 2 + 5 + 5 + 1 + 2 + 4 + 2 + BAD_CASES;
+            n_gauss + 3 + count_resample(rs) + 1 + 4 + 2 + 5 + 5 + 1 + 2 + 4 + 4 + 2 + BAD_CASES;
     plan(n, 60);
     test_new_shape(bl);
     test_separate_axis(bl);
@@ -944,6 +1016,7 @@ main(void)
     test_tile_props();
     test_errors();
     test_orientations(dir);
+    test_backend_window(dir);
     test_memory_limit(dir);
     test_bad_values(dir);
     mms__st_close(nn);
