@@ -56,7 +56,7 @@ onednn_alone(const struct mms_model *m, const int64_t tile[3], int threads, doub
              double *flop, int *layout_any_is_ndhwc)
 {
     struct mms_graph *g = NULL;
-    int rc = mms__graph_build(m, tile, false, &g);
+    int rc = mms__graph_build(m, 0, tile, false, &g);
     if (rc < 0)
         return rc;
     struct mms_cpu cpu = {.threads = threads};

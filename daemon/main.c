@@ -67,7 +67,8 @@ static const struct command commands[] = {
      "Checks FILE against every rule of the model format (mmunet.md 4.3: header, tensors,\n"
      "values, card, tensor names and shapes) and opens the backend [infer] backend names.\n"
      "Exit 0 with the model card, the line 'backend: NAME' (for cuda: ', device N,\n"
-     "precision P'), the line 'tensors: N, parameters: P, bytes: B' and the line\n"
+     "precision P'), for a fold ensemble the line 'ensemble: N members (NAME, ...), logits\n"
+     "averaged', the line 'tensors: N, parameters: P, bytes: B' and the line\n"
      "'sha256: HEX' (the model ID) on standard output when it is valid and the backend\n"
      "starts; exit 1 and the reason on standard error when not.\n"
      "\n"
@@ -438,6 +439,12 @@ cmd_model_info(int argc, char **argv)
         text = cJSON_Print(json);
     printf("%s\n", text != NULL ? text : card->json);
     printf("%s\n", backend_line);
+    if (card->arch.n_members > 1) {
+        printf("ensemble: %d members (", card->arch.n_members);
+        for (int i = 0; i < card->arch.n_members; i++)
+            printf("%s%s", i > 0 ? ", " : "", card->arch.member_names[i]);
+        printf("), logits averaged\n");
+    }
     printf("tensors: %d, parameters: %lld, bytes: %lld\n", mms_model_tensor_count(m),
            (long long)mms_model_param_count(m),
            (long long)mms_model_param_count(m) * (long long)sizeof(float));

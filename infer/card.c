@@ -41,6 +41,7 @@ static const char *const arch_keys[] = {
     "ignorable_tensors",
     NULL,
 };
+static const char *const arch_optional[] = {"ensemble", NULL};
 static const char *const mixer_keys[] = {
     "type",   "biscan",  "merge_scale", "inner_residual", "mamba_stages", "mamba_blocks",
     "ln_eps", "d_state", "d_conv",      "expand",         "dt_rank",      NULL,
@@ -230,9 +231,11 @@ scalar_int(struct ctx *c, const cJSON *v, int lo, const char *msg, const char *w
     return 0;
 }
 
-/* _exact_keys(): inside `architecture` an unknown or a missing key is an error. */
+/* _exact_keys(): inside `architecture` an unknown or a missing key is an error; the keys of
+ * optional (NULL-terminated, may be NULL) may be absent. */
 static int
-exact_keys(struct ctx *c, const cJSON *obj, const char *const *keys, const char *where)
+exact_keys(struct ctx *c, const cJSON *obj, const char *const *keys, const char *const *optional,
+           const char *where)
 {
     const cJSON *m;
 
@@ -240,7 +243,7 @@ exact_keys(struct ctx *c, const cJSON *obj, const char *const *keys, const char 
         return bad(c, "%s: not an object", where);
     cJSON_ArrayForEach(m, obj)
     {
-        if (!in_list(keys, m->string))
+        if (!in_list(keys, m->string) && (optional == NULL || !in_list(optional, m->string)))
             return bad(c, "%s: unknown key %s (it could change the math)", where,
                        rs(c, 0, m->string));
     }
@@ -288,6 +291,56 @@ rgb(const int64_t v[3], uint8_t out[3])
 }
 
 /* ----------------------------------------------------------------------------- sections */
+/* A member's name: 1 to 64 letters, digits, '_', '.', '-'. */
+static bool
+member_name(const cJSON *v)
+{
+    if (!cJSON_IsString(v))
+        return false;
+    size_t n = strlen(v->valuestring);
+    if (n < 1 || n > 64)
+        return false;
+    for (const char *p = v->valuestring; *p != '\0'; p++)
+        if (!((*p >= 'A' && *p <= 'Z') || (*p >= 'a' && *p <= 'z') || (*p >= '0' && *p <= '9') ||
+              *p == '_' || *p == '.' || *p == '-'))
+            return false;
+    return true;
+}
+
+/* architecture.ensemble: 2..MMS_MAX_MEMBERS distinct member names. */
+static int
+check_ensemble(struct ctx *c, const cJSON *v, struct mms_arch *arch)
+{
+    const cJSON *x, *y;
+    arch->n_members = 1;
+    if (v == NULL)
+        return 0;
+    bool good =
+        cJSON_IsArray(v) && cJSON_GetArraySize(v) >= 2 && cJSON_GetArraySize(v) <= MMS_MAX_MEMBERS;
+    cJSON_ArrayForEach(x, v)
+    {
+        good = good && member_name(x);
+        for (y = v->child; good && y != x; y = y->next)
+            good = strcmp(x->valuestring, y->valuestring) != 0;
+    }
+    if (!good)
+        return bad(c,
+                   "architecture.ensemble: %d to %d distinct member names (1 to 64 letters, "
+                   "digits, '_', '.', '-'), found %s",
+                   2, MMS_MAX_MEMBERS, js(c, 0, v));
+    arch->n_members = cJSON_GetArraySize(v);
+    arch->member_names = calloc((size_t)arch->n_members + 1, sizeof(char *));
+    if (arch->member_names == NULL)
+        return no_memory(c);
+    int i = 0;
+    cJSON_ArrayForEach(x, v)
+    {
+        if (copy_str(c, &arch->member_names[i++], x->valuestring) < 0)
+            return MMS_ENOMEM;
+    }
+    return 0;
+}
+
 static int
 check_architecture(struct ctx *c, const cJSON *a, struct mms_arch *arch, int64_t strides_prod[3],
                    double strides_prod_f[3])
@@ -296,7 +349,7 @@ check_architecture(struct ctx *c, const cJSON *a, struct mms_arch *arch, int64_t
     char what[64];
     int S, rc;
 
-    rc = exact_keys(c, a, arch_keys, "architecture");
+    rc = exact_keys(c, a, arch_keys, arch_optional, "architecture");
     if (rc < 0)
         return rc;
     v = get(a, "family");
@@ -382,7 +435,7 @@ check_architecture(struct ctx *c, const cJSON *a, struct mms_arch *arch, int64_t
         return bad(c, "architecture.decoder: version 1 accepts only 'residual_nearest'");
 
     mx = get(a, "mixer");
-    rc = exact_keys(c, mx, mixer_keys, "architecture.mixer");
+    rc = exact_keys(c, mx, mixer_keys, NULL, "architecture.mixer");
     if (rc < 0)
         return rc;
     if (!is_str(get(mx, "type"), "bimamba"))
@@ -473,7 +526,7 @@ check_architecture(struct ctx *c, const cJSON *a, struct mms_arch *arch, int64_t
                 return MMS_ENOMEM;
         }
     }
-    return 0;
+    return check_ensemble(c, get(a, "ensemble"), arch);
 }
 
 static int
@@ -959,6 +1012,9 @@ mms__card_fini(struct mms_card *card)
     for (int i = 0; card->arch.ignorable_tensors != NULL && i < card->arch.n_ignorable; i++)
         free(card->arch.ignorable_tensors[i]);
     free(card->arch.ignorable_tensors);
+    for (int i = 0; card->arch.member_names != NULL && i < card->arch.n_members; i++)
+        free(card->arch.member_names[i]);
+    free(card->arch.member_names);
     for (int i = 0; card->labels != NULL && i < card->n_labels; i++) {
         struct mms_label *L = &card->labels[i];
         free(L->name);

@@ -112,11 +112,13 @@ struct mms_mixer_ws {
 };
 void mms__mixer_ws_layout(const struct mms_node *nd, struct mms_mixer_ws *ws);
 
-/* Build the graph of model m for tiles (D, H, W) and plan its arena. With keep_taps every
- * named tensor and the first MetaBlock's internals stay live to the end (for mms_net_tap).
- * Ownership: *out is new, free with mms__graph_free(); it borrows m's tensors.
- * Returns 0, MMS_EINVAL (tile not divisible by the strides, or < 1), MMS_ENOMEM. */
-int mms__graph_build(const struct mms_model *m, const int64_t tile[3], bool keep_taps,
+/* Build the graph of model m's network `member` (0 for a single network) for tiles (D, H, W)
+ * and plan its arena. With keep_taps every named tensor and the first MetaBlock's internals
+ * stay live to the end (for mms_net_tap). The members of an ensemble give the same graph but
+ * for the weights. Ownership: *out is new, free with mms__graph_free(); it borrows m's
+ * tensors. Returns 0, MMS_EINVAL (tile not divisible by the strides, or < 1; no such member),
+ * MMS_ENOMEM. */
+int mms__graph_build(const struct mms_model *m, int member, const int64_t tile[3], bool keep_taps,
                      struct mms_graph **out);
 void mms__graph_free(struct mms_graph *g);
 

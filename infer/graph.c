@@ -16,6 +16,7 @@
 struct builder {
     struct mms_graph *g;
     const struct mms_model *m;
+    int member; /* the ensemble member whose weights the nodes take */
     bool keep_taps;
     bool tapped_mixer; /* the first MetaBlock's internals are tapped */
 };
@@ -106,7 +107,7 @@ weight(const struct builder *b, const char *prefix, const char *suffix)
 {
     char name[256];
     snprintf(name, sizeof name, "%s%s", prefix, suffix);
-    const struct mms_tensor *t = mms_model_tensor(b->m, name);
+    const struct mms_tensor *t = mms_model_member_tensor(b->m, b->member, name);
     return t != NULL ? t->data : NULL;
 }
 
@@ -445,12 +446,14 @@ plan(struct mms_graph *g, bool keep_taps)
 }
 
 int
-mms__graph_build(const struct mms_model *m, const int64_t tile[3], bool keep_taps,
+mms__graph_build(const struct mms_model *m, int member, const int64_t tile[3], bool keep_taps,
                  struct mms_graph **out)
 {
     const struct mms_card *card = mms_model_card(m);
     const struct mms_arch *a = &card->arch;
     static const int one[3] = {1, 1, 1};
+    if (member < 0 || member >= mms_model_members(m))
+        return MMS_EINVAL;
     for (int d = 0; d < 3; d++) {
         int64_t prod = 1;
         for (int s = 0; s < a->n_stages; s++)
@@ -463,7 +466,7 @@ mms__graph_build(const struct mms_model *m, const int64_t tile[3], bool keep_tap
         return MMS_ENOMEM;
     g->arch = a;
     memcpy(g->tile, tile, sizeof g->tile);
-    struct builder b = {.g = g, .m = m, .keep_taps = keep_taps};
+    struct builder b = {.g = g, .m = m, .member = member, .keep_taps = keep_taps};
     int rc, x, skips[MMS_MAX_STAGES] = {0};
     char prefix[128];
 

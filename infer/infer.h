@@ -47,7 +47,14 @@ struct mms_arch {
     int dt_rank; /* 0 = "auto": ceil(C/16) per stage */
     int n_ignorable;
     char **ignorable_tensors; /* globs with '*' only */
+    /* A fold ensemble (optional key "ensemble"): n_members networks of this architecture
+       whose logits are averaged; member i's tensors are "ensemble.<i>." + their name.
+       1 and no names for a single network. */
+    int n_members;
+    char **member_names;
 };
+
+#define MMS_MAX_MEMBERS 16
 
 struct mms_code {
     char *scheme, *code, *meaning;
@@ -138,6 +145,14 @@ const char *mms_model_sha256(const struct mms_model *m);
 /* The tensor called name, or NULL. Ignorable tensors are not listed. */
 const struct mms_tensor *mms_model_tensor(const struct mms_model *m, const char *name);
 
+/* The networks of the file: 1, or the members of a fold ensemble (architecture.ensemble). */
+int mms_model_members(const struct mms_model *m);
+
+/* Tensor `name` (the network's name, mmunet.md 2.7) of member `member` (0 for a single
+ * network), or NULL. */
+const struct mms_tensor *mms_model_member_tensor(const struct mms_model *m, int member,
+                                                 const char *name);
+
 /* Number of tensors the network uses, and the number of their parameters. */
 int mms_model_tensor_count(const struct mms_model *m);
 int64_t mms_model_param_count(const struct mms_model *m);
@@ -178,7 +193,8 @@ enum mms_net_flags {
 };
 
 /* Build the graph of model m for tiles of shape tile (D, H, W), plan its arena, prepare the
- * backend (weights, primitives) and allocate everything a forward pass needs.
+ * backend (weights, primitives) and allocate everything a forward pass needs. For a fold
+ * ensemble, one graph per member, prepared each with its weights, sharing one arena.
  * Ownership: m and be are borrowed and must outlive *out; free with mms_net_free().
  * Returns 0, MMS_EINVAL (tile not divisible by the strides), MMS_ENOMEM, or a backend error.
  * Threads: the backend's thread. */
@@ -197,8 +213,12 @@ int mms_net_max_batch(const struct mms_net *n);
 int mms_net_op_count(const struct mms_net *n);
 size_t mms_net_unplanned_bytes(const struct mms_net *n);
 
+/* The networks it runs: mms_model_members() of its model. */
+int mms_net_members(const struct mms_net *n);
+
 /* Run n_tiles tiles: in is (n_tiles, in_channels, D, H, W), logits (n_tiles, num_classes,
- * D, H, W), both float32, row-major. Nothing is allocated.
+ * D, H, W), both float32, row-major; for an ensemble, the members' logits added in member
+ * order and divided by their count (nnU-Net's mean). Nothing is allocated.
  * Returns 0, MMS_EINVAL, or a backend error. Threads: the backend's thread. */
 int mms_net_forward(struct mms_net *n, const float *in, int n_tiles, float *logits);
 

@@ -15,7 +15,8 @@
 
 #define CARD_KEY "mmsegd.model"
 #define EXPECT_MAX 100000 /* tensors an architecture may need; far above any real network */
-#define NAME_MAX_LEN 128
+#define NAME_MAX_LEN 160
+#define MEMBER_PREFIX "ensemble."
 #define TEXT_MAX 256
 
 struct expect {
@@ -252,6 +253,51 @@ shape_text(char *buf, size_t n, int rank, const int64_t *shape)
         snprintf(buf + len, n - len, "]");
 }
 
+/* An ensemble needs every tensor of the network once per member, under MEMBER_PREFIX "<i>.":
+ * g's names become those, member by member. */
+static int
+add_members(struct gen *g, const struct mms_arch *a, const char *path, char *why, size_t why_len)
+{
+    if (a->n_members <= 1)
+        return 0;
+    if (g->n > EXPECT_MAX / a->n_members)
+        return mms__failf(why, why_len, MMS_EMODEL, path,
+                          "architecture: more than %d tensors expected", EXPECT_MAX);
+    struct expect *v = malloc((size_t)g->n * (size_t)a->n_members * sizeof *v);
+    if (v == NULL)
+        return mms__failf(why, why_len, MMS_ENOMEM, path, "%s", mms_strerror(MMS_ENOMEM));
+    for (int k = 0; k < a->n_members; k++)
+        for (int i = 0; i < g->n; i++) {
+            struct expect *e = &v[k * g->n + i];
+            *e = g->v[i];
+            snprintf(e->name, sizeof e->name, MEMBER_PREFIX "%d.%s", k, g->v[i].name);
+        }
+    free(g->v);
+    g->v = v;
+    g->n *= a->n_members;
+    g->cap = g->n;
+    return 0;
+}
+
+/* The network's name of a tensor of the file: name itself for a single network; for an
+ * ensemble, what follows MEMBER_PREFIX "<i>." with i a member (no leading zero), else NULL. */
+static const char *
+member_rest(const struct mms_arch *a, const char *name)
+{
+    if (a->n_members <= 1)
+        return name;
+    size_t np = strlen(MEMBER_PREFIX);
+    if (strncmp(name, MEMBER_PREFIX, np) != 0)
+        return NULL;
+    const char *p = name + np;
+    int i = 0, digits = 0;
+    for (; *p >= '0' && *p <= '9' && digits < 3; p++, digits++)
+        i = i * 10 + (*p - '0');
+    if (digits == 0 || (digits > 1 && name[np] == '0') || *p != '.' || i >= a->n_members)
+        return NULL;
+    return p + 1;
+}
+
 static int
 check_names(struct mms_model *m, const char *path, char *why, size_t why_len)
 {
@@ -273,6 +319,8 @@ check_names(struct mms_model *m, const char *path, char *why, size_t why_len)
                         n_all);
         goto out;
     }
+    if ((rc = add_members(&g, &m->card.arch, path, why, why_len)) < 0)
+        goto out;
     qsort(g.v, (size_t)g.n, sizeof *g.v, expect_cmp);
     m->tensors = calloc((size_t)g.n + 1, sizeof *m->tensors);
     all = calloc((size_t)n_all + 1, sizeof *all);
@@ -319,8 +367,9 @@ check_names(struct mms_model *m, const char *path, char *why, size_t why_len)
         bool ignorable = false;
         if (bsearch(all[i]->name, g.v, (size_t)g.n, sizeof *g.v, expect_find) != NULL)
             continue;
-        for (int k = 0; !ignorable && k < m->card.arch.n_ignorable; k++)
-            ignorable = glob_match(m->card.arch.ignorable_tensors[k], all[i]->name, work);
+        const char *rest = member_rest(&m->card.arch, all[i]->name);
+        for (int k = 0; rest != NULL && !ignorable && k < m->card.arch.n_ignorable; k++)
+            ignorable = glob_match(m->card.arch.ignorable_tensors[k], rest, work);
         if (!ignorable) {
             mms__py_repr(name, sizeof name, all[i]->name);
             rc = mms__failf(why, why_len, MMS_EMODEL, path, "unexpected tensor %s", name);
@@ -393,6 +442,25 @@ const char *
 mms_model_sha256(const struct mms_model *m)
 {
     return mms__st_sha256(m->st);
+}
+
+int
+mms_model_members(const struct mms_model *m)
+{
+    return m->card.arch.n_members;
+}
+
+const struct mms_tensor *
+mms_model_member_tensor(const struct mms_model *m, int member, const char *name)
+{
+    if (m->card.arch.n_members <= 1)
+        return member == 0 ? mms_model_tensor(m, name) : NULL;
+    if (member < 0 || member >= m->card.arch.n_members)
+        return NULL;
+    char full[NAME_MAX_LEN + 16];
+    if (snprintf(full, sizeof full, MEMBER_PREFIX "%d.%s", member, name) >= (int)sizeof full)
+        return NULL;
+    return mms_model_tensor(m, full);
 }
 
 const struct mms_tensor *

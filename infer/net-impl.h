@@ -17,8 +17,8 @@ bool mms__net_on_device(const struct mms_net *n);
 size_t mms__net_input_offset(const struct mms_net *n, int s);
 size_t mms__net_output_offset(const struct mms_net *n, int s);
 
-/* Run the graph on the first nb samples of the arena and wait for it. Returns 0 or a backend
- * error. */
-int mms__net_compute(struct mms_net *n, int nb);
+/* Run member `member`'s graph (0 for a single network) on the first nb samples of the arena
+ * and wait for it. The samples' inputs may be overwritten. Returns 0 or a backend error. */
+int mms__net_compute(struct mms_net *n, int member, int nb);
 
 #endif

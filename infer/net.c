@@ -1,5 +1,6 @@
 /* infer: a network ready to run, the model's graph for one tile shape on one backend, with
  * its arena allocated once (style.md 2.5). Threads: the backend's thread. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -10,12 +11,15 @@
 struct mms_net {
     const struct mms_model *model;
     struct mms_backend *be;
-    struct mms_graph *g;
-    void *gctx;
+    int n_members;       /* networks: 1, or the members of an ensemble */
+    struct mms_graph *g; /* member 0's graph: the shapes and the arena of all */
+    struct mms_graph *gs[MMS_MAX_MEMBERS];
+    void *gctx[MMS_MAX_MEMBERS];
     size_t fixed_bytes;
     int max_batch;
     size_t stride; /* arena bytes per sample */
     struct mms_buffer arena;
+    float *sum; /* an ensemble's logits of one sample, while the members' are added */
     struct mms_net_profile profile;
 };
 
@@ -30,19 +34,33 @@ mms_net_new(const struct mms_model *m, struct mms_backend *be, const int64_t til
         return MMS_ENOMEM;
     n->model = m;
     n->be = be;
-    int rc = mms__graph_build(m, tile, (flags & MMS_NET_TAPS) != 0, &n->g);
-    if (rc < 0)
-        goto fail;
-    for (int i = 0; i < n->g->n_nodes; i++) {
-        if (!be->ops->supports_op(be, &n->g->nodes[i])) {
-            mms_log(MMS_LOG_ERR, "backend %s cannot run %s", be->ops->name, n->g->nodes[i].name);
-            rc = MMS_ENOTSUP;
+    n->n_members = mms_model_members(m);
+    n->max_batch = INT32_MAX;
+    int rc = 0;
+    for (int k = 0; k < n->n_members; k++) {
+        struct mms_graph *g;
+        if ((rc = mms__graph_build(m, k, tile, (flags & MMS_NET_TAPS) != 0, &g)) < 0)
+            goto fail;
+        n->gs[k] = g;
+        if (g->arena_bytes != n->gs[0]->arena_bytes) { /* one architecture: never */
+            rc = MMS_EINVAL;
             goto fail;
         }
+        for (int i = 0; k == 0 && i < g->n_nodes; i++) {
+            if (!be->ops->supports_op(be, &g->nodes[i])) {
+                mms_log(MMS_LOG_ERR, "backend %s cannot run %s", be->ops->name, g->nodes[i].name);
+                rc = MMS_ENOTSUP;
+                goto fail;
+            }
+        }
+        size_t fixed;
+        if ((rc = be->ops->graph_init(be, g, &n->gctx[k], &fixed)) < 0)
+            goto fail;
+        n->fixed_bytes += fixed;
+        int mb = be->ops->max_batch(be, g);
+        n->max_batch = mb < n->max_batch ? mb : n->max_batch;
     }
-    if ((rc = be->ops->graph_init(be, n->g, &n->gctx, &n->fixed_bytes)) < 0)
-        goto fail;
-    n->max_batch = be->ops->max_batch(be, n->g);
+    n->g = n->gs[0];
     n->stride = n->g->arena_bytes;
     size_t total;
     if (n->max_batch < 1 || __builtin_mul_overflow(n->stride, (size_t)n->max_batch, &total)) {
@@ -51,6 +69,14 @@ mms_net_new(const struct mms_model *m, struct mms_backend *be, const int64_t til
     }
     if ((rc = be->ops->buffer_alloc(be, total, &n->arena)) < 0)
         goto fail;
+    if (n->n_members > 1) {
+        const struct mms_tdesc *to = &n->g->tensors[n->g->output];
+        n->sum = malloc((size_t)(to->c * mms__tdesc_voxels(to)) * sizeof(float));
+        if (n->sum == NULL) {
+            rc = MMS_ENOMEM;
+            goto fail;
+        }
+    }
     *out = n;
     return 0;
 fail:
@@ -65,10 +91,19 @@ mms_net_free(struct mms_net *n)
         return;
     if (n->arena.host != NULL || n->arena.device != NULL)
         n->be->ops->buffer_free(n->be, &n->arena);
-    if (n->gctx != NULL)
-        n->be->ops->graph_fini(n->be, n->gctx);
-    mms__graph_free(n->g);
+    for (int k = 0; k < MMS_MAX_MEMBERS; k++) {
+        if (n->gctx[k] != NULL)
+            n->be->ops->graph_fini(n->be, n->gctx[k]);
+        mms__graph_free(n->gs[k]);
+    }
+    free(n->sum);
     free(n);
+}
+
+int
+mms_net_members(const struct mms_net *n)
+{
+    return n->n_members;
 }
 
 int
@@ -139,11 +174,11 @@ mms__net_output_offset(const struct mms_net *n, int s)
 }
 
 int
-mms__net_compute(struct mms_net *n, int nb)
+mms__net_compute(struct mms_net *n, int member, int nb)
 {
-    if (nb < 1 || nb > n->max_batch)
+    if (nb < 1 || nb > n->max_batch || member < 0 || member >= n->n_members)
         return MMS_EINVAL;
-    int rc = n->be->ops->compute(n->be, n->g, n->gctx, &n->arena, nb);
+    int rc = n->be->ops->compute(n->be, n->gs[member], n->gctx[member], &n->arena, nb);
     if (rc == 0)
         rc = mms__backend_synchronize(n->be);
     if (rc == 0 && n->g->profile != NULL)
@@ -158,24 +193,32 @@ mms_net_forward(struct mms_net *n, const float *in, int n_tiles, float *logits)
         return MMS_EINVAL;
     const struct mms_tdesc *ti = &n->g->tensors[n->g->input], *to = &n->g->tensors[n->g->output];
     size_t in_bytes = (size_t)(ti->c * mms__tdesc_voxels(ti)) * sizeof(float);
-    size_t out_bytes = (size_t)(to->c * mms__tdesc_voxels(to)) * sizeof(float);
+    size_t out_n = (size_t)(to->c * mms__tdesc_voxels(to)), out_bytes = out_n * sizeof(float);
     struct mms_backend *be = n->be;
     int rc;
     for (int t0 = 0; t0 < n_tiles; t0 += n->max_batch) {
         int nb = n_tiles - t0 < n->max_batch ? n_tiles - t0 : n->max_batch;
-        for (int s = 0; s < nb; s++) {
-            rc = be->ops->upload(be, &n->arena, s * n->stride + ti->offset,
-                                 (const char *)in + (size_t)(t0 + s) * in_bytes, in_bytes);
-            if (rc < 0)
+        for (int k = 0; k < n->n_members; k++) {
+            /* the input again for each member: a run may reuse its memory */
+            for (int s = 0; s < nb; s++) {
+                rc = be->ops->upload(be, &n->arena, s * n->stride + ti->offset,
+                                     (const char *)in + (size_t)(t0 + s) * in_bytes, in_bytes);
+                if (rc < 0)
+                    return rc;
+            }
+            if ((rc = mms__net_compute(n, k, nb)) < 0)
                 return rc;
-        }
-        if ((rc = mms__net_compute(n, nb)) < 0)
-            return rc;
-        for (int s = 0; s < nb; s++) {
-            rc = be->ops->download(be, (char *)logits + (size_t)(t0 + s) * out_bytes, &n->arena,
-                                   s * n->stride + to->offset, out_bytes);
-            if (rc < 0)
-                return rc;
+            for (int s = 0; s < nb; s++) {
+                float *dst = (float *)((char *)logits + (size_t)(t0 + s) * out_bytes);
+                rc = be->ops->download(be, k == 0 ? dst : n->sum, &n->arena,
+                                       s * n->stride + to->offset, out_bytes);
+                if (rc < 0)
+                    return rc;
+                for (size_t i = 0; k > 0 && i < out_n; i++)
+                    dst[i] += n->sum[i];
+                for (size_t i = 0; k > 0 && k == n->n_members - 1 && i < out_n; i++)
+                    dst[i] /= (float)n->n_members; /* nnU-Net: the sum over the members / M */
+            }
         }
     }
     return 0;
@@ -217,7 +260,8 @@ void
 mms_net_profile_enable(struct mms_net *n, bool on)
 {
     memset(&n->profile, 0, sizeof n->profile);
-    n->g->profile = on ? &n->profile : NULL;
+    for (int k = 0; k < n->n_members; k++)
+        n->gs[k]->profile = on ? &n->profile : NULL;
 }
 
 const struct mms_net_profile *

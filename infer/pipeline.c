@@ -854,7 +854,8 @@ window_on_backend(const struct job *j, struct mms_net *net, const float *x, floa
         goto out;
     }
     struct mms_buffer *arena = mms__net_arena(net);
-    const float scale = 1.0f / (float)j->n_mirror;
+    const int members = mms_net_members(net);
+    const float scale = 1.0f / (float)(j->n_mirror * members);
     const int64_t n1 = j->n_starts[1], n2 = j->n_starts[2];
     const int64_t total = j->n_starts[0] * n1 * n2;
     int nb = 0;
@@ -867,26 +868,32 @@ window_on_backend(const struct job *j, struct mms_net *net, const float *x, floa
                                           .base = s0 * j->st[0] + s1 * j->st[1] + s2,
                                           .mask = j->mirrors[m]};
             tile_of[nb] = t;
-            rc = ops->window_gather(be, &vol, &w[nb], arena, mms__net_input_offset(net, nb));
-            if (rc < 0) {
-                mms_why(why, why_len, rc, "%s: gathering tile (%lld, %lld, %lld): %s", ops->name,
-                        (long long)s0, (long long)s1, (long long)s2, mms_strerror(rc));
-                goto out;
-            }
             if (++nb < j->net_batch && !(t == total - 1 && m == j->n_mirror - 1))
                 continue;
-            if ((rc = mms__net_compute(net, nb)) < 0) {
-                mms_why(why, why_len, rc, "the network failed on tile (%lld, %lld, %lld)",
-                        (long long)s0, (long long)s1, (long long)s2);
-                goto out;
-            }
-            for (int i = 0; i < nb; i++) {
-                rc = ops->window_scatter(be, arena, mms__net_output_offset(net, i), c, &gs, scale,
-                                         &w[i], pv, &ac);
-                if (rc < 0) {
-                    mms_why(why, why_len, rc, "%s: adding back tile %lld: %s", ops->name,
-                            (long long)tile_of[i], mms_strerror(rc));
+            /* each member on the batch: gathered again, as a run may reuse its input's memory;
+               the members' terms are added like the mirrorings' (nnU-Net's mean over both) */
+            for (int k = 0; k < members; k++) {
+                for (int i = 0; i < nb; i++) {
+                    rc = ops->window_gather(be, &vol, &w[i], arena, mms__net_input_offset(net, i));
+                    if (rc < 0) {
+                        mms_why(why, why_len, rc, "%s: gathering tile %lld: %s", ops->name,
+                                (long long)tile_of[i], mms_strerror(rc));
+                        goto out;
+                    }
+                }
+                if ((rc = mms__net_compute(net, k, nb)) < 0) {
+                    mms_why(why, why_len, rc, "the network failed on tile (%lld, %lld, %lld)",
+                            (long long)s0, (long long)s1, (long long)s2);
                     goto out;
+                }
+                for (int i = 0; i < nb; i++) {
+                    rc = ops->window_scatter(be, arena, mms__net_output_offset(net, i), c, &gs,
+                                             scale, &w[i], pv, &ac);
+                    if (rc < 0) {
+                        mms_why(why, why_len, rc, "%s: adding back tile %lld: %s", ops->name,
+                                (long long)tile_of[i], mms_strerror(rc));
+                        goto out;
+                    }
                 }
             }
             /* tiles whose every mirroring has been added */

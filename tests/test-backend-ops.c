@@ -25,7 +25,7 @@
 #include "tests/tap.h"
 #include "tests/tol.h"
 
-#define N_GPU_TESTS 13
+#define N_GPU_TESTS 14
 #define MARGIN 0.5f /* fp32 logit margin of the voxels whose argmax must agree */
 
 static char last_log[1024];
@@ -146,6 +146,56 @@ test_variant(const char *dir, const char *variant)
        variant, checked, worst_nmse, worst_tol);
     free(lc);
     free(lg);
+    mms_net_free(nc);
+    mms_net_free(ng);
+    mms_backend_free(bc);
+    mms_backend_free(bg);
+    mms__st_close(gold);
+    mms_model_free(m);
+}
+
+/* A fold ensemble on CUDA fp32: the members' mean against the CPU's and the golden's. */
+static void
+test_ensemble(const char *dir)
+{
+    char path[4096], why[512] = "";
+    struct mms_model *m = NULL;
+    struct mms_st *gold = NULL;
+    struct mms_backend *bc = NULL, *bg = NULL;
+    struct mms_net *nc = NULL, *ng = NULL;
+    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-ensemble.safetensors", dir);
+    int rc = mms_model_load(path, &m, why, sizeof why);
+    if (rc == 0) {
+        snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-ensemble.golden.safetensors",
+                 dir);
+        rc = mms__st_open(path, &gold, why, sizeof why);
+    }
+    const struct mms_card *card = rc == 0 ? mms_model_card(m) : NULL;
+    if (rc == 0)
+        rc = open_net(m, "cpu", 0, card->inf.patch, 0, &bc, &nc);
+    if (rc == 0)
+        rc = open_net(m, "cuda", 0, card->inf.patch, 0, &bg, &ng);
+    double e = INFINITY, tl = INFINITY;
+    if (rc == 0) {
+        const struct mms_tensor *in = mms__st_find(gold, "input"),
+                                *mean = mms__st_find(gold, "logits");
+        size_t n = (size_t)mean->count;
+        float *lc = malloc(n * sizeof(float)), *lg = malloc(n * sizeof(float));
+        rc = mms_net_forward(nc, in->data, 1, lc);
+        if (rc == 0)
+            rc = mms_net_forward(ng, in->data, 1, lg);
+        if (rc == 0) {
+            e = nmse(lg, lc, n);
+            tl = tol_of(lg, mean->data, n);
+        }
+        free(lc);
+        free(lg);
+    }
+    if (rc < 0)
+        diag("ensemble: %s %s", mms_strerror(rc), why);
+    ok(rc == 0 && e <= 1e-7 && tl <= 1e-4,
+       "a fold ensemble on CUDA fp32: the members' mean, NMSE vs CPU %.2g, tol vs golden %.2g", e,
+       tl);
     mms_net_free(nc);
     mms_net_free(ng);
     mms_backend_free(bc);
@@ -331,6 +381,7 @@ main(void)
     for (size_t i = 0; i < N_VARIANTS; i++)
         test_variant(dir, variants[i]);
     test_big(dir);
+    test_ensemble(dir);
     test_oom(dir);
     return done_testing();
 }

@@ -16,7 +16,7 @@ ok() { # ok STATUS DESCRIPTION
 }
 diag() { printf '%s\n' "$1" | sed 's/^/# /'; }
 
-echo "1..26"
+echo "1..27"
 
 out=$("$MMSEGD" --version); rc=$?
 [ $rc -eq 0 ] && [[ $out =~ ^mmsegd\ [0-9]+\.[0-9]+\.[0-9]+$ ]]; ok $? "--version: $out"
@@ -98,6 +98,12 @@ sum=$(sha256sum "$demo" | cut -d' ' -f1)
 sha256: $sum" ]
 ok $? "model-info on models/demo.safetensors: card, counts, sha256 (exit $rc)"
 [ $rc -eq 0 ] || diag "$(tail -n 3 "$tmp/info.out"; cat "$tmp/err")"
+ens="$srcdir/tests/fixtures/mmunet/tiny-ensemble.safetensors"
+"$MMSEGD" model-info "$ens" >"$tmp/info.out" 2>"$tmp/err"; rc=$?
+[ $rc -eq 0 ] && [ "$(tail -n 3 "$tmp/info.out" | head -n 2)" = "ensemble: 2 members (fold_0, fold_3), logits averaged
+tensors: 408, parameters: 83990, bytes: 335960" ]
+ok $? "model-info on a fold ensemble names its members (exit $rc)"
+[ $rc -eq 0 ] || diag "$(tail -n 4 "$tmp/info.out"; cat "$tmp/err")"
 bad="$srcdir/tests/fixtures/mmunet/malformed/hole.safetensors"
 "$MMSEGD" model-info "$bad" >"$tmp/info.out" 2>"$tmp/err"; rc=$?
 [ $rc -eq 1 ] && [ ! -s "$tmp/info.out" ] &&

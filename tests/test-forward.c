@@ -208,6 +208,57 @@ test_big(const char *dir)
     mms_model_free(m);
 }
 
+/* A fold ensemble: the mean of its members' logits (nnU-Net's), not one member's, from one
+ * forward call that allocates nothing. */
+static void
+test_ensemble(const char *dir)
+{
+    char path[4096], why[512] = "";
+    struct mms_model *m = NULL;
+    struct mms_st *gold = NULL;
+    struct mms_backend *be = NULL;
+    struct mms_net *net = NULL;
+    struct mms_backend_params bp = {.threads = 2};
+    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-ensemble.safetensors", dir);
+    int rc = mms_model_load(path, &m, why, sizeof why);
+    if (rc == 0) {
+        snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-ensemble.golden.safetensors",
+                 dir);
+        rc = mms__st_open(path, &gold, why, sizeof why);
+    }
+    if (rc == 0)
+        rc = mms_backend_open("cpu", &bp, &be);
+    if (rc == 0)
+        rc = mms_net_new(m, be, mms_model_card(m)->inf.patch, 0, &net);
+    if (!ok(rc == 0 && mms_net_members(net) == 2, "ensemble: two members on the CPU backend")) {
+        diag("%s (%s)", mms_strerror(rc), why);
+        skip("no network");
+        skip("no network");
+        goto out;
+    }
+    const struct mms_tensor *in = mms__st_find(gold, "input"), *mean = mms__st_find(gold, "logits"),
+                            *m0 = mms__st_find(gold, "logits.0"),
+                            *m1 = mms__st_find(gold, "logits.1");
+    float *logits = malloc((size_t)mean->count * sizeof(float));
+    long before = n_allocs;
+    rc = mms_net_forward(net, in->data, 1, logits);
+    long allocs = n_allocs - before;
+    double tl = rc == 0 ? tol_of(logits, mean->data, (size_t)mean->count) : INFINITY;
+    double t0 = tol_of(m0->data, mean->data, (size_t)mean->count),
+           t1 = tol_of(m1->data, mean->data, (size_t)mean->count);
+    ok(tl <= 1e-4 && t0 > 100 * 1e-4 && t1 > 100 * 1e-4,
+       "ensemble: the forward pass gives the members' mean (tol %.2g; each member alone is "
+       "%.2g and %.2g from it)",
+       tl, t0, t1);
+    is_int(allocs, 0, "ensemble: a forward pass allocates nothing");
+    free(logits);
+out:
+    mms_net_free(net);
+    mms_backend_free(be);
+    mms__st_close(gold);
+    mms_model_free(m);
+}
+
 static void
 test_errors(const char *dir)
 {
@@ -239,10 +290,11 @@ main(void)
     const char *dir = getenv("srcdir");
     if (dir == NULL)
         dir = ".";
-    plan((int)N_VARIANTS * 3 + 4 + 4, 600);
+    plan((int)N_VARIANTS * 3 + 4 + 4 + 3, 600);
     for (size_t i = 0; i < N_VARIANTS; i++)
         test_variant(dir, variants[i]);
     test_big(dir);
+    test_ensemble(dir);
     test_errors(dir);
     return done_testing();
 }

@@ -200,7 +200,7 @@ test_variant(const char *dir, const char *variant, bool big)
     snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-%s.safetensors", dir, variant);
     int rc = mms_model_load(path, &m, why, sizeof why);
     if (rc == 0)
-        rc = mms__graph_build(m, mms_model_card(m)->inf.patch, false, &g);
+        rc = mms__graph_build(m, 0, mms_model_card(m)->inf.patch, false, &g);
     const struct mms_node *first = NULL, *last = NULL;
     for (int i = 0; rc == 0 && i < g->n_nodes; i++)
         if (g->nodes[i].op == MMS_OP_MIXER) {

@@ -384,23 +384,28 @@ struct fixture {
     int tensors;
     int64_t params;
     const char *sha256;
+    int members; /* of a fold ensemble; 0: a single network */
 };
 
 static const struct fixture fixtures[] = {
     {"tiny-separate.safetensors", 3, 4, MMS_BISCAN_SEPARATE, false, false, 1.0f, 7, 204, 41995,
-     "711a8366ca656bfcbdb00ca13516dc26649399ebbf56c0c312a6d186c92608e7"},
+     "711a8366ca656bfcbdb00ca13516dc26649399ebbf56c0c312a6d186c92608e7", 0},
     {"tiny-shared.safetensors", 3, 4, MMS_BISCAN_SHARED, false, false, 1.0f, 7, 159, 34939,
-     "e13123166781a2017ac64070c41fbc9ac3962939118e1252c10facb91441aa66"},
+     "e13123166781a2017ac64070c41fbc9ac3962939118e1252c10facb91441aa66", 0},
     {"tiny-vim_v2.safetensors", 3, 4, MMS_BISCAN_VIM_V2, false, false, 1.0f, 7, 194, 39499,
-     "d882970bdb1ae339c2c45605adeede2b58388187e9e7774e0cf55f8c9525dbe4"},
+     "d882970bdb1ae339c2c45605adeede2b58388187e9e7774e0cf55f8c9525dbe4", 0},
     {"tiny-inner_residual.safetensors", 3, 4, MMS_BISCAN_SEPARATE, true, false, 1.0f, 7, 204, 41995,
-     "a491a9421006a5f6242dcbce3eee907c0001cf1c59283f0c519c96dc9048578d"},
+     "a491a9421006a5f6242dcbce3eee907c0001cf1c59283f0c519c96dc9048578d", 0},
     {"tiny-merge_half.safetensors", 3, 4, MMS_BISCAN_SEPARATE, false, false, 0.5f, 7, 204, 41995,
-     "2080697564bda147ace583ab2240972bcbe2ec52f85d4f418d229bf73ce46f13"},
+     "2080697564bda147ace583ab2240972bcbe2ec52f85d4f418d229bf73ce46f13", 0},
     {"tiny-partial.safetensors", 3, 4, MMS_BISCAN_SEPARATE, false, true, 1.0f, 6, 144, 37163,
-     "117f56e70002c784636f62cc42a68e7a971db69013dc649ec97c0d1e85920e88"},
+     "117f56e70002c784636f62cc42a68e7a971db69013dc649ec97c0d1e85920e88", 0},
     {"micro.safetensors", 2, 2, MMS_BISCAN_SEPARATE, false, false, 1.0f, 2, 86, 1511,
-     "84c5006179a5e2e7b0950a5299734ca0de91f0c32771bb981e91f5d9e29cde79"},
+     "84c5006179a5e2e7b0950a5299734ca0de91f0c32771bb981e91f5d9e29cde79", 0},
+    {"tiny-ensemble.safetensors", 3, 4, MMS_BISCAN_SEPARATE, false, false, 1.0f, 7, 408, 83990,
+     "48105fcade5e1f0de16ca5c170b9b8bceee364272573494f0d4be61d730b9040", 2},
+    {"micro-ensemble.safetensors", 2, 2, MMS_BISCAN_SEPARATE, false, false, 1.0f, 2, 172, 3022,
+     "2ff2ad3272a18b60546e466a4a12f9f342c3277a8aa9d65353edfa0b8db7e8f3", 2},
 };
 
 /* ----------------------------------------------------------------------------- helpers */
@@ -743,10 +748,27 @@ test_fixture(const char *path)
                     a->mamba_last_only == fx->last_only && c->n_labels == 2 &&
                     c->inf.patch[0] == 8 && c->inf.patch[1] == 16 && c->inf.patch[2] == 16 &&
                     a->n_ignorable == 1 &&
-                    strcmp(a->ignorable_tensors[0], "decoder.ds_heads.*") == 0;
+                    strcmp(a->ignorable_tensors[0], "decoder.ds_heads.*") == 0 &&
+                    mms_model_members(m) == (fx->members > 0 ? fx->members : 1) &&
+                    a->n_members == mms_model_members(m);
+        if (fx->members > 0) /* fixtures.py names them fold_0 and fold_3, each complete */
+            good = good && strcmp(a->member_names[0], "fold_0") == 0 &&
+                   strcmp(a->member_names[1], "fold_3") == 0 &&
+                   mms_model_member_tensor(m, 0, "head.bias") != NULL &&
+                   mms_model_member_tensor(m, 1, "head.bias") != NULL &&
+                   mms_model_member_tensor(m, 0, "head.bias") !=
+                       mms_model_member_tensor(m, 1, "head.bias") &&
+                   mms_model_member_tensor(m, 2, "head.bias") == NULL &&
+                   mms_model_tensor(m, "head.bias") == NULL &&
+                   mms_model_tensor(m, "ensemble.1.head.bias") ==
+                       mms_model_member_tensor(m, 1, "head.bias");
+        else
+            good = good && a->member_names == NULL &&
+                   mms_model_member_tensor(m, 0, "head.bias") == mms_model_tensor(m, "head.bias") &&
+                   mms_model_member_tensor(m, 1, "head.bias") == NULL;
         for (int s = 0; s < a->n_stages; s++)
             good = good && a->features[s] == fx->f0 << s;
-        if (!ok(good, "%s: card (stages, features, mixer, patch, labels)", base))
+        if (!ok(good, "%s: card (stages, features, mixer, patch, labels, members)", base))
             diag("S %d F %d %d %d biscan %d inner %d merge %g stages %#x last %d labels %d",
                  a->n_stages, a->features[0], a->features[1], a->features[2], a->biscan,
                  a->inner_residual, a->merge_scale, a->mamba_stages, a->mamba_last_only,
@@ -1266,18 +1288,19 @@ main(void)
     for (size_t i = 0; i < g.gl_pathc; i++)
         n_fixtures += is_fixture_file(g.gl_pathv[i]);
     manifest = read_manifest();
-    n_tests = SHA_TESTS + (n_fixtures + 1) * FIXTURE_TESTS + FIXTURE_EXTRA_TESTS + DEMO_TESTS +
+    n_tests = SHA_TESTS + (n_fixtures + 2) * FIXTURE_TESTS + FIXTURE_EXTRA_TESTS + DEMO_TESTS +
               cJSON_GetArraySize(manifest) + (int)N_ELEMS(header_cases) + SPECIAL_TESTS +
               CONVERSION_TESTS + (int)N_ELEMS(card_cases) + (int)N_ELEMS(card_texts) +
               CARD_EXTRA_TESTS + NAMES_TESTS + SYSTEM_TESTS + 1;
     plan(n_tests, 120);
 
     test_sha256();
-    ok(n_fixtures == 6, "6 tiny fixtures found");
+    ok(n_fixtures == 7, "7 tiny fixtures found");
     for (size_t i = 0; i < g.gl_pathc; i++)
         if (is_fixture_file(g.gl_pathv[i]))
             test_fixture(g.gl_pathv[i]);
     test_fixture(fixture_path("micro.safetensors"));
+    test_fixture(fixture_path("micro-ensemble.safetensors"));
     test_micro_details();
     test_demo();
     test_malformed(manifest);

@@ -29,6 +29,9 @@ TOP_KEYS = ("schema", "name", "version", "description", "license", "architecture
 ARCH_KEYS = ("family", "in_channels", "num_classes", "n_stages", "features_per_stage",
              "kernel_sizes", "strides", "n_blocks_encoder", "n_blocks_decoder", "stem_blocks",
              "norm", "nonlin", "decoder", "mixer", "ignorable_tensors")
+ARCH_OPTIONAL = ("ensemble",)
+MAX_MEMBERS = 16
+MEMBER_PREFIX = "ensemble."
 MIXER_KEYS = ("type", "biscan", "merge_scale", "inner_residual", "mamba_stages",
               "mamba_blocks", "ln_eps", "d_state", "d_conv", "expand", "dt_rank")
 
@@ -102,6 +105,25 @@ def expected_tensors(arch):
     return out
 
 
+def model_tensors(arch):
+    """{name: shape} of every tensor the model file needs: the network's, or for a fold
+    ensemble (architecture.ensemble) the network's once per member under "ensemble.<i>."."""
+    net = expected_tensors(arch)
+    if "ensemble" not in arch:
+        return net
+    return {f"{MEMBER_PREFIX}{i}.{k}": v for i in range(len(arch["ensemble"]))
+            for k, v in net.items()}
+
+
+def member_rest(arch, name):
+    """The network's name of a tensor of the file: the name for a single network; for an
+    ensemble what follows "ensemble.<i>." with i a member (no leading zero), else None."""
+    if "ensemble" not in arch:
+        return name
+    m = re.fullmatch(re.escape(MEMBER_PREFIX) + r"(0|[1-9][0-9]*)\.(.*)", name, re.S)
+    return m.group(2) if m and int(m.group(1)) < len(arch["ensemble"]) else None
+
+
 def glob_match(pattern, name):
     """Globs with `*` only (mmunet.md 4.3 rule 4)."""
     return re.fullmatch(".*".join(re.escape(p) for p in pattern.split("*")), name) is not None
@@ -134,12 +156,13 @@ def _code(v, what):
         _err(f"{what}: expected {{scheme, code, meaning}} strings, found {json.dumps(v)}")
 
 
-def _exact_keys(obj, keys, where):
-    """Inside `architecture` every key matters to the math: unknown and missing are errors."""
+def _exact_keys(obj, keys, where, optional=()):
+    """Inside `architecture` every key matters to the math: unknown and missing are errors
+    (the keys of `optional` may be absent)."""
     if not isinstance(obj, dict):
         _err(f"{where}: not an object")
     for k in obj:
-        if k not in keys:
+        if k not in keys and k not in optional:
             _err(f"{where}: unknown key {k!r} (it could change the math)")
     for k in keys:
         if k not in obj:
@@ -163,7 +186,7 @@ def validate_card(card, warn=True):
             _err(f"{k}: expected a non-empty string")
 
     a = card["architecture"]
-    _exact_keys(a, ARCH_KEYS, "architecture")
+    _exact_keys(a, ARCH_KEYS, "architecture", ARCH_OPTIONAL)
     if a["family"] != "mmunet":
         _err(f"architecture.family: expected 'mmunet', found {a['family']!r}")
     S = a["n_stages"]
@@ -225,6 +248,13 @@ def validate_card(card, warn=True):
     ign = a["ignorable_tensors"]
     if not isinstance(ign, list) or not all(isinstance(g, str) for g in ign):
         _err("architecture.ignorable_tensors: a list of globs")
+    if "ensemble" in a:
+        en = a["ensemble"]
+        if not isinstance(en, list) or not 2 <= len(en) <= MAX_MEMBERS or \
+                not all(isinstance(x, str) and re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", x)
+                        for x in en) or len(set(en)) != len(en):
+            _err(f"architecture.ensemble: 2 to {MAX_MEMBERS} distinct member names (1 to 64 "
+                 f"letters, digits, '_', '.', '-'), found {json.dumps(en)}")
 
     p = card["preprocessing"]
     if not isinstance(p, dict):
@@ -342,14 +372,37 @@ def validate_card(card, warn=True):
 
 
 def make_card(model, name, version, description, license, preprocessing, inference, labels,
-              provenance):
-    """A card for `model` (an MMUNet); the caller gives everything but the architecture."""
+              provenance, members=None):
+    """A card for `model` (an MMUNet); the caller gives everything but the architecture.
+    members: the names of a fold ensemble's members (of model's architecture), or None."""
+    arch = model.architecture()
+    if members is not None:
+        arch["ensemble"] = list(members)
     card = {"schema": SCHEMA, "name": name, "version": version, "description": description,
-            "license": license, "architecture": model.architecture(),
+            "license": license, "architecture": arch,
             "preprocessing": preprocessing, "inference": inference, "labels": labels,
             "provenance": provenance}
     validate_card(card)
     return card
+
+
+def ensemble_tensors(state_dicts):
+    """The tensors of a fold ensemble's file: member i's under "ensemble.<i>."."""
+    return {f"{MEMBER_PREFIX}{i}.{k}": v for i, sd in enumerate(state_dicts)
+            for k, v in sd.items()}
+
+
+def member_state_dicts(card, tensors):
+    """The state dict of each network of a file read by read_model(): one, or one per member
+    of an ensemble, in member order."""
+    arch = card["architecture"]
+    if "ensemble" not in arch:
+        return [tensors]
+    out = [{} for _ in arch["ensemble"]]
+    for name, t in tensors.items():
+        m = re.fullmatch(re.escape(MEMBER_PREFIX) + r"(0|[1-9][0-9]*)\.(.*)", name, re.S)
+        out[int(m.group(1))][m.group(2)] = t
+    return out
 
 
 # ------------------------------------------------------------------------------ the file
@@ -491,8 +544,9 @@ def read_model(path, check_card=True):
             _err(f"{where}: tensor {name!r}: NaN or infinite value")
         tensors[name] = a
     if check_card:
-        want = expected_tensors(card["architecture"])
-        ignorable = card["architecture"]["ignorable_tensors"]
+        arch = card["architecture"]
+        want = model_tensors(arch)
+        ignorable = arch["ignorable_tensors"]
         for name in sorted(want):
             if name not in tensors:
                 _err(f"{where}: missing tensor {name!r}")
@@ -501,7 +555,8 @@ def read_model(path, check_card=True):
                      f"{list(want[name])}")
         for name in sorted(tensors):
             if name not in want:
-                if any(glob_match(g, name) for g in ignorable):
+                rest = member_rest(arch, name)
+                if rest is not None and any(glob_match(g, rest) for g in ignorable):
                     del tensors[name]
                 else:
                     _err(f"{where}: unexpected tensor {name!r}")
@@ -512,15 +567,20 @@ def load_network(path, dtype=None):
     """The reference MMUNet with the weights of a model file, in eval mode."""
     import torch
     try:
-        from .model import MMUNet
+        from .model import Ensemble, MMUNet
     except ImportError:
-        from model import MMUNet
+        from model import Ensemble, MMUNet
     card, tensors, sha = read_model(path)
-    net = MMUNet.from_architecture(card["architecture"])
-    net.load_state_dict({k: torch.from_numpy(v) for k, v in tensors.items()}, strict=True)
+    nets = []
+    for sd in member_state_dicts(card, tensors):
+        net = MMUNet.from_architecture(card["architecture"])
+        net.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
+        nets.append(net)
+    net = nets[0] if len(nets) == 1 else Ensemble(nets)
     if dtype is not None:
         net = net.to(dtype)
     return net.eval(), card, sha
+
 
 
 def main(argv):
@@ -533,6 +593,9 @@ def main(argv):
         print(f"error: {e}", file=sys.stderr)
         return 1
     print(json.dumps(card, indent=2))
+    members = card["architecture"].get("ensemble")
+    if members:
+        print(f"ensemble: {len(members)} members ({', '.join(members)}), logits averaged")
     n = sum(t.size for t in tensors.values())
     print(f"tensors: {len(tensors)}, parameters: {n}, bytes: {4 * n}")
     print(f"sha256: {sha}")

@@ -6,8 +6,11 @@
 
 RESULTS_DIR is a trainer's output folder, nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONF,
 holding plans.json, dataset.json and fold_X/checkpoint_final.pth (or checkpoint_best.pth).
-Several folds are averaged into one network, tensor by tensor; the default is every fold that
-has the checkpoint.  The deep-supervision heads (decoder.ds_heads.*) are dropped.
+Several folds become a fold ensemble (model card architecture.ensemble, members "fold_X"):
+each fold's network is kept whole and mmsegd averages their logits, as nnU-Net's predictor
+does with the folds it is given.  Weights of different folds are never averaged: networks
+trained from different random starts do not average into a working one.  The default is every
+fold that has the checkpoint.  The deep-supervision heads (decoder.ds_heads.*) are dropped.
 
 The card (mmunet.md 4.2) comes from:
   architecture   the plan, by the rules of nnunet_trainer.py (the same as in training)
@@ -48,11 +51,13 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 try:
     from . import export, labels as label_tables
+    from .model import Ensemble
     from .nnunet_trainer import arch_kwargs_from_plans, build_mmunet, resolve_configuration
 except ImportError:  # run as a plain script from tools/mmunet
     sys.path.insert(0, HERE)
     import export
     import labels as label_tables
+    from model import Ensemble
     from nnunet_trainer import arch_kwargs_from_plans, build_mmunet, resolve_configuration
 
 IGNORED_PREFIXES = ("decoder.ds_heads.",)
@@ -129,20 +134,6 @@ def clean_state_dict(sd):
             if name.startswith(prefix):
                 name = name[len(prefix):]
         out[name] = t
-    return out
-
-
-def average_state_dicts(sds):
-    """The mean of each tensor over the folds, accumulated in float64."""
-    names = list(sds[0])
-    for i, sd in enumerate(sds[1:], 1):
-        if set(sd) != set(names):
-            diff = sorted(set(sd) ^ set(names))
-            raise ExportError(f"fold {i} has different tensors than fold 0 (e.g. {diff[:3]})")
-    out = {}
-    for name in names:
-        acc = sum(sd[name].detach().to(torch.float64) for sd in sds)
-        out[name] = (acc / len(sds)).to(torch.float32)
     return out
 
 
@@ -297,19 +288,22 @@ def export_results(results_dir, out_path, folds=None, checkpoint="checkpoint_fin
     conf = resolve_configuration(plans, configuration)
     label_entries, notes = card_labels(dataset_json["labels"])
     num_classes = len(label_entries) + 1
-    net = build_mmunet(arch_kwargs_from_plans(plans, configuration), 1, num_classes,
-                       enable_deep_supervision=False, initialize=False)
-    sds = [clean_state_dict(c["network_weights"]) for c in ckpts]
-    weights = average_state_dicts(sds) if len(sds) > 1 else sds[0]
-    try:
-        missing, unexpected = net.load_state_dict(weights, strict=False)
-    except RuntimeError as e:  # a shape mismatch
-        raise ExportError(f"the checkpoint does not fit the network the plan describes: {e}")
-    missing = [k for k in missing if not k.startswith(IGNORED_PREFIXES)]
-    if missing or unexpected:
-        raise ExportError(f"the checkpoint does not fit the network the plan describes: "
-                          f"missing {missing[:5]}, unexpected {unexpected[:5]}")
-    net.eval()
+    nets = []
+    for fold, c in zip(folds, ckpts):  # one whole network per fold
+        net = build_mmunet(arch_kwargs_from_plans(plans, configuration), 1, num_classes,
+                           enable_deep_supervision=False, initialize=False)
+        try:
+            missing, unexpected = net.load_state_dict(clean_state_dict(c["network_weights"]),
+                                                      strict=False)
+        except RuntimeError as e:  # a shape mismatch
+            raise ExportError(f"fold {fold}: the checkpoint does not fit the network the plan "
+                              f"describes: {e}")
+        missing = [k for k in missing if not k.startswith(IGNORED_PREFIXES)]
+        if missing or unexpected:
+            raise ExportError(f"fold {fold}: the checkpoint does not fit the network the plan "
+                              f"describes: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        nets.append(net.eval())
+    members = [f"fold_{f}" for f in folds] if len(folds) > 1 else None
 
     if orientation is None:
         orientation, reader = infer_orientation(plans, dataset_json)
@@ -320,7 +314,7 @@ def export_results(results_dir, out_path, folds=None, checkpoint="checkpoint_fin
         os.path.abspath(results_dir))))
     folds_text = ", ".join(str(f) for f in folds)
     card = export.make_card(
-        net,
+        nets[0],
         name=name or "mmunet-" + re.sub(r"[^a-z0-9]+", "-", dataset_name.lower()).strip("-"),
         version=version,
         description=description or (f"MM-UNet trained with nnU-Net v2 on {dataset_name} "
@@ -346,12 +340,15 @@ def export_results(results_dir, out_path, folds=None, checkpoint="checkpoint_fin
             "date": datetime.date.today().isoformat(),
             "nnunetv2_version": package_version("nnunetv2"),
             "torch_version": torch.__version__,
-        })
+        },
+        members=members)
     for n in notes:
         warnings.warn(n)
-    tensors = {k: v for k, v in net.state_dict().items() if not k.startswith(IGNORED_PREFIXES)}
+    sds = [{k: v for k, v in n.state_dict().items() if not k.startswith(IGNORED_PREFIXES)}
+           for n in nets]
+    tensors = sds[0] if members is None else export.ensemble_tensors(sds)
     sha = export.write_model(out_path, tensors, card)
-    return card, sha, net
+    return card, sha, nets[0] if members is None else Ensemble(nets).eval()
 
 
 def main(argv):
@@ -359,7 +356,8 @@ def main(argv):
         description="Export an nnU-Net v2 MM-UNet training to an mmsegd model file.")
     ap.add_argument("results_dir", help="nnUNet_results/DatasetXXX/TRAINER__PLANS__CONF")
     ap.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
-    ap.add_argument("--folds", nargs="+", help="folds to average (default: all found)")
+    ap.add_argument("--folds", nargs="+",
+                    help="folds to export, as one fold ensemble when several (default: all found)")
     ap.add_argument("--checkpoint", default="checkpoint_final.pth",
                     help="checkpoint file name in each fold (default checkpoint_final.pth)")
     ap.add_argument("--name", help="card name (default mmunet-<dataset>)")
@@ -380,10 +378,13 @@ def main(argv):
     except (ExportError, export.ModelError, OSError, KeyError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    n = sum(p.numel() for k, p in net.state_dict().items() if not k.startswith(IGNORED_PREFIXES))
+    n = sum(p.numel() for k, p in net.state_dict().items() if ".ds_heads." not in k)
     a = card["architecture"]
+    members = f", a fold ensemble of {len(a['ensemble'])} ({', '.join(a['ensemble'])})" \
+        if "ensemble" in a else ""
     print(f"wrote {args.output}: {a['n_stages']} stages {a['features_per_stage']}, "
-          f"{a['num_classes']} classes, {n} parameters, patch {card['inference']['patch_size']}")
+          f"{a['num_classes']} classes, {n} parameters{members}, "
+          f"patch {card['inference']['patch_size']}")
     print("labels: " + ", ".join(f"{e['id']}={e['name']}" for e in card["labels"]))
     print(f"sha256: {sha}")
     return 0

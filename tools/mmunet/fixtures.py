@@ -14,9 +14,13 @@ writes, deterministically (the same seed gives the same bytes):
 - tiny-separate.big.safetensors: a 32x64x64 input and the argmax of its logits.
 - mamba-ops.safetensors: one Mamba layer's weights and outputs for sequences of 1, 3 and
   1000 tokens (shorter and longer than d_conv).
-- micro.safetensors: a valid two-stage model of a few kilobytes, and malformed/*.safetensors
-  derived from it, with malformed/manifest.json giving a fragment of the message the Python
-  reader gives for each: files every loader must refuse.
+- tiny-ensemble.safetensors: a fold ensemble of two tiny-separate networks (seeds of their
+  own), and tiny-ensemble.golden.safetensors: a fixed input, each member's logits and their
+  mean, in fp64.
+- micro.safetensors: a valid two-stage model of a few kilobytes, micro-ensemble.safetensors
+  (two of them as an ensemble), and malformed/*.safetensors derived from them, with
+  malformed/manifest.json giving a fragment of the message the Python reader gives for each:
+  files every loader must refuse.
 """
 
 import copy
@@ -48,7 +52,7 @@ VARIANTS = {
 SEED = 20260131
 
 
-def tiny_card(model, variant):
+def tiny_card(model, variant, members=None):
     labels = [
         {"id": 1, "name": "liver", "segment_label": "Liver",
          "category": {"scheme": "SCT", "code": "123037004", "meaning": "Anatomical Structure"},
@@ -73,7 +77,8 @@ def tiny_card(model, variant):
                    "gaussian": {"sigma_scale": 0.125, "peak": 10.0}, "pad_value": 0.0},
         labels=labels,
         provenance={"trainer": "tools/mmunet/fixtures.py (random weights)", "date": "2026-01-31",
-                    "seed": SEED})
+                    "seed": SEED},
+        members=members)
 
 
 def fp32_roundtrip(model):
@@ -115,6 +120,38 @@ def write_big(out, ref, seed):
     export.write_model(os.path.join(out, "tiny-separate.big.safetensors"),
                        {"input": x[0], "argmax": logits.argmax(0).double()},
                        metadata={"min_margin": f"{margin:.4g}"})
+
+
+ENSEMBLE_MEMBERS = ["fold_0", "fold_3"]
+
+
+def ensemble_members(make, seed):
+    """Two networks of one architecture with the weights of two seeds (two folds)."""
+    nets = []
+    for k in range(len(ENSEMBLE_MEMBERS)):
+        torch.manual_seed(seed + k)
+        m = make()
+        init_reference_weights(m, seed + k)
+        nets.append(m)
+    return nets
+
+
+def write_ensemble(out, seed):
+    """tiny-ensemble: a fold ensemble of two tiny-separate networks, and its golden: a fixed
+    input, each member's logits and their mean (fp64, from the stored fp32 weights)."""
+    nets = ensemble_members(lambda: MMUNet(**TINY, mixer=VARIANTS["separate"]), seed)
+    card = tiny_card(nets[0], "ensemble", members=ENSEMBLE_MEMBERS)
+    export.write_model(os.path.join(out, "tiny-ensemble.safetensors"),
+                       export.ensemble_tensors([m.state_dict() for m in nets]), card)
+    g = torch.Generator().manual_seed(seed + 7)
+    x = torch.randn([1, 1] + PATCH, generator=g, dtype=torch.float64)
+    gold = {"input": x[0]}
+    with torch.no_grad():
+        logits = [fp32_roundtrip(m)(x)[0] for m in nets]
+    for k, lg in enumerate(logits):
+        gold[f"logits.{k}"] = lg
+    gold["logits"] = (logits[0] + logits[1]) / 2
+    export.write_model(os.path.join(out, "tiny-ensemble.golden.safetensors"), gold)
 
 
 def write_mamba_ops(out, seed):
@@ -162,13 +199,13 @@ def _rewrite(src, dst, edit_header=None, edit_data=None, raw=None):
         f.write(data)
 
 
-def write_malformed(out, src):
+def write_malformed(out, src, ensemble_src):
     d = os.path.join(out, "malformed")
     os.makedirs(d, exist_ok=True)
     cases = {}
 
-    def case(name, expect, **kw):
-        _rewrite(src, os.path.join(d, name + ".safetensors"), **kw)
+    def case(name, expect, base=src, **kw):
+        _rewrite(base, os.path.join(d, name + ".safetensors"), **kw)
         cases[name] = expect
 
     def first_tensor(h):
@@ -181,8 +218,7 @@ def write_malformed(out, src):
             h["__metadata__"]["mmsegd.model"] = json.dumps(c)
         return edit
 
-    def drop_tensor(h, b):
-        name = "head.bias"
+    def drop_tensor(h, b, name="head.bias"):
         beg, end = h[name]["data_offsets"]
         del h[name]
         for k, v in h.items():
@@ -190,8 +226,8 @@ def write_malformed(out, src):
                 v["data_offsets"] = [v["data_offsets"][0] - (end - beg), v["data_offsets"][1] - (end - beg)]
         return b[:beg] + b[end:]
 
-    def add_tensor(h, b):
-        h["extra.weight"] = {"dtype": "F32", "shape": [2], "data_offsets": [len(b), len(b) + 8]}
+    def add_tensor(h, b, name="extra.weight"):
+        h[name] = {"dtype": "F32", "shape": [2], "data_offsets": [len(b), len(b) + 8]}
         return b + bytes(8)
 
     def nan_weight(h, b):
@@ -232,6 +268,26 @@ def write_malformed(out, src):
          edit_header=card_edit(lambda c: c["inference"].update(patch_size=[8, 15, 16])))
     case("shape-mismatch", "shape",
          edit_header=lambda h: h["head.bias"].update(shape=[1, h["head.bias"]["shape"][0]]))
+    # fold ensembles (architecture.ensemble): every member complete, no member beyond them
+    case("ensemble-missing-member-tensor", "missing tensor 'ensemble.1.head.bias'",
+         base=ensemble_src, edit_data=lambda h, b: drop_tensor(h, b, "ensemble.1.head.bias"))
+    case("ensemble-extra-member", "unexpected tensor 'ensemble.2.head.bias'",
+         base=ensemble_src, edit_data=lambda h, b: add_tensor(h, b, "ensemble.2.head.bias"))
+    case("ensemble-leading-zero", "unexpected tensor 'ensemble.01.decoder.ds_heads.0.bias'",
+         base=ensemble_src,
+         edit_data=lambda h, b: add_tensor(h, b, "ensemble.01.decoder.ds_heads.0.bias"))
+    case("ensemble-unprefixed", "missing tensor 'ensemble.0.",
+         base=src, edit_header=card_edit(
+             lambda c: c["architecture"].update(ensemble=ENSEMBLE_MEMBERS)))
+    case("ensemble-one-member", "architecture.ensemble: 2 to 16 distinct member names",
+         base=ensemble_src, edit_header=card_edit(
+             lambda c: c["architecture"].update(ensemble=["fold_0"])))
+    case("ensemble-same-names", "architecture.ensemble: 2 to 16 distinct member names",
+         base=ensemble_src, edit_header=card_edit(
+             lambda c: c["architecture"].update(ensemble=["fold_0", "fold_0"])))
+    case("ensemble-name-with-space", "architecture.ensemble: 2 to 16 distinct member names",
+         base=ensemble_src, edit_header=card_edit(
+             lambda c: c["architecture"].update(ensemble=["fold 0", "fold_1"])))
     with open(os.path.join(d, "manifest.json"), "w") as f:
         json.dump(cases, f, indent=1, sort_keys=True)
         f.write("\n")
@@ -256,7 +312,15 @@ def main(argv):
     card = tiny_card(micro, "micro")
     micro_path = os.path.join(out, "micro.safetensors")
     export.write_model(micro_path, micro.state_dict(), card)
-    write_malformed(out, micro_path)
+    write_ensemble(out, SEED + 100)
+    nets = ensemble_members(lambda: MMUNet(1, 3, 2, [2, 4], [[1, 3, 3], [3, 3, 3]],
+                                           [[1, 1, 1], [1, 2, 2]],
+                                           mixer={"mamba_stages": [1], "d_state": 4,
+                                                  "expand": 1}), SEED + 200)
+    ens_path = os.path.join(out, "micro-ensemble.safetensors")
+    export.write_model(ens_path, export.ensemble_tensors([m.state_dict() for m in nets]),
+                       tiny_card(nets[0], "micro-ensemble", members=ENSEMBLE_MEMBERS))
+    write_malformed(out, micro_path, ens_path)
     total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(out) for f in fs)
     print(f"fixtures: wrote {out} ({total} bytes)")
     return 0

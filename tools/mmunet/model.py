@@ -333,6 +333,23 @@ class MMUNet(nn.Module):
                    deep_supervision=deep_supervision)
 
 
+class Ensemble(nn.Module):
+    """A fold ensemble (model card architecture.ensemble): the members' logits added in
+    member order and divided by their count, as nnU-Net's predictor averages the logits of
+    its parameter sets. `taps` receives the first member's."""
+
+    def __init__(self, nets):
+        super().__init__()
+        self.members = nn.ModuleList(nets)
+
+    def forward(self, x, taps=None):
+        out = None
+        for i, m in enumerate(self.members):
+            y = m(x, taps if i == 0 else None)
+            out = y if out is None else out + y
+        return out / len(self.members)
+
+
 def init_reference_weights(model, seed):
     """Deterministic random weights for fixtures (mmunet.md 7, V1): every tensor drawn from a
     seeded generator, norm affines away from (1, 0), A_log = log(1..N) + noise and dt biases

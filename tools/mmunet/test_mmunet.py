@@ -312,6 +312,73 @@ class TestFixtures(unittest.TestCase):
         self.assertIn(meta["mamba_block"] + ".delta", entries)
 
 
+class TestExportNnunet(unittest.TestCase):
+    """export_nnunet.py on a results folder made here: two folds of one plan, trained from
+    different starts (two seeds), without nnU-Net installed."""
+
+    ARCH = {"n_stages": 2, "features_per_stage": [2, 4],
+            "kernel_sizes": [[1, 3, 3], [3, 3, 3]], "strides": [[1, 1, 1], [1, 2, 2]],
+            "mixer": {"mamba_stages": [1], "d_state": 4, "expand": 1}}
+
+    def results(self, d):
+        from mmunet.nnunet_trainer import build_mmunet
+        plans = {"dataset_name": "Dataset999_Folds", "plans_name": "nnUNetPlans",
+                 "image_reader_writer": "SimpleITKIO",
+                 "transpose_forward": [0, 1, 2], "transpose_backward": [0, 1, 2],
+                 "foreground_intensity_properties_per_channel": {"0": {
+                     "percentile_00_5": -1000.0, "percentile_99_5": 1000.0, "mean": 50.0,
+                     "std": 300.0}},
+                 "configurations": {"3d_fullres": {
+                     "architecture": {"arch_kwargs": self.ARCH}, "spacing": [3.0, 1.5, 1.5],
+                     "patch_size": [4, 8, 8], "normalization_schemes": ["CTNormalization"]}}}
+        dataset = {"channel_names": {"0": "CT"},
+                   "labels": {"background": 0, "liver": 1, "spleen": 2}}
+        with open(os.path.join(d, "plans.json"), "w") as f:
+            json.dump(plans, f)
+        with open(os.path.join(d, "dataset.json"), "w") as f:
+            json.dump(dataset, f)
+        nets = []
+        for fold in (0, 1):
+            torch.manual_seed(100 + fold)
+            net = build_mmunet(self.ARCH, 1, 3, enable_deep_supervision=True)
+            os.makedirs(os.path.join(d, f"fold_{fold}"))
+            torch.save({"network_weights": net.state_dict(), "trainer_name": "nnUNetTrainerMMUNet",
+                        "init_args": {"configuration": "3d_fullres"}, "current_epoch": 2,
+                        "inference_allowed_mirroring_axes": (0, 1, 2)},
+                       os.path.join(d, f"fold_{fold}", "checkpoint_final.pth"))
+            net.deep_supervision = False
+            nets.append(net.eval())
+        return nets
+
+    def test_folds_become_an_ensemble_of_logits(self):
+        from mmunet import export_nnunet
+        with tempfile.TemporaryDirectory() as d:
+            nets = self.results(d)
+            out = os.path.join(d, "model.safetensors")
+            card, _, _ = export_nnunet.export_results(d, out, log=lambda *a: None)
+            self.assertEqual(card["architecture"]["ensemble"], ["fold_0", "fold_1"])
+            loaded, card2, _ = export.load_network(out)
+            self.assertEqual(card2, card)
+            x = torch.randn(2, 1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+            with torch.no_grad():
+                want = (nets[0](x) + nets[1](x)) / 2
+                got = loaded(x)
+                # what averaging the weights of the two folds would give
+                avg = export_nnunet.build_mmunet(self.ARCH, 1, 3, initialize=False).eval()
+                sd0, sd1 = nets[0].state_dict(), nets[1].state_dict()
+                avg.load_state_dict({k: (sd0[k] + sd1[k]) / 2 for k in sd0}, strict=False)
+                averaged = avg(x)
+            self.assertLess((got - want).abs().max().item(), 1e-5)
+            self.assertGreater((averaged - want).abs().max().item(), 1e-2)
+
+            one = os.path.join(d, "fold1.safetensors")
+            card, _, _ = export_nnunet.export_results(d, one, folds=[1], log=lambda *a: None)
+            self.assertNotIn("ensemble", card["architecture"])
+            net1, _, _ = export.load_network(one)
+            with torch.no_grad():
+                self.assertLess((net1(x) - nets[1](x)).abs().max().item(), 1e-6)
+
+
 class TestPipelinePieces(unittest.TestCase):
     def test_tile_starts(self):
         self.assertEqual(tile_starts(110, 64, 0.5), [0, 23, 46])
