@@ -151,6 +151,7 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number, 
         if (wr.fallback[0] != '\0')
             cJSON_AddStringToObject(js, "cpu_fallback", wr.fallback);
         cJSON_AddNumberToObject(js, "mixed_voxels", (double)st.mixed_voxels);
+        cJSON_AddNumberToObject(js, "postprocessed_voxels", (double)st.postprocessed_voxels);
         cJSON *jt = cJSON_AddObjectToObject(js, "times");
         cJSON_AddNumberToObject(jt, "load_s", wr.decode_s);
         cJSON_AddNumberToObject(jt, "preprocess_s", st.preprocess_s);

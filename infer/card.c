@@ -41,6 +41,10 @@ static const char *const arch_keys[] = {
     "ignorable_tensors",
     NULL,
 };
+static const char *const top_all[] = {
+    "schema",        "name",      "version", "description", "license",        "architecture",
+    "preprocessing", "inference", "labels",  "provenance",  "postprocessing", NULL,
+};
 static const char *const arch_optional[] = {"ensemble", NULL};
 static const char *const mixer_keys[] = {
     "type",   "biscan",  "merge_scale", "inner_residual", "mamba_stages", "mamba_blocks",
@@ -897,7 +901,7 @@ warn_all(const cJSON *root, const char *name)
     char where[40];
     int i = 0;
 
-    warn_unknown(root, top_keys, "", name);
+    warn_unknown(root, top_all, "", name);
     warn_unknown(p, pre_keys, "preprocessing", name);
     warn_unknown(get(p, "normalization"), norm_keys, "preprocessing.normalization", name);
     warn_unknown(get(p, "resampling"), resampling_keys, "preprocessing.resampling", name);
@@ -908,6 +912,44 @@ warn_all(const cJSON *root, const char *name)
         snprintf(where, sizeof where, "labels[%d]", i++);
         warn_unknown(lab, label_keys, where, name);
     }
+}
+
+/* postprocessing: steps {"keep_largest_component": [distinct label ids in 1..C-1]}. */
+static int
+check_postprocessing(struct ctx *c, const cJSON *pp, struct mms_card *k)
+{
+    const cJSON *step, *x;
+    int i = 0, C = k->arch.num_classes;
+    if (pp == NULL)
+        return 0;
+    if (!cJSON_IsArray(pp))
+        return bad(c, "postprocessing: a list of steps is required, found %s", js(c, 0, pp));
+    k->n_pp = cJSON_GetArraySize(pp);
+    if (k->n_pp > 0 && (k->pp = calloc((size_t)k->n_pp, sizeof *k->pp)) == NULL)
+        return no_memory(c);
+    cJSON_ArrayForEach(step, pp)
+    {
+        const cJSON *ls = get(step, "keep_largest_component");
+        bool good = cJSON_IsObject(step) && cJSON_GetArraySize(step) == 1 && cJSON_IsArray(ls) &&
+                    cJSON_GetArraySize(ls) > 0;
+        const cJSON *items = good ? ls : NULL;
+        cJSON_ArrayForEach(x, items)
+        {
+            good = good && is_int(x) && x->valuedouble >= 1 && x->valuedouble < C;
+            if (!good)
+                break;
+            int l = (int)x->valuedouble;
+            good = (k->pp[i].labels[l / 64] >> (l % 64) & 1u) == 0; /* distinct */
+            k->pp[i].labels[l / 64] |= (uint64_t)1 << (l % 64);
+        }
+        if (!good)
+            return bad(c,
+                       "postprocessing[%d]: expected {\"keep_largest_component\": [distinct label "
+                       "ids in 1..%d]}, found %s",
+                       i, C - 1, js(c, 0, step));
+        i++;
+    }
+    return 0;
 }
 
 /* ----------------------------------------------------------------------------- entry points */
@@ -974,6 +1016,8 @@ mms__card_parse(const char *json, struct mms_card *card, char *why, size_t why_l
         rc = check_inference(&c, get(root, "inference"), prod, prod_f, &k);
     if (rc == 0)
         rc = check_labels(&c, get(root, "labels"), k.arch.num_classes, &k);
+    if (rc == 0)
+        rc = check_postprocessing(&c, get(root, "postprocessing"), &k);
     if (rc < 0)
         goto fail;
     v = get(root, "provenance");
@@ -1029,6 +1073,7 @@ mms__card_fini(struct mms_card *card)
         }
     }
     free(card->labels);
+    free(card->pp);
     free(card->trainer);
     free(card->date);
     memset(card, 0, sizeof *card);

@@ -106,7 +106,15 @@ struct mms_card {
     } inf;
     int n_labels;
     struct mms_label *labels; /* sorted by id */
-    char *trainer, *date;     /* provenance */
+    /* Postprocessing (optional key "postprocessing"), steps applied in order to the labels on
+       the original grid: each keeps, of the voxels whose label is in the step's set, only the
+       largest 26-connected component (every one of that size on a tie); the others become
+       background. nnU-Net's remove_all_but_largest_component_from_segmentation. */
+    int n_pp;
+    struct mms_pp_step {
+        uint64_t labels[4]; /* bit l: label l is in the set */
+    } * pp;
+    char *trainer, *date; /* provenance */
 };
 
 /* dt_rank of a Mamba on `channels` channels under arch (resolves "auto"). */

@@ -55,6 +55,7 @@ mms_pipe_opts_default(struct mms_pipe_opts *o)
 {
     memset(o, 0, sizeof *o);
     o->tta = true;
+    o->postprocess = true;
 }
 
 /* ----------------------------------------------------------------------------- 5.1 */
@@ -295,7 +296,9 @@ estimate(const struct job *j, const struct mms_net *net, int threads, size_t *de
     bytes = sat_add(bytes, pv);                                         /* target labels */
     bytes = sat_add(bytes, sat_mul(sat_mul(2 + b + b * c + c, pp), 4)); /* tiles, Gaussian */
     bytes = sat_add(bytes, sat_mul((size_t)threads, mms__pass_scratch(longest, longest)));
-    bytes = sat_add(bytes, sat_mul(nv, 5));               /* input, labels */
+    bytes = sat_add(bytes, sat_mul(nv, 5)); /* input, labels */
+    if (j->card->n_pp > 0)                  /* component numbers */
+        bytes = sat_add(bytes, sat_mul(nv, sizeof(uint32_t)));
     bytes = sat_add(bytes, sat_mul((size_t)longest, 64)); /* tables */
     size_t backend = 0; /* the network's memory, and the window's volume, logits, Gaussian */
     if (net != NULL)
@@ -1251,8 +1254,18 @@ mms_pipe_finish(struct mms_pipe_job *pj, uint8_t *labels, struct mms_pipe_stats 
     if ((rc = export_labels(&pj->j, pj->acc, pj->lab, labels, pj->threads, &stats->mixed_voxels)) <
         0)
         return mms_why(why, why_len, rc, "out of memory in the export");
+    pj->inferred = false; /* acc holds the normalised logits: not twice */
+    free(pj->acc);        /* the postprocessing's memory in their place */
+    free(pj->lab);
+    pj->acc = NULL;
+    pj->lab = NULL;
+    const struct mms_ct *ct = pj->j.ct;
+    const int64_t n[3] = {ct->slices, ct->rows, ct->cols};
+    stats->postprocessed_voxels = 0;
+    if (pj->o.postprocess &&
+        (rc = mms_pipe_postprocess(pj->j.card, labels, n, &stats->postprocessed_voxels)) < 0)
+        return mms_why(why, why_len, rc, "the postprocessing: %s", mms_strerror(rc));
     stats->export_s = mms_mono_s() - t0;
-    pj->inferred = false; /* acc now holds the normalised logits */
     return 0;
 }
 

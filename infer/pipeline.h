@@ -85,6 +85,7 @@ struct mms_pipe_opts {
     size_t max_device_memory; /* bytes of device memory the job may hold; 0 = no limit */
     int max_batch;            /* tiles x mirrorings per network call at most; 0 = the network's */
     int window;               /* enum mms_pipe_window */
+    bool postprocess;         /* the card's postprocessing (on by default) */
     int threads;              /* OpenMP threads of the pre- and post-processing; 0 = all */
     /* Called after each tile with (tiles done, tiles in all); may be NULL. */
     void (*progress)(void *arg, int64_t done, int64_t total);
@@ -102,11 +103,12 @@ struct mms_pipe_stats {
     size_t device_memory_estimate;  /* device bytes (the network's, the window's buffers) */
     bool window_on_backend;         /* the sliding window ran in the backend's buffers */
     double preprocess_s, network_s, export_s;
-    int64_t mixed_voxels; /* output voxels whose label needed every class interpolated */
+    int64_t mixed_voxels;         /* output voxels whose label needed every class interpolated */
+    int64_t postprocessed_voxels; /* set to background by the card's postprocessing */
 };
 
-/* Options with the card's defaults (tta on, the card's tile step, no memory limit). The way
- * back is always the exact path of mmunet.md 5.8. */
+/* Options with the card's defaults (tta on, the card's tile step, no memory limit, the card's
+ * postprocessing). The way back is always the exact path of mmunet.md 5.8. */
 void mms_pipe_opts_default(struct mms_pipe_opts *o);
 
 /* The bytes a job holds at its peak (the input volume, mms_pipe_run()'s buffers, net's arena
@@ -138,6 +140,12 @@ int mms_pipe_run(const struct mms_ct *ct, const struct mms_model *m, struct mms_
                  const struct mms_pipe_opts *o, uint8_t *labels, struct mms_pipe_stats *stats,
                  char *why, size_t why_len);
 
+/* The card's postprocessing (struct mms_card pp) on labels of shape n (any axis order), in
+ * place; *changed receives the voxels set to background. Returns 0, MMS_EINVAL (a shape over
+ * the limits) or MMS_ENOMEM. Threads: any. */
+int mms_pipe_postprocess(const struct mms_card *card, uint8_t *labels, const int64_t n[3],
+                         int64_t *changed);
+
 /* The same in three stages, so that a job holds a network only while it runs (the daemon
  * prepares the next job on the CPU while the GPU runs one):
  * - mms_pipe_prepare(): mms_pipe_run()'s checks and plan (net gives the batch and the memory
@@ -147,11 +155,12 @@ int mms_pipe_run(const struct mms_ct *ct, const struct mms_model *m, struct mms_
  * - mms_pipe_infer(): the sliding window (5.6, 5.7) on net, planned anew for it (its batch, its
  *   memory: MMS_ENOMEM over the limits). On failure the job keeps its input and may be
  *   inferred again, on another network (a CPU one after a GPU failure).
- * - mms_pipe_finish(): the way back (5.8) into labels, once after a successful infer.
+ * - mms_pipe_finish(): the way back (5.8) into labels, then the card's postprocessing when
+ *   o->postprocess, once after a successful infer.
  * Each fills its part of stats (prepare: the plan and preprocess_s; infer: the estimates,
- * window_on_backend, network_s; finish: export_s, mixed_voxels). Returns as mms_pipe_run().
- * Ownership: free the job with mms_pipe_job_free() (NULL is accepted). Threads: one stage at a
- * time per job; infer on net's thread. */
+ * window_on_backend, network_s; finish: export_s, mixed_voxels, postprocessed_voxels). Returns as
+ * mms_pipe_run(). Ownership: free the job with mms_pipe_job_free() (NULL is accepted). Threads: one
+ * stage at a time per job; infer on net's thread. */
 struct mms_pipe_job;
 int mms_pipe_prepare(const struct mms_ct *ct, const struct mms_model *m, const struct mms_net *net,
                      const struct mms_pipe_opts *o, struct mms_pipe_job **out,

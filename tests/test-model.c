@@ -225,6 +225,29 @@ static const struct card_case card_cases[] = {
     {"architecture.n_blocks_decoder", "[1, 1]",
      "architecture.n_blocks_decoder: expected 1 integers, found [1, 1]"},
     {"architecture.stem_blocks", "0", "architecture.stem_blocks: must be >= 1"},
+    {"architecture.ensemble", "[\"fold_0\", \"fold_1\"]", ""},
+    {"architecture.ensemble", "[\"a\"]",
+     "architecture.ensemble: 2 to 16 distinct member names (1 to 64 letters, digits, '_', '.', "
+     "'-'), found [\"a\"]"},
+    {"architecture.ensemble", "[\"a\", 1]",
+     "architecture.ensemble: 2 to 16 distinct member names (1 to 64 letters, digits, '_', '.', "
+     "'-'), found [\"a\", 1]"},
+    {"postprocessing", "[]", ""},
+    {"postprocessing", "[{\"keep_largest_component\": [2, 1]}, {\"keep_largest_component\": [2]}]",
+     ""},
+    {"postprocessing", "{}", "postprocessing: a list of steps is required, found {}"},
+    {"postprocessing", "[{\"keep_largest_component\": [3]}]",
+     "postprocessing[0]: expected {\"keep_largest_component\": [distinct label ids in 1..2]}, "
+     "found {\"keep_largest_component\": [3]}"},
+    {"postprocessing", "[{\"keep_largest_component\": [1]}, {\"keep_largest_component\": [1, 1]}]",
+     "postprocessing[1]: expected {\"keep_largest_component\": [distinct label ids in 1..2]}, "
+     "found {\"keep_largest_component\": [1, 1]}"},
+    {"postprocessing", "[{\"keep_largest_component\": []}]",
+     "postprocessing[0]: expected {\"keep_largest_component\": [distinct label ids in 1..2]}, "
+     "found {\"keep_largest_component\": []}"},
+    {"postprocessing", "[{\"keep_largest_component\": [1], \"size\": 3}]",
+     "postprocessing[0]: expected {\"keep_largest_component\": [distinct label ids in 1..2]}, "
+     "found {\"keep_largest_component\": [1], \"size\": 3}"},
     {"architecture.norm.eps", "1e-6",
      "architecture.norm: version 1 accepts only instance, eps 1e-5, affine true; found {\"type\": "
      "\"instance\", \"eps\": 1e-06, \"affine\": true}"},
@@ -402,6 +425,8 @@ static const struct fixture fixtures[] = {
      "117f56e70002c784636f62cc42a68e7a971db69013dc649ec97c0d1e85920e88", 0},
     {"micro.safetensors", 2, 2, MMS_BISCAN_SEPARATE, false, false, 1.0f, 2, 86, 1511,
      "84c5006179a5e2e7b0950a5299734ca0de91f0c32771bb981e91f5d9e29cde79", 0},
+    {"tiny-separate-pp.safetensors", 3, 4, MMS_BISCAN_SEPARATE, false, false, 1.0f, 7, 204, 41995,
+     "9f133c7246d3beb58f491befbba5a04fa7fabae4d4d97f22e30b46095ce56208", 0},
     {"tiny-ensemble.safetensors", 3, 4, MMS_BISCAN_SEPARATE, false, false, 1.0f, 7, 408, 83990,
      "48105fcade5e1f0de16ca5c170b9b8bceee364272573494f0d4be61d730b9040", 2},
     {"micro-ensemble.safetensors", 2, 2, MMS_BISCAN_SEPARATE, false, false, 1.0f, 2, 172, 3022,
@@ -1295,7 +1320,7 @@ main(void)
     plan(n_tests, 120);
 
     test_sha256();
-    ok(n_fixtures == 7, "7 tiny fixtures found");
+    ok(n_fixtures == 8, "8 tiny fixtures found");
     for (size_t i = 0; i < g.gl_pathc; i++)
         if (is_fixture_file(g.gl_pathv[i]))
             test_fixture(g.gl_pathv[i]);

@@ -8,6 +8,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <cjson/cJSON.h>
+
 #include "common/err.h"
 #include "infer/infer.h"
 #include "infer/model-impl.h"
@@ -825,6 +827,79 @@ out:
     mms_model_free(m);
 }
 
+/* The card's postprocessing against the goldens of tools/mmunet/pipeline.py (scipy, full
+ * connectivity) on generated label volumes, and those goldens against nnunetv2's own
+ * apply_postprocessing (the differences it recorded in nnunet.safetensors). */
+static void
+test_postprocess(const struct mms_st *pp, const struct mms_st *nn)
+{
+    const char *steps_json = mms__st_meta(pp, "steps");
+    cJSON *steps = steps_json != NULL ? cJSON_Parse(steps_json) : NULL, *c;
+    int cases = 0, same = 0;
+    char bad[256] = "";
+    cJSON_ArrayForEach(c, steps)
+    {
+        char name[128];
+        snprintf(name, sizeof name, "%s.in", c->string);
+        const struct mms_tensor *in = need(pp, name);
+        snprintf(name, sizeof name, "%s.out", c->string);
+        const struct mms_tensor *want = need(pp, name);
+        struct mms_card card;
+        memset(&card, 0, sizeof card);
+        card.n_pp = cJSON_GetArraySize(c);
+        card.pp = calloc((size_t)card.n_pp, sizeof *card.pp);
+        const cJSON *st, *l;
+        int i = 0;
+        cJSON_ArrayForEach(st, c)
+        {
+            cJSON_ArrayForEach(l, cJSON_GetObjectItem(st, "keep_largest_component"))
+            {
+                int v = l->valueint;
+                card.pp[i].labels[v / 64] |= (uint64_t)1 << (v % 64);
+            }
+            i++;
+        }
+        uint8_t *lab = malloc((size_t)in->count);
+        for (int64_t v = 0; v < in->count; v++)
+            lab[v] = (uint8_t)in->data[v];
+        int64_t n[3] = {in->shape[0], in->shape[1], in->shape[2]}, changed = -1, diff = 0,
+                removed = 0;
+        int rc = mms_pipe_postprocess(&card, lab, n, &changed);
+        for (int64_t v = 0; v < in->count; v++) {
+            diff += lab[v] != (uint8_t)want->data[v];
+            removed += in->data[v] != want->data[v];
+        }
+        if (rc == 0 && diff == 0 && changed == removed)
+            same++;
+        else
+            snprintf(bad, sizeof bad, "%s: rc %d, %lld voxels differ, %lld changed for %lld",
+                     c->string, rc, (long long)diff, (long long)changed, (long long)removed);
+        cases++;
+        free(lab);
+        free(card.pp);
+    }
+    if (!ok(cases >= 6 && same == cases,
+            "postprocessing: %d of %d label volumes equal the goldens (corners, ties, absent "
+            "labels, unions, borders, random blobs)",
+            same, cases))
+        diag("%s", bad);
+    cJSON_Delete(steps);
+    const char *d = nn != NULL ? mms__st_meta(nn, "postprocess_differences") : NULL;
+    cJSON *dj = d != NULL ? cJSON_Parse(d) : NULL;
+    int n_zero = 0, n_all = 0;
+    cJSON_ArrayForEach(c, dj)
+    {
+        n_all++;
+        n_zero += cJSON_IsNumber(c) && c->valuedouble == 0.0;
+    }
+    if (nn == NULL)
+        skip("no " FIXDIR "/nnunet.safetensors");
+    else
+        ok(n_all == cases && n_zero == n_all,
+           "nnunetv2's apply_postprocessing gives the goldens on %d of %d volumes", n_zero, n_all);
+    cJSON_Delete(dj);
+}
+
 /* A job over max_memory is refused by the plan and by the run, before anything is written. */
 static void
 test_memory_limit(const char *dir)
@@ -1020,12 +1095,14 @@ main(void)
     struct mms_st *bl = open_fixture(dir, "blocks.safetensors", true);
     struct mms_st *rs = open_fixture(dir, "resample.safetensors", true);
     struct mms_st *nn = open_fixture(dir, "nnunet.safetensors", false);
+    struct mms_st *pp = open_fixture(dir, "postprocess.safetensors", true);
     int n_gauss = 0;
     for (int i = 0; i < mms__st_count(bl); i++)
         n_gauss += strncmp(mms__st_tensor(bl, i)->name, "gaussian.", 9) == 0;
     int n = (int)(need(bl, "new_shape")->shape[0] + need(bl, "separate_axis")->shape[0] +
                   need(bl, "tiles.params")->shape[0]) +
-            n_gauss + 3 + count_resample(rs) + 1 + 4 + 2 + 5 + 5 + 1 + 2 + 4 + 5 + 2 + BAD_CASES;
+            n_gauss + 3 + count_resample(rs) + 1 + 4 + 2 + 5 + 5 + 1 + 2 + 4 + 5 + 2 + 2 +
+            BAD_CASES;
     plan(n, 60);
     test_new_shape(bl);
     test_separate_axis(bl);
@@ -1041,8 +1118,10 @@ main(void)
     test_errors();
     test_orientations(dir);
     test_backend_window(dir);
+    test_postprocess(pp, nn);
     test_memory_limit(dir);
     test_bad_values(dir);
+    mms__st_close(pp);
     mms__st_close(nn);
     mms__st_close(rs);
     mms__st_close(bl);

@@ -247,6 +247,41 @@ ok = notta.get("labels") is not None and notta.get("labels") != {}
 print("%s - --tta no still labels the organs (%s)"
       % ("ok" if ok else "not ok", notta.get("labels")))
 EOF
+# The card's postprocessing: the demo model with every label's largest component kept (a
+# copy of the file with that in its card) gives the labels of the plain model, postprocessed
+# as tools/mmunet/pipeline.py does it (scipy, 26-connectivity), and says how many it changed.
+"$python" - "$model" "$tmp/pp.safetensors" "$src/tools" >"$tmp/pp-model.log" 2>&1 <<'EOF'
+import sys
+sys.path.insert(0, sys.argv[3])
+from mmunet import export
+card, tensors, _ = export.read_model(sys.argv[1])
+card["postprocessing"] = [{"keep_largest_component": [lab["id"]]} for lab in card["labels"]]
+export.validate_card(card)
+export.write_model(sys.argv[2], tensors, card)
+EOF
+seg pp --json --tta no --model "$tmp/pp.safetensors" --nifti "$tmp/pp" "$r"
+pycheck 1 "$tmp" "$u_regular" "$src/tools" <<'EOF'
+import json, sys
+import nibabel as nib
+import numpy as np
+tmp, uid, tools = sys.argv[1:4]
+sys.path.insert(0, tools)
+from mmunet import export, pipeline
+try:
+    card, _, _ = export.read_model(tmp + "/pp.safetensors")
+    plain = np.asarray(nib.load("%s/notta/%s.nii.gz" % (tmp, uid)).dataobj)
+    got = np.asarray(nib.load("%s/pp/%s.nii.gz" % (tmp, uid)).dataobj)
+    s = next(x for x in json.load(open(tmp + "/pp.json"))["series"] if x["series_uid"] == uid)
+    want = pipeline.postprocess(plain.astype(np.uint8), card["postprocessing"])
+    changed = int(np.sum(want != plain))
+    ok = np.array_equal(got, want) and changed > 0 and s.get("postprocessed_voxels") == changed
+    print("%s - postprocessing in the card: the plain labels with every label's largest "
+          "component kept (%d voxels to background, JSON %s; %d voxels differ)"
+          % ("ok" if ok else "not ok", changed, s.get("postprocessed_voxels"),
+             int(np.sum(got != want))))
+except Exception as e:
+    print("not ok - postprocessing in the card: %s" % e)
+EOF
 check "two runs (four series, then the regular one alone): identical label volumes" \
     cmp "$tmp/seg/$u_regular.nii.gz" "$tmp/again/$u_regular.nii.gz"
 

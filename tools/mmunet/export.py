@@ -26,6 +26,7 @@ DTYPES = {"F32": (np.float32, 4), "F16": (np.float16, 2), "BF16": (None, 2)}
 
 TOP_KEYS = ("schema", "name", "version", "description", "license", "architecture",
             "preprocessing", "inference", "labels", "provenance")
+TOP_OPTIONAL = ("postprocessing",)
 ARCH_KEYS = ("family", "in_channels", "num_classes", "n_stages", "features_per_stage",
              "kernel_sizes", "strides", "n_blocks_encoder", "n_blocks_decoder", "stem_blocks",
              "norm", "nonlin", "decoder", "mixer", "ignorable_tensors")
@@ -180,7 +181,8 @@ def validate_card(card, warn=True):
     for k in TOP_KEYS:
         if k not in card:
             _err(f"card: missing key {k!r}")
-    notes += [f"card: unknown key {k!r} ignored" for k in card if k not in TOP_KEYS]
+    notes += [f"card: unknown key {k!r} ignored" for k in card
+              if k not in TOP_KEYS and k not in TOP_OPTIONAL]
     for k in ("name", "version", "description", "license"):
         if not isinstance(card[k], str) or not card[k]:
             _err(f"{k}: expected a non-empty string")
@@ -360,6 +362,18 @@ def validate_card(card, warn=True):
     if sorted(ids) != list(range(1, a["num_classes"])):
         _err(f"labels: ids must be 1..{a['num_classes'] - 1} once each (num_classes - 1 labels),"
              f" found {sorted(ids)}")
+
+    pp = card.get("postprocessing", [])
+    if not isinstance(pp, list):
+        _err(f"postprocessing: a list of steps is required, found {json.dumps(pp)}")
+    for i, step in enumerate(pp):
+        ls = step.get("keep_largest_component") if isinstance(step, dict) else None
+        if not isinstance(step, dict) or set(step) != {"keep_largest_component"} or \
+                not isinstance(ls, list) or not ls or \
+                not all(_is_int(x) and 1 <= x < a["num_classes"] for x in ls) or \
+                len(set(ls)) != len(ls):
+            _err(f"postprocessing[{i}]: expected {{\"keep_largest_component\": [distinct label "
+                 f"ids in 1..{a['num_classes'] - 1}]}}, found {json.dumps(step)}")
 
     prov = card["provenance"]
     if not isinstance(prov, dict) or not isinstance(prov.get("trainer"), str) or \

@@ -42,6 +42,7 @@ import importlib.abc
 import importlib.util
 import json
 import os
+import pickle
 import re
 import sys
 import warnings
@@ -161,7 +162,9 @@ def card_labels(dataset_labels):
     out, notes = [], []
     for name, lid in dataset_labels.items():
         if isinstance(lid, (list, tuple)):
-            raise ExportError(f"label {name!r}: region-based training is not supported")
+            raise ExportError(f"label {name!r}: region-based training (regions_class_order) is "
+                              f"not supported: its sigmoid-and-threshold conversion is not "
+                              f"built")
         if name == "ignore" or int(lid) == 0:
             continue
         key = _norm_name(name)
@@ -248,6 +251,69 @@ def package_version(name):
         return "not installed"
 
 
+# ------------------------------------------------------------------------------ postprocessing
+PP_FN = "remove_all_but_largest_component_from_segmentation"
+
+
+class _PostprocessingUnpickler(pickle.Unpickler):
+    """Reads nnU-Net's postprocessing.pkl ((functions, kwargs)) without nnU-Net: a function is
+    read as its name, and only nnunetv2's postprocessing functions may appear."""
+
+    def find_class(self, module, name):
+        if module.startswith("nnunetv2.") and name == PP_FN:
+            return name
+        if (module, name) in (("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+                              ("numpy._core.multiarray", "scalar")):  # numpy integer labels
+            import numpy
+            return numpy.dtype if name == "dtype" else numpy.core.multiarray.scalar
+        raise ExportError(f"postprocessing: unexpected object {module}.{name}")
+
+
+def _label_set(v):
+    """labels_or_regions of a step (a label, a region tuple, or a list of them): the union of
+    their labels, as nnU-Net's mask of the step is."""
+    if isinstance(v, (list, tuple)):
+        out = []
+        for x in v:
+            out += _label_set(x)
+        return out
+    if isinstance(v, bool) or not isinstance(v, int) and not hasattr(v, "__index__"):
+        raise ExportError(f"postprocessing: labels_or_regions {v!r} is not a label")
+    return [int(v)]
+
+
+def read_postprocessing(path):
+    """The card's `postprocessing` from nnU-Net's postprocessing.pkl or postprocessing.json
+    (nnUNetv2_find_best_configuration writes both into crossval_results_folds_*)."""
+    if path.endswith(".json"):
+        with open(path) as f:
+            d = json.load(f)
+        fns, kwargs = d["postprocessing_fns"], d["postprocessing_kwargs"]
+    else:
+        with open(path, "rb") as f:
+            fns, kwargs = _PostprocessingUnpickler(f).load()
+    steps = []
+    for fn, kw in zip(fns, kwargs):
+        if fn != PP_FN or set(kw) - {"labels_or_regions", "background_label"} or \
+                kw.get("background_label", 0) != 0:
+            raise ExportError(f"postprocessing: step {fn}({kw}) is not one the card can state")
+        labels = []
+        for x in _label_set(kw["labels_or_regions"]):
+            if x not in labels:
+                labels.append(x)
+        steps.append({"keep_largest_component": labels})
+    return steps
+
+
+def find_postprocessing(results_dir, folds):
+    """nnU-Net's postprocessing for these folds, if it was determined: the path or None."""
+    d = os.path.join(results_dir, "crossval_results_folds_" + "_".join(str(f) for f in folds))
+    for name in ("postprocessing.pkl", "postprocessing.json"):
+        if os.path.isfile(os.path.join(d, name)):
+            return os.path.join(d, name)
+    return None
+
+
 # ------------------------------------------------------------------------------ export
 def find_folds(results_dir, checkpoint):
     found = []
@@ -259,8 +325,10 @@ def find_folds(results_dir, checkpoint):
 
 def export_results(results_dir, out_path, folds=None, checkpoint="checkpoint_final.pth",
                    name=None, version="0.1.0", orientation=None, license=None,
-                   description=None, log=print):
-    """Write the model file; returns (card, sha256, network) with the network in eval mode."""
+                   description=None, log=print, postprocessing=None):
+    """Write the model file; returns (card, sha256, network) with the network in eval mode.
+    postprocessing: a postprocessing.pkl or .json to carry into the card, "none", or None for
+    the one nnU-Net determined for these folds, if any."""
     with open(os.path.join(results_dir, "plans.json")) as f:
         plans = json.load(f)
     with open(os.path.join(results_dir, "dataset.json")) as f:
@@ -304,6 +372,11 @@ def export_results(results_dir, out_path, folds=None, checkpoint="checkpoint_fin
                               f"describes: missing {missing[:5]}, unexpected {unexpected[:5]}")
         nets.append(net.eval())
     members = [f"fold_{f}" for f in folds] if len(folds) > 1 else None
+    if postprocessing is None:
+        postprocessing = find_postprocessing(results_dir, folds)
+    pp_steps = [] if postprocessing in (None, "none") else read_postprocessing(postprocessing)
+    if postprocessing not in (None, "none"):
+        log(f"postprocessing from {postprocessing}: {pp_steps or 'none'}")
 
     if orientation is None:
         orientation, reader = infer_orientation(plans, dataset_json)
@@ -342,6 +415,9 @@ def export_results(results_dir, out_path, folds=None, checkpoint="checkpoint_fin
             "torch_version": torch.__version__,
         },
         members=members)
+    if pp_steps:
+        card["postprocessing"] = pp_steps
+        export.validate_card(card)
     for n in notes:
         warnings.warn(n)
     sds = [{k: v for k, v in n.state_dict().items() if not k.startswith(IGNORED_PREFIXES)}
@@ -366,6 +442,10 @@ def main(argv):
                     help="default: from the image reader nnU-Net used")
     ap.add_argument("--license", help="default: dataset.json licence, else 'unspecified'")
     ap.add_argument("--description", help="card description")
+    ap.add_argument("--postprocessing",
+                    help="nnU-Net's postprocessing.pkl or .json to carry into the card, or "
+                         "'none' (default: crossval_results_folds_<folds>/postprocessing.pkl "
+                         "when nnUNetv2_find_best_configuration wrote it)")
     args = ap.parse_args(argv)
     folds = [int(f) if f.isdigit() else f for f in args.folds] if args.folds else None
     try:
@@ -374,8 +454,9 @@ def main(argv):
             warnings.showwarning = lambda m, *a, **k: print(f"warning: {m}", file=sys.stderr)
             card, sha, net = export_results(args.results_dir, args.output, folds,
                                             args.checkpoint, args.name, args.version,
-                                            args.orientation, args.license, args.description)
-    except (ExportError, export.ModelError, OSError, KeyError) as e:
+                                            args.orientation, args.license, args.description,
+                                            postprocessing=args.postprocessing)
+    except (ExportError, export.ModelError, OSError, KeyError, pickle.UnpicklingError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     n = sum(p.numel() for k, p in net.state_dict().items() if ".ds_heads." not in k)

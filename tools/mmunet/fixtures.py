@@ -12,6 +12,7 @@ writes, deterministically (the same seed gives the same bytes):
   MetaBlock's LN output, mixer output, delta and pre-gate y, and the logits, computed in
   fp64 from the stored (fp32) weights.
 - tiny-separate.big.safetensors: a 32x64x64 input and the argmax of its logits.
+- tiny-separate-pp.safetensors: tiny-separate's network with a postprocessing in its card.
 - mamba-ops.safetensors: one Mamba layer's weights and outputs for sequences of 1, 3 and
   1000 tokens (shorter and longer than d_conv).
 - tiny-ensemble.safetensors: a fold ensemble of two tiny-separate networks (seeds of their
@@ -87,6 +88,9 @@ def fp32_roundtrip(model):
     return m
 
 
+PP_STEPS = [{"keep_largest_component": [1, 2]}, {"keep_largest_component": [1]}]
+
+
 def write_tiny(out, variant, mixer, seed):
     torch.manual_seed(seed)
     model = MMUNet(**TINY, mixer=mixer)
@@ -94,6 +98,11 @@ def write_tiny(out, variant, mixer, seed):
     card = tiny_card(model, variant)
     sd = model.state_dict()
     export.write_model(os.path.join(out, f"tiny-{variant}.safetensors"), sd, card)
+    if variant == "separate":  # the same network with a postprocessing in its card
+        card = tiny_card(model, "separate-pp")
+        card["postprocessing"] = PP_STEPS
+        export.validate_card(card)
+        export.write_model(os.path.join(out, "tiny-separate-pp.safetensors"), sd, card)
     ref = fp32_roundtrip(model)
     g = torch.Generator().manual_seed(seed + 1)
     x = torch.randn([1, 1] + PATCH, generator=g, dtype=torch.float64)

@@ -210,7 +210,8 @@ def sliding_window(net, vol, card, tta=True, step=None, progress=None):
 # ------------------------------------------------------------------------ whole
 def segment(net, card, hu_krc, u_c, u_r, u_k, spacing_crk, tta=True, step=None,
             progress=None):
-    """Labels (k, r, c) uint8 for a CT volume in DICOM order (mmunet.md 5.1-5.8)."""
+    """Labels (k, r, c) uint8 for a CT volume in DICOM order (mmunet.md 5.1-5.8), then the
+    card's postprocessing."""
     pre = card["preprocessing"]
     ori = Orientation(u_c, u_r, u_k, spacing_crk, pre["orientation"], pre["transpose_forward"])
     a = ori.forward(hu_krc.astype(np.float32))
@@ -230,7 +231,30 @@ def segment(net, card, hu_krc, u_c, u_r, u_k, spacing_crk, tta=True, step=None,
     lab = np.argmax(back, axis=0).astype(np.uint8)
     full = np.zeros(full_shape, dtype=np.uint8)
     full[box] = lab
-    return ori.backward(full)
+    return postprocess(ori.backward(full), card.get("postprocessing", []))
+
+
+def keep_largest_component(seg, labels):
+    """Of the voxels whose label is in `labels`, keep the largest 26-connected component (every
+    one of that size on a tie); the others become 0. nnU-Net's
+    remove_all_but_largest_component_from_segmentation; a set absent from seg changes nothing."""
+    from scipy import ndimage
+    mask = np.isin(seg, list(labels))
+    comp, n = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
+    out = seg.copy()
+    if n == 0:
+        return out
+    sizes = np.bincount(comp.ravel())[1:]
+    keep = np.flatnonzero(sizes == sizes.max()) + 1
+    out[mask & ~np.isin(comp, keep)] = 0
+    return out
+
+
+def postprocess(seg, steps):
+    """The card's postprocessing: its steps in order (mmunet.md; card key `postprocessing`)."""
+    for st in steps:
+        seg = keep_largest_component(seg, st["keep_largest_component"])
+    return seg
 
 
 def dice(a, b, labels):

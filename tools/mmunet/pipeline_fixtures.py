@@ -319,6 +319,61 @@ def tile_cases():
 
 
 # ------------------------------------------------------------------------ writers
+def postprocess_cases(rng):
+    """Label volumes and postprocessing steps: components touching only at a corner or an edge
+    (one component with 26-connectivity), ties, a set absent from the volume, a union of
+    labels, components at the borders, a volume one voxel thick, and random blobs."""
+    cases = []
+    a = np.zeros((6, 7, 8), np.uint8)
+    a[1, 1, 1] = a[2, 2, 2] = 1          # corner neighbours: one component of 2
+    a[4, 5, 6] = 1                       # alone: removed
+    a[0, 0, 5] = a[1, 1, 5] = 2          # edge neighbours: one component of 2
+    a[5, 6, 7] = 2                       # a corner voxel of the volume: removed
+    cases.append(("corners", a, [[1], [2]]))
+    b = np.zeros((5, 9, 9), np.uint8)
+    b[1, 1:3, 1:3] = 1                   # two components of 4: both stay
+    b[3, 6:8, 6:8] = 1
+    b[2, 4, 4] = 1                       # one of 1: removed
+    cases.append(("tie", b, [[1]]))
+    c = np.zeros((4, 5, 6), np.uint8)
+    c[1:3, 1:3, 1:3] = 2
+    cases.append(("absent", c, [[1], [1, 3]]))
+    d = np.zeros((6, 10, 10), np.uint8)
+    d[2:4, 2:5, 2:4] = 1                 # 1 and 2 touch: one component of their union
+    d[2:4, 5:7, 2:4] = 2
+    d[1, 8, 8] = 3
+    d[4, 8, 1] = 2                       # far away: removed by the union step
+    cases.append(("union", d, [[1, 2, 3], [2]]))
+    e = np.zeros((1, 12, 9), np.uint8)
+    e[0, 0, :4] = 1
+    e[0, 11, 3:9] = 1
+    e[0, 5, 5] = 1
+    cases.append(("thin", e, [[1]]))
+    f = (rng.random((14, 18, 20)) < 0.12).astype(np.uint8) * rng.integers(1, 4, (14, 18, 20))
+    f = f.astype(np.uint8)
+    f[3:9, 4:12, 5:15] = 2               # one big blob among the noise
+    cases.append(("random", f, [[1, 2, 3], [1], [2], [3]]))
+    return cases
+
+
+def write_postprocess(out, rng, pipeline):
+    tensors, steps = {}, {}
+    for name, seg, sets in postprocess_cases(rng):
+        st = [{"keep_largest_component": s} for s in sets]
+        res = pipeline.postprocess(seg, st)
+        tensors[f"{name}.in"] = seg.astype(np.float32)
+        tensors[f"{name}.out"] = res.astype(np.float32)
+        steps[name] = st
+    meta = {
+        "generator": "tools/mmunet/pipeline_fixtures.py",
+        "golden": "tools/mmunet/pipeline.py postprocess(): scipy.ndimage.label with a 3x3x3 "
+                  "structure (26-connectivity), every largest component kept",
+        "steps": steps,
+    }
+    export.write_model(os.path.join(out, "postprocess.safetensors"), tensors,
+                       metadata=meta_str(meta))
+
+
 def write_main(out):
     from scipy.ndimage import zoom
     import scipy
@@ -397,6 +452,7 @@ def write_main(out):
                      "source": "closed form of mmunet.md 5.6 in float64"},
     }
     export.write_model(os.path.join(out, "blocks.safetensors"), blocks, metadata=meta_str(meta))
+    write_postprocess(out, np.random.default_rng(SEED + 1), pipeline)
 
 
 def read_st(path):
@@ -466,6 +522,17 @@ def write_nnunet(out):
         got = int(axis) if do else -1
         if got != int(r[7]):
             sep_diff.append({"row": r.tolist(), "nnunet": got})
+    # the postprocessing goldens against nnunetv2's apply_postprocessing
+    from nnunetv2.postprocessing.remove_connected_components import (
+        apply_postprocessing, remove_all_but_largest_component_from_segmentation)
+    pmeta, pp = read_st(os.path.join(out, "postprocess.safetensors"))
+    pp_diff = {}
+    for name, st in json.loads(pmeta["steps"]).items():
+        seg = pp[name + ".in"].astype(np.uint8)
+        fns = [remove_all_but_largest_component_from_segmentation] * len(st)
+        kw = [{"labels_or_regions": s["keep_largest_component"]} for s in st]
+        got = apply_postprocessing(seg, fns, kw)
+        pp_diff[name] = int(np.sum(got != pp[name + ".out"].astype(np.uint8)))
     meta = {
         "generator": "tools/mmunet/pipeline_fixtures.py --nnunet",
         "versions": {"nnunetv2": version("nnunetv2"), "torch": torch.__version__,
@@ -479,6 +546,11 @@ def write_nnunet(out):
         "resample_tol_vs_goldens": resample_tol,
         "new_shape_differences": new_shape_diff,
         "separate_axis_differences": sep_diff,
+        "postprocess_differences": pp_diff,
+        "postprocess": "nnunetv2.postprocessing.remove_connected_components."
+                       "apply_postprocessing with remove_all_but_largest_component_from_"
+                       "segmentation per step, against postprocess.safetensors: voxels "
+                       "that differ",
         "module": nnunetv2.__file__.split("site-packages/")[-1],
     }
     export.write_model(os.path.join(out, "nnunet.safetensors"), tensors, metadata=meta_str(meta))
@@ -489,7 +561,8 @@ def write_nnunet(out):
     # the only accepted difference: nnU-Net's 0 where infer/pipeline.h asks for at least 1
     shape_ok = all(g == w or (g == 0 and w == 1) for d in new_shape_diff
                    for g, w in zip(d["nnunet"], d["golden"]))
-    return 0 if worst <= 1e-6 and not sep_diff and shape_ok else 1
+    print(f"pipeline_fixtures --nnunet: postprocessing differences {pp_diff}")
+    return 0 if worst <= 1e-6 and not sep_diff and shape_ok and not any(pp_diff.values()) else 1
 
 
 def main(argv):

@@ -371,6 +371,38 @@ class TestExportNnunet(unittest.TestCase):
             self.assertLess((got - want).abs().max().item(), 1e-5)
             self.assertGreater((averaged - want).abs().max().item(), 1e-2)
 
+            # nnU-Net's postprocessing of these folds, pickled as nnU-Net pickles it (its
+            # function by reference): carried into the card, and applied by postprocess()
+            import pickle
+            import types
+            mods = ["nnunetv2", "nnunetv2.postprocessing",
+                    "nnunetv2.postprocessing.remove_connected_components"]
+            for m in mods:
+                sys.modules[m] = types.ModuleType(m)
+            fn = lambda seg, labels_or_regions, background_label=0: seg  # noqa: E731
+            fn.__module__, fn.__qualname__ = mods[-1], export_nnunet.PP_FN
+            fn.__name__ = export_nnunet.PP_FN
+            setattr(sys.modules[mods[-1]], export_nnunet.PP_FN, fn)
+            cv = os.path.join(d, "crossval_results_folds_0_1")
+            os.makedirs(cv)
+            try:
+                with open(os.path.join(cv, "postprocessing.pkl"), "wb") as f:
+                    pickle.dump(([fn, fn], [{"labels_or_regions": [1, 2]},
+                                            {"labels_or_regions": (2,)}]), f)
+            finally:
+                for m in mods:
+                    del sys.modules[m]
+            card, _, _ = export_nnunet.export_results(d, out, log=lambda *a: None)
+            self.assertEqual(card["postprocessing"], [{"keep_largest_component": [1, 2]},
+                                                      {"keep_largest_component": [2]}])
+            card, _, _ = export_nnunet.export_results(d, out, postprocessing="none",
+                                                      log=lambda *a: None)
+            self.assertNotIn("postprocessing", card)
+            with open(os.path.join(cv, "bad.pkl"), "wb") as f:
+                pickle.dump(([os.system], [{}]), f)
+            with self.assertRaises(export_nnunet.ExportError):
+                export_nnunet.read_postprocessing(os.path.join(cv, "bad.pkl"))
+
             one = os.path.join(d, "fold1.safetensors")
             card, _, _ = export_nnunet.export_results(d, one, folds=[1], log=lambda *a: None)
             self.assertNotIn("ensemble", card["architecture"])
