@@ -20,6 +20,11 @@
 #    the foreground. The reference suite measured 0.9923 or more on every case.
 # nnU-Net keeps its sliding-window sums in float16 and mmsegd in float32 (mmunet.md 5.9), so a
 # few voxels with near-tied logits may differ; the record holds the reference suite's figures.
+# The same for a fold ensemble (tests/fixtures/nnunet-parity-ensemble.json, labels in
+# tests/fixtures/parity-ensemble/): the demo network and a perturbed copy of it as a second
+# member (tools/mmunet/make_ensemble.py --perturb 1 --scale 0.05 --seed 7, remade here),
+# nnU-Net's predictor given both as its parameter sets. Its labels differ from the demo's
+# alone on 0.17 to 1.3 % of the voxels, so a run of one member fails the 0.999.
 # SKIP only without the shared test data or without numpy/scipy/pydicom in $PYTHON3.
 set -u
 . "$(dirname "$0")/find-testdata.sh"
@@ -147,56 +152,75 @@ pcheck() {
     done
 }
 
-if [ ! -f "$record" ]; then
-    result FAIL "$record is missing (tools/mmunet/nnunet_parity.sh writes it)"
-    echo "1..$n"
-    exit 1
-fi
-if ! "$python" "$tmp/parity.py" cases "$record" >"$tmp/cases" 2>"$tmp/cases.err"; then
-    result FAIL "$record: unreadable: $(tail -1 "$tmp/cases.err")"
-    echo "1..$n"
-    exit 1
-fi
-
-while read -r -u 3 name kind a b c d e f g h; do
-    dir=$tmp/$name
-    mkdir -p "$dir"
-    if [ "$kind" = testdata ]; then
-        dicom=$td/$a
-        if [ ! -d "$dicom" ]; then
-            result FAIL "$name: $dicom is not in the shared test data"
-            continue
-        fi
-    else # phantom SEED D H W SZ SY SX SHA256
-        dicom=$dir/phantom/dicom
-        if ! "$python" "$src/tools/mmunet/phantom.py" --seed "$a" --shape "$b" "$c" "$d" \
-            --spacing "$e" "$f" "$g" --out "$dir/phantom" --dicom >"$dir/phantom.log" 2>&1; then
-            result FAIL "$name: phantom.py --seed $a failed"
-            sed 's/^/# /' "$dir/phantom.log" | tail -5
-            continue
-        fi
-        sha=$("$python" "$tmp/parity.py" sha256 "$dicom")
-        if [ "$sha" != "$h" ]; then
-            echo "# $name: the regenerated phantom differs from the one nnU-Net segmented" \
-                "(SHA-256 $sha, recorded $h)"
-        fi
+# parity RECORD MODEL FIXTURES: every case of RECORD with MODEL, against FIXTURES/<case>.*
+parity() {
+    local record=$1 model=$2 fixdir=$3
+    if [ ! -f "$record" ]; then
+        result FAIL "$record is missing (tools/mmunet/nnunet_parity.sh writes it)"
+        return
     fi
-    for tta in yes no; do
-        if [ $tta = yes ]; then fx=$src/tests/fixtures/parity/$name.nnunet.nii.gz; else
-            fx=$src/tests/fixtures/parity/$name.nnunet-notta.nii.gz; fi
-        out=$dir/seg-$tta
-        "$mmsegd" segment --model "$model" --backend cpu --tta $tta --json --nifti "$out" \
-            "$dicom" >"$out.json" 2>"$out.err"
-        rc=$?
-        if [ $rc -ne 0 ]; then
-            result FAIL "$name (tta $tta): mmsegd segment exited $rc"
-            sed 's/^/# /' "$out.err" | tail -10
-            result FAIL "$name (tta $tta): agreement with nnU-Net not measured"
-            continue
+    if ! "$python" "$tmp/parity.py" cases "$record" >"$tmp/cases" 2>"$tmp/cases.err"; then
+        result FAIL "$record: unreadable: $(tail -1 "$tmp/cases.err")"
+        return
+    fi
+    local tag=${4:-}
+    while read -r -u 3 name kind a b c d e f g h; do
+        dir=$tmp/$name$tag
+        mkdir -p "$dir"
+        if [ "$kind" = testdata ]; then
+            dicom=$td/$a
+            if [ ! -d "$dicom" ]; then
+                result FAIL "$name: $dicom is not in the shared test data"
+                continue
+            fi
+        else # phantom SEED D H W SZ SY SX SHA256
+            dicom=$dir/phantom/dicom
+            if ! "$python" "$src/tools/mmunet/phantom.py" --seed "$a" --shape "$b" "$c" "$d" \
+                --spacing "$e" "$f" "$g" --out "$dir/phantom" --dicom >"$dir/phantom.log" 2>&1; then
+                result FAIL "$name: phantom.py --seed $a failed"
+                sed 's/^/# /' "$dir/phantom.log" | tail -5
+                continue
+            fi
+            sha=$("$python" "$tmp/parity.py" sha256 "$dicom")
+            if [ "$sha" != "$h" ]; then
+                echo "# $name: the regenerated phantom differs from the one nnU-Net segmented" \
+                    "(SHA-256 $sha, recorded $h)"
+            fi
         fi
-        pcheck "$out.json" "$fx" "$name (tta $tta)"
-    done
-done 3<"$tmp/cases"
+        for tta in yes no; do
+            if [ $tta = yes ]; then fx=$fixdir/$name.nnunet.nii.gz; else
+                fx=$fixdir/$name.nnunet-notta.nii.gz; fi
+            out=$dir/seg-$tta
+            "$mmsegd" segment --model "$model" --backend cpu --tta $tta --json --nifti "$out" \
+                "$dicom" >"$out.json" 2>"$out.err"
+            rc=$?
+            if [ $rc -ne 0 ]; then
+                result FAIL "$name$tag (tta $tta): mmsegd segment exited $rc"
+                sed 's/^/# /' "$out.err" | tail -10
+                result FAIL "$name$tag (tta $tta): agreement with nnU-Net not measured"
+                continue
+            fi
+            pcheck "$out.json" "$fx" "$name$tag (tta $tta)"
+        done
+    done 3<"$tmp/cases"
+}
+
+parity "$record" "$model" "$src/tests/fixtures/parity"
+
+# The fold ensemble, remade from the demo model as the reference suite made it.
+erecord=$src/tests/fixtures/nnunet-parity-ensemble.json
+emodel=$tmp/demo-ensemble.safetensors
+if "$python" "$src/tools/mmunet/make_ensemble.py" "$emodel" "$model" --perturb 1 --scale 0.05 \
+    --seed 7 >"$tmp/ensemble.log" 2>&1; then
+    want=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["model"]["sha256"])' \
+        "$erecord" 2>/dev/null)
+    got=$(sed -n 's/^sha256: //p' "$tmp/ensemble.log")
+    [ "$got" = "$want" ] || echo "# the remade ensemble differs from the one nnU-Net ran" \
+        "(SHA-256 $got, recorded $want): another numpy draws other perturbations"
+    parity "$erecord" "$emodel" "$src/tests/fixtures/parity-ensemble" " (ensemble)"
+else
+    result FAIL "make_ensemble.py: $(tail -1 "$tmp/ensemble.log")"
+fi
 
 echo "1..$n"
 exit $failed

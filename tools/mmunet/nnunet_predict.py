@@ -149,7 +149,8 @@ def dataset_json_from_card(card):
 
 # ------------------------------------------------------------------------------ predictor
 class Predictor:
-    """nnUNetPredictor set up by manual_initialization for one model file."""
+    """nnUNetPredictor set up by manual_initialization for one model file (a fold ensemble's
+    members as its parameter sets, whose logits nnU-Net averages)."""
 
     def __init__(self, model_path, tta=True, tile_step=None, threads=None, verbose=False,
                  accumulate="fp16"):
@@ -164,7 +165,13 @@ class Predictor:
         from mmunet import export
 
         self.torch = torch
-        self.net, self.card, self.sha = export.load_network(model_path)
+        loaded, self.card, self.sha = export.load_network(model_path)
+        # a fold ensemble: nnU-Net's own way, one network and a parameter set per member
+        members = list(loaded.members) if hasattr(loaded, "members") else [loaded]
+        self.net = members[0]
+        # copies: nnU-Net loads each set into self.net in turn, and a state_dict() holds the
+        # network's own tensors, which the next set would overwrite
+        self.parameters = [{k: v.clone() for k, v in m.state_dict().items()} for m in members]
         self.plans = plans_from_card(self.card)
         self.dataset_json = dataset_json_from_card(self.card)
         self.plans_manager = PlansManager(self.plans)
@@ -178,7 +185,7 @@ class Predictor:
                                          device=torch.device("cpu"), verbose=verbose,
                                          verbose_preprocessing=verbose, allow_tqdm=False)
         self.predictor.manual_initialization(
-            self.net, self.plans_manager, self.conf, [self.net.state_dict()],
+            self.net, self.plans_manager, self.conf, self.parameters,
             self.dataset_json, TRAINER,
             tuple(int(a) for a in self.card["inference"]["mirror_axes"]))
         self.accumulate = accumulate
