@@ -169,7 +169,11 @@ mms_work_plan(const struct mms_engine *e, const struct mms_ct *ct, const struct 
             *degraded = MMS_DEGRADE_CPU;
             net = NULL;
         }
-        if ((rc = mms_pipe_plan(ct, e->model, net, used, st, why, why_len)) != MMS_ENOMEM)
+        if ((rc = mms_pipe_plan(ct, e->model, net, used, st, why, why_len)) == 0 && s == 3)
+            mms_why(why, why_len, 0, "an estimated %s%s%s%s%s: more than the limit of %zu MiB",
+                    tried[0], n > 1 ? ", " : "", n > 1 ? tried[1] : "", n > 2 ? ", " : "",
+                    n > 2 ? tried[2] : "", device_limit(e, o) >> 20);
+        if (rc != MMS_ENOMEM)
             return rc; /* fits, or fails for another reason than memory */
         bool host_short = used->max_memory > 0 && st->memory_estimate > used->max_memory;
         device_short = !host_short;
@@ -686,9 +690,7 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
                     : "one tile per network call");
     }
     if (rc == 0 && (r->degraded & MMS_DEGRADE_CPU) != 0)
-        snprintf(r->fallback, sizeof r->fallback,
-                 "an estimated %zu MiB of device memory as configured: more than the limit",
-                 (r->st.device_memory_estimate + (1u << 20) - 1) >> 20);
+        snprintf(r->fallback, sizeof r->fallback, "%s", why); /* the GPU steps' figures */
     /* 5.1-5.5 before an engine is taken */
     if (rc == 0)
         rc = mms_pipe_prepare(&ct, e->model, (r->degraded & MMS_DEGRADE_CPU) ? NULL : e->net, &po,

@@ -103,8 +103,10 @@ struct mms_work_result {
  * options o on the CPU (planned without a CPU network's arena, which mms_pipe_infer() counts
  * once the CPU engine exists). The device limit is o->max_device_memory, or 90 % of
  * e->device_free when that is 0. *used receives the first options that fit, *st their plan and
- * *degraded what was given up (MMS_DEGRADE_*). Returns 0, or mms_pipe_plan()'s error of the
- * last step (MMS_ENOMEM with the figures of every step tried in why). */
+ * *degraded what was given up (MMS_DEGRADE_*); when that is the CPU, why receives the figures
+ * of the GPU steps ("an estimated N MiB of device memory as configured, ...: more than the
+ * limit of L MiB"). Returns 0, or mms_pipe_plan()'s error of the last step (MMS_ENOMEM with
+ * the figures of every step tried in why). */
 int mms_work_plan(const struct mms_engine *e, const struct mms_ct *ct,
                   const struct mms_pipe_opts *o, struct mms_pipe_opts *used,
                   struct mms_pipe_stats *st, unsigned *degraded, char *why, size_t why_len);

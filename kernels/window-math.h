@@ -3,10 +3,10 @@
  *
  * A tile is a patch p (3 extents, row-major) at `base` in a padded volume with strides st
  * (elements; st[2] = 1). The network sees the tile mirrored by mask (bit t: axis t reversed):
- * network voxel i (0 <= i < p0 p1 p2, row-major) is tile voxel mms_k_window_local(w, i),
- * which lies at base + mms_k_window_offset(...) in the volume. The way in copies the volume
- * into the network's input through this map; the way back adds the network's output at i,
- * weighted by the Gaussian at the tile voxel, to the accumulator at the same place. */
+ * network voxel i (0 <= i < p0 p1 p2, row-major) is the tile voxel mms_k_window_map() returns,
+ * at the volume offset it stores. The way in copies the volume into the network's input
+ * through this map; the way back adds the network's output at i, weighted by the Gaussian at
+ * the tile voxel, to the accumulator at the same place. */
 #ifndef MMS_KERNELS_WINDOW_MATH_H
 #define MMS_KERNELS_WINDOW_MATH_H
 
