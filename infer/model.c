@@ -270,7 +270,13 @@ add_members(struct gen *g, const struct mms_arch *a, const char *path, char *why
         for (int i = 0; i < g->n; i++) {
             struct expect *e = &v[k * g->n + i];
             *e = g->v[i];
-            snprintf(e->name, sizeof e->name, MEMBER_PREFIX "%d.%s", k, g->v[i].name);
+            if (snprintf(e->name, sizeof e->name, MEMBER_PREFIX "%d.%s", k, g->v[i].name) >=
+                (int)sizeof e->name) {
+                free(v);
+                return mms__failf(why, why_len, MMS_EMODEL, path,
+                                  "architecture: a member's tensor name is over %d bytes",
+                                  NAME_MAX_LEN - 1);
+            }
         }
     free(g->v);
     g->v = v;
