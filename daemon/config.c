@@ -123,6 +123,7 @@ static const struct cfg_key main_keys[] = {
     {"infer", "device", T_DEVICES, OFF(infer.devices), "0", 0, 63, NULL, 0},
     {"infer", "threads", T_UINT, OFF(infer.threads), "0", 0, 1024, NULL, 0},
     {"infer", "tta", T_BOOL, OFF(infer.tta), "yes", 0, 0, NULL, 0},
+    {"infer", "postprocessing", T_BOOL, OFF(infer.postprocessing), "yes", 0, 0, NULL, 0},
     {"infer", "tile_step", T_DBL, OFF(infer.tile_step), "0.5", 0.1, 1.0, NULL, 0},
     {"infer", "max_memory_mb", T_UINT, OFF(infer.max_memory_mb), "0", 0, UMAX, NULL, 0},
     {"infer", "max_device_memory_mb", T_UINT, OFF(infer.max_device_memory_mb), "0", 0, UMAX, NULL,

@@ -100,6 +100,7 @@ struct mms_config {
         struct mms_devices devices; /* the key is "device" */
         unsigned threads;
         bool tta;
+        bool postprocessing; /* the card's postprocessing */
         double tile_step;
         unsigned max_memory_mb;
         unsigned max_device_memory_mb; /* 0: 90 % of the GPU's free memory at start */

@@ -130,6 +130,7 @@ static const struct command commands[] = {
      "  --precision P         fp32, fp16 or bf16 convolutions on CUDA ([infer] precision)\n"
      "  --threads N           CPU threads, 0 = all cores ([infer] threads)\n"
      "  --tta yes|no          mirroring test-time augmentation ([infer] tta)\n"
+     "  --postprocessing yes|no  the model card's postprocessing ([infer] postprocessing)\n"
      "  --tile-step X         tile overlap step as a fraction of the tile ([infer] tile_step)\n"
      "  --max-memory-mb N     plan each job from its headers before decoding; over N MiB\n"
      "                        it runs one tile per network call, then without mirroring\n"
@@ -208,7 +209,7 @@ bad_option(const struct command *c, int ch, char **argv)
 #define OPT_NIFTI 0x4  /* --nifti DIR */
 #define OPT_INFER                                                                                  \
     0x8                  /* --model, --backend, --precision, --threads, --tta, --tile-step,        \
-                            --max-memory-mb, --max-device-memory-mb */
+                            --max-memory-mb, --max-device-memory-mb, --postprocessing */
 #define OPT_OUTPUT 0x10  /* -o, --output DIR */
 #define OPT_DEAD 0x20    /* --dead */
 #define OPT_BACKEND 0x40 /* --backend, --precision (also in OPT_INFER) */
@@ -220,7 +221,7 @@ struct cli_opts {
     const char *nifti;
     const char *output;
     const char *model, *threads, *tta, *tile_step, *max_memory_mb; /* OPT_INFER */
-    const char *max_device_memory_mb;                              /* OPT_INFER */
+    const char *max_device_memory_mb, *postprocessing;             /* OPT_INFER */
     const char *backend, *precision;                               /* OPT_BACKEND or OPT_INFER */
 };
 
@@ -240,6 +241,7 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
         {"precision", required_argument, NULL, 'P'},
         {"threads", required_argument, NULL, 'T'},
         {"tta", required_argument, NULL, 'A'},
+        {"postprocessing", required_argument, NULL, 'Q'},
         {"tile-step", required_argument, NULL, 'S'},
         {"max-memory-mb", required_argument, NULL, 'X'},
         {"max-device-memory-mb", required_argument, NULL, 'G'},
@@ -277,6 +279,8 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
             o->precision = optarg;
         else if (ch == 'T' && (allowed & OPT_INFER))
             o->threads = optarg;
+        else if (ch == 'Q' && (allowed & OPT_INFER))
+            o->postprocessing = optarg;
         else if (ch == 'A' && (allowed & OPT_INFER))
             o->tta = optarg;
         else if (ch == 'S' && (allowed & OPT_INFER))
@@ -524,6 +528,7 @@ cmd_segment(int argc, char **argv)
                             {"precision", co.precision},
                             {"threads", co.threads},
                             {"tta", co.tta},
+                            {"postprocessing", co.postprocessing},
                             {"tile_step", co.tile_step},
                             {"max_memory_mb", co.max_memory_mb},
                             {"max_device_memory_mb", co.max_device_memory_mb}};

@@ -73,6 +73,7 @@ mms_work_opts_from_config(const struct mms_config *cfg, struct mms_work_opts *wo
     *backend = backends[cfg->infer.backend];
     mms_pipe_opts_default(&wo->pipe);
     wo->pipe.tta = cfg->infer.tta;
+    wo->pipe.postprocess = cfg->infer.postprocessing;
     wo->pipe.tile_step = cfg->infer.tile_step;
     wo->pipe.threads = (int)cfg->infer.threads;
     long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGESIZE);

@@ -282,6 +282,21 @@ try:
 except Exception as e:
     print("not ok - postprocessing in the card: %s" % e)
 EOF
+seg ppoff --json --tta no --postprocessing no --model "$tmp/pp.safetensors" --nifti "$tmp/ppoff" "$r"
+pycheck 1 "$tmp" "$u_regular" <<'EOF'
+import json, sys
+tmp, uid = sys.argv[1:3]
+try:
+    s = next(x for x in json.load(open(tmp + "/ppoff.json"))["series"]
+             if x["series_uid"] == uid)
+    same = open("%s/ppoff/%s.nii.gz" % (tmp, uid), "rb").read() == \
+        open("%s/notta/%s.nii.gz" % (tmp, uid), "rb").read()
+    ok = same and s.get("postprocessed_voxels") == 0
+    print("%s - --postprocessing no: the plain model's label file, 0 voxels postprocessed (%s)"
+          % ("ok" if ok else "not ok", s.get("postprocessed_voxels")))
+except Exception as e:
+    print("not ok - --postprocessing no: %s" % e)
+EOF
 check "two runs (four series, then the regular one alone): identical label volumes" \
     cmp "$tmp/seg/$u_regular.nii.gz" "$tmp/again/$u_regular.nii.gz"
 
