@@ -64,27 +64,39 @@ argmax(const float *logits, int nc, size_t vox, uint8_t *out)
     }
 }
 
+/* tests/fixtures/mmunet/tiny-NAME.safetensors, its golden and its network on a new CPU backend
+ * (2 threads). Returns 0 or the first error, with why. */
+static int
+open_fixture(const char *dir, const char *name, unsigned flags, struct mms_model **m,
+             struct mms_st **gold, struct mms_backend **be, struct mms_net **net, char *why,
+             size_t why_len)
+{
+    char path[4096];
+    struct mms_backend_params bp = {.threads = 2};
+    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-%s.safetensors", dir, name);
+    int rc = mms_model_load(path, m, why, why_len);
+    if (rc == 0) {
+        snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-%s.golden.safetensors", dir,
+                 name);
+        rc = mms__st_open(path, gold, why, why_len);
+    }
+    if (rc == 0)
+        rc = mms_backend_open("cpu", &bp, be);
+    if (rc == 0)
+        rc = mms_net_new(*m, *be, mms_model_card(*m)->inf.patch, flags, net);
+    return rc;
+}
+
 static void
 test_variant(const char *dir, const char *variant)
 {
-    char path[4096], why[512];
+    char why[512] = "";
     struct mms_model *m = NULL;
     struct mms_st *gold = NULL;
     struct mms_backend *be = NULL;
     struct mms_net *net = NULL;
-    struct mms_backend_params bp = {.threads = 2};
-    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-%s.safetensors", dir, variant);
-    int rc = mms_model_load(path, &m, why, sizeof why);
-    if (rc == 0) {
-        snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-%s.golden.safetensors", dir,
-                 variant);
-        rc = mms__st_open(path, &gold, why, sizeof why);
-    }
-    if (rc == 0)
-        rc = mms_backend_open("cpu", &bp, &be);
+    int rc = open_fixture(dir, variant, MMS_NET_TAPS, &m, &gold, &be, &net, why, sizeof why);
     const struct mms_card *card = rc == 0 ? mms_model_card(m) : NULL;
-    if (rc == 0)
-        rc = mms_net_new(m, be, card->inf.patch, MMS_NET_TAPS, &net);
     if (!ok(rc == 0, "%s: load, open the CPU backend, plan the network", variant)) {
         diag("%s (%s)", mms_strerror(rc), why);
         skip("no network");
@@ -213,23 +225,12 @@ test_big(const char *dir)
 static void
 test_ensemble(const char *dir)
 {
-    char path[4096], why[512] = "";
+    char why[512] = "";
     struct mms_model *m = NULL;
     struct mms_st *gold = NULL;
     struct mms_backend *be = NULL;
     struct mms_net *net = NULL;
-    struct mms_backend_params bp = {.threads = 2};
-    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-ensemble.safetensors", dir);
-    int rc = mms_model_load(path, &m, why, sizeof why);
-    if (rc == 0) {
-        snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-ensemble.golden.safetensors",
-                 dir);
-        rc = mms__st_open(path, &gold, why, sizeof why);
-    }
-    if (rc == 0)
-        rc = mms_backend_open("cpu", &bp, &be);
-    if (rc == 0)
-        rc = mms_net_new(m, be, mms_model_card(m)->inf.patch, 0, &net);
+    int rc = open_fixture(dir, "ensemble", 0, &m, &gold, &be, &net, why, sizeof why);
     if (!ok(rc == 0 && mms_net_members(net) == 2, "ensemble: two members on the CPU backend")) {
         diag("%s (%s)", mms_strerror(rc), why);
         skip("no network");

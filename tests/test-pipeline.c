@@ -633,20 +633,31 @@ orient_case(const struct phys *b, int pc, int sc, int pr, int sr, struct mms_ct 
     ct->pos_mm = pos;
 }
 
+/* tests/fixtures/mmunet/FILE and its network on the CPU backend *be (opened, 2 threads, when
+ * NULL). Returns 0 or the first error, with why. */
+static int
+open_net(const char *dir, const char *file, struct mms_backend **be, struct mms_model **m,
+         struct mms_net **net, char *why, size_t why_len)
+{
+    char path[4096];
+    struct mms_backend_params bp = {.threads = 2};
+    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/%s", dir, file);
+    int rc = mms_model_load(path, m, why, why_len);
+    if (rc == 0 && *be == NULL)
+        rc = mms_backend_open("cpu", &bp, be);
+    if (rc == 0)
+        rc = mms_net_new(*m, *be, mms_model_card(*m)->inf.patch, 0, net);
+    return rc;
+}
+
 static void
 test_orientations(const char *dir)
 {
-    char path[4096], why[512] = "";
+    char why[512] = "";
     struct mms_model *m = NULL;
     struct mms_backend *be = NULL;
     struct mms_net *net = NULL;
-    struct mms_backend_params bp = {.threads = 2};
-    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-separate.safetensors", dir);
-    int rc = mms_model_load(path, &m, why, sizeof why);
-    if (rc == 0)
-        rc = mms_backend_open("cpu", &bp, &be);
-    if (rc == 0)
-        rc = mms_net_new(m, be, mms_model_card(m)->inf.patch, 0, &net);
+    int rc = open_net(dir, "tiny-separate.safetensors", &be, &m, &net, why, sizeof why);
     if (!ok(rc == 0, "tiny model on the CPU backend")) {
         diag("%s %s", mms_strerror(rc), why);
         skip("no network");
@@ -737,17 +748,11 @@ out:
 static void
 test_backend_window(const char *dir)
 {
-    char path[4096], why[512] = "";
+    char why[512] = "";
     struct mms_model *m = NULL;
     struct mms_backend *be = NULL;
     struct mms_net *net = NULL;
-    struct mms_backend_params bp = {.threads = 2};
-    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-separate.safetensors", dir);
-    int rc = mms_model_load(path, &m, why, sizeof why);
-    if (rc == 0)
-        rc = mms_backend_open("cpu", &bp, &be);
-    if (rc == 0)
-        rc = mms_net_new(m, be, mms_model_card(m)->inf.patch, 0, &net);
+    int rc = open_net(dir, "tiny-separate.safetensors", &be, &m, &net, why, sizeof why);
     if (!ok(rc == 0, "tiny model on the CPU backend")) {
         diag("%s %s", mms_strerror(rc), why);
         for (int i = 0; i < 4; i++)
@@ -794,10 +799,7 @@ test_backend_window(const char *dir)
     /* a fold ensemble: every member on each batch, both ways */
     struct mms_model *me = NULL;
     struct mms_net *ne = NULL;
-    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-ensemble.safetensors", dir);
-    rc = mms_model_load(path, &me, why, sizeof why);
-    if (rc == 0)
-        rc = mms_net_new(me, be, mms_model_card(me)->inf.patch, 0, &ne);
+    rc = open_net(dir, "tiny-ensemble.safetensors", &be, &me, &ne, why, sizeof why);
     if (rc == 0) {
         o.window = MMS_PIPE_WINDOW_HOST;
         rc = mms_pipe_run(&ct, me, ne, &o, ref, &st, why, sizeof why);
