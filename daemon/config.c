@@ -19,6 +19,7 @@
 enum cfg_type {
     T_STR,     /* any text, char * */
     T_PATH,    /* a path, char *; relative paths are resolved against the file's directory */
+    T_PATHS,   /* paths separated by ',', each resolved as T_PATH; char * */
     T_AE,      /* a DICOM AE title: 1 to 16 printable ASCII characters, no backslash; char * */
     T_UINT,    /* unsigned */
     T_U64,     /* uint64_t */
@@ -117,7 +118,7 @@ static const struct cfg_key main_keys[] = {
     {"series", "max_voxels", T_U64, OFF(series.max_voxels), "1000000000", 1, 1e12, NULL, 0},
     {"series", "decode_threads", T_UINT, OFF(series.decode_threads), "0", 0, 256, NULL, 0},
 
-    {"infer", "model", T_PATH, OFF(infer.model), "/usr/share/mmsegd/models/demo.safetensors", 0, 0,
+    {"infer", "model", T_PATHS, OFF(infer.model), "/usr/share/mmsegd/models/demo.safetensors", 0, 0,
      NULL, RELOAD},
     {"infer", "backend", T_ENUM, OFF(infer.backend), "auto", 0, 0, backends, 0},
     {"infer", "device", T_DEVICES, OFF(infer.devices), "0", 0, 63, NULL, 0},
@@ -261,6 +262,37 @@ parse_value(const struct loader *ld, const struct cfg_key *k, const char *text, 
     char *end;
 
     switch (k->type) {
+    case T_PATHS: {
+        /* each item as T_PATH, blanks around it dropped, joined by ',' again */
+        size_t len = 1;
+        for (const char *t = text; *t != '\0'; t++)
+            len += *t == ',' ? 2 + (ld != NULL && ld->dir != NULL ? strlen(ld->dir) + 1 : 0) : 1;
+        len += ld != NULL && ld->dir != NULL ? strlen(ld->dir) + 1 : 0;
+        char *copy = malloc(len), *item = strdup(text), *save = NULL;
+        if (copy == NULL || item == NULL) {
+            free(copy);
+            free(item);
+            return MMS_ENOMEM;
+        }
+        copy[0] = '\0';
+        for (char *t = strtok_r(item, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
+            while (*t == ' ' || *t == '\t')
+                t++;
+            for (char *e = t + strlen(t); e > t && (e[-1] == ' ' || e[-1] == '\t');)
+                *--e = '\0';
+            if (copy[0] != '\0')
+                strcat(copy, ",");
+            if (t[0] != '\0' && t[0] != '/' && ld != NULL && ld->dir != NULL) {
+                strcat(copy, ld->dir);
+                strcat(copy, "/");
+            }
+            strcat(copy, t);
+        }
+        free(item);
+        free(*(char **)field);
+        *(char **)field = copy;
+        return 0;
+    }
     case T_STR:
     case T_PATH:
     case T_AE: {
@@ -404,7 +436,8 @@ static void
 free_fields(const struct cfg_key *keys, size_t n, void *base)
 {
     for (size_t i = 0; i < n; i++) {
-        if (keys[i].type == T_STR || keys[i].type == T_PATH || keys[i].type == T_AE) {
+        if (keys[i].type == T_STR || keys[i].type == T_PATH || keys[i].type == T_PATHS ||
+            keys[i].type == T_AE) {
             free(*str_field(base, &keys[i]));
             *str_field(base, &keys[i]) = NULL;
         }
@@ -420,6 +453,7 @@ field_equal(const struct cfg_key *k, const void *a, const void *b)
     switch (k->type) {
     case T_STR:
     case T_PATH:
+    case T_PATHS:
     case T_AE: {
         const char *sa = *(char *const *)fa, *sb = *(char *const *)fb;
         return strcmp(sa != NULL ? sa : "", sb != NULL ? sb : "") == 0;
@@ -451,6 +485,7 @@ format_value(const struct cfg_key *k, const void *base, char *out, size_t len)
     switch (k->type) {
     case T_STR:
     case T_PATH:
+    case T_PATHS:
     case T_AE: {
         const char *s = *(char *const *)f;
         snprintf(out, len, "%s", s != NULL ? s : "");

@@ -315,7 +315,7 @@ run_job(struct jworker *w)
         wo.take_engine = take_engine;
         wo.give_engine = give_engine;
         wo.engine_arg = J;
-        mms_work_seg_uids(J->engine[0].model, j.series_uid, (int)j.run, seg_series, sop);
+        mms_work_seg_uids(J->engine[0].sha256, j.series_uid, (int)j.run, seg_series, sop);
         snprintf(tmp, sizeof tmp, "%s/tmp/%s.dcm", J->state_dir, sop);
         snprintf(png, sizeof png, "%s/tmp/%s.png", J->state_dir, sop);
         wo.seg_path = tmp;
@@ -439,9 +439,9 @@ try_swap(struct mms_jobs *J)
     J->n_next = 0;
     J->engine_ok = true;
     J->swap_pending = false;
-    const struct mms_card *card = mms_model_card(J->engine[0].model);
+    const struct mms_card *card = mms_engine_card(&J->engine[0]);
     mms_log(MMS_LOG_NOTICE, "reload: now using model %s %s, sha256 %s", card->name, card->version,
-            mms_model_sha256(J->engine[0].model));
+            J->engine[0].sha256);
 }
 
 void
@@ -573,12 +573,15 @@ mms_jobs_reload_model(struct mms_jobs *J, const char *model)
     if (J == NULL || J->stopping)
         return;
     bool same_path = strcmp(model, J->model_path) == 0;
-    if (stat(model, &st) != 0) {
+    /* a model set (a list) is loaded again and compared by its digest */
+    bool set = strchr(model, ',') != NULL;
+    memset(&st, 0, sizeof st);
+    if (!set && stat(model, &st) != 0) {
         mms_log(MMS_LOG_ERR, "reload: model %s: %s; keeping the running model", model,
                 mms_strerror(mms_err_errno()));
         return;
     }
-    if (same_path && same_file(&st, &J->model_st) && J->engine_ok)
+    if (!set && same_path && same_file(&st, &J->model_st) && J->engine_ok)
         return; /* unchanged */
     struct mms_engine e[MMS_MAX_ENGINES];
     int n = 0;
@@ -596,8 +599,7 @@ mms_jobs_reload_model(struct mms_jobs *J, const char *model)
     free(J->model_path);
     J->model_path = path;
     J->model_st = st;
-    if (J->engine_ok &&
-        strcmp(mms_model_sha256(e[0].model), mms_model_sha256(J->engine[0].model)) == 0) {
+    if (J->engine_ok && strcmp(e[0].sha256, J->engine[0].sha256) == 0) {
         close_engines(e, &n);
         mms_log(MMS_LOG_INFO, "reload: model %s has the same SHA-256; nothing changes", model);
         return;
@@ -683,12 +685,11 @@ mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sched,
     double t0 = mms_mono_s();
     if (open_engines(J, cfg->infer.model, J->engine, &J->n_engines, ewhy, sizeof ewhy) == 0) {
         J->engine_ok = true;
-        const struct mms_card *card = mms_model_card(J->engine[0].model);
+        const struct mms_card *card = mms_engine_card(&J->engine[0]);
         char on[256];
         describe_engines(J->engine, J->n_engines, on, sizeof on);
         mms_log(MMS_LOG_NOTICE, "model %s %s (%s), sha256 %s, on %s; loaded in %.2f s", card->name,
-                card->version, cfg->infer.model, mms_model_sha256(J->engine[0].model), on,
-                mms_mono_s() - t0);
+                card->version, cfg->infer.model, J->engine[0].sha256, on, mms_mono_s() - t0);
         if (J->n_engines > 1 && J->wo.pipe.threads == 0) { /* the pipelines share the cores */
             long cpus = sysconf(_SC_NPROCESSORS_ONLN);
             J->wo.pipe.threads = cpus / J->n_engines > 1 ? (int)(cpus / J->n_engines) : 1;

@@ -125,7 +125,7 @@ static const struct command commands[] = {
      "  -c, --config FILE     take [series] and [infer] from FILE (default: built-in ones)\n"
      "  -o, --output DIR      where the SEGs go (created if needed)\n"
      "  --nifti DIR           where the label volumes go (created if needed)\n"
-     "  --model FILE          the model file ([infer] model)\n"
+     "  --model FILE[,FILE..] the model file, or a model set ([infer] model)\n"
      "  --backend NAME        auto, cpu or cuda ([infer] backend)\n"
      "  --precision P         fp32, fp16 or bf16 convolutions on CUDA ([infer] precision)\n"
      "  --threads N           CPU threads, 0 = all cores ([infer] threads)\n"

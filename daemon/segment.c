@@ -128,7 +128,7 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number, 
     size_t nv = (size_t)(wr.dims[0] * wr.dims[1] * wr.dims[2]);
     bool tta = o->wo.pipe.tta;
 
-    int classes = mms_model_card(e->model)->arch.num_classes;
+    int classes = mms_engine_card(e)->n_labels + 1; /* of a set: its merged labels */
     if (js != NULL) {
         double dims[3] = {(double)wr.dims[0], (double)wr.dims[1], (double)wr.dims[2]};
         double target[3] = {(double)st.target[0], (double)st.target[1], (double)st.target[2]};
@@ -139,7 +139,7 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number, 
         cJSON_AddBoolToObject(js, "tta", tta);
         cJSON_AddNumberToObject(js, "tile_step",
                                 o->wo.pipe.tile_step > 0 ? o->wo.pipe.tile_step
-                                                         : mms_model_card(e->model)->inf.tile_step);
+                                                         : mms_engine_card(e)->inf.tile_step);
         cJSON_AddNumberToObject(js, "separate_axis_in", st.sep_axis_in);
         cJSON_AddNumberToObject(js, "separate_axis_out", st.sep_axis_out);
         cJSON_AddBoolToObject(js, "irregular", wr.irregular);
@@ -226,7 +226,7 @@ mms_segment(const char *const *paths, int n, const struct segment_opts *o, FILE 
                              why_len);
     if (rc < 0)
         goto out;
-    const struct mms_card *card = mms_model_card(e.model);
+    const struct mms_card *card = mms_engine_card(&e);
     if (o->wo.pipe.tile_step > 0.0 && o->wo.pipe.tile_step != card->inf.tile_step)
         mms_log(MMS_LOG_NOTICE, "tile step %g instead of the model card's %g", o->wo.pipe.tile_step,
                 card->inf.tile_step);
@@ -238,7 +238,7 @@ mms_segment(const char *const *paths, int n, const struct segment_opts *o, FILE 
     cJSON *root = o->json ? cJSON_CreateObject() : NULL, *arr = NULL;
     if (root != NULL) {
         cJSON_AddStringToObject(root, "model", o->model);
-        cJSON_AddStringToObject(root, "model_sha256", mms_model_sha256(e.model));
+        cJSON_AddStringToObject(root, "model_sha256", e.sha256);
         cJSON_AddStringToObject(root, "backend", mms_backend_name(e.be));
         cJSON_AddStringToObject(
             root, "precision",

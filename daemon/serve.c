@@ -282,7 +282,7 @@ judge(struct daemon *d)
     snprintf(line, sizeof line,
              "STATUS=ready; model %s; %zu series queued, %zu job%s running; sends %" PRId64
              " pending, %" PRId64 " dead",
-             e != NULL ? mms_model_card(e->model)->name : "none (see the log)",
+             e != NULL ? mms_engine_card(e)->name : "none (see the log)",
              mms_sched_queued(d->sched), mms_jobs_running(d->jobs),
              mms_jobs_running(d->jobs) == 1 ? "" : "s", sends[MMS_SEND_PENDING],
              sends[MMS_SEND_DEAD]);
@@ -585,13 +585,12 @@ fill_metrics(void *ud, FILE *f)
     help(f, "mmsegd_model_info", "gauge", "The model and backend in use (1), or none (0).");
     const struct mms_engine *e = mms_jobs_engine(d->jobs);
     if (e != NULL) {
-        const struct mms_card *card = mms_model_card(e->model);
+        const struct mms_card *card = mms_engine_card(e);
         fputs("mmsegd_model_info{name=\"", f);
         mms_metrics_label_value(f, card->name);
         fputs("\",version=\"", f);
         mms_metrics_label_value(f, card->version);
-        fprintf(f, "\",sha256=\"%s\",backend=\"%s\"} 1\n", mms_model_sha256(e->model),
-                mms_backend_name(e->be));
+        fprintf(f, "\",sha256=\"%s\",backend=\"%s\"} 1\n", e->sha256, mms_backend_name(e->be));
     } else {
         fprintf(f, "mmsegd_model_info{name=\"\",version=\"\",sha256=\"\",backend=\"\"} 0\n");
     }

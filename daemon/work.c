@@ -13,7 +13,87 @@
 #include "common/clock.h"
 #include "common/err.h"
 #include "common/log.h"
+#include "common/sha256.h"
 #include "common/uid.h"
+
+/* " + " between the n texts of the models' cards (what(card) each), into a new string. */
+static char *
+joined(const struct mms_engine *e, const char *(*what)(const struct mms_card *))
+{
+    size_t len = 1;
+    for (int k = 0; k < e->n_models; k++)
+        len += strlen(what(mms_model_card(e->models[k]))) + 3;
+    char *out = malloc(len);
+    if (out == NULL)
+        return NULL;
+    out[0] = '\0';
+    for (int k = 0; k < e->n_models; k++) {
+        if (k > 0)
+            strcat(out, " + ");
+        strcat(out, what(mms_model_card(e->models[k])));
+    }
+    return out;
+}
+
+static const char *
+card_name(const struct mms_card *c)
+{
+    return c->name;
+}
+
+static const char *
+card_version(const struct mms_card *c)
+{
+    return c->version;
+}
+
+/* The set's identity and card: its members' digests, their labels renumbered after each
+ * other (design: "model sets" in the README). */
+static int
+set_init(struct mms_engine *e, char *why, size_t why_len)
+{
+    struct mms_sha256 c;
+    uint8_t d[32];
+    int n = 0;
+    mms_sha256_init(&c);
+    for (int k = 0; k < e->n_models; k++) {
+        const struct mms_card *card = mms_model_card(e->models[k]);
+        e->label_offset[k] = n;
+        n += card->arch.num_classes - 1;
+        if (k > 0)
+            mms_sha256_update(&c, ",", 1);
+        mms_sha256_update(&c, mms_model_sha256(e->models[k]), 64);
+    }
+    mms_sha256_final(&c, d);
+    if (e->n_models == 1) {
+        snprintf(e->sha256, sizeof e->sha256, "%s", mms_model_sha256(e->models[0]));
+        return 0;
+    }
+    mms_sha256_hex(d, e->sha256);
+    if (n > 255)
+        return mms_why(why, why_len, MMS_EINVAL,
+                       "model set %s: %d labels in all, more than the 255 a label map holds",
+                       e->model_path, n);
+    e->set_card = *mms_model_card(e->models[0]);
+    e->set_card.n_labels = 0;
+    e->set_card.labels = NULL;
+    e->set_card.name = joined(e, card_name);
+    e->set_card.version = joined(e, card_version);
+    struct mms_label *l = calloc((size_t)n + 1, sizeof *l);
+    if (l == NULL || e->set_card.name == NULL || e->set_card.version == NULL) {
+        free(l);
+        return mms_why(why, why_len, MMS_ENOMEM, "model set: out of memory");
+    }
+    for (int k = 0; k < e->n_models; k++) {
+        const struct mms_card *card = mms_model_card(e->models[k]);
+        for (int i = 0; i < card->n_labels; i++) {
+            l[e->set_card.n_labels] = card->labels[i];
+            l[e->set_card.n_labels++].id += e->label_offset[k];
+        }
+    }
+    e->set_card.labels = l;
+    return 0;
+}
 
 int
 mms_engine_open(const char *model, const char *backend, int device, int precision, int threads,
@@ -25,10 +105,31 @@ mms_engine_open(const char *model, const char *backend, int device, int precisio
     if (strlen(model) >= sizeof e->model_path)
         return mms_why(why, why_len, MMS_EINVAL, "model path too long: %.64s...", model);
     snprintf(e->model_path, sizeof e->model_path, "%s", model);
+    /* the files of the list, each trimmed of blanks */
+    char list[sizeof e->model_path], *files[MMS_MAX_MODELS + 1], *save = NULL;
+    snprintf(list, sizeof list, "%s", model);
+    int n = 0;
+    for (char *t = strtok_r(list, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
+        while (*t == ' ' || *t == '\t')
+            t++;
+        for (char *end = t + strlen(t); end > t && (end[-1] == ' ' || end[-1] == '\t');)
+            *--end = '\0';
+        if (*t == '\0' || n == MMS_MAX_MODELS)
+            return mms_why(why, why_len, MMS_EINVAL,
+                           "model %s: a list of 1 to %d files separated by ','", model,
+                           MMS_MAX_MODELS);
+        files[n++] = t;
+    }
+    if (n == 0)
+        return mms_why(why, why_len, MMS_EINVAL, "no model file given");
     char mwhy[512];
-    int rc = mms_model_load(model, &e->model, mwhy, sizeof mwhy);
-    if (rc < 0)
-        return mms_why(why, why_len, rc, "model %s: %s", model, mwhy);
+    int rc;
+    for (e->n_models = 0; e->n_models < n; e->n_models++)
+        if ((rc = mms_model_load(files[e->n_models], &e->models[e->n_models], mwhy, sizeof mwhy)) <
+            0)
+            return mms_why(why, why_len, rc, "model %s: %s", files[e->n_models], mwhy);
+    if ((rc = set_init(e, why, why_len)) < 0)
+        return rc;
     struct mms_backend_params bp = {.threads = threads, .device = device, .precision = precision};
     if ((rc = mms_backend_open(backend, &bp, &e->be)) < 0)
         return mms_why(why, why_len, rc, "backend %s: %s", backend, mms_strerror(rc));
@@ -38,11 +139,19 @@ mms_engine_open(const char *model, const char *backend, int device, int precisio
     size_t total;
     if (mms_backend_memory(e->be, &e->device_free, &total) < 0)
         e->device_free = 0; /* host memory: no device limit */
-    const struct mms_card *card = mms_model_card(e->model);
-    if ((rc = mms_net_new(e->model, e->be, card->inf.patch, 0, &e->net)) < 0)
-        return mms_why(why, why_len, rc, "model %s on backend %s: %s", model,
-                       mms_backend_name(e->be), mms_strerror(rc));
+    for (int k = 0; k < n; k++) {
+        const struct mms_card *card = mms_model_card(e->models[k]);
+        if ((rc = mms_net_new(e->models[k], e->be, card->inf.patch, 0, &e->nets[k])) < 0)
+            return mms_why(why, why_len, rc, "model %s on backend %s: %s", files[k],
+                           mms_backend_name(e->be), mms_strerror(rc));
+    }
     return 0;
+}
+
+const struct mms_card *
+mms_engine_card(const struct mms_engine *e)
+{
+    return e->n_models > 1 ? &e->set_card : mms_model_card(e->models[0]);
 }
 
 void
@@ -58,9 +167,16 @@ mms_engine_describe(const struct mms_engine *e, char *out, size_t len)
 void
 mms_engine_close(struct mms_engine *e)
 {
-    mms_net_free(e->net);
+    for (int k = 0; k < MMS_MAX_MODELS; k++)
+        mms_net_free(e->nets[k]);
     mms_backend_free(e->be);
-    mms_model_free(e->model);
+    for (int k = 0; k < MMS_MAX_MODELS; k++)
+        mms_model_free(e->models[k]);
+    if (e->n_models > 1) { /* the set card's own parts; the rest is the models' */
+        free(e->set_card.labels);
+        free(e->set_card.name);
+        free(e->set_card.version);
+    }
     memset(e, 0, sizeof *e);
 }
 
@@ -136,9 +252,9 @@ device_limit(const struct mms_engine *e, const struct mms_pipe_opts *o)
 }
 
 int
-mms_work_plan(const struct mms_engine *e, const struct mms_ct *ct, const struct mms_pipe_opts *o,
-              struct mms_pipe_opts *used, struct mms_pipe_stats *st, unsigned *degraded, char *why,
-              size_t why_len)
+mms_work_plan(const struct mms_engine *e, int k, const struct mms_ct *ct,
+              const struct mms_pipe_opts *o, struct mms_pipe_opts *used, struct mms_pipe_stats *st,
+              unsigned *degraded, char *why, size_t why_len)
 {
     static const char *const step[4] = {"as configured", "with one tile per network call",
                                         "with one tile per network call and no mirroring",
@@ -150,14 +266,14 @@ mms_work_plan(const struct mms_engine *e, const struct mms_ct *ct, const struct 
     used->max_device_memory = device_limit(e, o);
     *degraded = 0;
     for (int s = 0; s < 4; s++) {
-        const struct mms_net *net = e->net;
+        const struct mms_net *net = e->nets[k];
         if (s == 1) {
-            if (mms_net_max_batch(e->net) <= 1 && o->max_batch != 1)
+            if (mms_net_max_batch(net) <= 1 && o->max_batch != 1)
                 continue; /* one per call already */
             used->max_batch = 1;
             *degraded |= MMS_DEGRADE_BATCH;
         } else if (s == 2) {
-            if (!o->tta || (mms_model_card(e->model)->inf.mirror_axes & 7u) == 0)
+            if (!o->tta || (mms_model_card(e->models[k])->inf.mirror_axes & 7u) == 0)
                 continue; /* no mirroring to give up */
             used->tta = false;
             *degraded |= MMS_DEGRADE_NO_TTA;
@@ -170,7 +286,7 @@ mms_work_plan(const struct mms_engine *e, const struct mms_ct *ct, const struct 
             *degraded = MMS_DEGRADE_CPU;
             net = NULL;
         }
-        if ((rc = mms_pipe_plan(ct, e->model, net, used, st, why, why_len)) == 0 && s == 3)
+        if ((rc = mms_pipe_plan(ct, e->models[k], net, used, st, why, why_len)) == 0 && s == 3)
             mms_why(why, why_len, 0, "an estimated %s%s%s%s%s: more than the limit of %zu MiB",
                     tried[0], n > 1 ? ", " : "", n > 1 ? tried[1] : "", n > 2 ? ", " : "",
                     n > 2 ? tried[2] : "", device_limit(e, o) >> 20);
@@ -214,7 +330,9 @@ plan_volume(void *arg, const struct mms_volume *v, char *why, size_t why_len)
     unsigned degraded;
     ct_of(v, &ct);
     char reason[768];
-    int rc = mms_work_plan(a->e, &ct, a->o, &used, &st, &degraded, reason, sizeof reason);
+    int rc = 0;
+    for (int k = 0; k < a->e->n_models && rc == 0; k++)
+        rc = mms_work_plan(a->e, k, &ct, a->o, &used, &st, &degraded, reason, sizeof reason);
     if (rc < 0)
         mms_why(why, why_len, rc, "%s (planned from the headers, before decoding)", reason);
     return rc;
@@ -251,25 +369,22 @@ segment_of(const struct mms_label *l, struct mms_seg_segment *s, struct mms_seg_
 }
 
 void
-mms_work_seg_uids(const struct mms_model *m, const char *source_series, int run,
-                  char series_uid[65], char sop_uid[65])
+mms_work_seg_uids(const char *sha256, const char *source_series, int run, char series_uid[65],
+                  char sop_uid[65])
 {
     char name[512];
-    snprintf(name, sizeof name, "mmsegd seg series|%s|%s|%d", source_series, mms_model_sha256(m),
-             run);
+    snprintf(name, sizeof name, "mmsegd seg series|%s|%s|%d", source_series, sha256, run);
     mms_uid_uuid5(name, series_uid);
-    snprintf(name, sizeof name, "mmsegd seg instance|%s|%s|%d", source_series, mms_model_sha256(m),
-             run);
+    snprintf(name, sizeof name, "mmsegd seg instance|%s|%s|%d", source_series, sha256, run);
     mms_uid_uuid5(name, sop_uid);
 }
 
 int
-mms_work_write_seg(const struct mms_model *m, const char *const *paths, const struct mms_header *h0,
-                   const struct mms_volume *v, const uint8_t *labels, int run, bool keep_empty,
-                   const char *description, const char *path, struct mms_seg_result *res, char *why,
-                   size_t why_len)
+mms_work_write_seg(const struct mms_card *card, const char *sha256, const char *const *paths,
+                   const struct mms_header *h0, const struct mms_volume *v, const uint8_t *labels,
+                   int run, bool keep_empty, const char *description, const char *path,
+                   struct mms_seg_result *res, char *why, size_t why_len)
 {
-    const struct mms_card *card = mms_model_card(m);
     struct mms_seg_segment *seg = calloc((size_t)card->n_labels + 1, sizeof *seg);
     struct mms_seg_segment *sex = calloc(3 * ((size_t)card->n_labels + 1), sizeof *sex);
     if (seg == NULL || sex == NULL) {
@@ -284,7 +399,7 @@ mms_work_write_seg(const struct mms_model *m, const char *const *paths, const st
     struct mms_header h = *h0;
     mms_header_derive_uids(&h);
     char series_uid[65], sop_uid[65];
-    mms_work_seg_uids(m, h.series_uid, run, series_uid, sop_uid);
+    mms_work_seg_uids(sha256, h.series_uid, run, series_uid, sop_uid);
 
     struct mms_seg_input in = {
         .vol = v,
@@ -294,7 +409,7 @@ mms_work_write_seg(const struct mms_model *m, const char *const *paths, const st
         .n_segments = card->n_labels,
         .algorithm_name = card->name,
         .algorithm_version = card->version,
-        .model_sha256 = mms_model_sha256(m),
+        .model_sha256 = sha256,
         .series_description = description,
         .software_version = PACKAGE_VERSION,
         .series_number = 9900 + run,
@@ -635,6 +750,106 @@ mms_work_headers(const char *const *paths, int n, const struct mms_sandbox_limit
     return rc;
 }
 
+/* The figures of one model's pipeline added to those of the set: the first model's shapes,
+ * the sums of the counts and times, the larger memory estimates. */
+static void
+add_stats(struct mms_pipe_stats *all, const struct mms_pipe_stats *st, bool first)
+{
+    if (first) {
+        *all = *st;
+        return;
+    }
+    all->tiles += st->tiles;
+    all->passes += st->passes;
+    all->memory_estimate =
+        st->memory_estimate > all->memory_estimate ? st->memory_estimate : all->memory_estimate;
+    all->device_memory_estimate = st->device_memory_estimate > all->device_memory_estimate
+                                      ? st->device_memory_estimate
+                                      : all->device_memory_estimate;
+    all->window_on_backend = all->window_on_backend && st->window_on_backend;
+    all->preprocess_s += st->preprocess_s;
+    all->network_s += st->network_s;
+    all->export_s += st->export_s;
+    all->mixed_voxels += st->mixed_voxels;
+    all->postprocessed_voxels += st->postprocessed_voxels;
+}
+
+/* Model k of engine e on ct into labels (its own ids): the plan in the degrade order, the
+ * preparation before an engine is taken, the sliding window on the engine o->take_engine
+ * gives (or e), on a CPU engine (*cpu, opened once for the job) when only the CPU fits or the
+ * GPU fails, then the way back. r gets the degradations, the engine and the fallback reason. */
+static int
+infer_model(const struct mms_engine *e, int k, const struct mms_ct *ct, const char *series_uid,
+            const struct mms_work_opts *o, uint8_t *labels, struct mms_pipe_stats *st,
+            struct mms_engine *cpu, struct mms_work_result *r, char *why, size_t why_len)
+{
+    struct mms_pipe_opts po;
+    struct mms_pipe_job *pj = NULL;
+    unsigned degraded = 0;
+    int rc = mms_work_plan(e, k, ct, &o->pipe, &po, st, &degraded, why, why_len);
+    if (rc == 0 && (degraded & (MMS_DEGRADE_BATCH | MMS_DEGRADE_NO_TTA)) != 0) {
+        char dev[96] = "";
+        if (po.max_device_memory > 0)
+            snprintf(dev, sizeof dev, " and %zu MiB of device memory (limit %zu MiB)",
+                     (st->device_memory_estimate + (1u << 20) - 1) >> 20,
+                     po.max_device_memory >> 20);
+        mms_log(MMS_LOG_WARNING,
+                "series %s: the job needs an estimated %zu MiB (limit %zu MiB)%s with %s, within "
+                "the limits only so",
+                series_uid, (st->memory_estimate + (1u << 20) - 1) >> 20, o->pipe.max_memory >> 20,
+                dev,
+                (degraded & MMS_DEGRADE_NO_TTA) != 0
+                    ? "one tile per network call and no mirroring (no TTA)"
+                    : "one tile per network call");
+    }
+    if (rc == 0 && (degraded & MMS_DEGRADE_CPU) != 0)
+        snprintf(r->fallback, sizeof r->fallback, "%s", why); /* the GPU steps' figures */
+    /* 5.1-5.5 before an engine is taken */
+    if (rc == 0)
+        rc = mms_pipe_prepare(ct, e->models[k], (degraded & MMS_DEGRADE_CPU) ? NULL : e->nets[k],
+                              &po, &pj, st, why, why_len);
+    const struct mms_engine *ie = NULL;
+    if (rc == 0 && (degraded & MMS_DEGRADE_CPU) == 0) {
+        double tw = mms_mono_s();
+        ie = o->take_engine != NULL ? o->take_engine(o->engine_arg) : e;
+        r->wait_s += mms_mono_s() - tw;
+        mms_engine_describe(ie, r->engine, sizeof r->engine);
+        rc = mms_pipe_infer(pj, ie->nets[k], st, why, why_len);
+        if (o->take_engine != NULL)
+            o->give_engine(o->engine_arg, ie);
+        if ((rc == MMS_ECUDA || rc == MMS_ENOMEM) && ie->device_free > 0) {
+            snprintf(r->fallback, sizeof r->fallback, "%s failed: %s", r->engine, why);
+            mms_log(MMS_LOG_WARNING, "series %s: %s; running the job on the CPU", series_uid,
+                    r->fallback);
+            degraded |= MMS_DEGRADE_CPU;
+        }
+    }
+    if ((degraded & MMS_DEGRADE_CPU) != 0 && (rc == 0 || ie != NULL)) {
+        char cwhy[512];
+        rc = 0;
+        if (cpu->n_models == 0) {
+            rc = mms_engine_open(e->model_path, "cpu", 0, MMS_PRECISION_FP32, e->threads, cpu, cwhy,
+                                 sizeof cwhy);
+            if (rc == 0 && strcmp(cpu->sha256, e->sha256) != 0)
+                rc = mms_why(cwhy, sizeof cwhy, MMS_EMODEL, "%s no longer holds the model in use",
+                             e->model_path);
+            if (rc < 0)
+                mms_engine_close(cpu);
+        }
+        if (rc == 0) {
+            mms_engine_describe(cpu, r->engine, sizeof r->engine);
+            rc = mms_pipe_infer(pj, cpu->nets[k], st, why, why_len);
+        } else {
+            mms_why(why, why_len, rc, "%s; no CPU engine to run it: %s", r->fallback, cwhy);
+        }
+    }
+    r->degraded |= degraded;
+    if (rc == 0)
+        rc = mms_pipe_finish(pj, labels, st, why, why_len);
+    mms_pipe_job_free(pj);
+    return rc;
+}
+
 int
 mms_work_series(const struct mms_engine *e, const char *const *paths, const struct mms_header *h,
                 int n, const struct mms_work_opts *o, struct mms_work_result *r, char *why,
@@ -643,7 +858,7 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
     memset(r, 0, sizeof *r);
     double t0 = mms_mono_s();
     struct mms_volume *v = NULL;
-    uint8_t *labels = NULL;
+    uint8_t *labels = NULL, *model_labels = NULL;
     int rc;
 
     r->stage = MMS_STAGE_DECODE;
@@ -671,66 +886,24 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
     struct mms_ct ct;
     ct_of(v, &ct);
     size_t nv = (size_t)(v->dims[0] * v->dims[1] * v->dims[2]);
-    struct mms_pipe_opts po;
-    struct mms_pipe_job *pj = NULL;
     struct mms_engine cpu = {0};
-    rc = mms_work_plan(e, &ct, &o->pipe, &po, &r->st, &r->degraded, why, why_len);
-    if (rc == 0 && (r->degraded & (MMS_DEGRADE_BATCH | MMS_DEGRADE_NO_TTA)) != 0) {
-        char dev[96] = "";
-        if (po.max_device_memory > 0)
-            snprintf(dev, sizeof dev, " and %zu MiB of device memory (limit %zu MiB)",
-                     (r->st.device_memory_estimate + (1u << 20) - 1) >> 20,
-                     po.max_device_memory >> 20);
-        mms_log(MMS_LOG_WARNING,
-                "series %s: the job needs an estimated %zu MiB (limit %zu MiB)%s with %s, within "
-                "the limits only so",
-                h[0].series_uid, (r->st.memory_estimate + (1u << 20) - 1) >> 20,
-                o->pipe.max_memory >> 20, dev,
-                (r->degraded & MMS_DEGRADE_NO_TTA) != 0
-                    ? "one tile per network call and no mirroring (no TTA)"
-                    : "one tile per network call");
-    }
-    if (rc == 0 && (r->degraded & MMS_DEGRADE_CPU) != 0)
-        snprintf(r->fallback, sizeof r->fallback, "%s", why); /* the GPU steps' figures */
-    /* 5.1-5.5 before an engine is taken */
-    if (rc == 0)
-        rc = mms_pipe_prepare(&ct, e->model, (r->degraded & MMS_DEGRADE_CPU) ? NULL : e->net, &po,
-                              &pj, &r->st, why, why_len);
-    if (rc == 0 && (labels = malloc(nv)) == NULL)
+    if ((labels = malloc(nv)) == NULL || (e->n_models > 1 && (model_labels = malloc(nv)) == NULL)) {
         rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory for the labels");
-    const struct mms_engine *ie = NULL;
-    if (rc == 0 && (r->degraded & MMS_DEGRADE_CPU) == 0) {
-        double tw = mms_mono_s();
-        ie = o->take_engine != NULL ? o->take_engine(o->engine_arg) : e;
-        r->wait_s = mms_mono_s() - tw;
-        mms_engine_describe(ie, r->engine, sizeof r->engine);
-        rc = mms_pipe_infer(pj, ie->net, &r->st, why, why_len);
-        if (o->take_engine != NULL)
-            o->give_engine(o->engine_arg, ie);
-        if ((rc == MMS_ECUDA || rc == MMS_ENOMEM) && ie->device_free > 0) {
-            snprintf(r->fallback, sizeof r->fallback, "%s failed: %s", r->engine, why);
-            mms_log(MMS_LOG_WARNING, "series %s: %s; running the job on the CPU", h[0].series_uid,
-                    r->fallback);
-            r->degraded |= MMS_DEGRADE_CPU;
-        }
+        goto out;
     }
-    if ((r->degraded & MMS_DEGRADE_CPU) != 0 && (rc == 0 || ie != NULL)) {
-        char cwhy[512];
-        rc = mms_engine_open(e->model_path, "cpu", 0, MMS_PRECISION_FP32, e->threads, &cpu, cwhy,
-                             sizeof cwhy);
-        if (rc == 0 && strcmp(mms_model_sha256(cpu.model), mms_model_sha256(e->model)) != 0)
-            rc = mms_why(cwhy, sizeof cwhy, MMS_EMODEL, "%s no longer holds the model in use",
-                         e->model_path);
-        if (rc == 0) {
-            mms_engine_describe(&cpu, r->engine, sizeof r->engine);
-            rc = mms_pipe_infer(pj, cpu.net, &r->st, why, why_len);
-        } else {
-            mms_why(why, why_len, rc, "%s; no CPU engine to run it: %s", r->fallback, cwhy);
-        }
+    /* each model of a set in turn; its labels after the earlier ones' (the later wins) */
+    for (int k = 0; k < e->n_models; k++) {
+        struct mms_pipe_stats st;
+        uint8_t *out = k == 0 ? labels : model_labels;
+        rc = infer_model(e, k, &ct, h[0].series_uid, o, out, &st, &cpu, r, why, why_len);
+        if (rc < 0)
+            break;
+        add_stats(&r->st, &st, k == 0);
+        if (k > 0)
+            for (size_t i = 0; i < nv; i++)
+                if (out[i] != 0)
+                    labels[i] = (uint8_t)(out[i] + e->label_offset[k]);
     }
-    if (rc == 0)
-        rc = mms_pipe_finish(pj, labels, &r->st, why, why_len);
-    mms_pipe_job_free(pj);
     mms_engine_close(&cpu);
     if (rc < 0)
         goto out;
@@ -751,11 +924,11 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
             if (d != NULL && d[0] != '\0')
                 snprintf(desc, sizeof desc, "%s (no TTA)", d);
             else
-                snprintf(desc, sizeof desc, "MM-UNet %s (no TTA)", mms_model_card(e->model)->name);
+                snprintf(desc, sizeof desc, "MM-UNet %s (no TTA)", mms_engine_card(e)->name);
             d = desc;
         }
-        rc = mms_work_write_seg(e->model, paths, &h[0], v, labels, o->run, o->keep_empty_frames, d,
-                                o->seg_path, &r->seg, why, why_len);
+        rc = mms_work_write_seg(mms_engine_card(e), e->sha256, paths, &h[0], v, labels, o->run,
+                                o->keep_empty_frames, d, o->seg_path, &r->seg, why, why_len);
         if (rc == MMS_EINVAL) { /* no organ found: nothing to send, not a failure */
             rc = 0;
         } else if (rc < 0) {
@@ -766,8 +939,8 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
     }
     if (o->preview_path != NULL) {
         char pwhy[512];
-        if (mms_preview_write(v, labels, mms_model_card(e->model), o->preview_path, &r->preview,
-                              pwhy, sizeof pwhy) == 0)
+        if (mms_preview_write(v, labels, mms_engine_card(e), o->preview_path, &r->preview, pwhy,
+                              sizeof pwhy) == 0)
             r->preview_written = true;
         else
             mms_log(MMS_LOG_WARNING, "preview %s not written: %s", o->preview_path, pwhy);
@@ -776,6 +949,7 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
     rc = 0;
 out:
     r->total_s = mms_mono_s() - t0;
+    free(model_labels);
     free(labels);
     mms_volume_free(v);
     return rc;

@@ -18,25 +18,40 @@
 #include "infer/infer.h"
 #include "infer/pipeline.h"
 
-/* A model on a backend, with the network built for its tiles. */
+#define MMS_MAX_MODELS 8
+
+/* A model on a backend, with the network built for its tiles; or a model set: several model
+ * files run one after the other on the same volume and backend, their labels merged into one
+ * label space (model k's label l becomes label_offset[k] + l; where two models label one
+ * voxel, the later file wins). */
 struct mms_engine {
-    struct mms_model *model;
+    int n_models;
+    struct mms_model *models[MMS_MAX_MODELS];
+    struct mms_net *nets[MMS_MAX_MODELS];
+    int label_offset[MMS_MAX_MODELS];
     struct mms_backend *be;
-    struct mms_net *net;
     int device;            /* the device asked for (CUDA) */
     int threads;           /* CPU threads asked for */
     size_t device_free;    /* device memory free when the backend started; 0: none (CPU) */
-    char model_path[4096]; /* the model file, for a CPU engine to take over a job */
+    char model_path[4096]; /* the model file, or the set's files joined by ',' (as opened) */
+    char sha256[65];       /* the model's SHA-256; a set's: of its members' hex digests, ',' */
+    /* a set's card for the outputs: the merged labels, names and versions joined by " + "
+       (the rest is the first model's); unused for one model */
+    struct mms_card set_card;
 };
 
-/* Load the model file and build its network on backend ("auto", "cpu", "cuda") with the
- * convolution precision (enum mms_precision: CUDA only; a NOTICE says when the CPU backend
- * runs fp32 instead of what was asked).
+/* Load the model file, or each file of the comma-separated list model (a model set, at most
+ * MMS_MAX_MODELS, together at most 255 labels), and build their networks on backend ("auto",
+ * "cpu", "cuda") with the convolution precision (enum mms_precision: CUDA only; a NOTICE says
+ * when the CPU backend runs fp32 instead of what was asked).
  * Ownership: e's members are new; close with mms_engine_close() (also after a failure).
  * Returns 0, or the loader's or backend's code with why naming the model and backend. */
 int mms_engine_open(const char *model, const char *backend, int device, int precision, int threads,
                     struct mms_engine *e, char *why, size_t why_len);
 void mms_engine_close(struct mms_engine *e);
+
+/* The card the outputs are made with: the model's, or the set's (merged labels). */
+const struct mms_card *mms_engine_card(const struct mms_engine *e);
 
 /* "cpu", or the backend and device ("cuda:0"), into out (len bytes). */
 void mms_engine_describe(const struct mms_engine *e, char *out, size_t len);
@@ -97,7 +112,8 @@ struct mms_work_result {
     struct mms_preview_result preview;
 };
 
-/* The plan of a job on volume ct (ct->hu NULL: from the headers, before decoding) in the
+/* The plan of model k of e (0 for a single model) on volume ct (ct->hu NULL: from the headers,
+ * before decoding) in the
  * degrade order: the options o as they are; then one tile x mirroring per network call; then
  * also no mirroring; then, when e runs on a GPU whose memory limit was the obstacle, the
  * options o on the CPU (planned without a CPU network's arena, which mms_pipe_infer() counts
@@ -107,7 +123,7 @@ struct mms_work_result {
  * of the GPU steps ("an estimated N MiB of device memory as configured, ...: more than the
  * limit of L MiB"). Returns 0, or mms_pipe_plan()'s error of the last step (MMS_ENOMEM with
  * the figures of every step tried in why). */
-int mms_work_plan(const struct mms_engine *e, const struct mms_ct *ct,
+int mms_work_plan(const struct mms_engine *e, int k, const struct mms_ct *ct,
                   const struct mms_pipe_opts *o, struct mms_pipe_opts *used,
                   struct mms_pipe_stats *st, unsigned *degraded, char *why, size_t why_len);
 
@@ -119,16 +135,17 @@ void mms_work_opts_from_config(const struct mms_config *cfg, struct mms_work_opt
                                const char **backend);
 
 /* The Series and SOP Instance UIDs of the SEG of source series source_series (its UID, or
- * the one derived when the files have none) by model m, run `run`: "2.25." and UUIDv5s of
- * the three (design.md section 3). */
-void mms_work_seg_uids(const struct mms_model *m, const char *source_series, int run,
-                       char series_uid[65], char sop_uid[65]);
+ * the one derived when the files have none) by the model (or model set) of digest sha256
+ * (mms_engine.sha256), run `run`: "2.25." and UUIDv5s of the three (design.md section 3). */
+void mms_work_seg_uids(const char *sha256, const char *source_series, int run, char series_uid[65],
+                       char sop_uid[65]);
 
 /* Write the SEG of labels (on v's grid; v built from the files paths[], the first header h0)
- * made by model m to path: segments, codes and colours from the card; Series and SOP Instance
- * UIDs derived from (source series, model SHA-256, run) as design.md section 3 says.
+ * made with card (mms_engine_card()) by the model of digest sha256 to path: segments, codes
+ * and colours from the card; Series and SOP Instance UIDs derived from (source series,
+ * sha256, run) as design.md section 3 says.
  * Returns mms_seg_write()'s codes (MMS_EINVAL: no label of the card is present). */
-int mms_work_write_seg(const struct mms_model *m, const char *const *paths,
+int mms_work_write_seg(const struct mms_card *card, const char *sha256, const char *const *paths,
                        const struct mms_header *h0, const struct mms_volume *v,
                        const uint8_t *labels, int run, bool keep_empty, const char *description,
                        const char *path, struct mms_seg_result *res, char *why, size_t why_len);

@@ -150,6 +150,7 @@ cpu_graph_init(struct mms_backend *be, const struct mms_graph *g, void **gctx, s
         struct node_state *s = &gc->nodes[i];
         switch (nd->op) {
         case MMS_OP_CONV:
+        case MMS_OP_DECONV:
             if ((rc = mms__cpu_conv_init(cpu, g, nd, &s->conv)) < 0)
                 goto fail;
             gc->fixed_bytes += s->conv.wei_bytes;
@@ -213,7 +214,11 @@ cpu_compute(struct mms_backend *be, const struct mms_graph *g, void *gctx, struc
         double t0 = g->profile != NULL ? mms_mono_s() : 0.0;
         switch (nd->op) {
         case MMS_OP_CONV:
+        case MMS_OP_DECONV:
             rc = mms__cpu_conv_run(cpu, &s->conv, T(nd->src[0]), T(nd->dst), gc->scratch);
+            break;
+        case MMS_OP_AVGPOOL:
+            mms__cpu_avgpool(cpu->threads, src, T(nd->src[0]), nd->u.up.stride, T(nd->dst));
             break;
         case MMS_OP_NORM:
             mms__cpu_instnorm(cpu->threads, T(nd->src[0]), mms__tdesc_voxels(src), src->c,

@@ -20,10 +20,18 @@
  * the next one on the list is used from then on. The bias (and for the skip projections the
  * residual sum and LReLU) is a kernel after the convolution, in the CPU backend's order.
  *
+ * A convolution without a bias (nnU-Net's conv_bias false) gets a zero bias on the device;
+ * in fp32 without a residual sum its epilogue is skipped.
+ *
+ * The transposed convolutions of nnU-Net's decoders (DECONV, kernel = stride) and the average
+ * pooling of its residual blocks (AVGPOOL) are own kernels (kernels/deconv.cu,
+ * kernels/avgpool.cu) over all n samples at once, in fp32 whatever the precision; DECONV's
+ * weights are reordered once at graph_init() to (kD, kH, kW, cin, cout).
+ *
  * Precision (mmunet.md 3.2): fp32 is strict (CUDNN_FMA_MATH: no TF32); bf16 and fp16 cast
  * the input of each convolution into a scratch buffer, use tensor cores with fp32
  * accumulation, and write their output in that type, which the epilogue widens to fp32.
- * Instance norm, LN and the Mamba path stay fp32.
+ * Instance norm, LN, the Mamba path, DECONV and AVGPOOL stay fp32.
  *
  * Threads: one caller at a time; every entry makes the backend's device current. */
 #include "infer/backend-cuda-impl.h"
@@ -63,6 +71,7 @@ struct conv_state {
 struct node_state {
     struct conv_state conv;
     float *gamma, *beta; /* NORM: device copies */
+    float *dwei, *dbias; /* DECONV: (kD, kH, kW, cin, cout) and (cout) or NULL (no bias) */
     struct mms_cuda_mixer *mixer;
 };
 
@@ -386,12 +395,32 @@ static bool
 cuda_supports_op(struct mms_backend *be, const struct mms_node *nd)
 {
     (void)be;
-    if (nd->op < 0 || nd->op >= MMS_OP__COUNT)
-        return false;
-    if (nd->op == MMS_OP_CONV)
+    switch (nd->op) {
+    case MMS_OP_CONV:
         return nd->u.conv.cin >= 1 && nd->u.conv.cout >= 1 && nd->u.conv.cin <= INT32_MAX &&
                nd->u.conv.cout <= INT32_MAX;
-    return true;
+    case MMS_OP_DECONV: /* kernel = stride, no padding: each output voxel has one tap */
+        for (int i = 0; i < 3; i++)
+            if (nd->u.conv.k[i] < 1 || nd->u.conv.k[i] != nd->u.conv.stride[i] ||
+                nd->u.conv.pad[i] != 0)
+                return false;
+        return nd->u.conv.cin >= 1 && nd->u.conv.cout >= 1 && nd->u.conv.w != NULL &&
+               !nd->u.conv.accumulate;
+    case MMS_OP_AVGPOOL:
+        for (int i = 0; i < 3; i++)
+            if (nd->u.up.stride[i] < 1 || nd->u.up.stride[i] > 1024)
+                return false;
+        return true;
+    case MMS_OP_NORM:
+    case MMS_OP_ADD_LRELU:
+    case MMS_OP_MIXER:
+    case MMS_OP_UP_CONCAT:
+    case MMS_OP_TO_NCDHW:
+    case MMS_OP_FROM_NCDHW:
+        return true;
+    default:
+        return false;
+    }
 }
 
 /* ------------------------------------------------------------------------ convolutions */
@@ -531,7 +560,11 @@ conv_upload(struct mms_cuda *cu, const struct mms_node *nd, struct conv_state *c
     if ((rc = dev_alloc(&c->wei, count * conv_esize(cu), nd->name)) < 0 ||
         (rc = dev_alloc((void **)&c->bias, (size_t)co * sizeof(float), nd->name)) < 0)
         goto out;
-    if ((rc = h2d(cu, c->bias, nd->u.conv.b, (size_t)co * sizeof(float))) < 0)
+    if (nd->u.conv.b != NULL)
+        rc = h2d(cu, c->bias, nd->u.conv.b, (size_t)co * sizeof(float));
+    else /* no bias: zero, for the epilogue of the residual sum and the reduced precisions */
+        rc = MMS_CUDA_CHECK(cudaMemsetAsync(c->bias, 0, (size_t)co * sizeof(float), cu->stream));
+    if (rc < 0)
         goto out;
     if (cu->precision == MMS_CUDA_FP32) {
         rc = h2d(cu, c->wei, host, fbytes);
@@ -591,6 +624,8 @@ conv_run(struct mms_cuda *cu, struct graph_ctx *gc, const struct mms_node *nd, s
         }
         return MMS_CUDNN_CHECK(s);
     }
+    if (y == dst && nd->u.conv.b == NULL)
+        return 0; /* fp32, no bias, no residual sum: cuDNN wrote the result */
     const struct mms_k_conv_epilogue_args ea = {
         .y = y,
         .ytype = conv_ftype(cu),
@@ -602,6 +637,61 @@ conv_run(struct mms_cuda *cu, struct graph_ctx *gc, const struct mms_node *nd, s
         .slope = nd->slope,
     };
     return mms_k_conv_epilogue(&ea, cu->stream);
+}
+
+/* ------------------------------------------------------------------------ DECONV, AVGPOOL */
+/* Whether a DECONV or AVGPOOL node's tensors have the shapes its parameters say: DECONV
+ * dst = src * stride with cin and cout channels, AVGPOOL dst = src / stride exactly. */
+static bool
+resample_shapes_ok(const struct mms_graph *g, const struct mms_node *nd)
+{
+    const struct mms_tdesc *s = &g->tensors[nd->src[0]], *d = &g->tensors[nd->dst];
+    int64_t sv[3] = {s->d, s->h, s->w}, dv[3] = {d->d, d->h, d->w};
+    if (nd->op == MMS_OP_DECONV) {
+        if (s->c != nd->u.conv.cin || d->c != nd->u.conv.cout)
+            return false;
+        for (int i = 0; i < 3; i++)
+            if (dv[i] != sv[i] * nd->u.conv.stride[i])
+                return false;
+        return true;
+    }
+    if (s->c != d->c)
+        return false;
+    for (int i = 0; i < 3; i++)
+        if (sv[i] != dv[i] * nd->u.up.stride[i])
+            return false;
+    return true;
+}
+
+/* Device weights of a DECONV node: (cin, cout, kD, kH, kW) -> (kD, kH, kW, cin, cout), and
+ * its bias when it has one. */
+static int
+deconv_upload(struct mms_cuda *cu, const struct mms_node *nd, struct node_state *st, size_t *bytes)
+{
+    int64_t co = nd->u.conv.cout, ci = nd->u.conv.cin;
+    int64_t kv = (int64_t)nd->u.conv.k[0] * nd->u.conv.k[1] * nd->u.conv.k[2];
+    size_t count = (size_t)(co * ci * kv), fbytes = count * sizeof(float);
+    float *host = malloc(fbytes);
+    int rc;
+    if (host == NULL)
+        return MMS_ENOMEM;
+    for (int64_t i = 0; i < ci; i++)
+        for (int64_t o = 0; o < co; o++)
+            for (int64_t k = 0; k < kv; k++)
+                host[(k * ci + i) * co + o] = nd->u.conv.w[(i * co + o) * kv + k];
+    if ((rc = dev_alloc((void **)&st->dwei, fbytes, nd->name)) < 0 ||
+        (rc = h2d(cu, st->dwei, host, fbytes)) < 0)
+        goto out;
+    *bytes += fbytes;
+    if (nd->u.conv.b != NULL) {
+        if ((rc = dev_alloc((void **)&st->dbias, (size_t)co * sizeof(float), nd->name)) < 0 ||
+            (rc = h2d(cu, st->dbias, nd->u.conv.b, (size_t)co * sizeof(float))) < 0)
+            goto out;
+        *bytes += (size_t)co * sizeof(float);
+    }
+out:
+    free(host);
+    return rc;
 }
 
 /* ------------------------------------------------------------------------ graphs */
@@ -626,6 +716,8 @@ cuda_graph_fini(struct mms_backend *be, void *gctx)
         conv_fini(&s->conv);
         dev_free(s->gamma);
         dev_free(s->beta);
+        dev_free(s->dwei);
+        dev_free(s->dbias);
         mms__cuda_mixer_free(s->mixer);
     }
     dev_free(gc->conv_ws);
@@ -700,6 +792,18 @@ cuda_graph_init(struct mms_backend *be, const struct mms_graph *g, void **gctx, 
             int64_t ch = g->tensors[nd->src[0]].c;
             max_c = ch > max_c ? ch : max_c;
             weights += 2 * (size_t)ch * sizeof(float);
+        } else if (nd->op == MMS_OP_DECONV || nd->op == MMS_OP_AVGPOOL) {
+            if (!resample_shapes_ok(g, nd)) {
+                mms_log(MMS_LOG_ERR, "cuda: %s: tensor shapes do not match the op's strides",
+                        nd->name);
+                rc = MMS_EINVAL;
+                goto fail;
+            }
+            if (nd->op == MMS_OP_DECONV) {
+                int64_t kv = (int64_t)nd->u.conv.k[0] * nd->u.conv.k[1] * nd->u.conv.k[2];
+                weights += (size_t)(nd->u.conv.cout * nd->u.conv.cin * kv) * sizeof(float) +
+                           (nd->u.conv.b != NULL ? (size_t)nd->u.conv.cout * sizeof(float) : 0);
+            }
         }
     }
 
@@ -751,6 +855,10 @@ cuda_graph_init(struct mms_backend *be, const struct mms_graph *g, void **gctx, 
             gc->fixed_bytes += 2 * (size_t)ch * sizeof(float);
             break;
         }
+        case MMS_OP_DECONV:
+            if ((rc = deconv_upload(cu, nd, s, &gc->fixed_bytes)) < 0)
+                goto fail;
+            break;
         case MMS_OP_MIXER:
             rc = mms__cuda_mixer_new(cu, nd, mms__tdesc_voxels(&g->tensors[nd->src[0]]),
                                      gc->max_batch, &s->mixer, &mb);
@@ -879,6 +987,39 @@ run_node(struct mms_cuda *cu, const struct mms_graph *g, struct graph_ctx *gc, i
             .stride = sf,
         };
         rc = mms_k_up_concat(&a, cu->stream);
+        break;
+    }
+    case MMS_OP_DECONV: {
+        const struct mms_k_deconv_args a = {
+            .src = T(nd->src[0]),
+            .dst = T(nd->dst),
+            .wei = s->dwei,
+            .bias = s->dbias,
+            .d = src->d,
+            .h = src->h,
+            .w = src->w,
+            .cin = nd->u.conv.cin,
+            .cout = nd->u.conv.cout,
+            .t = {nd->u.conv.stride[0], nd->u.conv.stride[1], nd->u.conv.stride[2]},
+            .n = n,
+            .stride = sf,
+        };
+        rc = mms_k_deconv(&a, cu->stream);
+        break;
+    }
+    case MMS_OP_AVGPOOL: {
+        const struct mms_k_avgpool_args a = {
+            .src = T(nd->src[0]),
+            .dst = T(nd->dst),
+            .d = src->d,
+            .h = src->h,
+            .w = src->w,
+            .c = src->c,
+            .t = {nd->u.up.stride[0], nd->u.up.stride[1], nd->u.up.stride[2]},
+            .n = n,
+            .stride = sf,
+        };
+        rc = mms_k_avgpool(&a, cu->stream);
         break;
     }
     case MMS_OP_TO_NCDHW:

@@ -98,9 +98,13 @@ mms__profile_account(struct mms_net_profile *p, const struct mms_graph *g,
                      const struct mms_node *nd, int n, double s)
 {
     switch (nd->op) {
-    case MMS_OP_CONV: {
+    case MMS_OP_CONV:
+    case MMS_OP_DECONV: {
+        /* a transposed convolution with kernel = stride adds one input voxel to each output */
         const struct mms_tdesc *o = &g->tensors[nd->dst];
-        double taps = (double)nd->u.conv.k[0] * nd->u.conv.k[1] * nd->u.conv.k[2];
+        double taps = nd->op == MMS_OP_DECONV
+                          ? 1.0
+                          : (double)nd->u.conv.k[0] * nd->u.conv.k[1] * nd->u.conv.k[2];
         p->conv_s += s;
         p->conv_flop += 2.0 * taps * (double)nd->u.conv.cin * (double)nd->u.conv.cout *
                         (double)mms__tdesc_voxels(o) * n;

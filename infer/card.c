@@ -41,6 +41,39 @@ static const char *const arch_keys[] = {
     "ignorable_tensors",
     NULL,
 };
+/* nnU-Net's PlainConvUNet and ResidualEncoderUNet (README, "nnU-Net's standard networks") */
+static const char *const plain_keys[] = {
+    "family",
+    "in_channels",
+    "num_classes",
+    "n_stages",
+    "features_per_stage",
+    "kernel_sizes",
+    "strides",
+    "n_conv_per_stage",
+    "n_conv_per_stage_decoder",
+    "conv_bias",
+    "norm",
+    "nonlin",
+    "ignorable_tensors",
+    NULL,
+};
+static const char *const resenc_keys[] = {
+    "family",
+    "in_channels",
+    "num_classes",
+    "n_stages",
+    "features_per_stage",
+    "kernel_sizes",
+    "strides",
+    "n_blocks_per_stage",
+    "n_conv_per_stage_decoder",
+    "conv_bias",
+    "norm",
+    "nonlin",
+    "ignorable_tensors",
+    NULL,
+};
 static const char *const top_all[] = {
     "schema",        "name",      "version", "description", "license",        "architecture",
     "preprocessing", "inference", "labels",  "provenance",  "postprocessing", NULL,
@@ -312,6 +345,23 @@ member_name(const cJSON *v)
 }
 
 /* architecture.ensemble: 2..MMS_MAX_MEMBERS distinct member names. */
+/* The strings of the checked array v into a new NULL-terminated array *out of *n. */
+static int
+copy_strs(struct ctx *c, const cJSON *v, char ***out, int *n)
+{
+    const cJSON *x;
+    int i = 0;
+    *n = cJSON_GetArraySize(v);
+    if ((*out = calloc((size_t)*n + 1, sizeof(char *))) == NULL)
+        return no_memory(c);
+    cJSON_ArrayForEach(x, v)
+    {
+        if (copy_str(c, &(*out)[i++], x->valuestring) < 0)
+            return MMS_ENOMEM;
+    }
+    return 0;
+}
+
 static int
 check_ensemble(struct ctx *c, const cJSON *v, struct mms_arch *arch)
 {
@@ -332,17 +382,28 @@ check_ensemble(struct ctx *c, const cJSON *v, struct mms_arch *arch)
                    "architecture.ensemble: %d to %d distinct member names (1 to 64 letters, "
                    "digits, '_', '.', '-'), found %s",
                    2, MMS_MAX_MEMBERS, js(c, 0, v));
-    arch->n_members = cJSON_GetArraySize(v);
-    arch->member_names = calloc((size_t)arch->n_members + 1, sizeof(char *));
-    if (arch->member_names == NULL)
-        return no_memory(c);
-    int i = 0;
-    cJSON_ArrayForEach(x, v)
+    return copy_strs(c, v, &arch->member_names, &arch->n_members);
+}
+
+/* architecture.ignorable_tensors and the optional ensemble, the keys every family ends with. */
+static int
+check_ignorable(struct ctx *c, const cJSON *a, struct mms_arch *arch)
+{
+    const cJSON *v, *x;
+    int rc;
+
+    v = get(a, "ignorable_tensors");
     {
-        if (copy_str(c, &arch->member_names[i++], x->valuestring) < 0)
-            return MMS_ENOMEM;
+        bool good = cJSON_IsArray(v);
+        if (good) {
+            cJSON_ArrayForEach(x, v) good = good && cJSON_IsString(x);
+        }
+        if (!good)
+            return bad(c, "architecture.ignorable_tensors: a list of globs");
     }
-    return 0;
+    if ((rc = copy_strs(c, v, &arch->ignorable_tensors, &arch->n_ignorable)) < 0)
+        return rc;
+    return check_ensemble(c, get(a, "ensemble"), arch);
 }
 
 static int
@@ -353,12 +414,27 @@ check_architecture(struct ctx *c, const cJSON *a, struct mms_arch *arch, int64_t
     char what[64];
     int S, rc;
 
-    rc = exact_keys(c, a, arch_keys, arch_optional, "architecture");
+    if (!cJSON_IsObject(a))
+        return bad(c, "architecture: not an object");
+    v = get(a, "family");
+    if (is_str(v, "mmunet"))
+        arch->family = MMS_FAMILY_MMUNET;
+    else if (is_str(v, "PlainConvUNet"))
+        arch->family = MMS_FAMILY_PLAIN;
+    else if (is_str(v, "ResidualEncoderUNet"))
+        arch->family = MMS_FAMILY_RESENC;
+    else
+        return bad(c,
+                   "architecture.family: expected 'mmunet', 'PlainConvUNet' or "
+                   "'ResidualEncoderUNet', found %s",
+                   rp(c, 0, v));
+    const char *const *keys = arch->family == MMS_FAMILY_PLAIN    ? plain_keys
+                              : arch->family == MMS_FAMILY_RESENC ? resenc_keys
+                                                                  : arch_keys;
+    rc = exact_keys(c, a, keys, arch_optional, "architecture");
     if (rc < 0)
         return rc;
-    v = get(a, "family");
-    if (!is_str(v, "mmunet"))
-        return bad(c, "architecture.family: expected 'mmunet', found %s", rp(c, 0, v));
+    arch->conv_bias = true;
     v = get(a, "n_stages");
     if (!is_int(v) || v->valuedouble < 2 || v->valuedouble > 8)
         return bad(c, "architecture.n_stages: must be 2..8, found %s", rp(c, 0, v));
@@ -410,14 +486,28 @@ check_architecture(struct ctx *c, const cJSON *a, struct mms_arch *arch, int64_t
         if (over)
             strides_prod[d] = 0; /* beyond int64_t: no patch is divisible */
     }
-    rc = ints_int(c, get(a, "n_blocks_encoder"), S, "architecture.n_blocks_encoder", 1, HI_NONE,
-                  arch->n_blocks_encoder);
-    if (rc == 0)
-        rc = ints_int(c, get(a, "n_blocks_decoder"), S - 1, "architecture.n_blocks_decoder", 1,
-                      HI_NONE, arch->n_blocks_decoder);
-    if (rc == 0)
-        rc = scalar_int(c, get(a, "stem_blocks"), 1, "architecture.stem_blocks: must be >= 1",
-                        "architecture.stem_blocks", &arch->stem_blocks);
+    if (arch->family == MMS_FAMILY_MMUNET) {
+        rc = ints_int(c, get(a, "n_blocks_encoder"), S, "architecture.n_blocks_encoder", 1, HI_NONE,
+                      arch->n_blocks_encoder);
+        if (rc == 0)
+            rc = ints_int(c, get(a, "n_blocks_decoder"), S - 1, "architecture.n_blocks_decoder", 1,
+                          HI_NONE, arch->n_blocks_decoder);
+        if (rc == 0)
+            rc = scalar_int(c, get(a, "stem_blocks"), 1, "architecture.stem_blocks: must be >= 1",
+                            "architecture.stem_blocks", &arch->stem_blocks);
+    } else {
+        const char *enc =
+            arch->family == MMS_FAMILY_PLAIN ? "n_conv_per_stage" : "n_blocks_per_stage";
+        snprintf(what, sizeof what, "architecture.%s", enc);
+        rc = ints_int(c, get(a, enc), S, what, 1, HI_NONE, arch->n_blocks_encoder);
+        if (rc == 0)
+            rc = ints_int(c, get(a, "n_conv_per_stage_decoder"), S - 1,
+                          "architecture.n_conv_per_stage_decoder", 1, HI_NONE,
+                          arch->n_blocks_decoder);
+        if (rc == 0 && !cJSON_IsBool(v = get(a, "conv_bias")))
+            return bad(c, "architecture.conv_bias: must be true or false");
+        arch->conv_bias = cJSON_IsTrue(get(a, "conv_bias"));
+    }
     if (rc < 0)
         return rc;
     /* Python's dict equality: True == 1, so "affine": 1 passes as it does there. */
@@ -435,6 +525,8 @@ check_architecture(struct ctx *c, const cJSON *a, struct mms_arch *arch, int64_t
         return bad(c, "architecture.nonlin: version 1 accepts only leaky_relu 0.01; found %s",
                    js(c, 0, v));
     arch->negative_slope = 0.01f;
+    if (arch->family != MMS_FAMILY_MMUNET)
+        return check_ignorable(c, a, arch);
     if (!is_str(get(a, "decoder"), "residual_nearest"))
         return bad(c, "architecture.decoder: version 1 accepts only 'residual_nearest'");
 
@@ -509,28 +601,7 @@ check_architecture(struct ctx *c, const cJSON *a, struct mms_arch *arch, int64_t
         return bad(c, "architecture.mixer.dt_rank: 'auto' or an integer >= 1");
     if (rc < 0)
         return rc;
-    v = get(a, "ignorable_tensors");
-    {
-        bool good = cJSON_IsArray(v);
-        if (good) {
-            cJSON_ArrayForEach(x, v) good = good && cJSON_IsString(x);
-        }
-        if (!good)
-            return bad(c, "architecture.ignorable_tensors: a list of globs");
-    }
-    arch->n_ignorable = cJSON_GetArraySize(v);
-    arch->ignorable_tensors = calloc((size_t)arch->n_ignorable + 1, sizeof(char *));
-    if (arch->ignorable_tensors == NULL)
-        return no_memory(c);
-    {
-        int i = 0;
-        cJSON_ArrayForEach(x, v)
-        {
-            if (copy_str(c, &arch->ignorable_tensors[i++], x->valuestring) < 0)
-                return MMS_ENOMEM;
-        }
-    }
-    return check_ensemble(c, get(a, "ensemble"), arch);
+    return check_ignorable(c, a, arch);
 }
 
 static int

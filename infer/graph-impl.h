@@ -18,6 +18,8 @@ enum mms_op {
     MMS_OP_UP_CONCAT,  /* dst = concat_channels(NearestUp(src0), src1) */
     MMS_OP_TO_NCDHW,   /* dst (C, D, H, W) = src0 (D, H, W, C) */
     MMS_OP_FROM_NCDHW, /* dst (D, H, W, C) = src0 (C, D, H, W) */
+    MMS_OP_DECONV,     /* dst = transposed conv(src0) + bias, kernel = stride, no padding */
+    MMS_OP_AVGPOOL,    /* dst = mean of each up.stride window of src0 (kernel = stride) */
     MMS_OP__COUNT
 };
 
@@ -63,8 +65,8 @@ struct mms_node {
         struct {
             int k[3], stride[3], pad[3];
             int64_t cin, cout;
-            const float *w;  /* (cout, cin, kD, kH, kW) */
-            const float *b;  /* (cout) */
+            const float *w;  /* CONV (cout, cin, kD, kH, kW); DECONV (cin, cout, kD, kH, kW) */
+            const float *b;  /* (cout), or NULL: no bias */
             bool accumulate; /* dst = LReLU(conv(src0) + dst) */
         } conv;
         struct {
@@ -83,7 +85,7 @@ struct mms_node {
         } mixer;
         struct {
             int stride[3];
-        } up;
+        } up; /* UP_CONCAT's replication, AVGPOOL's window */
     } u;
     float slope; /* LReLU negative slope */
 };

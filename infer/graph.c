@@ -118,13 +118,13 @@ conv_out(int64_t len, int k, int stride)
 }
 
 static int
-conv(struct builder *b, const char *prefix, const char *what, int src, int dst, const int k[3],
-     const int stride[3], bool accumulate)
+conv_opt(struct builder *b, const char *prefix, const char *what, int src, int dst, const int k[3],
+         const int stride[3], bool accumulate, bool bias, enum mms_op op)
 {
     struct mms_graph *g = b->g;
     char name[256];
     snprintf(name, sizeof name, "%s%s", prefix, what);
-    struct mms_node *nd = add_node(g, MMS_OP_CONV, name);
+    struct mms_node *nd = add_node(g, op, name);
     if (nd == NULL)
         return MMS_ENOMEM;
     nd->src[0] = src;
@@ -132,7 +132,7 @@ conv(struct builder *b, const char *prefix, const char *what, int src, int dst, 
     for (int i = 0; i < 3; i++) {
         nd->u.conv.k[i] = k[i];
         nd->u.conv.stride[i] = stride[i];
-        nd->u.conv.pad[i] = k[i] / 2;
+        nd->u.conv.pad[i] = op == MMS_OP_DECONV ? 0 : k[i] / 2;
     }
     nd->u.conv.cin = g->tensors[src].c;
     nd->u.conv.cout = g->tensors[dst].c;
@@ -141,8 +141,15 @@ conv(struct builder *b, const char *prefix, const char *what, int src, int dst, 
     snprintf(wn, sizeof wn, "%s.weight", what);
     snprintf(bn, sizeof bn, "%s.bias", what);
     nd->u.conv.w = weight(b, prefix, wn);
-    nd->u.conv.b = weight(b, prefix, bn);
-    return nd->u.conv.w != NULL && nd->u.conv.b != NULL ? 0 : MMS_EMODEL;
+    nd->u.conv.b = bias ? weight(b, prefix, bn) : NULL;
+    return nd->u.conv.w != NULL && (nd->u.conv.b != NULL || !bias) ? 0 : MMS_EMODEL;
+}
+
+static int
+conv(struct builder *b, const char *prefix, const char *what, int src, int dst, const int k[3],
+     const int stride[3], bool accumulate)
+{
+    return conv_opt(b, prefix, what, src, dst, k, stride, accumulate, true, MMS_OP_CONV);
 }
 
 static int
@@ -362,6 +369,157 @@ block(struct builder *b, const char *prefix, int x, int64_t cout, const int k[3]
     return 0;
 }
 
+/* ---------------------------------------------------- nnU-Net's PlainConvUNet, ResEnc */
+
+/* Conv (k, stride t, padding k//2), IN, then LReLU when lrelu: prefix "conv" and "norm"
+ * (README, "nnU-Net's standard networks"). *out receives a new tensor of cout channels. */
+static int
+cnr(struct builder *b, const char *prefix, int x, int64_t cout, const int k[3], const int t[3],
+    bool lrelu, bool bias, int *out)
+{
+    struct mms_graph *g = b->g;
+    const struct mms_tdesc *xs = &g->tensors[x];
+    int y = add_tensor(g, NULL, cout, conv_out(xs->d, k[0], t[0]), conv_out(xs->h, k[1], t[1]),
+                       conv_out(xs->w, k[2], t[2]), 0);
+    int rc;
+    if (y < 0)
+        return y;
+    if ((rc = conv_opt(b, prefix, "conv", x, y, k, t, false, bias, MMS_OP_CONV)) < 0 ||
+        (rc = norm(b, prefix, "norm", y, lrelu)) < 0)
+        return rc;
+    *out = y;
+    return 0;
+}
+
+/* ResidualEncoderUNet's block: LReLU(IN(conv2(CNR(conv1(x)))) + skip(x)), where skip(x) is x,
+ * or AvgPool_t(x) when the block has a stride, then a bias-free 1x1x1 conv and IN when the
+ * channels change. */
+static int
+resenc_block(struct builder *b, const char *prefix, int x, int64_t cout, const int k[3],
+             const int t[3], int *out)
+{
+    static const int one[3] = {1, 1, 1};
+    struct mms_graph *g = b->g;
+    char p[256];
+    int h1, h2, sx = x, rc;
+    bool bias = g->arch->conv_bias, pool = t[0] != 1 || t[1] != 1 || t[2] != 1;
+    int64_t cin = g->tensors[x].c;
+
+    snprintf(p, sizeof p, "%sconv1.", prefix);
+    if ((rc = cnr(b, p, x, cout, k, t, true, bias, &h1)) < 0)
+        return rc;
+    snprintf(p, sizeof p, "%sconv2.", prefix);
+    if ((rc = cnr(b, p, h1, cout, k, one, false, bias, &h2)) < 0)
+        return rc;
+    if (pool) {
+        const struct mms_tdesc *xs = &g->tensors[x];
+        int q = add_tensor(g, NULL, cin, xs->d / t[0], xs->h / t[1], xs->w / t[2], 0);
+        if (q < 0)
+            return q;
+        snprintf(p, sizeof p, "%sskip.0", prefix);
+        struct mms_node *nd = add_node(g, MMS_OP_AVGPOOL, p);
+        if (nd == NULL)
+            return MMS_ENOMEM;
+        nd->src[0] = x;
+        nd->dst = q;
+        memcpy(nd->u.up.stride, t, sizeof nd->u.up.stride);
+        sx = q;
+    }
+    if (cin != cout) {
+        snprintf(p, sizeof p, "%sskip.%d.", prefix, pool ? 1 : 0);
+        if ((rc = cnr(b, p, sx, cout, one, one, false, false, &sx)) < 0)
+            return rc;
+    }
+    snprintf(p, sizeof p, "%sresidual", prefix);
+    struct mms_node *nd = add_node(g, MMS_OP_ADD_LRELU, p);
+    if (nd == NULL)
+        return MMS_ENOMEM;
+    nd->src[0] = h2;
+    nd->src[1] = sx;
+    snprintf(p, sizeof p, "%.*s", (int)strlen(prefix) - 1, prefix);
+    if ((g->tensors[h2].name = intern(g, p)) == NULL)
+        return MMS_ENOMEM;
+    *out = h2;
+    return 0;
+}
+
+/* The network of a PlainConvUNet or ResidualEncoderUNet card from the input tensor x:
+ * *out receives the logits, channels-last. */
+static int
+build_nnunet(struct builder *b, int x, int *out)
+{
+    static const int one[3] = {1, 1, 1};
+    struct mms_graph *g = b->g;
+    const struct mms_arch *a = g->arch;
+    int S = a->n_stages, skips[MMS_MAX_STAGES] = {0}, rc;
+    char p[128];
+
+    if (a->family == MMS_FAMILY_RESENC && (rc = cnr(b, "encoder.stem.convs.0.", x, a->features[0],
+                                                    a->kernel[0], one, true, a->conv_bias, &x)) < 0)
+        return rc;
+    for (int s = 0; s < S; s++) {
+        for (int i = 0; i < a->n_blocks_encoder[s]; i++) {
+            const int *t = i == 0 ? a->stride[s] : one;
+            if (a->family == MMS_FAMILY_PLAIN) {
+                snprintf(p, sizeof p, "encoder.stages.%d.0.convs.%d.", s, i);
+                rc = cnr(b, p, x, a->features[s], a->kernel[s], t, true, a->conv_bias, &x);
+            } else {
+                snprintf(p, sizeof p, "encoder.stages.%d.blocks.%d.", s, i);
+                rc = resenc_block(b, p, x, a->features[s], a->kernel[s], t, &x);
+            }
+            if (rc < 0)
+                return rc;
+        }
+        snprintf(p, sizeof p, "encoder.stages.%d", s);
+        if ((g->tensors[x].name = intern(g, p)) == NULL)
+            return MMS_ENOMEM;
+        skips[s] = x;
+    }
+    int z = skips[S - 1];
+    for (int j = 0; j < S - 1; j++) {
+        int sa = S - 1 - j, sb = S - 2 - j;
+        const int *t = a->stride[sa];
+        int64_t fb = a->features[sb];
+        const struct mms_tdesc *zt = &g->tensors[z];
+        int u = add_tensor(g, NULL, fb, zt->d * t[0], zt->h * t[1], zt->w * t[2], 0);
+        if (u < 0)
+            return u;
+        snprintf(p, sizeof p, "decoder.transpconvs.%d", j);
+        if ((rc = conv_opt(b, p, "", z, u, t, t, false, a->conv_bias, MMS_OP_DECONV)) < 0)
+            return rc;
+        const struct mms_tdesc *xb = &g->tensors[skips[sb]];
+        snprintf(p, sizeof p, "decoder.stages.%d.concat", j);
+        int y = add_tensor(g, NULL, 2 * fb, xb->d, xb->h, xb->w, 0);
+        if (y < 0)
+            return y;
+        struct mms_node *nd = add_node(g, MMS_OP_UP_CONCAT, p);
+        if (nd == NULL)
+            return MMS_ENOMEM;
+        nd->src[0] = u;
+        nd->src[1] = skips[sb];
+        nd->dst = y;
+        memcpy(nd->u.up.stride, one, sizeof nd->u.up.stride);
+        z = y;
+        for (int i = 0; i < a->n_blocks_decoder[j]; i++) {
+            snprintf(p, sizeof p, "decoder.stages.%d.convs.%d.", j, i);
+            if ((rc = cnr(b, p, z, fb, a->kernel[sb], one, true, a->conv_bias, &z)) < 0)
+                return rc;
+        }
+        snprintf(p, sizeof p, "decoder.stages.%d", j);
+        if ((g->tensors[z].name = intern(g, p)) == NULL)
+            return MMS_ENOMEM;
+    }
+    const struct mms_tdesc *zt = &g->tensors[z];
+    int head = add_tensor(g, NULL, a->num_classes, zt->d, zt->h, zt->w, 0);
+    if (head < 0)
+        return head;
+    snprintf(p, sizeof p, "decoder.seg_layers.%d", S - 2);
+    if ((rc = conv_opt(b, p, "", z, head, one, one, false, true, MMS_OP_CONV)) < 0)
+        return rc;
+    *out = head;
+    return 0;
+}
+
 static void
 plan(struct mms_graph *g, bool keep_taps)
 {
@@ -483,6 +641,12 @@ mms__graph_build(const struct mms_model *m, int member, const int64_t tile[3], b
         nd->src[0] = g->input;
         nd->dst = x;
     }
+    int head;
+    if (a->family != MMS_FAMILY_MMUNET) {
+        if ((rc = build_nnunet(&b, x, &head)) < 0)
+            goto fail;
+        goto output;
+    }
     for (int i = 0; i < a->stem_blocks; i++) {
         snprintf(prefix, sizeof prefix, "stem.blocks.%d.", i);
         if ((rc = block(&b, prefix, x, a->features[0], a->kernel[0], one, false, &x)) < 0)
@@ -532,11 +696,12 @@ mms__graph_build(const struct mms_model *m, int member, const int64_t tile[3], b
         }
     }
     const struct mms_tdesc *zt = &g->tensors[z];
-    int head = add_tensor(g, NULL, a->num_classes, zt->d, zt->h, zt->w, 0);
+    head = add_tensor(g, NULL, a->num_classes, zt->d, zt->h, zt->w, 0);
     if ((rc = head) < 0)
         goto fail;
     if ((rc = conv(&b, "", "head", z, head, one, one, false)) < 0)
         goto fail;
+output:
     if ((rc = g->output = add_tensor(g, "logits", a->num_classes, tile[0], tile[1], tile[2], 0)) <
         0)
         goto fail;

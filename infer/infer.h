@@ -24,17 +24,29 @@ enum mms_biscan {
     MMS_BISCAN_VIM_V2,
 };
 
+/* The network family (architecture.family). The nnU-Net families are those of nnU-Net v2's
+ * dynamic_network_architectures (README, "nnU-Net's standard networks"). */
+enum mms_family {
+    MMS_FAMILY_MMUNET,
+    MMS_FAMILY_PLAIN,  /* PlainConvUNet */
+    MMS_FAMILY_RESENC, /* ResidualEncoderUNet */
+};
+
 /* The `architecture` object of the card (mmunet.md 2.2, 2.6). */
 struct mms_arch {
+    enum mms_family family;
     int in_channels;
     int num_classes;
     int n_stages; /* S, 2..8 */
     int features[MMS_MAX_STAGES];
     int kernel[MMS_MAX_STAGES][3];
     int stride[MMS_MAX_STAGES][3];
+    /* blocks per encoder stage: n_conv_per_stage (PlainConvUNet), n_blocks_per_stage
+       (ResidualEncoderUNet); per decoder level: n_conv_per_stage_decoder for both */
     int n_blocks_encoder[MMS_MAX_STAGES];
     int n_blocks_decoder[MMS_MAX_STAGES - 1];
-    int stem_blocks;
+    int stem_blocks;      /* mmunet only */
+    bool conv_bias;       /* nnU-Net families: convolutions have a bias (mmunet: always) */
     float norm_eps;       /* 1e-5 in version 1 */
     float negative_slope; /* 0.01 in version 1 */
     enum mms_biscan biscan;

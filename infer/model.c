@@ -155,11 +155,78 @@ block(struct gen *g, const char *prefix, int64_t cin, int64_t cout, const int k[
     }
 }
 
+/* A convolution, normalisation and LReLU of the nnU-Net families: prefix + "conv.weight" and
+ * "conv.bias" when bias, "norm.weight" and "norm.bias". */
+static void
+cnr(struct gen *g, const char *prefix, int64_t cin, int64_t cout, const int k[3], bool bias)
+{
+    add(g, SHAPE(cout, cin, k[0], k[1], k[2]), "%sconv.weight", prefix);
+    if (bias)
+        add(g, SHAPE(cout), "%sconv.bias", prefix);
+    add(g, SHAPE(cout), "%snorm.weight", prefix);
+    add(g, SHAPE(cout), "%snorm.bias", prefix);
+}
+
+/* PlainConvUNet and ResidualEncoderUNet (README, "nnU-Net's standard networks"). */
+static void
+expected_nnunet(struct gen *g)
+{
+    static const int ones[3] = {1, 1, 1};
+    const struct mms_arch *a = g->a;
+    const int *F = a->features;
+    int S = a->n_stages;
+    bool bias = a->conv_bias;
+    char p[NAME_MAX_LEN];
+
+    if (a->family == MMS_FAMILY_RESENC)
+        cnr(g, "encoder.stem.convs.0.", a->in_channels, F[0], a->kernel[0], bias);
+    for (int s = 0; s < S && !g->too_many; s++) {
+        for (int i = 0; i < a->n_blocks_encoder[s]; i++) {
+            int64_t cin = i > 0                           ? F[s]
+                          : s > 0                         ? F[s - 1]
+                          : a->family == MMS_FAMILY_PLAIN ? a->in_channels
+                                                          : F[0];
+            if (a->family == MMS_FAMILY_PLAIN) {
+                snprintf(p, sizeof p, "encoder.stages.%d.0.convs.%d.", s, i);
+                cnr(g, p, cin, F[s], a->kernel[s], bias);
+                continue;
+            }
+            snprintf(p, sizeof p, "encoder.stages.%d.blocks.%d.conv1.", s, i);
+            cnr(g, p, cin, F[s], a->kernel[s], bias);
+            snprintf(p, sizeof p, "encoder.stages.%d.blocks.%d.conv2.", s, i);
+            cnr(g, p, F[s], F[s], a->kernel[s], bias);
+            const int *t = a->stride[s];
+            bool pool = i == 0 && (t[0] != 1 || t[1] != 1 || t[2] != 1);
+            if (cin != F[s]) {
+                snprintf(p, sizeof p, "encoder.stages.%d.blocks.%d.skip.%d.", s, i, pool ? 1 : 0);
+                cnr(g, p, cin, F[s], ones, false);
+            }
+        }
+    }
+    for (int j = 0; j < S - 1 && !g->too_many; j++) {
+        int up = S - 1 - j, skip = S - 2 - j;
+        const int *t = a->stride[up];
+        add(g, SHAPE(F[up], F[skip], t[0], t[1], t[2]), "decoder.transpconvs.%d.weight", j);
+        if (bias)
+            add(g, SHAPE(F[skip]), "decoder.transpconvs.%d.bias", j);
+        for (int i = 0; i < a->n_blocks_decoder[j]; i++) {
+            snprintf(p, sizeof p, "decoder.stages.%d.convs.%d.", j, i);
+            cnr(g, p, i == 0 ? 2 * (int64_t)F[skip] : F[skip], F[skip], a->kernel[skip], bias);
+        }
+    }
+    add(g, SHAPE(a->num_classes, F[0], 1, 1, 1), "decoder.seg_layers.%d.weight", S - 2);
+    add(g, SHAPE(a->num_classes), "decoder.seg_layers.%d.bias", S - 2);
+}
+
 /* Every tensor the architecture needs (mmunet.md 2.5, 2.7), in no order. */
 static void
 expected(struct gen *g)
 {
     static const int ones[3] = {1, 1, 1};
+    if (g->a->family != MMS_FAMILY_MMUNET) {
+        expected_nnunet(g);
+        return;
+    }
     const struct mms_arch *a = g->a;
     const int *F = a->features;
     int S = a->n_stages;

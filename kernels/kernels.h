@@ -88,6 +88,37 @@ struct mms_k_up_concat_args {
 };
 int mms_k_up_concat(const struct mms_k_up_concat_args *a, cudaStream_t s);
 
+/* dst (d t0, h t1, w t2, cout) = the transposed convolution of src (d, h, w, cin) with kernel
+ * = stride t and no padding, plus bias:
+ *   dst[(z t0 + i0, y t1 + i1, x t2 + i2), o] = bias[o] + sum_c src[(z, y, x), c] wei[i, c, o]
+ * with i = (i0 t1 + i1) t2 + i2, summed in fp32 in order of c. wei is (t0, t1, t2, cin, cout):
+ * PyTorch's ConvTranspose3d weight (cin, cout, t0, t1, t2) reordered. src and dst do not
+ * overlap; stride is at least either tensor's size when n > 1. */
+struct mms_k_deconv_args {
+    const float *src;
+    float *dst;
+    const float *wei;  /* (t0, t1, t2, cin, cout) */
+    const float *bias; /* (cout), or NULL: no bias */
+    int64_t d, h, w, cin, cout;
+    int t[3];
+    int n;
+    size_t stride;
+};
+int mms_k_deconv(const struct mms_k_deconv_args *a, cudaStream_t s);
+
+/* dst (d / t0, h / t1, w / t2, c) = the mean of each non-overlapping (t0, t1, t2) window of
+ * src (d, h, w, c) (kernel = stride t, no padding; t divides d, h, w): the fp32 sum over the
+ * window in (i0, i1, i2) order divided by t0 t1 t2. src and dst do not overlap. */
+struct mms_k_avgpool_args {
+    const float *src;
+    float *dst;
+    int64_t d, h, w, c; /* src's shape */
+    int t[3];
+    int n;
+    size_t stride;
+};
+int mms_k_avgpool(const struct mms_k_avgpool_args *a, cudaStream_t s);
+
 /* dst (cols, rows) = src (rows, cols) transposed, n samples. */
 struct mms_k_transpose_args {
     const float *src;

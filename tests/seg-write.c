@@ -62,8 +62,8 @@ main(int argc, char **argv)
     struct timespec t0, t1;
     struct mms_seg_result res = {0, 0};
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int rc =
-        mms_work_write_seg(m, paths, &h[0], v, labels, 1, keep, NULL, a[3], &res, why, sizeof why);
+    int rc = mms_work_write_seg(mms_model_card(m), mms_model_sha256(m), paths, &h[0], v, labels, 1,
+                                keep, NULL, a[3], &res, why, sizeof why);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (rc < 0)
         return die("%s: %s", a[3], why);

@@ -96,13 +96,14 @@ stop() {
     wait "$pid" 2>/dev/null
     pid=
 }
-# send_field JOB DEST FIELD: a field of that send in `mmsegd status --json`
+# send_field JOB DEST FIELD [FIELD...]: fields of that send in one `mmsegd status --json`,
+# separated by blanks (one snapshot, so that two fields belong to the same attempt)
 send_field() {
     "$mmsegd" status -c "$tmp/mmsegd.ini" --json | "$python" -c '
 import json, sys
 for s in json.load(sys.stdin)["sends"]:
     if s["job"] == int(sys.argv[1]) and s["destination"] == sys.argv[2]:
-        print(s[sys.argv[3]])
+        print(" ".join(str(s[f]) for f in sys.argv[3:]))
 ' "$@"
 }
 send_is() { [ "$(send_field "$1" "$2" state)" = "$3" ]; }

@@ -25,7 +25,7 @@
 #include "tests/tap.h"
 #include "tests/tol.h"
 
-#define N_GPU_TESTS 14
+#define N_GPU_TESTS 18
 #define MARGIN 0.5f /* fp32 logit margin of the voxels whose argmax must agree */
 
 static char last_log[1024];
@@ -154,20 +154,22 @@ test_variant(const char *dir, const char *variant)
     mms_model_free(m);
 }
 
-/* A fold ensemble on CUDA fp32: the members' mean against the CPU's and the golden's. */
+/* The logits of fixture tiny-NAME on CUDA fp32 against the CPU's and the golden's: a fold
+ * ensemble (the members' mean), nnU-Net's networks (transposed convolutions, average pooling,
+ * convolutions without bias). */
 static void
-test_ensemble(const char *dir)
+test_logits(const char *dir, const char *name, const char *what)
 {
     char path[4096], why[512] = "";
     struct mms_model *m = NULL;
     struct mms_st *gold = NULL;
     struct mms_backend *bc = NULL, *bg = NULL;
     struct mms_net *nc = NULL, *ng = NULL;
-    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-ensemble.safetensors", dir);
+    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-%s.safetensors", dir, name);
     int rc = mms_model_load(path, &m, why, sizeof why);
     if (rc == 0) {
-        snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-ensemble.golden.safetensors",
-                 dir);
+        snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-%s.golden.safetensors", dir,
+                 name);
         rc = mms__st_open(path, &gold, why, sizeof why);
     }
     const struct mms_card *card = rc == 0 ? mms_model_card(m) : NULL;
@@ -192,10 +194,9 @@ test_ensemble(const char *dir)
         free(lg);
     }
     if (rc < 0)
-        diag("ensemble: %s %s", mms_strerror(rc), why);
+        diag("%s: %s %s", name, mms_strerror(rc), why);
     ok(rc == 0 && e <= 1e-7 && tl <= 1e-4,
-       "a fold ensemble on CUDA fp32: the members' mean, NMSE vs CPU %.2g, tol vs golden %.2g", e,
-       tl);
+       "%s (tiny-%s) on CUDA fp32: NMSE vs CPU %.2g, tol vs golden %.2g", what, name, e, tl);
     mms_net_free(nc);
     mms_net_free(ng);
     mms_backend_free(bc);
@@ -381,7 +382,11 @@ main(void)
     for (size_t i = 0; i < N_VARIANTS; i++)
         test_variant(dir, variants[i]);
     test_big(dir);
-    test_ensemble(dir);
+    test_logits(dir, "ensemble", "a fold ensemble, the members' mean");
+    test_logits(dir, "plain-ensemble", "a PlainConvUNet fold ensemble");
+    test_logits(dir, "plain", "PlainConvUNet");
+    test_logits(dir, "resenc", "ResidualEncoderUNet");
+    test_logits(dir, "resenc-nobias", "ResidualEncoderUNet without convolution biases");
     test_oom(dir);
     return done_testing();
 }

@@ -52,7 +52,7 @@ main(void)
     char longline[400];
     int rc;
 
-    plan(62, 30);
+    plan(63, 30);
     if (mkdtemp(dir) == NULL)
         return 1;
     snprintf(path, sizeof path, "%s/mmsegd.ini", dir);
@@ -87,18 +87,24 @@ main(void)
               "[series]\n"
               "max_gap_ratio = 2\n"
               "[infer]\n"
-              "tta = yes\n",
+              "tta = yes\n"
+              "model = a.safetensors , /m/b.safetensors,c/d.safetensors\n",
               &cfg);
     ok(rc == 0, "a valid file loads");
     if (rc != 0)
         diag("%s", err);
     if (cfg != NULL) {
-        char want[300];
+        char want[1000];
         snprintf(want, sizeof want, "%s/state", dir);
         is_str(cfg->daemon.state_dir, want, "relative state_dir is relative to the file");
+        snprintf(want, sizeof want, "%s/a.safetensors,/m/b.safetensors,%s/c/d.safetensors", dir,
+                 dir);
+        is_str(cfg->infer.model, want,
+               "a model set: each relative file of the list is relative to the file");
         is_int(cfg->daemon.log_level, MMS_LOG_DEBUG, "log_level debug");
         is_str(cfg->path, path, "the file's path is recorded");
     } else {
+        skip("no config");
         skip("no config");
         skip("no config");
         skip("no config");

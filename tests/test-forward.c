@@ -222,16 +222,54 @@ test_big(const char *dir)
 
 /* A fold ensemble: the mean of its members' logits (nnU-Net's), not one member's, from one
  * forward call that allocates nothing. */
+/* nnU-Net's networks (README, "nnU-Net's standard networks"): the logits of the fixed input
+ * against the PyTorch reference's, in fp64. */
+static const char *const families[] = {"plain", "resenc", "resenc-nobias"};
+#define N_FAMILIES (sizeof families / sizeof families[0])
+
 static void
-test_ensemble(const char *dir)
+test_family(const char *dir, const char *name)
 {
     char why[512] = "";
     struct mms_model *m = NULL;
     struct mms_st *gold = NULL;
     struct mms_backend *be = NULL;
     struct mms_net *net = NULL;
-    int rc = open_fixture(dir, "ensemble", 0, &m, &gold, &be, &net, why, sizeof why);
-    if (!ok(rc == 0 && mms_net_members(net) == 2, "ensemble: two members on the CPU backend")) {
+    int rc = open_fixture(dir, name, 0, &m, &gold, &be, &net, why, sizeof why);
+    const struct mms_card *card = rc == 0 ? mms_model_card(m) : NULL;
+    if (!ok(rc == 0 && card->arch.family != MMS_FAMILY_MMUNET,
+            "%s: load an nnU-Net network, open the CPU backend, plan the network", name)) {
+        diag("%s (%s)", mms_strerror(rc), why);
+        skip("no network");
+        skip("no network");
+        goto out;
+    }
+    const struct mms_tensor *in = mms__st_find(gold, "input"), *want = mms__st_find(gold, "logits");
+    float *logits = malloc((size_t)want->count * sizeof(float));
+    long before = n_allocs;
+    rc = mms_net_forward(net, in->data, 1, logits);
+    long allocs = n_allocs - before;
+    double tl = rc == 0 ? tol_of(logits, want->data, (size_t)want->count) : INFINITY;
+    ok(tl <= 1e-4, "%s: the logits are within tol 1e-4 of the reference's (%.2g)", name, tl);
+    is_int(allocs, 0, "%s: a forward pass allocates nothing", name);
+    free(logits);
+out:
+    mms_net_free(net);
+    mms_backend_free(be);
+    mms__st_close(gold);
+    mms_model_free(m);
+}
+
+static void
+test_ensemble(const char *dir, const char *name)
+{
+    char why[512] = "";
+    struct mms_model *m = NULL;
+    struct mms_st *gold = NULL;
+    struct mms_backend *be = NULL;
+    struct mms_net *net = NULL;
+    int rc = open_fixture(dir, name, 0, &m, &gold, &be, &net, why, sizeof why);
+    if (!ok(rc == 0 && mms_net_members(net) == 2, "%s: two members on the CPU backend", name)) {
         diag("%s (%s)", mms_strerror(rc), why);
         skip("no network");
         skip("no network");
@@ -248,10 +286,10 @@ test_ensemble(const char *dir)
     double t0 = tol_of(m0->data, mean->data, (size_t)mean->count),
            t1 = tol_of(m1->data, mean->data, (size_t)mean->count);
     ok(tl <= 1e-4 && t0 > 100 * 1e-4 && t1 > 100 * 1e-4,
-       "ensemble: the forward pass gives the members' mean (tol %.2g; each member alone is "
+       "%s: the forward pass gives the members' mean (tol %.2g; each member alone is "
        "%.2g and %.2g from it)",
-       tl, t0, t1);
-    is_int(allocs, 0, "ensemble: a forward pass allocates nothing");
+       name, tl, t0, t1);
+    is_int(allocs, 0, "%s: a forward pass allocates nothing", name);
     free(logits);
 out:
     mms_net_free(net);
@@ -291,11 +329,14 @@ main(void)
     const char *dir = getenv("srcdir");
     if (dir == NULL)
         dir = ".";
-    plan((int)N_VARIANTS * 3 + 4 + 4 + 3, 600);
+    plan((int)N_VARIANTS * 3 + 4 + 2 * 3 + (int)N_FAMILIES * 3 + 4, 600);
     for (size_t i = 0; i < N_VARIANTS; i++)
         test_variant(dir, variants[i]);
     test_big(dir);
-    test_ensemble(dir);
+    test_ensemble(dir, "ensemble");
+    test_ensemble(dir, "plain-ensemble");
+    for (size_t i = 0; i < N_FAMILIES; i++)
+        test_family(dir, families[i]);
     test_errors(dir);
     return done_testing();
 }

@@ -1,5 +1,6 @@
 /* Tests of the CUDA kernels on a GPU: each kernel against the host math of kernels/<op>-math.h
- * or a host loop written from the CPU backend's definition (infer/ops-cpu/).
+ * or a host loop written from the CPU backend's definition (infer/ops-cpu/, or for DECONV and
+ * AVGPOOL infer/graph-impl.h's).
  * Built only with CUDA; prints a TAP SKIP line with the reason when no device is usable. */
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -341,6 +342,185 @@ test_window(cudaStream_t s)
     free(got);
 }
 
+/* The transposed convolution with kernel = stride against a host loop over PyTorch's weight
+ * layout (cin, cout, t0, t1, t2), which the test reorders to the kernel's (t0, t1, t2, cin,
+ * cout) as the backend does: 2 samples at a stride larger than either tensor, each output
+ * element within 1e-5 of the fp64 sum relative to the sum of its terms' magnitudes (fp32
+ * accumulation over 37 channels), the gap after each output untouched. */
+static void
+test_deconv(cudaStream_t s, const int t[3], bool with_bias)
+{
+    enum { D = 3, H = 4, W = 5, CI = 37, CO = 6, NS = 2 };
+    int64_t kv = (int64_t)t[0] * t[1] * t[2];
+    int64_t od = D * t[0], oh = H * t[1], ow = W * t[2];
+    size_t in_n = (size_t)D * H * W * CI, out_n = (size_t)(od * oh * ow) * CO;
+    size_t stride = (in_n > out_n ? in_n : out_n) + 51, tot = NS * stride;
+    size_t wn = (size_t)(CI * CO * kv);
+    float *xs = malloc(tot * sizeof(float)), *fill = malloc(tot * sizeof(float));
+    float *got = malloc(tot * sizeof(float)), *wt = malloc(wn * sizeof(float));
+    float *wr = malloc(wn * sizeof(float)), b[CO];
+    uint64_t st = 1234 + (uint64_t)kv * 2 + with_bias;
+    for (size_t i = 0; i < tot; i++) {
+        xs[i] = rnd(&st);
+        fill[i] = rnd(&st);
+    }
+    for (size_t i = 0; i < wn; i++)
+        wt[i] = rnd(&st) * 0.5f;
+    for (int o = 0; o < CO; o++)
+        b[o] = rnd(&st);
+    for (int c = 0; c < CI; c++)
+        for (int o = 0; o < CO; o++)
+            for (int64_t k = 0; k < kv; k++)
+                wr[(k * CI + c) * CO + o] = wt[(c * CO + o) * kv + k];
+    float *dx = dev_of(xs, tot * sizeof(float)), *dd = dev_of(fill, tot * sizeof(float));
+    float *dw = dev_of(wr, wn * sizeof(float)), *db = with_bias ? dev_of(b, sizeof b) : NULL;
+    struct mms_k_deconv_args a = {.src = dx,
+                                  .dst = dd,
+                                  .wei = dw,
+                                  .bias = db,
+                                  .d = D,
+                                  .h = H,
+                                  .w = W,
+                                  .cin = CI,
+                                  .cout = CO,
+                                  .t = {t[0], t[1], t[2]},
+                                  .n = NS,
+                                  .stride = stride};
+    int rc = dx && dd && dw && (!with_bias || db) ? mms_k_deconv(&a, s) : MMS_ENOMEM;
+    double worst = INFINITY;
+    if (rc == 0 && back(got, dd, tot * sizeof(float), s)) {
+        worst = 0.0;
+        for (int n = 0; n < NS; n++) {
+            for (int64_t z = 0; z < od; z++)
+                for (int64_t y = 0; y < oh; y++)
+                    for (int64_t x = 0; x < ow; x++)
+                        for (int o = 0; o < CO; o++) {
+                            const float *in = xs + (size_t)n * stride +
+                                              (((z / t[0]) * H + y / t[1]) * W + x / t[2]) * CI;
+                            int64_t k = ((z % t[0]) * t[1] + y % t[1]) * t[2] + x % t[2];
+                            double sum = with_bias ? b[o] : 0.0, mag = fabs(sum);
+                            for (int c = 0; c < CI; c++) {
+                                double term = (double)in[c] * wt[(c * CO + o) * kv + k];
+                                sum += term;
+                                mag += fabs(term);
+                            }
+                            size_t i = (size_t)n * stride + (((z * oh + y) * ow + x) * CO + o);
+                            double d = fabs((double)got[i] - sum) / (mag + 1e-30);
+                            worst = d > worst ? d : worst;
+                        }
+            for (size_t i = out_n; i < stride; i++)
+                if (got[n * stride + i] != fill[n * stride + i])
+                    worst = INFINITY;
+        }
+    }
+    ok(rc == 0 && worst <= 1e-5,
+       "mms_k_deconv: stride (%d, %d, %d), %s, 37 -> 6 channels, 2 samples (worst %.3g)", t[0],
+       t[1], t[2], with_bias ? "bias" : "no bias", worst);
+    cudaFree(dx);
+    cudaFree(dd);
+    cudaFree(dw);
+    cudaFree(db);
+    free(xs);
+    free(fill);
+    free(got);
+    free(wt);
+    free(wr);
+}
+
+/* Average pooling with kernel = stride against a host loop (the fp32 sum in window order,
+ * divided by the window's size), 2 samples, the gap after each output untouched. */
+static void
+test_avgpool(cudaStream_t s, const int t[3])
+{
+    enum { D = 4, H = 6, W = 10, C = 5, NS = 2 };
+    int64_t od = D / t[0], oh = H / t[1], ow = W / t[2];
+    size_t in_n = (size_t)D * H * W * C, out_n = (size_t)(od * oh * ow) * C;
+    size_t stride = in_n + 33, tot = NS * stride;
+    float *xs = malloc(tot * sizeof(float)), *fill = malloc(tot * sizeof(float));
+    float *got = malloc(tot * sizeof(float));
+    uint64_t st = 99 + (uint64_t)t[0];
+    for (size_t i = 0; i < tot; i++) {
+        xs[i] = rnd(&st) * 3.0f;
+        fill[i] = rnd(&st);
+    }
+    float *dx = dev_of(xs, tot * sizeof(float)), *dd = dev_of(fill, tot * sizeof(float));
+    struct mms_k_avgpool_args a = {.src = dx,
+                                   .dst = dd,
+                                   .d = D,
+                                   .h = H,
+                                   .w = W,
+                                   .c = C,
+                                   .t = {t[0], t[1], t[2]},
+                                   .n = NS,
+                                   .stride = stride};
+    int rc = dx && dd ? mms_k_avgpool(&a, s) : MMS_ENOMEM;
+    double worst = INFINITY;
+    if (rc == 0 && back(got, dd, tot * sizeof(float), s)) {
+        worst = 0.0;
+        for (int n = 0; n < NS; n++) {
+            const float *in = xs + (size_t)n * stride;
+            for (int64_t z = 0; z < od; z++)
+                for (int64_t y = 0; y < oh; y++)
+                    for (int64_t x = 0; x < ow; x++)
+                        for (int ch = 0; ch < C; ch++) {
+                            const float *p =
+                                in + ((z * t[0] * H + y * t[1]) * W + x * t[2]) * C + ch;
+                            float sum = 0.0f;
+                            for (int i0 = 0; i0 < t[0]; i0++)
+                                for (int i1 = 0; i1 < t[1]; i1++)
+                                    for (int i2 = 0; i2 < t[2]; i2++)
+                                        sum += p[((i0 * H + i1) * W + i2) * C];
+                            float want = sum / (float)(t[0] * t[1] * t[2]);
+                            size_t i = (size_t)n * stride + (((z * oh + y) * ow + x) * C + ch);
+                            double d = fabs((double)got[i] - want) / (1.0 + fabs(want));
+                            worst = d > worst ? d : worst;
+                        }
+            for (size_t i = out_n; i < stride; i++)
+                if (got[n * stride + i] != fill[n * stride + i])
+                    worst = INFINITY;
+        }
+    }
+    ok(rc == 0 && worst <= 1e-6, "mms_k_avgpool: window (%d, %d, %d), 2 samples (worst %.3g)", t[0],
+       t[1], t[2], worst);
+    cudaFree(dx);
+    cudaFree(dd);
+    free(xs);
+    free(fill);
+    free(got);
+}
+
+/* Arguments both entries refuse: a zero stride, a window that does not divide the input, a
+ * sample stride smaller than a tensor. */
+static void
+test_resample_args(cudaStream_t s)
+{
+    float *d = dev_of(NULL, 4096 * sizeof(float));
+    struct mms_k_deconv_args da = {.src = d,
+                                   .dst = d + 2048,
+                                   .wei = d,
+                                   .d = 2,
+                                   .h = 2,
+                                   .w = 2,
+                                   .cin = 1,
+                                   .cout = 1,
+                                   .t = {1, 0, 2},
+                                   .n = 1};
+    struct mms_k_avgpool_args pa = {
+        .src = d, .dst = d + 2048, .d = 3, .h = 2, .w = 2, .c = 1, .t = {2, 2, 2}, .n = 1};
+    int r1 = mms_k_deconv(&da, s), r2 = mms_k_avgpool(&pa, s);
+    da.t[1] = 2;
+    da.n = 2;
+    da.stride = 32; /* the output has 2 * 4 * 4 = 32 elements: fits */
+    int r3 = d != NULL ? mms_k_deconv(&da, s) : MMS_ENOMEM;
+    da.stride = 31;
+    int r4 = mms_k_deconv(&da, s);
+    ok(d != NULL && r1 == MMS_EINVAL && r2 == MMS_EINVAL && r3 == 0 && r4 == MMS_EINVAL &&
+           cudaStreamSynchronize(s) == cudaSuccess,
+       "mms_k_deconv, mms_k_avgpool: bad strides and windows refused (%d %d %d %d)", r1, r2, r3,
+       r4);
+    cudaFree(d);
+}
+
 #define N 1000003 /* not a multiple of the block size */
 
 int
@@ -361,7 +541,7 @@ main(void)
                  e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
         skip_all(why);
     }
-    plan(4 + 7 + 2, 60);
+    plan(4 + 7 + 2 + 4 + 2 + 1, 60);
     hx = malloc(N * sizeof *hx);
     hy = malloc(N * sizeof *hy);
     if (hx == NULL || hy == NULL)
@@ -384,6 +564,14 @@ main(void)
     is_int(wrong, 0, "device results equal the host math bit for bit");
     test_ops(s);
     test_window(s);
+    static const int t122[3] = {1, 2, 2}, t222[3] = {2, 2, 2};
+    test_deconv(s, t122, true);
+    test_deconv(s, t122, false);
+    test_deconv(s, t222, true);
+    test_deconv(s, t222, false);
+    test_avgpool(s, t222);
+    test_avgpool(s, t122);
+    test_resample_args(s);
     cudaFree(dx);
     cudaFree(dy);
     cudaStreamDestroy(s);

@@ -202,7 +202,9 @@ static const struct card_case card_cases[] = {
     {"architecture.attention", "true",
      "architecture: unknown key 'attention' (it could change the math)"},
     {"architecture.decoder", NULL, "architecture: missing key 'decoder'"},
-    {"architecture.family", "\"unet\"", "architecture.family: expected 'mmunet', found 'unet'"},
+    {"architecture.family", "\"unet\"",
+     "architecture.family: expected 'mmunet', 'PlainConvUNet' or 'ResidualEncoderUNet', found "
+     "'unet'"},
     {"architecture.n_stages", "9", "architecture.n_stages: must be 2..8, found 9"},
     {"architecture.n_stages", "2.0", "architecture.n_stages: must be 2..8, found 2.0"},
     {"architecture.in_channels", "0", "architecture.in_channels: must be >= 1"},
@@ -408,29 +410,222 @@ struct fixture {
     int64_t params;
     const char *sha256;
     int members; /* of a fold ensemble; 0: a single network */
+    /* nnU-Net's networks: the family and features_per_stage (mmunet: f0 << s) */
+    enum mms_family family;
+    int features[3];
 };
 
 static const struct fixture fixtures[] = {
-    {"tiny-separate.safetensors", 3, 4, MMS_BISCAN_SEPARATE, false, false, 1.0f, 7, 204, 41995,
-     "711a8366ca656bfcbdb00ca13516dc26649399ebbf56c0c312a6d186c92608e7", 0},
-    {"tiny-shared.safetensors", 3, 4, MMS_BISCAN_SHARED, false, false, 1.0f, 7, 159, 34939,
-     "e13123166781a2017ac64070c41fbc9ac3962939118e1252c10facb91441aa66", 0},
-    {"tiny-vim_v2.safetensors", 3, 4, MMS_BISCAN_VIM_V2, false, false, 1.0f, 7, 194, 39499,
-     "d882970bdb1ae339c2c45605adeede2b58388187e9e7774e0cf55f8c9525dbe4", 0},
-    {"tiny-inner_residual.safetensors", 3, 4, MMS_BISCAN_SEPARATE, true, false, 1.0f, 7, 204, 41995,
-     "a491a9421006a5f6242dcbce3eee907c0001cf1c59283f0c519c96dc9048578d", 0},
-    {"tiny-merge_half.safetensors", 3, 4, MMS_BISCAN_SEPARATE, false, false, 0.5f, 7, 204, 41995,
-     "2080697564bda147ace583ab2240972bcbe2ec52f85d4f418d229bf73ce46f13", 0},
-    {"tiny-partial.safetensors", 3, 4, MMS_BISCAN_SEPARATE, false, true, 1.0f, 6, 144, 37163,
-     "117f56e70002c784636f62cc42a68e7a971db69013dc649ec97c0d1e85920e88", 0},
-    {"micro.safetensors", 2, 2, MMS_BISCAN_SEPARATE, false, false, 1.0f, 2, 86, 1511,
-     "84c5006179a5e2e7b0950a5299734ca0de91f0c32771bb981e91f5d9e29cde79", 0},
-    {"tiny-separate-pp.safetensors", 3, 4, MMS_BISCAN_SEPARATE, false, false, 1.0f, 7, 204, 41995,
-     "9f133c7246d3beb58f491befbba5a04fa7fabae4d4d97f22e30b46095ce56208", 0},
-    {"tiny-ensemble.safetensors", 3, 4, MMS_BISCAN_SEPARATE, false, false, 1.0f, 7, 408, 83990,
-     "48105fcade5e1f0de16ca5c170b9b8bceee364272573494f0d4be61d730b9040", 2},
-    {"micro-ensemble.safetensors", 2, 2, MMS_BISCAN_SEPARATE, false, false, 1.0f, 2, 172, 3022,
-     "2ff2ad3272a18b60546e466a4a12f9f342c3277a8aa9d65353edfa0b8db7e8f3", 2},
+    {"tiny-separate.safetensors",
+     3,
+     4,
+     MMS_BISCAN_SEPARATE,
+     false,
+     false,
+     1.0f,
+     7,
+     204,
+     41995,
+     "711a8366ca656bfcbdb00ca13516dc26649399ebbf56c0c312a6d186c92608e7",
+     0,
+     MMS_FAMILY_MMUNET,
+     {0, 0, 0}},
+    {"tiny-shared.safetensors",
+     3,
+     4,
+     MMS_BISCAN_SHARED,
+     false,
+     false,
+     1.0f,
+     7,
+     159,
+     34939,
+     "e13123166781a2017ac64070c41fbc9ac3962939118e1252c10facb91441aa66",
+     0,
+     MMS_FAMILY_MMUNET,
+     {0, 0, 0}},
+    {"tiny-vim_v2.safetensors",
+     3,
+     4,
+     MMS_BISCAN_VIM_V2,
+     false,
+     false,
+     1.0f,
+     7,
+     194,
+     39499,
+     "d882970bdb1ae339c2c45605adeede2b58388187e9e7774e0cf55f8c9525dbe4",
+     0,
+     MMS_FAMILY_MMUNET,
+     {0, 0, 0}},
+    {"tiny-inner_residual.safetensors",
+     3,
+     4,
+     MMS_BISCAN_SEPARATE,
+     true,
+     false,
+     1.0f,
+     7,
+     204,
+     41995,
+     "a491a9421006a5f6242dcbce3eee907c0001cf1c59283f0c519c96dc9048578d",
+     0,
+     MMS_FAMILY_MMUNET,
+     {0, 0, 0}},
+    {"tiny-merge_half.safetensors",
+     3,
+     4,
+     MMS_BISCAN_SEPARATE,
+     false,
+     false,
+     0.5f,
+     7,
+     204,
+     41995,
+     "2080697564bda147ace583ab2240972bcbe2ec52f85d4f418d229bf73ce46f13",
+     0,
+     MMS_FAMILY_MMUNET,
+     {0, 0, 0}},
+    {"tiny-partial.safetensors",
+     3,
+     4,
+     MMS_BISCAN_SEPARATE,
+     false,
+     true,
+     1.0f,
+     6,
+     144,
+     37163,
+     "117f56e70002c784636f62cc42a68e7a971db69013dc649ec97c0d1e85920e88",
+     0,
+     MMS_FAMILY_MMUNET,
+     {0, 0, 0}},
+    {"micro.safetensors",
+     2,
+     2,
+     MMS_BISCAN_SEPARATE,
+     false,
+     false,
+     1.0f,
+     2,
+     86,
+     1511,
+     "84c5006179a5e2e7b0950a5299734ca0de91f0c32771bb981e91f5d9e29cde79",
+     0,
+     MMS_FAMILY_MMUNET,
+     {0, 0, 0}},
+    {"tiny-separate-pp.safetensors",
+     3,
+     4,
+     MMS_BISCAN_SEPARATE,
+     false,
+     false,
+     1.0f,
+     7,
+     204,
+     41995,
+     "9f133c7246d3beb58f491befbba5a04fa7fabae4d4d97f22e30b46095ce56208",
+     0,
+     MMS_FAMILY_MMUNET,
+     {0, 0, 0}},
+    {"tiny-ensemble.safetensors",
+     3,
+     4,
+     MMS_BISCAN_SEPARATE,
+     false,
+     false,
+     1.0f,
+     7,
+     408,
+     83990,
+     "48105fcade5e1f0de16ca5c170b9b8bceee364272573494f0d4be61d730b9040",
+     2,
+     MMS_FAMILY_MMUNET,
+     {0, 0, 0}},
+    {"micro-ensemble.safetensors",
+     2,
+     2,
+     MMS_BISCAN_SEPARATE,
+     false,
+     false,
+     1.0f,
+     2,
+     172,
+     3022,
+     "2ff2ad3272a18b60546e466a4a12f9f342c3277a8aa9d65353edfa0b8db7e8f3",
+     2,
+     MMS_FAMILY_MMUNET,
+     {0, 0, 0}},
+    {"tiny-plain.safetensors",
+     3,
+     4,
+     0,
+     false,
+     false,
+     0.0f,
+     0,
+     46,
+     20175,
+     "1c6553cf4fa7dc2fc7ad943b00afdaa0f9963f3e268b3e544b319c4625cde46d",
+     0,
+     MMS_FAMILY_PLAIN,
+     {4, 8, 16}},
+    {"tiny-resenc.safetensors",
+     3,
+     4,
+     0,
+     false,
+     false,
+     0.0f,
+     0,
+     61,
+     18007,
+     "c511cbae5dd13d74e47a0a3d9295b13341a9a61ac47ac7a0b8a36346f1a7b54c",
+     0,
+     MMS_FAMILY_RESENC,
+     {4, 8, 8}},
+    {"tiny-resenc-nobias.safetensors",
+     3,
+     4,
+     0,
+     false,
+     false,
+     0.0f,
+     0,
+     46,
+     17907,
+     "d222dcdca231169a76f6ef81933638a78eeb52037aedaf0d2fcfad9af6e8f4c3",
+     0,
+     MMS_FAMILY_RESENC,
+     {4, 8, 8}},
+    {"tiny-plain-ensemble.safetensors",
+     3,
+     4,
+     0,
+     false,
+     false,
+     0.0f,
+     0,
+     92,
+     40350,
+     "40c57b9f975b2530ffa7749dc8493a56890226500ecf9d50969adaaf3820873e",
+     2,
+     MMS_FAMILY_PLAIN,
+     {4, 8, 16}},
+    {"micro-plain.safetensors",
+     3,
+     2,
+     0,
+     false,
+     false,
+     0.0f,
+     0,
+     26,
+     1825,
+     "e6216f674c3b98e9923bc10b4f5a780919b338b01af0a88f503dd29cff673a97",
+     0,
+     MMS_FAMILY_PLAIN,
+     {2, 4, 4}},
 };
 
 /* ----------------------------------------------------------------------------- helpers */
@@ -767,32 +962,38 @@ test_fixture(const char *path)
     c = mms_model_card(m);
     a = &c->arch;
     {
-        bool good = a->n_stages == fx->n_stages && a->in_channels == 1 && a->num_classes == 3 &&
-                    a->biscan == fx->biscan && a->inner_residual == fx->inner_residual &&
-                    a->merge_scale == fx->merge_scale && a->mamba_stages == fx->mamba_stages &&
-                    a->mamba_last_only == fx->last_only && c->n_labels == 2 &&
-                    c->inf.patch[0] == 8 && c->inf.patch[1] == 16 && c->inf.patch[2] == 16 &&
-                    a->n_ignorable == 1 &&
-                    strcmp(a->ignorable_tensors[0], "decoder.ds_heads.*") == 0 &&
+        bool mmunet = fx->family == MMS_FAMILY_MMUNET;
+        /* the head's bias, in a single network and in member 1 of an ensemble */
+        const char *head = mmunet ? "head.bias" : "decoder.seg_layers.1.bias";
+        char head1[64];
+        snprintf(head1, sizeof head1, "ensemble.1.%s", head);
+        bool good = a->family == fx->family && a->n_stages == fx->n_stages && a->in_channels == 1 &&
+                    a->num_classes == 3 && c->n_labels == 2 && c->inf.patch[0] == 8 &&
+                    c->inf.patch[1] == 16 && c->inf.patch[2] == 16 &&
                     mms_model_members(m) == (fx->members > 0 ? fx->members : 1) &&
                     a->n_members == mms_model_members(m);
+        if (mmunet)
+            good = good && a->biscan == fx->biscan && a->inner_residual == fx->inner_residual &&
+                   a->merge_scale == fx->merge_scale && a->mamba_stages == fx->mamba_stages &&
+                   a->mamba_last_only == fx->last_only && a->n_ignorable == 1 &&
+                   strcmp(a->ignorable_tensors[0], "decoder.ds_heads.*") == 0;
+        else
+            good = good && a->n_ignorable == 0 && a->conv_bias == (strstr(base, "nobias") == NULL);
         if (fx->members > 0) /* fixtures.py names them fold_0 and fold_3, each complete */
             good = good && strcmp(a->member_names[0], "fold_0") == 0 &&
                    strcmp(a->member_names[1], "fold_3") == 0 &&
-                   mms_model_member_tensor(m, 0, "head.bias") != NULL &&
-                   mms_model_member_tensor(m, 1, "head.bias") != NULL &&
-                   mms_model_member_tensor(m, 0, "head.bias") !=
-                       mms_model_member_tensor(m, 1, "head.bias") &&
-                   mms_model_member_tensor(m, 2, "head.bias") == NULL &&
-                   mms_model_tensor(m, "head.bias") == NULL &&
-                   mms_model_tensor(m, "ensemble.1.head.bias") ==
-                       mms_model_member_tensor(m, 1, "head.bias");
+                   mms_model_member_tensor(m, 0, head) != NULL &&
+                   mms_model_member_tensor(m, 1, head) != NULL &&
+                   mms_model_member_tensor(m, 0, head) != mms_model_member_tensor(m, 1, head) &&
+                   mms_model_member_tensor(m, 2, head) == NULL &&
+                   mms_model_tensor(m, head) == NULL &&
+                   mms_model_tensor(m, head1) == mms_model_member_tensor(m, 1, head);
         else
-            good = good && a->member_names == NULL &&
-                   mms_model_member_tensor(m, 0, "head.bias") == mms_model_tensor(m, "head.bias") &&
-                   mms_model_member_tensor(m, 1, "head.bias") == NULL;
+            good = good && a->member_names == NULL && mms_model_member_tensor(m, 0, head) != NULL &&
+                   mms_model_member_tensor(m, 0, head) == mms_model_tensor(m, head) &&
+                   mms_model_member_tensor(m, 1, head) == NULL;
         for (int s = 0; s < a->n_stages; s++)
-            good = good && a->features[s] == fx->f0 << s;
+            good = good && a->features[s] == (mmunet ? fx->f0 << s : fx->features[s]);
         if (!ok(good, "%s: card (stages, features, mixer, patch, labels, members)", base))
             diag("S %d F %d %d %d biscan %d inner %d merge %g stages %#x last %d labels %d",
                  a->n_stages, a->features[0], a->features[1], a->features[2], a->biscan,
@@ -916,7 +1117,7 @@ test_demo(void)
        "demo card: mmunet-demo-ct 0.1.0, 9 labels, Mamba in stages 2 and 3");
     ok(mms_model_tensor_count(m) == 126 && mms_model_param_count(m) == 426802 &&
            strcmp(mms_model_sha256(m),
-                  "a059cf909ce5cc2fb37fb7954de7a614f4cca871b39f8926d4644ac8209f4d4b") == 0,
+                  "96d6798f942facab7180f82f8c755d613a7b72a3bf38624eacc51b423d6c1d25") == 0,
        "demo: 126 tensors, 426802 parameters, the file's SHA-256");
     mms_model_free(m);
 }
@@ -1313,19 +1514,20 @@ main(void)
     for (size_t i = 0; i < g.gl_pathc; i++)
         n_fixtures += is_fixture_file(g.gl_pathv[i]);
     manifest = read_manifest();
-    n_tests = SHA_TESTS + (n_fixtures + 2) * FIXTURE_TESTS + FIXTURE_EXTRA_TESTS + DEMO_TESTS +
+    n_tests = SHA_TESTS + (n_fixtures + 3) * FIXTURE_TESTS + FIXTURE_EXTRA_TESTS + DEMO_TESTS +
               cJSON_GetArraySize(manifest) + (int)N_ELEMS(header_cases) + SPECIAL_TESTS +
               CONVERSION_TESTS + (int)N_ELEMS(card_cases) + (int)N_ELEMS(card_texts) +
               CARD_EXTRA_TESTS + NAMES_TESTS + SYSTEM_TESTS + 1;
     plan(n_tests, 120);
 
     test_sha256();
-    ok(n_fixtures == 8, "8 tiny fixtures found");
+    ok(n_fixtures == 12, "12 tiny fixtures found");
     for (size_t i = 0; i < g.gl_pathc; i++)
         if (is_fixture_file(g.gl_pathv[i]))
             test_fixture(g.gl_pathv[i]);
     test_fixture(fixture_path("micro.safetensors"));
     test_fixture(fixture_path("micro-ensemble.safetensors"));
+    test_fixture(fixture_path("micro-plain.safetensors"));
     test_micro_details();
     test_demo();
     test_malformed(manifest);

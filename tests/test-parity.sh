@@ -25,6 +25,16 @@
 # member (tools/mmunet/make_ensemble.py --perturb 1 --scale 0.05 --seed 7, remade here),
 # nnU-Net's predictor given both as its parameter sets. Its labels differ from the demo's
 # alone on 0.17 to 1.3 % of the voxels, so a run of one member fails the 0.999.
+# nnU-Net's standard networks and MM-UNet as nnU-Net v2 trains them
+# (tests/fixtures/nnunet-parity-families.json, tools/mmunet/nnunet_families.sh): tiny
+# PlainConvUNet, ResidualEncoderUNet (a ResEnc M plan) and MM-UNet trainings on phantoms, two
+# folds each, exported as fold ensembles with their postprocessing
+# (tests/fixtures/parity-families/<family>.safetensors); nnU-Net's predictor loaded the results
+# folder with both folds and wrote <family>.<case>.nnunet.nii.gz (its postprocessing applied)
+# and .nnunet-nopp.nii.gz (not). `mmsegd segment --postprocessing yes|no` must agree with them
+# as above, and the two folds with their weights averaged (nnunet_families.py average, remade
+# here) must not: agreement below 0.999 shows that this test catches an export that averages
+# folds.
 # SKIP only without the shared test data or without numpy/scipy/pydicom in $PYTHON3.
 set -u
 . "$(dirname "$0")/find-testdata.sh"
@@ -124,12 +134,35 @@ def check(js_path, fixture, desc):
           f"{agree:.6f} (>= 0.999), foreground {fg_agree:.6f} (>= 0.98); {diff} of {eq.size} "
           f"voxels differ, {int(fg.sum())} foreground")
 
+def differs(js_path, fixture, desc):
+    """One result line: the run must NOT agree with nnU-Net's labels (a negative control)."""
+    try:
+        s = json.load(open(js_path))["series"][0]
+        ours, _ = read_nifti(s["nifti"])
+        ref, _ = read_nifti(fixture)
+        if ours.shape != ref.shape:
+            raise ValueError(f"dims {ours.shape}, nnU-Net's {ref.shape}")
+    except Exception as e:
+        print(f"not ok - {desc}: {type(e).__name__}: {e}")
+        return
+    agree = float((ours == ref).mean())
+    print(("ok" if agree < 0.999 else "not ok") + f" - {desc}: agreement with nnU-Net's "
+          f"ensemble {agree:.6f} (must be < 0.999)")
+
+def families(record):
+    for fam, f in json.load(open(record))["families"].items():
+        print(f["key"], fam)
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
     if cmd == "cases":
         cases(sys.argv[2])
     elif cmd == "sha256":
         sha256_files(sys.argv[2])
+    elif cmd == "families":
+        families(sys.argv[2])
+    elif cmd == "differs":
+        differs(*sys.argv[2:5])
     else:
         check(*sys.argv[2:5])
 PY
@@ -152,6 +185,34 @@ pcheck() {
     done
 }
 
+# case_input DIR NAME KIND ARGS...: sets $dicom to the case's DICOM folder (a folder of the
+# shared test data, or a phantom regenerated under DIR); 1 (with a FAIL) when there is none.
+case_input() {
+    local dir=$1 name=$2 kind=$3 a=$4 b=$5 c=$6 d=$7 e=$8 f=$9 g=${10} h=${11} sha
+    mkdir -p "$dir"
+    if [ "$kind" = testdata ]; then
+        dicom=$td/$a
+        if [ ! -d "$dicom" ]; then
+            result FAIL "$name: $dicom is not in the shared test data"
+            return 1
+        fi
+        return 0
+    fi
+    # phantom SEED D H W SZ SY SX SHA256
+    dicom=$dir/phantom/dicom
+    if ! "$python" "$src/tools/mmunet/phantom.py" --seed "$a" --shape "$b" "$c" "$d" \
+        --spacing "$e" "$f" "$g" --out "$dir/phantom" --dicom >"$dir/phantom.log" 2>&1; then
+        result FAIL "$name: phantom.py --seed $a failed"
+        sed 's/^/# /' "$dir/phantom.log" | tail -5
+        return 1
+    fi
+    sha=$("$python" "$tmp/parity.py" sha256 "$dicom")
+    if [ "$sha" != "$h" ]; then
+        echo "# $name: the regenerated phantom differs from the one nnU-Net segmented" \
+            "(SHA-256 $sha, recorded $h)"
+    fi
+}
+
 # parity RECORD MODEL FIXTURES: every case of RECORD with MODEL, against FIXTURES/<case>.*
 parity() {
     local record=$1 model=$2 fixdir=$3
@@ -166,27 +227,7 @@ parity() {
     local tag=${4:-}
     while read -r -u 3 name kind a b c d e f g h; do
         dir=$tmp/$name$tag
-        mkdir -p "$dir"
-        if [ "$kind" = testdata ]; then
-            dicom=$td/$a
-            if [ ! -d "$dicom" ]; then
-                result FAIL "$name: $dicom is not in the shared test data"
-                continue
-            fi
-        else # phantom SEED D H W SZ SY SX SHA256
-            dicom=$dir/phantom/dicom
-            if ! "$python" "$src/tools/mmunet/phantom.py" --seed "$a" --shape "$b" "$c" "$d" \
-                --spacing "$e" "$f" "$g" --out "$dir/phantom" --dicom >"$dir/phantom.log" 2>&1; then
-                result FAIL "$name: phantom.py --seed $a failed"
-                sed 's/^/# /' "$dir/phantom.log" | tail -5
-                continue
-            fi
-            sha=$("$python" "$tmp/parity.py" sha256 "$dicom")
-            if [ "$sha" != "$h" ]; then
-                echo "# $name: the regenerated phantom differs from the one nnU-Net segmented" \
-                    "(SHA-256 $sha, recorded $h)"
-            fi
-        fi
+        case_input "$dir" "$name" "$kind" "$a" "$b" "$c" "$d" "$e" "$f" "$g" "$h" || continue
         for tta in yes no; do
             if [ $tta = yes ]; then fx=$fixdir/$name.nnunet.nii.gz; else
                 fx=$fixdir/$name.nnunet-notta.nii.gz; fi
@@ -215,12 +256,68 @@ if "$python" "$src/tools/mmunet/make_ensemble.py" "$emodel" "$model" --perturb 1
     want=$("$python" -c 'import json, sys; print(json.load(open(sys.argv[1]))["model"]["sha256"])' \
         "$erecord" 2>/dev/null)
     got=$(sed -n 's/^sha256: //p' "$tmp/ensemble.log")
-    [ "$got" = "$want" ] || echo "# the remade ensemble differs from the one nnU-Net ran" \
-        "(SHA-256 $got, recorded $want): another numpy draws other perturbations"
+    [ "$got" = "$want" ] || echo "# the remade ensemble's file differs from the one nnU-Net ran" \
+        "(SHA-256 $got, recorded $want): another demo card (the labels' colours changed since)" \
+        "or another numpy's draws"
     parity "$erecord" "$emodel" "$src/tests/fixtures/parity-ensemble" " (ensemble)"
 else
     result FAIL "make_ensemble.py: $(tail -1 "$tmp/ensemble.log")"
 fi
+
+# nnU-Net's standard networks and MM-UNet, trained by nnU-Net v2.
+frecord=$src/tests/fixtures/nnunet-parity-families.json
+fdir=$src/tests/fixtures/parity-families
+families() {
+    if ! "$python" "$tmp/parity.py" families "$frecord" >"$tmp/families" 2>"$tmp/families.err" ||
+        ! "$python" "$tmp/parity.py" cases "$frecord" >"$tmp/fcases" 2>>"$tmp/families.err"; then
+        result FAIL "$frecord: unreadable: $(tail -1 "$tmp/families.err")"
+        return
+    fi
+    while read -r -u 3 name kind a b c d e f g h; do
+        case_input "$tmp/families-$name" "$name" "$kind" "$a" "$b" "$c" "$d" "$e" "$f" "$g" \
+            "$h" || continue
+        while read -r -u 4 key family; do
+            model=$fdir/$key.safetensors
+            for pp in yes no; do
+                if [ $pp = yes ]; then fx=$fdir/$key.$name.nnunet.nii.gz; else
+                    fx=$fdir/$key.$name.nnunet-nopp.nii.gz; fi
+                out=$tmp/families-$name/$key-pp-$pp
+                desc="$family $name (postprocessing $pp)"
+                "$mmsegd" segment --model "$model" --backend cpu --tta yes --postprocessing $pp \
+                    --json --nifti "$out" "$dicom" >"$out.json" 2>"$out.err"
+                rc=$?
+                if [ $rc -ne 0 ]; then
+                    result FAIL "$desc: mmsegd segment exited $rc"
+                    sed 's/^/# /' "$out.err" | tail -10
+                    result FAIL "$desc: agreement with nnU-Net not measured"
+                    continue
+                fi
+                pcheck "$out.json" "$fx" "$desc"
+            done
+            # the negative control: the folds' weights averaged into one network
+            avg=$tmp/$key-averaged.safetensors
+            [ -f "$avg" ] || "$python" "$src/tools/mmunet/nnunet_families.py" average "$model" \
+                "$avg" >"$tmp/$key-averaged.log" 2>&1
+            out=$tmp/families-$name/$key-averaged
+            desc="$family $name: the 2 folds' weights averaged"
+            if [ ! -f "$avg" ]; then
+                result FAIL "$desc: nnunet_families.py average: $(tail -1 "$tmp/$key-averaged.log")"
+            elif "$mmsegd" segment --model "$avg" --backend cpu --tta yes --postprocessing yes \
+                --json --nifti "$out" "$dicom" >"$out.json" 2>"$out.err"; then
+                line=$("$python" "$tmp/parity.py" differs "$out.json" \
+                    "$fdir/$key.$name.nnunet.nii.gz" "$desc" 2>&1)
+                case $line in
+                "ok - "*) result OK "${line#ok - }" ;;
+                *) result FAIL "${line#not ok - }" ;;
+                esac
+            else
+                result FAIL "$desc: mmsegd segment exited $?"
+                sed 's/^/# /' "$out.err" | tail -10
+            fi
+        done 4<"$tmp/families"
+    done 3<"$tmp/fcases"
+}
+families
 
 echo "1..$n"
 exit $failed

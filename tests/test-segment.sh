@@ -297,6 +297,54 @@ try:
 except Exception as e:
     print("not ok - --postprocessing no: %s" % e)
 EOF
+# A model set: the demo model, then its copy with the postprocessing in its card, run as one
+# (--model A,B). Labels of the second come after the first's 9 (10..18); where both label a
+# voxel the later file wins; one SEG holds the segments of both; the set's digest is the
+# SHA-256 of the two digests joined by ','.
+seg set --json --tta no --model "$model,$tmp/pp.safetensors" --nifti "$tmp/set" -o "$tmp/setseg" "$r"
+rc=$(rc_of set)
+check "a model set of two files: exit 0 (got $rc)" test "$rc" -eq 0
+pycheck 3 "$tmp" "$u_regular" "$model" "$src/tools" <<'EOF2'
+import hashlib, json, sys
+import nibabel as nib
+import numpy as np
+import pydicom
+tmp, uid, model, tools = sys.argv[1:5]
+sys.path.insert(0, tools)
+from mmunet import export
+try:
+    a = np.asarray(nib.load("%s/notta/%s.nii.gz" % (tmp, uid)).dataobj)
+    b = np.asarray(nib.load("%s/pp/%s.nii.gz" % (tmp, uid)).dataobj)
+    got = np.asarray(nib.load("%s/set/%s.nii.gz" % (tmp, uid)).dataobj)
+    want = np.where(b > 0, b.astype(np.int32) + 9, a).astype(np.uint8)
+    both = int(np.sum((a > 0) & (b > 0)))
+    first_only = int(np.sum((a > 0) & (b == 0)))
+    ok = np.array_equal(got, want) and both > 0 and first_only > 0
+    print("%s - a model set: the second file's labels after the first's, the later file wins "
+          "(%d voxels labelled by both, %d by the first only, %d differ)"
+          % ("ok" if ok else "not ok", both, first_only, int(np.sum(got != want))))
+    js = json.load(open(tmp + "/set.json"))
+    s = next(x for x in js["series"] if x["series_uid"] == uid)
+    ds = pydicom.dcmread(s["seg"])
+    present = sorted(int(v) for v in np.unique(got) if v > 0)
+    card, _, _ = export.read_model(model)
+    label = {lab["id"]: lab["segment_label"] for lab in card["labels"]}
+    want_names = [label[v if v <= 9 else v - 9] for v in present]
+    names = [str(x.SegmentLabel) for x in ds.SegmentSequence]
+    ok = names == want_names and s.get("seg_segments") == len(present) and \
+        any(v > 9 for v in present) and any(v <= 9 for v in present)
+    print("%s - a model set: one SEG with a segment per label present of both files (labels "
+          "%s: %s)" % ("ok" if ok else "not ok", present, names))
+    sha = [hashlib.sha256(open(p, "rb").read()).hexdigest()
+           for p in (model, tmp + "/pp.safetensors")]
+    want_sha = hashlib.sha256(",".join(sha).encode()).hexdigest()
+    ok = js.get("model_sha256") == want_sha and want_sha not in sha
+    print("%s - a model set: its digest is the SHA-256 of its files' digests (%s)"
+          % ("ok" if ok else "not ok", js.get("model_sha256")))
+except Exception as e:
+    for t in ("labels", "SEG", "digest"):
+        print("not ok - a model set (%s): %s" % (t, e))
+EOF2
 check "two runs (four series, then the regular one alone): identical label volumes" \
     cmp "$tmp/seg/$u_regular.nii.gz" "$tmp/again/$u_regular.nii.gz"
 

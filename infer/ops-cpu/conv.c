@@ -1,8 +1,12 @@
-/* infer/ops-cpu: 3D convolution through oneDNN (mmunet.md 2.3 Conv).
+/* infer/ops-cpu: 3D convolution through oneDNN (mmunet.md 2.3 Conv), and the transposed
+ * convolution of nnU-Net's decoders (kernel = stride, no padding) through oneDNN's
+ * deconvolution.
  *
  * Activations are ndhwc (channels-last), the layout oneDNN's convolutions pick on x86 when
  * left free (bench/bench-forward reports the check), so no activation is ever reordered.
- * Weights are reordered once, into the layout the primitive chose. Bias is fused; a skip
+ * Weights are reordered once, into the layout the primitive chose (a transposed convolution's
+ * come as PyTorch stores them, (cin, cout, k...), oneDNN's iodhw). Bias is fused, when there
+ * is one; a skip
  * projection also fuses the residual sum and the LReLU as post-ops (dst = LReLU(conv + dst)).
  * Strict fp32 math: oneDNN's default (no bf16 or tf32 down-conversion) is kept. */
 #include "infer/ops-cpu/ops-cpu-impl.h"
@@ -34,19 +38,23 @@ mms__cpu_conv_init(struct mms_cpu *cpu, const struct mms_graph *g, const struct 
 {
     const struct mms_tdesc *s = &g->tensors[nd->src[0]], *d = &g->tensors[nd->dst];
     const int *k = nd->u.conv.k;
+    bool deconv = nd->op == MMS_OP_DECONV;
     dnnl_dims_t src_dims = {1, s->c, s->d, s->h, s->w};
     dnnl_dims_t dst_dims = {1, d->c, d->d, d->h, d->w};
     dnnl_dims_t wei_dims = {d->c, s->c, k[0], k[1], k[2]};
     dnnl_dims_t bias_dims = {d->c};
     dnnl_dims_t strides = {nd->u.conv.stride[0], nd->u.conv.stride[1], nd->u.conv.stride[2]};
     dnnl_dims_t pad = {nd->u.conv.pad[0], nd->u.conv.pad[1], nd->u.conv.pad[2]};
-    /* right padding that makes oneDNN's output size equal ours */
-    dnnl_dims_t pad_r;
+    /* right padding that makes oneDNN's output size equal ours (a transposed convolution
+     * with kernel = stride has none) */
+    dnnl_dims_t pad_r = {0, 0, 0};
     int64_t in[3] = {s->d, s->h, s->w}, out[3] = {d->d, d->h, d->w};
-    for (int i = 0; i < 3; i++)
+    for (int i = 0; i < 3 && !deconv; i++)
         pad_r[i] = (out[i] - 1) * strides[i] + k[i] - in[i] - pad[i];
     dnnl_memory_desc_t src_md, dst_md, wei_md, bias_md, user_wei_md;
     dnnl_convolution_desc_t cd;
+    dnnl_deconvolution_desc_t dd;
+    const dnnl_memory_desc_t *bias_p = nd->u.conv.b != NULL ? &bias_md : NULL;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t po = NULL;
     dnnl_primitive_desc_t pd = NULL;
@@ -59,11 +67,17 @@ mms__cpu_conv_init(struct mms_cpu *cpu, const struct mms_graph *g, const struct 
     DNNL(dnnl_memory_desc_init_by_tag(&src_md, 5, src_dims, dnnl_f32, dnnl_ndhwc));
     DNNL(dnnl_memory_desc_init_by_tag(&dst_md, 5, dst_dims, dnnl_f32, dnnl_ndhwc));
     DNNL(dnnl_memory_desc_init_by_tag(&wei_md, 5, wei_dims, dnnl_f32, dnnl_format_tag_any));
-    DNNL(dnnl_memory_desc_init_by_tag(&user_wei_md, 5, wei_dims, dnnl_f32, dnnl_oidhw));
+    DNNL(dnnl_memory_desc_init_by_tag(&user_wei_md, 5, wei_dims, dnnl_f32,
+                                      deconv ? dnnl_iodhw : dnnl_oidhw));
     DNNL(dnnl_memory_desc_init_by_tag(&bias_md, 1, bias_dims, dnnl_f32, dnnl_x));
-    DNNL(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference, dnnl_convolution_direct,
-                                            &src_md, &wei_md, &bias_md, &dst_md, strides, pad,
-                                            pad_r));
+    if (deconv)
+        DNNL(dnnl_deconvolution_forward_desc_init(&dd, dnnl_forward_inference,
+                                                  dnnl_deconvolution_direct, &src_md, &wei_md,
+                                                  bias_p, &dst_md, strides, pad, pad_r));
+    else
+        DNNL(dnnl_convolution_forward_desc_init(&cd, dnnl_forward_inference,
+                                                dnnl_convolution_direct, &src_md, &wei_md, bias_p,
+                                                &dst_md, strides, pad, pad_r));
     DNNL(dnnl_primitive_attr_create(&attr));
     DNNL(dnnl_primitive_attr_set_scratchpad_mode(attr, dnnl_scratchpad_mode_user));
     if (nd->u.conv.accumulate) {
@@ -72,7 +86,8 @@ mms__cpu_conv_init(struct mms_cpu *cpu, const struct mms_graph *g, const struct 
         DNNL(dnnl_post_ops_append_eltwise(po, 1.0f, dnnl_eltwise_relu, nd->slope, 0.0f));
         DNNL(dnnl_primitive_attr_set_post_ops(attr, po));
     }
-    DNNL(dnnl_primitive_desc_create(&pd, &cd, attr, cpu->engine, NULL));
+    DNNL(dnnl_primitive_desc_create(&pd, deconv ? (const void *)&dd : (const void *)&cd, attr,
+                                    cpu->engine, NULL));
     DNNL(dnnl_primitive_create(&c->prim, pd));
 
     const dnnl_memory_desc_t *w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
@@ -96,7 +111,8 @@ mms__cpu_conv_init(struct mms_cpu *cpu, const struct mms_graph *g, const struct 
 
     DNNL(dnnl_memory_create(&c->src, &src_md, cpu->engine, DNNL_MEMORY_NONE));
     DNNL(dnnl_memory_create(&c->dst, &dst_md, cpu->engine, DNNL_MEMORY_NONE));
-    DNNL(dnnl_memory_create(&c->bias, &bias_md, cpu->engine, (void *)nd->u.conv.b));
+    if (nd->u.conv.b != NULL)
+        DNNL(dnnl_memory_create(&c->bias, &bias_md, cpu->engine, (void *)nd->u.conv.b));
     if (c->scratch_bytes > 0)
         DNNL(dnnl_memory_create(&c->scratch, sp_md, cpu->engine, DNNL_MEMORY_NONE));
     const char *impl = NULL;
@@ -121,15 +137,14 @@ mms__cpu_conv_run(struct mms_cpu *cpu, struct mms_cpu_conv *c, const float *src,
 {
     dnnl_memory_set_data_handle(c->src, (void *)src);
     dnnl_memory_set_data_handle(c->dst, dst);
-    dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, c->src},
-                               {DNNL_ARG_WEIGHTS, c->wei},
-                               {DNNL_ARG_BIAS, c->bias},
-                               {DNNL_ARG_DST, c->dst},
-                               {DNNL_ARG_SCRATCHPAD, c->scratch}};
-    int nargs = 4;
+    dnnl_exec_arg_t args[5] = {
+        {DNNL_ARG_SRC, c->src}, {DNNL_ARG_WEIGHTS, c->wei}, {DNNL_ARG_DST, c->dst}};
+    int nargs = 3;
+    if (c->bias != NULL)
+        args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_BIAS, c->bias};
     if (c->scratch != NULL) {
         dnnl_memory_set_data_handle(c->scratch, scratch);
-        nargs = 5;
+        args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCRATCHPAD, c->scratch};
     }
     if (dnnl_primitive_execute(c->prim, cpu->stream, nargs, args) != dnnl_success)
         return MMS_ENOTSUP;

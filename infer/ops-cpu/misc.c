@@ -56,6 +56,38 @@ mms__cpu_up_concat(int threads, const struct mms_tdesc *lo, const float *lo_data
 }
 
 void
+mms__cpu_avgpool(int threads, const struct mms_tdesc *src, const float *src_data,
+                 const int stride[3], float *dst)
+{
+    int64_t c = src->c, od = src->d / stride[0], oh = src->h / stride[1], ow = src->w / stride[2];
+    float inv = 1.0f / (float)(stride[0] * stride[1] * stride[2]);
+    int nt = od * oh < 2 ? 1 : threads;
+#pragma omp parallel for collapse(2) num_threads(nt) schedule(static)
+    for (int64_t d = 0; d < od; d++) {
+        for (int64_t h = 0; h < oh; h++) {
+            for (int64_t w = 0; w < ow; w++) {
+                float *out = dst + ((d * oh + h) * ow + w) * c;
+                for (int64_t ch = 0; ch < c; ch++)
+                    out[ch] = 0.0f;
+                for (int i = 0; i < stride[0]; i++)
+                    for (int j = 0; j < stride[1]; j++)
+                        for (int k = 0; k < stride[2]; k++) {
+                            const float *in =
+                                src_data +
+                                (((d * stride[0] + i) * src->h + h * stride[1] + j) * src->w +
+                                 w * stride[2] + k) *
+                                    c;
+                            for (int64_t ch = 0; ch < c; ch++)
+                                out[ch] += in[ch];
+                        }
+                for (int64_t ch = 0; ch < c; ch++)
+                    out[ch] *= inv;
+            }
+        }
+    }
+}
+
+void
 mms__cpu_transpose(int threads, const float *src, float *dst, int64_t rows, int64_t cols)
 {
     const int64_t B = 32;

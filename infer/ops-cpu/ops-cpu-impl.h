@@ -72,6 +72,9 @@ void mms__cpu_add_lrelu(int threads, float *x, const float *y, int64_t n, float 
 void mms__cpu_up_concat(int threads, const struct mms_tdesc *lo, const float *lo_data,
                         const struct mms_tdesc *skip, const float *skip_data, const int stride[3],
                         float *dst);
+/* dst (d/t0, h/t1, w/t2, C) = the mean of each t window of src (d, h, w, C); t = stride. */
+void mms__cpu_avgpool(int threads, const struct mms_tdesc *src, const float *src_data,
+                      const int stride[3], float *dst);
 /* Layout changes between (L, C) and (C, L). */
 void mms__cpu_transpose(int threads, const float *src, float *dst, int64_t rows, int64_t cols);
 

@@ -30,6 +30,15 @@ TOP_OPTIONAL = ("postprocessing",)
 ARCH_KEYS = ("family", "in_channels", "num_classes", "n_stages", "features_per_stage",
              "kernel_sizes", "strides", "n_blocks_encoder", "n_blocks_decoder", "stem_blocks",
              "norm", "nonlin", "decoder", "mixer", "ignorable_tensors")
+# nnU-Net's standard networks (README, "nnU-Net's standard networks")
+PLAIN_KEYS = ("family", "in_channels", "num_classes", "n_stages", "features_per_stage",
+              "kernel_sizes", "strides", "n_conv_per_stage", "n_conv_per_stage_decoder",
+              "conv_bias", "norm", "nonlin", "ignorable_tensors")
+RESENC_KEYS = tuple("n_blocks_per_stage" if k == "n_conv_per_stage" else k for k in PLAIN_KEYS)
+FAMILY_KEYS = {"mmunet": ARCH_KEYS, "PlainConvUNet": PLAIN_KEYS,
+               "ResidualEncoderUNet": RESENC_KEYS}
+# the card's key of the per-stage counts of the encoder, by family
+ENCODER_COUNTS = {"PlainConvUNet": "n_conv_per_stage", "ResidualEncoderUNet": "n_blocks_per_stage"}
 ARCH_OPTIONAL = ("ensemble",)
 MAX_MEMBERS = 16
 MEMBER_PREFIX = "ensemble."
@@ -47,8 +56,56 @@ def dt_rank(arch_mixer, channels):
     return math.ceil(channels / 16) if r == "auto" else int(r)
 
 
+def expected_tensors_nnunet(arch):
+    """{name: shape} of every tensor of a PlainConvUNet or ResidualEncoderUNet (README,
+    "nnU-Net's standard networks"), in no order."""
+    out = {}
+    S = arch["n_stages"]
+    F = arch["features_per_stage"]
+    K = arch["kernel_sizes"]
+    T = arch["strides"]
+    bias = arch["conv_bias"]
+    plain = arch["family"] == "PlainConvUNet"
+
+    def cnr(prefix, cin, cout, k, has_bias):
+        out[prefix + "conv.weight"] = (cout, cin, *k)
+        if has_bias:
+            out[prefix + "conv.bias"] = (cout,)
+        out[prefix + "norm.weight"] = (cout,)
+        out[prefix + "norm.bias"] = (cout,)
+
+    if not plain:
+        cnr("encoder.stem.convs.0.", arch["in_channels"], F[0], K[0], bias)
+    for s in range(S):
+        first_in = F[s - 1] if s > 0 else (arch["in_channels"] if plain else F[0])
+        for i in range(arch[ENCODER_COUNTS[arch["family"]]][s]):
+            cin = first_in if i == 0 else F[s]
+            if plain:
+                cnr(f"encoder.stages.{s}.0.convs.{i}.", cin, F[s], K[s], bias)
+                continue
+            p = f"encoder.stages.{s}.blocks.{i}."
+            cnr(p + "conv1.", cin, F[s], K[s], bias)
+            cnr(p + "conv2.", F[s], F[s], K[s], bias)
+            if cin != F[s]:
+                pool = i == 0 and any(t != 1 for t in T[s])
+                cnr(p + f"skip.{1 if pool else 0}.", cin, F[s], [1, 1, 1], False)
+    for j in range(S - 1):
+        a, b = S - 1 - j, S - 2 - j
+        out[f"decoder.transpconvs.{j}.weight"] = (F[a], F[b], *T[a])
+        if bias:
+            out[f"decoder.transpconvs.{j}.bias"] = (F[b],)
+        for i in range(arch["n_conv_per_stage_decoder"][j]):
+            cnr(f"decoder.stages.{j}.convs.{i}.", 2 * F[b] if i == 0 else F[b], F[b], K[b], bias)
+    out[f"decoder.seg_layers.{S - 2}.weight"] = (arch["num_classes"], F[0], 1, 1, 1)
+    out[f"decoder.seg_layers.{S - 2}.bias"] = (arch["num_classes"],)
+    return out
+
+
 def expected_tensors(arch):
-    """{name: shape} of every tensor the architecture needs (mmunet.md 2.7), in no order."""
+    """{name: shape} of every tensor the architecture needs (mmunet.md 2.7 for mmunet, README
+    "nnU-Net's standard networks" for the others), in no order."""
+    if arch["family"] != "mmunet":
+        return expected_tensors_nnunet(arch)
     out = {}
     S = arch["n_stages"]
     F = arch["features_per_stage"]
@@ -170,57 +227,8 @@ def _exact_keys(obj, keys, where, optional=()):
             _err(f"{where}: missing key {k!r}")
 
 
-def validate_card(card, warn=True):
-    """Check a card against mmunet.md 4.2 and 4.3 rule 5; raise ModelError naming the key.
-    Unknown keys outside `architecture` are warnings (returned as a list of strings)."""
-    notes = []
-    if not isinstance(card, dict):
-        _err("card: not a JSON object")
-    if card.get("schema") != SCHEMA:
-        _err(f"schema: expected {SCHEMA!r}, found {card.get('schema')!r}")
-    for k in TOP_KEYS:
-        if k not in card:
-            _err(f"card: missing key {k!r}")
-    notes += [f"card: unknown key {k!r} ignored" for k in card
-              if k not in TOP_KEYS and k not in TOP_OPTIONAL]
-    for k in ("name", "version", "description", "license"):
-        if not isinstance(card[k], str) or not card[k]:
-            _err(f"{k}: expected a non-empty string")
-
-    a = card["architecture"]
-    _exact_keys(a, ARCH_KEYS, "architecture", ARCH_OPTIONAL)
-    if a["family"] != "mmunet":
-        _err(f"architecture.family: expected 'mmunet', found {a['family']!r}")
-    S = a["n_stages"]
-    if not _is_int(S) or not 2 <= S <= 8:
-        _err(f"architecture.n_stages: must be 2..8, found {S!r}")
-    if not _is_int(a["in_channels"]) or a["in_channels"] < 1:
-        _err("architecture.in_channels: must be >= 1")
-    if not _is_int(a["num_classes"]) or a["num_classes"] < 2:
-        _err("architecture.num_classes: must be >= 2")
-    _ints(a["features_per_stage"], S, "architecture.features_per_stage", 1)
-    if not isinstance(a["kernel_sizes"], list) or len(a["kernel_sizes"]) != S:
-        _err(f"architecture.kernel_sizes: expected {S} entries")
-    for s, k in enumerate(a["kernel_sizes"]):
-        _ints(k, 3, f"architecture.kernel_sizes[{s}]", 1, 7)
-        if any(x % 2 == 0 for x in k):
-            _err(f"architecture.kernel_sizes[{s}]: kernels must be odd, found {k}")
-    if not isinstance(a["strides"], list) or len(a["strides"]) != S:
-        _err(f"architecture.strides: expected {S} entries")
-    for s, t in enumerate(a["strides"]):
-        _ints(t, 3, f"architecture.strides[{s}]", 1)
-    if a["strides"][0] != [1, 1, 1]:
-        _err(f"architecture.strides[0]: must be [1, 1, 1], found {a['strides'][0]}")
-    _ints(a["n_blocks_encoder"], S, "architecture.n_blocks_encoder", 1)
-    _ints(a["n_blocks_decoder"], S - 1, "architecture.n_blocks_decoder", 1)
-    if not _is_int(a["stem_blocks"]) or a["stem_blocks"] < 1:
-        _err("architecture.stem_blocks: must be >= 1")
-    if a["norm"] != {"type": "instance", "eps": 1e-5, "affine": True}:
-        _err(f"architecture.norm: version 1 accepts only instance, eps 1e-5, affine true; "
-             f"found {json.dumps(a['norm'])}")
-    if a["nonlin"] != {"type": "leaky_relu", "negative_slope": 0.01}:
-        _err(f"architecture.nonlin: version 1 accepts only leaky_relu 0.01; "
-             f"found {json.dumps(a['nonlin'])}")
+def _validate_mmunet(a, S):
+    """The keys of an mmunet architecture that the other families do not have."""
     if a["decoder"] != "residual_nearest":
         _err(f"architecture.decoder: version 1 accepts only 'residual_nearest'")
     mx = a["mixer"]
@@ -247,6 +255,73 @@ def validate_card(card, warn=True):
             _err(f"architecture.mixer.{k}: must be an integer >= 1")
     if mx["dt_rank"] != "auto" and (not _is_int(mx["dt_rank"]) or mx["dt_rank"] < 1):
         _err("architecture.mixer.dt_rank: 'auto' or an integer >= 1")
+
+
+def validate_card(card, warn=True):
+    """Check a card against mmunet.md 4.2 and 4.3 rule 5; raise ModelError naming the key.
+    Unknown keys outside `architecture` are warnings (returned as a list of strings)."""
+    notes = []
+    if not isinstance(card, dict):
+        _err("card: not a JSON object")
+    if card.get("schema") != SCHEMA:
+        _err(f"schema: expected {SCHEMA!r}, found {card.get('schema')!r}")
+    for k in TOP_KEYS:
+        if k not in card:
+            _err(f"card: missing key {k!r}")
+    notes += [f"card: unknown key {k!r} ignored" for k in card
+              if k not in TOP_KEYS and k not in TOP_OPTIONAL]
+    for k in ("name", "version", "description", "license"):
+        if not isinstance(card[k], str) or not card[k]:
+            _err(f"{k}: expected a non-empty string")
+
+    a = card["architecture"]
+    if not isinstance(a, dict):
+        _err("architecture: not an object")
+    # The family first: the keys depend on it.
+    family = a.get("family")
+    if not isinstance(family, str) or family not in FAMILY_KEYS:
+        _err(f"architecture.family: expected 'mmunet', 'PlainConvUNet' or "
+             f"'ResidualEncoderUNet', found {family!r}")
+    _exact_keys(a, FAMILY_KEYS[family], "architecture", ARCH_OPTIONAL)
+    S = a["n_stages"]
+    if not _is_int(S) or not 2 <= S <= 8:
+        _err(f"architecture.n_stages: must be 2..8, found {S!r}")
+    if not _is_int(a["in_channels"]) or a["in_channels"] < 1:
+        _err("architecture.in_channels: must be >= 1")
+    if not _is_int(a["num_classes"]) or a["num_classes"] < 2:
+        _err("architecture.num_classes: must be >= 2")
+    _ints(a["features_per_stage"], S, "architecture.features_per_stage", 1)
+    if not isinstance(a["kernel_sizes"], list) or len(a["kernel_sizes"]) != S:
+        _err(f"architecture.kernel_sizes: expected {S} entries")
+    for s, k in enumerate(a["kernel_sizes"]):
+        _ints(k, 3, f"architecture.kernel_sizes[{s}]", 1, 7)
+        if any(x % 2 == 0 for x in k):
+            _err(f"architecture.kernel_sizes[{s}]: kernels must be odd, found {k}")
+    if not isinstance(a["strides"], list) or len(a["strides"]) != S:
+        _err(f"architecture.strides: expected {S} entries")
+    for s, t in enumerate(a["strides"]):
+        _ints(t, 3, f"architecture.strides[{s}]", 1)
+    if a["strides"][0] != [1, 1, 1]:
+        _err(f"architecture.strides[0]: must be [1, 1, 1], found {a['strides'][0]}")
+    if family == "mmunet":
+        _ints(a["n_blocks_encoder"], S, "architecture.n_blocks_encoder", 1)
+        _ints(a["n_blocks_decoder"], S - 1, "architecture.n_blocks_decoder", 1)
+        if not _is_int(a["stem_blocks"]) or a["stem_blocks"] < 1:
+            _err("architecture.stem_blocks: must be >= 1")
+    else:
+        enc = ENCODER_COUNTS[family]
+        _ints(a[enc], S, f"architecture.{enc}", 1)
+        _ints(a["n_conv_per_stage_decoder"], S - 1, "architecture.n_conv_per_stage_decoder", 1)
+        if not isinstance(a["conv_bias"], bool):
+            _err("architecture.conv_bias: must be true or false")
+    if a["norm"] != {"type": "instance", "eps": 1e-5, "affine": True}:
+        _err(f"architecture.norm: version 1 accepts only instance, eps 1e-5, affine true; "
+             f"found {json.dumps(a['norm'])}")
+    if a["nonlin"] != {"type": "leaky_relu", "negative_slope": 0.01}:
+        _err(f"architecture.nonlin: version 1 accepts only leaky_relu 0.01; "
+             f"found {json.dumps(a['nonlin'])}")
+    if family == "mmunet":
+        _validate_mmunet(a, S)
     ign = a["ignorable_tensors"]
     if not isinstance(ign, list) or not all(isinstance(g, str) for g in ign):
         _err("architecture.ignorable_tensors: a list of globs")
@@ -387,7 +462,8 @@ def validate_card(card, warn=True):
 
 def make_card(model, name, version, description, license, preprocessing, inference, labels,
               provenance, members=None):
-    """A card for `model` (an MMUNet); the caller gives everything but the architecture.
+    """A card for `model` (an MMUNet, PlainConvUNet or ResidualEncoderUNet); the caller gives
+    everything but the architecture.
     members: the names of a fold ensemble's members (of model's architecture), or None."""
     arch = model.architecture()
     if members is not None:
@@ -578,16 +654,18 @@ def read_model(path, check_card=True):
 
 
 def load_network(path, dtype=None):
-    """The reference MMUNet with the weights of a model file, in eval mode."""
+    """The reference network of a model file (MMUNet, PlainConvUNet or ResidualEncoderUNet,
+    by the card's family; an Ensemble of them for a fold ensemble) with its weights, in eval
+    mode."""
     import torch
     try:
-        from .model import Ensemble, MMUNet
+        from .model import Ensemble, network_from_architecture
     except ImportError:
-        from model import Ensemble, MMUNet
+        from model import Ensemble, network_from_architecture
     card, tensors, sha = read_model(path)
     nets = []
     for sd in member_state_dicts(card, tensors):
-        net = MMUNet.from_architecture(card["architecture"])
+        net = network_from_architecture(card["architecture"])
         net.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()}, strict=True)
         nets.append(net)
     net = nets[0] if len(nets) == 1 else Ensemble(nets)

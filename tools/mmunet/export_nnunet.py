@@ -1,8 +1,9 @@
-"""Export an MM-UNet trained with nnU-Net v2 to the model file of mmunet.md section 4.
+"""Export a network trained with nnU-Net v2 to the model file of mmunet.md section 4.
 
     python3 tools/mmunet/export_nnunet.py RESULTS_DIR -o model.safetensors
         [--folds 0 1 ...] [--checkpoint checkpoint_final.pth] [--name NAME]
         [--version VERSION] [--orientation RAS|LPS] [--license LICENSE] [--description TEXT]
+        [--postprocessing FILE|none]
 
 RESULTS_DIR is a trainer's output folder, nnUNet_results/DatasetXXX_Name/TRAINER__PLANS__CONF,
 holding plans.json, dataset.json and fold_X/checkpoint_final.pth (or checkpoint_best.pth).
@@ -10,10 +11,32 @@ Several folds become a fold ensemble (model card architecture.ensemble, members 
 each fold's network is kept whole and mmsegd averages their logits, as nnU-Net's predictor
 does with the folds it is given.  Weights of different folds are never averaged: networks
 trained from different random starts do not average into a working one.  The default is every
-fold that has the checkpoint.  The deep-supervision heads (decoder.ds_heads.*) are dropped.
+fold that has the checkpoint.
+
+The network (the card's architecture.family):
+  mmunet               the trainer is nnUNetTrainerMMUNet or a subclass (nnunet_trainer.py): the
+                       MM-UNet of the plan by the rules of nnunet_trainer.py, as in training;
+                       the deep-supervision heads (decoder.ds_heads.*) are dropped
+  PlainConvUNet        any other trainer: the plan's network_class_name is
+  ResidualEncoderUNet  dynamic_network_architectures' PlainConvUNet (nnUNetPlans, the default
+                       nnUNetTrainer) or ResidualEncoderUNet (the ResEnc M/L/XL plans,
+                       nnUNetResEncUNet{M,L,XL}Plans).  The plan's arch_kwargs give the card's
+                       n_stages, features_per_stage, kernel_sizes, strides, n_conv_per_stage (or
+                       n_blocks_per_stage), n_conv_per_stage_decoder and conv_bias; the
+                       checkpoint's state dict loses the aliases dynamic_network_architectures
+                       registers twice (*.all_modules.*, decoder.encoder.*) and the
+                       deep-supervision heads, and must then be exactly the card's tensors
+The exporter refuses, naming the reason: another network class (or a trainer that builds
+another network: its tensors do not fit), a 2d configuration (mmsegd's engine is 3D only),
+3d_cascade_fullres (it takes the 3d_lowres segmentation as extra input channels), a norm other
+than InstanceNorm3d (affine, eps 1e-5, no running statistics), a nonlinearity other than
+LeakyReLU (slope 0.01), ResidualEncoderUNet's bottleneck blocks or another stem width,
+PlainConvUNet's nonlin_first, and any arch_kwargs key it does not know.  Dropout is accepted:
+nnU-Net predicts in eval mode, where dropout is the identity.  3d_fullres and 3d_lowres (on
+its own: a 3D network at the lower resolution) work.
 
 The card (mmunet.md 4.2) comes from:
-  architecture   the plan, by the rules of nnunet_trainer.py (the same as in training)
+  architecture   the plan (above)
   preprocessing  the plan: spacing (in the transposed frame) -> target_spacing, transpose_forward
                  and _backward, CT normalisation from foreground_intensity_properties_per_channel
                  of channel 0 (percentile_00_5 -> clip_low, percentile_99_5 -> clip_high, mean,
@@ -28,6 +51,9 @@ The card (mmunet.md 4.2) comes from:
                  such as "arota" and "postcava", spellings such as "right kidney" or "gall
                  bladder"); an unknown name gets generic codes (Tissue / Anatomical structure)
                  and a warning
+  postprocessing crossval_results_folds_<folds>/postprocessing.pkl when
+                 nnUNetv2_find_best_configuration determined one for these folds (or
+                 --postprocessing FILE; none leaves it out)
   provenance     trainer, plans, configuration, folds, checkpoint, epochs, date and the torch
                  and nnunetv2 versions of the export
 
@@ -36,6 +62,7 @@ Only torch and numpy are needed (Debian's torch 1.13 will do); nnU-Net need not 
 
 import argparse
 import colorsys
+import copy
 import datetime
 import glob
 import importlib.abc
@@ -52,13 +79,14 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 try:
     from . import export, labels as label_tables
-    from .model import Ensemble
+    from .model import (Ensemble, PlainConvUNet, ResidualEncoderUNet,
+                        canonical_nnunet_state_dict)
     from .nnunet_trainer import arch_kwargs_from_plans, build_mmunet, resolve_configuration
 except ImportError:  # run as a plain script from tools/mmunet
     sys.path.insert(0, HERE)
     import export
     import labels as label_tables
-    from model import Ensemble
+    from model import Ensemble, PlainConvUNet, ResidualEncoderUNet, canonical_nnunet_state_dict
     from nnunet_trainer import arch_kwargs_from_plans, build_mmunet, resolve_configuration
 
 IGNORED_PREFIXES = ("decoder.ds_heads.",)
@@ -314,6 +342,150 @@ def find_postprocessing(results_dir, folds):
     return None
 
 
+# ------------------------------------------------------------------------------ the network
+MMUNET_TRAINER = "nnUNetTrainerMMUNet"
+DNA_PACKAGE = "dynamic_network_architectures."
+NETWORK_CLASSES = {"PlainConvUNet": PlainConvUNet, "ResidualEncoderUNet": ResidualEncoderUNet}
+DEFAULT_NAMES = {"mmunet": "mmunet", "PlainConvUNet": "nnunet",
+                 "ResidualEncoderUNet": "nnunet-resenc"}
+FAMILY_TEXT = {"mmunet": "MM-UNet", "PlainConvUNet": "nnU-Net's PlainConvUNet",
+               "ResidualEncoderUNet": "nnU-Net's ResidualEncoderUNet"}
+# torch's dropouts: the identity in eval mode, where nnU-Net predicts
+DROPOUTS = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout")
+
+
+def _class_name(v):
+    """The class name of a dotted path (a plan's string) or of a class."""
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        v = getattr(v, "__name__", str(v))
+    return v.rsplit(".", 1)[-1]
+
+
+def plan_network(conf):
+    """(network class path, arch_kwargs) of a configuration: its `architecture` (nnunetv2 >=
+    2.4), or the keys of older plans converted as their get_network_from_plans did."""
+    if "architecture" in conf:
+        a = conf["architecture"]
+        return a["network_class_name"], copy.deepcopy(a["arch_kwargs"])
+    name = conf.get("UNet_class_name", "PlainConvUNet")
+    n = len(conf["conv_kernel_sizes"])
+    dim = len(conf["patch_size"])
+    kw = {"n_stages": n,
+          "features_per_stage": [min(conf["UNet_base_num_features"] * 2 ** s,
+                                     conf["unet_max_num_features"]) for s in range(n)],
+          "conv_op": f"torch.nn.modules.conv.Conv{dim}d",
+          "kernel_sizes": copy.deepcopy(conf["conv_kernel_sizes"]),
+          "strides": copy.deepcopy(conf["pool_op_kernel_sizes"]),
+          "n_conv_per_stage_decoder": list(conf["n_conv_per_stage_decoder"]),
+          "conv_bias": True,
+          "norm_op": f"torch.nn.modules.instancenorm.InstanceNorm{dim}d",
+          "norm_op_kwargs": {"eps": 1e-5, "affine": True},
+          "dropout_op": None, "dropout_op_kwargs": None,
+          "nonlin": "torch.nn.LeakyReLU", "nonlin_kwargs": {"inplace": True}}
+    enc = "n_blocks_per_stage" if name == "ResidualEncoderUNet" else "n_conv_per_stage"
+    kw[enc] = list(conf["n_conv_per_stage_encoder"])
+    return DNA_PACKAGE + "architectures.unet." + name, kw
+
+
+def network_family(trainer, class_path):
+    """The card's family: mmunet for MM-UNet's trainers, else the plan's network class."""
+    if trainer.startswith(MMUNET_TRAINER):
+        return "mmunet"
+    name = _class_name(class_path)
+    if name in NETWORK_CLASSES and (not isinstance(class_path, str) or "." not in class_path
+                                    or class_path.startswith(DNA_PACKAGE)):
+        return name
+    raise ExportError(f"the plan's network {class_path!r} (trainer {trainer}) is not one mmsegd "
+                      f"runs: dynamic_network_architectures' PlainConvUNet (nnUNetPlans) or "
+                      f"ResidualEncoderUNet (the ResEnc plans), or MM-UNet "
+                      f"({MMUNET_TRAINER} and its subclasses)")
+
+
+def nnunet_network_args(family, kw):
+    """Keyword arguments of model.PlainConvUNet or ResidualEncoderUNet (beside the channels)
+    from a plan's arch_kwargs; ExportError names what the card cannot state."""
+    enc = "n_conv_per_stage" if family == "PlainConvUNet" else "n_blocks_per_stage"
+    known = {"n_stages", "features_per_stage", "conv_op", "kernel_sizes", "strides", enc,
+             "n_conv_per_stage_decoder", "conv_bias", "norm_op", "norm_op_kwargs", "dropout_op",
+             "dropout_op_kwargs", "nonlin", "nonlin_kwargs", "deep_supervision"}
+    known |= {"nonlin_first"} if family == "PlainConvUNet" else \
+        {"block", "bottleneck_channels", "stem_channels"}
+    unknown = sorted(set(kw) - known)
+    if unknown:
+        raise ExportError(f"{family}: arch_kwargs {unknown} are not in the card (known: "
+                          f"{', '.join(sorted(known))})")
+    conv = _class_name(kw.get("conv_op"))
+    if conv in ("Conv1d", "Conv2d"):
+        raise ExportError(f"a {conv[-2:]} network (conv_op {kw['conv_op']}): mmsegd's engine is "
+                          f"3D only; export a 3d_fullres or 3d_lowres configuration")
+    if conv != "Conv3d":
+        raise ExportError(f"conv_op {kw.get('conv_op')!r}: only Conv3d")
+    norm = _class_name(kw.get("norm_op"))
+    nk = kw.get("norm_op_kwargs") or {}
+    if norm != "InstanceNorm3d" or not nk.get("affine", False) or \
+            nk.get("track_running_stats", False):
+        raise ExportError(f"norm {kw.get('norm_op')!r} {nk}: only InstanceNorm3d with affine "
+                          f"true and no running statistics")
+    eps = float(nk.get("eps", 1e-5))
+    nonlin = _class_name(kw.get("nonlin"))
+    slope = float((kw.get("nonlin_kwargs") or {}).get("negative_slope", 0.01))
+    if nonlin != "LeakyReLU":
+        raise ExportError(f"nonlinearity {kw.get('nonlin')!r}: only LeakyReLU")
+    if eps != 1e-5 or slope != 0.01:
+        raise ExportError(f"norm eps {eps:g}, LeakyReLU slope {slope:g}: the card (version 1) "
+                          f"states eps 1e-5 and slope 0.01 only")
+    drop = kw.get("dropout_op")
+    if drop is not None and _class_name(drop) not in DROPOUTS:
+        raise ExportError(f"dropout_op {drop!r}: only torch's dropouts (the identity when "
+                          f"predicting)")
+    if kw.get("nonlin_first", False):
+        raise ExportError("PlainConvUNet with nonlin_first (LeakyReLU before the norm): not in "
+                          "the card")
+    if family == "ResidualEncoderUNet":
+        if _class_name(kw.get("block", "BasicBlockD")) != "BasicBlockD" or \
+                kw.get("bottleneck_channels") is not None:
+            raise ExportError(f"ResidualEncoderUNet with block {kw.get('block')!r} (bottleneck "
+                              f"channels {kw.get('bottleneck_channels')}): only BasicBlockD")
+        F0 = kw["features_per_stage"]
+        F0 = F0 if isinstance(F0, int) else F0[0]
+        if kw.get("stem_channels") not in (None, F0):
+            raise ExportError(f"ResidualEncoderUNet with stem_channels {kw['stem_channels']}: "
+                              f"the card's stem has features_per_stage[0] = {F0}")
+    for key in ("n_stages", "features_per_stage", "kernel_sizes", "strides", enc,
+                "n_conv_per_stage_decoder"):
+        if key not in kw:
+            raise ExportError(f"{family}: the plan's arch_kwargs lack {key!r}")
+    return {"n_stages": kw["n_stages"], "features_per_stage": kw["features_per_stage"],
+            "kernel_sizes": kw["kernel_sizes"], "strides": kw["strides"], enc: kw[enc],
+            "n_conv_per_stage_decoder": kw["n_conv_per_stage_decoder"],
+            # dynamic_network_architectures' default
+            "conv_bias": bool(kw.get("conv_bias", False)),
+            "norm_eps": eps, "negative_slope": slope}
+
+
+def build_network(family, plans, configuration, conf, num_classes):
+    """An empty network of the plan's family (see the module docstring)."""
+    if family == "mmunet":
+        return build_mmunet(arch_kwargs_from_plans(plans, configuration), 1, num_classes,
+                            enable_deep_supervision=False, initialize=False)
+    _, kw = plan_network(conf)
+    try:
+        return NETWORK_CLASSES[family](1, num_classes, **nnunet_network_args(family, kw))
+    except (ValueError, TypeError) as e:
+        raise ExportError(f"{family}: the plan's arch_kwargs do not make a network: {e}")
+
+
+def fold_state_dict(family, net, sd):
+    """A checkpoint's network_weights as the tensors of `net`: no DDP or torch.compile
+    prefix and, for nnU-Net's networks, none of the aliases and deep-supervision heads."""
+    sd = clean_state_dict(sd)
+    if family != "mmunet":
+        sd = canonical_nnunet_state_dict(sd, net.architecture())
+    return sd
+
+
 # ------------------------------------------------------------------------------ export
 def find_folds(results_dir, checkpoint):
     found = []
@@ -354,22 +526,33 @@ def export_results(results_dir, out_path, folds=None, checkpoint="checkpoint_fin
     if len(dataset_json.get("channel_names", {"0": "CT"})) != 1:
         raise ExportError("only single-channel (CT) trainings can be exported")
     conf = resolve_configuration(plans, configuration)
+    if len(conf.get("patch_size", ())) != 3:
+        raise ExportError(f"configuration {configuration} is 2d (patch "
+                          f"{conf.get('patch_size')}): mmsegd's engine is 3D only; export a "
+                          f"3d_fullres or 3d_lowres training")
+    if conf.get("previous_stage"):
+        raise ExportError(f"configuration {configuration} is a cascade stage: its network "
+                          f"takes the {conf['previous_stage']} segmentation as extra input "
+                          f"channels, which mmsegd does not compute; export 3d_fullres or "
+                          f"{conf['previous_stage']} on its own")
+    family = network_family(trainer, plan_network(conf)[0])
     label_entries, notes = card_labels(dataset_json["labels"])
     num_classes = len(label_entries) + 1
     nets = []
     for fold, c in zip(folds, ckpts):  # one whole network per fold
-        net = build_mmunet(arch_kwargs_from_plans(plans, configuration), 1, num_classes,
-                           enable_deep_supervision=False, initialize=False)
+        net = build_network(family, plans, configuration, conf, num_classes)
+        what = f"fold {fold}: the checkpoint does not fit the {family} the plan describes"
         try:
-            missing, unexpected = net.load_state_dict(clean_state_dict(c["network_weights"]),
-                                                      strict=False)
+            missing, unexpected = net.load_state_dict(
+                fold_state_dict(family, net, c["network_weights"]), strict=False)
         except RuntimeError as e:  # a shape mismatch
-            raise ExportError(f"fold {fold}: the checkpoint does not fit the network the plan "
-                              f"describes: {e}")
+            raise ExportError(f"{what}: {e}")
         missing = [k for k in missing if not k.startswith(IGNORED_PREFIXES)]
         if missing or unexpected:
-            raise ExportError(f"fold {fold}: the checkpoint does not fit the network the plan "
-                              f"describes: missing {missing[:5]}, unexpected {unexpected[:5]}")
+            hint = "" if family == "mmunet" else \
+                f" (does the trainer {trainer} build another network than the plan's?)"
+            raise ExportError(f"{what}: missing {missing[:5]}, unexpected {unexpected[:5]}"
+                              f"{hint}")
         nets.append(net.eval())
     members = [f"fold_{f}" for f in folds] if len(folds) > 1 else None
     if postprocessing is None:
@@ -388,9 +571,11 @@ def export_results(results_dir, out_path, folds=None, checkpoint="checkpoint_fin
     folds_text = ", ".join(str(f) for f in folds)
     card = export.make_card(
         nets[0],
-        name=name or "mmunet-" + re.sub(r"[^a-z0-9]+", "-", dataset_name.lower()).strip("-"),
+        name=name or DEFAULT_NAMES[family] + "-" + re.sub(r"[^a-z0-9]+", "-",
+                                                          dataset_name.lower()).strip("-"),
         version=version,
-        description=description or (f"MM-UNet trained with nnU-Net v2 on {dataset_name} "
+        description=description or (f"{FAMILY_TEXT[family]} trained with nnU-Net v2 on "
+                                     f"{dataset_name} "
                                      f"({configuration}, fold{'s' if len(folds) > 1 else ''} "
                                      f"{folds_text})"),
         license=license or dataset_json.get("licence") or dataset_json.get("license")
@@ -463,7 +648,8 @@ def main(argv):
     a = card["architecture"]
     members = f", a fold ensemble of {len(a['ensemble'])} ({', '.join(a['ensemble'])})" \
         if "ensemble" in a else ""
-    print(f"wrote {args.output}: {a['n_stages']} stages {a['features_per_stage']}, "
+    print(f"wrote {args.output}: {a['family']}, {a['n_stages']} stages "
+          f"{a['features_per_stage']}, "
           f"{a['num_classes']} classes, {n} parameters{members}, "
           f"patch {card['inference']['patch_size']}")
     print("labels: " + ", ".join(f"{e['id']}={e['name']}" for e in card["labels"]))

@@ -18,6 +18,15 @@ writes, deterministically (the same seed gives the same bytes):
 - tiny-ensemble.safetensors: a fold ensemble of two tiny-separate networks (seeds of their
   own), and tiny-ensemble.golden.safetensors: a fixed input, each member's logits and their
   mean, in fp64.
+- tiny-plain.safetensors, tiny-resenc.safetensors, tiny-resenc-nobias.safetensors: nnU-Net's
+  PlainConvUNet (F = (4, 8, 16), 2 convolutions per stage, 2 per decoder level) and
+  ResidualEncoderUNet (F = (4, 8, 8): the last stage's skip is an AvgPool alone; 1, 2, 2 blocks,
+  1 convolution per decoder level; with and without conv_bias), the tiny kernels and strides,
+  random weights; tiny-plain-ensemble.safetensors, a fold ensemble of two PlainConvUNets. Each
+  with a .golden.safetensors: a fixed input and the logits (for the ensemble each member's,
+  logits.<k>, and their mean), in fp64 from the stored fp32 weights.
+- micro-plain.safetensors: a valid three-stage PlainConvUNet of a few kilobytes, the base of
+  the malformed files of the nnU-Net families.
 - micro.safetensors: a valid two-stage model of a few kilobytes, micro-ensemble.safetensors
   (two of them as an ensemble), and malformed/*.safetensors derived from them, with
   malformed/manifest.json giving a fragment of the message the Python reader gives for each:
@@ -36,7 +45,8 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mmunet import export  # noqa: E402
 from mmunet.mamba import Mamba  # noqa: E402
-from mmunet.model import MMUNet, init_reference_weights  # noqa: E402
+from mmunet.model import (MIXER_DEFAULTS, MMUNet, PlainConvUNet,  # noqa: E402
+                          ResidualEncoderUNet, init_reference_weights)
 
 TINY = dict(input_channels=1, num_classes=3, n_stages=3, features_per_stage=[4, 8, 16],
             kernel_sizes=[[1, 3, 3], [3, 3, 3], [3, 3, 3]],
@@ -51,6 +61,17 @@ VARIANTS = {
     "partial": {"biscan": "separate", "mamba_stages": [1, 2], "mamba_blocks": "last"},
 }
 SEED = 20260131
+# nnU-Net's standard networks: the tiny kernels and strides (README, "nnU-Net's standard
+# networks").  TINY_RESENC's last stage keeps 8 channels: its skip is the AvgPool alone.
+TINY_PLAIN = dict(TINY, features_per_stage=[4, 8, 16], n_conv_per_stage=[2, 2, 2],
+                  n_conv_per_stage_decoder=[2, 2], conv_bias=True)
+TINY_RESENC = dict(TINY, features_per_stage=[4, 8, 8], n_blocks_per_stage=[1, 2, 2],
+                   n_conv_per_stage_decoder=[1, 1], conv_bias=True)
+NNUNET_VARIANTS = {
+    "plain": (PlainConvUNet, TINY_PLAIN),
+    "resenc": (ResidualEncoderUNet, TINY_RESENC),
+    "resenc-nobias": (ResidualEncoderUNet, dict(TINY_RESENC, conv_bias=False)),
+}
 
 
 def tiny_card(model, variant, members=None):
@@ -145,12 +166,15 @@ def ensemble_members(make, seed):
     return nets
 
 
-def write_ensemble(out, seed):
-    """tiny-ensemble: a fold ensemble of two tiny-separate networks, and its golden: a fixed
-    input, each member's logits and their mean (fp64, from the stored fp32 weights)."""
-    nets = ensemble_members(lambda: MMUNet(**TINY, mixer=VARIANTS["separate"]), seed)
-    card = tiny_card(nets[0], "ensemble", members=ENSEMBLE_MEMBERS)
-    export.write_model(os.path.join(out, "tiny-ensemble.safetensors"),
+def write_ensemble(out, seed, variant="ensemble", make=None):
+    """tiny-<variant>: a fold ensemble of two networks of make() (tiny-separate's by default),
+    and its golden: a fixed input, each member's logits and their mean (fp64, from the stored
+    fp32 weights)."""
+    if make is None:
+        make = lambda: MMUNet(**TINY, mixer=VARIANTS["separate"])  # noqa: E731
+    nets = ensemble_members(make, seed)
+    card = tiny_card(nets[0], variant, members=ENSEMBLE_MEMBERS)
+    export.write_model(os.path.join(out, f"tiny-{variant}.safetensors"),
                        export.ensemble_tensors([m.state_dict() for m in nets]), card)
     g = torch.Generator().manual_seed(seed + 7)
     x = torch.randn([1, 1] + PATCH, generator=g, dtype=torch.float64)
@@ -160,7 +184,30 @@ def write_ensemble(out, seed):
     for k, lg in enumerate(logits):
         gold[f"logits.{k}"] = lg
     gold["logits"] = (logits[0] + logits[1]) / 2
-    export.write_model(os.path.join(out, "tiny-ensemble.golden.safetensors"), gold)
+    export.write_model(os.path.join(out, f"tiny-{variant}.golden.safetensors"), gold)
+
+
+def nnunet_network(variant):
+    """A new network of NNUNET_VARIANTS[variant] (the tiny card's input and classes)."""
+    cls, kw = NNUNET_VARIANTS[variant]
+    return cls(**kw)
+
+
+def write_nnunet(out, variant, seed):
+    """tiny-<variant>: an nnU-Net network with random weights (init_reference_weights: norm
+    affines away from (1, 0), biases non-zero), and its golden: a fixed input and the logits,
+    in fp64 from the stored fp32 weights."""
+    torch.manual_seed(seed)
+    model = nnunet_network(variant)
+    init_reference_weights(model, seed)
+    card = tiny_card(model, variant)
+    export.write_model(os.path.join(out, f"tiny-{variant}.safetensors"), model.state_dict(), card)
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn([1, 1] + PATCH, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        logits = fp32_roundtrip(model)(x)
+    export.write_model(os.path.join(out, f"tiny-{variant}.golden.safetensors"),
+                       {"input": x[0], "logits": logits[0]}, metadata={"variant": variant})
 
 
 def write_mamba_ops(out, seed):
@@ -208,7 +255,7 @@ def _rewrite(src, dst, edit_header=None, edit_data=None, raw=None):
         f.write(data)
 
 
-def write_malformed(out, src, ensemble_src):
+def write_malformed(out, src, ensemble_src, plain_src):
     d = os.path.join(out, "malformed")
     os.makedirs(d, exist_ok=True)
     cases = {}
@@ -297,6 +344,52 @@ def write_malformed(out, src, ensemble_src):
     case("ensemble-name-with-space", "architecture.ensemble: 2 to 16 distinct member names",
          base=ensemble_src, edit_header=card_edit(
              lambda c: c["architecture"].update(ensemble=["fold 0", "fold_1"])))
+    # nnU-Net's families (plain_src: a PlainConvUNet): the family decides the keys, and the
+    # tensors that the trained network holds twice or only for training are refused
+    def copy_tensor(src_name, name):
+        def edit(h, b):
+            beg, end = h[src_name]["data_offsets"]
+            h[name] = {"dtype": "F32", "shape": h[src_name]["shape"],
+                       "data_offsets": [len(b), len(b) + end - beg]}
+            return b + b[beg:end]
+        return edit
+
+    def zeros(name, shape):
+        def edit(h, b):
+            n = 4 * int(np.prod(shape))
+            h[name] = {"dtype": "F32", "shape": shape, "data_offsets": [len(b), len(b) + n]}
+            return b + bytes(n)
+        return edit
+
+    case("family-unknown", "architecture.family: expected 'mmunet', 'PlainConvUNet' or "
+         "'ResidualEncoderUNet', found 'ResidualUNet'", base=plain_src,
+         edit_header=card_edit(lambda c: c["architecture"].update(family="ResidualUNet")))
+    case("family-missing", "architecture.family: expected 'mmunet', 'PlainConvUNet' or "
+         "'ResidualEncoderUNet', found None", base=plain_src,
+         edit_header=card_edit(lambda c: c["architecture"].pop("family")))
+    case("plain-mixer-key", "architecture: unknown key 'mixer' (it could change the math)",
+         base=plain_src, edit_header=card_edit(
+             lambda c: c["architecture"].update(
+                 mixer=dict(MIXER_DEFAULTS, mamba_stages=[0, 1, 2]))))
+    case("plain-n-blocks-per-stage", "architecture: unknown key 'n_blocks_per_stage'",
+         base=plain_src, edit_header=card_edit(
+             lambda c: c["architecture"].update(
+                 n_blocks_per_stage=c["architecture"].pop("n_conv_per_stage"))))
+    case("conv-bias-not-bool", "architecture.conv_bias: must be true or false",
+         base=plain_src, edit_header=card_edit(lambda c: c["architecture"].update(conv_bias=1)))
+    case("plain-missing-transpconv", "missing tensor 'decoder.transpconvs.0.weight'",
+         base=plain_src,
+         edit_data=lambda h, b: drop_tensor(h, b, "decoder.transpconvs.0.weight"))
+    case("plain-all-modules-alias",
+         "unexpected tensor 'encoder.stages.0.0.convs.0.all_modules.0.weight'", base=plain_src,
+         edit_data=copy_tensor("encoder.stages.0.0.convs.0.conv.weight",
+                               "encoder.stages.0.0.convs.0.all_modules.0.weight"))
+    case("plain-decoder-encoder-alias",
+         "unexpected tensor 'decoder.encoder.stages.0.0.convs.0.conv.weight'", base=plain_src,
+         edit_data=copy_tensor("encoder.stages.0.0.convs.0.conv.weight",
+                               "decoder.encoder.stages.0.0.convs.0.conv.weight"))
+    case("plain-ds-head", "unexpected tensor 'decoder.seg_layers.0.weight'", base=plain_src,
+         edit_data=zeros("decoder.seg_layers.0.weight", [3, 4, 1, 1, 1]))
     with open(os.path.join(d, "manifest.json"), "w") as f:
         json.dump(cases, f, indent=1, sort_keys=True)
         f.write("\n")
@@ -329,7 +422,16 @@ def main(argv):
     ens_path = os.path.join(out, "micro-ensemble.safetensors")
     export.write_model(ens_path, export.ensemble_tensors([m.state_dict() for m in nets]),
                        tiny_card(nets[0], "micro-ensemble", members=ENSEMBLE_MEMBERS))
-    write_malformed(out, micro_path, ens_path)
+    for i, variant in enumerate(NNUNET_VARIANTS):
+        write_nnunet(out, variant, SEED + 300 + 10 * i)
+    write_ensemble(out, SEED + 400, "plain-ensemble", lambda: nnunet_network("plain"))
+    torch.manual_seed(SEED + 500)
+    micro_plain = PlainConvUNet(1, 3, 3, [2, 4, 4], TINY["kernel_sizes"], TINY["strides"],
+                                [1, 1, 1], [1, 1])
+    init_reference_weights(micro_plain, SEED + 500)
+    plain_path = os.path.join(out, "micro-plain.safetensors")
+    export.write_model(plain_path, micro_plain.state_dict(), tiny_card(micro_plain, "micro-plain"))
+    write_malformed(out, micro_path, ens_path, plain_path)
     total = sum(os.path.getsize(os.path.join(dp, f)) for dp, _, fs in os.walk(out) for f in fs)
     print(f"fixtures: wrote {out} ({total} bytes)")
     return 0

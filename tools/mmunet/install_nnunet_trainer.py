@@ -39,7 +39,8 @@ if _TOOLS not in sys.path:
     sys.path.insert(0, _TOOLS)
 
 from mmunet.nnunet_trainer import (  # noqa: E402,F401
-    nnUNetTrainerMMUNet, nnUNetTrainerMMUNet_2epochs)
+    nnUNetTrainerMMUNet, nnUNetTrainerMMUNet_2epochs, nnUNetTrainerMMUNet_2epochs_500it,
+    nnUNetTrainer_2epochs_500it)
 '''
 
 INIT = '"""MM-UNet trainers (see nnUNetTrainerMMUNet.py)."""\n'
@@ -77,7 +78,8 @@ def install():
     import nnunetv2
     from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
     search = os.path.join(os.path.dirname(nnunetv2.__file__), "training", "nnUNetTrainer")
-    for name in ("nnUNetTrainerMMUNet", "nnUNetTrainerMMUNet_2epochs"):
+    for name in ("nnUNetTrainerMMUNet", "nnUNetTrainerMMUNet_2epochs",
+                 "nnUNetTrainerMMUNet_2epochs_500it", "nnUNetTrainer_2epochs_500it"):
         cls = recursive_find_python_class(search, name, "nnunetv2.training.nnUNetTrainer")
         if cls is None:
             raise RuntimeError(f"nnU-Net does not find {name} under {search}")

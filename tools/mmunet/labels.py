@@ -41,25 +41,31 @@ def _organ(lid, name, segment_label, type_code, type_meaning, rgb, modifier=None
 
 
 # AMOS2022 ids 1..15 (AMOS dataset.json order). BTCV ids are in the doc table, not here.
+# Colours: 3D Slicer's GenericAnatomyColors (the anatomical colour table of Slicer's
+# terminology) wherever it has the organ; it gives both kidneys, and both adrenal glands, one
+# colour. Not from it: the stomach, whose Slicer colour (216, 132, 105) is within a few units of
+# the liver's (221, 130, 101), gets a yellow of its own; the inferior vena cava (venous blue)
+# and the duodenum, which that table does not list, and label 15 when PatientSex is not known
+# get colours of ours.
 AMOS_LABELS = [
-    _organ(1, "spleen", "Spleen", "78961009", "Spleen", (50, 170, 60)),
-    _organ(2, "kidney_right", "Right kidney", "64033007", "Kidney", (34, 102, 136), _RIGHT),
-    _organ(3, "kidney_left", "Left kidney", "64033007", "Kidney", (46, 138, 184), _LEFT),
-    _organ(4, "gallbladder", "Gallbladder", "28231008", "Gallbladder", (54, 216, 119)),
-    _organ(5, "esophagus", "Esophagus", "32849002", "Esophagus", (190, 90, 170)),
-    _organ(6, "liver", "Liver", "10200004", "Liver", (40, 140, 40)),
-    _organ(7, "stomach", "Stomach", "69695003", "Stomach", (180, 70, 160)),
-    _organ(8, "aorta", "Aorta", "15825003", "Aorta", (216, 108, 54)),
+    _organ(1, "spleen", "Spleen", "78961009", "Spleen", (157, 108, 162)),
+    _organ(2, "kidney_right", "Right kidney", "64033007", "Kidney", (185, 102, 83), _RIGHT),
+    _organ(3, "kidney_left", "Left kidney", "64033007", "Kidney", (185, 102, 83), _LEFT),
+    _organ(4, "gallbladder", "Gallbladder", "28231008", "Gallbladder", (139, 150, 98)),
+    _organ(5, "esophagus", "Esophagus", "32849002", "Esophagus", (211, 171, 143)),
+    _organ(6, "liver", "Liver", "10200004", "Liver", (221, 130, 101)),
+    _organ(7, "stomach", "Stomach", "69695003", "Stomach", (255, 226, 77)),
+    _organ(8, "aorta", "Aorta", "15825003", "Aorta", (224, 97, 76)),
     _organ(9, "inferior_vena_cava", "Inferior vena cava", "64131007", "Inferior vena cava",
            (0, 70, 200)),
-    _organ(10, "pancreas", "Pancreas", "15776009", "Pancreas", (60, 150, 80)),
+    _organ(10, "pancreas", "Pancreas", "15776009", "Pancreas", (249, 180, 111)),
     _organ(11, "adrenal_gland_right", "Right adrenal gland", "23451007", "Adrenal gland",
-           (178, 128, 26), _RIGHT),
+           (249, 186, 150), _RIGHT),
     _organ(12, "adrenal_gland_left", "Left adrenal gland", "23451007", "Adrenal gland",
-           (241, 172, 34), _LEFT),
-    _organ(13, "duodenum", "Duodenum", "38848004", "Duodenum", (170, 80, 190)),
+           (249, 186, 150), _LEFT),
+    _organ(13, "duodenum", "Duodenum", "38848004", "Duodenum", (90, 160, 200)),
     _organ(14, "urinary_bladder", "Urinary bladder", "89837001", "Urinary bladder",
-           (54, 94, 216)),
+           (222, 154, 132)),
     # Label 15 depends on PatientSex (0010,0040). The base entry is the fallback for "O",
     # empty or absent; `by_patient_sex` overrides segment_label, category, type and rgb.
     {
@@ -68,13 +74,13 @@ AMOS_LABELS = [
         "segment_label": "Prostate or uterus",
         "category": _sct("85756007", "Tissue"),
         "type": _sct("113343008", "Organ"),
-        "rgb": [221, 130, 101],
+        "rgb": [215, 140, 175],
         "by_patient_sex": {
             "M": {
                 "segment_label": "Prostate",
                 "category": dict(_ANATOMICAL_STRUCTURE),
                 "type": _sct("41216001", "Prostate"),
-                "rgb": [91, 253, 156],
+                "rgb": [230, 158, 140],
             },
             "F": {
                 "segment_label": "Uterus",

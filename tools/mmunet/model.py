@@ -13,6 +13,11 @@ the tensor names of the model file), so export needs no renaming:
 Activations are (batch, C, D, H, W).  The constructor also accepts the keyword arguments
 that nnU-Net v2's get_network_from_plans passes (input_channels, num_classes,
 deep_supervision and the plan's architecture kwargs); see `from_nnunet_plan`.
+
+PlainConvUNet and ResidualEncoderUNet are nnU-Net v2's standard networks (README, "nnU-Net's
+standard networks"), written here from that description with the canonical tensor names of
+dynamic_network_architectures' networks; `canonical_nnunet_state_dict` reduces a trained
+state dict to them, and `network_from_architecture` builds any family from a card.
 """
 
 import copy
@@ -348,6 +353,295 @@ class Ensemble(nn.Module):
             y = m(x, taps if i == 0 else None)
             out = y if out is None else out + y
         return out / len(self.members)
+
+
+
+# ------------------------------------------------------------------------------ nnU-Net's networks
+# PlainConvUNet and ResidualEncoderUNet as dynamic_network_architectures builds them from a
+# plan's arch_kwargs (README, "nnU-Net's standard networks"), written here from that
+# description: the module tree gives the canonical tensor names of the trained network,
+# without the aliases (`*.all_modules.*`, `decoder.encoder.*`) and without the
+# deep-supervision heads.
+
+NNUNET_FAMILIES = ("PlainConvUNet", "ResidualEncoderUNet")
+
+
+def _triple(v, n):
+    """n entries of 3 ints from an int, a triple or a list of either (nnU-Net's spellings)."""
+    if isinstance(v, int):
+        v = [v] * n
+    return [[int(x) for x in (e if isinstance(e, (list, tuple)) else [e] * 3)] for e in v]
+
+
+class _CNR(nn.Module):
+    """Conv (k, stride t, padding k//2) -> InstanceNorm (affine) [-> LeakyReLU]: the names
+    `conv` and `norm` of dynamic_network_architectures' ConvDropoutNormReLU."""
+
+    def __init__(self, cin, cout, kernel, stride, bias, eps, slope, nonlin=True):
+        super().__init__()
+        self.conv = nn.Conv3d(cin, cout, kernel, stride, [k // 2 for k in kernel], bias=bias)
+        self.norm = nn.InstanceNorm3d(cout, eps=eps, affine=True)
+        self.slope = slope if nonlin else None
+
+    def forward(self, x):
+        h = self.norm(self.conv(x))
+        return h if self.slope is None else F.leaky_relu(h, self.slope)
+
+
+class _Convs(nn.Module):
+    """A stack of CNRs named `convs.<i>`, the first cin -> cout with the stride."""
+
+    def __init__(self, n, cin, cout, kernel, stride, bias, eps, slope):
+        super().__init__()
+        self.convs = nn.ModuleList(
+            [_CNR(cin if i == 0 else cout, cout, kernel, stride if i == 0 else [1, 1, 1], bias,
+                  eps, slope) for i in range(n)])
+
+    def forward(self, x):
+        for c in self.convs:
+            x = c(x)
+        return x
+
+
+class _BasicBlock(nn.Module):
+    """out = LReLU(IN(conv2(CNR_conv1(x))) + skip(x)); skip: identity, or AvgPool(t, t) when
+    the stride is not 1, then a 1x1x1 conv (no bias) and IN when the channels change."""
+
+    def __init__(self, cin, cout, kernel, stride, bias, eps, slope):
+        super().__init__()
+        self.slope = slope
+        self.conv1 = _CNR(cin, cout, kernel, stride, bias, eps, slope)
+        self.conv2 = _CNR(cout, cout, kernel, [1, 1, 1], bias, eps, slope, nonlin=False)
+        ops = []
+        if any(t != 1 for t in stride):
+            ops.append(nn.AvgPool3d(stride, stride))
+        if cin != cout:
+            ops.append(_CNR(cin, cout, [1, 1, 1], [1, 1, 1], False, eps, slope, nonlin=False))
+        self.skip = nn.Sequential(*ops) if ops else None
+
+    def forward(self, x):
+        r = x if self.skip is None else self.skip(x)
+        return F.leaky_relu(self.conv2(self.conv1(x)) + r, self.slope)
+
+
+class _ResStage(nn.Module):
+    def __init__(self, n, cin, cout, kernel, stride, bias, eps, slope):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            [_BasicBlock(cin if i == 0 else cout, cout, kernel, stride if i == 0 else [1, 1, 1],
+                         bias, eps, slope) for i in range(n)])
+
+    def forward(self, x):
+        for b in self.blocks:
+            x = b(x)
+        return x
+
+
+class _NnunetEncoder(nn.Module):
+    def __init__(self, stem, stages):
+        super().__init__()
+        if stem is not None:
+            self.stem = stem
+        self.stages = nn.ModuleList(stages)
+
+
+class _NnunetDecoder(nn.Module):
+    def __init__(self, transpconvs, stages, head_index, head):
+        super().__init__()
+        self.stages = nn.ModuleList(stages)
+        self.transpconvs = nn.ModuleList(transpconvs)
+        # Only the full-resolution head, under its index in the trained network (S-2).
+        self.seg_layers = nn.ModuleDict({str(head_index): head})
+
+
+class _NnunetUNet(nn.Module):
+    """What PlainConvUNet and ResidualEncoderUNet share: the card's fields, the decoder
+    (transposed convolution, concatenation before the skip, CNRs) and the head."""
+
+    FAMILY = None
+    ENCODER_KEY = None       # the card's key of the per-stage counts
+
+    def __init__(self, input_channels, num_classes, n_stages, features_per_stage, kernel_sizes,
+                 strides, n_per_stage, n_conv_per_stage_decoder, conv_bias=True, norm_eps=1e-5,
+                 negative_slope=0.01):
+        super().__init__()
+        S = int(n_stages)
+        if isinstance(features_per_stage, int):
+            features_per_stage = [features_per_stage] * S
+        if isinstance(n_per_stage, int):
+            n_per_stage = [n_per_stage] * S
+        if isinstance(n_conv_per_stage_decoder, int):
+            n_conv_per_stage_decoder = [n_conv_per_stage_decoder] * (S - 1)
+        self.in_channels = int(input_channels)
+        self.num_classes = int(num_classes)
+        self.n_stages = S
+        self.features = [int(f) for f in features_per_stage]
+        self.kernels = _triple(kernel_sizes, S)
+        self.strides = _triple(strides, S)
+        self.n_per_stage = [int(n) for n in n_per_stage]
+        self.n_conv_decoder = [int(n) for n in n_conv_per_stage_decoder]
+        self.conv_bias = bool(conv_bias)
+        self.norm_eps = float(norm_eps)
+        self.slope = float(negative_slope)
+        if len(self.features) != S or len(self.kernels) != S or len(self.strides) != S or \
+                len(self.n_per_stage) != S:
+            raise ValueError(f"features_per_stage, kernel_sizes, strides and {self.ENCODER_KEY} "
+                             f"need n_stages entries")
+        if len(self.n_conv_decoder) != S - 1:
+            raise ValueError("n_conv_per_stage_decoder needs n_stages - 1 entries")
+        if self.strides[0] != [1, 1, 1]:
+            raise ValueError("strides[0] must be (1, 1, 1)")
+        self.encoder = self._make_encoder()
+        F_, K, T = self.features, self.kernels, self.strides
+        ups, stages = [], []
+        for j in range(S - 1):
+            a, b = S - 1 - j, S - 2 - j
+            ups.append(nn.ConvTranspose3d(F_[a], F_[b], T[a], T[a], bias=self.conv_bias))
+            stages.append(_Convs(self.n_conv_decoder[j], 2 * F_[b], F_[b], K[b], [1, 1, 1],
+                                 self.conv_bias, self.norm_eps, self.slope))
+        head = nn.Conv3d(F_[0], self.num_classes, 1, 1, 0, bias=True)
+        self.decoder = _NnunetDecoder(ups, stages, S - 2, head)
+
+    def _make_encoder(self):
+        raise NotImplementedError
+
+    def forward(self, x, taps=None):
+        """x: (b, in_channels, D, H, W) -> logits (b, num_classes, D, H, W).  `taps`, a dict,
+        receives the output of the stem, of every encoder stage (the skips), of every
+        transposed convolution and decoder stage, and the logits."""
+        enc, dec = self.encoder, self.decoder
+        h = x
+        if hasattr(enc, "stem"):
+            h = enc.stem(h)
+            if taps is not None:
+                taps["encoder.stem"] = h
+        skips = []
+        for s, stage in enumerate(enc.stages):
+            h = stage(h)
+            skips.append(h)
+            if taps is not None:
+                taps[f"encoder.stages.{s}"] = h
+        z = skips[-1]
+        for j in range(self.n_stages - 1):
+            up = dec.transpconvs[j](z)
+            z = dec.stages[j](torch.cat([up, skips[self.n_stages - 2 - j]], dim=1))
+            if taps is not None:
+                taps[f"decoder.transpconvs.{j}"] = up
+                taps[f"decoder.stages.{j}"] = z
+        logits = dec.seg_layers[str(self.n_stages - 2)](z)
+        if taps is not None:
+            taps["logits"] = logits
+        return logits
+
+    def set_chunked_scan(self, chunked):
+        """No selective scan in this network: nothing to choose."""
+
+    def set_scan_group(self, tokens):
+        """No selective scan in this network: nothing to group."""
+
+    def architecture(self):
+        """The card's `architecture` object for this network."""
+        return {
+            "family": self.FAMILY,
+            "in_channels": self.in_channels,
+            "num_classes": self.num_classes,
+            "n_stages": self.n_stages,
+            "features_per_stage": list(self.features),
+            "kernel_sizes": [list(k) for k in self.kernels],
+            "strides": [list(t) for t in self.strides],
+            self.ENCODER_KEY: list(self.n_per_stage),
+            "n_conv_per_stage_decoder": list(self.n_conv_decoder),
+            "conv_bias": self.conv_bias,
+            "norm": {"type": "instance", "eps": self.norm_eps, "affine": True},
+            "nonlin": {"type": "leaky_relu", "negative_slope": self.slope},
+            "ignorable_tensors": [],
+        }
+
+    @classmethod
+    def from_architecture(cls, arch):
+        """Build the network a card's `architecture` describes (validated by the caller)."""
+        return cls(arch["in_channels"], arch["num_classes"], arch["n_stages"],
+                   arch["features_per_stage"], arch["kernel_sizes"], arch["strides"],
+                   arch[cls.ENCODER_KEY], arch["n_conv_per_stage_decoder"],
+                   conv_bias=arch["conv_bias"], norm_eps=arch["norm"]["eps"],
+                   negative_slope=arch["nonlin"]["negative_slope"])
+
+
+class PlainConvUNet(_NnunetUNet):
+    """nnU-Net's default network: stage s is n_conv_per_stage[s] CNRs, the first with the
+    stride (tensors encoder.stages.<s>.0.convs.<i>.{conv,norm})."""
+
+    FAMILY = "PlainConvUNet"
+    ENCODER_KEY = "n_conv_per_stage"
+
+    def __init__(self, input_channels, num_classes, n_stages, features_per_stage, kernel_sizes,
+                 strides, n_conv_per_stage, n_conv_per_stage_decoder, conv_bias=True,
+                 norm_eps=1e-5, negative_slope=0.01):
+        super().__init__(input_channels, num_classes, n_stages, features_per_stage,
+                         kernel_sizes, strides, n_conv_per_stage, n_conv_per_stage_decoder,
+                         conv_bias, norm_eps, negative_slope)
+
+    def _make_encoder(self):
+        F_, K, T = self.features, self.kernels, self.strides
+        return _NnunetEncoder(None, [
+            nn.Sequential(_Convs(self.n_per_stage[s], F_[s - 1] if s else self.in_channels,
+                                 F_[s], K[s], T[s], self.conv_bias, self.norm_eps, self.slope))
+            for s in range(self.n_stages)])
+
+
+class ResidualEncoderUNet(_NnunetUNet):
+    """The ResEnc M/L/XL plans' network: a stem CNR, then n_blocks_per_stage[s] residual
+    blocks per stage (tensors encoder.stem.convs.0, encoder.stages.<s>.blocks.<i>), and
+    PlainConvUNet's decoder."""
+
+    FAMILY = "ResidualEncoderUNet"
+    ENCODER_KEY = "n_blocks_per_stage"
+
+    def __init__(self, input_channels, num_classes, n_stages, features_per_stage, kernel_sizes,
+                 strides, n_blocks_per_stage, n_conv_per_stage_decoder, conv_bias=True,
+                 norm_eps=1e-5, negative_slope=0.01):
+        super().__init__(input_channels, num_classes, n_stages, features_per_stage,
+                         kernel_sizes, strides, n_blocks_per_stage, n_conv_per_stage_decoder,
+                         conv_bias, norm_eps, negative_slope)
+
+    def _make_encoder(self):
+        F_, K, T = self.features, self.kernels, self.strides
+        eps, slope, bias = self.norm_eps, self.slope, self.conv_bias
+        stem = _Convs(1, self.in_channels, F_[0], K[0], [1, 1, 1], bias, eps, slope)
+        return _NnunetEncoder(stem, [
+            _ResStage(self.n_per_stage[s], F_[s - 1] if s else F_[0], F_[s], K[s], T[s], bias,
+                      eps, slope) for s in range(self.n_stages)])
+
+
+FAMILIES = {"mmunet": MMUNet, "PlainConvUNet": PlainConvUNet,
+            "ResidualEncoderUNet": ResidualEncoderUNet}
+
+
+def network_from_architecture(arch):
+    """The reference network of a card's `architecture` (validated by the caller), by its
+    family: MMUNet, PlainConvUNet or ResidualEncoderUNet."""
+    return FAMILIES[arch["family"]].from_architecture(arch)
+
+
+def canonical_nnunet_state_dict(sd, arch):
+    """The state dict of a dynamic_network_architectures PlainConvUNet or ResidualEncoderUNet
+    (nnU-Net's checkpoint "network_weights") reduced to the tensors of the model file, the
+    names of this module's networks: drops the aliases its modules register twice
+    (`*.all_modules.*`, `decoder.encoder.*`) and the deep-supervision heads
+    `decoder.seg_layers.<j>` for j < S-2 (`arch`: the card's architecture, for S).
+    Everything else passes unchanged, so that the loaders name anything unexpected; a DDP
+    `module.` or torch.compile `_orig_mod.` prefix is the caller's to remove first
+    (export_nnunet.clean_state_dict).  The values are not copied."""
+    keep_head = f"decoder.seg_layers.{arch['n_stages'] - 2}."
+    out = {}
+    for k, v in sd.items():
+        if ".all_modules." in k or k.startswith("all_modules.") or \
+                k.startswith("decoder.encoder."):
+            continue
+        if k.startswith("decoder.seg_layers.") and not k.startswith(keep_head):
+            continue
+        out[k] = v
+    return out
 
 
 def init_reference_weights(model, seed):

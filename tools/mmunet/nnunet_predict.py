@@ -1,18 +1,29 @@
-"""nnU-Net v2's own predictor on an MM-UNet model file (mmunet.md 7, V4), stage by stage.
+"""nnU-Net v2's own predictor on a model file or a results folder (mmunet.md 7, V4), stage by
+stage.
 
-    python nnunet_predict.py --model FILE [--tta yes|no] [--tile-step X] [--threads N]
-        [--accumulate fp16|fp32] [--json] IN.nii.gz OUT.nii.gz
+    python nnunet_predict.py (--model FILE | --results DIR [--folds F ...]
+        [--checkpoint NAME]) [--tta yes|no] [--tile-step X] [--threads N]
+        [--accumulate fp16|fp32] [--postprocessing PKL|card] [--json] IN.nii.gz OUT.nii.gz
 
 Needs nnunetv2 and torch 2.x (the virtual environment _build/venv-ref of nnunet_proof.sh).
 IN is a CT volume as NIfTI (e.g. from `mmsegd inspect --nifti`); OUT receives nnU-Net's
 label map (uint8, the affine and voxel order of IN, written by nnU-Net's reader/writer).
 
-Nothing is trained or planned: the plans and dataset.json are synthesised from the model
-card (plans_from_card, dataset_json_from_card), and nnUNetPredictor.manual_initialization
-receives the reference network of export.load_network (eval mode) with its state dict as the
-only parameter set.  The predictor runs on the CPU with perform_everything_on_device off,
-the Gaussian on, mirroring as --tta says (the card's mirror axes) and the tile step of
---tile-step (default: the card's).
+With --model nothing is trained or planned: the plans and dataset.json are synthesised from
+the model card (plans_from_card, dataset_json_from_card), and
+nnUNetPredictor.manual_initialization receives the reference network of export.load_network
+(eval mode) with its state dict as the only parameter set (a fold ensemble's members as its
+parameter sets).  With --results nnU-Net loads a trainer's output folder itself
+(initialize_from_trained_model_folder: its plans, dataset.json, trainer class and the
+checkpoints of --folds, default all found), which is what nnUNetv2_predict does.  The
+predictor runs on the CPU with perform_everything_on_device off, the Gaussian on, mirroring
+as --tta says (the card's or the checkpoint's mirror axes) and the tile step of --tile-step
+(default: the card's, or nnU-Net's 0.5).
+
+--postprocessing applies nnU-Net's postprocessing to the label file as
+nnUNetv2_apply_postprocessing does (load_postprocess_save: the plan's reader, nnU-Net's
+remove_all_but_largest_component_from_segmentation): a postprocessing.pkl of
+nnUNetv2_find_best_configuration, or `card` for the steps of the model card.
 
 The stages are the ones nnUNetPredictor.predict_from_files_sequential runs, timed apiece:
   load        the reader of the plan (NibabelIOWithReorient for RAS cards, SimpleITKIO for
@@ -152,19 +163,59 @@ class Predictor:
     """nnUNetPredictor set up by manual_initialization for one model file (a fold ensemble's
     members as its parameter sets, whose logits nnU-Net averages)."""
 
-    def __init__(self, model_path, tta=True, tile_step=None, threads=None, verbose=False,
-                 accumulate="fp16"):
+    def __init__(self, model_path=None, tta=True, tile_step=None, threads=None, verbose=False,
+                 accumulate="fp16", results=None, folds=None,
+                 checkpoint="checkpoint_final.pth"):
         if threads:
             os.environ["nnUNet_def_n_proc"] = str(int(threads))
         _quiet_nnunet_paths()
         import torch
         if threads:
             torch.set_num_threads(int(threads))
+        self.torch = torch
+        self.tta = bool(tta)
+        if (model_path is None) == (results is None):
+            raise ValueError("give a model file or a results folder")
+        if results is not None:
+            self._from_results(results, folds, checkpoint, tile_step, verbose)
+        else:
+            self._from_model(model_path, tile_step, verbose)
+        self.accumulate = accumulate
+        if accumulate == "fp32":
+            self._accumulate_fp32()
+        elif accumulate != "fp16":
+            raise ValueError(f"accumulate must be fp16 or fp32, not {accumulate!r}")
+        self.preprocessor = self.conf.preprocessor_class(verbose=verbose)
+        self.reader = self.plans_manager.image_reader_writer_class()
+
+    def _from_results(self, results, folds, checkpoint, tile_step, verbose):
+        """nnU-Net's own initialisation from a trainer's output folder."""
+        torch = self.torch
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        self.card, self.sha = None, None
+        self.tile_step = 0.5 if tile_step is None else float(tile_step)
+        self.predictor = nnUNetPredictor(tile_step_size=self.tile_step, use_gaussian=True,
+                                         use_mirroring=self.tta,
+                                         perform_everything_on_device=False,
+                                         device=torch.device("cpu"), verbose=verbose,
+                                         verbose_preprocessing=verbose, allow_tqdm=False)
+        self.predictor.initialize_from_trained_model_folder(
+            results, use_folds=None if folds is None else tuple(folds),
+            checkpoint_name=checkpoint)
+        self.plans_manager = self.predictor.plans_manager
+        self.plans = self.plans_manager.plans
+        self.conf = self.predictor.configuration_manager
+        self.dataset_json = self.predictor.dataset_json
+        self.parameters = self.predictor.list_of_parameters
+        self.net = self.predictor.network
+        self.mirror_axes = tuple(int(a) for a in self.predictor.allowed_mirroring_axes or ())
+
+    def _from_model(self, model_path, tile_step, verbose):
+        """The predictor set up by manual_initialization from a model file's card."""
+        torch = self.torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
         from mmunet import export
-
-        self.torch = torch
         loaded, self.card, self.sha = export.load_network(model_path)
         # a fold ensemble: nnU-Net's own way, one network and a parameter set per member
         members = list(loaded.members) if hasattr(loaded, "members") else [loaded]
@@ -177,7 +228,6 @@ class Predictor:
         self.plans_manager = PlansManager(self.plans)
         self.conf = self.plans_manager.get_configuration(CONFIGURATION)
         step = self.card["inference"]["tile_step"] if tile_step is None else float(tile_step)
-        self.tta = bool(tta)
         self.tile_step = step
         self.predictor = nnUNetPredictor(tile_step_size=step, use_gaussian=True,
                                          use_mirroring=self.tta,
@@ -188,13 +238,7 @@ class Predictor:
             self.net, self.plans_manager, self.conf, self.parameters,
             self.dataset_json, TRAINER,
             tuple(int(a) for a in self.card["inference"]["mirror_axes"]))
-        self.accumulate = accumulate
-        if accumulate == "fp32":
-            self._accumulate_fp32()
-        elif accumulate != "fp16":
-            raise ValueError(f"accumulate must be fp16 or fp32, not {accumulate!r}")
-        self.preprocessor = self.conf.preprocessor_class(verbose=verbose)
-        self.reader = self.plans_manager.image_reader_writer_class()
+        self.mirror_axes = tuple(int(a) for a in self.card["inference"]["mirror_axes"])
 
     def _accumulate_fp32(self):
         """Swap the predictor's sliding window for nnunetv2's own code with float32 in place of
@@ -264,7 +308,7 @@ class Predictor:
                                       self.dataset_json, out_path[:-len(ending)], False)
         times["export_s"] = time.perf_counter() - t
         times["total_s"] = time.perf_counter() - t0
-        n_mirror = 2 ** len(self.card["inference"]["mirror_axes"]) if self.tta else 1
+        n_mirror = 2 ** len(self.mirror_axes) if self.tta else 1
         return {
             "times": {k: round(v, 3) for k, v in times.items()},
             "shape_in_zyx": shape_in,
@@ -279,6 +323,31 @@ class Predictor:
             "accumulate": self.accumulate,
             "threads": torch.get_num_threads(),
         }
+
+
+    def postprocess(self, in_path, out_path, pp):
+        """nnU-Net's postprocessing of a label file, as nnUNetv2_apply_postprocessing does it:
+        pp is (functions, kwargs) from postprocessing(); returns the seconds it took."""
+        from nnunetv2.postprocessing.remove_connected_components import load_postprocess_save
+        t = time.perf_counter()
+        load_postprocess_save(in_path, out_path, self.reader, pp[0], pp[1])
+        return round(time.perf_counter() - t, 3)
+
+
+def postprocessing(pkl=None, card=None):
+    """nnU-Net's (functions, kwargs): read from nnUNetv2_find_best_configuration's
+    postprocessing.pkl, or made from a model card's `postprocessing` steps (each step's labels
+    one region, as the card states them)."""
+    if pkl is not None:
+        from batchgenerators.utilities.file_and_folder_operations import load_pickle
+        fns, kwargs = load_pickle(pkl)
+        return list(fns), list(kwargs)
+    from nnunetv2.postprocessing.remove_connected_components import \
+        remove_all_but_largest_component_from_segmentation as keep_largest
+    steps = (card or {}).get("postprocessing", [])
+    return ([keep_largest] * len(steps),
+            [{"labels_or_regions": [int(x) for x in st["keep_largest_component"]]}
+             for st in steps])
 
 
 def versions():
@@ -296,7 +365,14 @@ def versions():
 
 def main(argv):
     ap = argparse.ArgumentParser(description="nnU-Net v2's predictor on an MM-UNet model file")
-    ap.add_argument("--model", required=True)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="a model file")
+    src.add_argument("--results", help="a trainer's output folder of nnU-Net")
+    ap.add_argument("--folds", nargs="+", help="with --results (default: all found)")
+    ap.add_argument("--checkpoint", default="checkpoint_final.pth", help="with --results")
+    ap.add_argument("--postprocessing", metavar="PKL|card",
+                    help="nnU-Net's postprocessing of the labels: a postprocessing.pkl, or "
+                         "'card' for the model card's steps")
     ap.add_argument("--tta", choices=("yes", "no"), default="yes")
     ap.add_argument("--tile-step", type=float)
     ap.add_argument("--threads", type=int)
@@ -306,9 +382,17 @@ def main(argv):
     ap.add_argument("input")
     ap.add_argument("output")
     a = ap.parse_args(argv)
+    folds = [int(f) if f.isdigit() else f for f in a.folds] if a.folds else None
     p = Predictor(a.model, tta=a.tta == "yes", tile_step=a.tile_step, threads=a.threads,
-                  accumulate=a.accumulate)
+                  accumulate=a.accumulate, results=a.results, folds=folds,
+                  checkpoint=a.checkpoint)
     info = p.predict(a.input, a.output)
+    if a.postprocessing:
+        if a.postprocessing == "card" and p.card is None:
+            ap.error("--postprocessing card needs --model")
+        pp = postprocessing(card=p.card) if a.postprocessing == "card" else \
+            postprocessing(pkl=a.postprocessing)
+        info["times"]["postprocess_s"] = p.postprocess(a.output, a.output, pp)
     info["model_sha256"] = p.sha
     info["output"] = a.output
     if a.json:

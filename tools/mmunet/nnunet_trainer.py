@@ -2,6 +2,10 @@
 
     nnUNetTrainerMMUNet           nnU-Net's default schedule (1000 epochs of 250 iterations)
     nnUNetTrainerMMUNet_2epochs   2 epochs of 5 + 2 iterations: a smoke test of the integration
+    nnUNetTrainerMMUNet_2epochs_500it, nnUNetTrainer_2epochs_500it
+                                  2 epochs of 500 + 5 iterations, MM-UNet and nnU-Net's own
+                                  network of the plan (PlainConvUNet, ResidualEncoderUNet):
+                                  the tiny trainings of nnunet_families.py
 
 The network comes from the 3d plan of a configuration: n_stages, features_per_stage,
 kernel_sizes and strides are the plan's values (nnU-Net fills features_per_stage with
@@ -193,4 +197,37 @@ if nnUNetTrainer is not None:
 
         # nnUNetTrainer.__init__ records its arguments by the parameter names of
         # type(self).__init__ (they go into the checkpoint), so this __init__ must show them.
+        __init__.__signature__ = inspect.signature(nnUNetTrainer.__init__)
+
+    def _train_threads():
+        """torch's CPU threads from MMSEGD_TRAIN_THREADS, where set: nnUNetv2_train gives torch
+        every core, and on a shared machine torch's threads then wait on each other (a tiny
+        network trains 20 times slower with 2 threads than with 1 on 2 busy cores)."""
+        n = os.environ.get("MMSEGD_TRAIN_THREADS")
+        if n:
+            torch.set_num_threads(int(n))
+
+    class nnUNetTrainerMMUNet_2epochs_500it(nnUNetTrainerMMUNet):
+        """2 epochs of 500 iterations: enough for a tiny network to draw the larger organs."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            _train_threads()
+            self.num_epochs = 2
+            self.num_iterations_per_epoch = 500
+            self.num_val_iterations_per_epoch = 5
+
+        __init__.__signature__ = inspect.signature(nnUNetTrainer.__init__)
+
+    class nnUNetTrainer_2epochs_500it(nnUNetTrainer):
+        """nnU-Net's own trainer (the plan's network) for 2 epochs of 500 iterations; nnunetv2
+        ships nnUNetTrainer_1epoch and _5epochs, of 250 iterations each."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            _train_threads()
+            self.num_epochs = 2
+            self.num_iterations_per_epoch = 500
+            self.num_val_iterations_per_epoch = 5
+
         __init__.__signature__ = inspect.signature(nnUNetTrainer.__init__)

@@ -21,7 +21,9 @@ sys.path.insert(0, os.path.dirname(HERE))
 from mmunet import export, fixtures  # noqa: E402
 from mmunet.mamba import (Mamba, selective_scan, selective_scan_chunked,  # noqa: E402
                           selective_scan_sequential)
-from mmunet.model import MMUNet, init_reference_weights  # noqa: E402
+from mmunet.model import (MMUNet, PlainConvUNet, ResidualEncoderUNet,  # noqa: E402
+                          canonical_nnunet_state_dict, init_reference_weights,
+                          network_from_architecture)
 from mmunet.pipeline import Orientation, gaussian_map, tile_starts  # noqa: E402
 
 FIXTURES = os.path.join(HERE, "..", "..", "tests", "fixtures", "mmunet")
@@ -229,7 +231,8 @@ class TestModelFile(unittest.TestCase):
         with open(os.path.join(FIXTURES, "malformed", "manifest.json")) as f:
             cases = json.load(f)
         self.assertGreaterEqual(len(cases), 12)
-        export.read_model(os.path.join(FIXTURES, "micro.safetensors"))   # the base is valid
+        export.read_model(os.path.join(FIXTURES, "micro.safetensors"))   # the bases are valid
+        export.read_model(os.path.join(FIXTURES, "micro-plain.safetensors"))
         for name, fragment in sorted(cases.items()):
             path = os.path.join(FIXTURES, "malformed", name + ".safetensors")
             with self.assertRaises(export.ModelError, msg=name) as cm:
@@ -409,6 +412,229 @@ class TestExportNnunet(unittest.TestCase):
             net1, _, _ = export.load_network(one)
             with torch.no_grad():
                 self.assertLess((net1(x) - nets[1](x)).abs().max().item(), 1e-6)
+
+
+def read_golden(name):
+    """{name: float64 array} of tests/fixtures/mmunet/<name>."""
+    with open(os.path.join(FIXTURES, name), "rb") as f:
+        raw = f.read()
+    _, entries, start = export.parse_safetensors(raw)
+    return {k: np.frombuffer(raw[start + b:start + e], "<f4").reshape(shape).astype(np.float64)
+            for k, (dt, shape, b, e) in entries.items()}
+
+
+class TestNnunetFamilies(unittest.TestCase):
+    """PlainConvUNet and ResidualEncoderUNet (README, "nnU-Net's standard networks")."""
+
+    def networks(self):
+        for variant in fixtures.NNUNET_VARIANTS:
+            yield variant, fixtures.nnunet_network(variant)
+        # a stage without stride that changes the channels (skip.0), 2 inputs, kernels of 5
+        yield "skip0", ResidualEncoderUNet(2, 3, 4, [4, 6, 8, 8],
+                                           [[1, 3, 3], [3, 5, 3], [3, 3, 3], [1, 3, 3]],
+                                           [[1, 1, 1], [1, 1, 1], [2, 2, 2], [1, 2, 2]],
+                                           [2, 1, 2, 1], [1, 2, 1], conv_bias=False)
+        yield "plain4", PlainConvUNet(2, 3, 4, [3, 5, 6, 6], [[3, 3, 3]] * 4,
+                                      [[1, 1, 1], [2, 2, 1], [1, 2, 2], [2, 1, 1]],
+                                      [1, 3, 1, 2], [2, 1, 3], conv_bias=False)
+
+    def test_names_and_shapes_follow_the_card(self):
+        for variant, m in self.networks():
+            arch = m.architecture()
+            got = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+            self.assertEqual(got, export.expected_tensors(arch), variant)
+            self.assertEqual(arch["ignorable_tensors"], [])
+            self.assertEqual(network_from_architecture(arch).architecture(), arch, variant)
+            keys = set(export.FAMILY_KEYS[arch["family"]])
+            self.assertEqual(set(arch), keys, variant)
+        names = set(fixtures.nnunet_network("resenc").state_dict())
+        # stage 1 pools and changes the channels: skip.1; stage 2 only pools: no tensor
+        self.assertIn("encoder.stages.1.blocks.0.skip.1.conv.weight", names)
+        self.assertNotIn("encoder.stages.1.blocks.0.skip.1.conv.bias", names)
+        self.assertFalse([n for n in names if n.startswith("encoder.stages.2.blocks.0.skip")])
+        self.assertNotIn("encoder.stem.convs.0.conv.bias",
+                         fixtures.nnunet_network("resenc-nobias").state_dict())
+        self.assertIn("decoder.seg_layers.1.bias",
+                      fixtures.nnunet_network("resenc-nobias").state_dict())
+
+    def test_card_round_trip(self):
+        for variant, m in self.networks():
+            init_reference_weights(m, 9)
+            m.eval()
+            card = fixtures.tiny_card(m, variant)
+            with tempfile.TemporaryDirectory() as d:
+                p = os.path.join(d, "m.safetensors")
+                export.write_model(p, m.state_dict(), card)
+                net, card2, _ = export.load_network(p)
+            self.assertEqual(card2, card)
+            self.assertIs(type(net), type(m))
+            x = torch.randn(1, m.in_channels, 8, 16, 16,
+                            generator=torch.Generator().manual_seed(1))
+            with torch.no_grad():
+                self.assertTrue(torch.equal(net(x), m(x)), variant)
+
+    def test_card_rules(self):
+        plain = fixtures.tiny_card(fixtures.nnunet_network("plain"), "rules")
+        resenc = fixtures.tiny_card(fixtures.nnunet_network("resenc"), "rules")
+        mmunet = fixtures.tiny_card(MMUNet(**fixtures.TINY), "rules")
+        family = ("architecture.family: expected 'mmunet', 'PlainConvUNet' or "
+                  "'ResidualEncoderUNet', found ")
+        bad = [
+            (plain, lambda a: a.update(family="UNet"), family + "'UNet'"),
+            (plain, lambda a: a.update(family=["PlainConvUNet"]), family + "['PlainConvUNet']"),
+            (plain, lambda a: a.pop("family"), family + "None"),
+            (mmunet, lambda a: a.pop("family"), family + "None"),
+            (plain, lambda a: a.update(mixer=mmunet["architecture"]["mixer"]),
+             "architecture: unknown key 'mixer' (it could change the math)"),
+            (plain, lambda a: a.update(decoder="residual_nearest"),
+             "architecture: unknown key 'decoder'"),
+            (plain, lambda a: a.update(stem_blocks=1), "architecture: unknown key 'stem_blocks'"),
+            (plain, lambda a: a.update(n_blocks_per_stage=a.pop("n_conv_per_stage")),
+             "architecture: unknown key 'n_blocks_per_stage'"),
+            (resenc, lambda a: a.pop("n_blocks_per_stage"),
+             "architecture: missing key 'n_blocks_per_stage'"),
+            (plain, lambda a: a.pop("conv_bias"), "architecture: missing key 'conv_bias'"),
+            (mmunet, lambda a: a.update(conv_bias=True), "architecture: unknown key 'conv_bias'"),
+            (plain, lambda a: a.update(conv_bias=1),
+             "architecture.conv_bias: must be true or false"),
+            (resenc, lambda a: a.update(conv_bias="true"),
+             "architecture.conv_bias: must be true or false"),
+            (plain, lambda a: a.update(n_conv_per_stage=[2, 2]),
+             "architecture.n_conv_per_stage: expected 3 integers, found [2, 2]"),
+            (plain, lambda a: a.update(n_conv_per_stage=[2, 0, 2]),
+             "architecture.n_conv_per_stage: values must lie in 1..None, found [2, 0, 2]"),
+            (resenc, lambda a: a.update(n_blocks_per_stage=[1, 2, 2.0]),
+             "architecture.n_blocks_per_stage: expected 3 integers, found [1, 2, 2.0]"),
+            (resenc, lambda a: a.update(n_conv_per_stage_decoder=[1, 1, 1]),
+             "architecture.n_conv_per_stage_decoder: expected 2 integers, found [1, 1, 1]"),
+            (plain, lambda a: a.update(n_conv_per_stage_decoder=[0, 1]),
+             "architecture.n_conv_per_stage_decoder: values must lie in 1..None, found [0, 1]"),
+            (resenc, lambda a: a.update(n_stages=9),
+             "architecture.n_stages: must be 2..8, found 9"),
+            (resenc, lambda a: a["strides"].__setitem__(0, [1, 2, 2]),
+             "architecture.strides[0]: must be [1, 1, 1], found [1, 2, 2]"),
+            (plain, lambda a: a["kernel_sizes"][2].__setitem__(1, 4), "kernels must be odd"),
+            (plain, lambda a: a["norm"].update(eps=1e-3), "architecture.norm: version 1 accepts"),
+            (resenc, lambda a: a["nonlin"].update(negative_slope=0.1),
+             "architecture.nonlin: version 1 accepts"),
+            (plain, lambda a: a.update(ensemble=["fold_0"]), "architecture.ensemble: 2 to 16"),
+        ]
+        for card, edit, msg in bad:
+            c = json.loads(json.dumps(card))
+            edit(c["architecture"])
+            with self.assertRaises(export.ModelError, msg=msg) as cm:
+                export.validate_card(c)
+            self.assertIn(msg, str(cm.exception))
+        # outside `architecture` nothing changes: the patch follows the strides' product
+        c = json.loads(json.dumps(plain))
+        c["inference"]["patch_size"] = [8, 16, 10]
+        with self.assertRaises(export.ModelError) as cm:
+            export.validate_card(c)
+        self.assertIn("inference.patch_size: axis 2 (10) is not divisible", str(cm.exception))
+        for card in (plain, resenc):
+            c = json.loads(json.dumps(card))
+            c["architecture"]["conv_bias"] = False
+            export.validate_card(c)
+
+    def test_malformed_base_is_valid(self):
+        card, tensors, _ = export.read_model(os.path.join(FIXTURES, "micro-plain.safetensors"))
+        self.assertEqual(card["architecture"]["family"], "PlainConvUNet")
+        with open(os.path.join(FIXTURES, "malformed", "manifest.json")) as f:
+            cases = json.load(f)
+        for name in ("family-unknown", "family-missing", "plain-mixer-key", "conv-bias-not-bool",
+                     "plain-missing-transpconv", "plain-all-modules-alias",
+                     "plain-decoder-encoder-alias", "plain-ds-head"):
+            self.assertIn(name, cases)
+
+    def test_goldens_reproduce_in_fp64(self):
+        for variant in list(fixtures.NNUNET_VARIANTS) + ["plain-ensemble"]:
+            gold = read_golden(f"tiny-{variant}.golden.safetensors")
+            net, card, _ = export.load_network(
+                os.path.join(FIXTURES, f"tiny-{variant}.safetensors"), torch.float64)
+            self.assertEqual(tuple(gold["input"].shape), (1, 8, 16, 16))
+            x = torch.from_numpy(gold["input"])[None]
+            with torch.no_grad():
+                logits = net(x)[0].numpy()
+            want = gold["logits"]
+            err = np.abs(logits - want).max() / max(1, np.abs(want).max())
+            self.assertLess(err, 1e-6, variant)
+            # not degenerate: the classes differ, and the voxels do
+            self.assertGreater(want.std(axis=(1, 2, 3)).min(), 1e-2, variant)
+            self.assertGreater(len(np.unique(want.argmax(0))), 1, variant)
+            if "ensemble" in card["architecture"]:
+                self.assertEqual(card["architecture"]["ensemble"], fixtures.ENSEMBLE_MEMBERS)
+                self.assertIs(type(net.members[0]), PlainConvUNet)
+                mean = (gold["logits.0"] + gold["logits.1"]) / 2
+                self.assertLess(np.abs(mean - want).max(), 1e-6)
+                self.assertGreater(np.abs(gold["logits.0"] - gold["logits.1"]).max(), 1e-2)
+                with torch.no_grad():
+                    for k, m in enumerate(net.members):
+                        got = m(x)[0].numpy()
+                        self.assertLess(np.abs(got - gold[f"logits.{k}"]).max(), 1e-5)
+
+    def dna_like_state_dict(self, net):
+        """What dynamic_network_architectures' state dict adds to ours, by its naming: the
+        `all_modules` aliases of every CNR, the decoder's reference to the encoder and the
+        deep-supervision heads."""
+        sd = dict(net.state_dict())
+        out = dict(sd)
+        for k, v in sd.items():
+            for part, idx in ((".conv.", 0), (".norm.", 1)):
+                if part in k:
+                    head, tail = k.rsplit(part, 1)
+                    out[f"{head}.all_modules.{idx}.{tail}"] = v
+        out.update({"decoder." + k: v for k, v in out.items() if k.startswith("encoder.")})
+        S = net.n_stages
+        for j in range(S - 2):
+            out[f"decoder.seg_layers.{j}.weight"] = torch.zeros(net.num_classes,
+                                                                net.features[S - 2 - j], 1, 1, 1)
+            out[f"decoder.seg_layers.{j}.bias"] = torch.zeros(net.num_classes)
+        return out
+
+    def test_canonical_state_dict(self):
+        for variant, m in self.networks():
+            sd = self.dna_like_state_dict(m)
+            self.assertGreater(len(sd), len(m.state_dict()))
+            got = canonical_nnunet_state_dict(sd, m.architecture())
+            self.assertEqual(set(got), set(m.state_dict()), variant)
+            self.assertEqual(set(got), set(export.expected_tensors(m.architecture())))
+
+    def test_against_dynamic_network_architectures(self):
+        try:
+            from dynamic_network_architectures.architectures import unet as dna
+        except ImportError as e:
+            reason = f"dynamic_network_architectures does not import here ({e})"
+            print(f"SKIP test_against_dynamic_network_architectures: {reason}", file=sys.stderr)
+            self.skipTest(reason)
+        worst = 0.0
+        for variant, m in self.networks():
+            arch = m.architecture()
+            key = export.ENCODER_COUNTS[arch["family"]]
+            ref = getattr(dna, arch["family"])(
+                input_channels=arch["in_channels"], n_stages=arch["n_stages"],
+                features_per_stage=arch["features_per_stage"], conv_op=torch.nn.Conv3d,
+                kernel_sizes=arch["kernel_sizes"], strides=arch["strides"],
+                num_classes=arch["num_classes"], conv_bias=arch["conv_bias"],
+                norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                dropout_op=None, dropout_op_kwargs=None, nonlin=torch.nn.LeakyReLU,
+                nonlin_kwargs={"inplace": True}, deep_supervision=False,
+                n_conv_per_stage_decoder=arch["n_conv_per_stage_decoder"], **{key: arch[key]})
+            init_reference_weights(ref, 11)
+            ref.eval()
+            ours = network_from_architecture(arch).eval()
+            ours.load_state_dict(canonical_nnunet_state_dict(ref.state_dict(), arch), strict=True)
+            x = torch.randn(2, arch["in_channels"], 8, 16, 16,
+                            generator=torch.Generator().manual_seed(12))
+            with torch.no_grad():
+                want = ref(x)
+                got = ours(x)
+            err = (got - want).abs().max().item()
+            self.assertEqual(got.dtype, torch.float32)
+            self.assertLess(err, 1e-4, variant)
+            self.assertGreater(want.std().item(), 1e-2, variant)
+            worst = max(worst, err)
+        print(f"dynamic_network_architectures: logits agree, max abs diff {worst:.3g} (fp32)",
+              file=sys.stderr)
 
 
 class TestPipelinePieces(unittest.TestCase):

@@ -64,7 +64,13 @@ class LabelTableTest(unittest.TestCase):
         self.assertEqual([e["id"] for e in demo], list(range(1, 10)))
         self.assertEqual([e["name"] for e in demo], NAMES)
         self.assertEqual(demo[6]["type"]["code"], "15825003")      # aorta
-        self.assertEqual(demo[6]["rgb"], [216, 108, 54])
+        self.assertEqual(demo[6]["rgb"], [224, 97, 76])        # Slicer's aorta
+        # spleen, liver and pancreas clearly apart (Euclidean RGB distance)
+        rgb = {e["name"]: e["rgb"] for e in demo}
+        for a, b in (("spleen", "liver"), ("spleen", "pancreas"), ("liver", "pancreas"),
+                     ("liver", "stomach")):
+            dist = sum((x - y) ** 2 for x, y in zip(rgb[a], rgb[b])) ** 0.5
+            self.assertGreater(dist, 50, f"{a} and {b} look alike: {rgb[a]} {rgb[b]}")
         # The table itself keeps the AMOS ids.
         self.assertEqual(labels.label_by_name("aorta")["id"], 8)
 
