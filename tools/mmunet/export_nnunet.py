@@ -366,9 +366,9 @@ def _class_name(v):
 def plan_network(conf):
     """(network class path, arch_kwargs) of a configuration: its `architecture` (nnunetv2 >=
     2.4), or the keys of older plans converted as their get_network_from_plans did."""
-    if "architecture" in conf:
+    if "architecture" in conf:  # MM-UNet's trainers build their own network: no class needed
         a = conf["architecture"]
-        return a["network_class_name"], copy.deepcopy(a["arch_kwargs"])
+        return a.get("network_class_name"), copy.deepcopy(a["arch_kwargs"])
     name = conf.get("UNet_class_name", "PlainConvUNet")
     n = len(conf["conv_kernel_sizes"])
     dim = len(conf["patch_size"])
