@@ -263,11 +263,12 @@ parse_value(const struct loader *ld, const struct cfg_key *k, const char *text, 
 
     switch (k->type) {
     case T_PATHS: {
-        /* each item as T_PATH, blanks around it dropped, joined by ',' again */
-        size_t len = 1;
-        for (const char *t = text; *t != '\0'; t++)
-            len += *t == ',' ? 2 + (ld != NULL && ld->dir != NULL ? strlen(ld->dir) + 1 : 0) : 1;
-        len += ld != NULL && ld->dir != NULL ? strlen(ld->dir) + 1 : 0;
+        /* each item as T_PATH, blanks around it dropped, joined by ',' again: at most the
+         * text plus "dir/" before each item */
+        size_t items = 1, dir = ld != NULL && ld->dir != NULL ? strlen(ld->dir) + 1 : 0;
+        for (const char *t = strchr(text, ','); t != NULL; t = strchr(t + 1, ','))
+            items++;
+        size_t len = strlen(text) + 1 + items * dir;
         char *copy = malloc(len), *item = strdup(text), *save = NULL;
         if (copy == NULL || item == NULL) {
             free(copy);

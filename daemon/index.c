@@ -20,6 +20,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/crashpoint.h"
 #include "common/err.h"
 #include "common/log.h"
 
@@ -997,6 +998,10 @@ mms_index_put(struct mms_index *ix, const struct mms_instance_row *r, enum mms_p
     if ((rc = begin_write(ix, why, why_len)) < 0)
         return rc;
     rc = put_locked(ix, r, &result, old, sizeof old, why, why_len);
+    /* a crash here: SQLite rolls the transaction back at the next open; the instance's file
+     * is in place without its row, as at spool.after-rename */
+    if (rc == 0)
+        MMS_CRASH_POINT("index.before-commit");
     if ((rc = end_write(ix, rc, why, why_len)) < 0)
         return rc;
     *res = result;

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/crashpoint.h"
 #include "common/err.h"
 #include "common/grow.h"
 #include "common/log.h"
@@ -326,6 +327,8 @@ run_job(struct jworker *w)
     int sent_to = 0;
     if (rc == 0 && wr.seg_written) {
         const char *files[2] = {tmp, png};
+        /* the SEG is in tmp/, which the next start empties: the job runs again */
+        MMS_CRASH_POINT("job.after-seg-write");
         rc = mms_outbox_put(J->state_dir, J->ix, j.id, j.series_uid, files,
                             wr.preview_written ? 2 : 1, (const char *const *)J->dests, J->n_dests,
                             mms_wall_s(), why, sizeof why);
@@ -392,6 +395,9 @@ run_job(struct jworker *w)
                 wr.seg_written ? "" : "no SEG: ", j.segments, j.frames, sent_to,
                 sent_to == 1 ? "" : "s");
     }
+    /* the sends are recorded, the job's end is not: mms_jobs_recover() finishes it */
+    if (rc == 0 && sent_to > 0)
+        MMS_CRASH_POINT("job.after-outbox");
     if (mms_index_job_finish(J->ix, &j, rc < 0 ? MMS_SERIES_FAILED : MMS_SERIES_DONE, reason, now,
                              why, sizeof why) < 0)
         mms_log(MMS_LOG_ERR, "job %" PRId64 ": recording its end failed: %s", j.id, why);

@@ -13,6 +13,7 @@
 
 #include "common/clock.h"
 #include "common/crash.h"
+#include "common/crashpoint.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "daemon/config.h"
@@ -658,6 +659,23 @@ tame_openmp(char **argv)
     execv("/proc/self/exe", argv); /* returns only on failure: go on as we are */
 }
 
+/* MMSEGD_CRASH_POINT (common/crashpoint.h): the armed point is said once; in a build with
+ * crash points a value that arms none is a usage error, so that a test never waits for a
+ * point that cannot come. Returns 0 or -1. */
+static int
+check_crash_point(void)
+{
+    char why[256];
+    unsigned long hit = 0;
+    const char *name = mms_crash_point_armed(&hit, why, sizeof why);
+    if (name != NULL)
+        fprintf(stderr, "mmsegd: crash point %s armed: the process dies at its hit %lu\n", name,
+                hit);
+    else if (why[0] != '\0')
+        fprintf(stderr, "mmsegd: MMSEGD_CRASH_POINT: %s\n", why);
+    return name == NULL && why[0] != '\0' && mms_crash_points_built() ? -1 : 0;
+}
+
 int
 main(int argc, char **argv)
 {
@@ -670,6 +688,8 @@ main(int argc, char **argv)
     }
     if (strcmp(argv[1], "--version") == 0 || strcmp(argv[1], "-V") == 0) {
         printf("mmsegd %s\n", PACKAGE_VERSION);
+        if (mms_crash_points_built()) /* a test build: tests/test-crash-points.sh looks */
+            printf("crash points: yes (MMSEGD_CRASH_POINT)\n");
         return EXIT_SUCCESS;
     }
     if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -689,6 +709,8 @@ main(int argc, char **argv)
         command_usage(c, stdout);
         return EXIT_SUCCESS;
     }
+    if (check_crash_point() != 0)
+        return EXIT_USAGE;
     if (strcmp(argv[1], "--check-config") == 0)
         return cmd_check_config(argc - 1, argv + 1);
     c = find_command(argv[1]);

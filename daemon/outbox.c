@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/crashpoint.h"
 #include "common/err.h"
 #include "common/fs.h"
 #include "common/grow.h"
@@ -94,6 +95,8 @@ mms_outbox_put(const char *state_dir, struct mms_index *ix, int64_t job, const c
         return mms_why(why, why_len, rc, "fsync %s: %s", dir, mms_strerror(rc));
     if (n_dests < 1) /* nowhere to send it: nothing pending, nothing to keep */
         return mms_outbox_release(state_dir, ix, job, why, why_len);
+    /* the files are in outbox/JOB, no send names them yet: the job runs again */
+    MMS_CRASH_POINT("outbox.before-sends");
     return mms_index_sends_add(ix, job, series_uid, destinations, n_dests, now, why, why_len);
 }
 
@@ -260,6 +263,50 @@ mms_outbox_release(const char *state_dir, struct mms_index *ix, int64_t job, cha
     if ((rc = mms_fs_remove_dir(dir)) < 0 || (rc = mms_fs_fsync_dir(outbox)) < 0)
         return mms_why(why, why_len, rc, "remove %s: %s", dir, mms_strerror(rc));
     return 0;
+}
+
+int
+mms_outbox_sweep(const char *state_dir, struct mms_index *ix, int *removed, char *why,
+                 size_t why_len)
+{
+    char outbox[PATH_CAP];
+    *removed = 0;
+    int rc = check_state_dir(state_dir, why, why_len);
+    if (rc < 0)
+        return rc;
+    path_fmt(outbox, sizeof outbox, "%s/outbox", state_dir);
+    DIR *d = opendir(outbox);
+    if (d == NULL) {
+        rc = mms_err_errno();
+        return rc == MMS_ENOENT ? 0 : mms_why(why, why_len, rc, "%s: %s", outbox, mms_strerror(rc));
+    }
+    /* the numbers first: the release removes entries while the directory is read */
+    int64_t *jobs = NULL;
+    int n = 0, cap = 0;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        char *end;
+        errno = 0;
+        long long job = strtoll(e->d_name, &end, 10);
+        if (e->d_name[0] < '0' || e->d_name[0] > '9' || *end != '\0' || errno != 0)
+            continue; /* not a job's folder: never ours to remove */
+        void *grown = mms_grow(jobs, &cap, n, sizeof *jobs, 16);
+        if (grown == NULL) {
+            rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+            break;
+        }
+        jobs = grown;
+        jobs[n++] = (int64_t)job;
+    }
+    closedir(d);
+    for (int i = 0; rc == 0 && i < n; i++) {
+        char dir[PATH_CAP];
+        job_dir(state_dir, jobs[i], dir, sizeof dir);
+        if ((rc = mms_outbox_release(state_dir, ix, jobs[i], why, why_len)) == 0 &&
+            access(dir, F_OK) != 0)
+            ++*removed;
+    }
+    free(jobs);
+    return rc;
 }
 
 struct collect {

@@ -48,6 +48,14 @@ int mms_outbox_bury(const char *state_dir, int64_t job, const char *destination,
 int mms_outbox_release(const char *state_dir, struct mms_index *ix, int64_t job, char *why,
                        size_t why_len);
 
+/* At start, before any job or send runs: remove every outbox/JOB with no pending send, as
+ * left by a stop between a job's files and its sends (the job runs again under a new number)
+ * or between a send's end and mms_outbox_release(). *removed receives how many.
+ * Returns 0, MMS_EIO (the index) or -errno, with why; folders seen before a failure may be
+ * removed already. */
+int mms_outbox_sweep(const char *state_dir, struct mms_index *ix, int *removed, char *why,
+                     size_t why_len);
+
 /* Queue again, due at `now` and with their attempts and age reset: for job >= 0 its dead and
  * pending sends; for job < 0 every dead send. The files of a dead send come back from its
  * dead letter when the outbox lacks them; the dead letter is removed once the send is

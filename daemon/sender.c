@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/crashpoint.h"
 #include "common/err.h"
 #include "common/fs.h"
 #include "common/log.h"
@@ -176,6 +177,10 @@ run_task(struct worker *w, struct mms_send_row r)
                     r.job, d->name, reason, why);
         }
     }
+    /* delivered but still pending in the index: the next start sends it again, the same SEG
+     * with the same SOP Instance UID (design.md section 3), which the peer absorbs */
+    if (cls == MMS_SCU_DELIVERED)
+        MMS_CRASH_POINT("send.before-record");
     if (mms_index_send_update(s->ix, &r, why, sizeof why) < 0) {
         /* the row stays as it was: pending, so the attempt is made again (a duplicate the
          * peer absorbs) */
@@ -183,6 +188,8 @@ run_task(struct worker *w, struct mms_send_row r)
                 d->name, why);
         return;
     }
+    if (cls == MMS_SCU_DELIVERED) /* recorded done; outbox/JOB not yet released */
+        MMS_CRASH_POINT("send.after-record");
     if (r.state != MMS_SEND_PENDING) {
         pthread_mutex_lock(&s->release_mu);
         if (mms_outbox_release(s->state_dir, s->ix, r.job, why, sizeof why) < 0)

@@ -20,6 +20,7 @@
 #include "daemon/intake.h"
 #include "daemon/jobs.h"
 #include "daemon/metrics.h"
+#include "daemon/outbox.h"
 #include "daemon/quarantine.h"
 #include "daemon/scheduler.h"
 #include "daemon/sender.h"
@@ -391,6 +392,13 @@ start_intake(struct daemon *d)
     if ((rc = mms_jobs_recover(d->ix, mms_wall_s())) < 0 ||
         (rc = mms_sched_recover(d->sched, mms_wall_s())) < 0)
         return rc;
+    /* what a stop left in outbox/ with nothing pending; no job or send runs yet */
+    int swept = 0;
+    if (mms_outbox_sweep(c->daemon.state_dir, d->ix, &swept, why, sizeof why) < 0)
+        mms_log(MMS_LOG_WARNING, "outbox: %s", why); /* only room is lost; go on */
+    else if (swept > 0)
+        mms_log(MMS_LOG_NOTICE, "outbox: removed %d folder%s with no pending send", swept,
+                swept == 1 ? "" : "s");
     if ((rc = uv_async_init(&d->loop, &d->arrived, on_arrived)) < 0 ||
         (rc = uv_timer_init(&d->loop, &d->tick)) < 0 ||
         (rc = uv_timer_init(&d->loop, &d->qprune)) < 0) {

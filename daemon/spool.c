@@ -18,6 +18,7 @@
 
 #include "common/clock.h"
 #include "common/crash.h"
+#include "common/crashpoint.h"
 #include "common/err.h"
 #include "common/fs.h"
 #include "common/log.h"
@@ -270,6 +271,8 @@ ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool deri
     int rc = mms_fs_fsync(tmp_path);
     if (rc < 0)
         return mms_why(why, why_len, rc, "fsync: %s", mms_strerror(rc));
+    /* a crash here leaves a file in tmp/ that mms_spool_open() removes: never acknowledged */
+    MMS_CRASH_POINT("spool.after-tmp-write");
     char digest[65];
     struct mms_header h;
     if ((rc = read_header(sp, tmp_path, source, &h, digest, reason, sizeof reason)) < 0)
@@ -334,6 +337,9 @@ ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool deri
         unlink(dest);
         return mms_why(why, why_len, rc, "fsync: %s", mms_strerror(rc));
     }
+    /* a crash here leaves a file in instances/ without its row: never acknowledged, and the
+     * same data set sent again finds it in place (place() returns 1) and indexes it */
+    MMS_CRASH_POINT("spool.after-rename");
 
     struct mms_instance_row row;
     fill_row(&h, digest, rel, size, source, &row);

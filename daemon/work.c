@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/crashpoint.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/sha256.h"
@@ -879,6 +880,9 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
     r->tilt_deg = v->tilt_deg;
     double t1 = mms_mono_s();
     r->decode_s = t1 - t0;
+    /* a crash from here to the end of the daemon's job leaves the job running in the index:
+     * mms_jobs_recover() queues its series again */
+    MMS_CRASH_POINT("job.after-decode");
 
     r->stage = MMS_STAGE_INFER;
     if (o->on_stage != NULL)
@@ -910,6 +914,7 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
     double t3 = mms_mono_s();
     for (size_t i = 0; i < nv; i++)
         r->count[labels[i]]++;
+    MMS_CRASH_POINT("job.after-infer");
 
     r->stage = MMS_STAGE_OUTPUT;
     if (o->on_stage != NULL)

@@ -67,6 +67,7 @@
 #include <dcmtk/oflog/oflog.h>
 #include <dcmtk/oflog/spi/logevent.h>
 
+#include "common/crashpoint.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/net.h"
@@ -553,6 +554,8 @@ class association : public DcmThreadSCP
         // success, or a warning (0xB000, 0xB006, 0xB007): the instance was taken
         if (status == st_success || (status & 0xF000) == 0xB000) {
             stored_++;
+            // stored and indexed, but the peer never hears so: it sends the instance again
+            MMS_CRASH_POINT("scp.before-response");
             return sendSTOREResponse(pres, req, status);
         }
         refused_++;

@@ -318,6 +318,29 @@ mixer(struct builder *b, const char *prefix, int src, int dst)
     return 0;
 }
 
+/* A residual block's end: res += skip, then LReLU, in place (no node when skip < 0: the
+ * projection already added it); res takes the block's name, its prefix without the trailing
+ * dot, for taps; *out receives res. */
+static int
+block_output(struct builder *b, const char *prefix, int res, int skip, int *out)
+{
+    struct mms_graph *g = b->g;
+    char name[256];
+    if (skip >= 0) {
+        snprintf(name, sizeof name, "%sresidual", prefix);
+        struct mms_node *nd = add_node(g, MMS_OP_ADD_LRELU, name);
+        if (nd == NULL)
+            return MMS_ENOMEM;
+        nd->src[0] = res;
+        nd->src[1] = skip;
+    }
+    snprintf(name, sizeof name, "%.*s", (int)strlen(prefix) - 1, prefix);
+    if ((g->tensors[res].name = intern(g, name)) == NULL)
+        return MMS_ENOMEM;
+    *out = res;
+    return 0;
+}
+
 /* ResBlock or MetaBlock (mmunet.md 2.3) on tensor x; *out receives the block's output. */
 static int
 block(struct builder *b, const char *prefix, int x, int64_t cout, const int k[3],
@@ -349,24 +372,12 @@ block(struct builder *b, const char *prefix, int x, int64_t cout, const int k[3]
     }
     bool proj = cin != cout || stride[0] != 1 || stride[1] != 1 || stride[2] != 1;
     if (proj) {
+        /* the projection accumulates into res and applies the LReLU */
         if ((rc = conv(b, prefix, "proj", x, res, one, stride, true)) < 0)
             return rc;
-    } else {
-        char name[256];
-        snprintf(name, sizeof name, "%sresidual", prefix);
-        struct mms_node *nd = add_node(g, MMS_OP_ADD_LRELU, name);
-        if (nd == NULL)
-            return MMS_ENOMEM;
-        nd->src[0] = res;
-        nd->src[1] = x;
+        return block_output(b, prefix, res, -1, out);
     }
-    /* the block's output carries its name (without the trailing dot) for taps */
-    char name[256];
-    snprintf(name, sizeof name, "%.*s", (int)strlen(prefix) - 1, prefix);
-    if ((g->tensors[res].name = intern(g, name)) == NULL)
-        return MMS_ENOMEM;
-    *out = res;
-    return 0;
+    return block_output(b, prefix, res, x, out);
 }
 
 /* ---------------------------------------------------- nnU-Net's PlainConvUNet, ResEnc */
@@ -430,17 +441,7 @@ resenc_block(struct builder *b, const char *prefix, int x, int64_t cout, const i
         if ((rc = cnr(b, p, sx, cout, one, one, false, false, &sx)) < 0)
             return rc;
     }
-    snprintf(p, sizeof p, "%sresidual", prefix);
-    struct mms_node *nd = add_node(g, MMS_OP_ADD_LRELU, p);
-    if (nd == NULL)
-        return MMS_ENOMEM;
-    nd->src[0] = h2;
-    nd->src[1] = sx;
-    snprintf(p, sizeof p, "%.*s", (int)strlen(prefix) - 1, prefix);
-    if ((g->tensors[h2].name = intern(g, p)) == NULL)
-        return MMS_ENOMEM;
-    *out = h2;
-    return 0;
+    return block_output(b, prefix, h2, sx, out);
 }
 
 /* The network of a PlainConvUNet or ResidualEncoderUNet card from the input tensor x:

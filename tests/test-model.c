@@ -1109,15 +1109,15 @@ test_demo(void)
         return;
     }
     c = mms_model_card(m);
-    ok(strcmp(c->name, "mmunet-demo-ct") == 0 && strcmp(c->version, "0.1.0") == 0 &&
+    ok(strcmp(c->name, "mmunet-demo-ct") == 0 && strcmp(c->version, "0.2.0") == 0 &&
            c->arch.num_classes == 10 && c->n_labels == 9 && c->labels[0].id == 1 &&
            strcmp(c->labels[0].name, "spleen") == 0 && c->labels[8].id == 9 &&
            strcmp(c->labels[8].name, "pancreas") == 0 && c->arch.n_stages == 4 &&
            c->arch.mamba_stages == 12 && c->inf.patch[0] == 24,
-       "demo card: mmunet-demo-ct 0.1.0, 9 labels, Mamba in stages 2 and 3");
+       "demo card: mmunet-demo-ct 0.2.0, 9 labels, Mamba in stages 2 and 3");
     ok(mms_model_tensor_count(m) == 126 && mms_model_param_count(m) == 426802 &&
            strcmp(mms_model_sha256(m),
-                  "96d6798f942facab7180f82f8c755d613a7b72a3bf38624eacc51b423d6c1d25") == 0,
+                  "4dab15b66cce0eae2fde45c2ae7d84a2ce7f97a94be68134d90d0cd46c0f31c3") == 0,
        "demo: 126 tensors, 426802 parameters, the file's SHA-256");
     mms_model_free(m);
 }

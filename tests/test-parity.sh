@@ -18,6 +18,8 @@
 #    The foreground agreement must also be >= 0.98: where the foreground is small (the head
 #    phantom), labels moved by 3 voxels still agree on 99.95 % of all voxels but on 57 % of
 #    the foreground. The reference suite measured 0.9923 or more on every case.
+# When the card states postprocessing (the demo's does), the reference suite applied it to
+# nnU-Net's labels with nnU-Net's own function (load_postprocess_save), and mmsegd applies it.
 # nnU-Net keeps its sliding-window sums in float16 and mmsegd in float32 (mmunet.md 5.9), so a
 # few voxels with near-tied logits may differ; the record holds the reference suite's figures.
 # The same for a fold ensemble (tests/fixtures/nnunet-parity-ensemble.json, labels in

@@ -1,7 +1,8 @@
 #!/bin/bash
 # README command 2: install, build and run the whole test suite, twice:
 #   1. the normal build, with CUDA where nvcc is present (--with-cuda=yes), else without;
-#   2. --with-cuda=no with AddressSanitizer and UndefinedBehaviorSanitizer;
+#   2. --with-cuda=no with AddressSanitizer and UndefinedBehaviorSanitizer, and the crash
+#      points of tests/test-crash-points.sh (--enable-crash-points);
 # then every libFuzzer target for FUZZ_SECONDS (30) each, make distcheck and the formatting
 # check. Ends with one line "check: N passed, N failed, N skipped".
 set -uo pipefail
@@ -58,7 +59,7 @@ build() {
 }
 
 build cuda-$cuda --with-cuda=$cuda
-build asan --with-cuda=no --enable-asan
+build asan --with-cuda=no --enable-asan --enable-crash-points
 
 echo "=== check-python: the PyTorch reference, model file, fixtures and demo model"
 if (cd "$top/_build/cuda-$cuda" && make check-python) >"$top/_build/python.out" 2>&1; then :; else status=1; fi

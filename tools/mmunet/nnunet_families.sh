@@ -18,19 +18,6 @@
 # "nnunet-families: ok" or "nnunet-families: FAILED: ..."; the exit status is 0 only for ok.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-VENV=$ROOT/_build/venv-ref
-MMSEGD=${MMSEGD:-$ROOT/_build/dev/mmsegd}
-
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import nnunetv2, torch' 2>/dev/null; then
-  echo "nnunet-families: FAILED: $VENV has no nnunetv2 (run tools/mmunet/nnunet_proof.sh first)"
-  exit 1
-fi
-if [ ! -x "$MMSEGD" ]; then
-  echo "nnunet-families: FAILED: $MMSEGD is not built (make -C _build/dev mmsegd)"
-  exit 1
-fi
-
-cd "$ROOT"
+. "$(dirname "$0")/ref-env.sh" nnunet-families
 exec "$VENV/bin/python" tools/mmunet/nnunet_families.py run --work "$ROOT/_build/nnunet-families" \
   --mmsegd "$MMSEGD" "$@"

@@ -345,6 +345,7 @@ def run(args):
     ctor_diff = pred.check_constructor()
     setup_s = time.perf_counter() - t
     card = pred.card
+    pp = nnunet_predict.postprocessing(card=card)
     ver = nnunet_predict.versions()
     print(f"versions: python {ver['python']}, torch {ver['torch']}, nnunetv2 {ver['nnunetv2']}, "
           f"numpy {ver['numpy']}, scipy {ver['scipy']}, scikit-image {ver['scikit-image']}",
@@ -372,6 +373,10 @@ def run(args):
                                  if k != "architecture"},
             "intensity_properties": pred.plans["foreground_intensity_properties_per_channel"]["0"],
             "get_network_from_plans_max_abs_logit_diff": ctor_diff,
+            "postprocessing": ("nnunetv2.postprocessing.remove_connected_components."
+                               "load_postprocess_save with the card's steps "
+                               f"{json.dumps(card.get('postprocessing', []))}"
+                               if pp[0] else "none (the card states none)"),
         },
         "mmsegd": None if mmsegd is None else {
             "path": os.path.relpath(mmsegd, ROOT), "version": tool_version([mmsegd, "--version"]),
@@ -413,6 +418,10 @@ def run(args):
         for run_name, p in nn_predictors.items():
             out = os.path.join(cdir, f"{run_name}.nii.gz")
             nn = p.predict(ct, out)
+            if pp[0]:
+                # the card's postprocessing, applied by nnU-Net's own function as
+                # nnUNetv2_apply_postprocessing does (mmsegd and the witness apply it too)
+                nn["times"]["postprocessing_s"] = p.postprocess(out, out, pp)
             info["runs"][run_name] = nn
             print(f"{run_name}: target {nn['target_zyx']}, {nn['tiles']} tiles, "
                   f"{nn['passes']} passes, {nn['times']['total_s']:.1f} s (network "

@@ -14,20 +14,7 @@
 # "nnunet-parity: FAILED: ..."; the exit status is 0 only for ok.
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-VENV=$ROOT/_build/venv-ref
-MMSEGD=${MMSEGD:-$ROOT/_build/dev/mmsegd}
-
-if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import nnunetv2, torch' 2>/dev/null; then
-  echo "nnunet-parity: FAILED: $VENV has no nnunetv2 (run tools/mmunet/nnunet_proof.sh first)"
-  exit 1
-fi
-if [ ! -x "$MMSEGD" ]; then
-  echo "nnunet-parity: FAILED: $MMSEGD is not built (make -C _build/dev mmsegd)"
-  exit 1
-fi
-
-cd "$ROOT"
+. "$(dirname "$0")/ref-env.sh" nnunet-parity
 # nnU-Net's workers and malloc: as in nnunet_proof.py (large temporaries stay in the heap).
 export nnUNet_def_n_proc=${nnUNet_def_n_proc:-$(nproc)} nnUNet_compile=false
 export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=4294967296 MALLOC_TOP_PAD_=268435456

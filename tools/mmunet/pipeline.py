@@ -257,6 +257,19 @@ def postprocess(seg, steps):
     return seg
 
 
+def outside_body(hu, lab):
+    """How many labelled voxels lie outside the body: the largest 26-connected component of
+    HU > -500, the holes of each slice along the first axis filled (axial slices for arrays
+    in (k, r, c) order)."""
+    from scipy import ndimage
+    comp, n = ndimage.label(hu > -500, structure=np.ones((3, 3, 3), dtype=bool))
+    if n == 0:
+        return int(np.count_nonzero(lab))
+    body = comp == np.argmax(np.bincount(comp.ravel())[1:]) + 1
+    body = np.stack([ndimage.binary_fill_holes(s) for s in body])
+    return int(np.count_nonzero((lab > 0) & ~body))
+
+
 def dice(a, b, labels):
     """Dice per label (None where absent from both)."""
     out = {}
