@@ -178,7 +178,7 @@ for v in regular tilt; do
         result FAIL "a) $v: Orthanc holds one SEG of it, in the series' study ($cnt; '$sstudy' vs '$study')"
 done
 
-after="$(metric mmsegd_instances_received_total) $(metric 'mmsegd_jobs{state="done"}') $(metric 'mmsegd_sends{state="done"}') $(metric 'mmsegd_job_stage_seconds_count{stage="network"}') $(metric 'mmsegd_model_info{name="mmunet-demo-ct",version="0.1.0",sha256="'"$(sha256sum <"$model" | cut -c1-64)"'",backend="cpu"}')"
+after="$(metric mmsegd_instances_received_total) $(metric 'mmsegd_jobs{state="done"}') $(metric 'mmsegd_sends{state="done"}') $(metric 'mmsegd_job_stage_seconds_count{stage="network"}') $(metric 'mmsegd_model_info{name="mmunet-demo-ct",version="0.2.0",sha256="'"$(sha256sum <"$model" | cut -c1-64)"'",backend="cpu"}')"
 [ "$after" = "120 2 4 2 1" ] &&
     result OK "metrics: 120 instances, 2 jobs done, 4 sends done, 2 network timings, the model ($after)" ||
     result FAIL "metrics: 120 instances, 2 jobs done, 4 sends done, 2 network timings, the model ('$after')"
