@@ -1,0 +1,188 @@
+// dicom: DICOM TLS contexts (tls.h) on DCMTK's DcmTLSTransportLayer.
+//
+// DCMTK 3.6.7 facts this file relies on:
+// - The constructor sets the built-in 2048-bit DH parameters, automatic ECDH curves and
+//   DCV_requireCertificate; with a NULL random file and OpenSSL 3, the library seeds itself.
+// - DcmTLSTransportLayer::initializeOpenSSL() is not thread safe: it runs once, here.
+// - setTLSProfile() only selects the suites; activateCipherSuites() puts them in the context.
+// - An encrypted key makes OpenSSL ask on the terminal unless a password is set first: the
+//   empty one is set, so such a key fails to load instead of blocking a daemon.
+// - DCMTK checks no host name; the peer is whoever holds a certificate that tls_ca trusts.
+#include "dicom/tls.h"
+
+#include <sys/stat.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+
+#include <dcmtk/config/osconfig.h>
+#include <dcmtk/dcmtls/tlslayer.h>
+#include <openssl/asn1.h>
+#include <openssl/bn.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
+#include "common/err.h"
+
+struct mms_tls {
+    std::atomic<long> refs{1};
+    enum mms_tls_role role;
+    std::unique_ptr<DcmTLSTransportLayer> layer;
+    X509 *cert = nullptr; // ours, for describe and the expiry check
+    ~mms_tls()
+    {
+        X509_free(cert);
+    }
+};
+
+namespace
+{
+
+std::once_flag openssl_once;
+
+// The oldest error OpenSSL queued, as text ("" when none), and the queue emptied.
+std::string
+openssl_error()
+{
+    unsigned long e = ERR_get_error();
+    char buf[256] = "";
+    if (e != 0)
+        ERR_error_string_n(e, buf, sizeof buf);
+    ERR_clear_error();
+    return buf;
+}
+
+int
+fail(char *why, size_t why_len, const char *what, const char *path, const OFCondition &cond)
+{
+    std::string detail = openssl_error();
+    if (detail.empty())
+        detail = cond.text();
+    return mms_why(why, why_len, MMS_EINVAL, "%s %s: %s", what, path, detail.c_str());
+}
+
+// Our certificate, read again with OpenSSL (the layer keeps it inside its SSL_CTX only).
+X509 *
+read_cert(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == nullptr)
+        return nullptr;
+    X509 *x = PEM_read_X509(f, nullptr, nullptr, nullptr);
+    fclose(f);
+    return x;
+}
+
+} // namespace
+
+extern "C" int
+mms_tls_load(enum mms_tls_role role, const struct mms_tls_files *files, struct mms_tls **out,
+             char *why, size_t why_len)
+{
+    *out = nullptr;
+    const char *names[3] = {files->cert, files->key, files->ca};
+    const char *keys[3] = {"tls_cert", "tls_key", "tls_ca"};
+    for (int i = 0; i < 3; i++) {
+        struct stat st;
+        if (names[i] == nullptr || names[i][0] == '\0')
+            return mms_why(why, why_len, MMS_EINVAL, "%s is not set", keys[i]);
+        if (stat(names[i], &st) != 0) {
+            int rc = mms_err_errno();
+            return mms_why(why, why_len, MMS_EINVAL, "%s %s: %s", keys[i], names[i],
+                           mms_strerror(rc));
+        }
+    }
+    std::call_once(openssl_once, [] { DcmTLSTransportLayer::initializeOpenSSL(); });
+
+    std::unique_ptr<mms_tls> t(new (std::nothrow) mms_tls);
+    if (!t)
+        return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+    t->role = role;
+    t->layer.reset(new (std::nothrow) DcmTLSTransportLayer(
+        role == MMS_TLS_SERVER ? NET_ACCEPTOR : NET_REQUESTOR, nullptr, OFFalse));
+    if (!t->layer || !*t->layer)
+        return mms_why(why, why_len, MMS_ENOMEM, "cannot make a TLS context: %s",
+                       openssl_error().c_str());
+    DcmTLSTransportLayer &L = *t->layer;
+    OFCondition c = L.setTLSProfile(TSP_Profile_BCP195);
+    if (c.good())
+        c = L.activateCipherSuites();
+    if (c.bad())
+        return mms_why(why, why_len, MMS_EINVAL, "the BCP 195 profile: %s", c.text());
+    L.setPrivateKeyPasswd(""); // never a prompt: an encrypted key fails to load
+    if ((c = L.setCertificateFile(files->cert, DCF_Filetype_PEM)).bad())
+        return fail(why, why_len, "tls_cert", files->cert, c);
+    if ((c = L.setPrivateKeyFile(files->key, DCF_Filetype_PEM)).bad())
+        return fail(why, why_len, "tls_key", files->key, c);
+    if (!L.checkPrivateKeyMatchesCertificate())
+        return mms_why(why, why_len, MMS_EINVAL, "tls_key %s does not match tls_cert %s",
+                       files->key, files->cert);
+    struct stat st;
+    bool dir = stat(files->ca, &st) == 0 && S_ISDIR(st.st_mode);
+    c = dir ? L.addTrustedCertificateDir(files->ca, DCF_Filetype_PEM)
+            : L.addTrustedCertificateFile(files->ca, DCF_Filetype_PEM);
+    if (c.bad())
+        return fail(why, why_len, "tls_ca", files->ca, c);
+    L.setCertificateVerification(DCV_requireCertificate);
+
+    if ((t->cert = read_cert(files->cert)) == nullptr)
+        return mms_why(why, why_len, MMS_EINVAL, "tls_cert %s: %s", files->cert,
+                       openssl_error().c_str());
+    if (X509_cmp_current_time(X509_get0_notBefore(t->cert)) > 0)
+        return mms_why(why, why_len, MMS_EINVAL, "tls_cert %s is not valid yet", files->cert);
+    if (X509_cmp_current_time(X509_get0_notAfter(t->cert)) < 0)
+        return mms_why(why, why_len, MMS_EINVAL, "tls_cert %s has expired", files->cert);
+    *out = t.release();
+    return 0;
+}
+
+extern "C" struct mms_tls *
+mms_tls_ref(struct mms_tls *t)
+{
+    if (t != nullptr)
+        t->refs.fetch_add(1, std::memory_order_relaxed);
+    return t;
+}
+
+extern "C" void
+mms_tls_unref(struct mms_tls *t)
+{
+    if (t != nullptr && t->refs.fetch_sub(1, std::memory_order_acq_rel) == 1)
+        delete t;
+}
+
+extern "C" long long
+mms_tls_seconds_left(const struct mms_tls *t)
+{
+    int days = 0, secs = 0;
+    if (!ASN1_TIME_diff(&days, &secs, nullptr, X509_get0_notAfter(t->cert)))
+        return 0;
+    return (long long)days * 86400 + secs;
+}
+
+extern "C" size_t
+mms_tls_describe(const struct mms_tls *t, char *buf, size_t len)
+{
+    char subject[256] = "", issuer[256] = "", serial[80] = "?", until[32] = "?";
+    X509_NAME_oneline(X509_get_subject_name(t->cert), subject, sizeof subject);
+    X509_NAME_oneline(X509_get_issuer_name(t->cert), issuer, sizeof issuer);
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(t->cert), nullptr);
+    char *hex = bn != nullptr ? BN_bn2hex(bn) : nullptr;
+    if (hex != nullptr)
+        snprintf(serial, sizeof serial, "%s", hex);
+    OPENSSL_free(hex);
+    BN_free(bn);
+    struct tm tm;
+    if (ASN1_TIME_to_tm(X509_get0_notAfter(t->cert), &tm) == 1)
+        strftime(until, sizeof until, "%Y-%m-%d %H:%M:%S UTC", &tm);
+    int n = snprintf(buf, len, "subject %s, issuer %s, serial %s, valid until %s", subject, issuer,
+                     serial, until);
+    return n < 0 ? 0 : (size_t)n < len ? (size_t)n : len > 0 ? len - 1 : 0;
+}
