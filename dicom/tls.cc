@@ -80,6 +80,30 @@ read_cert(const char *path)
     return x;
 }
 
+// No password is ever asked for: an encrypted key fails to read.
+int
+no_password(char *, int, int, void *)
+{
+    return 0;
+}
+
+// 1 when the PEM private key in path belongs to cert, 0 when not, -1 when it cannot be read.
+int
+key_matches(const char *path, X509 *cert)
+{
+    FILE *f = fopen(path, "r");
+    if (f == nullptr)
+        return -1;
+    EVP_PKEY *key = PEM_read_PrivateKey(f, nullptr, no_password, nullptr);
+    fclose(f);
+    if (key == nullptr)
+        return -1;
+    int ok = X509_check_private_key(cert, key);
+    EVP_PKEY_free(key);
+    ERR_clear_error();
+    return ok == 1 ? 1 : 0;
+}
+
 } // namespace
 
 extern "C" int
@@ -119,6 +143,18 @@ mms_tls_load(enum mms_tls_role role, const struct mms_tls_files *files, struct m
     L.setPrivateKeyPasswd(""); // never a prompt: an encrypted key fails to load
     if ((c = L.setCertificateFile(files->cert, DCF_Filetype_PEM)).bad())
         return fail(why, why_len, "tls_cert", files->cert, c);
+    // the key, checked here first for a message that names the problem
+    if ((t->cert = read_cert(files->cert)) == nullptr)
+        return mms_why(why, why_len, MMS_EINVAL, "tls_cert %s: %s", files->cert,
+                       openssl_error().c_str());
+    int match = key_matches(files->key, t->cert);
+    if (match < 0)
+        return mms_why(why, why_len, MMS_EINVAL,
+                       "tls_key %s: not a PEM private key, or an encrypted one (%s)", files->key,
+                       openssl_error().c_str());
+    if (match == 0)
+        return mms_why(why, why_len, MMS_EINVAL, "tls_key %s does not match tls_cert %s",
+                       files->key, files->cert);
     if ((c = L.setPrivateKeyFile(files->key, DCF_Filetype_PEM)).bad())
         return fail(why, why_len, "tls_key", files->key, c);
     if (!L.checkPrivateKeyMatchesCertificate())
@@ -132,9 +168,6 @@ mms_tls_load(enum mms_tls_role role, const struct mms_tls_files *files, struct m
         return fail(why, why_len, "tls_ca", files->ca, c);
     L.setCertificateVerification(DCV_requireCertificate);
 
-    if ((t->cert = read_cert(files->cert)) == nullptr)
-        return mms_why(why, why_len, MMS_EINVAL, "tls_cert %s: %s", files->cert,
-                       openssl_error().c_str());
     if (X509_cmp_current_time(X509_get0_notBefore(t->cert)) > 0)
         return mms_why(why, why_len, MMS_EINVAL, "tls_cert %s is not valid yet", files->cert);
     if (X509_cmp_current_time(X509_get0_notAfter(t->cert)) < 0)
