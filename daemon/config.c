@@ -98,9 +98,9 @@ static const struct cfg_key main_keys[] = {
     {"scp", "timeout_s", T_UINT, OFF(scp.timeout_s), "30", 1, 3600, NULL, 0},
     {"scp", "min_free_mb", T_UINT, OFF(scp.min_free_mb), "1024", 0, UMAX, NULL, 0},
     {"scp", "accept_sop_classes", T_ENUM, OFF(scp.accept_sop_classes), "ct", 0, 0, sop_classes, 0},
-    {"scp", "tls_cert", T_PATH, OFF(scp.tls_cert), "", 0, 0, NULL, NOTYET},
-    {"scp", "tls_key", T_PATH, OFF(scp.tls_key), "", 0, 0, NULL, NOTYET},
-    {"scp", "tls_ca", T_PATH, OFF(scp.tls_ca), "", 0, 0, NULL, NOTYET},
+    {"scp", "tls_cert", T_PATH, OFF(scp.tls_cert), "", 0, 0, NULL, RELOAD},
+    {"scp", "tls_key", T_PATH, OFF(scp.tls_key), "", 0, 0, NULL, RELOAD},
+    {"scp", "tls_ca", T_PATH, OFF(scp.tls_ca), "", 0, 0, NULL, RELOAD},
 
     {"drop", "dir", T_PATH, OFF(drop.dir), "", 0, 0, NULL, 0},
     {"drop", "stable_s", T_UINT, OFF(drop.stable_s), "5", 1, 86400, NULL, 0},
@@ -785,6 +785,40 @@ valid_ae_list(const char *list, char *msg, size_t len)
     return true;
 }
 
+/* DICOM TLS (design.md section 9): one node identity, tls_cert and tls_key, for the Store SCP
+ * and the sender, and the peers' CA; all three or none. The files' contents are checked where
+ * they are loaded (dicom/tls.h: start, reload and check-config). */
+static void
+check_tls(struct loader *ld)
+{
+    const struct mms_config *c = ld->cfg;
+    const char *v[3] = {c->scp.tls_cert, c->scp.tls_key, c->scp.tls_ca};
+    const char *names[3] = {"tls_cert", "tls_key", "tls_ca"};
+    const size_t offs[3] = {OFF(scp.tls_cert), OFF(scp.tls_key), OFF(scp.tls_ca)};
+    int set = 0;
+    unsigned at = 0; /* the line of a key that is set */
+    for (int i = 0; i < 3; i++)
+        if (v[i] != NULL && v[i][0] != '\0') {
+            set++;
+            at = line_of(ld, offs[i]);
+        }
+    for (int i = 0; set > 0 && set < 3 && i < 3; i++)
+        if (v[i] == NULL || v[i][0] == '\0')
+            report(ld, at, "[scp] %s is not set: TLS needs tls_cert, tls_key and tls_ca", names[i]);
+    for (int i = 0; set == 3 && i < 3; i++)
+        if (access(v[i], R_OK) != 0)
+            report(ld, line_of(ld, offs[i]), "[scp] %s %s: %s", names[i], v[i],
+                   mms_strerror(mms_err_errno()));
+    for (size_t i = 0; i < c->n_dests; i++) {
+        const struct mms_dest_config *d = &c->dests[i];
+        if (d->type == MMS_DEST_DICOM && d->tls && set < 3)
+            report(ld, ld->lines[i].header,
+                   "[destination %s] tls: needs [scp] tls_cert, tls_key and tls_ca (our "
+                   "certificate and the CA of the peers)",
+                   d->name);
+    }
+}
+
 /* What the listeners would refuse at start is refused here: the same parsers. */
 static void
 check_network(struct loader *ld)
@@ -803,6 +837,7 @@ check_network(struct loader *ld)
     if (c->daemon.metrics_listen != NULL && c->daemon.metrics_listen[0] != '\0' &&
         mms_net_parse_listen(c->daemon.metrics_listen, &sa, msg, sizeof msg) < 0)
         report(ld, line_of(ld, OFF(daemon.metrics_listen)), "[daemon] metrics_listen: %s", msg);
+    check_tls(ld);
 }
 
 static int
@@ -859,11 +894,6 @@ validate(struct loader *ld)
             report(ld, h, "[destination %s]: type dicom needs ae_title, host and port", d->name);
         if (d->type == MMS_DEST_FOLDER && (d->path == NULL || d->path[0] == '\0'))
             report(ld, h, "[destination %s]: type folder needs path", d->name);
-        if (d->type == MMS_DEST_DICOM && d->tls)
-            report(ld, h,
-                   "[destination %s] tls: not supported yet (only the default 'no' is "
-                   "accepted)",
-                   d->name);
     }
     return 0;
 }

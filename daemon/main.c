@@ -23,6 +23,7 @@
 #include "daemon/segment.h"
 #include "daemon/serve.h"
 #include "daemon/status.h"
+#include "dicom/tls.h"
 #include "infer/infer.h"
 
 #define EXIT_USAGE 2
@@ -347,6 +348,20 @@ cmd_check_config(int argc, char **argv)
     rc = load_config(path, &cfg);
     if (rc != 0)
         return rc;
+    if (cfg->scp.tls_cert != NULL && cfg->scp.tls_cert[0] != '\0') {
+        /* the contents of the TLS files, as the daemon will load them */
+        struct mms_tls_files f = {cfg->scp.tls_cert, cfg->scp.tls_key, cfg->scp.tls_ca};
+        struct mms_tls *t = NULL;
+        char why[1024];
+        for (int role = MMS_TLS_SERVER; role <= MMS_TLS_CLIENT; role++) {
+            if (mms_tls_load((enum mms_tls_role)role, &f, &t, why, sizeof why) < 0) {
+                fprintf(stderr, "%s: [scp] %s\n", cfg->path, why);
+                mms_config_free(cfg);
+                return EXIT_USAGE;
+            }
+            mms_tls_unref(t);
+        }
+    }
     mms_config_print(cfg, stdout);
     mms_config_free(cfg);
     return fflush(stdout) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;

@@ -45,6 +45,7 @@ struct mms_sender {
     pthread_mutex_t mu; /* workers' has_task, finished; stopping */
     bool stopping;
     pthread_mutex_t release_mu; /* one job's outbox is released by one thread at a time */
+    struct mms_tls *tls;        /* the client context for TLS destinations (under mu), or NULL */
     struct worker *w;
     size_t n_workers;
 };
@@ -96,6 +97,10 @@ attempt(struct mms_sender *s, const struct mms_dest_config *d, const struct mms_
         cls = copy_to_folder(d->path, files, n, why, why_len) == 0 ? MMS_SCU_DELIVERED
                                                                    : MMS_SCU_TRANSIENT;
     } else {
+        /* the context of this attempt: a reload may put a new one in place meanwhile */
+        pthread_mutex_lock(&s->mu);
+        struct mms_tls *tls = d->tls ? mms_tls_ref(s->tls) : NULL;
+        pthread_mutex_unlock(&s->mu);
         struct mms_scu_peer p = {
             .host = d->host,
             .port = d->port,
@@ -103,10 +108,13 @@ attempt(struct mms_sender *s, const struct mms_dest_config *d, const struct mms_
             .calling_ae = d->calling_ae,
             .timeout_s = s->timeout_s,
             .max_pdu = s->max_pdu,
-            .tls = d->tls,
+            .tls = tls,
         };
         struct mms_scu_result res = {0};
-        int rc = mms_scu_store(&p, (const char *const *)files, n, &res, why, why_len);
+        int rc = d->tls && tls == NULL
+                     ? mms_why(why, why_len, MMS_EINVAL, "TLS destination without [scp] tls_*")
+                     : mms_scu_store(&p, (const char *const *)files, n, &res, why, why_len);
+        mms_tls_unref(tls);
         cls = res.files != NULL  ? res.cls
               : rc == MMS_ENOMEM ? MMS_SCU_TRANSIENT
                                  : MMS_SCU_PERMANENT;
@@ -327,6 +335,7 @@ free_sender(struct mms_sender *s)
         pthread_cond_destroy(&s->w[i].wake);
     pthread_mutex_destroy(&s->mu);
     pthread_mutex_destroy(&s->release_mu);
+    mms_tls_unref(s->tls);
     free(s->w);
     free(s->state_dir);
     free(s);
@@ -375,6 +384,7 @@ mms_sender_start(uv_loop_t *loop, struct mms_index *ix, const struct mms_sender_
     }
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->release_mu, NULL);
+    s->tls = mms_tls_ref(o->tls);
     for (size_t i = 0; i < s->n_workers; i++) {
         s->w[i].s = s;
         s->w[i].dest = &o->dests[i];
@@ -413,6 +423,22 @@ mms_sender_start(uv_loop_t *loop, struct mms_index *ix, const struct mms_sender_
     }
     dispatch(s);
     *out = s;
+    return 0;
+}
+
+int
+mms_sender_set_tls(struct mms_sender *s, struct mms_tls *t)
+{
+    if (s == NULL || t == NULL)
+        return MMS_EINVAL;
+    pthread_mutex_lock(&s->mu);
+    struct mms_tls *old = s->tls;
+    if (old != NULL)
+        s->tls = mms_tls_ref(t);
+    pthread_mutex_unlock(&s->mu);
+    if (old == NULL)
+        return MMS_EINVAL;
+    mms_tls_unref(old);
     return 0;
 }
 

@@ -22,13 +22,16 @@
 
 #include "daemon/config.h"
 #include "daemon/index.h"
+#include "dicom/tls.h"
 
 struct mms_sender_opts {
     const char *state_dir;
     const struct mms_dest_config *dests; /* borrowed; must outlive the sender */
     size_t n_dests;
-    unsigned timeout_s; /* network timeouts of the Store SCU */
-    unsigned max_pdu;   /* our maximum receive PDU */
+    unsigned timeout_s;  /* network timeouts of the Store SCU */
+    unsigned max_pdu;    /* our maximum receive PDU */
+    struct mms_tls *tls; /* the client context for destinations with tls = yes (the sender
+                            takes its own reference), or NULL when TLS is not configured */
 };
 
 struct mms_sender;
@@ -43,6 +46,11 @@ int mms_sender_start(uv_loop_t *loop, struct mms_index *ix, const struct mms_sen
 
 /* New sends were queued: look now instead of at the next timer. */
 void mms_sender_kick(struct mms_sender *s);
+
+/* Use the client context t for the attempts that start from now on (a certificate or CA
+ * renewed by a reload). Returns 0, or MMS_EINVAL when the sender started without TLS or t is
+ * NULL. */
+int mms_sender_set_tls(struct mms_sender *s, struct mms_tls *t);
 
 /* Start no new attempt, wait for the running ones to end (each within its timeouts), join
  * the threads and close the handles; the memory is freed once the loop has closed them.

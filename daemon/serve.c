@@ -50,6 +50,8 @@ struct daemon {
     struct mms_jobs *jobs;     /* queued series to results */
     struct mms_metrics *metrics;
     uint64_t received; /* instances stored since the start (any thread: atomic) */
+    /* DICOM TLS, when [scp] tls_* are set: our node's contexts for the SCP and the sender */
+    struct mms_tls *tls_server, *tls_client;
 };
 
 /* sd_notify() is a no-op returning 0 outside systemd; a failure to reach systemd is worth a
@@ -130,6 +132,64 @@ report_restart_key(const char *section, const char *key, void *ud)
                 key);
 }
 
+static bool
+tls_configured(const struct mms_config *c)
+{
+    return c->scp.tls_cert != NULL && c->scp.tls_cert[0] != '\0';
+}
+
+/* Load both TLS contexts from c's files (read again on every call: a certificate renewed in
+ * place is the usual case). Returns 0 (both loaded) or the error, logged with its reason. */
+static int
+load_tls(const struct mms_config *c, const char *what, struct mms_tls **server,
+         struct mms_tls **client)
+{
+    struct mms_tls_files f = {c->scp.tls_cert, c->scp.tls_key, c->scp.tls_ca};
+    char why[1024], desc[512];
+    int rc = mms_tls_load(MMS_TLS_SERVER, &f, server, why, sizeof why);
+    if (rc == 0 && (rc = mms_tls_load(MMS_TLS_CLIENT, &f, client, why, sizeof why)) < 0) {
+        mms_tls_unref(*server);
+        *server = NULL;
+    }
+    if (rc < 0) {
+        mms_log(MMS_LOG_ERR, "%sDICOM TLS: %s", what, why);
+        return rc;
+    }
+    mms_tls_describe(*server, desc, sizeof desc);
+    long long left = mms_tls_seconds_left(*server);
+    mms_log(left < 30 * 86400 ? MMS_LOG_WARNING : MMS_LOG_NOTICE,
+            "%sDICOM TLS certificate: %s (%lld days left)", what, desc, left / 86400);
+    return 0;
+}
+
+/* SIGHUP: new TLS contexts in place when TLS stays on; turning it on or off needs a restart.
+ * Returns 0, or an error when the new files cannot be loaded (nothing changed then). */
+static int
+reload_tls(struct daemon *d, const struct mms_config *next)
+{
+    bool was = d->tls_server != NULL, now = tls_configured(next);
+    if (was != now) {
+        mms_log(MMS_LOG_NOTICE, "reload: DICOM TLS turned %s; it takes effect after a restart",
+                now ? "on" : "off");
+        return 0;
+    }
+    if (!now)
+        return 0;
+    struct mms_tls *srv, *cli;
+    int rc = load_tls(next, "reload: ", &srv, &cli);
+    if (rc < 0)
+        return rc;
+    if (d->scp != NULL)
+        mms_scp_set_tls(d->scp, srv);
+    if (d->sender != NULL)
+        mms_sender_set_tls(d->sender, cli);
+    mms_tls_unref(d->tls_server);
+    mms_tls_unref(d->tls_client);
+    d->tls_server = srv;
+    d->tls_client = cli;
+    return 0;
+}
+
 /* SIGHUP: build a complete new configuration; swap it in only if it loaded without error. */
 static void
 reload(struct daemon *d)
@@ -151,9 +211,17 @@ reload(struct daemon *d)
         notify("READY=1");
         return;
     }
+    if (reload_tls(d, next) < 0) {
+        mms_log(MMS_LOG_ERR, "reload of %s failed (DICOM TLS); keeping the running configuration",
+                d->cfg->path);
+        mms_config_free(next);
+        notify_status(d, "ready (last reload failed, running configuration kept)");
+        notify("READY=1");
+        return;
+    }
     mms_config_restart_keys(d->cfg, next, report_restart_key, NULL);
     /* A key that needs a restart keeps its old value until then: the new config is adopted
-     * for the keys a running daemon can apply: log_level and the model file. */
+     * for the keys a running daemon can apply: log_level, the model file and the TLS files. */
     mms_log_set_level(next->daemon.log_level);
     mms_jobs_reload_model(d->jobs, next->infer.model);
     free(next->daemon.state_dir);
@@ -440,13 +508,14 @@ start_intake(struct daemon *d)
         .accept_all = c->scp.accept_sop_classes == MMS_ACCEPT_ALL,
         .on_store = on_store,
         .ctx = d,
+        .tls = d->tls_server,
     };
     if ((rc = mms_scp_start(&sc, &d->scp, why, sizeof why)) < 0) {
         mms_log(MMS_LOG_ERR, "Store SCP: %s", why);
         return rc;
     }
-    mms_log(MMS_LOG_NOTICE, "Store SCP %s listening on %s port %u", c->scp.ae_title, c->scp.bind,
-            mms_scp_port(d->scp));
+    mms_log(MMS_LOG_NOTICE, "Store SCP %s listening on %s port %u%s", c->scp.ae_title, c->scp.bind,
+            mms_scp_port(d->scp), d->tls_server != NULL ? " (DICOM TLS)" : "");
     if (c->drop.dir != NULL && c->drop.dir[0] != '\0') {
         struct mms_intake_opts io = {.dir = c->drop.dir,
                                      .stable_s = c->drop.stable_s,
@@ -557,6 +626,12 @@ fill_metrics(void *ud, FILE *f)
         fprintf(f, "mmsegd_associations_refused_total{reason=\"%s\"} %" PRIu64 "\n",
                 mms_scp_refusal_name((enum mms_scp_refusal)i),
                 mms_scp_refused(d->scp, (enum mms_scp_refusal)i));
+    if (d->tls_server != NULL) {
+        help(f, "mmsegd_tls_certificate_expiry_seconds", "gauge",
+             "Seconds until our DICOM TLS certificate expires (negative once it has).");
+        fprintf(f, "mmsegd_tls_certificate_expiry_seconds %lld\n",
+                mms_tls_seconds_left(d->tls_server));
+    }
     help(f, "mmsegd_instances", "gauge", "Instances in the index.");
     fprintf(f, "mmsegd_instances %" PRId64 "\n", instances);
     help(f, "mmsegd_series", "gauge", "Series by state.");
@@ -658,6 +733,7 @@ start_sender(struct daemon *d)
         .n_dests = c->n_dests,
         .timeout_s = c->scp.timeout_s,
         .max_pdu = c->scp.max_pdu,
+        .tls = d->tls_client,
     };
     int rc = mms_sender_start(&d->loop, d->ix, &so, &d->sender, why, sizeof why);
     if (rc < 0)
@@ -724,6 +800,8 @@ mms_serve(struct mms_config *cfg)
         mms_log(MMS_LOG_INFO, "systemd watchdog every %" PRIu64 " ms", period_ms);
     }
 
+    if (tls_configured(cfg) && (rc = load_tls(cfg, "", &d.tls_server, &d.tls_client)) < 0)
+        goto fail;
     if ((rc = start_intake(&d)) < 0 || (rc = start_sender(&d)) < 0)
         goto fail;
     char why[1024];
@@ -746,6 +824,8 @@ mms_serve(struct mms_config *cfg)
     if (rc < 0)
         mms_log(MMS_LOG_WARNING, "uv_loop_close(): %s", uv_strerror(rc));
     mms_log(MMS_LOG_NOTICE, "stopped");
+    mms_tls_unref(d.tls_server);
+    mms_tls_unref(d.tls_client);
     mms_config_free(d.cfg);
     return 0;
 
@@ -757,6 +837,8 @@ fail:
     uv_walk(&d.loop, close_any, NULL);
     uv_run(&d.loop, UV_RUN_DEFAULT);
     uv_loop_close(&d.loop);
+    mms_tls_unref(d.tls_server);
+    mms_tls_unref(d.tls_client);
     mms_config_free(d.cfg);
     return rc;
 }

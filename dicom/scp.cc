@@ -26,6 +26,12 @@
 // cannot be written or synced; 0xA900 when the data set's SOP Instance UID (0008,0018) is
 // empty or differs from the request's Affected SOP Instance UID; 0xC000 when the data set
 // cannot be parsed; 0x0122 when the request's SOP class is not the presentation context's.
+//
+// TLS: the connection's thread does the handshake itself, on the non-blocking socket and within
+// the same assoc_timeout_s as the request, then reads the request through the SSL; DCMTK gets a
+// DcmTLSConnection on that SSL (prefix_tls_conn) and is told the handshake is done. Decrypted
+// bytes waiting in the SSL are invisible to poll(), so every wait for the network asks the
+// connection first (SSL_pending).
 // A request whose Affected SOP Instance UID is missing or empty never gets here: DCMTK's
 // command parser calls it a badly formed message, and the association is aborted.
 #include "dicom/scp.h"
@@ -64,8 +70,10 @@
 #include <dcmtk/dcmnet/dimse.h>
 #include <dcmtk/dcmnet/dul.h>
 #include <dcmtk/dcmnet/scpthrd.h>
+#include <dcmtk/dcmtls/tlstrans.h>
 #include <dcmtk/oflog/oflog.h>
 #include <dcmtk/oflog/spi/logevent.h>
+#include <openssl/err.h>
 
 #include "common/crashpoint.h"
 #include "common/err.h"
@@ -73,6 +81,7 @@
 #include "common/net.h"
 #include "common/uid.h"
 #include "dicom/text-impl.hh"
+#include "dicom/tls-impl.hh"
 
 void mms__route_dcmtk_log(); // below; also used by seg.cc (dicom-impl.hh)
 
@@ -144,16 +153,62 @@ class prefix_conn : public DcmTCPConnection
     size_t at_ = 0;
 };
 
-// Hands the request read beforehand (next, set under ext_lock) to the connection DCMTK makes.
+// The same over TLS: the handshake is done and the request was read through the SSL, which
+// this connection owns from now on.
+class prefix_tls_conn : public DcmTLSConnection
+{
+  public:
+    prefix_tls_conn(DcmNativeSocketType fd, SSL *ssl, std::vector<unsigned char> &&pdu)
+        : DcmTLSConnection(fd, ssl), pdu_(std::move(pdu))
+    {
+    }
+    OFCondition
+    serverSideHandshake() override
+    {
+        return EC_Normal;
+    }
+    ssize_t
+    read(void *buf, size_t n) override
+    {
+        if (at_ >= pdu_.size())
+            return DcmTLSConnection::read(buf, n);
+        size_t k = std::min(n, pdu_.size() - at_);
+        std::memcpy(buf, pdu_.data() + at_, k);
+        at_ += k;
+        if (at_ == pdu_.size()) {
+            std::vector<unsigned char>().swap(pdu_);
+            at_ = 0;
+        }
+        return (ssize_t)k;
+    }
+    OFBool
+    networkDataAvailable(int timeout) override
+    {
+        return at_ < pdu_.size() ? OFTrue : DcmTLSConnection::networkDataAvailable(timeout);
+    }
+
+  private:
+    std::vector<unsigned char> pdu_;
+    size_t at_ = 0;
+};
+
+// Hands the request read beforehand (next, and next_ssl with TLS, set under ext_lock) to the
+// connection DCMTK makes; made: that connection, for its thread.
 class prefix_layer : public DcmTransportLayer
 {
   public:
     std::vector<unsigned char> next;
+    SSL *next_ssl = nullptr;
+    DcmTransportConnection *made = nullptr;
     DcmTransportConnection *
     createConnection(DcmNativeSocketType fd, OFBool) override
     {
         try {
-            return new prefix_conn(fd, std::move(next));
+            if (next_ssl != nullptr)
+                made = new prefix_tls_conn(fd, next_ssl, std::move(next));
+            else
+                made = new prefix_conn(fd, std::move(next));
+            return made;
         } catch (...) {
             return nullptr;
         }
@@ -274,7 +329,8 @@ struct mms_scp {
     std::string ae, bind, tmp_dir, space_dir;
     std::vector<std::string> calling;
     bool any_calling = false, any_host = false;
-    std::string hosts; // "" (with any_host false): no host is allowed
+    std::string hosts;      // "" (with any_host false): no host is allowed
+    mms_tls *tls = nullptr; // the server context for new connections (under lock), or none
     unsigned max_assoc, max_pdu, timeout_s, assoc_timeout_s, per_host;
     uint64_t min_free;
     mms_scp_store_fn on_store;
@@ -313,12 +369,19 @@ namespace
 {
 
 const char *refusal_names[MMS_SCP_REFUSED_N] = {
-    "host", "called_ae", "calling_ae", "per_host_limit", "max_associations", "timeout", "protocol"};
+    "host",    "called_ae", "calling_ae", "per_host_limit", "max_associations",
+    "timeout", "protocol",  "tls"};
 
 void
 count(mms_scp &s, enum mms_scp_refusal r)
 {
     s.refused[r].fetch_add(1, std::memory_order_relaxed);
+}
+
+bool
+host_allowed(const mms_scp &s, const std::string &peer)
+{
+    return s.any_host || (!s.hosts.empty() && mms_cidr_match(s.hosts.c_str(), peer.c_str()) == 1);
 }
 
 } // namespace
@@ -331,7 +394,9 @@ namespace
 class association : public DcmThreadSCP
 {
   public:
-    association(mms_scp &s, int fd, const std::string &peer) : s_(s), fd_(fd), peer_(peer)
+    // conn: DCMTK's connection when it may hold decrypted bytes (TLS), else nullptr
+    association(mms_scp &s, int fd, const std::string &peer, DcmTransportConnection *conn)
+        : s_(s), fd_(fd), peer_(peer), conn_(conn)
     {
     }
 
@@ -349,8 +414,7 @@ class association : public DcmThreadSCP
         T_ASC_Parameters *p = assoc_->params;
         calling_ = mms__trim(p->DULparams.callingAPTitle);
         std::string called = mms__trim(p->DULparams.calledAPTitle);
-        if (!s_.any_host &&
-            (s_.hosts.empty() || mms_cidr_match(s_.hosts.c_str(), peer_.c_str()) != 1))
+        if (!host_allowed(s_, peer_))
             return refuse(MMS_SCP_REFUSED_HOST, ASC_RESULT_REJECTEDPERMANENT,
                           ASC_SOURCE_SERVICEUSER, ASC_REASON_SU_NOREASON,
                           "host not in allowed_hosts");
@@ -433,6 +497,7 @@ class association : public DcmThreadSCP
     mms_scp &s_;
     int fd_;
     std::string peer_, calling_;
+    DcmTransportConnection *conn_;
     T_ASC_Association *assoc_ = nullptr;
     uint64_t rx_bytes_ = 0;
     unsigned stored_ = 0, refused_ = 0;
@@ -510,7 +575,9 @@ class association : public DcmThreadSCP
     {
         for (;;) {
             struct pollfd p[2] = {{fd_, POLLIN, 0}, {s_.stop_rd, POLLIN, 0}};
-            int n = poll(p, 2, (int)s_.timeout_s * 1000);
+            // a TLS record may hold the next command already
+            bool buffered = conn_ != nullptr && conn_->networkDataAvailable(0);
+            int n = buffered ? 1 : poll(p, 2, (int)s_.timeout_s * 1000);
             if (n < 0 && errno == EINTR)
                 continue;
             if (n < 0)
@@ -662,65 +729,106 @@ class association : public DcmThreadSCP
 };
 
 // What reading the A-ASSOCIATE-RQ came to.
-enum rq_end { RQ_OK, RQ_CLOSED, RQ_TIMEOUT, RQ_EVICTED, RQ_STOPPED, RQ_BAD };
+enum rq_end { RQ_OK, RQ_CLOSED, RQ_TIMEOUT, RQ_EVICTED, RQ_STOPPED, RQ_BAD, RQ_TLS, RQ_HOST };
 
 // Read one whole A-ASSOCIATE-RQ PDU (type 0x01, its 4-byte length, at most DCMTK's
-// dcmAssociatePDUSizeLimit) into pdu within assoc_timeout_s, watching the stop pipe. A pending
-// connection closed by the listener (shutdown) reads as the end of the stream: *evicted says
-// so. why: what was wrong with the bytes (RQ_BAD).
+// dcmAssociatePDUSizeLimit) into pdu within assoc_timeout_s, watching the stop pipe; with ssl
+// (fd non-blocking) the TLS handshake first, within the same time. A pending connection closed
+// by the listener (shutdown) reads as the end of the stream: *evicted says so. why: what was
+// wrong with the bytes (RQ_BAD) or the handshake (RQ_TLS).
 rq_end
-read_request(mms_scp *s, int fd, mms_scp::pending *me, std::vector<unsigned char> *pdu,
+read_request(mms_scp *s, int fd, SSL *ssl, mms_scp::pending *me, std::vector<unsigned char> *pdu,
              std::string *why)
 {
     const int64_t deadline_ms = (int64_t)s->assoc_timeout_s * 1000;
     struct timespec t0, t;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     size_t want = 6;
+    bool handshaken = ssl == nullptr;
     pdu->resize(0);
+    auto closed = [&]() {
+        std::lock_guard<std::mutex> g(s->lock);
+        return me->evicted ? RQ_EVICTED : RQ_CLOSED;
+    };
     for (;;) {
-        clock_gettime(CLOCK_MONOTONIC, &t);
-        int64_t left = deadline_ms - ((int64_t)(t.tv_sec - t0.tv_sec) * 1000 +
-                                      (t.tv_nsec - t0.tv_nsec) / 1000000);
-        if (left <= 0)
-            return RQ_TIMEOUT;
-        struct pollfd p[2] = {{fd, POLLIN, 0}, {s->stop_rd, POLLIN, 0}};
-        int n = poll(p, 2, (int)left);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 || p[1].revents != 0)
-            return RQ_STOPPED;
-        if (n == 0)
-            continue; // the deadline, checked above
-        size_t have = pdu->size();
-        pdu->resize(want);
-        ssize_t r = recv(fd, pdu->data() + have, want - have, MSG_DONTWAIT);
-        if (r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
-            pdu->resize(have);
-            continue;
-        }
-        if (r <= 0) {
-            pdu->resize(have);
-            std::lock_guard<std::mutex> g(s->lock);
-            return me->evicted ? RQ_EVICTED : RQ_CLOSED;
-        }
-        pdu->resize(have + (size_t)r);
-        if (pdu->size() < want)
-            continue;
-        if (want == 6) {
-            const unsigned char *h = pdu->data();
-            uint64_t len = (uint64_t)h[2] << 24 | (uint64_t)h[3] << 16 | (uint64_t)h[4] << 8 | h[5];
-            if (h[0] != 0x01) {
-                *why = "not an A-ASSOCIATE-RQ (PDU type " + std::to_string(h[0]) + ")";
-                return RQ_BAD;
+        // one step without waiting, then wait for what it needs: readable (or writable)
+        short need = POLLIN;
+        if (!handshaken) {
+            ERR_clear_error();
+            int r = SSL_accept(ssl);
+            if (r == 1) {
+                handshaken = true;
+                continue;
             }
-            if (len > dcmAssociatePDUSizeLimit.get() || len < 68) {
-                *why = "A-ASSOCIATE-RQ of " + std::to_string(len) + " bytes";
-                return RQ_BAD;
+            int e = SSL_get_error(ssl, r);
+            if (e == SSL_ERROR_WANT_WRITE) {
+                need = POLLOUT;
+            } else if (e != SSL_ERROR_WANT_READ) {
+                if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
+                    return closed(); // closed before or during the hello
+                rq_end c = closed();
+                if (c == RQ_EVICTED)
+                    return c;
+                *why = mms__tls_failure(ssl, "the handshake failed");
+                return RQ_TLS;
             }
-            want = 6 + (size_t)len;
-            continue;
+        } else {
+            size_t have = pdu->size();
+            pdu->resize(want);
+            ssize_t r = -1;
+            bool again = false;
+            if (ssl != nullptr) {
+                ERR_clear_error();
+                int k = SSL_read(ssl, pdu->data() + have, (int)(want - have));
+                int e = k > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl, k);
+                r = k > 0 ? k : 0;
+                again = e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE;
+                need = e == SSL_ERROR_WANT_WRITE ? POLLOUT : POLLIN;
+                ERR_clear_error();
+            } else {
+                r = recv(fd, pdu->data() + have, want - have, MSG_DONTWAIT);
+                again = r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
+            }
+            if (again || r <= 0) {
+                pdu->resize(have);
+                if (!again)
+                    return closed();
+            } else {
+                pdu->resize(have + (size_t)r);
+                if (pdu->size() < want)
+                    continue;
+                if (want > 6)
+                    return RQ_OK;
+                const unsigned char *h = pdu->data();
+                uint64_t len =
+                    (uint64_t)h[2] << 24 | (uint64_t)h[3] << 16 | (uint64_t)h[4] << 8 | h[5];
+                if (h[0] != 0x01) {
+                    *why = "not an A-ASSOCIATE-RQ (PDU type " + std::to_string(h[0]) + ")";
+                    return RQ_BAD;
+                }
+                if (len > dcmAssociatePDUSizeLimit.get() || len < 68) {
+                    *why = "A-ASSOCIATE-RQ of " + std::to_string(len) + " bytes";
+                    return RQ_BAD;
+                }
+                want = 6 + (size_t)len;
+                continue;
+            }
         }
-        return RQ_OK;
+        for (;;) {
+            clock_gettime(CLOCK_MONOTONIC, &t);
+            int64_t left = deadline_ms - ((int64_t)(t.tv_sec - t0.tv_sec) * 1000 +
+                                          (t.tv_nsec - t0.tv_nsec) / 1000000);
+            if (left <= 0)
+                return RQ_TIMEOUT;
+            struct pollfd p[2] = {{fd, need, 0}, {s->stop_rd, POLLIN, 0}};
+            int n = poll(p, 2, (int)left);
+            if (n < 0 && errno == EINTR)
+                continue;
+            if (n < 0 || p[1].revents != 0)
+                return RQ_STOPPED;
+            if (n > 0)
+                break;
+        }
     }
 }
 
@@ -733,13 +841,53 @@ connection_body(mms_scp *s, int fd, const std::string &peer, mms_scp::pending *m
 {
     std::vector<unsigned char> pdu;
     std::string why;
-    rq_end end = read_request(s, fd, me, &pdu, &why);
+    mms_tls *tls;
+    {
+        std::lock_guard<std::mutex> g(s->lock);
+        tls = mms_tls_ref(s->tls);
+    }
+    std::unique_ptr<mms_tls, void (*)(mms_tls *)> tls_ref(tls, mms_tls_unref);
+    SSL *ssl = nullptr;
+    rq_end end = RQ_OK;
+    if (tls != nullptr && !host_allowed(*s, peer)) {
+        // no handshake (and no work on our key) for a host that is refused anyway
+        end = RQ_HOST;
+    } else if (tls != nullptr) {
+        ssl = mms__tls_new_ssl(tls, fd, nullptr, &why);
+        int fl = fcntl(fd, F_GETFL);
+        if (ssl == nullptr || fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0)
+            end = RQ_TLS;
+    }
+    if (end == RQ_OK)
+        end = read_request(s, fd, ssl, me, &pdu, &why);
     {
         std::lock_guard<std::mutex> g(s->lock);
         s->pend.remove(me);
     }
+    if (end == RQ_OK && ssl != nullptr) {
+        int fl = fcntl(fd, F_GETFL);
+        if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+            end = RQ_TLS;
+            why = "cannot make the socket blocking again";
+        } else {
+            mms_log(MMS_LOG_INFO, "connection from %s: %s", peer.c_str(),
+                    mms__tls_session(ssl).c_str());
+        }
+    }
     if (end != RQ_OK) {
         switch (end) {
+        case RQ_HOST:
+            count(*s, MMS_SCP_REFUSED_HOST);
+            mms_log(MMS_LOG_NOTICE,
+                    "connection from %s closed before the TLS handshake: host not in "
+                    "allowed_hosts",
+                    peer.c_str());
+            break;
+        case RQ_TLS:
+            count(*s, MMS_SCP_REFUSED_TLS);
+            mms_log(MMS_LOG_NOTICE, "connection from %s closed: TLS: %s", peer.c_str(),
+                    why.c_str());
+            break;
         case RQ_TIMEOUT:
             count(*s, MMS_SCP_REFUSED_TIMEOUT);
             mms_log(MMS_LOG_NOTICE,
@@ -765,20 +913,27 @@ connection_body(mms_scp *s, int fd, const std::string &peer, mms_scp::pending *m
         default:
             break;
         }
+        SSL_free(ssl);
         close(fd);
         return;
     }
     T_ASC_Association *a = nullptr;
+    DcmTransportConnection *made;
     OFCondition cond;
     {
         // the request is in memory: nothing here waits on the network
         std::lock_guard<std::mutex> g(ext_lock);
         s->layer.next = std::move(pdu);
+        s->layer.next_ssl = ssl;
+        s->layer.made = nullptr;
         dcmExternalSocketHandle.set(fd);
-        cond = ASC_receiveAssociation(s->net, &a, (long)s->max_pdu, nullptr, nullptr, OFFalse,
-                                      DUL_NOBLOCK, (int)s->assoc_timeout_s);
+        cond = ASC_receiveAssociation(s->net, &a, (long)s->max_pdu, nullptr, nullptr,
+                                      ssl != nullptr ? OFTrue : OFFalse, DUL_NOBLOCK,
+                                      (int)s->assoc_timeout_s);
         dcmExternalSocketHandle.set(DCMNET_INVALID_SOCKET);
         s->layer.next.clear();
+        s->layer.next_ssl = nullptr;
+        made = s->layer.made;
     }
     if (cond.bad()) {
         count(*s, MMS_SCP_REFUSED_PROTOCOL);
@@ -786,15 +941,18 @@ connection_body(mms_scp *s, int fd, const std::string &peer, mms_scp::pending *m
                 cond.text());
         // without a DUL association key DCMTK never wrapped the socket (plain TCP cannot fail
         // after that), so it is still ours to close
-        if (a == nullptr || a->DULassociation == nullptr)
+        if (a == nullptr || a->DULassociation == nullptr) {
+            if (made == nullptr)
+                SSL_free(ssl); // else the connection owns it
             close(fd);
+        }
         if (a != nullptr) {
             ASC_dropAssociation(a);
             ASC_destroyAssociation(&a);
         }
         return;
     }
-    association w(*s, fd, peer);
+    association w(*s, fd, peer, ssl != nullptr ? made : nullptr);
     w.setSharedConfig(s->cfg);
     w.serve(a); // the association is the worker's now; ~DcmSCP drops and frees it
 }
@@ -1045,6 +1203,7 @@ start(const struct mms_scp_opts *o, std::unique_ptr<mms_scp> &s, std::string *ms
     s->min_free = o->min_free_bytes;
     s->on_store = o->on_store;
     s->ctx = o->ctx;
+    s->tls = mms_tls_ref(o->tls);
 
     struct stat sb;
     if (stat(o->tmp_dir, &sb) != 0 || !S_ISDIR(sb.st_mode) || access(o->tmp_dir, W_OK | X_OK)) {
@@ -1120,6 +1279,7 @@ release(mms_scp *s)
     for (int fd : {s->listen_fd, s->stop_rd, s->stop_wr})
         if (fd >= 0)
             close(fd);
+    mms_tls_unref(s->tls);
     delete s;
 }
 
@@ -1171,6 +1331,23 @@ extern "C" const char *
 mms_scp_refusal_name(enum mms_scp_refusal r)
 {
     return r >= 0 && r < MMS_SCP_REFUSED_N ? refusal_names[r] : nullptr;
+}
+
+extern "C" int
+mms_scp_set_tls(struct mms_scp *s, struct mms_tls *t)
+{
+    if (s == nullptr || t == nullptr)
+        return MMS_EINVAL;
+    mms_tls *old;
+    {
+        std::lock_guard<std::mutex> g(s->lock);
+        if (s->tls == nullptr)
+            return MMS_EINVAL;
+        old = s->tls;
+        s->tls = mms_tls_ref(t);
+    }
+    mms_tls_unref(old);
+    return 0;
 }
 
 extern "C" unsigned

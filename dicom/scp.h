@@ -5,6 +5,10 @@
  * set as it arrived, no transcoding; a new file meta header) into a file in tmp_dir, the file
  * is fsynced, and on_store decides the status that is answered. The SCP never builds a path
  * from received text: the file name in tmp_dir is random.
+ * With a TLS context (design.md section 9) every connection is DICOM TLS: a host outside
+ * allowed_hosts is closed before the handshake; a peer without a certificate that tls_ca
+ * trusts, or with an expired one, or speaking plain DICOM, is closed after it and counted
+ * under "tls". The handshake and the whole A-ASSOCIATE-RQ must come within assoc_timeout_s.
  * Threads: mms_scp_start/stop from one thread; on_store runs on association threads, several
  * at once. */
 #ifndef MMS_DICOM_SCP_H
@@ -13,6 +17,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "dicom/tls.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -54,6 +60,8 @@ struct mms_scp_opts {
     uint64_t min_free_bytes;            /* below it every C-STORE is answered 0xA700 (the data
                                            set is read off the wire and dropped, never stored) */
     bool accept_all;                    /* accept_sop_classes = all: every storage SOP class */
+    struct mms_tls *tls;                /* DICOM TLS with this server context (the SCP takes
+                                           its own reference), or NULL: plain TCP */
     mms_scp_store_fn on_store;
     void *ctx;
 };
@@ -69,8 +77,9 @@ int mms_scp_start(const struct mms_scp_opts *o, struct mms_scp **out, char *why,
 
 /* Why an association or a connection was refused: allowed_hosts, the called AE title,
  * allowed_calling_aes, max_associations_per_host (also a pending connection closed for a
- * newer one), max_associations, assoc_timeout_s, and anything else that is not DICOM's upper
- * layer protocol as we take it (not an A-ASSOCIATE-RQ, no acceptable context). */
+ * newer one), max_associations, assoc_timeout_s, anything else that is not DICOM's upper
+ * layer protocol as we take it (not an A-ASSOCIATE-RQ, no acceptable context), and a failed
+ * TLS handshake. */
 enum mms_scp_refusal {
     MMS_SCP_REFUSED_HOST,
     MMS_SCP_REFUSED_CALLED_AE,
@@ -79,6 +88,7 @@ enum mms_scp_refusal {
     MMS_SCP_REFUSED_MAX_ASSOCIATIONS,
     MMS_SCP_REFUSED_TIMEOUT,
     MMS_SCP_REFUSED_PROTOCOL,
+    MMS_SCP_REFUSED_TLS,
     MMS_SCP_REFUSED_N
 };
 
@@ -86,8 +96,14 @@ enum mms_scp_refusal {
 uint64_t mms_scp_refused(const struct mms_scp *s, enum mms_scp_refusal r);
 
 /* The metrics label of r ("host", "called_ae", "calling_ae", "per_host_limit",
- * "max_associations", "timeout", "protocol"), NULL out of range. */
+ * "max_associations", "timeout", "protocol", "tls"), NULL out of range. */
 const char *mms_scp_refusal_name(enum mms_scp_refusal r);
+
+/* Serve new connections with the server context t from now on (a certificate renewed by a
+ * reload); connections already past their handshake keep the context they began with. The
+ * SCP takes its own reference. Returns 0, or MMS_EINVAL when s was started without TLS or t
+ * is NULL (turning TLS on or off needs a new start). Threads: any. */
+int mms_scp_set_tls(struct mms_scp *s, struct mms_tls *t);
 
 /* The port actually listened on (useful with port 0). */
 unsigned mms_scp_port(const struct mms_scp *s);

@@ -17,10 +17,16 @@
 // - New sockets get SO_SNDTIMEO/SO_RCVTIMEO from the process-wide dcmSocketSendTimeout and
 //   dcmSocketReceiveTimeout (60 s); they are set to timeout_s on our socket once connected,
 //   not through those globals, which the Store SCP in the same process reads too.
+// - With TLS, DUL asks the network's transport layer for a connection on the new socket and
+//   runs clientSideHandshake() on it; a failed handshake comes back from
+//   ASC_requestAssociation as a dcmtls condition ("TLS error: certificate verify failed")
+//   after the connection, and with it the SSL, was deleted. Under TLS 1.3 a peer that refuses
+//   our certificate says so after the handshake: we see the connection closed or reset.
 // - ASC_abortAssociation sends the A-ABORT and then waits for the peer to close, up to the
 //   network timeout; shutting the reading side first makes it return at once.
 #include "dicom/scu.h"
 
+#include <arpa/inet.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
@@ -43,14 +49,17 @@
 #include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/dcmdata/dcxfer.h>
 #include <dcmtk/dcmnet/assoc.h>
+#include <dcmtk/dcmnet/dcmlayer.h>
 #include <dcmtk/dcmnet/dcmtrans.h>
 #include <dcmtk/dcmnet/dimse.h>
 #include <dcmtk/dcmnet/diutil.h>
 #include <dcmtk/dcmnet/dul.h>
+#include <dcmtk/dcmtls/tlstrans.h>
 
 #include "common/err.h"
 #include "common/log.h"
 #include "dicom/text-impl.hh"
+#include "dicom/tls-impl.hh"
 
 void mms__route_dcmtk_log(); // scp.cc
 
@@ -254,6 +263,9 @@ association_failure(const OFCondition &cond, T_ASC_Parameters *params, const std
                (cond.module() == OFM_dcmnet && cond.code() == DULC_TCPIOERROR)) {
         o.reason =
             "association request to " + peer + ": connection closed or reset: " + cond.text();
+    } else if (cond.module() == OFM_dcmtls) {
+        // a certificate renewed or trusted later, then a reload, lets the retry succeed
+        o.reason = "TLS handshake with " + peer + " failed: " + cond.text();
     } else {
         // an answer that is not a valid A-ASSOCIATE-AC/RJ: not a DICOM peer, or a broken one
         o.cls = MMS_SCU_PERMANENT;
@@ -407,6 +419,53 @@ no_context_reason(const std::vector<context> &ctx, const item &it, const std::st
     return s;
 }
 
+// A TLS connection that keeps why its handshake failed (the SSL goes with it).
+class client_conn : public DcmTLSConnection
+{
+  public:
+    client_conn(DcmNativeSocketType fd, SSL *ssl, std::string *failure)
+        : DcmTLSConnection(fd, ssl), ssl_(ssl), failure_(failure)
+    {
+    }
+    OFCondition
+    clientSideHandshake() override
+    {
+        OFCondition c = DcmTLSConnection::clientSideHandshake();
+        if (c.bad())
+            *failure_ = mms__tls_failure(ssl_, c.text());
+        return c;
+    }
+
+  private:
+    SSL *ssl_;
+    std::string *failure_;
+};
+
+// The transport layer of one association over TLS: connections with the context of
+// mms_scu_peer.tls, the peer's host name sent for SNI, the socket timeouts set before the
+// handshake (not DCMTK's process-wide 60 s).
+class client_layer : public DcmTransportLayer
+{
+  public:
+    DcmTransportConnection *
+    createConnection(DcmNativeSocketType fd, OFBool secure) override
+    {
+        if (!secure || tls == nullptr)
+            return DcmTransportLayer::createConnection(fd, secure);
+        struct timeval tv = {(time_t)timeout_s, 0};
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        struct in_addr a;
+        SSL *ssl = mms__tls_new_ssl(
+            tls, fd, inet_pton(AF_INET, host.c_str(), &a) == 1 ? nullptr : host.c_str(), &failure);
+        return ssl != nullptr ? new (std::nothrow) client_conn(fd, ssl, &failure) : nullptr;
+    }
+    mms_tls *tls = nullptr; // borrowed from the peer for the call
+    std::string host;
+    int timeout_s = 30;
+    std::string failure; // why the handshake failed, "" until it did
+};
+
 class association
 {
   public:
@@ -433,6 +492,14 @@ class association
         if (cond.good())
             cond = ASC_createAssociationParameters(&params_,
                                                    (long)(p->max_pdu != 0 ? p->max_pdu : 65536));
+        if (cond.good() && p->tls != nullptr) {
+            layer_.tls = p->tls;
+            layer_.host = p->host;
+            layer_.timeout_s = timeout_s_;
+            cond = ASC_setTransportLayer(net_, &layer_, 0);
+            if (cond.good())
+                cond = ASC_setTransportLayerType(params_, OFTrue);
+        }
         if (cond.bad()) {
             o->cls = MMS_SCU_TRANSIENT;
             o->rc = cond == EC_MemoryExhausted ? MMS_ENOMEM : MMS_EDICOM;
@@ -461,6 +528,11 @@ class association
                                       timeout_s_);
         if (cond.bad()) {
             *o = association_failure(cond, params_, peer_);
+            if (cond.module() == OFM_dcmtls && !layer_.failure.empty())
+                o->reason = "TLS handshake with " + peer_ + " failed: " + layer_.failure;
+            else if (p->tls != nullptr && o->cls == MMS_SCU_TRANSIENT && o->rc == MMS_EDIMSE)
+                // TLS 1.3 ends the handshake before the server has judged our certificate
+                o->reason += " (over TLS, the peer may have refused our certificate)";
             return false;
         }
         up_ = true;
@@ -544,6 +616,7 @@ class association
     }
 
   private:
+    client_layer layer_; // outlives net_ (members go after the destructor's body)
     T_ASC_Network *net_ = nullptr;
     T_ASC_Parameters *params_ = nullptr; // owned by assoc_ once requested
     T_ASC_Association *assoc_ = nullptr;
@@ -604,10 +677,6 @@ same_file(const std::string &a, const std::string &b)
 int
 check_peer(const mms_scu_peer *p, std::string *msg)
 {
-    if (p->tls) {
-        *msg = "TLS is not built into the Store SCU";
-        return MMS_ENOTSUP;
-    }
     if (p->host == nullptr || p->host[0] == '\0') {
         *msg = "host: missing";
         return MMS_EINVAL;

@@ -16,8 +16,12 @@
  * A file that is never sent because the association failed or ended first gets the class
  * and reason of that failure.
  *
- * TLS (design.md section 9) is not built into the Store SCU: a peer with tls set is refused
- * with MMS_ENOTSUP before anything is sent.
+ * TLS (design.md section 9): with mms_scu_peer.tls the association runs over DICOM TLS with
+ * that context (dicom/tls.h): our certificate is presented, the peer's must chain to tls_ca
+ * (no host name check, as DICOM TLS peers are identified by their certificate), and the host
+ * name is sent for SNI. A failed handshake is transient, its reason names the certificate
+ * problem ("certificate has expired", "unable to get local issuer certificate"): a renewed
+ * certificate or CA, loaded by a reload, lets a retry succeed.
  *
  * Threads: any thread may call mms_scu_store(); several calls may run at once, each with its
  * own association. Process-wide DCMTK state it touches: the TCP connect timeout
@@ -30,6 +34,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+
+#include "dicom/tls.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -49,7 +55,7 @@ struct mms_scu_peer {
     const char *calling_ae; /* ours */
     unsigned timeout_s;     /* TCP connect, ACSE, DIMSE and socket timeout, 1..86400 */
     unsigned max_pdu;       /* our maximum receive PDU, 4096..131072; 0: 65536 */
-    bool tls;               /* not built: MMS_ENOTSUP */
+    struct mms_tls *tls;    /* DICOM TLS with this context (borrowed for the call), or NULL */
 };
 
 /* The outcome for one file, in the order of paths. */
@@ -97,7 +103,7 @@ struct mms_scu_result {
  * Returns 0 (every file delivered, res->cls == MMS_SCU_DELIVERED), the rc of the first file
  * not delivered (see struct mms_scu_file), MMS_EINVAL (no peer, paths, or res; n < 1; a bad
  * AE title, port, timeout, max_pdu or host; more than 128 presentation contexts needed),
- * MMS_ENOTSUP (tls, an IPv6 literal host), MMS_ENOMEM, MMS_EDICOM (an unexpected exception
+ * MMS_ENOTSUP (an IPv6 literal host), MMS_ENOMEM, MMS_EDICOM (an unexpected exception
  * inside the toolkit).
  * Threads: any (see the top of this file). Blocks for up to a few timeout_s per file. */
 int mms_scu_store(const struct mms_scu_peer *peer, const char *const *paths, int n,

@@ -9,6 +9,7 @@
 //   empty one is set, so such a key fails to load instead of blocking a daemon.
 // - DCMTK checks no host name; the peer is whoever holds a certificate that tls_ca trusts.
 #include "dicom/tls.h"
+#include "dicom/tls-impl.hh"
 
 #include <sys/stat.h>
 
@@ -218,4 +219,48 @@ mms_tls_describe(const struct mms_tls *t, char *buf, size_t len)
     int n = snprintf(buf, len, "subject %s, issuer %s, serial %s, valid until %s", subject, issuer,
                      serial, until);
     return n < 0 ? 0 : (size_t)n < len ? (size_t)n : len > 0 ? len - 1 : 0;
+}
+
+SSL *
+mms__tls_new_ssl(struct mms_tls *t, int fd, const char *sni, std::string *why)
+{
+    SSL_CTX *ctx = (SSL_CTX *)t->layer->getNativeHandle();
+    SSL *ssl = ctx != nullptr ? SSL_new(ctx) : nullptr;
+    if (ssl == nullptr || SSL_set_fd(ssl, fd) != 1 ||
+        (sni != nullptr && SSL_set_tlsext_host_name(ssl, sni) != 1)) {
+        *why = openssl_error();
+        if (why->empty())
+            *why = "cannot make a TLS connection";
+        SSL_free(ssl);
+        return nullptr;
+    }
+    return ssl;
+}
+
+std::string
+mms__tls_failure(SSL *ssl, const char *fallback)
+{
+    long v = ssl != nullptr ? SSL_get_verify_result(ssl) : X509_V_OK;
+    std::string detail = openssl_error();
+    if (v != X509_V_OK)
+        return std::string("the peer's certificate: ") + X509_verify_cert_error_string(v);
+    if (!detail.empty()) {
+        // "error:0A00010B:SSL routines::wrong version number": the words after the last colon
+        size_t colon = detail.rfind(':');
+        return colon != std::string::npos ? detail.substr(colon + 1) : detail;
+    }
+    return fallback;
+}
+
+std::string
+mms__tls_session(SSL *ssl)
+{
+    std::string s = std::string(SSL_get_version(ssl)) + " " + SSL_get_cipher_name(ssl);
+    X509 *peer = SSL_get1_peer_certificate(ssl);
+    if (peer == nullptr)
+        return s + ", no peer certificate";
+    char subject[256] = "";
+    X509_NAME_oneline(X509_get_subject_name(peer), subject, sizeof subject);
+    X509_free(peer);
+    return s + ", peer " + subject;
 }

@@ -52,7 +52,7 @@ main(void)
     char longline[400];
     int rc;
 
-    plan(63, 30);
+    plan(65, 30);
     if (mkdtemp(dir) == NULL)
         return 1;
     snprintf(path, sizeof path, "%s/mmsegd.ini", dir);
@@ -168,10 +168,17 @@ main(void)
                  "1: [destination pacs]: type dicom needs ae_title, host and port");
     expect_error("folder destination without path", "[destination out]\ntype = folder\n",
                  "1: [destination out]: type folder needs path");
-    expect_error("TLS to a destination",
+    expect_error("TLS to a destination without our certificate",
                  "[destination pacs]\nae_title = PACS\nhost = pacs\nport = 104\ntls = yes\n",
-                 "1: [destination pacs] tls: not supported yet (only the default 'no' is "
-                 "accepted)");
+                 "1: [destination pacs] tls: needs [scp] tls_cert, tls_key and tls_ca (our "
+                 "certificate and the CA of the peers)");
+    expect_error("tls_cert and tls_key without tls_ca",
+                 "[scp]\ntls_cert = /etc/hostname\ntls_key = /etc/hostname\n",
+                 "3: [scp] tls_ca is not set: TLS needs tls_cert, tls_key and tls_ca");
+    expect_error("an unreadable tls_ca",
+                 "[scp]\ntls_cert = /etc/hostname\ntls_key = /etc/hostname\n"
+                 "tls_ca = /no/such/ca.crt\n",
+                 "4: [scp] tls_ca /no/such/ca.crt: no such file or directory");
     rc = load("[destination pacs]\nae_title = PACS\nhost = 10.0.0.5\nport = 104\n"
               "retry_initial_s = 5\n[destination out]\ntype = folder\npath = results\n",
               &cfg);

@@ -1,0 +1,26 @@
+/* dicom/: what the Store SCP and SCU need of a TLS context (tls.cc), C++ only. */
+#ifndef MMS_DICOM_TLS_IMPL_HH
+#define MMS_DICOM_TLS_IMPL_HH
+
+#include <string>
+
+#include <openssl/ssl.h>
+
+#include "dicom/tls.h"
+
+/* A new TLS connection on the socket fd with t's context (the caller owns it: SSL_free, or a
+ * DcmTLSConnection takes it), or nullptr with OpenSSL's reason in *why. sni: the peer's host
+ * name to send in the handshake, or nullptr (an address is never sent). */
+SSL *mms__tls_new_ssl(struct mms_tls *t, int fd, const char *sni, std::string *why);
+
+/* Why a handshake on ssl failed, in a few words: the verification of the peer's certificate
+ * ("certificate has expired", "unable to get local issuer certificate"), else OpenSSL's
+ * oldest queued error ("wrong version number", "peer did not return a certificate"), else
+ * fallback. The error queue of this thread is emptied. */
+std::string mms__tls_failure(SSL *ssl, const char *fallback);
+
+/* After a handshake: "TLSv1.3 TLS_AES_256_GCM_SHA384, peer CN=..." (the peer's subject, or
+ * "no peer certificate"). */
+std::string mms__tls_session(SSL *ssl);
+
+#endif
