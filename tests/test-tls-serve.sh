@@ -34,15 +34,6 @@ ct=$td/dcmqi/data/segmentations/ct-3slice
 tmp=$(mktemp -d)
 pid=
 trap serve_cleanup EXIT
-n=0
-failed=0
-result() { # OK|FAIL TEXT
-    n=$((n + 1))
-    if [ "$1" = OK ]; then echo "ok $n - $2"; else
-        echo "not ok $n - $2"
-        failed=1
-    fi
-}
 check() { # TEXT COMMAND...: OK when the command succeeds
     local text=$1
     shift
@@ -225,7 +216,7 @@ reason_is() { # JOB DEST PATTERN TEXT
         result FAIL "b) $4: pending and retried ($(send_field "$1" "$2" state attempts reason))"
     fi
 }
-reason_is 102 distrust "*closed or reset*may have refused our certificate*" "an Orthanc that does not trust our CA"
+reason_is 102 distrust "*the peer may have refused our certificate*" "an Orthanc that does not trust our CA"
 reason_is 103 expired "*TLS handshake with ORTHANC@127.0.0.1:$dicom_expired failed*certificate has expired*" \
     "an Orthanc with an expired certificate"
 reason_is 104 foreign "*TLS handshake*unable to get local issuer certificate*" \
