@@ -4,15 +4,16 @@
 # the daemon of start/stop runs with $tmp/mmsegd.ini and logs to $tmp/log, its PID in pid.
 # Declares opid (the Orthanc PIDs by name); serve_cleanup (for `trap serve_cleanup EXIT`)
 # kills the daemon and the Orthanc servers (stopped ones too) and removes $tmp unless KEEP
-# is set.
+# is set; also under set -e, where a step that fails (a process gone already, the status of
+# one killed) must not end it before the removal.
 declare -A opid
 pid=
 serve_cleanup() {
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
+    if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
     for k in "${!opid[@]}"; do
-        kill -CONT "${opid[$k]}" 2>/dev/null
-        kill -9 "${opid[$k]}" 2>/dev/null
-        wait "${opid[$k]}" 2>/dev/null
+        kill -CONT "${opid[$k]}" 2>/dev/null || true
+        kill -9 "${opid[$k]}" 2>/dev/null || true
+        wait "${opid[$k]}" 2>/dev/null || true
     done
     [ -n "${KEEP:-}" ] && echo "# kept $tmp" || rm -rf "$tmp"
 }
