@@ -1,17 +1,19 @@
-# Sourced by the tests that run the daemon beside a real Orthanc (Debian's, on loopback with
-# its own ports). Needs $tmp (a scratch folder), $python, $orthanc (the server binary) and
-# $mmsegd; the daemon runs with $tmp/mmsegd.ini and logs to $tmp/log, its PID in pid.
+# Sourced by the tests and benchmarks that run the daemon, some beside a real Orthanc (Debian's,
+# on loopback with its own ports). Needs $tmp (a scratch folder), $python, $orthanc (the server
+# binary) and $mmsegd, each where it is used; serve_config writes a daemon's configuration, and
+# the daemon of start/stop runs with $tmp/mmsegd.ini and logs to $tmp/log, its PID in pid.
 # Declares opid (the Orthanc PIDs by name); serve_cleanup (for `trap serve_cleanup EXIT`)
 # kills the daemon and the Orthanc servers (stopped ones too) and removes $tmp unless KEEP
-# is set.
+# is set; also under set -e, where a step that fails (a process gone already, the status of
+# one killed) must not end it before the removal.
 declare -A opid
 pid=
 serve_cleanup() {
-    [ -n "$pid" ] && kill -9 "$pid" 2>/dev/null
+    if [ -n "$pid" ]; then kill -9 "$pid" 2>/dev/null || true; fi
     for k in "${!opid[@]}"; do
-        kill -CONT "${opid[$k]}" 2>/dev/null
-        kill -9 "${opid[$k]}" 2>/dev/null
-        wait "${opid[$k]}" 2>/dev/null
+        kill -CONT "${opid[$k]}" 2>/dev/null || true
+        kill -9 "${opid[$k]}" 2>/dev/null || true
+        wait "${opid[$k]}" 2>/dev/null || true
     done
     [ -n "${KEEP:-}" ] && echo "# kept $tmp" || rm -rf "$tmp"
 }
@@ -86,6 +88,27 @@ orthanc_instances() {
 
 
 # ---------------------------------------------------------------------------- mmsegd
+# serve_config FILE STATE PORT [DAEMON_LINE...]: writes FILE, the mmsegd.ini of `mmsegd serve`
+# with its state in STATE and its SCP on 127.0.0.1:PORT open to any calling AE from loopback;
+# each DAEMON_LINE ("key = value") goes into [daemon], and the sections on stdin follow [scp]
+# (give it </dev/null when there are none). [scp] min_free_mb is $min_free_mb, 1 when unset.
+serve_config() {
+    local file=$1 state=$2 port=$3
+    shift 3
+    {
+        printf '[daemon]\nstate_dir = %s\n' "$state"
+        if [ $# -gt 0 ]; then printf '%s\n' "$@"; fi
+        cat <<INI
+[scp]
+bind = 127.0.0.1
+allowed_hosts = 127.0.0.0/8
+allowed_calling_aes = any
+port = $port
+min_free_mb = ${min_free_mb:-1}
+INI
+        cat
+    } >"$file"
+}
 start() {
     "$mmsegd" serve -c "$tmp/mmsegd.ini" >>"$tmp/log" 2>&1 &
     pid=$!

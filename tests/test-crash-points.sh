@@ -164,16 +164,7 @@ for p in "${points[@]}"; do
     aport=$(free_port)
     storescp -v -aet ARCHIVE -od "$tmp/archive" "$aport" >"$tmp/archive.log" 2>&1 &
     apid=$!
-    cat >"$tmp/mmsegd.ini" <<INI
-[daemon]
-state_dir = $tmp/state
-workers = 1
-[scp]
-bind = 127.0.0.1
-allowed_hosts = 127.0.0.0/8
-allowed_calling_aes = any
-port = $port
-min_free_mb = 1
+    serve_config "$tmp/mmsegd.ini" "$tmp/state" "$port" "workers = 1" <<INI
 [series]
 stable_age_s = 1
 [infer]

@@ -12,25 +12,18 @@ for t in echoscu storescu; do
         exit 0
     fi
 done
+. "$(dirname "$0")/serve-util.sh"
 mmsegd=${MMSEGD:-./mmsegd}
 python=${PYTHON3:-/usr/bin/python3}
 check_py=$(dirname "$0")/intake_check.py
 tmp=$(mktemp -d)
 pid=
 trap '[ -n "$pid" ] && kill -9 $pid 2>/dev/null; rm -rf "$tmp"' EXIT
-port=$("$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-cat >"$tmp/mmsegd.ini" <<EOF2
-[daemon]
-state_dir = $tmp/state
-[scp]
-bind = 127.0.0.1
-allowed_hosts = 127.0.0.0/8
-allowed_calling_aes = any
-port = $port
-min_free_mb = 1
+port=$(free_port)
+serve_config "$tmp/mmsegd.ini" "$tmp/state" "$port" <<INI
 [series]
 stable_age_s = 1
-EOF2
+INI
 start() {
     "$mmsegd" serve -c "$tmp/mmsegd.ini" >>"$tmp/log" 2>&1 &
     pid=$!

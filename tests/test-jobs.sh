@@ -63,17 +63,8 @@ orthanc_start open && result OK "Orthanc listens (DICOM $dicom_open)" ||
 port=$(free_port)
 mport=$(free_port)
 mkdir -p "$tmp/folder" "$tmp/drop"
-cat >"$tmp/mmsegd.ini" <<INI
-[daemon]
-state_dir = $tmp/state
-workers = 2
-metrics_listen = 127.0.0.1:$mport
-[scp]
-bind = 127.0.0.1
-allowed_hosts = 127.0.0.0/8
-allowed_calling_aes = any
-port = $port
-min_free_mb = 1
+serve_config "$tmp/mmsegd.ini" "$tmp/state" "$port" "workers = 2" \
+    "metrics_listen = 127.0.0.1:$mport" <<INI
 [drop]
 dir = $tmp/drop
 stable_s = 1

@@ -29,6 +29,7 @@ done
 mmsegd=${MMSEGD:-_build/dev/mmsegd}
 py=${PYTHON3:-/usr/bin/python3}
 . tests/find-testdata.sh
+. tests/serve-util.sh
 if ! find_testdata; then
     echo "bench-intake: the shared test data is not here (set MMS_TESTDATA to its folder)" >&2
     exit 1
@@ -85,18 +86,8 @@ for r in $(seq "$runs"); do
     # mmsegd
     port=$(free_port)
     rm -rf "$work/state"
-    cat >"$work/mmsegd.ini" <<EOF2
-[daemon]
-state_dir = $work/state
-log_level = warning
-isolate = $isolate
-[scp]
-bind = 127.0.0.1
-allowed_hosts = 127.0.0.0/8
-allowed_calling_aes = any
-port = $port
-min_free_mb = 1
-EOF2
+    serve_config "$work/mmsegd.ini" "$work/state" "$port" "log_level = warning" \
+        "isolate = $isolate" </dev/null
     "$mmsegd" serve -c "$work/mmsegd.ini" >>"$work/mmsegd.log" 2>&1 &
     pid=$!
     wait_echo MMSEGD "$port"

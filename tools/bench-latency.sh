@@ -46,16 +46,7 @@ ts=$td/totalsegmentator/tests/reference_files/example_ct_dicom
 orthanc_config open ""
 orthanc_start open
 port=$(free_port)
-cat >"$tmp/mmsegd.ini" <<INI
-[daemon]
-state_dir = $tmp/state
-log_level = info
-[scp]
-bind = 127.0.0.1
-allowed_hosts = 127.0.0.0/8
-allowed_calling_aes = any
-port = $port
-min_free_mb = 1
+serve_config "$tmp/mmsegd.ini" "$tmp/state" "$port" "log_level = info" <<INI
 [series]
 stable_age_s = $stable
 [infer]

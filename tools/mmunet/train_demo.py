@@ -125,7 +125,7 @@ def ct_statistics(cases):
 def augment_intensity(hu, lab, rng, ncls, real):
     """Contrast phase: each organ's HU moves by its own random offset (the phantoms are
     portal-venous and may lose up to 70 HU; the real case is unenhanced and may gain up to 100
-    HU), so that both phases look familiar; then a random global window."""
+    HU), so that both phases look familiar. Returns a new array; lab is not changed."""
     hu = hu.copy()
     for c in range(1, ncls):
         m = lab == c
@@ -246,21 +246,18 @@ def evaluate(net, card, names, cases=None, preds=None):
     if preds is None:
         preds = predict_all(net, card, cases)
     preds = [pipeline.postprocess(p, card.get("postprocessing", [])) for p in preds]
-    ph = {n: [] for n in names}
     result = {}
     for pred, c in zip(preds, cases):
-        d = pipeline.dice(pred, c[6], ids)
         if c[0] == "real":
+            d = pipeline.dice(pred, c[6], ids)
             result["real_example"] = {names[i - 1]: round(v, 4) for i, v in d.items()
                                       if v is not None}
             vals = list(result["real_example"].values())
             result["real_example_mean"] = round(float(np.mean(vals)), 4) if vals else None
             result["real_example_outside_body"] = pipeline.outside_body(c[1], pred)
-            continue
-        for i, v in d.items():
-            if v is not None:
-                ph[names[i - 1]].append(v)
-    result["phantoms"] = {n: round(float(np.mean(v)), 4) for n, v in ph.items() if v}
+    ph = [(p, c) for p, c in zip(preds, cases) if c[0] != "real"]
+    dice = mean_dice([p for p, _ in ph], [c for _, c in ph], ids)
+    result["phantoms"] = {names[i - 1]: round(v, 4) for i, v in dice.items()}
     result["phantoms_mean"] = round(float(np.mean(list(result["phantoms"].values()))), 4)
     return result
 
