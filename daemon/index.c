@@ -305,14 +305,13 @@ mms_send_state_name(int state)
 }
 
 static const char *const job_state_names[] = {
-    [MMS_JOB_RUNNING] = "running",
-    [MMS_JOB_DONE] = "done",
-    [MMS_JOB_FAILED] = "failed",
-    [MMS_JOB_INTERRUPTED] = "interrupted",
+    [MMS_JOB_RUNNING] = "running", [MMS_JOB_DONE] = "done",
+    [MMS_JOB_FAILED] = "failed",   [MMS_JOB_INTERRUPTED] = "interrupted",
+    [MMS_JOB_CRASHED] = "crashed",
 };
 
 #define N_JOB_STATES ((int)(sizeof job_state_names / sizeof job_state_names[0]))
-_Static_assert(N_JOB_STATES == MMS_JOB_INTERRUPTED + 1, "a name for every job state");
+_Static_assert(N_JOB_STATES == MMS_JOB_STATE_N, "a name for every job state");
 
 const char *
 mms_job_state_name(int state)

@@ -166,17 +166,21 @@ int mms_index_send_counts(struct mms_index *ix, int64_t counts[MMS_SEND_DEAD + 1
                           size_t why_len);
 
 /* Jobs (design.md sections 1, 3): one row per run of the work on a series. running: started,
- * not finished (after a crash: interrupted, the series queued again, unless its result was in
- * the outbox already); done: finished (with a SEG, or with no organ found); failed: the stage
- * and the reason. */
+ * not finished; done: finished (with a SEG, or with no organ found); failed: the stage and the
+ * reason. A job found running after a restart is interrupted (the process ended otherwise:
+ * SIGKILL, out of memory, power loss, a crash of another thread) or crashed (a fatal signal on
+ * its own thread), and its series is queued again, unless its result was in the outbox
+ * already. */
 enum mms_job_state {
     MMS_JOB_RUNNING,
     MMS_JOB_DONE,
     MMS_JOB_FAILED,
     MMS_JOB_INTERRUPTED,
+    MMS_JOB_CRASHED,
+    MMS_JOB_STATE_N
 };
 
-/* "running", "done", "failed", "interrupted"; NULL for a value out of range. */
+/* "running", "done", "failed", "interrupted", "crashed"; NULL for a value out of range. */
 const char *mms_job_state_name(int state);
 
 struct mms_job_row {

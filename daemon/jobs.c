@@ -1,6 +1,8 @@
 /* daemon/jobs: the job runner (jobs.h). */
 #include "daemon/jobs.h"
 
+#include <dirent.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -10,6 +12,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/crash.h"
 #include "common/crashpoint.h"
 #include "common/err.h"
 #include "common/grow.h"
@@ -84,13 +87,17 @@ collect_running(void *ud, const struct mms_job_row *j)
     return 0;
 }
 
-/* A series whose job the daemon stopped during (a crash, a kill) this many times in a row is
- * failed instead of queued again: a file that crashes the decoder must not loop forever. */
-#define MAX_INTERRUPTED 3
+/* A series is failed instead of queued again when the daemon crashed on its job's thread this
+ * many times in a row (an input that crashes the daemon must not make it crash forever), or
+ * stopped during its job this many times in a row for any reason (SIGKILL from the kernel's
+ * out-of-memory killer on a series too large for the machine must not loop forever either,
+ * while an operator's or a power cut's kills are rare enough to stay below it). */
+#define MAX_CRASHED 3
+#define MAX_STOPPED 10
 
 struct streak {
     const char *series;
-    int interrupted; /* the series' interrupted jobs since its last finished one */
+    int crashed, stopped; /* the series' crashed, and ended, jobs since its last finished one */
 };
 
 static int
@@ -99,8 +106,89 @@ count_streak(void *ud, const struct mms_job_row *j)
     struct streak *k = ud;
     if (strcmp(j->series_uid, k->series) != 0 || j->state == MMS_JOB_RUNNING)
         return 0;
-    k->interrupted = j->state == MMS_JOB_INTERRUPTED ? k->interrupted + 1 : 0;
+    if (j->state == MMS_JOB_DONE || j->state == MMS_JOB_FAILED) {
+        k->crashed = k->stopped = 0;
+    } else {
+        k->stopped++;
+        k->crashed += j->state == MMS_JOB_CRASHED;
+    }
     return 0;
+}
+
+/* The marker of a job in progress (common/crash.h): STATE_DIR/.job-inflight-W for worker W
+ * holds the job's id and a NUL; the crash handler appends the signal's name when the worker's
+ * thread crashes. */
+#define MARKER_PREFIX ".job-inflight-"
+
+struct marker {
+    int64_t job;
+    char signal[16]; /* "" when the process ended otherwise */
+};
+
+/* The markers left in state_dir, removed once read; *n of them in *out (free()). */
+static int
+take_markers(const char *state_dir, struct marker **out, int *n)
+{
+    *out = NULL;
+    *n = 0;
+    int cap = 0;
+    DIR *d = opendir(state_dir);
+    if (d == NULL)
+        return mms_err_errno();
+    struct dirent *e;
+    char path[4200], buf[64];
+    while ((e = readdir(d)) != NULL) {
+        if (strncmp(e->d_name, MARKER_PREFIX, strlen(MARKER_PREFIX)) != 0)
+            continue;
+        snprintf(path, sizeof path, "%s/%s", state_dir, e->d_name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        ssize_t len = fd >= 0 ? read(fd, buf, sizeof buf - 1) : -1;
+        if (fd >= 0)
+            close(fd);
+        unlink(path);
+        if (len <= 0)
+            continue;
+        buf[len] = '\0';
+        void *grown = mms_grow(*out, &cap, *n, sizeof **out, 4);
+        if (grown == NULL)
+            break; /* a marker less: that job counts as stopped, not crashed */
+        *out = grown;
+        struct marker *m = &(*out)[(*n)++];
+        m->job = strtoll(buf, NULL, 10);
+        size_t id_len = strlen(buf);
+        snprintf(m->signal, sizeof m->signal, "%s",
+                 (ssize_t)id_len + 1 < len ? buf + id_len + 1 : "");
+    }
+    closedir(d);
+    return 0;
+}
+
+/* The signal that a marker says job died of, or NULL. */
+static const char *
+crashed_by(const struct marker *m, int n, int64_t job)
+{
+    for (int i = 0; i < n; i++)
+        if (m[i].job == job && m[i].signal[0] != '\0')
+            return m[i].signal;
+    return NULL;
+}
+
+/* Write the calling worker's marker for job and arm it; a marker that cannot be written only
+ * costs the distinction between a crash and a kill. */
+static void
+marker_set(const char *path, int64_t job)
+{
+    char text[32];
+    int len = snprintf(text, sizeof text, "%" PRId64, job) + 1; /* with its NUL */
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return;
+    bool ok = write(fd, text, (size_t)len) == len;
+    close(fd);
+    if (ok)
+        mms_crash_marker_arm(path);
+    else
+        unlink(path);
 }
 
 static int
@@ -112,10 +200,17 @@ any_send(void *ud, const struct mms_send_row *s)
 }
 
 int
-mms_jobs_recover(struct mms_index *ix, double now)
+mms_jobs_recover(struct mms_index *ix, const char *state_dir, double now)
 {
     struct recover r = {0};
     char why[1024];
+    struct marker *markers;
+    int n_markers;
+    if (take_markers(state_dir, &markers, &n_markers) < 0)
+        mms_log(MMS_LOG_WARNING,
+                "job recovery: cannot read %s; an interrupted job counts as "
+                "stopped, not crashed",
+                state_dir);
     int rc = mms_index_jobs(ix, MMS_JOB_RUNNING, collect_running, &r, why, sizeof why);
     if (rc == 0 && r.no_memory)
         rc = mms_why(why, sizeof why, MMS_ENOMEM, "out of memory");
@@ -124,25 +219,37 @@ mms_jobs_recover(struct mms_index *ix, double now)
         bool sent = false;
         if ((rc = mms_index_sends(ix, -1, j->id, any_send, &sent, why, sizeof why)) < 0)
             break;
-        struct streak k = {j->series_uid, 0};
+        struct streak k = {j->series_uid, 0, 0};
         if (!sent && (rc = mms_index_jobs(ix, -1, count_streak, &k, why, sizeof why)) < 0)
             break;
-        bool give_up = !sent && k.interrupted + 1 >= MAX_INTERRUPTED;
+        const char *sig = crashed_by(markers, n_markers, j->id);
         char series_reason[256] = "";
         j->finished = now;
         if (sent) {
             j->state = MMS_JOB_DONE;
             snprintf(j->reason, sizeof j->reason,
                      "its result was in the outbox before the daemon stopped");
+        } else if (sig != NULL) {
+            j->state = MMS_JOB_CRASHED;
+            snprintf(j->reason, sizeof j->reason, "the daemon crashed (%s) in this job", sig);
         } else {
             j->state = MMS_JOB_INTERRUPTED;
             snprintf(j->reason, sizeof j->reason, "the daemon stopped during the job");
         }
-        if (give_up)
+        bool give_up = false;
+        if (!sent && sig != NULL && k.crashed + 1 >= MAX_CRASHED) {
+            give_up = true;
             snprintf(series_reason, sizeof series_reason,
-                     "the daemon stopped during %d jobs of this series in a row (a crash in "
-                     "decoding or inference?); not run again",
-                     k.interrupted + 1);
+                     "the daemon crashed in %d jobs of this series in a row (last: %s); not run "
+                     "again",
+                     k.crashed + 1, sig);
+        } else if (!sent && k.stopped + 1 >= MAX_STOPPED) {
+            give_up = true;
+            snprintf(series_reason, sizeof series_reason,
+                     "the daemon stopped during %d jobs of this series in a row (killed for "
+                     "memory?); not run again",
+                     k.stopped + 1);
+        }
         rc = mms_index_job_finish(ix, j,
                                   sent      ? MMS_SERIES_DONE
                                   : give_up ? MMS_SERIES_FAILED
@@ -156,6 +263,7 @@ mms_jobs_recover(struct mms_index *ix, double now)
                           : "the series is queued again");
     }
     free(r.rows);
+    free(markers);
     if (rc < 0)
         mms_log(MMS_LOG_ERR, "job recovery: %s", why);
     return rc;
@@ -412,6 +520,10 @@ worker_main(void *arg)
 {
     struct jworker *w = arg;
     struct mms_jobs *J = w->J;
+    char name[16];
+    snprintf(name, sizeof name, "mms-job%zu", (size_t)(w - J->w));
+    pthread_setname_np(pthread_self(), name); /* what a crash report and ps -L show */
+    mms_crash_thread_init(); /* a stack overflow in a job still reaches the handler */
     pthread_mutex_lock(&J->mu);
     for (;;) {
         while (!w->has_task && !J->stopping)
@@ -420,12 +532,21 @@ worker_main(void *arg)
             break;
         w->has_task = false;
         pthread_mutex_unlock(&J->mu);
+        char marker[4200];
+        snprintf(marker, sizeof marker, "%s/" MARKER_PREFIX "%zu", J->state_dir,
+                 (size_t)(w - J->w));
+        marker_set(marker, w->job);
+        mms_stage_set("job %" PRId64 " (series %s, run %" PRId64 ")", w->job, w->series, w->run);
         run_job(w);
+        mms_stage_clear();
+        mms_crash_marker_disarm();
+        unlink(marker);
         pthread_mutex_lock(&J->mu);
         w->finished = true;
         uv_async_send(&J->done);
     }
     pthread_mutex_unlock(&J->mu);
+    mms_crash_thread_fini();
     return NULL;
 }
 

@@ -31,11 +31,13 @@
 struct mms_jobs;
 
 /* After a restart, before mms_sched_recover(): a job left running whose sends exist finished
- * its work before the stop (done, its series done); any other is interrupted, and its series
- * (still running) is queued again by mms_sched_recover(), unless this is the third
- * interrupted job of the series in a row: then the series fails with that reason, so that an
- * input that crashes the daemon does not make it crash forever. Returns 0 or MMS_EIO. */
-int mms_jobs_recover(struct mms_index *ix, double now);
+ * its work before the stop (done, its series done); any other is crashed (its worker's marker
+ * in state_dir names a fatal signal) or interrupted, and its series (still running) is queued
+ * again by mms_sched_recover(), unless this is the third crashed job of the series in a row,
+ * or the tenth that ended either way: then the series fails with that reason, so that an
+ * input that crashes the daemon, or a series that gets it killed for memory, does not make it
+ * end forever. The markers are removed. Returns 0 or MMS_EIO. */
+int mms_jobs_recover(struct mms_index *ix, const char *state_dir, double now);
 
 /* Load the model, start the worker threads and take the queued series.
  * Ownership: *out is new, stop it with mms_jobs_stop(); ix, sched and sender are borrowed and

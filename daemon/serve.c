@@ -457,7 +457,7 @@ start_intake(struct daemon *d)
         mms_log(MMS_LOG_ERR, "%s", why);
         return rc;
     }
-    if ((rc = mms_jobs_recover(d->ix, mms_wall_s())) < 0 ||
+    if ((rc = mms_jobs_recover(d->ix, c->daemon.state_dir, mms_wall_s())) < 0 ||
         (rc = mms_sched_recover(d->sched, mms_wall_s())) < 0)
         return rc;
     /* what a stop left in outbox/ with nothing pending; no job or send runs yet */
@@ -552,7 +552,7 @@ stop_intake(struct daemon *d)
 
 struct scrape {
     double now, oldest_queued, oldest_receiving, oldest_pending;
-    int64_t jobs[MMS_JOB_INTERRUPTED + 1];
+    int64_t jobs[MMS_JOB_STATE_N];
     struct mms_hist stage[N_STAGES];
 };
 
@@ -571,7 +571,7 @@ static int
 scrape_job(void *ud, const struct mms_job_row *j)
 {
     struct scrape *sc = ud;
-    if (j->state >= 0 && j->state <= MMS_JOB_INTERRUPTED)
+    if (j->state >= 0 && j->state < MMS_JOB_STATE_N)
         sc->jobs[j->state]++;
     if (j->state != MMS_JOB_DONE)
         return 0;
@@ -648,7 +648,7 @@ fill_metrics(void *ud, FILE *f)
     help(f, "mmsegd_jobs_running", "gauge", "Jobs running now.");
     fprintf(f, "mmsegd_jobs_running %zu\n", mms_jobs_running(d->jobs));
     help(f, "mmsegd_jobs", "gauge", "Jobs in the index by state.");
-    for (int i = 0; i <= MMS_JOB_INTERRUPTED; i++)
+    for (int i = 0; i < MMS_JOB_STATE_N; i++)
         fprintf(f, "mmsegd_jobs{state=\"%s\"} %" PRId64 "\n", mms_job_state_name(i), sc.jobs[i]);
     help(f, "mmsegd_job_stage_seconds", "histogram",
          "Stage durations of the jobs done (wait: for the engine; output: SEG).");

@@ -25,7 +25,7 @@
 #define W_REASON 36
 
 #define N_SEND_STATES (MMS_SEND_DEAD + 1)
-#define N_JOB_STATES (MMS_JOB_INTERRUPTED + 1)
+#define N_JOB_STATES (MMS_JOB_STATE_N)
 #define RECENT_JOBS 10
 #define W_JOB 6
 #define W_DEST 12
@@ -43,7 +43,7 @@ struct walk {
     int64_t n_series, instances, counts[N_STATES];
     int64_t n_sends_shown, send_counts[N_SEND_STATES];
     cJSON *jobs; /* json: the array */
-    int64_t n_jobs, job_counts[MMS_JOB_INTERRUPTED + 1];
+    int64_t n_jobs, job_counts[MMS_JOB_STATE_N];
     struct mms_job_row recent[RECENT_JOBS]; /* text: the last jobs, a ring */
 };
 

@@ -53,18 +53,8 @@ mkdir -p "$tmp/archive"
 storescp -v -aet ARCHIVE -od "$tmp/archive" "$aport" >"$tmp/archive.log" 2>&1 &
 apid=$!
 config() { # LOG_LEVEL
-    cat >"$tmp/mmsegd.ini.new" <<INI
-[daemon]
-state_dir = $tmp/state
-log_level = $1
-workers = 1
-[scp]
-bind = 127.0.0.1
-allowed_hosts = 127.0.0.0/8
-allowed_calling_aes = any
-port = $port
+    serve_config "$tmp/mmsegd.ini.new" "$tmp/state" "$port" "log_level = $1" "workers = 1" <<INI
 max_associations_per_host = 0
-min_free_mb = 1
 [series]
 stable_age_s = 1
 [infer]

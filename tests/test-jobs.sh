@@ -13,8 +13,10 @@
 #     interrupted, the series runs again, and Orthanc holds exactly one SEG of it;
 #  d) a fourth series (irregular spacing) through the drop folder: its SEG has the same pixel
 #     data and UIDs as the one `mmsegd segment -o` writes for the same files;
-#  e) the daemon killed during three jobs of one series in a row: the series fails instead of
-#     running again (an input that crashes the daemon must not loop forever);
+#  e) the daemon killed (SIGKILL) during a job, then crashed (SIGSEGV on the job's own
+#     thread, mms-job0) during three jobs of one series in a row: after the kill the series runs
+#     again; after the third crash it fails instead (an input that crashes the daemon must not
+#     loop forever), and the jobs are recorded as interrupted, crashed, crashed, crashed;
 #  f) SIGHUP: a model file that does not load is refused, another one takes over;
 #  and the metrics endpoint moves as the series go through. The daemon runs two engines
 #  ([infer] device = 0,0: two CPU engines); jobs take the first free one.
@@ -37,7 +39,7 @@ dciodvfy=${DCIODVFY:-$(command -v dciodvfy || echo /usr/bin/dciodvfy)}
 tmp=$(mktemp -d)
 pid=
 trap serve_cleanup EXIT
-echo "1..30"
+echo "1..31"
 
 # ---------------------------------------------------------------------------- inputs
 "$python" "$src/tools/mmunet/phantom_series.py" write --seed 1000 --out "$tmp/ph" \
@@ -247,11 +249,23 @@ sys.exit(not (a.PixelData == b.PixelData and a.SOPInstanceUID == b.SOPInstanceUI
     result OK "d) its SEG has the pixel data, frames and UIDs of mmsegd segment's" ||
     result FAIL "d) its SEG has the pixel data, frames and UIDs of mmsegd segment's"
 # ---------------------------------------------------------------------------- e) crash loop
-# the shear series re-opened, then the daemon killed during three of its jobs in a row: the
-# series fails after the third instead of running (and crashing) again
-kill_during_job() { # RUN: wait for the job of that run, kill the daemon
+# the shear series re-opened; the daemon killed during one of its jobs, then crashed during
+# three in a row: the series fails after the third crash instead of running (and crashing)
+# again
+kill_during_job() { # RUN [SIGNAL]: wait for the job of that run, then SIGKILL the daemon, or
+    # send SIGNAL to the job's thread (tgkill), as a fault in the job's own code would raise it
     wait_for 30 grep -q "job [0-9]*: series $shear, run $1\$" "$tmp/log" || return 1
-    kill -9 "$pid"
+    if [ -n "${2:-}" ]; then
+        "$python" -c '
+import ctypes, os, sys
+pid, sig = int(sys.argv[1]), int(sys.argv[2])
+for tid in os.listdir("/proc/%d/task" % pid):
+    if open("/proc/%d/task/%s/comm" % (pid, tid)).read().strip() == "mms-job0":
+        sys.exit(ctypes.CDLL(None, use_errno=True).tgkill(pid, int(tid), sig) != 0)
+sys.exit(1)' "$pid" "$(kill -l "$2")" || return 1
+    else
+        kill -9 "$pid"
+    fi
     wait "$pid" 2>/dev/null
     pid=
 }
@@ -259,14 +273,21 @@ cp "$(ls "$shear_dir"/* | head -1)" "$tmp/late2.dcm"
 dcmodify -nb -m "(0008,103E)=re-opened" "$tmp/late2.dcm" >/dev/null 2>&1
 storescu -aec MMSEGD 127.0.0.1 "$port" "$tmp/late2.dcm" >/dev/null 2>&1
 looped=0
-kill_during_job 3 && start && kill_during_job 4 && start && kill_during_job 5 && start && looped=1
+{ kill_during_job 3 && start && kill_during_job 4 SEGV && start && kill_during_job 5 SEGV &&
+    start && kill_during_job 6 SEGV && start && looped=1; } 2>/dev/null
 shear_state=$(series_state "$shear")
 reason=$(sqlite3 "$tmp/state/state.db" "SELECT reason FROM series WHERE series_uid = '$shear'")
-[ $looped = 1 ] && [ "$shear_state" = "failed 5" ] && case $reason in *"stopped during 3 jobs"*) true ;; *) false ;; esac &&
-    result OK "e) killed during three jobs of a series in a row: the series fails ($reason)" ||
-    result FAIL "e) killed during three jobs of a series in a row: the series fails ('$shear_state', '$reason')"
+jobs=$(sqlite3 "$tmp/state/state.db" "SELECT group_concat(state, ',') FROM (SELECT state FROM jobs WHERE series_uid = '$shear' AND run >= 3 ORDER BY id)")
+[ $looped = 1 ] && [ "$shear_state" = "failed 6" ] &&
+    [ "$jobs" = "interrupted,crashed,crashed,crashed" ] &&
+    case $reason in *"crashed in 3 jobs of this series in a row (last: SIGSEGV)"*) true ;; *) false ;; esac &&
+    result OK "e) killed once, then crashed in three jobs of a series in a row: the series fails ($reason)" ||
+    result FAIL "e) killed once, then crashed in three jobs in a row: the series fails ('$shear_state', '$jobs', '$reason')"
+grep -q "fatal signal SIGSEGV (11) sent by pid [0-9]*, while job [0-9]* (series $shear, run 6)" "$tmp/log" &&
+    result OK "e) the crash report names the signal and the job's stage" ||
+    result FAIL "e) the crash report names the signal and the job's stage"
 sleep 3
-! grep -q "series $shear, run 6" "$tmp/log" && kill -0 "$pid" 2>/dev/null &&
+! grep -q "series $shear, run 7" "$tmp/log" && kill -0 "$pid" 2>/dev/null &&
     result OK "e) it is not run again, and the daemon keeps serving" ||
     result FAIL "e) it is not run again, and the daemon keeps serving"
 

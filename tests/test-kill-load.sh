@@ -69,17 +69,8 @@ aport=$(free_port)
 mkdir -p "$tmp/archive"
 storescp -v --sleep-after 1 -aet ARCHIVE -od "$tmp/archive" "$aport" >"$tmp/archive.log" 2>&1 &
 apid=$!
-cat >"$tmp/mmsegd.ini" <<INI
-[daemon]
-state_dir = $tmp/state
-workers = 1
-[scp]
-bind = 127.0.0.1
-allowed_hosts = 127.0.0.0/8
-allowed_calling_aes = any
-port = $port
+serve_config "$tmp/mmsegd.ini" "$tmp/state" "$port" "workers = 1" <<INI
 max_associations_per_host = 0
-min_free_mb = 1
 [series]
 stable_age_s = 2
 [infer]

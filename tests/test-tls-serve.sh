@@ -79,18 +79,8 @@ dest() { # NAME PORT
     printf '[destination %s]\ntype = dicom\nae_title = ORTHANC\nhost = 127.0.0.1\nport = %s\n' "$1" "$2"
     printf 'tls = yes\nretry_initial_s = 1\nretry_multiplier = 1.0\nretry_max_s = 1\n'
 }
-cat >"$tmp/mmsegd.ini" <<INI
-[daemon]
-state_dir = $state
-log_level = info
-metrics_listen = 127.0.0.1:$mport
-[scp]
-ae_title = MMSEGD
-bind = 127.0.0.1
-port = $port
-allowed_hosts = 127.0.0.0/8
-allowed_calling_aes = any
-min_free_mb = 1
+serve_config "$tmp/mmsegd.ini" "$state" "$port" "log_level = info" \
+    "metrics_listen = 127.0.0.1:$mport" <<INI
 timeout_s = 5
 assoc_timeout_s = 2
 tls_cert = $tmp/node.crt
