@@ -1010,6 +1010,20 @@ mms_index_put(struct mms_index *ix, const struct mms_instance_row *r, enum mms_p
 }
 
 int
+mms_index_reopen(struct mms_index *ix, const struct mms_instance_row *r, char *why, size_t why_len)
+{
+    if (ix == NULL || r == NULL || r->series_uid[0] == '\0')
+        return mms_why(why, why_len, MMS_EINVAL, "no index or series");
+    if (ix->read_only)
+        return mms_why(why, why_len, MMS_EINVAL, "the index is open read-only");
+    int rc = begin_write(ix, why, why_len);
+    if (rc < 0)
+        return rc;
+    rc = series_enter(ix, r, 0, why, why_len);
+    return end_write(ix, rc, why, why_len);
+}
+
+int
 mms_index_set_state(struct mms_index *ix, const char *series_uid, int state, const char *reason,
                     double now, char *why, size_t why_len)
 {

@@ -93,6 +93,12 @@ void mms_index_close(struct mms_index *ix);
 int mms_index_put(struct mms_index *ix, const struct mms_instance_row *r, enum mms_put_result *res,
                   char *old_path, size_t old_path_len, char *why, size_t why_len);
 
+/* Re-open r's series as a new instance would (receiving, last_received = r->received, its
+ * reason cleared), its instance count unchanged: a stored file was repaired, and the work on
+ * the series is due again. Returns 0, MMS_EIO with why, MMS_EINVAL. */
+int mms_index_reopen(struct mms_index *ix, const struct mms_instance_row *r, char *why,
+                     size_t why_len);
+
 /* Set a series' state and reason (NULL: ""), state_since = now; state RUNNING also
  * increments run. Returns 0, MMS_ENOENT (no such series), MMS_EIO. */
 int mms_index_set_state(struct mms_index *ix, const char *series_uid, int state, const char *reason,

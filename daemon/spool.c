@@ -181,18 +181,25 @@ place(const char *tmp_path, const char *dest)
     return 0;
 }
 
-/* The file stored at dest has the data set of h: is it the same instance, that is, does its
- * file meta give that data set the same transfer syntax and UIDs? Returns 0 (the same), or
- * MMS_EDICOM (another instance: refused, the stored file kept) or another error reading it. */
+/* The file stored at dest should have the data set of h, whose SHA-256 is digest: is it the
+ * same instance, that is, does its file meta give that data set the same transfer syntax and
+ * UIDs? Returns 0 (the same), 1 (the stored file is damaged: unreadable, or its data set is
+ * not the one its name says; damage says how), or MMS_EDICOM (another instance: refused, the
+ * stored file kept). */
 static int
-same_instance(const char *dest, const struct mms_header *h, char *why, size_t why_len)
+same_instance(const char *dest, const struct mms_header *h, const char *digest, char *damage,
+              size_t damage_len, char *why, size_t why_len)
 {
     struct mms_header o;
-    char reason[512];
-    int rc = mms_header_read(dest, &o, reason, sizeof reason);
+    char stored[65];
+    int rc = mms_header_read_digest(dest, &o, stored, damage, damage_len);
     if (rc < 0)
-        return mms_why(why, why_len, rc == MMS_EDICOM ? MMS_EIO : rc,
-                       "the stored file with the same data set is unreadable: %s", reason);
+        return 1;
+    if (strcmp(stored, digest) != 0) {
+        snprintf(damage, damage_len, "its data set has SHA-256 %.12s..., not %.12s...", stored,
+                 digest);
+        return 1;
+    }
     const char *what = strcmp(o.transfer_syntax, h->transfer_syntax) != 0 ? "transfer syntax"
                        : strcmp(o.sop_instance, h->sop_instance) != 0     ? "SOP Instance UID"
                        : strcmp(o.sop_class, h->sop_class) != 0           ? "SOP Class UID"
@@ -320,14 +327,28 @@ ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool deri
     int64_t size = (int64_t)sb.st_size;
     /* a stored file is never replaced by a rename: the same data set may come with other
      * file meta, which would change what the stored bytes mean */
-    bool existed = false;
+    bool existed = false, repaired = false;
+    char damage[512] = "";
     if ((rc = place(tmp_path, dest)) == 1) {
-        if ((rc = same_instance(dest, &h, why, why_len)) < 0) {
+        if ((rc = same_instance(dest, &h, digest, damage, sizeof damage, why, why_len)) < 0) {
             res->bad_identity = rc == MMS_EDICOM;
             return rc;
         }
         existed = true;
-        unlink(tmp_path);
+        if (rc == 1) {
+            /* the instance received is what the stored file should hold: it takes its place */
+            if (rename(tmp_path, dest) != 0 || (rc = mms_fs_fsync_dir(dir2)) < 0) {
+                rc = rc < 0 ? rc : mms_err_errno();
+                return mms_why(why, why_len, rc, "repairing %s: %s", rel, mms_strerror(rc));
+            }
+            repaired = true;
+            mms_log(MMS_LOG_WARNING,
+                    "%s: the stored file %s was damaged (%s); replaced by the "
+                    "instance received",
+                    source, rel, damage);
+        } else {
+            unlink(tmp_path);
+        }
         if (stat(dest, &sb) == 0)
             size = (int64_t)sb.st_size;
     } else if (rc < 0) {
@@ -348,6 +369,12 @@ ingest(struct mms_spool *sp, const char *tmp_path, const char *source, bool deri
         if (!existed) /* not indexed, so never acknowledged: gone */
             unlink(dest);
         return mms_why(why, why_len, rc, "index: %s", reason);
+    }
+    /* a repaired file changes no row, but the work on its series is due again */
+    if (repaired && res->put == MMS_PUT_DUPLICATE) {
+        if ((rc = mms_index_reopen(sp->ix, &row, reason, sizeof reason)) < 0)
+            return mms_why(why, why_len, rc, "index: %s", reason);
+        res->put = MMS_PUT_REPLACED;
     }
     if (res->put == MMS_PUT_REPLACED && old[0] != '\0' && strcmp(old, rel) != 0) {
         char old_abs[4400];

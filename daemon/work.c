@@ -675,8 +675,8 @@ mms_work_volume(const char *const *paths, const struct mms_header *h, int n,
 /* The header reading child's shared mapping: this head, then a state (FILE_*) and a header
  * for each file. */
 struct hdr_head {
-    int rc, failed; /* the first file that failed */
-    char why[512];
+    int rc;
+    char why[512]; /* why the first file that failed did, naming it */
 };
 
 struct hdr_arg {
@@ -698,7 +698,6 @@ hdr_child(void *arg, void *shm, size_t len)
         int rc = mms_header_read(a->paths[i], &h[i], hd->why, sizeof hd->why);
         if (rc < 0) {
             hd->rc = rc;
-            hd->failed = i;
             return rc;
         }
         state[i] = FILE_DONE;
@@ -714,8 +713,8 @@ mms_work_headers(const char *const *paths, int n, const struct mms_sandbox_limit
     if (!mms_sandbox_enabled() || n < 1) {
         for (int i = 0; i < n; i++) {
             int rc = mms_header_read(paths[i], &h[i], hwhy, sizeof hwhy);
-            if (rc < 0)
-                return mms_why(why, why_len, rc, "%s: %s", paths[i], hwhy);
+            if (rc < 0) /* hwhy names the file */
+                return mms_why(why, why_len, rc, "%s", hwhy);
         }
         return 0;
     }
@@ -735,8 +734,7 @@ mms_work_headers(const char *const *paths, int n, const struct mms_sandbox_limit
     } else if (res.outcome == MMS_SANDBOX_NOTSTART) {
         rc = mms_why(why, why_len, res.fn_rc, "header parser %s", res.what);
     } else if (res.outcome == MMS_SANDBOX_OK && (rc = res.fn_rc) < 0) {
-        int at = hd->failed >= 0 && hd->failed < n ? hd->failed : 0;
-        mms_why(why, why_len, rc, "%s: %s", paths[at], hd->why);
+        mms_why(why, why_len, rc, "%s", hd->why); /* it names the file */
     } else if (res.outcome == MMS_SANDBOX_OK) {
         memcpy(h, shm + a.h_at, (size_t)n * sizeof *h);
     } else {

@@ -22,7 +22,9 @@
 #     (stable_age_s = 8) ends, one stored file of the first is cut to half its size. Its job
 #     fails at decoding with a reason that names the file, in the log and in
 #     `mmsegd status --json`, and no SEG of it appears; the other series is done and its SEG
-#     delivered; the daemon keeps serving.
+#     delivered; the daemon keeps serving. The first series sent again: every instance is
+#     acknowledged, the damaged file is replaced by the instance received, and the series runs
+#     again and is delivered.
 set -u
 . "$(dirname "$0")/find-testdata.sh"
 require_testdata
@@ -52,7 +54,7 @@ cleanup() {
     serve_cleanup
 }
 trap cleanup EXIT
-echo "1..19"
+echo "1..21"
 
 uid_of() { dcmdump +P 0020,000e "$1" | sed 's/.*\[\(.*\)\].*/\1/'; }
 images_a=("$qa"/Philips/S21570/S2010/I*) # without its DICOMDIR
@@ -293,6 +295,17 @@ fi
 echoscu -aec MMSEGD 127.0.0.1 "$port" >/dev/null 2>&1 && kill -0 "$pid" &&
     result OK "b) the daemon keeps serving: C-ECHO answered" ||
     result FAIL "b) the daemon keeps serving: C-ECHO answered"
+# the series sent again: the damaged file is replaced by the instance received, and the
+# series runs again
+storescu -v -nh -aec MMSEGD 127.0.0.1 "$port" "${images_a[@]}" >"$tmp/scu-a2.log" 2>&1
+ra=$(responses "$tmp/scu-a2.log")
+grep -q "the stored file $victim was damaged (.*); replaced by the instance received" "$tmp/log" &&
+    [ "$ra" = "${#images_a[@]} 0 0" ] && [ "$(stat -c %s "$state/$victim")" = "$size" ] &&
+    result OK "b) sent again: every instance acknowledged, the damaged file replaced ($size bytes)" ||
+    result FAIL "b) sent again: every instance acknowledged, the damaged file replaced ($ra; $(stat -c %s "$state/$victim") bytes)"
+wait_for 60 delivered "$series_a" "$tmp/out-b" &&
+    result OK "b) the repaired series runs again: done, its SEG delivered" ||
+    result FAIL "b) the repaired series runs again: done, its SEG delivered ($(status_of "$series_a"))"
 stop
 cat "$tmp/log-a" "$tmp/log" 2>/dev/null | grep -q "Sanitizer" &&
     result FAIL "the daemon's logs have no sanitizer report" ||
