@@ -3,8 +3,9 @@
 # echoscu: 40 connections from 127.0.0.1 each stall after the first 20 bytes of an
 # A-ASSOCIATE-RQ (tests/stall.py), and a normal C-ECHO from the same host is still answered
 # within 1 s (the latency is printed). With max_associations_per_host 4 the host's oldest
-# stalled connections are closed as newer ones come; with no per-host limit the stalled ones
-# are closed after assoc_timeout_s; every such closing is counted in
+# stalled connections are closed as newer ones come; with no per-host limit 200 stall, the
+# oldest are closed past the cap of pending connections and the others after
+# assoc_timeout_s, and the C-ECHO is still answered within 1 s; every such closing is counted in
 # mmsegd_associations_refused_total. Then deny by default: without allowed_hosts loopback is
 # refused (and counted), and `any` is a WARNING at start.
 set -u
@@ -121,14 +122,19 @@ stop
 
 # ---------------------------------------------------------------- no per-host limit
 check "the daemon starts (no per-host limit, assoc_timeout_s 2)" start 0 2
-stall_start 40 6
-check "no per-host limit, 40 stalled: C-ECHO answered within 1 s" \
-    echo_under_1s "no per-host limit, 40 stalled"
+stall_start 200 6
+check "no per-host limit, 200 stalled: C-ECHO answered within 1 s" \
+    echo_under_1s "no per-host limit, 200 stalled"
 wait "$spid"
 spid=
-timed_out() { [ "$(cat "$tmp/closed")" -eq 40 ] && [ "$(metric timeout)" -ge 40 ]; }
-check "every stalled connection was closed after assoc_timeout_s, counted as timeout" timed_out
-echo "# closed by the server: $(cat "$tmp/closed") of 40; timeout $(metric timeout)"
+# past the cap of pending connections (2 x max_associations + 16) the oldest is closed as a
+# new one comes; the rest after assoc_timeout_s
+timed_out() {
+    [ "$(cat "$tmp/closed")" -eq 200 ] && [ "$(metric timeout)" -ge 1 ] &&
+        [ "$(($(metric timeout) + $(metric per_host_limit)))" -ge 200 ]
+}
+check "every stalled connection was closed: the oldest past the pending cap at once, the others after assoc_timeout_s" timed_out
+echo "# closed by the server: $(cat "$tmp/closed") of 200; timeout $(metric timeout), pending cap $(metric per_host_limit)"
 check "the daemon is still up and answers C-ECHO" echo_ms
 stop
 
