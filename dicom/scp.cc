@@ -200,9 +200,11 @@ class prefix_layer : public DcmTransportLayer
     std::vector<unsigned char> next;
     SSL *next_ssl = nullptr;
     DcmTransportConnection *made = nullptr;
+    bool asked = false; // DCMTK asked for a connection (and closes the socket if none came)
     DcmTransportConnection *
     createConnection(DcmNativeSocketType fd, OFBool) override
     {
+        asked = true;
         try {
             if (next_ssl != nullptr)
                 made = new prefix_tls_conn(fd, next_ssl, std::move(next));
@@ -764,8 +766,11 @@ read_request(mms_scp *s, int fd, SSL *ssl, mms_scp::pending *me, std::vector<uns
             if (e == SSL_ERROR_WANT_WRITE) {
                 need = POLLOUT;
             } else if (e != SSL_ERROR_WANT_READ) {
-                if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
-                    return closed(); // closed before or during the hello
+                // closed before or during the hello (a port probe, a health check)
+                if ((e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0) ||
+                    (e == SSL_ERROR_SSL &&
+                     ERR_GET_REASON(ERR_peek_error()) == SSL_R_UNEXPECTED_EOF_WHILE_READING))
+                    return closed();
                 rq_end c = closed();
                 if (c == RQ_EVICTED)
                     return c;
@@ -919,6 +924,7 @@ connection_body(mms_scp *s, int fd, const std::string &peer, mms_scp::pending *m
     }
     T_ASC_Association *a = nullptr;
     DcmTransportConnection *made;
+    bool asked;
     OFCondition cond;
     {
         // the request is in memory: nothing here waits on the network
@@ -926,6 +932,7 @@ connection_body(mms_scp *s, int fd, const std::string &peer, mms_scp::pending *m
         s->layer.next = std::move(pdu);
         s->layer.next_ssl = ssl;
         s->layer.made = nullptr;
+        s->layer.asked = false;
         dcmExternalSocketHandle.set(fd);
         cond = ASC_receiveAssociation(s->net, &a, (long)s->max_pdu, nullptr, nullptr,
                                       ssl != nullptr ? OFTrue : OFFalse, DUL_NOBLOCK,
@@ -934,6 +941,7 @@ connection_body(mms_scp *s, int fd, const std::string &peer, mms_scp::pending *m
         s->layer.next.clear();
         s->layer.next_ssl = nullptr;
         made = s->layer.made;
+        asked = s->layer.asked;
     }
     if (cond.bad()) {
         count(*s, MMS_SCP_REFUSED_PROTOCOL);
@@ -944,13 +952,20 @@ connection_body(mms_scp *s, int fd, const std::string &peer, mms_scp::pending *m
         if (a == nullptr || a->DULassociation == nullptr) {
             if (made == nullptr)
                 SSL_free(ssl); // else the connection owns it
-            close(fd);
+            if (!asked)        // else DCMTK closed it when no connection came
+                close(fd);
         }
         if (a != nullptr) {
             ASC_dropAssociation(a);
             ASC_destroyAssociation(&a);
         }
         return;
+    }
+    if (ssl != nullptr) {
+        // a read or write inside a TLS record blocks on the socket: no longer than timeout_s
+        struct timeval tv = {(time_t)s->timeout_s, 0};
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     }
     association w(*s, fd, peer, ssl != nullptr ? made : nullptr);
     w.setSharedConfig(s->cfg);

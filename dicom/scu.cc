@@ -419,31 +419,36 @@ no_context_reason(const std::vector<context> &ctx, const item &it, const std::st
     return s;
 }
 
-// A TLS connection that keeps why its handshake failed (the SSL goes with it).
+// A client TLS connection: the socket timeouts of the call (DcmTCPConnection's constructor
+// sets DCMTK's process-wide 60 s), the handshake within timeout_s in all, and why it failed
+// kept (the SSL goes with the connection).
 class client_conn : public DcmTLSConnection
 {
   public:
-    client_conn(DcmNativeSocketType fd, SSL *ssl, std::string *failure)
-        : DcmTLSConnection(fd, ssl), ssl_(ssl), failure_(failure)
+    client_conn(DcmNativeSocketType fd, SSL *ssl, int timeout_s, std::string *failure)
+        : DcmTLSConnection(fd, ssl), fd_(fd), ssl_(ssl), timeout_s_(timeout_s), failure_(failure)
     {
+        struct timeval tv = {(time_t)timeout_s, 0};
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     }
     OFCondition
     clientSideHandshake() override
     {
-        OFCondition c = DcmTLSConnection::clientSideHandshake();
-        if (c.bad())
-            *failure_ = mms__tls_failure(ssl_, c.text());
-        return c;
+        if (mms__tls_connect(ssl_, fd_, timeout_s_ * 1000, failure_) == 0)
+            return EC_Normal;
+        return makeOFCondition(OFM_dcmtls, 0x7f00, OF_error, "TLS handshake failed");
     }
 
   private:
+    int fd_;
     SSL *ssl_;
+    int timeout_s_;
     std::string *failure_;
 };
 
 // The transport layer of one association over TLS: connections with the context of
-// mms_scu_peer.tls, the peer's host name sent for SNI, the socket timeouts set before the
-// handshake (not DCMTK's process-wide 60 s).
+// mms_scu_peer.tls and the peer's host name sent for SNI; the alerts the peer sends kept.
 class client_layer : public DcmTransportLayer
 {
   public:
@@ -452,18 +457,22 @@ class client_layer : public DcmTransportLayer
     {
         if (!secure || tls == nullptr)
             return DcmTransportLayer::createConnection(fd, secure);
-        struct timeval tv = {(time_t)timeout_s, 0};
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
         struct in_addr a;
         SSL *ssl = mms__tls_new_ssl(
             tls, fd, inet_pton(AF_INET, host.c_str(), &a) == 1 ? nullptr : host.c_str(), &failure);
-        return ssl != nullptr ? new (std::nothrow) client_conn(fd, ssl, &failure) : nullptr;
+        if (ssl == nullptr)
+            return nullptr;
+        mms__tls_watch_alerts(ssl, &alert);
+        client_conn *c = new (std::nothrow) client_conn(fd, ssl, timeout_s, &failure);
+        if (c == nullptr)
+            SSL_free(ssl);
+        return c;
     }
     mms_tls *tls = nullptr; // borrowed from the peer for the call
     std::string host;
     int timeout_s = 30;
     std::string failure; // why the handshake failed, "" until it did
+    std::string alert;   // the last TLS alert from the peer, "" until one came
 };
 
 class association
@@ -530,9 +539,15 @@ class association
             *o = association_failure(cond, params_, peer_);
             if (cond.module() == OFM_dcmtls && !layer_.failure.empty())
                 o->reason = "TLS handshake with " + peer_ + " failed: " + layer_.failure;
-            else if (p->tls != nullptr && o->cls == MMS_SCU_TRANSIENT && o->rc == MMS_EDIMSE)
+            else if (!layer_.alert.empty())
                 // TLS 1.3 ends the handshake before the server has judged our certificate
-                o->reason += " (over TLS, the peer may have refused our certificate)";
+                o->reason += " (the peer's TLS alert: " + layer_.alert + ")";
+            else if (p->tls != nullptr &&
+                     (cond == DUL_NETWORKCLOSED || cond == DUL_PEERABORTEDASSOCIATION ||
+                      (cond.module() == OFM_dcmnet && cond.code() == DULC_TCPIOERROR)))
+                // and may close before its alert is read
+                o->reason += " (after the TLS handshake: the peer may have refused our "
+                             "certificate)";
             return false;
         }
         up_ = true;

@@ -23,4 +23,15 @@ std::string mms__tls_failure(SSL *ssl, const char *fallback);
  * "no peer certificate"). */
 std::string mms__tls_session(SSL *ssl);
 
+/* The client's handshake on ssl (its socket fd) within timeout_ms in all, however slowly the
+ * peer sends: the socket is non-blocking meanwhile and blocking again after. Returns 0, or
+ * MMS_ETIMEDOUT or MMS_EDIMSE with the reason in *why (mms__tls_failure()). */
+int mms__tls_connect(SSL *ssl, int fd, int timeout_ms, std::string *why);
+
+/* Record in *alert (which must outlive ssl) the description of the last TLS alert the peer
+ * sends on ssl ("unknown CA", "certificate expired"): under TLS 1.3 a server refuses our
+ * certificate only after the client's handshake is done, and this is how the client hears
+ * why. */
+void mms__tls_watch_alerts(SSL *ssl, std::string *alert);
+
 #endif

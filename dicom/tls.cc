@@ -11,7 +11,10 @@
 #include "dicom/tls.h"
 #include "dicom/tls-impl.hh"
 
+#include <fcntl.h>
+#include <poll.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include <atomic>
 #include <cstdio>
@@ -263,4 +266,69 @@ mms__tls_session(SSL *ssl)
     X509_NAME_oneline(X509_get_subject_name(peer), subject, sizeof subject);
     X509_free(peer);
     return s + ", peer " + subject;
+}
+
+int
+mms__tls_connect(SSL *ssl, int fd, int timeout_ms, std::string *why)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) {
+        *why = "cannot make the socket non-blocking";
+        return MMS_EDIMSE;
+    }
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    int rc = 0;
+    ERR_clear_error(); // what an earlier connection of this thread left
+    for (;;) {
+        int r = SSL_connect(ssl);
+        if (r == 1)
+            break;
+        int e = SSL_get_error(ssl, r);
+        if (e != SSL_ERROR_WANT_READ && e != SSL_ERROR_WANT_WRITE) {
+            *why = mms__tls_failure(ssl, "the handshake failed");
+            rc = MMS_EDIMSE;
+            break;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        long long left = timeout_ms - ((long long)(t.tv_sec - t0.tv_sec) * 1000 +
+                                       (t.tv_nsec - t0.tv_nsec) / 1000000);
+        struct pollfd p = {fd, (short)(e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT), 0};
+        if (left <= 0 || poll(&p, 1, (int)left) == 0) {
+            *why = "no complete handshake within timeout_s";
+            rc = MMS_ETIMEDOUT;
+            break;
+        }
+    }
+    fcntl(fd, F_SETFL, fl);
+    return rc;
+}
+
+namespace
+{
+
+int
+alert_slot()
+{
+    static const int slot = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, nullptr);
+    return slot;
+}
+
+void
+on_info(const SSL *ssl, int where, int ret)
+{
+    if ((where & SSL_CB_READ_ALERT) == SSL_CB_READ_ALERT) {
+        auto *alert = static_cast<std::string *>(SSL_get_ex_data(ssl, alert_slot()));
+        if (alert != nullptr)
+            *alert = SSL_alert_desc_string_long(ret);
+    }
+}
+
+} // namespace
+
+void
+mms__tls_watch_alerts(SSL *ssl, std::string *alert)
+{
+    if (alert_slot() >= 0 && SSL_set_ex_data(ssl, alert_slot(), alert) == 1)
+        SSL_set_info_callback(ssl, on_info);
 }
