@@ -120,19 +120,21 @@ makeOFConditionConst(stopping, OFM_dcmnet, 0x7f00, OF_error, "the Store SCP stop
 // dcmExternalSocketHandle is one value for the whole process.
 std::mutex ext_lock;
 
-// A TCP connection whose first bytes come from memory: the A-ASSOCIATE-RQ read beforehand.
-class prefix_conn : public DcmTCPConnection
+// A connection whose first bytes come from memory: the A-ASSOCIATE-RQ read beforehand. Base
+// is DcmTCPConnection, or DcmTLSConnection (its handshake done already, the SSL its own).
+template <class Base> class prefix_conn : public Base
 {
   public:
-    prefix_conn(DcmNativeSocketType fd, std::vector<unsigned char> &&pdu)
-        : DcmTCPConnection(fd), pdu_(std::move(pdu))
+    template <class... Args>
+    prefix_conn(std::vector<unsigned char> &&pdu, Args... args)
+        : Base(args...), pdu_(std::move(pdu))
     {
     }
     ssize_t
     read(void *buf, size_t n) override
     {
         if (at_ >= pdu_.size())
-            return DcmTCPConnection::read(buf, n);
+            return Base::read(buf, n);
         size_t k = std::min(n, pdu_.size() - at_);
         std::memcpy(buf, pdu_.data() + at_, k);
         at_ += k;
@@ -145,7 +147,7 @@ class prefix_conn : public DcmTCPConnection
     OFBool
     networkDataAvailable(int timeout) override
     {
-        return at_ < pdu_.size() ? OFTrue : DcmTCPConnection::networkDataAvailable(timeout);
+        return at_ < pdu_.size() ? OFTrue : Base::networkDataAvailable(timeout);
     }
 
   private:
@@ -153,43 +155,16 @@ class prefix_conn : public DcmTCPConnection
     size_t at_ = 0;
 };
 
-// The same over TLS: the handshake is done and the request was read through the SSL, which
-// this connection owns from now on.
-class prefix_tls_conn : public DcmTLSConnection
+// Over TLS: the handshake was done on the connection's thread before the request was read.
+class prefix_tls_conn : public prefix_conn<DcmTLSConnection>
 {
   public:
-    prefix_tls_conn(DcmNativeSocketType fd, SSL *ssl, std::vector<unsigned char> &&pdu)
-        : DcmTLSConnection(fd, ssl), pdu_(std::move(pdu))
-    {
-    }
+    using prefix_conn<DcmTLSConnection>::prefix_conn;
     OFCondition
     serverSideHandshake() override
     {
         return EC_Normal;
     }
-    ssize_t
-    read(void *buf, size_t n) override
-    {
-        if (at_ >= pdu_.size())
-            return DcmTLSConnection::read(buf, n);
-        size_t k = std::min(n, pdu_.size() - at_);
-        std::memcpy(buf, pdu_.data() + at_, k);
-        at_ += k;
-        if (at_ == pdu_.size()) {
-            std::vector<unsigned char>().swap(pdu_);
-            at_ = 0;
-        }
-        return (ssize_t)k;
-    }
-    OFBool
-    networkDataAvailable(int timeout) override
-    {
-        return at_ < pdu_.size() ? OFTrue : DcmTLSConnection::networkDataAvailable(timeout);
-    }
-
-  private:
-    std::vector<unsigned char> pdu_;
-    size_t at_ = 0;
 };
 
 // Hands the request read beforehand (next, and next_ssl with TLS, set under ext_lock) to the
@@ -207,9 +182,9 @@ class prefix_layer : public DcmTransportLayer
         asked = true;
         try {
             if (next_ssl != nullptr)
-                made = new prefix_tls_conn(fd, next_ssl, std::move(next));
+                made = new prefix_tls_conn(std::move(next), fd, next_ssl);
             else
-                made = new prefix_conn(fd, std::move(next));
+                made = new prefix_conn<DcmTCPConnection>(std::move(next), fd);
             return made;
         } catch (...) {
             return nullptr;
