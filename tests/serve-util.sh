@@ -131,3 +131,27 @@ for s in json.load(sys.stdin)["sends"]:
 }
 send_is() { [ "$(send_field "$1" "$2" state)" = "$3" ]; }
 attempts_at_least() { [ "$(send_field "$1" "$2" attempts)" -ge "$3" ] 2>/dev/null; }
+
+# phantom_pool COUNT FIRST_SEED: COUNT phantom CT series (tools/mmunet/phantom_series.py,
+# 16 slices of 64 x 64, seeds FIRST_SEED on) under $tmp; fills dirs (their DICOM folders) and
+# wants ("SERIES_UID=SLICES", for tests/state_check.py segs). Needs $src. Fails with the
+# generator's output in $tmp/ph.log.
+phantom_pool() {
+    "$python" -c '
+import os, sys
+sys.path.insert(0, sys.argv[1])
+import phantom_series as ps
+out, count, seed = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+for i in range(count):
+    d = os.path.join(out, "ph%d" % i)
+    e = ps.write_variant(seed + i, "regular", d, (16, 64, 64), (7.5, 4, 4), 0.0)
+    print(os.path.join(d, "dicom"), e["series_uid"], e["dims"][2])
+' "$src/tools/mmunet" "$tmp" "$1" "$2" >"$tmp/series.txt" 2>"$tmp/ph.log" || return 1
+    dirs=()
+    wants=()
+    local d uid count
+    while read -r d uid count; do
+        dirs+=("$d")
+        wants+=("$uid=$count")
+    done <"$tmp/series.txt"
+}

@@ -29,22 +29,8 @@ hup=
 trap '[ -n "$hup" ] && kill "$hup" 2>/dev/null; [ -n "$apid" ] && kill -9 "$apid" 2>/dev/null; serve_cleanup' EXIT
 echo "1..7"
 
-"$python" -c '
-import os, sys
-sys.path.insert(0, sys.argv[1])
-import phantom_series as ps
-for i in range(16):
-    d = os.path.join(sys.argv[2], "ph%d" % i)
-    e = ps.write_variant(3000 + i, "regular", d, (16, 64, 64), (7.5, 4, 4), 0.0)
-    print(os.path.join(d, "dicom"), e["series_uid"], e["dims"][2])
-' "$src/tools/mmunet" "$tmp" >"$tmp/series.txt" 2>"$tmp/ph.log" ||
+phantom_pool 16 3000 ||
     { result FAIL "phantom_series.py writes 16 series"; sed 's/^/# /' "$tmp/ph.log"; exit 1; }
-dirs=()
-wants=()
-while read -r d uid count; do
-    dirs+=("$d")
-    wants+=("$uid=$count")
-done <"$tmp/series.txt"
 result OK "16 phantom series of 16 slices"
 
 port=$(free_port)

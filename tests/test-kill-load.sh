@@ -45,23 +45,8 @@ echo "1..7"
 # ---------------------------------------------------------------------------- the series
 # eight to send again and again, and FRESH new ones for each round
 total=$((8 + kills * fresh))
-"$python" -c '
-import os, sys
-sys.path.insert(0, sys.argv[1])
-import phantom_series as ps
-out, count = sys.argv[2], int(sys.argv[3])
-for i in range(count):
-    d = os.path.join(out, "ph%d" % i)
-    e = ps.write_variant(1000 + i, "regular", d, (16, 64, 64), (7.5, 4, 4), 0.0)
-    print(os.path.join(d, "dicom"), e["series_uid"], e["dims"][2])
-' "$src/tools/mmunet" "$tmp" "$total" >"$tmp/series.txt" 2>"$tmp/ph.log" ||
+phantom_pool $total 1000 ||
     { result FAIL "phantom_series.py writes $total series"; sed 's/^/# /' "$tmp/ph.log"; exit 1; }
-dirs=()
-wants=()
-while read -r d uid count; do
-    dirs+=("$d")
-    wants+=("$uid=$count")
-done <"$tmp/series.txt"
 result OK "$total phantom series of 16 slices (8 sent in every round, $fresh new per round)"
 
 port=$(free_port)
