@@ -334,6 +334,7 @@ struct mms_scp {
     };
     std::list<pending *> pend;
     std::atomic<uint64_t> refused[MMS_SCP_REFUSED_N] = {};
+    std::atomic<unsigned> connections{0}; // connection threads not yet at their end
 
     size_t
     pending_cap() const
@@ -705,6 +706,60 @@ class association : public DcmThreadSCP
     }
 };
 
+// Whether an A-ASSOCIATE-RQ has the structure of PS3.8 9.3.2: a called and a calling AE
+// title that are not empty (up to the first NUL, without spaces); each variable item, and
+// each sub-item of a presentation context or of the user information, within what holds it;
+// the items an application context (0x10), presentation contexts (0x20) and user information
+// (0x50); a presentation context one abstract syntax (0x30) and then transfer syntaxes
+// (0x40). DCMTK 3.6.7 leaks the lists it has made when it meets a request that breaks this
+// (found by tests/fuzz/fuzz-pdu), so such a request is refused here, before DCMTK parses it.
+// why: the first thing that is wrong.
+bool
+request_well_formed(const std::vector<unsigned char> &pdu, std::string *why)
+{
+    auto u16 = [&](size_t at) { return (size_t)pdu[at] << 8 | pdu[at + 1]; };
+    auto fail = [&](const char *what, size_t at) {
+        char b[160];
+        snprintf(b, sizeof b, "A-ASSOCIATE-RQ: %s at byte %zu", what, at);
+        *why = b;
+        return false;
+    };
+    const size_t end = pdu.size();
+    for (size_t ae = 10; ae <= 26; ae += 16) { // called, then calling AE title
+        bool empty = true;
+        for (size_t i = ae; i < ae + 16 && pdu[i] != 0; i++)
+            empty = empty && pdu[i] == ' ';
+        if (empty)
+            return fail(ae == 10 ? "an empty called AE title" : "an empty calling AE title", ae);
+    }
+    size_t at = 6 + 68; // the PDU header, then the fixed fields up to the first item
+    while (at < end) {
+        if (end - at < 4 || u16(at + 2) > end - at - 4)
+            return fail("an item runs past the request", at);
+        const unsigned type = pdu[at];
+        const size_t stop = at + 4 + u16(at + 2);
+        if (type != 0x10 && type != 0x20 && type != 0x50)
+            return fail("an item of unknown type", at);
+        if (type == 0x20 || type == 0x50) {
+            size_t sub = at + 4 + (type == 0x20 ? 4 : 0); // a context's ID and reserved bytes
+            int n = 0;
+            if (sub > stop)
+                return fail("a presentation context too short for its ID", at);
+            for (; sub < stop; n++) {
+                if (stop - sub < 4 || u16(sub + 2) > stop - sub - 4)
+                    return fail("a sub-item runs past its item", sub);
+                if (type == 0x20 && pdu[sub] != (n == 0 ? 0x30 : 0x40))
+                    return fail("a presentation context sub-item out of place", sub);
+                sub += 4 + u16(sub + 2);
+            }
+            if (type == 0x20 && n < 2)
+                return fail("a presentation context without a transfer syntax", at);
+        }
+        at = stop;
+    }
+    return true;
+}
+
 // What reading the A-ASSOCIATE-RQ came to.
 enum rq_end { RQ_OK, RQ_CLOSED, RQ_TIMEOUT, RQ_EVICTED, RQ_STOPPED, RQ_BAD, RQ_TLS, RQ_HOST };
 
@@ -778,7 +833,7 @@ read_request(mms_scp *s, int fd, SSL *ssl, mms_scp::pending *me, std::vector<uns
                 if (pdu->size() < want)
                     continue;
                 if (want > 6)
-                    return RQ_OK;
+                    return request_well_formed(*pdu, why) ? RQ_OK : RQ_BAD;
                 const unsigned char *h = pdu->data();
                 uint64_t len =
                     (uint64_t)h[2] << 24 | (uint64_t)h[3] << 16 | (uint64_t)h[4] << 8 | h[5];
@@ -958,6 +1013,7 @@ connection(mms_scp *s, int fd, std::string peer, mms_scp::pending *me, std::atom
         mms_log(MMS_LOG_ERR, "connection from %s: unexpected exception", peer.c_str());
     }
     done->store(true);
+    s->connections.fetch_sub(1);
 }
 
 struct conn {
@@ -1066,8 +1122,10 @@ listen_loop(mms_scp *s)
                 s->pend.push_back(&c->rec);
             }
             try {
+                s->connections.fetch_add(1);
                 c->t = std::thread(connection, s, fd, peer, &c->rec, &c->done);
             } catch (...) {
+                s->connections.fetch_sub(1);
                 {
                     std::lock_guard<std::mutex> g(s->lock);
                     s->pend.remove(&c->rec);
@@ -1344,6 +1402,12 @@ extern "C" unsigned
 mms_scp_port(const struct mms_scp *s)
 {
     return s != nullptr ? s->port : 0;
+}
+
+extern "C" unsigned
+mms_scp_connections(const struct mms_scp *s)
+{
+    return s != nullptr ? s->connections.load() : 0;
 }
 
 extern "C" void

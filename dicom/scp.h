@@ -108,6 +108,11 @@ int mms_scp_set_tls(struct mms_scp *s, struct mms_tls *t);
 /* The port actually listened on (useful with port 0). */
 unsigned mms_scp_port(const struct mms_scp *s);
 
+/* Connections being served now: reading their request, in an association, or closing. A
+ * connection is counted from its accept until its thread has let go of everything. Threads:
+ * any. */
+unsigned mms_scp_connections(const struct mms_scp *s);
+
 /* Stop listening; end every association with an A-ABORT after the message in progress
  * (connections that sent no request yet are closed; a peer stalled in the middle of a
  * message can take up to timeout_s); join every thread, and free s. NULL is a no-op. */

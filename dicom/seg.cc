@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "common/err.h"
+#include "common/log.h"
 #include "common/uid.h"
 #include "dicom/dicom-impl.hh"
 
@@ -107,6 +108,41 @@ int
 fail(char *why, size_t why_len, const char *what, const OFCondition &c)
 {
     return mms_why(why, why_len, MMS_EDICOM, "%s: %s", what, c.text());
+}
+
+// What the SEG takes from its source (patient, study, frame of reference: the elements
+// importFromSourceImage put in item) must be valid for DCMTK to write it. A value that breaks
+// its VR (a date of "00000000", control characters in a name) is left empty, with a warning
+// naming the element; a missing Frame of Reference UID, which the SEG needs, is derived from
+// the source series (design.md 3, as for the study and series UIDs).
+OFCondition
+mend_imported(DcmSegmentation &seg, const char *source_series_uid, const char *source)
+{
+    DcmItem &item = *seg.getData();
+    for (unsigned long i = 0; i < item.card(); i++) {
+        DcmElement *e = item.getElement(i);
+        if (e == NULL || e->ident() == EVR_SQ || e->getLength() == 0 ||
+            e->checkValue("1-n", OFFalse).good())
+            continue;
+        OFString value;
+        e->getOFStringArray(value);
+        mms_log(MMS_LOG_WARNING, "%s: %s %s '%.64s' is not valid %s: left empty in the SEG", source,
+                DcmTag(e->getTag()).getTagName(), e->getTag().toString().c_str(), value.c_str(),
+                DcmVR(e->getVR()).getVRName());
+        OFCondition c = e->putString("");
+        if (c.bad())
+            return c;
+    }
+    OFString for_uid;
+    seg.getFrameOfReference().getFrameOfReferenceUID(for_uid);
+    if (!for_uid.empty())
+        return EC_Normal;
+    char name[128], uid[65];
+    snprintf(name, sizeof name, "mmsegd frame of reference|%s", source_series_uid);
+    mms_uid_uuid5(name, uid);
+    mms_log(MMS_LOG_WARNING,
+            "%s: no Frame of Reference UID: the SEG has %s, derived from the series", source, uid);
+    return seg.getFrameOfReference().setFrameOfReferenceUID(uid);
 }
 
 // e, given the value text, appended to item (callers append in tag order, so the insertion
@@ -699,6 +735,8 @@ build(const struct mms_seg_input *in, DcmFileFormat &ff, pixel_source *px, int *
 
     // patient, study and frame of reference from the first source file
     c = seg->importFromSourceImage(in->paths[v->src[0].file]);
+    if (c.good())
+        c = mend_imported(*seg, in->source_series_uid, in->paths[v->src[0].file]);
     if (c.bad())
         return fail(why, why_len, in->paths[v->src[0].file], c);
     if (in->study_uid != NULL && in->study_uid[0] != '\0')

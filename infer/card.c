@@ -290,11 +290,32 @@ exact_keys(struct ctx *c, const cJSON *obj, const char *const *keys, const char 
     return 0;
 }
 
-/* _code(): {scheme, code, meaning}, non-empty strings. */
+/* _dicom_text(): text the SEG carries in an element of VR LO or SH (design.md 7), in DICOM's
+ * default character repertoire: 1 to n printable ASCII characters, not only spaces (DICOM
+ * drops them), no backslash (DICOM's value delimiter). */
+static int
+dicom_text(struct ctx *c, const cJSON *v, const char *what, const char *vr, int n)
+{
+    size_t len = strlen(v->valuestring);
+    bool good = len <= (size_t)n, spaces = true;
+    for (const unsigned char *p = (const unsigned char *)v->valuestring; good && *p != '\0'; p++) {
+        good = *p != '\\' && *p >= 0x20 && *p < 0x7F;
+        spaces = spaces && *p == ' ';
+    }
+    if (good && !spaces)
+        return 0;
+    return bad(c,
+               "%s: %s text is required (1 to %d printable ASCII characters, not only spaces, no "
+               "backslash), found %s",
+               what, vr, n, js(c, 0, v));
+}
+
+/* _code(): {scheme, code, meaning}, non-empty strings, SH, SH and LO text. */
 static int
 code(struct ctx *c, const cJSON *v, const char *what, struct mms_code *out)
 {
     const cJSON *m;
+    char w[160];
     bool good = cJSON_IsObject(v) && cJSON_GetArraySize(v) == 3 && get(v, "scheme") != NULL &&
                 get(v, "code") != NULL && get(v, "meaning") != NULL;
 
@@ -303,6 +324,13 @@ code(struct ctx *c, const cJSON *v, const char *what, struct mms_code *out)
     }
     if (!good)
         return bad(c, "%s: expected {scheme, code, meaning} strings, found %s", what, js(c, 0, v));
+    static const char *const keys[3] = {"scheme", "code", "meaning"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(w, sizeof w, "%s.%s", what, keys[i]);
+        int rc = dicom_text(c, get(v, keys[i]), w, i < 2 ? "SH" : "LO", i < 2 ? 16 : 64);
+        if (rc < 0)
+            return rc;
+    }
     if (out == NULL)
         return 0;
     if (copy_str(c, &out->scheme, get(v, "scheme")->valuestring) < 0 ||
@@ -818,11 +846,14 @@ check_by_sex(struct ctx *c, const cJSON *bps, const char *w, struct mms_label *l
             rgb(v, x->rgb);
             x->has_rgb = true;
         }
-        /* export.py leaves this value unchecked; a SEG needs text here. */
         if (get(o, "segment_label") != NULL) {
             if (!nonempty(get(o, "segment_label")))
                 return bad(c, "%s.by_patient_sex.%s.segment_label: a non-empty string is required",
                            w, o->string);
+            snprintf(what, sizeof what, "%s.by_patient_sex.%s.segment_label", w, o->string);
+            rc = dicom_text(c, get(o, "segment_label"), what, "LO", 64);
+            if (rc < 0)
+                return rc;
             rc = copy_str(c, &x->segment_label, get(o, "segment_label")->valuestring);
             if (rc < 0)
                 return rc;
@@ -899,6 +930,10 @@ check_labels(struct ctx *c, const cJSON *labels, int num_classes, struct mms_car
             if (rc < 0)
                 goto out;
         }
+        snprintf(what, sizeof what, "%s.segment_label", w);
+        rc = dicom_text(c, get(lab, "segment_label"), what, "LO", 64);
+        if (rc < 0)
+            goto out;
         snprintf(what, sizeof what, "%s.category", w);
         rc = code(c, get(lab, "category"), what, &L->category);
         if (rc == 0) {
@@ -1079,6 +1114,12 @@ mms__card_parse(const char *json, struct mms_card *card, char *why, size_t why_l
             if (rc < 0)
                 goto fail;
         }
+        /* the SEG's Algorithm Name and Version, and its Series Description "MM-UNet <name>" */
+        rc = dicom_text(&c, get(root, "name"), "name", "LO", 56);
+        if (rc == 0)
+            rc = dicom_text(&c, get(root, "version"), "version", "LO", 64);
+        if (rc < 0)
+            goto fail;
     }
     rc = check_architecture(&c, get(root, "architecture"), &k.arch, prod, prod_f);
     if (rc == 0)

@@ -40,6 +40,18 @@ require_python() {
     fi
 }
 
+# For a TAP test: unless every program named is on the PATH, print the plan that skips
+# everything, with the reason, and exit.
+require_tools() {
+    local t
+    for t in "$@"; do
+        if ! command -v "$t" >/dev/null; then
+            echo "1..0 # SKIP $t is not installed (DCMTK tools, sqlite3 CLI)"
+            exit 0
+        fi
+    done
+}
+
 # tap_lines WANT NAME COMMAND...: run COMMAND, which prints "ok - " and "not ok - " lines, and
 # number them as results (other lines become comments). A result it did not print (fewer than
 # WANT; none at all when WANT is 0) counts as a failure of NAME.

@@ -52,7 +52,7 @@ main(void)
     char longline[400];
     int rc;
 
-    plan(65, 30);
+    plan(66, 30);
     if (mkdtemp(dir) == NULL)
         return 1;
     snprintf(path, sizeof path, "%s/mmsegd.ini", dir);
@@ -191,6 +191,10 @@ main(void)
     expect_error("bad regular expression", "[series]\ndescription_include = (abc\n",
                  "2: [series] description_include: not a POSIX extended regular expression: "
                  "Unmatched ( or \\(");
+    expect_error("series description with a backslash",
+                 "[seg]\nseries_description = Organs\\left\n",
+                 "2: [seg] series_description: 1 to 64 printable ASCII characters, not only "
+                 "spaces, no backslash");
     /* [infer] precision is live: each value loads, and names back the same way. */
     rc = load("[infer]\nbackend = cuda\nprecision = bf16\n", &cfg);
     ok(rc == 0 && cfg->infer.precision == MMS_PRECISION_BF16 &&

@@ -375,6 +375,40 @@ static const struct card_case card_cases[] = {
     {"labels.0.modifier", "{\"scheme\": \"SCT\", \"code\": \"7771000\", \"meaning\": \"Left\"}",
      ""},
     {"labels.0.by_patient_sex", "{\"F\": {\"segment_label\": \"Ovary\", \"rgb\": [1, 2, 3]}}", ""},
+    /* text the SEG carries must fit its VR (a backslash once failed every SEG of the model) */
+    {"labels.0.segment_label", "\"Liver\\\\left\"",
+     "labels[0].segment_label: LO text is required (1 to 64 printable ASCII characters, not only "
+     "spaces, no backslash), found \"Liver\\\\left\""},
+    {"labels.0.type.code", "\"12345678901234567\"",
+     "labels[0].type.code: SH text is required (1 to 16 printable ASCII characters, not only "
+     "spaces, no backslash), found \"12345678901234567\""},
+    {"labels.0.category.scheme", "\"SCT\\u0007\"",
+     "labels[0].category.scheme: SH text is required (1 to 16 printable ASCII characters, not only "
+     "spaces, no backslash), found \"SCT\\u0007\""},
+    {"labels.0.modifier",
+     "{\"scheme\": \"SCT\", \"code\": \"24028007\", \"meaning\": "
+     "\"RRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRR\"}",
+     "labels[0].modifier.meaning: LO text is required (1 to 64 printable ASCII characters, not "
+     "only spaces, no backslash), found "
+     "\"RRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRRR\""},
+    {"name", "\"mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm\"",
+     "name: LO text is required (1 to 56 printable ASCII characters, not only spaces, no "
+     "backslash), found \"mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm\""},
+    {"version", "\"1.0\\n\"",
+     "version: LO text is required (1 to 64 printable ASCII characters, not only spaces, no "
+     "backslash), found \"1.0\\n\""},
+    {"labels.0.by_patient_sex", "{\"F\": {\"segment_label\": \"a\\tb\"}}",
+     "labels[0].by_patient_sex.F.segment_label: LO text is required (1 to 64 printable ASCII "
+     "characters, not only spaces, no backslash), found \"a\\tb\""},
+    {"labels.0.segment_label",
+     "\"Abdominal wall muscle, left side, upper part (segment 12345678)\"", ""},
+    {"labels.0.segment_label", "\"Ünterlappen\"",
+     "labels[0].segment_label: LO text is required (1 to 64 printable ASCII characters, not only "
+     "spaces, no backslash), found \"\\u00dcnterlappen\""},
+    {"labels.0.type.meaning", "\"  \"",
+     "labels[0].type.meaning: LO text is required (1 to 64 printable ASCII characters, not only "
+     "spaces, no backslash), found \"  \""},
+    {"name", "\"mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm\"", ""},
 };
 
 /* Card texts that are not valid cards as a whole (json.loads() and validate_card()). The one

@@ -738,7 +738,7 @@ main(void)
             snprintf(why, sizeof why, "%s is not on PATH (Debian package dcmtk)", progs[i]);
             skip_all(why);
         }
-    plan(115, 300);
+    plan(116, 300);
     mms_log_set_level(getenv("MMS_TEST_DEBUG") != NULL ? MMS_LOG_DEBUG : MMS_LOG_NOTICE);
 
     snprintf(dir, sizeof dir, "/tmp/mms-test-scp-XXXXXX");
@@ -775,6 +775,19 @@ main(void)
     ok(strstr(why, "in use") != NULL, "start: the reason says so (%s)", why);
 
     is_int(run("echoscu -aec MMSEGD 127.0.0.1 %u", port), 0, "C-ECHO succeeds");
+    {
+        /* connections being served: an open association counts until it is closed */
+        int fd = ul_open(port, "MMSEGD", CT_CLASS, "1.2.840.10008.1.2.1");
+        unsigned during = mms_scp_connections(s);
+        if (fd >= 0)
+            close(fd);
+        unsigned after = 1;
+        for (int i = 0; i < 500 && (after = mms_scp_connections(s)) > 0; i++)
+            usleep(10000);
+        ok(fd >= 0 && during == 1 && after == 0,
+           "mms_scp_connections: 1 while an association is open, 0 after it closed (%u, %u)",
+           during, after);
+    }
 
     /* a CT series of 28 files, uncompressed explicit little endian */
     rec_reset(0, 0);

@@ -208,10 +208,23 @@ def _ints(v, n, what, lo=None, hi=None):
     return v
 
 
+def _dicom_text(v, what, vr, n):
+    """Text the SEG carries in an element of VR LO or SH (design.md 7), in DICOM's default
+    character repertoire: 1 to n printable ASCII characters, not only spaces (DICOM drops
+    them), no backslash (DICOM's value delimiter)."""
+    if len(v) > n or not v.strip(" ") or \
+            any(ch == "\\" or not 0x20 <= ord(ch) < 0x7F for ch in v):
+        _err(f"{what}: {vr} text is required (1 to {n} printable ASCII characters, not only "
+             f"spaces, no backslash), found {json.dumps(v)}")
+
+
 def _code(v, what):
     if not isinstance(v, dict) or set(v) != {"scheme", "code", "meaning"} or \
             not all(isinstance(v[k], str) and v[k] for k in v):
         _err(f"{what}: expected {{scheme, code, meaning}} strings, found {json.dumps(v)}")
+    _dicom_text(v["scheme"], f"{what}.scheme", "SH", 16)
+    _dicom_text(v["code"], f"{what}.code", "SH", 16)
+    _dicom_text(v["meaning"], f"{what}.meaning", "LO", 64)
 
 
 def _exact_keys(obj, keys, where, optional=()):
@@ -273,6 +286,9 @@ def validate_card(card, warn=True):
     for k in ("name", "version", "description", "license"):
         if not isinstance(card[k], str) or not card[k]:
             _err(f"{k}: expected a non-empty string")
+    # the SEG's Algorithm Name and Version, and its Series Description "MM-UNet <name>"
+    _dicom_text(card["name"], "name", "LO", 56)
+    _dicom_text(card["version"], "version", "LO", 64)
 
     a = card["architecture"]
     if not isinstance(a, dict):
@@ -414,6 +430,7 @@ def validate_card(card, warn=True):
         for k in ("name", "segment_label"):
             if not isinstance(lab[k], str) or not lab[k]:
                 _err(f"{w}.{k}: a non-empty string is required")
+        _dicom_text(lab["segment_label"], f"{w}.segment_label", "LO", 64)
         _code(lab["category"], f"{w}.category")
         _code(lab["type"], f"{w}.type")
         if "modifier" in lab:
@@ -433,6 +450,12 @@ def validate_card(card, warn=True):
                     _code(o["type"], f"{w}.by_patient_sex.{sex}.type")
                 if "rgb" in o:
                     _ints(o["rgb"], 3, f"{w}.by_patient_sex.{sex}.rgb", 0, 255)
+                if "segment_label" in o:
+                    if not isinstance(o["segment_label"], str) or not o["segment_label"]:
+                        _err(f"{w}.by_patient_sex.{sex}.segment_label: a non-empty string is "
+                             f"required")
+                    _dicom_text(o["segment_label"], f"{w}.by_patient_sex.{sex}.segment_label",
+                                "LO", 64)
         ids.append(lab["id"])
     if sorted(ids) != list(range(1, a["num_classes"])):
         _err(f"labels: ids must be 1..{a['num_classes'] - 1} once each (num_classes - 1 labels),"
