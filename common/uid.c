@@ -129,3 +129,16 @@ mms_uid_check(const char *s, size_t len, char *why, size_t why_len)
         snprintf(why, why_len, "%s (%zu characters)", msg, len);
     return msg == NULL;
 }
+
+bool
+mms_dicom_text_check(const char *s, size_t max)
+{
+    bool spaces = true;
+    size_t n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p != '\0'; p++, n++) {
+        if (*p == '\\' || *p < 0x20 || *p >= 0x7F)
+            return false;
+        spaces = spaces && *p == ' ';
+    }
+    return n <= max && !spaces;
+}

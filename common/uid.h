@@ -23,6 +23,11 @@ void mms_uid_uuid5(const char *name, char out[65]);
  * why (why_len bytes, may be NULL) says what is wrong, in words. */
 bool mms_uid_check(const char *s, size_t len, char *why, size_t why_len);
 
+/* Whether s may be the value of a DICOM LO or SH element that mmsegd writes (design.md 7):
+ * 1 to max printable ASCII characters (DICOM's default repertoire), not only spaces (DICOM
+ * drops them), no backslash (the value delimiter). */
+bool mms_dicom_text_check(const char *s, size_t max);
+
 /* SHA-1 (FIPS 180-4) of n bytes, for UUID version 5 only. */
 void mms_sha1(const void *data, size_t n, uint8_t out[20]);
 

@@ -15,6 +15,7 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/net.h"
+#include "common/uid.h"
 
 enum cfg_type {
     T_STR,     /* any text, char * */
@@ -887,19 +888,12 @@ validate(struct loader *ld)
 
     check_network(ld);
 
-    /* the SEG's Series Description (LO): as the card's texts (infer/card.c dicom_text) */
+    /* the SEG's Series Description (LO), checked as the card's texts are */
     const char *sd = ld->cfg->seg.series_description;
-    if (sd != NULL && sd[0] != '\0') {
-        bool good = strlen(sd) <= 64, spaces = true;
-        for (const unsigned char *p = (const unsigned char *)sd; good && *p != '\0'; p++) {
-            good = *p != '\\' && *p >= 0x20 && *p < 0x7F;
-            spaces = spaces && *p == ' ';
-        }
-        if (!good || spaces)
-            report(ld, line_of(ld, OFF(seg.series_description)),
-                   "[seg] series_description: 1 to 64 printable ASCII characters, not only "
-                   "spaces, no backslash");
-    }
+    if (sd != NULL && sd[0] != '\0' && !mms_dicom_text_check(sd, 64))
+        report(ld, line_of(ld, OFF(seg.series_description)),
+               "[seg] series_description: 1 to 64 printable ASCII characters, not only spaces, "
+               "no backslash");
 
     for (size_t i = 0; i < ld->cfg->n_dests; i++) {
         const struct mms_dest_config *d = &ld->cfg->dests[i];

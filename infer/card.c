@@ -14,6 +14,7 @@
 
 #include "common/err.h"
 #include "common/log.h"
+#include "common/uid.h"
 
 #define SCHEMA "mmsegd.model/1"
 #define TEXT_MAX 256
@@ -296,13 +297,7 @@ exact_keys(struct ctx *c, const cJSON *obj, const char *const *keys, const char 
 static int
 dicom_text(struct ctx *c, const cJSON *v, const char *what, const char *vr, int n)
 {
-    size_t len = strlen(v->valuestring);
-    bool good = len <= (size_t)n, spaces = true;
-    for (const unsigned char *p = (const unsigned char *)v->valuestring; good && *p != '\0'; p++) {
-        good = *p != '\\' && *p >= 0x20 && *p < 0x7F;
-        spaces = spaces && *p == ' ';
-    }
-    if (good && !spaces)
+    if (mms_dicom_text_check(v->valuestring, (size_t)n))
         return 0;
     return bad(c,
                "%s: %s text is required (1 to %d printable ASCII characters, not only spaces, no "
