@@ -39,7 +39,8 @@ mkdir -p "$tmp/archive"
 storescp -v -aet ARCHIVE -od "$tmp/archive" "$aport" >"$tmp/archive.log" 2>&1 &
 apid=$!
 config() { # LOG_LEVEL
-    serve_config "$tmp/mmsegd.ini.new" "$tmp/state" "$port" "log_level = $1" "workers = 1" <<INI
+    serve_config "$tmp/mmsegd.ini.new" "$tmp/state" "$port" "log_level = $1" "workers = 1" \
+        "$(asan_isolation)" <<INI
 max_associations_per_host = 0
 [series]
 stable_age_s = 1
@@ -96,9 +97,15 @@ hup=
 sleep 1.5 # the last signal's reload
 hups=$(wc -l <"$tmp/hups")
 reloads=$(grep -c "configuration reloaded from" "$tmp/log")
-[ $ok_settle = 0 ] && [ $echoed = 1 ] &&
-    result OK "under $hups SIGHUPs in $((SECONDS - t0)) s all settles and the daemon answers C-ECHO" ||
+if [ $ok_settle = 0 ] && [ $echoed = 1 ]; then
+    result OK "under $hups SIGHUPs in $((SECONDS - t0)) s all settles and the daemon answers C-ECHO"
+else
     result FAIL "under SIGHUPs all settles and the daemon answers C-ECHO (settled: $ok_settle, echo: $echoed)"
+    "$mmsegd" status -c "$tmp/mmsegd.ini" --json 2>&1 |
+        "$python" "$check" settled "$tmp/state" - 2>&1 | sed 's/^/# /' | head -10
+    grep -v "configuration reloaded\|log_level" "$tmp/log" | tail -40 | sed 's/^/# /'
+    ps -o pid,stat,etime,wchan:24,args --ppid "$pid" 2>&1 | sed 's/^/# child: /'
+fi
 [ "$hups" -gt 5 ] && [ "$reloads" = "$hups" ] &&
     result OK "every SIGHUP was a reload ($reloads of $hups)" ||
     result FAIL "every SIGHUP was a reload ($reloads of $hups)"

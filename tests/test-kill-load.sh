@@ -54,7 +54,7 @@ aport=$(free_port)
 mkdir -p "$tmp/archive"
 storescp -v --sleep-after 1 -aet ARCHIVE -od "$tmp/archive" "$aport" >"$tmp/archive.log" 2>&1 &
 apid=$!
-serve_config "$tmp/mmsegd.ini" "$tmp/state" "$port" "workers = 1" <<INI
+serve_config "$tmp/mmsegd.ini" "$tmp/state" "$port" "workers = 1" "$(asan_isolation)" <<INI
 max_associations_per_host = 0
 [series]
 stable_age_s = 2
