@@ -132,16 +132,39 @@ cpu_graph_fini(struct mms_backend *be, void *gctx)
     free(gc);
 }
 
+static int graph_init(struct mms_cpu *cpu, const struct mms_graph *g, struct graph_ctx *gc,
+                      size_t *fixed_bytes);
+
+/* oneDNN sizes a primitive's parallel work for the threads OpenMP offers when the primitive is
+ * created, and runs it on that many (a jit convolution keeps jcp.nthr): the primitives are
+ * created under the configured count, as the passes run, or a pass would use every core
+ * whatever [infer] threads says. The calling thread's count is restored after. */
 static int
 cpu_graph_init(struct mms_backend *be, const struct mms_graph *g, void **gctx, size_t *fixed_bytes)
 {
     struct mms_cpu *cpu = be->ctx;
     struct graph_ctx *gc = calloc(1, sizeof *gc);
-    int rc = MMS_ENOMEM;
     if (gc == NULL)
         return MMS_ENOMEM;
+    int saved = omp_get_max_threads();
+    omp_set_num_threads(cpu->threads);
+    int rc = graph_init(cpu, g, gc, fixed_bytes);
+    omp_set_num_threads(saved);
+    if (rc < 0) {
+        cpu_graph_fini(be, gc);
+        return rc;
+    }
+    *gctx = gc;
+    return 0;
+}
+
+static int
+graph_init(struct mms_cpu *cpu, const struct mms_graph *g, struct graph_ctx *gc,
+           size_t *fixed_bytes)
+{
+    int rc = MMS_ENOMEM;
     if ((gc->nodes = calloc((size_t)g->n_nodes, sizeof *gc->nodes)) == NULL)
-        goto fail;
+        return MMS_ENOMEM;
     gc->n_nodes = g->n_nodes;
     size_t scratch = 0;
     int64_t max_c = 1;
@@ -152,14 +175,14 @@ cpu_graph_init(struct mms_backend *be, const struct mms_graph *g, void **gctx, s
         case MMS_OP_CONV:
         case MMS_OP_DECONV:
             if ((rc = mms__cpu_conv_init(cpu, g, nd, &s->conv)) < 0)
-                goto fail;
+                return rc;
             gc->fixed_bytes += s->conv.wei_bytes;
             if (s->conv.scratch_bytes > scratch)
                 scratch = s->conv.scratch_bytes;
             break;
         case MMS_OP_MIXER:
             if ((rc = mms__cpu_mixer_init(nd, cpu->threads, &s->mixer)) < 0)
-                goto fail;
+                return rc;
             gc->fixed_bytes += s->mixer.bytes;
             break;
         case MMS_OP_NORM:
@@ -170,20 +193,15 @@ cpu_graph_init(struct mms_backend *be, const struct mms_graph *g, void **gctx, s
             break;
         }
     }
-    rc = MMS_ENOMEM;
     if (scratch > 0 && (gc->scratch = aligned_alloc(64, (scratch + 63) & ~(size_t)63)) == NULL)
-        goto fail;
+        return MMS_ENOMEM;
     /* IN: 2 doubles per channel per thread, then scale and shift as floats */
     size_t part = (size_t)max_c * (2 * (size_t)cpu->threads + 1) * sizeof(double);
     if ((gc->norm_part = malloc(part)) == NULL)
-        goto fail;
+        return MMS_ENOMEM;
     gc->fixed_bytes += scratch + part;
-    *gctx = gc;
     *fixed_bytes = gc->fixed_bytes;
     return 0;
-fail:
-    cpu_graph_fini(be, gc);
-    return rc;
 }
 
 static int

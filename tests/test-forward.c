@@ -2,9 +2,11 @@
  * V1 and V6): every block output, the first MetaBlock's internals and the logits, for every
  * knob combination; argmax on a 32x64x64 input; thread-count invariance; repeatability; no
  * allocation inside a forward pass; the arena plan. */
+#include <dirent.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/err.h"
 #include "infer/infer.h"
@@ -302,13 +304,71 @@ test_errors(const char *dir)
     mms_model_free(m);
 }
 
+static int
+os_threads(void)
+{
+    DIR *d = opendir("/proc/self/task");
+    int n = 0;
+    if (d == NULL)
+        return -1;
+    for (struct dirent *e; (e = readdir(d)) != NULL;)
+        n += e->d_name[0] != '.';
+    closedir(d);
+    return n;
+}
+
+/* [infer] threads is kept by the whole pass, oneDNN's convolutions included: OpenMP keeps the
+ * threads a parallel region has started, so after a pass on one thread the process still has
+ * one thread, and after a pass on two, two (which shows that the count can move). Runs first,
+ * before any other pass has started threads. */
+static void
+test_threads(const char *dir)
+{
+    char path[4096], why[512];
+    struct mms_model *m = NULL;
+    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-separate.safetensors", dir);
+    if (mms_model_load(path, &m, why, sizeof why) < 0) {
+        printf("Bail out! %s\n", why);
+        exit(1);
+    }
+    const int64_t *tile = mms_model_card(m)->inf.patch;
+    size_t vox = (size_t)(tile[0] * tile[1] * tile[2]);
+    int nc = mms_model_card(m)->arch.num_classes;
+    float *in = calloc(vox, sizeof(float)), *logits = malloc(vox * (size_t)nc * sizeof(float));
+    int seen[2] = {0, 0};
+    for (int t = 1; t <= 2; t++) {
+        struct mms_backend *be = NULL;
+        struct mms_net *net = NULL;
+        struct mms_backend_params bp = {.threads = t};
+        for (size_t i = 0; i < vox; i++)
+            in[i] = (float)((i * 2654435761u) % 1000) * 1e-3f;
+        int rc = mms_backend_open("cpu", &bp, &be);
+        if (rc == 0)
+            rc = mms_net_new(m, be, tile, 0, &net);
+        if (rc == 0)
+            rc = mms_net_forward(net, in, 1, logits);
+        seen[t - 1] = rc == 0 ? os_threads() : -1;
+        mms_net_free(net);
+        mms_backend_free(be);
+    }
+    ok(seen[0] == 1, "threads = 1: the pass ran on the calling thread alone (%d threads)", seen[0]);
+    if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+        skip("threads = 2: one core online");
+    else
+        ok(seen[1] == 2, "threads = 2: the pass ran on two threads (%d)", seen[1]);
+    free(in);
+    free(logits);
+    mms_model_free(m);
+}
+
 int
 main(void)
 {
     const char *dir = getenv("srcdir");
     if (dir == NULL)
         dir = ".";
-    plan((int)N_VARIANTS * 3 + 4 + 2 * 3 + (int)N_FAMILIES * 3 + 4, 600);
+    plan(2 + (int)N_VARIANTS * 3 + 4 + 2 * 3 + (int)N_FAMILIES * 3 + 4, 600);
+    test_threads(dir);
     for (size_t i = 0; i < N_VARIANTS; i++)
         test_variant(dir, variants[i]);
     test_big(dir);
