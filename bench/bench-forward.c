@@ -52,38 +52,41 @@ cur_rss_mb(void)
 /* oneDNN on its own: every convolution of the graph, timed alone; returns seconds per pass
  * (sum of each primitive's best time) and the FLOPs. */
 static int
-onednn_alone(const struct mms_model *m, const int64_t tile[3], int threads, double *sec,
+onednn_alone(const struct mms_model *m, const int64_t tile[3], int threads, bool bf16, double *sec,
              double *flop, int *layout_any_is_ndhwc)
 {
     struct mms_graph *g = NULL;
     int rc = mms__graph_build(m, 0, tile, false, &g);
     if (rc < 0)
         return rc;
-    struct mms_cpu cpu = {.threads = threads};
+    struct mms_cpu cpu = {.threads = threads, .bf16 = bf16};
     dnnl_engine_create(&cpu.engine, dnnl_cpu, 0);
     dnnl_stream_create(&cpu.stream, cpu.engine, dnnl_stream_default_flags);
     omp_set_num_threads(threads);
     *sec = *flop = 0.0;
     int64_t best_flop = -1;
+    bool first = true;
     for (int i = 0; i < g->n_nodes && rc == 0; i++) {
         const struct mms_node *nd = &g->nodes[i];
         if (nd->op != MMS_OP_CONV)
             continue;
         const struct mms_tdesc *s = &g->tensors[nd->src[0]], *d = &g->tensors[nd->dst];
         struct mms_cpu_conv cv;
-        if ((rc = mms__cpu_conv_init(&cpu, g, nd, &cv)) < 0)
+        if ((rc = mms__cpu_conv_init(&cpu, g, nd, mms__cpu_conv_bf16(&cpu, nd, first), &cv)) < 0)
             break;
+        first = false;
         size_t ns = (size_t)(s->c * mms__tdesc_voxels(s)),
                no = (size_t)(d->c * mms__tdesc_voxels(d));
         float *src = aligned_alloc(64, ns * 4 + 64), *dst = aligned_alloc(64, no * 4 + 64);
         void *scratch = aligned_alloc(64, cv.scratch_bytes + 64);
+        void *src_bf16 = cv.src_bf16_bytes > 0 ? aligned_alloc(64, cv.src_bf16_bytes + 64) : NULL;
         for (size_t j = 0; j < ns; j++)
             src[j] = (float)((j * 2654435761u) % 1000) * 1e-3f - 0.5f;
         memset(dst, 0, no * 4);
         double best = INFINITY;
         for (int r = 0; r < 4; r++) {
             double t0 = now_s();
-            mms__cpu_conv_run(&cpu, &cv, src, dst, scratch);
+            mms__cpu_conv_run(&cpu, &cv, src, dst, scratch, src_bf16);
             double t = now_s() - t0;
             best = t < best ? t : best;
         }
@@ -120,6 +123,7 @@ onednn_alone(const struct mms_model *m, const int64_t tile[3], int threads, doub
         free(src);
         free(dst);
         free(scratch);
+        free(src_bf16);
         mms__cpu_conv_fini(&cv);
     }
     dnnl_stream_destroy(cpu.stream);
@@ -222,15 +226,16 @@ main(int argc, char **argv)
     int nthreads = threads > 0 ? threads : omp_get_num_procs();
     bool cpu = strcmp(backend, "cpu") == 0;
     if (cpu)
-        onednn_alone(m, tile, nthreads, &alone_s, &alone_flop, &any_ndhwc);
+        onednn_alone(m, tile, nthreads, mms_backend_precision(be) == MMS_PRECISION_BF16, &alone_s,
+                     &alone_flop, &any_ndhwc);
     double med = median(t, runs), best = t[0];
     for (int r = 1; r < runs; r++)
         best = t[r] < best ? t[r] : best;
     printf("{\"impl\": \"mmsegd-%s\", \"model\": \"%s\", \"threads\": %d, "
            "\"precision\": \"%s\", \"batch\": %d, \"max_batch\": %d, "
            "\"tile\": [%lld, %lld, %lld], \"runs_ms\": [",
-           backend, card->name, nthreads, cpu ? "fp32" : prec_name, batch, mms_net_max_batch(net),
-           (long long)tile[0], (long long)tile[1], (long long)tile[2]);
+           backend, card->name, nthreads, mms_precision_name(mms_backend_precision(be)), batch,
+           mms_net_max_batch(net), (long long)tile[0], (long long)tile[1], (long long)tile[2]);
     for (int r = 0; r < runs; r++)
         printf("%s%.1f", r ? ", " : "", t[r]);
     printf("], \"median_ms\": %.1f, \"min_ms\": %.1f, \"median_ms_per_tile\": %.2f, "

@@ -138,17 +138,6 @@ int mms_config_defaults(struct mms_config **out);
 int mms_config_set(struct mms_config *cfg, const char *section, const char *key, const char *value,
                    char *why, size_t why_len);
 
-/* The name of an enum mms_precision value as [infer] precision spells it ("fp32", "fp16",
- * "bf16"), or "?" for another value. */
-static inline const char *
-mms_precision_name(int precision)
-{
-    return precision == MMS_PRECISION_FP32   ? "fp32"
-           : precision == MMS_PRECISION_FP16 ? "fp16"
-           : precision == MMS_PRECISION_BF16 ? "bf16"
-                                             : "?";
-}
-
 /* Free cfg and everything it owns. NULL is a harmless no-op. */
 void mms_config_free(struct mms_config *cfg);
 

@@ -68,15 +68,16 @@ static const struct command commands[] = {
      "\n"
      "Checks FILE against every rule of the model format (mmunet.md 4.3: header, tensors,\n"
      "values, card, tensor names and shapes) and opens the backend [infer] backend names.\n"
-     "Exit 0 with the model card, the line 'backend: NAME' (for cuda: ', device N,\n"
-     "precision P'), for a fold ensemble the line 'ensemble: N members (NAME, ...), logits\n"
+     "Exit 0 with the model card, the line 'backend: NAME, precision P' (for cuda:\n"
+     "'backend: cuda, device N, precision P'), for a fold ensemble the line 'ensemble: N members "
+     "(NAME, ...), logits\n"
      "averaged', the line 'tensors: N, parameters: P, bytes: B' and the line\n"
      "'sha256: HEX' (the model ID) on standard output when it is valid and the backend\n"
      "starts; exit 1 and the reason on standard error when not.\n"
      "\n"
      "  -c, --config FILE   take [infer] from FILE (default: built-in ones)\n"
      "  --backend NAME      auto, cpu or cuda ([infer] backend)\n"
-     "  --precision P       fp32, fp16 or bf16 convolutions on CUDA ([infer] precision)\n"
+     "  --precision P       fp32, bf16 or fp16 convolutions ([infer] precision)\n"
      "  -h, --help          show this help\n",
      cmd_model_info},
     {"status", "show the series the daemon received, their states and reasons",
@@ -129,7 +130,7 @@ static const struct command commands[] = {
      "  --nifti DIR           where the label volumes go (created if needed)\n"
      "  --model FILE[,FILE..] the model file, or a model set ([infer] model)\n"
      "  --backend NAME        auto, cpu or cuda ([infer] backend)\n"
-     "  --precision P         fp32, fp16 or bf16 convolutions on CUDA ([infer] precision)\n"
+     "  --precision P         fp32, bf16 or fp16 convolutions ([infer] precision)\n"
      "  --threads N           CPU threads, 0 = all cores ([infer] threads)\n"
      "  --tta yes|no          mirroring test-time augmentation ([infer] tta)\n"
      "  --postprocessing yes|no  the model card's postprocessing ([infer] postprocessing)\n"
@@ -440,17 +441,20 @@ cmd_model_info(int argc, char **argv)
                                     .precision = (int)cfg->infer.precision};
     struct mms_backend *be = NULL;
     mms_config_free(cfg);
-    if ((rc = mms_backend_open(bname, &bp, &be)) < 0) {
-        fprintf(stderr, "mmsegd: model-info: backend %s: %s\n", bname, mms_strerror(rc));
+    const char *pwhy = strcmp(bname, "cpu") == 0 ? mms_cpu_precision_why(bp.precision) : NULL;
+    if (pwhy != NULL || (rc = mms_backend_open(bname, &bp, &be)) < 0) {
+        fprintf(stderr, "mmsegd: model-info: backend %s: %s\n", bname,
+                pwhy != NULL ? pwhy : mms_strerror(rc));
         mms_model_free(m);
         return EXIT_FAILURE;
     }
     char backend_line[128];
     if (strcmp(mms_backend_name(be), "cpu") == 0)
-        snprintf(backend_line, sizeof backend_line, "backend: cpu");
+        snprintf(backend_line, sizeof backend_line, "backend: cpu, precision %s",
+                 mms_precision_name(mms_backend_precision(be)));
     else
         snprintf(backend_line, sizeof backend_line, "backend: %s, device %d, precision %s",
-                 mms_backend_name(be), bp.device, mms_precision_name(bp.precision));
+                 mms_backend_name(be), bp.device, mms_precision_name(mms_backend_precision(be)));
     mms_backend_free(be);
     card = mms_model_card(m);
     /* Indented for reading; a card cJSON cannot read (NaN in provenance) is shown as stored. */

@@ -240,9 +240,7 @@ mms_segment(const char *const *paths, int n, const struct segment_opts *o, FILE 
         cJSON_AddStringToObject(root, "model", o->model);
         cJSON_AddStringToObject(root, "model_sha256", e.sha256);
         cJSON_AddStringToObject(root, "backend", mms_backend_name(e.be));
-        cJSON_AddStringToObject(
-            root, "precision",
-            strcmp(mms_backend_name(e.be), "cpu") == 0 ? "fp32" : mms_precision_name(o->precision));
+        cJSON_AddStringToObject(root, "precision", mms_precision_name(mms_backend_precision(e.be)));
         arr = cJSON_AddArrayToObject(root, "series");
     }
     int failed = 0, done = 0;

@@ -132,11 +132,12 @@ mms_engine_open(const char *model, const char *backend, int device, int precisio
     if ((rc = set_init(e, why, why_len)) < 0)
         return rc;
     struct mms_backend_params bp = {.threads = threads, .device = device, .precision = precision};
+    const char *pwhy = strcmp(backend, "cpu") == 0 ? mms_cpu_precision_why(precision) : NULL;
+    if (pwhy != NULL)
+        return mms_why(why, why_len, MMS_ENOTSUP, "backend cpu, precision %s: %s",
+                       mms_precision_name(precision), pwhy);
     if ((rc = mms_backend_open(backend, &bp, &e->be)) < 0)
         return mms_why(why, why_len, rc, "backend %s: %s", backend, mms_strerror(rc));
-    if (precision != MMS_PRECISION_FP32 && strcmp(mms_backend_name(e->be), "cpu") == 0)
-        mms_log(MMS_LOG_NOTICE, "precision %s applies to the CUDA backend; the CPU runs fp32",
-                mms_precision_name(precision));
     size_t total;
     if (mms_backend_memory(e->be, &e->device_free, &total) < 0)
         e->device_free = 0; /* host memory: no device limit */

@@ -1,4 +1,5 @@
-/* infer: the CPU backend (style.md 2.6): oneDNN convolutions and sgemm, OpenMP loops.
+/* infer: the CPU backend (style.md 2.6): oneDNN convolutions and sgemm, OpenMP loops;
+ * convolutions in fp32, or in bf16 where oneDNN reports AVX512-BF16 or AMX.
  *
  * The arena is host memory; upload and download are copies. graph_init() prepares one
  * state per node (a oneDNN primitive with reordered weights, or a mixer's transposed
@@ -27,16 +28,46 @@ struct graph_ctx {
     int n_nodes;
     struct node_state *nodes; /* zeroed at allocation: the fini functions accept empty ones */
     void *scratch;            /* shared by the convolutions, one at a time */
+    void *src_bf16;           /* the same, for their bf16 input (NULL in fp32) */
     double *norm_part;
     size_t fixed_bytes;
 };
 
+const char *
+mms_cpu_precision_why(int precision)
+{
+    switch (precision) {
+    case MMS_PRECISION_FP32:
+        return NULL;
+    case MMS_PRECISION_BF16: {
+        /* the ISA oneDNN dispatches to, which ONEDNN_MAX_CPU_ISA can lower */
+        dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+        if (((unsigned)isa & (unsigned)dnnl_cpu_isa_avx512_core_bf16) ==
+            (unsigned)dnnl_cpu_isa_avx512_core_bf16)
+            return NULL;
+        return "bf16 on the CPU needs AVX512-BF16 or AMX, which oneDNN does not report here";
+    }
+    case MMS_PRECISION_FP16:
+        return "fp16 runs on CUDA only; the CPU computes in fp32, or bf16 where it has "
+               "AVX512-BF16 or AMX";
+    default:
+        return "unknown precision";
+    }
+}
+
 static int
 cpu_init(struct mms_backend *be, const struct mms_backend_params *p)
 {
+    const char *why = mms_cpu_precision_why(p->precision);
+    if (why != NULL) {
+        mms_log(MMS_LOG_ERR, "backend cpu: precision %s: %s", mms_precision_name(p->precision),
+                why);
+        return MMS_ENOTSUP;
+    }
     struct mms_cpu *cpu = calloc(1, sizeof *cpu);
     if (cpu == NULL)
         return MMS_ENOMEM;
+    cpu->bf16 = p->precision == MMS_PRECISION_BF16;
     cpu->threads = p->threads > 0 ? p->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (cpu->threads < 1)
         cpu->threads = 1;
@@ -128,6 +159,7 @@ cpu_graph_fini(struct mms_backend *be, void *gctx)
     }
     free(gc->nodes);
     free(gc->scratch);
+    free(gc->src_bf16);
     free(gc->norm_part);
     free(gc);
 }
@@ -166,19 +198,24 @@ graph_init(struct mms_cpu *cpu, const struct mms_graph *g, struct graph_ctx *gc,
     if ((gc->nodes = calloc((size_t)g->n_nodes, sizeof *gc->nodes)) == NULL)
         return MMS_ENOMEM;
     gc->n_nodes = g->n_nodes;
-    size_t scratch = 0;
+    size_t scratch = 0, src_bf16 = 0;
     int64_t max_c = 1;
+    bool first_conv = true;
     for (int i = 0; i < g->n_nodes; i++) {
         const struct mms_node *nd = &g->nodes[i];
         struct node_state *s = &gc->nodes[i];
         switch (nd->op) {
         case MMS_OP_CONV:
         case MMS_OP_DECONV:
-            if ((rc = mms__cpu_conv_init(cpu, g, nd, &s->conv)) < 0)
+            if ((rc = mms__cpu_conv_init(cpu, g, nd, mms__cpu_conv_bf16(cpu, nd, first_conv),
+                                         &s->conv)) < 0)
                 return rc;
+            first_conv = false;
             gc->fixed_bytes += s->conv.wei_bytes;
             if (s->conv.scratch_bytes > scratch)
                 scratch = s->conv.scratch_bytes;
+            if (s->conv.src_bf16_bytes > src_bf16)
+                src_bf16 = s->conv.src_bf16_bytes;
             break;
         case MMS_OP_MIXER:
             if ((rc = mms__cpu_mixer_init(nd, cpu->threads, &s->mixer)) < 0)
@@ -195,11 +232,13 @@ graph_init(struct mms_cpu *cpu, const struct mms_graph *g, struct graph_ctx *gc,
     }
     if (scratch > 0 && (gc->scratch = aligned_alloc(64, (scratch + 63) & ~(size_t)63)) == NULL)
         return MMS_ENOMEM;
+    if (src_bf16 > 0 && (gc->src_bf16 = aligned_alloc(64, (src_bf16 + 63) & ~(size_t)63)) == NULL)
+        return MMS_ENOMEM;
     /* IN: 2 doubles per channel per thread, then scale and shift as floats */
     size_t part = (size_t)max_c * (2 * (size_t)cpu->threads + 1) * sizeof(double);
     if ((gc->norm_part = malloc(part)) == NULL)
         return MMS_ENOMEM;
-    gc->fixed_bytes += scratch + part;
+    gc->fixed_bytes += scratch + src_bf16 + part;
     *fixed_bytes = gc->fixed_bytes;
     return 0;
 }
@@ -233,7 +272,8 @@ cpu_compute(struct mms_backend *be, const struct mms_graph *g, void *gctx, struc
         switch (nd->op) {
         case MMS_OP_CONV:
         case MMS_OP_DECONV:
-            rc = mms__cpu_conv_run(cpu, &s->conv, T(nd->src[0]), T(nd->dst), gc->scratch);
+            rc = mms__cpu_conv_run(cpu, &s->conv, T(nd->src[0]), T(nd->dst), gc->scratch,
+                                   gc->src_bf16);
             break;
         case MMS_OP_AVGPOOL:
             mms__cpu_avgpool(cpu->threads, src, T(nd->src[0]), nd->u.up.stride, T(nd->dst));

@@ -80,6 +80,7 @@ struct mms_backend_ops {
 struct mms_backend {
     const struct mms_backend_ops *ops;
     void *ctx;
+    int precision; /* enum mms_precision, as opened */
 };
 
 /* The registry (infer/backend-reg.c): the built backends, "cpu" first, NULL-terminated. */

@@ -27,6 +27,7 @@ start(const struct mms_backend_ops *ops, const struct mms_backend_params *p,
     if (be == NULL)
         return MMS_ENOMEM;
     be->ops = ops;
+    be->precision = p->precision;
     int rc = ops->init(be, p);
     if (rc < 0) {
         free(be);
@@ -54,7 +55,14 @@ mms_backend_open(const char *name, const struct mms_backend_params *p, struct mm
             mms_log(MMS_LOG_INFO, "backend %s did not start: %s", mms__backends[i]->name, why);
         }
         mms_log(MMS_LOG_NOTICE, "backend auto: using the CPU (%s)", why);
-        return start(&mms__backend_cpu, p, out);
+        const char *pwhy = mms_cpu_precision_why(p->precision);
+        if (pwhy == NULL)
+            return start(&mms__backend_cpu, p, out);
+        struct mms_backend_params fp32 = *p;
+        fp32.precision = MMS_PRECISION_FP32;
+        mms_log(MMS_LOG_NOTICE, "backend auto: the CPU computes in fp32, not %s (%s)",
+                mms_precision_name(p->precision), pwhy);
+        return start(&mms__backend_cpu, &fp32, out);
     }
     const struct mms_backend_ops *ops = find(name);
     if (ops != NULL)
@@ -75,6 +83,12 @@ const char *
 mms_backend_name(const struct mms_backend *be)
 {
     return be->ops->name;
+}
+
+int
+mms_backend_precision(const struct mms_backend *be)
+{
+    return be->precision;
 }
 
 int

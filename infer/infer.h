@@ -180,15 +180,30 @@ int64_t mms_model_param_count(const struct mms_model *m);
 /* ----------------------------------------------------------------------------- backends */
 struct mms_backend;
 
-/* Precision of the convolutions on a GPU (mmunet.md 3.2); the CPU computes in fp32 always. */
+/* Precision of the convolutions (mmunet.md 3.2): fp32, fp16 and bf16 on CUDA; fp32, and bf16
+ * where oneDNN reports AVX512-BF16 or AMX, on the CPU. */
 enum mms_precision { MMS_PRECISION_FP32, MMS_PRECISION_FP16, MMS_PRECISION_BF16 };
+
+/* The name of an enum mms_precision value as [infer] precision spells it ("fp32", "fp16",
+ * "bf16"), or "?" for another value. */
+static inline const char *
+mms_precision_name(int precision)
+{
+    return precision == MMS_PRECISION_FP32   ? "fp32"
+           : precision == MMS_PRECISION_FP16 ? "fp16"
+           : precision == MMS_PRECISION_BF16 ? "bf16"
+                                             : "?";
+}
 
 struct mms_backend_params {
     int threads;   /* CPU threads; 0 = all online cores */
     int device;    /* GPU ordinal (CUDA) */
-    int precision; /* enum mms_precision: convolutions on CUDA; the CPU runs fp32 whatever it
-                      says; 0 = fp32 */
+    int precision; /* enum mms_precision; 0 = fp32 */
 };
+
+/* NULL when the CPU backend computes in precision on this machine, else why not (a static
+ * string). Threads: any. */
+const char *mms_cpu_precision_why(int precision);
 
 /* Open a backend by name: "cpu", "cuda", or "auto" (CUDA when built and a device starts,
  * else the CPU with a NOTICE naming the reason).
@@ -199,6 +214,8 @@ int mms_backend_open(const char *name, const struct mms_backend_params *p,
                      struct mms_backend **out);
 void mms_backend_free(struct mms_backend *be);
 const char *mms_backend_name(const struct mms_backend *be);
+/* The precision the backend computes in (enum mms_precision). */
+int mms_backend_precision(const struct mms_backend *be);
 
 /* The backend's device memory, free and in all, now. Returns 0, MMS_ENOTSUP for a backend on
  * host memory (the CPU), or a backend error. Threads: the backend's. */

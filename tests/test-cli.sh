@@ -120,13 +120,14 @@ ok $? "help model-info"
 
 # The backend model-info reports: the one [infer] backend opens (--backend, --precision
 # override the file); a bad value is a usage error naming the key.
-"$MMSEGD" model-info --backend cpu --precision bf16 "$demo" >"$tmp/info.out" 2>"$tmp/err"; rc=$?
-[ $rc -eq 0 ] && [ "$(tail -n 3 "$tmp/info.out" | head -1)" = "backend: cpu" ]
-ok $? "model-info --backend cpu --precision bf16: 'backend: cpu' (exit $rc)"
+"$MMSEGD" model-info --backend cpu --precision fp32 "$demo" >"$tmp/info.out" 2>"$tmp/err"; rc=$?
+[ $rc -eq 0 ] && [ "$(tail -n 3 "$tmp/info.out" | head -1)" = "backend: cpu, precision fp32" ]
+ok $? "model-info --backend cpu --precision fp32: 'backend: cpu, precision fp32' (exit $rc)"
 [ $rc -eq 0 ] || diag "$(tail -n 3 "$tmp/info.out"; cat "$tmp/err")"
 printf '[infer]\nbackend = cpu\nprecision = fp16\n' >"$tmp/cpu.ini"
 "$MMSEGD" model-info -c "$tmp/cpu.ini" "$demo" >"$tmp/info.out" 2>"$tmp/err"; rc=$?
-[ $rc -eq 0 ] && grep -qx "backend: cpu" "$tmp/info.out"; ok $? "model-info -c FILE: its [infer] backend (exit $rc)"
+[ $rc -eq 1 ] && grep -q "backend cpu: fp16 runs on CUDA only" "$tmp/err"
+ok $? "model-info -c FILE: its [infer] backend and precision (cpu, fp16: refused, exit $rc)"
 "$MMSEGD" model-info --backend gpu "$demo" >/dev/null 2>"$tmp/err"; rc=$?
 [ $rc -eq 2 ] && grep -qF "[infer] backend: 'gpu' is not one of auto, cpu, cuda" "$tmp/err"
 ok $? "model-info --backend gpu exits 2 (got $rc) naming the key"

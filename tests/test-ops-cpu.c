@@ -351,13 +351,13 @@ test_conv(void)
         nd.u.conv.b = bias;
         nd.u.conv.accumulate = acc;
         struct mms_cpu_conv cv;
-        int rc = mms__cpu_conv_init(&cpu, &g, &nd, &cv);
+        int rc = mms__cpu_conv_init(&cpu, &g, &nd, false, &cv);
         void *scratch = malloc(cv.scratch_bytes + 64);
         float *prev = malloc((size_t)no * 4);
         for (int64_t i = 0; i < no; i++)
             dst[i] = prev[i] = frand();
         if (rc == 0)
-            rc = mms__cpu_conv_run(&cpu, &cv, src, dst, scratch);
+            rc = mms__cpu_conv_run(&cpu, &cv, src, dst, scratch, NULL);
         double worst = 0.0;
         for (int64_t d = 0; d < 3; d++)
             for (int64_t h = 0; h < 5; h++)

@@ -13,8 +13,9 @@
 #               except those the target brings: the glibc family, libstdc++ and libgcc_s
 #               (the target's are newer) and every CUDA, cuBLAS and cuDNN library;
 #   tests/fixtures/, models/demo.safetensors: the files the tests read (the programs find
-#               them through srcdir=bundle); tools/mmunet/*.py: the PyTorch reference, the
-#               benchmark models' exporter and the PyTorch benchmark;
+#               them through srcdir=bundle); tests/label_agreement.py, which compares label
+#               volumes; tools/mmunet/*.py: the PyTorch reference, the benchmark models'
+#               exporter and the PyTorch benchmark;
 #   phantom/    a phantom CT series with its truth (tools/mmunet/phantom_series.py, seed 1000,
 #               regular; $PYTHON3 with numpy, scipy and nibabel, default /usr/bin/python3);
 #   MANIFEST    the source revision, the build's configuration, each file with its size, the
@@ -89,6 +90,7 @@ done
 
 mkdir -p "$b/tests" "$b/models" "$b/tools/mmunet"
 cp -r tests/fixtures "$b/tests/"
+cp tests/label_agreement.py "$b/tests/"
 cp models/demo.safetensors "$b/models/"
 cp tools/mmunet/*.py tools/mmunet/*.json "$b/tools/mmunet/"
 # A phantom CT with its truth for device-check's whole-job step (numpy, scipy, nibabel).

@@ -8,7 +8,10 @@
  * come as PyTorch stores them, (cin, cout, k...), oneDNN's iodhw). Bias is fused, when there
  * is one; a skip
  * projection also fuses the residual sum and the LReLU as post-ops (dst = LReLU(conv + dst)).
- * Strict fp32 math: oneDNN's default (no bf16 or tf32 down-conversion) is kept. */
+ * In fp32, strict fp32 math: oneDNN's default (no implicit bf16 or tf32 down-conversion) is
+ * kept. A convolution in bf16 (mmunet.md 3.2; which ones: backend-cpu.c) has bf16 input and
+ * weights (the input rounded to nearest even by a oneDNN reorder just before it) and fp32
+ * bias, accumulation and output, so everything around it stays as in fp32. */
 #include "infer/ops-cpu/ops-cpu-impl.h"
 
 #include <stdlib.h>
@@ -32,9 +35,16 @@ dnnl_err(dnnl_status_t s, const char *call, const struct mms_node *nd)
             goto fail;                                                                             \
     } while (0)
 
+bool
+mms__cpu_conv_bf16(const struct mms_cpu *cpu, const struct mms_node *nd, bool first)
+{
+    const int *k = nd->u.conv.k;
+    return cpu->bf16 && !first && nd->op == MMS_OP_CONV && k[0] * k[1] * k[2] > 1;
+}
+
 int
 mms__cpu_conv_init(struct mms_cpu *cpu, const struct mms_graph *g, const struct mms_node *nd,
-                   struct mms_cpu_conv *c)
+                   bool bf16, struct mms_cpu_conv *c)
 {
     const struct mms_tdesc *s = &g->tensors[nd->src[0]], *d = &g->tensors[nd->dst];
     const int *k = nd->u.conv.k;
@@ -63,10 +73,14 @@ mms__cpu_conv_init(struct mms_cpu *cpu, const struct mms_graph *g, const struct 
     dnnl_memory_t user_wei = NULL;
     int rc = 0;
 
+    dnnl_data_type_t in_type = bf16 ? dnnl_bf16 : dnnl_f32;
+    dnnl_memory_desc_t src_f32_md;
+    dnnl_primitive_desc_t cpd = NULL;
+
     memset(c, 0, sizeof *c);
-    DNNL(dnnl_memory_desc_init_by_tag(&src_md, 5, src_dims, dnnl_f32, dnnl_ndhwc));
+    DNNL(dnnl_memory_desc_init_by_tag(&src_md, 5, src_dims, in_type, dnnl_ndhwc));
     DNNL(dnnl_memory_desc_init_by_tag(&dst_md, 5, dst_dims, dnnl_f32, dnnl_ndhwc));
-    DNNL(dnnl_memory_desc_init_by_tag(&wei_md, 5, wei_dims, dnnl_f32, dnnl_format_tag_any));
+    DNNL(dnnl_memory_desc_init_by_tag(&wei_md, 5, wei_dims, in_type, dnnl_format_tag_any));
     DNNL(dnnl_memory_desc_init_by_tag(&user_wei_md, 5, wei_dims, dnnl_f32,
                                       deconv ? dnnl_iodhw : dnnl_oidhw));
     DNNL(dnnl_memory_desc_init_by_tag(&bias_md, 1, bias_dims, dnnl_f32, dnnl_x));
@@ -115,11 +129,20 @@ mms__cpu_conv_init(struct mms_cpu *cpu, const struct mms_graph *g, const struct 
         DNNL(dnnl_memory_create(&c->bias, &bias_md, cpu->engine, (void *)nd->u.conv.b));
     if (c->scratch_bytes > 0)
         DNNL(dnnl_memory_create(&c->scratch, sp_md, cpu->engine, DNNL_MEMORY_NONE));
+    if (bf16) {
+        DNNL(dnnl_memory_desc_init_by_tag(&src_f32_md, 5, src_dims, dnnl_f32, dnnl_ndhwc));
+        DNNL(dnnl_reorder_primitive_desc_create(&cpd, &src_f32_md, cpu->engine, &src_md,
+                                                cpu->engine, NULL));
+        DNNL(dnnl_primitive_create(&c->cvt, cpd));
+        DNNL(dnnl_memory_create(&c->src_f32, &src_f32_md, cpu->engine, DNNL_MEMORY_NONE));
+        c->src_bf16_bytes = dnnl_memory_desc_get_size(&src_md);
+    }
     const char *impl = NULL;
     dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
     mms_log(MMS_LOG_DEBUG, "%s: oneDNN %s", nd->name, impl != NULL ? impl : "?");
 
 fail:
+    dnnl_primitive_desc_destroy(cpd);
     dnnl_primitive_destroy(reorder);
     dnnl_primitive_desc_destroy(rpd);
     dnnl_memory_destroy(user_wei);
@@ -133,9 +156,17 @@ fail:
 
 int
 mms__cpu_conv_run(struct mms_cpu *cpu, struct mms_cpu_conv *c, const float *src, float *dst,
-                  void *scratch)
+                  void *scratch, void *src_bf16)
 {
-    dnnl_memory_set_data_handle(c->src, (void *)src);
+    if (c->cvt != NULL) {
+        dnnl_memory_set_data_handle(c->src_f32, (void *)src);
+        dnnl_memory_set_data_handle(c->src, src_bf16);
+        dnnl_exec_arg_t cargs[2] = {{DNNL_ARG_FROM, c->src_f32}, {DNNL_ARG_TO, c->src}};
+        if (dnnl_primitive_execute(c->cvt, cpu->stream, 2, cargs) != dnnl_success)
+            return MMS_ENOTSUP;
+    } else {
+        dnnl_memory_set_data_handle(c->src, (void *)src);
+    }
     dnnl_memory_set_data_handle(c->dst, dst);
     dnnl_exec_arg_t args[5] = {
         {DNNL_ARG_SRC, c->src}, {DNNL_ARG_WEIGHTS, c->wei}, {DNNL_ARG_DST, c->dst}};
@@ -155,7 +186,9 @@ void
 mms__cpu_conv_fini(struct mms_cpu_conv *c)
 {
     dnnl_primitive_destroy(c->prim);
+    dnnl_primitive_destroy(c->cvt);
     dnnl_memory_destroy(c->src);
+    dnnl_memory_destroy(c->src_f32);
     dnnl_memory_destroy(c->wei);
     dnnl_memory_destroy(c->bias);
     dnnl_memory_destroy(c->dst);

@@ -16,20 +16,30 @@ struct mms_cpu {
     dnnl_engine_t engine;
     dnnl_stream_t stream;
     int threads;
+    bool bf16; /* [infer] precision bf16: the convolutions that dominate run in bf16 */
 };
 
-/* A prepared convolution. */
+/* A prepared convolution. In bf16 the fp32 input is first converted (cvt, a oneDNN reorder)
+ * into a bf16 buffer of src_bf16_bytes the caller gives. */
 struct mms_cpu_conv {
-    dnnl_primitive_t prim;
-    dnnl_memory_t src, wei, bias, dst, scratch;
+    dnnl_primitive_t prim, cvt;
+    dnnl_memory_t src, src_f32, wei, bias, dst, scratch;
     void *wei_data; /* weights in the primitive's layout (owned) */
-    size_t wei_bytes, scratch_bytes;
+    size_t wei_bytes, scratch_bytes, src_bf16_bytes;
 };
 
+/* Whether a CONV or DECONV node (first: the graph's first) runs in bf16: with [infer]
+ * precision bf16, the convolutions with a kernel of several voxels after the first one, where
+ * nearly all the FLOPs are. Those that read the image (the first) or give the logits (the
+ * 1x1x1 head), where one rounding moves a label boundary, stay fp32, as do the other 1x1x1
+ * ones and the transposed convolutions (as on CUDA), which cost little. */
+bool mms__cpu_conv_bf16(const struct mms_cpu *cpu, const struct mms_node *nd, bool first);
+/* Prepare a CONV or DECONV node, in bf16 when bf16 (else fp32). */
 int mms__cpu_conv_init(struct mms_cpu *cpu, const struct mms_graph *g, const struct mms_node *nd,
-                       struct mms_cpu_conv *c);
+                       bool bf16, struct mms_cpu_conv *c);
+/* dst = conv(src); scratch holds scratch_bytes, src_bf16 src_bf16_bytes (NULL in fp32). */
 int mms__cpu_conv_run(struct mms_cpu *cpu, struct mms_cpu_conv *c, const float *src, float *dst,
-                      void *scratch);
+                      void *scratch, void *src_bf16);
 void mms__cpu_conv_fini(struct mms_cpu_conv *c);
 
 /* Prepared per-direction constants of a mixer: transposed for access along channels. */

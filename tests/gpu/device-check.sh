@@ -280,38 +280,8 @@ fi
 # 1 MiB, which sends the job to the CPU: the CPU's labels exactly.
 compare_labels() { # compare_labels NAME CPU-DIR CUDA-DIR MIN-AGREEMENT MIN-LABEL-DICE
     run_step "$1" 30 $tests_until "$logs/compare-$(echo "$1" | tr -c 'a-z0-9\n' '-').log" rc \
-        "$py" - "$2" "$3" phantom/regular/truth.nii.gz "$4" "$5" <<'PY'
-import glob, gzip, struct, sys
-import numpy as np
-def load(p):
-    d = gzip.open(p).read()
-    dims = struct.unpack("<8h", d[40:56])
-    code = struct.unpack("<h", d[70:72])[0]
-    off = int(struct.unpack("<f", d[108:112])[0])
-    dtype = {2: np.uint8, 4: np.int16, 8: np.int32, 256: np.int8, 512: np.uint16}[code]
-    n = int(np.prod(dims[1:1 + dims[0]]))
-    return tuple(dims[1:1 + dims[0]]), np.frombuffer(d, dtype, n, off).astype(np.int64)
-def one(d):
-    f = glob.glob(d + "/*.nii.gz")
-    if len(f) != 1:
-        sys.exit(f"{d}: {len(f)} label files")
-    return load(f[0])
-(gc, c), (gg, g), (gt, t) = one(sys.argv[1]), one(sys.argv[2]), load(sys.argv[3])
-min_agree, min_dice = float(sys.argv[4]), float(sys.argv[5])
-if not gc == gg == gt:
-    sys.exit(f"the grids differ: cpu {gc}, cuda {gg}, truth {gt}")
-agree = float((c == g).mean())
-ids = sorted(set(np.unique(t).tolist()) - {0})
-def dice(a, b, i):
-    return 2.0 * np.sum((a == i) & (b == i)) / max(1, np.sum(a == i) + np.sum(b == i))
-dc = float(np.mean([dice(c, t, i) for i in ids]))
-dg = float(np.mean([dice(g, t, i) for i in ids]))
-worst = min(dice(g, c, i) for i in sorted(set(np.unique(c).tolist()) - {0}))
-print(f"cuda/cpu voxel agreement {agree:.5f}, worst label Dice against the cpu {worst:.5f}; "
-      f"mean Dice against the truth over {len(ids)} labels: cpu {dc:.4f}, cuda {dg:.4f} "
-      f"(pass: agreement >= {min_agree}, label Dice >= {min_dice}, Dice within 0.01)")
-sys.exit(0 if agree >= min_agree and worst >= min_dice and abs(dc - dg) <= 0.01 else 1)
-PY
+        "$py" tests/label_agreement.py "$2" "$3" --truth phantom/regular/truth.nii.gz \
+        --min-agree "$4" --min-dice "$5" --names cpu,cuda
 }
 if have mmsegd && [ -d "$b/phantom/regular/dicom" ]; then
     for be in cpu cuda; do
