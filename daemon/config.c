@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/cpus.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "common/net.h"
@@ -124,6 +125,7 @@ static const struct cfg_key main_keys[] = {
     {"infer", "backend", T_ENUM, OFF(infer.backend), "auto", 0, 0, backends, 0},
     {"infer", "device", T_DEVICES, OFF(infer.devices), "0", 0, 63, NULL, 0},
     {"infer", "threads", T_UINT, OFF(infer.threads), "0", 0, 1024, NULL, 0},
+    {"infer", "cpus", T_STR, OFF(infer.cpus), "", 0, 0, NULL, 0},
     {"infer", "tta", T_BOOL, OFF(infer.tta), "yes", 0, 0, NULL, 0},
     {"infer", "postprocessing", T_BOOL, OFF(infer.postprocessing), "yes", 0, 0, NULL, 0},
     {"infer", "tile_step", T_DBL, OFF(infer.tile_step), "0.5", 0.1, 1.0, NULL, 0},
@@ -841,6 +843,33 @@ check_network(struct loader *ld)
     check_tls(ld);
 }
 
+/* [infer] cpus: CPUs this process may use, and room for the thread counts on each side
+ * (common/cpus.h: inference on those CPUs, the rest of the daemon on the others). */
+static void
+check_cpus(struct loader *ld)
+{
+    const struct mms_config *c = ld->cfg;
+    struct mms_cpus allowed, infer, rest;
+    char msg[512], list[256];
+    if (c->infer.cpus == NULL || c->infer.cpus[0] == '\0' || mms_cpus_get(&allowed) < 0)
+        return;
+    if (mms_cpus_split(c->infer.cpus, &allowed, &infer, &rest, msg, sizeof msg) < 0) {
+        report(ld, line_of(ld, OFF(infer.cpus)), "[infer] cpus: %s", msg);
+        return;
+    }
+    mms_cpus_format(&infer, list, sizeof list);
+    int ni = mms_cpus_count(&infer), nr = mms_cpus_count(&rest);
+    if ((int)c->infer.threads > ni)
+        report(ld, line_of(ld, OFF(infer.threads)),
+               "[infer] threads: %u threads on the %d CPU%s of [infer] cpus (%s) would share them",
+               c->infer.threads, ni, ni == 1 ? "" : "s", list);
+    if (!mms_cpus_equal(&rest, &allowed) && (int)c->series.decode_threads > nr)
+        report(ld, line_of(ld, OFF(series.decode_threads)),
+               "[series] decode_threads: %u threads on the %d CPU%s [infer] cpus (%s) leaves to "
+               "the rest would share them",
+               c->series.decode_threads, nr, nr == 1 ? "" : "s", list);
+}
+
 static int
 validate(struct loader *ld)
 {
@@ -887,6 +916,7 @@ validate(struct loader *ld)
     }
 
     check_network(ld);
+    check_cpus(ld);
 
     /* the SEG's Series Description (LO), checked as the card's texts are */
     const char *sd = ld->cfg->seg.series_description;

@@ -92,7 +92,7 @@ struct mms_config {
         double max_gap_ratio;
         bool allow_gaps;
         uint64_t max_voxels;
-        unsigned decode_threads; /* 0: one per online CPU */
+        unsigned decode_threads; /* 0: one per CPU (of the rest, with infer.cpus) */
     } series;
     struct {
         char *model;
@@ -105,6 +105,7 @@ struct mms_config {
         unsigned max_memory_mb;
         unsigned max_device_memory_mb; /* 0: 90 % of the GPU's free memory at start */
         int precision;                 /* enum mms_precision */
+        char *cpus;                    /* CPUs of inference ("0-11,14"); "" = not set */
         int export_mode;               /* enum mms_export_mode; the key is "export" */
     } infer;
     struct {

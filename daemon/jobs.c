@@ -359,7 +359,7 @@ open_engines(const struct mms_jobs *J, const char *model, struct mms_engine *e, 
 {
     const struct mms_devices *d = &J->devices;
     int want = d->all ? MMS_MAX_ENGINES : d->n, rc = 0;
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    long cpus = mms_work_infer_cpu_count();
     int threads = J->threads;
     if (threads == 0 && !d->all && d->n > 1)
         threads = cpus / d->n > 1 ? (int)(cpus / d->n) : 1;
@@ -818,7 +818,7 @@ mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sched,
         mms_log(MMS_LOG_NOTICE, "model %s %s (%s), sha256 %s, on %s; loaded in %.2f s", card->name,
                 card->version, cfg->infer.model, J->engine[0].sha256, on, mms_mono_s() - t0);
         if (J->n_engines > 1 && J->wo.pipe.threads == 0) { /* the pipelines share the cores */
-            long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+            long cpus = mms_work_infer_cpu_count();
             J->wo.pipe.threads = cpus / J->n_engines > 1 ? (int)(cpus / J->n_engines) : 1;
         }
     } else {

@@ -132,6 +132,7 @@ static const struct command commands[] = {
      "  --backend NAME        auto, cpu or cuda ([infer] backend)\n"
      "  --precision P         fp32, bf16 or fp16 convolutions ([infer] precision)\n"
      "  --threads N           CPU threads, 0 = all cores ([infer] threads)\n"
+     "  --cpus LIST           the CPUs of inference, e.g. 0-11 ([infer] cpus)\n"
      "  --tta yes|no          mirroring test-time augmentation ([infer] tta)\n"
      "  --postprocessing yes|no  the model card's postprocessing ([infer] postprocessing)\n"
      "  --tile-step X         tile overlap step as a fraction of the tile ([infer] tile_step)\n"
@@ -211,8 +212,9 @@ bad_option(const struct command *c, int ch, char **argv)
 #define OPT_JSON 0x2   /* --json */
 #define OPT_NIFTI 0x4  /* --nifti DIR */
 #define OPT_INFER                                                                                  \
-    0x8                  /* --model, --backend, --precision, --threads, --tta, --tile-step,        \
-                            --max-memory-mb, --max-device-memory-mb, --postprocessing */
+    0x8                  /* --model, --backend, --precision, --threads, --cpus, --tta,             \
+                            --tile-step, --max-memory-mb, --max-device-memory-mb,                  \
+                            --postprocessing */
 #define OPT_OUTPUT 0x10  /* -o, --output DIR */
 #define OPT_DEAD 0x20    /* --dead */
 #define OPT_BACKEND 0x40 /* --backend, --precision (also in OPT_INFER) */
@@ -223,9 +225,9 @@ struct cli_opts {
     bool dead;
     const char *nifti;
     const char *output;
-    const char *model, *threads, *tta, *tile_step, *max_memory_mb; /* OPT_INFER */
-    const char *max_device_memory_mb, *postprocessing;             /* OPT_INFER */
-    const char *backend, *precision;                               /* OPT_BACKEND or OPT_INFER */
+    const char *model, *threads, *cpus, *tta, *tile_step, *max_memory_mb; /* OPT_INFER */
+    const char *max_device_memory_mb, *postprocessing;                    /* OPT_INFER */
+    const char *backend, *precision; /* OPT_BACKEND or OPT_INFER */
 };
 
 /* Parse the options of c that `allowed` lets it take (and --help); optind ends at the first
@@ -243,6 +245,7 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
         {"backend", required_argument, NULL, 'B'},
         {"precision", required_argument, NULL, 'P'},
         {"threads", required_argument, NULL, 'T'},
+        {"cpus", required_argument, NULL, 'U'},
         {"tta", required_argument, NULL, 'A'},
         {"postprocessing", required_argument, NULL, 'Q'},
         {"tile-step", required_argument, NULL, 'S'},
@@ -282,6 +285,8 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
             o->precision = optarg;
         else if (ch == 'T' && (allowed & OPT_INFER))
             o->threads = optarg;
+        else if (ch == 'U' && (allowed & OPT_INFER))
+            o->cpus = optarg;
         else if (ch == 'Q' && (allowed & OPT_INFER))
             o->postprocessing = optarg;
         else if (ch == 'A' && (allowed & OPT_INFER))
@@ -384,6 +389,12 @@ cmd_serve(int argc, char **argv)
     /* a crash leaves the signal, the stage and a backtrace in the log (common/crash.h) */
     if ((rc = mms_crash_install(STDERR_FILENO, journal)) < 0)
         mms_log(MMS_LOG_WARNING, "fatal-signal handler not installed: %s", mms_strerror(rc));
+    char why[1024];
+    if ((rc = mms_work_cpus_apply(cfg, why, sizeof why)) < 0) {
+        mms_log(MMS_LOG_ERR, "%s", why);
+        mms_config_free(cfg);
+        return EXIT_FAILURE;
+    }
     rc = mms_serve(cfg); /* takes ownership of cfg */
     return rc == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }
@@ -547,6 +558,7 @@ cmd_segment(int argc, char **argv)
                             {"backend", co.backend},
                             {"precision", co.precision},
                             {"threads", co.threads},
+                            {"cpus", co.cpus},
                             {"tta", co.tta},
                             {"postprocessing", co.postprocessing},
                             {"tile_step", co.tile_step},
@@ -560,6 +572,12 @@ cmd_segment(int argc, char **argv)
             mms_config_free(cfg);
             return EXIT_USAGE;
         }
+    }
+    char why[1024];
+    if ((rc = mms_work_cpus_apply(cfg, why, sizeof why)) < 0) {
+        fprintf(stderr, "mmsegd %s: %s\n", c->name, why);
+        mms_config_free(cfg);
+        return EXIT_FAILURE;
     }
     struct segment_opts o = {0};
     o.model = cfg->infer.model;
@@ -578,7 +596,6 @@ cmd_segment(int argc, char **argv)
             mms_config_free(cfg);
             return EXIT_FAILURE;
         }
-    char why[1024];
     rc =
         mms_segment((const char *const *)argv + optind, argc - optind, &o, stdout, why, sizeof why);
     if (rc < 0)

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/cpus.h"
 #include "common/crashpoint.h"
 #include "common/err.h"
 #include "common/log.h"
@@ -96,6 +97,44 @@ set_init(struct mms_engine *e, char *why, size_t why_len)
     return 0;
 }
 
+/* The CPUs of inference, recorded by mms_work_cpus_apply(); empty when not set. */
+static struct mms_cpus infer_cpus;
+
+int
+mms_work_cpus_apply(const struct mms_config *cfg, char *why, size_t why_len)
+{
+    struct mms_cpus allowed, infer, rest;
+    char a[256], b[256];
+    int rc;
+    if (cfg->infer.cpus == NULL || cfg->infer.cpus[0] == '\0')
+        return 0;
+    if ((rc = mms_cpus_get(&allowed)) < 0)
+        return mms_why(why, why_len, rc, "[infer] cpus: %s", mms_strerror(rc));
+    char msg[512];
+    if ((rc = mms_cpus_split(cfg->infer.cpus, &allowed, &infer, &rest, msg, sizeof msg)) < 0)
+        return mms_why(why, why_len, rc, "[infer] cpus: %s", msg);
+    if ((rc = mms_cpus_pin(&rest)) < 0)
+        return mms_why(why, why_len, rc, "[infer] cpus: %s", mms_strerror(rc));
+    infer_cpus = infer;
+    mms_cpus_format(&infer, a, sizeof a);
+    mms_cpus_format(&rest, b, sizeof b);
+    mms_log(MMS_LOG_NOTICE, "CPUs: inference on %s, the rest (intake, decoding, outputs) on %s", a,
+            b);
+    return 0;
+}
+
+int
+mms_work_infer_cpu_count(void)
+{
+    struct mms_cpus mine;
+    if (mms_cpus_count(&infer_cpus) > 0)
+        return mms_cpus_count(&infer_cpus);
+    if (mms_cpus_get(&mine) == 0 && mms_cpus_count(&mine) > 0)
+        return mms_cpus_count(&mine);
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
 int
 mms_engine_open(const char *model, const char *backend, int device, int precision, int threads,
                 struct mms_engine *e, char *why, size_t why_len)
@@ -131,7 +170,8 @@ mms_engine_open(const char *model, const char *backend, int device, int precisio
             return mms_why(why, why_len, rc, "model %s: %s", files[e->n_models], mwhy);
     if ((rc = set_init(e, why, why_len)) < 0)
         return rc;
-    struct mms_backend_params bp = {.threads = threads, .device = device, .precision = precision};
+    struct mms_backend_params bp = {
+        .threads = threads, .device = device, .precision = precision, .cpus = &infer_cpus};
     const char *pwhy = strcmp(backend, "cpu") == 0 ? mms_cpu_precision_why(precision) : NULL;
     if (pwhy != NULL)
         return mms_why(why, why_len, MMS_ENOTSUP, "backend cpu, precision %s: %s",
@@ -204,7 +244,10 @@ mms_work_opts_from_config(const struct mms_config *cfg, struct mms_work_opts *wo
     wo->vol.stack.min_slices = (int)cfg->series.min_slices;
     wo->vol.max_voxels = cfg->series.max_voxels;
     wo->vol.threads = (int)cfg->series.decode_threads;
-    long cpus = wo->vol.threads > 0 ? wo->vol.threads : sysconf(_SC_NPROCESSORS_ONLN);
+    struct mms_cpus mine;
+    long cpus = wo->vol.threads > 0        ? wo->vol.threads
+                : mms_cpus_get(&mine) == 0 ? mms_cpus_count(&mine)
+                                           : sysconf(_SC_NPROCESSORS_ONLN);
     wo->decode_lim.max_memory = (size_t)cfg->daemon.decode_max_memory_mb << 20;
     wo->decode_lim.timeout_ms = cfg->daemon.decode_timeout_s * 1000U;
     /* CPU time adds up over the decoding threads */

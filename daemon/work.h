@@ -40,10 +40,21 @@ struct mms_engine {
     struct mms_card set_card;
 };
 
+/* [infer] cpus for this process (common/cpus.h), once at start, before any other thread is
+ * made: records the CPUs of inference, on which CPU engines then compute, and pins the calling
+ * thread, and so every thread and child made after it, to the other CPUs. Without the key
+ * nothing changes. Logs the split. Returns 0, or MMS_EINVAL with why (the key does not fit
+ * the CPUs this process may use). */
+int mms_work_cpus_apply(const struct mms_config *cfg, char *why, size_t why_len);
+
+/* The number of CPUs of inference: those of [infer] cpus, else those this thread may use. */
+int mms_work_infer_cpu_count(void);
+
 /* Load the model file, or each file of the comma-separated list model (a model set, at most
  * MMS_MAX_MODELS, together at most 255 labels), and build their networks on backend ("auto",
- * "cpu", "cuda") with the convolution precision (enum mms_precision: CUDA only; a NOTICE says
- * when the CPU backend runs fp32 instead of what was asked).
+ * "cpu", "cuda") with the convolution precision (enum mms_precision; the CPU backend refuses
+ * one it cannot run, and a CPU fallback of auto runs fp32), on the CPUs of inference
+ * (mms_work_cpus_apply).
  * Ownership: e's members are new; close with mms_engine_close() (also after a failure).
  * Returns 0, or the loader's or backend's code with why naming the model and backend. */
 int mms_engine_open(const char *model, const char *backend, int device, int precision, int threads,

@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "common/cpus.h"
 #include "common/err.h"
 
 #define SPACING_TOL 1e-4 /* relative: pixel spacings closer than this are one */
@@ -220,7 +221,10 @@ decode_all(const char *const *paths, const struct mms_header *h, struct mms_volu
     atomic_init(&w.next, 0);
     atomic_init(&w.failed, false);
     pthread_mutex_init(&w.lock, NULL);
-    long nt = o->threads > 0 ? o->threads : sysconf(_SC_NPROCESSORS_ONLN);
+    struct mms_cpus mine; /* 0: one per CPU this thread may use ([infer] cpus: the others) */
+    long nt = o->threads > 0             ? o->threads
+              : mms_cpus_get(&mine) == 0 ? mms_cpus_count(&mine)
+                                         : sysconf(_SC_NPROCESSORS_ONLN);
     if (nt < 1)
         nt = 1;
     if (nt > n_jobs)

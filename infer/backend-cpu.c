@@ -12,7 +12,6 @@
 #include <stdlib.h>
 #include <time.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "common/clock.h"
 #include "common/err.h"
@@ -68,7 +67,12 @@ cpu_init(struct mms_backend *be, const struct mms_backend_params *p)
     if (cpu == NULL)
         return MMS_ENOMEM;
     cpu->bf16 = p->precision == MMS_PRECISION_BF16;
-    cpu->threads = p->threads > 0 ? p->threads : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    cpu->pin = p->cpus != NULL && mms_cpus_count(p->cpus) > 0;
+    if (cpu->pin)
+        cpu->cpus = *p->cpus;
+    else if (mms_cpus_get(&cpu->cpus) < 0)
+        memset(&cpu->cpus, 0, sizeof cpu->cpus);
+    cpu->threads = p->threads > 0 ? p->threads : mms_cpus_count(&cpu->cpus);
     if (cpu->threads < 1)
         cpu->threads = 1;
     if (dnnl_engine_create(&cpu->engine, dnnl_cpu, 0) != dnnl_success)
@@ -251,16 +255,59 @@ cpu_max_batch(struct mms_backend *be, const struct mms_graph *g)
     return 1;
 }
 
+/* With [infer] cpus, each call's threads run on those CPUs: every thread of the calling
+ * thread's OpenMP team (the one the call's regions and oneDNN use) pins itself, and afterwards
+ * gets back the CPUs the calling thread had. */
+static void
+team_pin(const struct mms_cpu *cpu, const struct mms_cpus *set)
+{
+#pragma omp parallel num_threads(cpu->threads)
+    (void)mms_cpus_pin(set);
+}
+
+struct pinned {
+    bool on;
+    struct mms_cpus before;
+};
+
+static struct pinned
+pin_begin(const struct mms_cpu *cpu)
+{
+    struct pinned p = {.on = false};
+    if (cpu->pin && mms_cpus_get(&p.before) == 0) {
+        p.on = true;
+        team_pin(cpu, &cpu->cpus);
+    }
+    return p;
+}
+
+static void
+pin_end(const struct mms_cpu *cpu, const struct pinned *p)
+{
+    if (p->on)
+        team_pin(cpu, &p->before);
+}
+
+static int compute_nodes(struct mms_cpu *cpu, const struct mms_graph *g, struct graph_ctx *gc,
+                         char *base);
+
 static int
 cpu_compute(struct mms_backend *be, const struct mms_graph *g, void *gctx, struct mms_buffer *arena,
             int n)
 {
     struct mms_cpu *cpu = be->ctx;
-    struct graph_ctx *gc = gctx;
-    char *base = arena->host;
     if (n != 1)
         return MMS_EINVAL;
     omp_set_num_threads(cpu->threads);
+    struct pinned p = pin_begin(cpu);
+    int rc = compute_nodes(cpu, g, gctx, arena->host);
+    pin_end(cpu, &p);
+    return rc;
+}
+
+static int
+compute_nodes(struct mms_cpu *cpu, const struct mms_graph *g, struct graph_ctx *gc, char *base)
+{
     mms__cpu_ftz();
 #define T(i) ((float *)(base + g->tensors[(i)].offset))
     for (int i = 0; i < g->n_nodes; i++) {
@@ -345,12 +392,14 @@ cpu_window_gather(struct mms_backend *be, const struct mms_buffer *vol,
     const float *v = vol->host;
     float *d = (float *)((char *)dst->host + offset);
     const int64_t pp = w->p[0] * w->p[1] * w->p[2];
+    struct pinned p = pin_begin(cpu);
 #pragma omp parallel for num_threads(cpu->threads) schedule(static)
     for (int64_t i = 0; i < pp; i++) {
         int64_t at;
         (void)mms_k_window_map(w, i, &at);
         d[i] = v[at];
     }
+    pin_end(cpu, &p);
     return 0;
 }
 
@@ -365,12 +414,14 @@ cpu_window_scatter(struct mms_backend *be, const struct mms_buffer *src, size_t 
     const float *s = (const float *)((const char *)src->host + offset), *g = gauss->host;
     float *a = acc->host;
     const int64_t pp = w->p[0] * w->p[1] * w->p[2];
+    struct pinned p = pin_begin(cpu);
 #pragma omp parallel for num_threads(cpu->threads) schedule(static)
     for (int64_t i = 0; i < pp; i++) {
         int64_t at, l = mms_k_window_map(w, i, &at);
         for (int ch = 0; ch < channels; ch++)
             a[ch * pv + at] += mms_k_window_term(g[l], s[ch * pp + i], scale);
     }
+    pin_end(cpu, &p);
     return 0;
 }
 

@@ -11,6 +11,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "common/cpus.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -196,9 +198,12 @@ mms_precision_name(int precision)
 }
 
 struct mms_backend_params {
-    int threads;   /* CPU threads; 0 = all online cores */
+    int threads;   /* CPU threads; 0 = one per CPU of cpus, or of the calling thread's */
     int device;    /* GPU ordinal (CUDA) */
     int precision; /* enum mms_precision; 0 = fp32 */
+    /* the CPUs the CPU backend computes on ([infer] cpus): the threads of each call run there
+       and get the caller's CPUs back after; NULL or empty: wherever the caller may run */
+    const struct mms_cpus *cpus;
 };
 
 /* NULL when the CPU backend computes in precision on this machine, else why not (a static

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/cpus.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "daemon/config.h"
@@ -52,7 +53,7 @@ main(void)
     char longline[400];
     int rc;
 
-    plan(66, 30);
+    plan(71, 30);
     if (mkdtemp(dir) == NULL)
         return 1;
     snprintf(path, sizeof path, "%s/mmsegd.ini", dir);
@@ -195,6 +196,48 @@ main(void)
                  "[seg]\nseries_description = Organs\\left\n",
                  "2: [seg] series_description: 1 to 64 printable ASCII characters, not only "
                  "spaces, no backslash");
+    /* [infer] cpus: parsed, within the CPUs this process may use, room on each side. */
+    {
+        struct mms_cpus allowed;
+        char list[256], text[512], want[1024];
+        int first = 0;
+        if (mms_cpus_get(&allowed) < 0)
+            memset(&allowed, 0, sizeof allowed);
+        while (first < MMS_CPUS_MAX - 1 && !mms_cpus_has(&allowed, first))
+            first++;
+        mms_cpus_format(&allowed, list, sizeof list);
+        expect_error("cpus that do not parse", "[infer]\ncpus = 0-x\n",
+                     "2: [infer] cpus: '0-x' is not a list of CPU numbers and ranges (0 to 1023, "
+                     "e.g. 0-11,14)");
+        snprintf(want, sizeof want,
+                 "2: [infer] cpus: CPU 1023 not available to this process (it may use %s)", list);
+        expect_error("a CPU this process may not use", "[infer]\ncpus = 1023\n", want);
+        snprintf(text, sizeof text, "[infer]\ncpus = %d\nthreads = 2\n", first);
+        snprintf(want, sizeof want,
+                 "3: [infer] threads: 2 threads on the 1 CPU of [infer] cpus (%d) would share "
+                 "them",
+                 first);
+        expect_error("more inference threads than its CPUs", text, want);
+        int n = mms_cpus_count(&allowed);
+        if (n >= 2) {
+            snprintf(text, sizeof text, "[infer]\ncpus = %d\n[series]\ndecode_threads = %d\n",
+                     first, n);
+            snprintf(want, sizeof want,
+                     "4: [series] decode_threads: %d threads on the %d CPU%s [infer] cpus (%d) "
+                     "leaves to the rest would share them",
+                     n, n - 1, n - 1 == 1 ? "" : "s", first);
+            expect_error("more decoding threads than the CPUs left to them", text, want);
+        } else {
+            skip("one CPU: [infer] cpus leaves the rest on it too");
+        }
+        snprintf(text, sizeof text, "[infer]\ncpus = %d\nthreads = 1\n", first);
+        rc = load(text, &cfg);
+        snprintf(want, sizeof want, "%d", first);
+        ok(rc == 0 && cfg != NULL && strcmp(cfg->infer.cpus, want) == 0 && cfg->infer.threads == 1,
+           "[infer] cpus = %s with threads = 1 loads", want);
+        mms_config_free(cfg);
+        cfg = NULL;
+    }
     /* [infer] precision is live: each value loads, and names back the same way. */
     rc = load("[infer]\nbackend = cuda\nprecision = bf16\n", &cfg);
     ok(rc == 0 && cfg->infer.precision == MMS_PRECISION_BF16 &&

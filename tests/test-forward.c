@@ -3,11 +3,15 @@
  * knob combination; argmax on a 32x64x64 input; thread-count invariance; repeatability; no
  * allocation inside a forward pass; the arena plan. */
 #include <dirent.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/err.h"
 #include "infer/infer.h"
 #include "infer/model-impl.h"
@@ -361,14 +365,124 @@ test_threads(const char *dir)
     mms_model_free(m);
 }
 
+/* How many of the process's threads may run on exactly the CPUs of list. */
+static int
+tasks_on(const char *list)
+{
+    DIR *d = opendir("/proc/self/task");
+    int n = 0;
+    if (d == NULL)
+        return -1;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        char path[300], line[512];
+        if (e->d_name[0] == '.')
+            continue;
+        snprintf(path, sizeof path, "/proc/self/task/%s/status", e->d_name);
+        FILE *f = fopen(path, "r");
+        while (f != NULL && fgets(line, sizeof line, f) != NULL) {
+            if (strncmp(line, "Cpus_allowed_list:", 18) != 0)
+                continue;
+            char *v = line + 18;
+            v += strspn(v, " \t");
+            v[strcspn(v, "\n")] = '\0';
+            n += strcmp(v, list) == 0;
+        }
+        if (f != NULL)
+            fclose(f);
+    }
+    closedir(d);
+    return n;
+}
+
+struct passes {
+    struct mms_net *net;
+    const float *in;
+    float *logits;
+    atomic_bool stop;
+    int rc, runs;
+    struct mms_cpus before, after; /* the calling thread's CPUs around the passes */
+};
+
+static void *
+run_passes(void *arg)
+{
+    struct passes *p = arg;
+    mms_cpus_get(&p->before);
+    while (!atomic_load(&p->stop) && p->rc == 0) {
+        p->rc = mms_net_forward(p->net, p->in, 1, p->logits);
+        p->runs++;
+    }
+    mms_cpus_get(&p->after);
+    return NULL;
+}
+
+/* [infer] cpus (backend params cpus): while passes run on two threads with cpus = one CPU,
+ * both threads of the pass (the caller and its OpenMP worker) are seen on that CPU alone;
+ * after the passes the caller has its own CPUs again, and no thread is left on that CPU. */
+static void
+test_cpus(const char *dir)
+{
+    struct mms_cpus allowed, one;
+    if (mms_cpus_get(&allowed) < 0 || mms_cpus_count(&allowed) < 2) {
+        skip("cpus: fewer than two CPUs to choose from");
+        skip("cpus: fewer than two CPUs to choose from");
+        return;
+    }
+    int last = MMS_CPUS_MAX - 1;
+    while (!mms_cpus_has(&allowed, last))
+        last--;
+    char list[16], why[512], path[4096];
+    snprintf(list, sizeof list, "%d", last);
+    mms_cpus_parse(list, &one, why, sizeof why);
+    struct mms_model *m = NULL;
+    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-separate.safetensors", dir);
+    if (mms_model_load(path, &m, why, sizeof why) < 0) {
+        printf("Bail out! %s\n", why);
+        exit(1);
+    }
+    const int64_t *tile = mms_model_card(m)->inf.patch;
+    size_t vox = (size_t)(tile[0] * tile[1] * tile[2]);
+    int nc = mms_model_card(m)->arch.num_classes;
+    struct passes p = {.in = calloc(vox, sizeof(float)),
+                       .logits = malloc(vox * (size_t)nc * sizeof(float))};
+    atomic_init(&p.stop, false);
+    struct mms_backend *be = NULL;
+    struct mms_backend_params bp = {.threads = 2, .cpus = &one};
+    int rc = mms_backend_open("cpu", &bp, &be);
+    if (rc == 0)
+        rc = mms_net_new(m, be, tile, 0, &p.net);
+    int most = 0;
+    pthread_t t;
+    if (rc == 0 && pthread_create(&t, NULL, run_passes, &p) == 0) {
+        double end = mms_mono_s() + 0.5;
+        while (mms_mono_s() < end) {
+            int k = tasks_on(list);
+            most = k > most ? k : most;
+        }
+        atomic_store(&p.stop, true);
+        pthread_join(t, NULL);
+    }
+    ok(rc == 0 && p.rc == 0 && most == 2,
+       "cpus = %s, threads = 2: both threads of the pass seen on CPU %s alone (%d, %d passes)",
+       list, list, most, p.runs);
+    ok(rc == 0 && mms_cpus_equal(&p.before, &p.after) && tasks_on(list) == 0,
+       "after the passes the caller has its CPUs back and no thread is left on CPU %s", list);
+    mms_net_free(p.net);
+    mms_backend_free(be);
+    free((void *)p.in);
+    free(p.logits);
+    mms_model_free(m);
+}
+
 int
 main(void)
 {
     const char *dir = getenv("srcdir");
     if (dir == NULL)
         dir = ".";
-    plan(2 + (int)N_VARIANTS * 3 + 4 + 2 * 3 + (int)N_FAMILIES * 3 + 4, 600);
+    plan(4 + (int)N_VARIANTS * 3 + 4 + 2 * 3 + (int)N_FAMILIES * 3 + 4, 600);
     test_threads(dir);
+    test_cpus(dir);
     for (size_t i = 0; i < N_VARIANTS; i++)
         test_variant(dir, variants[i]);
     test_big(dir);

@@ -1,4 +1,7 @@
 #!/bin/bash
+# The CPU engine's settings end to end with mmsegd segment.
+# [infer] cpus (--cpus): inference on those CPUs, the rest on the others (the log says the
+# split); a CPU this process may not use is an error naming it.
 # [infer] precision on the CPU backend (mmunet.md 3.2): fp32, and bf16 convolutions where
 # oneDNN reports AVX512-BF16 or AMX; anything else is refused with the reason, except that
 # backend auto falling back to the CPU runs fp32. The machine's own ISA is lowered with
@@ -17,12 +20,31 @@ demo=$src/models/demo.safetensors
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 skip() { n=$((n + 1)); echo "ok $n # SKIP $1"; }
-echo "1..6"
+echo "1..8"
 
 "$python" "$src/tools/mmunet/phantom_series.py" write --seed 1000 --out "$tmp/ph" \
     --variants regular >"$tmp/ph.log" 2>&1 ||
     { result FAIL "phantom_series.py writes the phantom"; sed 's/^/# /' "$tmp/ph.log"; exit 1; }
 ph=$tmp/ph/regular/dicom
+
+read -r allowed < <(sed -n 's/^Cpus_allowed_list:[[:space:]]*//p' /proc/self/status)
+last=$("$python" -c 'import os; print(max(os.sched_getaffinity(0)))')
+if [ "$("$python" -c 'import os; print(len(os.sched_getaffinity(0)))')" -lt 2 ]; then
+    skip "segment --cpus: fewer than two CPUs to split"
+else
+    "$mmsegd" segment --model "$demo" --backend cpu --cpus "$last" --threads 1 --tta no \
+        --nifti "$tmp/cpus" "$ph" >"$tmp/out" 2>&1
+    rc=$?
+    [ $rc = 0 ] && grep -q "CPUs: inference on $last, the rest (intake, decoding, outputs) on" \
+        "$tmp/out" && ls "$tmp"/cpus/*.nii.gz >/dev/null 2>&1 &&
+        result OK "segment --cpus $last --threads 1: labels written, the split logged" ||
+        { result FAIL "segment --cpus $last --threads 1 (exit $rc)"; sed 's/^/# /' "$tmp/out" | tail -5; }
+fi
+"$mmsegd" segment --model "$demo" --cpus 1023 --nifti "$tmp/x" "$ph" >"$tmp/out" 2>&1
+rc=$?
+[ $rc = 1 ] && grep -qF "[infer] cpus: CPU 1023 not available to this process (it may use $allowed)" \
+    "$tmp/out" && result OK "segment --cpus 1023: exit 1 naming the CPUs this process may use" ||
+    { result FAIL "segment --cpus 1023: exit 1 with the reason (got $rc)"; sed 's/^/# /' "$tmp/out" | tail -3; }
 
 "$mmsegd" segment --model "$demo" --backend cpu --precision fp16 --nifti "$tmp/x" "$ph" \
     >"$tmp/out" 2>&1
