@@ -376,6 +376,24 @@ for batch in 1 8; do
     done
 done
 
+# The CPU engine on the host's cores, last and as the budget allows (the CPU issue's sweep):
+# 2, 8 and all threads, fp32 and bf16, one timed pass each.
+if have bench/bench-forward; then
+    all=$(nproc)
+    for m in "${models[@]}"; do
+        f=$tmp/models/$m.safetensors
+        for prec in fp32 bf16; do
+            for t in 2 8 "$all"; do
+                log=$logs/bench-cpu-$m-$prec-t$t.log
+                run_step "bench-forward cpu $m $prec $t threads" 90 "$budget" "$log" rc \
+                    ./bench/bench-forward "$f" --backend cpu --precision $prec --threads "$t" \
+                    --tile 64 128 128 --runs 1
+                bench_row "$log" case=$m backend=cpu
+            done
+        done
+    done
+fi
+
 # The table: per case, batch and precision, ours against PyTorch's (fp32 also against tf32).
 if [ -s "$out/bench.jsonl" ]; then
     "$py" - "$out/bench.jsonl" >"$tmp/table.txt" 2>>"$logs/bench-rows.log" <<'PY'
@@ -401,6 +419,15 @@ for case, batch in keys:
         ratio = f"{peer / ours:6.2f}" if ours and peer else f"{'-':>6}"
         print(f"{case:10} {batch:5d} {prec:5} {fmt(ours if prec != 'tf32' else None)} "
               f"{fmt(peer)} {ratio}")
+cpu = [r for r in rows if r.get("backend") == "cpu" and "median_ms" in r]
+if cpu:
+    print(f"\nCPU engine: {'case':10} {'prec':5} {'threads':>7} {'median s':>9} {'conv GF/s':>10}"
+          f" {'alone':>7} {'norm s':>7} {'mixer s':>8}")
+for r in cpu:
+    p = r["profile_ms"]
+    print(f"            {r['case']:10} {r['precision']:5} {r['threads']:7d} "
+          f"{r['median_ms'] / 1e3:9.2f} {r['conv_gflops_in_pass']:10.0f} "
+          f"{r['conv_gflops_onednn_alone']:7.0f} {p['norm'] / 1e3:7.2f} {p['mixer'] / 1e3:8.2f}")
 PY
     cat "$tmp/table.txt"
 fi
