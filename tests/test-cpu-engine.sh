@@ -40,27 +40,27 @@ else
         result OK "segment --cpus $last --threads 1: labels written, the split logged" ||
         { result FAIL "segment --cpus $last --threads 1 (exit $rc)"; sed 's/^/# /' "$tmp/out" | tail -5; }
 fi
-"$mmsegd" segment --model "$demo" --cpus 1023 --nifti "$tmp/x" "$ph" >"$tmp/out" 2>&1
-rc=$?
-[ $rc = 1 ] && grep -qF "[infer] cpus: CPU 1023 not available to this process (it may use $allowed)" \
-    "$tmp/out" && result OK "segment --cpus 1023: exit 1 naming the CPUs this process may use" ||
-    { result FAIL "segment --cpus 1023: exit 1 with the reason (got $rc)"; sed 's/^/# /' "$tmp/out" | tail -3; }
 
-"$mmsegd" segment --model "$demo" --backend cpu --precision fp16 --nifti "$tmp/x" "$ph" \
-    >"$tmp/out" 2>&1
-rc=$?
-[ $rc = 1 ] && grep -q "fp16 runs on CUDA only" "$tmp/out" &&
-    result OK "segment --backend cpu --precision fp16: exit 1 with the reason" ||
-    { result FAIL "segment --backend cpu --precision fp16: exit 1 with the reason (got $rc)"
-      sed 's/^/# /' "$tmp/out" | tail -5; }
-
-ONEDNN_MAX_CPU_ISA=AVX512_CORE "$mmsegd" model-info --backend cpu --precision bf16 "$demo" \
-    >"$tmp/out" 2>&1
-rc=$?
-[ $rc = 1 ] && grep -q "bf16 on the CPU needs AVX512-BF16 or AMX" "$tmp/out" &&
-    result OK "ISA lowered to AVX-512 without BF16: backend cpu refuses bf16 with the reason" ||
-    { result FAIL "ISA lowered: backend cpu refuses bf16 with the reason (got $rc)"
-      sed 's/^/# /' "$tmp/out" | tail -5; }
+refused() { # refused NAME REASON COMMAND...: the command exits 1 and prints REASON
+    local name=$1 reason=$2 rc
+    shift 2
+    "$@" >"$tmp/out" 2>&1
+    rc=$?
+    if [ $rc = 1 ] && grep -qF "$reason" "$tmp/out"; then
+        result OK "$name: exit 1 with the reason"
+    else
+        result FAIL "$name: exit 1 with the reason (got $rc)"
+        sed 's/^/# /' "$tmp/out" | tail -5
+    fi
+}
+refused "segment --cpus 1023 (naming the CPUs this process may use)" \
+    "[infer] cpus: CPU 1023 not available to this process (it may use $allowed)" \
+    "$mmsegd" segment --model "$demo" --cpus 1023 --nifti "$tmp/x" "$ph"
+refused "segment --backend cpu --precision fp16" "fp16 runs on CUDA only" \
+    "$mmsegd" segment --model "$demo" --backend cpu --precision fp16 --nifti "$tmp/x" "$ph"
+refused "ISA lowered to AVX-512 without BF16: model-info --backend cpu --precision bf16" \
+    "bf16 on the CPU needs AVX512-BF16 or AMX" env ONEDNN_MAX_CPU_ISA=AVX512_CORE \
+    "$mmsegd" model-info --backend cpu --precision bf16 "$demo"
 
 ONEDNN_MAX_CPU_ISA=AVX2 "$mmsegd" segment --model "$demo" --backend auto --precision bf16 \
     --tta no --json --nifti "$tmp/auto" "$ph" >"$tmp/auto.json" 2>"$tmp/auto.err"

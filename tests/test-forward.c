@@ -308,6 +308,20 @@ test_errors(const char *dir)
     mms_model_free(m);
 }
 
+/* The tiny fixture model of the thread tests, or bail out. */
+static struct mms_model *
+tiny_model(const char *dir)
+{
+    char path[4096], why[512];
+    struct mms_model *m = NULL;
+    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-separate.safetensors", dir);
+    if (mms_model_load(path, &m, why, sizeof why) < 0) {
+        printf("Bail out! %s\n", why);
+        exit(1);
+    }
+    return m;
+}
+
 static int
 os_threads(void)
 {
@@ -328,13 +342,7 @@ os_threads(void)
 static void
 test_threads(const char *dir)
 {
-    char path[4096], why[512];
-    struct mms_model *m = NULL;
-    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-separate.safetensors", dir);
-    if (mms_model_load(path, &m, why, sizeof why) < 0) {
-        printf("Bail out! %s\n", why);
-        exit(1);
-    }
+    struct mms_model *m = tiny_model(dir);
     const int64_t *tile = mms_model_card(m)->inf.patch;
     size_t vox = (size_t)(tile[0] * tile[1] * tile[2]);
     int nc = mms_model_card(m)->arch.num_classes;
@@ -431,15 +439,10 @@ test_cpus(const char *dir)
     int last = MMS_CPUS_MAX - 1;
     while (!mms_cpus_has(&allowed, last))
         last--;
-    char list[16], why[512], path[4096];
+    char list[16], why[512];
     snprintf(list, sizeof list, "%d", last);
     mms_cpus_parse(list, &one, why, sizeof why);
-    struct mms_model *m = NULL;
-    snprintf(path, sizeof path, "%s/tests/fixtures/mmunet/tiny-separate.safetensors", dir);
-    if (mms_model_load(path, &m, why, sizeof why) < 0) {
-        printf("Bail out! %s\n", why);
-        exit(1);
-    }
+    struct mms_model *m = tiny_model(dir);
     const int64_t *tile = mms_model_card(m)->inf.patch;
     size_t vox = (size_t)(tile[0] * tile[1] * tile[2]);
     int nc = mms_model_card(m)->arch.num_classes;
