@@ -55,17 +55,7 @@ orthanc_config() {
 }
 JSON
 }
-orthanc_# GCC 12's AddressSanitizer runtime (libasan) does not lock its allocator around fork(): a
-# sandbox child forked while another thread allocates can hang in it (seen: a job's header
-# read stuck in SizeClassAllocator64::GetFromAllocator until the job's deadline). The load
-# tests, which fork under concurrent allocation all the time, run such a build with isolate =
-# no, decoding in the daemon's own threads under the sanitizer: asan_isolation prints that
-# line for serve_config (nothing for other builds).
-asan_isolation() {
-    if ldd "$mmsegd" 2>/dev/null | grep -q libasan; then echo "isolate = no"; fi
-    return 0
-}
-start() { # NAME
+orthanc_start() { # NAME
     local http
     eval "http=\$http_$1"
     "$orthanc" "$tmp/$1/orthanc.json" >>"$tmp/$1/log" 2>&1 &
@@ -118,6 +108,16 @@ min_free_mb = ${min_free_mb:-1}
 INI
         cat
     } >"$file"
+}
+# GCC 12's AddressSanitizer runtime (libasan) does not lock its allocator around fork(): a
+# sandbox child forked while another thread allocates can hang in it (seen: a job's header
+# read stuck in SizeClassAllocator64::GetFromAllocator until the job's deadline). The load
+# tests, which fork under concurrent allocation all the time, run such a build with isolate =
+# no, decoding in the daemon's own threads under the sanitizer: asan_isolation prints that
+# line for serve_config (nothing for other builds).
+asan_isolation() {
+    if ldd "$mmsegd" 2>/dev/null | grep -q libasan; then echo "isolate = no"; fi
+    return 0
 }
 start() {
     "$mmsegd" serve -c "$tmp/mmsegd.ini" >>"$tmp/log" 2>&1 &
