@@ -288,19 +288,23 @@ int mms_frames_geometry(const char *path, int64_t frames, struct mms_slice *out,
  * is always the header's Pixel Representation, also where the codestream says otherwise.
  * Enhanced CT without top-level rescale takes the functional groups' (as GDCM reads them).
  * Pixel Padding Range Limit is not applied.
+ * Compressed frames decode on up to threads threads (0 or 1: the calling thread alone): the
+ * frames in parallel, and a JPEG 2000 codestream on OpenJPEG's own threads where there are
+ * more threads than frames; the result does not depend on it.
  * Returns 0, -errno, MMS_EINVAL (path or hu NULL, count < 1, frames outside 0..frames-1),
- * MMS_EDICOM (why says: unsupported transfer syntax / decoder failed / pixel data shorter than
- * declared / not monochrome / bits allocated not 8 or 16 ...), MMS_ENOMEM; hu is written only
- * on success. Threads: any (GDCM objects are local). */
+ * MMS_EDICOM (why says: unsupported transfer syntax / decoder failed on frame N (the first
+ * in frame order) / pixel data shorter than declared / not monochrome / bits allocated not 8
+ * or 16 ...), MMS_ENOMEM; hu is written only on success. Threads: any (GDCM objects are
+ * local). */
 int mms_frames_decode(const char *path, const struct mms_header *h, int64_t first, int64_t count,
-                      uint64_t max_voxels, float *hu, char *why, size_t why_len);
+                      uint64_t max_voxels, int threads, float *hu, char *why, size_t why_len);
 
 /* ------------------------------------------------------------------------------- volume */
 struct mms_volume;
 struct mms_volume_opts {
     struct mms_stack_opts stack;
     uint64_t max_voxels; /* columns x rows x slices (also checked per file before decoding) */
-    int threads;         /* decoding threads; 0: one per online CPU */
+    int threads;         /* decoding threads; 0: one per CPU this thread may use */
     /* called on a decoding thread as the decoding of file (an index into the caller's files)
        starts (done false) and when it succeeded (done true); NULL: none. Must not block. */
     void (*on_file)(void *arg, int file, bool done);

@@ -7,13 +7,19 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <climits>
+#include <cstdint>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <algorithm>
+#include <atomic>
 #include <new>
 #include <set>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 #include <gdcmImage.h>
@@ -255,13 +261,79 @@ frame_ranges(const gdcm::SequenceOfFragments &sf, int64_t frames, const gdcm::Tr
     return 0;
 }
 
+// Decode frame f of encapsulated pixel data into out (frame_bytes): its fragments joined, a
+// fresh codec, JPEG 2000 on codec_threads of OpenJPEG's own (0 or 1: the calling thread).
+// *bits_stored: lowered where the codestream stores fewer bits than the image says (as GDCM's
+// own decoder does).
+int
+decode_frame(const gdcm::Image &im, const gdcm::SequenceOfFragments *sf,
+             const std::vector<std::pair<size_t, size_t>> &ranges, int64_t f, uint64_t frame_bytes,
+             int codec_threads, unsigned char *out, int *bits_stored, std::string *msg)
+{
+    const gdcm::TransferSyntax ts = im.GetTransferSyntax();
+    const gdcm::PixelFormat &pf = im.GetPixelFormat();
+    const unsigned dims[3] = {im.GetDimension(0), im.GetDimension(1), 1};
+    std::vector<char> joined;
+    for (size_t i = ranges[f].first; i < ranges[f].second; i++) {
+        const gdcm::ByteValue *bv = sf->GetFragment(i).GetByteValue();
+        if (bv != nullptr)
+            joined.insert(joined.end(), bv->GetPointer(), bv->GetPointer() + bv->GetLength());
+    }
+    gdcm::SmartPointer<gdcm::SequenceOfFragments> one = new gdcm::SequenceOfFragments;
+    gdcm::Fragment frag;
+    frag.SetByteValue(joined.data(), (uint32_t)joined.size());
+    one->AddFragment(frag);
+    gdcm::DataElement in(gdcm::Tag(0x7fe0, 0x0010));
+    in.SetValue(*one);
+    // a fresh codec per frame, set up in the order GDCM's own decoder uses (the JPEG codec
+    // picks its 8, 12 or 16-bit engine when it is given the pixel format)
+    gdcm::JPEGCodec jpeg;
+    gdcm::JPEGLSCodec jpegls;
+    gdcm::JPEG2000Codec j2k;
+    gdcm::RLECodec rle;
+    j2k.SetNumberOfThreadsForDecompression(codec_threads > 1 ? codec_threads : 0);
+    jpegls.SetBufferLength(frame_bytes);
+    rle.SetBufferLength(frame_bytes);
+    gdcm::ImageCodec *codec = nullptr;
+    for (gdcm::ImageCodec *c : {(gdcm::ImageCodec *)&jpeg, (gdcm::ImageCodec *)&jpegls,
+                                (gdcm::ImageCodec *)&j2k, (gdcm::ImageCodec *)&rle})
+        if (codec == nullptr && c->CanDecode(ts))
+            codec = c;
+    if (codec == nullptr) {
+        *msg = std::string("unsupported transfer syntax '") + ts.GetString() + "'";
+        return MMS_EDICOM;
+    }
+    codec->SetNumberOfDimensions(2);
+    codec->SetDimensions(dims);
+    codec->SetPlanarConfiguration(im.GetPlanarConfiguration());
+    codec->SetPhotometricInterpretation(im.GetPhotometricInterpretation());
+    codec->SetPixelFormat(pf);
+    codec->SetNeedOverlayCleanup(false); // the unused high bits are masked here
+    gdcm::DataElement decoded;
+    const gdcm::ByteValue *bv = nullptr;
+    if (!codec->Decode(in, decoded) || (bv = decoded.GetByteValue()) == nullptr ||
+        (uint64_t)bv->GetLength() < frame_bytes) {
+        *msg = "decoder failed on frame " + std::to_string(f + 1) + " (transfer syntax " +
+               ts.GetString() + ")";
+        return MMS_EDICOM;
+    }
+    std::memcpy(out, bv->GetPointer(), frame_bytes);
+    const gdcm::PixelFormat &cpf = codec->GetPixelFormat();
+    if (cpf.GetBitsAllocated() == pf.GetBitsAllocated() &&
+        cpf.GetSamplesPerPixel() == pf.GetSamplesPerPixel() &&
+        (int)cpf.GetBitsStored() < *bits_stored && cpf.GetBitsStored() >= 1)
+        *bits_stored = (int)cpf.GetBitsStored();
+    return 0;
+}
+
 // Decode frames first .. first+count-1 of encapsulated pixel data into out (frame_bytes
-// each), one codec call per frame with its fragments joined; JPEG 2000 on the calling thread
-// only (the caller's threads decode files in parallel). *bits_stored: lowered where a
-// codestream stores fewer bits than the image says (as GDCM's own decoder does).
+// each) on up to threads threads: the frames in parallel (each thread its own codec), and
+// each JPEG 2000 codestream on OpenJPEG's threads where there are more threads than frames.
+// The first failure in frame order is the one reported; *bits_stored: the lowest any frame's
+// decoder gives.
 int
 decode_encapsulated(const gdcm::Image &im, int64_t first, int64_t count, uint64_t frame_bytes,
-                    unsigned char *out, int *bits_stored, std::string *msg)
+                    int threads, unsigned char *out, int *bits_stored, std::string *msg)
 {
     const gdcm::TransferSyntax ts = im.GetTransferSyntax();
     const gdcm::SequenceOfFragments *sf = im.GetDataElement().GetSequenceOfFragments();
@@ -274,60 +346,50 @@ decode_encapsulated(const gdcm::Image &im, int64_t first, int64_t count, uint64_
     int rc = frame_ranges(*sf, frames, ts, &ranges, msg);
     if (rc < 0)
         return rc;
-    const gdcm::PixelFormat &pf = im.GetPixelFormat();
-    const unsigned dims[3] = {im.GetDimension(0), im.GetDimension(1), 1};
-    for (int64_t f = first; f < first + count; f++) {
-        std::vector<char> joined;
-        for (size_t i = ranges[f].first; i < ranges[f].second; i++) {
-            const gdcm::ByteValue *bv = sf->GetFragment(i).GetByteValue();
-            if (bv != nullptr)
-                joined.insert(joined.end(), bv->GetPointer(), bv->GetPointer() + bv->GetLength());
+    const int nt = (int)std::min<int64_t>(threads > 1 ? threads : 1, count);
+    const int codec_threads = threads > nt ? threads / nt : 1;
+    struct part {
+        int bits;
+        int rc = 0;
+        int64_t bad = INT64_MAX; // the frame that failed
+        std::string msg;
+    };
+    part init;
+    init.bits = *bits_stored;
+    std::vector<part> parts(nt, init);
+    std::atomic<int64_t> next(first), stop(first + count); // no frame from stop on
+    auto work = [&](part *me) {
+        for (int64_t f; (f = next++) < stop.load();) {
+            int r = decode_frame(im, sf, ranges, f, frame_bytes, codec_threads,
+                                 out + (uint64_t)(f - first) * frame_bytes, &me->bits, &me->msg);
+            if (r < 0) {
+                me->rc = r;
+                me->bad = f;
+                for (int64_t s = stop.load(); f < s && !stop.compare_exchange_weak(s, f);) {
+                }
+                return;
+            }
         }
-        gdcm::SmartPointer<gdcm::SequenceOfFragments> one = new gdcm::SequenceOfFragments;
-        gdcm::Fragment frag;
-        frag.SetByteValue(joined.data(), (uint32_t)joined.size());
-        one->AddFragment(frag);
-        gdcm::DataElement in(gdcm::Tag(0x7fe0, 0x0010));
-        in.SetValue(*one);
-        // a fresh codec per frame, set up in the order GDCM's own decoder uses (the JPEG
-        // codec picks its 8, 12 or 16-bit engine when it is given the pixel format)
-        gdcm::JPEGCodec jpeg;
-        gdcm::JPEGLSCodec jpegls;
-        gdcm::JPEG2000Codec j2k;
-        gdcm::RLECodec rle;
-        j2k.SetNumberOfThreadsForDecompression(0);
-        jpegls.SetBufferLength(frame_bytes);
-        rle.SetBufferLength(frame_bytes);
-        gdcm::ImageCodec *codec = nullptr;
-        for (gdcm::ImageCodec *c : {(gdcm::ImageCodec *)&jpeg, (gdcm::ImageCodec *)&jpegls,
-                                    (gdcm::ImageCodec *)&j2k, (gdcm::ImageCodec *)&rle})
-            if (codec == nullptr && c->CanDecode(ts))
-                codec = c;
-        if (codec == nullptr) {
-            *msg = std::string("unsupported transfer syntax '") + ts.GetString() + "'";
-            return MMS_EDICOM;
-        }
-        codec->SetNumberOfDimensions(2);
-        codec->SetDimensions(dims);
-        codec->SetPlanarConfiguration(im.GetPlanarConfiguration());
-        codec->SetPhotometricInterpretation(im.GetPhotometricInterpretation());
-        codec->SetPixelFormat(pf);
-        codec->SetNeedOverlayCleanup(false); // the unused high bits are masked here
-        gdcm::DataElement decoded;
-        const gdcm::ByteValue *bv = nullptr;
-        if (!codec->Decode(in, decoded) || (bv = decoded.GetByteValue()) == nullptr ||
-            (uint64_t)bv->GetLength() < frame_bytes) {
-            *msg = "decoder failed on frame " + std::to_string(f + 1) + " (transfer syntax " +
-                   ts.GetString() + ")";
-            return MMS_EDICOM;
-        }
-        std::memcpy(out + (uint64_t)(f - first) * frame_bytes, bv->GetPointer(), frame_bytes);
-        const gdcm::PixelFormat &cpf = codec->GetPixelFormat();
-        if (cpf.GetBitsAllocated() == pf.GetBitsAllocated() &&
-            cpf.GetSamplesPerPixel() == pf.GetSamplesPerPixel() &&
-            (int)cpf.GetBitsStored() < *bits_stored && cpf.GetBitsStored() >= 1)
-            *bits_stored = (int)cpf.GetBitsStored();
+    };
+    std::vector<std::thread> pool;
+    try {
+        for (int k = 1; k < nt; k++)
+            pool.emplace_back(work, &parts[k]);
+    } catch (const std::system_error &) { // fewer threads: the others take the frames
     }
+    work(&parts[0]);
+    for (std::thread &t : pool)
+        t.join();
+    const part *worst = nullptr;
+    for (const part &pt : parts)
+        if (pt.rc < 0 && (worst == nullptr || pt.bad < worst->bad))
+            worst = &pt;
+    if (worst != nullptr) {
+        *msg = worst->msg;
+        return worst->rc;
+    }
+    for (const part &pt : parts)
+        *bits_stored = std::min(*bits_stored, pt.bits);
     return 0;
 }
 
@@ -335,7 +397,7 @@ decode_encapsulated(const gdcm::Image &im, int64_t first, int64_t count, uint64_
 
 extern "C" int
 mms_frames_decode(const char *path, const struct mms_header *h, int64_t first, int64_t count,
-                  uint64_t max_voxels, float *hu, char *why, size_t why_len)
+                  uint64_t max_voxels, int threads, float *hu, char *why, size_t why_len)
 {
     if (path == nullptr || hu == nullptr || first < 0 || count < 1)
         return mms__dicom_fail(why, why_len, MMS_EINVAL, path != nullptr ? path : "(null)",
@@ -434,8 +496,8 @@ mms_frames_decode(const char *path, const struct mms_header *h, int64_t first, i
                     "the decoder's buffer length differs from rows x columns x frames");
             if (ts.IsEncapsulated()) { // frame by frame, only those asked for
                 buf.resize((uint64_t)count * frame_bytes);
-                rc = decode_encapsulated(im, first, count, frame_bytes, buf.data(), &bits_stored,
-                                         &msg);
+                rc = decode_encapsulated(im, first, count, frame_bytes, threads, buf.data(),
+                                         &bits_stored, &msg);
                 if (rc < 0)
                     return mms__dicom_fail(why, why_len, rc, path, msg.c_str());
                 p = buf.data();

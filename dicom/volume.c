@@ -39,6 +39,7 @@ struct work {
     struct mms_volume *v;
     struct job *jobs;
     int n_jobs;
+    int job_threads; /* of each job: the decoding threads over the jobs running at once */
     uint64_t max_voxels;
     void (*on_file)(void *arg, int file, bool done);
     void *on_file_arg;
@@ -87,9 +88,9 @@ decode_job(struct work *w, const struct job *j, float *tmp, char *why, size_t wh
     const size_t plane = (size_t)v->dims[0] * (size_t)v->dims[1];
     if (j->count == 1) /* straight into its slice */
         return mms_frames_decode(w->paths[j->file], &w->h[j->file], j->first, 1, w->max_voxels,
-                                 v->hu + (size_t)j->slice[0] * plane, why, why_len);
+                                 w->job_threads, v->hu + (size_t)j->slice[0] * plane, why, why_len);
     int rc = mms_frames_decode(w->paths[j->file], &w->h[j->file], j->first, j->count, w->max_voxels,
-                               tmp, why, why_len);
+                               w->job_threads, tmp, why, why_len);
     if (rc < 0)
         return rc;
     for (int k = 0; k < j->n; k++)
@@ -227,6 +228,9 @@ decode_all(const char *const *paths, const struct mms_header *h, struct mms_volu
                                          : sysconf(_SC_NPROCESSORS_ONLN);
     if (nt < 1)
         nt = 1;
+    /* one thread budget: a thread per file while there are more files than threads, the
+     * threads of a file (its frames, a JPEG 2000 codestream's own) sharing the rest */
+    w.job_threads = nt > n_jobs ? (int)(nt / n_jobs) : 1;
     if (nt > n_jobs)
         nt = n_jobs;
     pthread_t *t = malloc((size_t)nt * sizeof *t);

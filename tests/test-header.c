@@ -151,13 +151,13 @@ main(void)
     static float x[512 * 512], y[512 * 512];
     int rc = mms_header_read(path, &h, why, sizeof why);
     ok(rc == 0 && h.pix.native && h.pix.value_at > 0 &&
-           mms_frames_decode(path, &h, 0, 1, 1000000000ull, x, why, sizeof why) == 0 &&
-           mms_frames_decode(path, NULL, 0, 1, 1000000000ull, y, why, sizeof why) == 0 &&
+           mms_frames_decode(path, &h, 0, 1, 1000000000ull, 1, x, why, sizeof why) == 0 &&
+           mms_frames_decode(path, NULL, 0, 1, 1000000000ull, 1, y, why, sizeof why) == 0 &&
            memcmp(x, y, sizeof x) == 0,
        "S2010 I10: decoded with its header and without, the same HU");
     /* a header that no longer matches the file is caught by the declared length */
     h.pix.value_at -= 2;
-    rc = mms_frames_decode(path, &h, 0, 1, 1000000000ull, x, why, sizeof why);
+    rc = mms_frames_decode(path, &h, 0, 1, 1000000000ull, 1, x, why, sizeof why);
     ok(rc == MMS_EDICOM && strstr(why, "shorter than declared") != NULL,
        "a stale pixel data offset: refused (%s)", why);
 

@@ -29,7 +29,7 @@ dec(const char *rel, int64_t frame, uint64_t max_voxels, float *out)
     char path[2048];
     snprintf(path, sizeof path, "%s/%s", td, rel);
     why[0] = '\0';
-    int rc = mms_frames_decode(path, NULL, frame, 1, max_voxels, out, why, sizeof why);
+    int rc = mms_frames_decode(path, NULL, frame, 1, max_voxels, 1, out, why, sizeof why);
     if (rc < 0)
         diag("%s", why);
     return rc;
@@ -127,6 +127,13 @@ test_cornerstone(void)
     int rc2 = dec(CS "CT1_J2KR", 0, MAX_VOXELS, got);
     ok(rc == 0 && rc2 == 0 && max_abs_diff(ref, got, N512) == 0.0,
        "CT1_J2KR equals CT1_UNC exactly");
+    {
+        char path[2048];
+        snprintf(path, sizeof path, "%s/%s", td, CS "CT1_J2KR");
+        rc2 = mms_frames_decode(path, NULL, 0, 1, MAX_VOXELS, 4, got, why, sizeof why);
+        ok(rc == 0 && rc2 == 0 && max_abs_diff(ref, got, N512) == 0.0,
+           "CT1_J2KR on 4 threads (OpenJPEG's own) equals CT1_UNC exactly");
+    }
     rc = dec(CS "CT2_J2KR", 0, MAX_VOXELS, got);
     min_max(got, N512, &lo, &hi);
     ok(rc == 0 && lo >= -2048 && hi <= 4095, "CT2_J2KR decodes: %g..%g HU", lo, hi);
@@ -183,17 +190,28 @@ test_multiframe(void)
                 diag("differs: %s frame %d", mf_lossless[i], f);
         }
     ok(same, "both frames of %d lossless multi-frame encodings equal the reference", N_MF);
+    static float pair[2 * N512];
+    for (int i = 0; same && i < N_MF; i++)
+        for (int t = 2; same && t <= 3; t++) {
+            char p[2048];
+            snprintf(p, sizeof p, "%s/%s", td, mf_lossless[i]);
+            same = mms_frames_decode(p, NULL, 0, 2, MAX_VOXELS, t, pair, why, sizeof why) == 0 &&
+                   max_abs_diff(ref2, pair, 2 * N512) == 0.0;
+            if (!same)
+                diag("differs on %d threads: %s (%s)", t, mf_lossless[i], why);
+        }
+    ok(same, "on 2 and 3 threads (frames in parallel) the %d encodings decode the same", N_MF);
     rc = dec(MF "CT0012.explicit_little_endian.dcm", 2, MAX_VOXELS, got);
     is_int(rc, MMS_EINVAL, "frame 2 of 2 frames: MMS_EINVAL");
     static float both[2 * N512];
     char path[2048];
     snprintf(path, sizeof path, "%s/%s", td, MF "CT0012.explicit_little_endian.dcm");
-    rc = mms_frames_decode(path, NULL, 0, 2, MAX_VOXELS, both, why, sizeof why);
+    rc = mms_frames_decode(path, NULL, 0, 2, MAX_VOXELS, 1, both, why, sizeof why);
     ok(rc == 0 && max_abs_diff(ref2, both, 2 * N512) == 0.0,
        "frames 0 and 1 in one call equal the frames decoded one by one");
-    rc = mms_frames_decode(path, NULL, 1, 2, MAX_VOXELS, both, why, sizeof why);
+    rc = mms_frames_decode(path, NULL, 1, 2, MAX_VOXELS, 1, both, why, sizeof why);
     is_int(rc, MMS_EINVAL, "frames 1..2 of 2 frames: MMS_EINVAL");
-    rc = mms_frames_decode(path, NULL, 0, 0, MAX_VOXELS, both, why, sizeof why);
+    rc = mms_frames_decode(path, NULL, 0, 0, MAX_VOXELS, 1, both, why, sizeof why);
     is_int(rc, MMS_EINVAL, "no frame asked: MMS_EINVAL");
     /* JPEG-LS near-lossless (NEAR=2 in its scan header, slope 1: at most 2 HU off), fragments
      * and no offset table: GDCM's own multi-frame decoder refuses it; split at the SOI
@@ -326,7 +344,7 @@ main(void)
 {
     if (!find_testdata(td, sizeof td))
         skip_all("the shared test data is not here (set MMS_TESTDATA to its folder)");
-    plan(19 + 5 + 7 + 3 + 1 + 9 + 1, 300);
+    plan(19 + 5 + 7 + 3 + 1 + 9 + 1 + 2, 300);
     test_cornerstone();
     test_ct1_encodings();
     test_multiframe();

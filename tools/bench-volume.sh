@@ -7,8 +7,10 @@
 #
 # Cases, from the shared test data: (a) the largest real series, Philips S21610 (54 slices,
 # 18.5 degree gantry tilt), (b) TotalSegmentator's example CT (20 slices, JPEG 2000
-# lossless), (c) the clean Philips S21570 (28 slices), and (d) a synthetic series of N slices
-# (default 300) that tools/mkseries.py makes from (c) in a temporary folder.
+# lossless), (c) the clean Philips S21570 (28 slices), (d) a synthetic series of N slices
+# (default 300) that tools/mkseries.py makes from (c) in a temporary folder, and (e) the
+# slices of (b) as one Enhanced CT multi-frame file (tools/mkmultiframe.py: the same
+# codestreams), where the threads share the frames of one file.
 # Ours runs on 1 and 2 threads (and T); dcm2niix (-z n, single-threaded) writes to a tmpfs
 # when there is one, its output removed after every run. Both take the median of R runs
 # (default 5) after one untimed run, so both read files from the page cache. --short: R = 3
@@ -114,9 +116,15 @@ if [ $short = no ]; then
         cases+=(synthetic)
         run_case synthetic "$tmp/synthetic" "made by tools/mkseries.py from S21570 (a \
 temporary folder), uncompressed"
+        mkdir -p "$tmp/multiframe"
+        "$py" tools/mkmultiframe.py "$td/totalsegmentator/tests/reference_files/example_ct_dicom" \
+            "$tmp/multiframe/ts-j2k-multiframe.dcm" >&2
+        cases+=(ts-j2k-mf)
+        run_case ts-j2k-mf "$tmp/multiframe" "the JPEG 2000 slices of ts-j2k in one Enhanced CT \
+file (tools/mkmultiframe.py)"
     else
         echo "bench-volume: $py has no pydicom or numpy (apt-get install python3-pydicom):" \
-            "the synthetic $slices-slice case is skipped" >&2
+            "the synthetic $slices-slice and multi-frame cases are skipped" >&2
     fi
 fi
 
