@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/err.h"
 
@@ -131,6 +132,16 @@ mms_cpus_get(struct mms_cpus *out)
             add(out, c);
     CPU_FREE(set);
     return rc;
+}
+
+int
+mms_cpus_usable(void)
+{
+    struct mms_cpus mine;
+    int n = mms_cpus_get(&mine) == 0 ? mms_cpus_count(&mine) : 0;
+    if (n < 1)
+        n = (int)sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? n : 1;
 }
 
 int

@@ -26,6 +26,9 @@ bool mms_cpus_equal(const struct mms_cpus *a, const struct mms_cpus *b);
 
 /* The CPUs the calling thread may run on (sched_getaffinity). Returns 0 or a negative errno. */
 int mms_cpus_get(struct mms_cpus *out);
+/* How many CPUs the calling thread may run on (the online CPUs when that cannot be read);
+ * at least 1. */
+int mms_cpus_usable(void);
 /* Let the calling thread run on s only (sched_setaffinity). Returns 0 or a negative errno. */
 int mms_cpus_pin(const struct mms_cpus *s);
 

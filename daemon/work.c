@@ -126,13 +126,8 @@ mms_work_cpus_apply(const struct mms_config *cfg, char *why, size_t why_len)
 int
 mms_work_infer_cpu_count(void)
 {
-    struct mms_cpus mine;
-    if (mms_cpus_count(&infer_cpus) > 0)
-        return mms_cpus_count(&infer_cpus);
-    if (mms_cpus_get(&mine) == 0 && mms_cpus_count(&mine) > 0)
-        return mms_cpus_count(&mine);
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
+    int n = mms_cpus_count(&infer_cpus);
+    return n > 0 ? n : mms_cpus_usable();
 }
 
 int
@@ -244,10 +239,7 @@ mms_work_opts_from_config(const struct mms_config *cfg, struct mms_work_opts *wo
     wo->vol.stack.min_slices = (int)cfg->series.min_slices;
     wo->vol.max_voxels = cfg->series.max_voxels;
     wo->vol.threads = (int)cfg->series.decode_threads;
-    struct mms_cpus mine;
-    long cpus = wo->vol.threads > 0        ? wo->vol.threads
-                : mms_cpus_get(&mine) == 0 ? mms_cpus_count(&mine)
-                                           : sysconf(_SC_NPROCESSORS_ONLN);
+    long cpus = wo->vol.threads > 0 ? wo->vol.threads : mms_cpus_usable();
     wo->decode_lim.max_memory = (size_t)cfg->daemon.decode_max_memory_mb << 20;
     wo->decode_lim.timeout_ms = cfg->daemon.decode_timeout_s * 1000U;
     /* CPU time adds up over the decoding threads */

@@ -222,10 +222,8 @@ decode_all(const char *const *paths, const struct mms_header *h, struct mms_volu
     atomic_init(&w.next, 0);
     atomic_init(&w.failed, false);
     pthread_mutex_init(&w.lock, NULL);
-    struct mms_cpus mine; /* 0: one per CPU this thread may use ([infer] cpus: the others) */
-    long nt = o->threads > 0             ? o->threads
-              : mms_cpus_get(&mine) == 0 ? mms_cpus_count(&mine)
-                                         : sysconf(_SC_NPROCESSORS_ONLN);
+    /* 0: one per CPU this thread may use ([infer] cpus: the others) */
+    long nt = o->threads > 0 ? o->threads : mms_cpus_usable();
     if (nt < 1)
         nt = 1;
     /* one thread budget: a thread per file while there are more files than threads, the

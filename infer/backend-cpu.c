@@ -70,11 +70,9 @@ cpu_init(struct mms_backend *be, const struct mms_backend_params *p)
     cpu->pin = p->cpus != NULL && mms_cpus_count(p->cpus) > 0;
     if (cpu->pin)
         cpu->cpus = *p->cpus;
-    else if (mms_cpus_get(&cpu->cpus) < 0)
-        memset(&cpu->cpus, 0, sizeof cpu->cpus);
-    cpu->threads = p->threads > 0 ? p->threads : mms_cpus_count(&cpu->cpus);
-    if (cpu->threads < 1)
-        cpu->threads = 1;
+    cpu->threads = p->threads > 0 ? p->threads
+                   : cpu->pin     ? mms_cpus_count(&cpu->cpus)
+                                  : mms_cpus_usable();
     if (dnnl_engine_create(&cpu->engine, dnnl_cpu, 0) != dnnl_success)
         goto fail;
     if (dnnl_stream_create(&cpu->stream, cpu->engine, dnnl_stream_default_flags) != dnnl_success)

@@ -16,9 +16,9 @@ struct mms_cpu {
     dnnl_engine_t engine;
     dnnl_stream_t stream;
     int threads;
-    bool bf16; /* [infer] precision bf16: the convolutions that dominate run in bf16 */
-    bool pin;  /* compute on cpus ([infer] cpus) */
-    struct mms_cpus cpus;
+    bool bf16;            /* [infer] precision bf16: the convolutions that dominate run in bf16 */
+    bool pin;             /* compute on cpus ([infer] cpus) */
+    struct mms_cpus cpus; /* with pin: the CPUs of inference */
 };
 
 /* A prepared convolution. In bf16 the fp32 input is first converted (cvt, a oneDNN reorder)
