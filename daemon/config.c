@@ -63,6 +63,8 @@ static const struct choice exports[] = {
     {"exact", MMS_EXPORT_EXACT}, {"fast", MMS_EXPORT_FAST}, {NULL, 0}};
 static const struct choice sop_classes[] = {
     {"ct", MMS_ACCEPT_CT}, {"all", MMS_ACCEPT_ALL}, {NULL, 0}};
+static const struct choice seg_types[] = {
+    {"binary", MMS_SEG_TYPE_BINARY}, {"labelmap", MMS_SEG_TYPE_LABELMAP}, {NULL, 0}};
 static const struct choice empty_frames[] = {
     {"omit", MMS_EMPTY_FRAMES_OMIT}, {"keep", MMS_EMPTY_FRAMES_KEEP}, {NULL, 0}};
 static const struct choice dest_types[] = {
@@ -135,6 +137,7 @@ static const struct cfg_key main_keys[] = {
     {"infer", "precision", T_ENUM, OFF(infer.precision), "fp32", 0, 0, precisions, 0},
     {"infer", "export", T_ENUM, OFF(infer.export_mode), "exact", 0, 0, exports, NOTYET},
 
+    {"seg", "type", T_ENUM, OFF(seg.type), "binary", 0, 0, seg_types, 0},
     {"seg", "empty_frames", T_ENUM, OFF(seg.empty_frames), "omit", 0, 0, empty_frames, 0},
     {"seg", "series_description", T_STR, OFF(seg.series_description), "", 0, 0, NULL, 0},
 };

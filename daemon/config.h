@@ -18,6 +18,7 @@ enum mms_backend_choice { MMS_BACKEND_AUTO, MMS_BACKEND_CPU, MMS_BACKEND_CUDA };
 enum mms_export_mode { MMS_EXPORT_EXACT, MMS_EXPORT_FAST };
 enum mms_accept_sop { MMS_ACCEPT_CT, MMS_ACCEPT_ALL };
 enum mms_empty_frames { MMS_EMPTY_FRAMES_OMIT, MMS_EMPTY_FRAMES_KEEP };
+enum mms_seg_type { MMS_SEG_TYPE_BINARY, MMS_SEG_TYPE_LABELMAP };
 enum mms_dest_type { MMS_DEST_DICOM, MMS_DEST_FOLDER };
 
 /* One [destination NAME] section. */
@@ -109,6 +110,7 @@ struct mms_config {
         int export_mode;               /* enum mms_export_mode; the key is "export" */
     } infer;
     struct {
+        int type;         /* enum mms_seg_type */
         int empty_frames; /* enum mms_empty_frames */
         char *series_description;
     } seg;

@@ -247,7 +247,8 @@ mms_work_opts_from_config(const struct mms_config *cfg, struct mms_work_opts *wo
     wo->decode_lim.threads = true;
     mms_sandbox_set_enabled(cfg->daemon.isolate);
     wo->run = 1;
-    wo->keep_empty_frames = cfg->seg.empty_frames == MMS_EMPTY_FRAMES_KEEP;
+    wo->seg_form.keep_empty = cfg->seg.empty_frames == MMS_EMPTY_FRAMES_KEEP;
+    wo->seg_form.labelmap = cfg->seg.type == MMS_SEG_TYPE_LABELMAP;
     wo->seg_description = cfg->seg.series_description;
 }
 
@@ -419,7 +420,7 @@ mms_work_seg_uids(const char *sha256, const char *source_series, int run, char s
 int
 mms_work_write_seg(const struct mms_card *card, const char *sha256, const char *const *paths,
                    const struct mms_header *h0, const struct mms_volume *v, const uint8_t *labels,
-                   int run, bool keep_empty, const char *description, const char *path,
+                   int run, struct mms_seg_form form, const char *description, const char *path,
                    struct mms_seg_result *res, char *why, size_t why_len)
 {
     struct mms_seg_segment *seg = calloc((size_t)card->n_labels + 1, sizeof *seg);
@@ -454,7 +455,7 @@ mms_work_write_seg(const struct mms_card *card, const char *sha256, const char *
         .source_series_uid = h.series_uid,
         .series_uid = series_uid,
         .sop_instance_uid = sop_uid,
-        .keep_empty_frames = keep_empty,
+        .form = form,
     };
     int rc = mms_seg_write(&in, path, res, why, why_len);
     free(seg);
@@ -967,7 +968,7 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
             d = desc;
         }
         rc = mms_work_write_seg(mms_engine_card(e), e->sha256, paths, &h[0], v, labels, o->run,
-                                o->keep_empty_frames, d, o->seg_path, &r->seg, why, why_len);
+                                o->seg_form, d, o->seg_path, &r->seg, why, why_len);
         if (rc == MMS_EINVAL) { /* no organ found: nothing to send, not a failure */
             rc = 0;
         } else if (rc < 0) {

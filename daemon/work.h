@@ -86,8 +86,8 @@ struct mms_work_opts {
     const struct mms_engine *(*take_engine)(void *arg);
     void (*give_engine)(void *arg, const struct mms_engine *e);
     void *engine_arg;
-    int run;                /* the run number in the SEG's UIDs (design.md section 3) */
-    bool keep_empty_frames; /* [seg] empty_frames = keep */
+    int run;                      /* the run number in the SEG's UIDs (design.md section 3) */
+    struct mms_seg_form seg_form; /* [seg] type and empty_frames */
     const char *seg_description;
     const char *seg_path;     /* write the SEG here (through a temporary file), or NULL */
     const char *nifti_path;   /* write the labels here as NIfTI, or NULL */
@@ -158,8 +158,9 @@ void mms_work_seg_uids(const char *sha256, const char *source_series, int run, c
  * Returns mms_seg_write()'s codes (MMS_EINVAL: no label of the card is present). */
 int mms_work_write_seg(const struct mms_card *card, const char *sha256, const char *const *paths,
                        const struct mms_header *h0, const struct mms_volume *v,
-                       const uint8_t *labels, int run, bool keep_empty, const char *description,
-                       const char *path, struct mms_seg_result *res, char *why, size_t why_len);
+                       const uint8_t *labels, int run, struct mms_seg_form form,
+                       const char *description, const char *path, struct mms_seg_result *res,
+                       char *why, size_t why_len);
 
 /* mms_volume_build() in a sandbox child (sandbox.h) with the limits lim: the child decodes
  * and builds the volume and hands it back through a shared mapping sized from the headers

@@ -1,8 +1,11 @@
 // dicom: the DICOM Segmentation object (design.md section 7) with DCMTK's dcmseg.
 //
-// One BINARY segmentation: a segment per label present, frames in segment order and, within a
-// segment, in slice order; each frame references its source CT instance (and frame) and
-// carries the source slice's position, so a tilted or irregular stack keeps its geometry.
+// One segmentation with a segment per label present. BINARY: frames in segment order and,
+// within a segment, in slice order, one bit per pixel. LABELMAP (Label Map Segmentation
+// Storage, which DCMTK 3.6.7 does not know: written as a BINARY one, then turned into it with
+// dcmdata): a frame per slice, one byte per pixel holding the segment number, 0 elsewhere.
+// Each frame references its source CT instance (and frame) and carries the source slice's
+// position, so a tilted or irregular stack keeps its geometry.
 // dcmseg writes the data set from one frame per segment: the modules, the segments, the
 // shared functional groups and the dimensions. The frames are then put into that data set
 // with dcmdata: the Per-frame Functional Groups Sequence (the items dcmseg writes, built in
@@ -67,11 +70,15 @@
 namespace
 {
 
+// Label Map Segmentation Storage (Supplement 243; DCMTK 3.6.7 has no name for it).
+const char label_map_class[] = "1.2.840.10008.5.1.4.1.1.66.7";
+
 // What each frame's Derivation Image Sequence says (dcmseg's codes).
 const char derivation_description[] = "Segmentation by MM-UNet";
 
 // One frame: segment u (index into the segments written) on slice k, whose label lab occurs
-// on rows r0 to r1 of the slice (r0 < 0: nowhere, an empty frame kept).
+// on rows r0 to r1 of the slice (r0 < 0: nowhere, an empty frame kept); in a label map, u is
+// -1 and the frame is the whole slice.
 struct frame {
     int u;
     int64_t k;
@@ -81,14 +88,17 @@ struct frame {
 
 // What the Pixel Data value is made of: the frames, one bit per pixel, least significant bit
 // first, each frame starting where the previous one ended, then zero bits to len bytes (an
-// even number). It is generated as DCMTK writes it (pixel_stream below), so the packed frames
-// are never held in memory as a whole.
+// even number); in a label map, one byte per pixel, the segment number of its label (number).
+// It is generated as DCMTK writes it (pixel_stream below), so the frames are never held in
+// memory as a whole.
 struct pixel_source {
     const uint8_t *labels; // slice k, row j, column i
     size_t cols, plane;
     std::vector<frame> frames;
-    size_t data; // bytes holding frame bits: (plane x frames + 7) / 8
-    size_t len;  // data and padding
+    bool labelmap;
+    Uint8 number[256]; // label map: the segment number of each label, 0 for none
+    size_t data;       // bytes holding frame pixels: (plane x frames + 7) / 8, or plane x frames
+    size_t len;        // data and padding
 };
 
 // A decimal string of v as DICOM DS wants it (at most 16 characters).
@@ -194,7 +204,8 @@ put_code(DcmItem &item, const DcmTagKey &key, const char *value, const char *sch
 // the content dcmseg gives it: Derivation Image (the source instance, its frame when the
 // source is multi-frame, Spatial Locations Preserved YES: the frame lies on the source grid,
 // which readers such as highdicom need), Frame Content (dimension index values: segment
-// number, slice number), Plane Position (ipp: "x\y\z"), Segment Identification.
+// number, slice number), Plane Position (ipp: "x\y\z"), Segment Identification. A label
+// map's frame (segment 0) has neither the segment's index value nor Segment Identification.
 OFCondition
 put_frame(DcmSequenceOfItems &per, const struct mms_volume_src *src, const char *ipp,
           Uint16 segment, Uint32 slice)
@@ -235,7 +246,7 @@ put_frame(DcmSequenceOfItems &per, const struct mms_volume_src *src, const char 
     if (c.good()) {
         const Uint32 index[2] = {segment, slice};
         DcmUnsignedLong *e = new DcmUnsignedLong(DcmTag(DCM_DimensionIndexValues, EVR_UL));
-        c = e->putUint32Array(index, 2);
+        c = segment != 0 ? e->putUint32Array(index, 2) : e->putUint32(slice);
         if (c.good())
             c = it->insert(e);
         if (c.bad())
@@ -245,9 +256,9 @@ put_frame(DcmSequenceOfItems &per, const struct mms_volume_src *src, const char 
         c = put_item(*fr, DCM_PlanePositionSequence, &it);
     if (c.good())
         c = put(*it, new DcmDecimalString(DcmTag(DCM_ImagePositionPatient, EVR_DS)), ipp);
-    if (c.good())
+    if (c.good() && segment != 0)
         c = put_item(*fr, DCM_SegmentIdentificationSequence, &it);
-    if (c.good()) {
+    if (c.good() && segment != 0) {
         DcmUnsignedShort *e = new DcmUnsignedShort(DcmTag(DCM_ReferencedSegmentNumber, EVR_US));
         c = e->putUint16(segment);
         if (c.good())
@@ -260,10 +271,10 @@ put_frame(DcmSequenceOfItems &per, const struct mms_volume_src *src, const char 
 
 // The frame of segment number `segment` on slice k through dcmseg (a blank mask, replaced
 // with the rest of the frames by put_frame and the packed Pixel Data): dcmseg writes a data
-// set only with at least one frame per segment.
+// set only with at least one frame per segment. A label map has one dimension, the position.
 OFCondition
 add_dcmseg_frame(DcmSegmentation &seg, const struct mms_volume *v, int64_t k, Uint16 segment,
-                 Uint8 *blank)
+                 bool labelmap, Uint8 *blank)
 {
     const struct mms_volume_src *src = &v->src[k];
     std::unique_ptr<FGPlanePosPatient> pos(FGPlanePosPatient::createMinimal(
@@ -280,10 +291,11 @@ add_dcmseg_frame(DcmSegmentation &seg, const struct mms_volume *v, int64_t k, Ui
         return c;
     std::unique_ptr<FGDerivationImage> der(
         DcmSegmentation::createDerivationImageFG(images, derivation_description));
-    c = pos != nullptr && der != nullptr ? fc.setDimensionIndexValues(segment, 0)
-                                         : EC_MemoryExhausted;
+    c = pos != nullptr && der != nullptr ? EC_Normal : EC_MemoryExhausted;
+    if (c.good() && !labelmap)
+        c = fc.setDimensionIndexValues(segment, 0);
     if (c.good())
-        c = fc.setDimensionIndexValues((Uint32)(k + 1), 1);
+        c = fc.setDimensionIndexValues((Uint32)(k + 1), labelmap ? 0 : 1);
     OFVector<FGBase *> groups;
     groups.push_back(pos.get());
     groups.push_back(&fc);
@@ -471,7 +483,11 @@ void
 fill(const pixel_source &px, size_t pos, size_t n, Uint8 *out)
 {
     const size_t end = pos + n;
-    if (px.plane % 8 == 0) {
+    if (px.labelmap) { // frames are whole slices in order: the labels' bytes, mapped
+        const size_t m = end < px.data ? end : px.data;
+        for (; pos < m; pos++)
+            *out++ = px.number[px.labels[pos]];
+    } else if (px.plane % 8 == 0) {
         const size_t fb = px.plane / 8;
         while (pos < end && pos < px.data) {
             const size_t f = pos / fb, off = pos - f * fb;
@@ -616,6 +632,25 @@ pixel_stream::newFactory() const
     return new pixel_stream_factory(px_);
 }
 
+// The BINARY data set dcmseg wrote made a LABELMAP one (Supplement 243): SOP class, type, 8
+// bits allocated and stored, and 0, where no segment is, the Pixel Padding Value.
+OFCondition
+make_labelmap(DcmItem &ds_)
+{
+    OFCondition c = ds_.putAndInsertString(DCM_SOPClassUID, label_map_class);
+    if (c.good())
+        c = ds_.putAndInsertString(DCM_SegmentationType, "LABELMAP");
+    if (c.good())
+        c = ds_.putAndInsertUint16(DCM_BitsAllocated, 8);
+    if (c.good())
+        c = ds_.putAndInsertUint16(DCM_BitsStored, 8);
+    if (c.good())
+        c = ds_.putAndInsertUint16(DCM_HighBit, 7);
+    if (c.good())
+        c = ds_.putAndInsertUint16(DCM_PixelPaddingValue, 0);
+    return c;
+}
+
 // The frames put into the data set dcmseg wrote: Number of Frames, the Per-frame Functional
 // Groups Sequence and Pixel Data (its value read from px as the data set is saved: px must
 // outlive the data set's writing).
@@ -639,7 +674,8 @@ put_frames(DcmItem &ds_, const struct mms_volume *v, const std::vector<Uint16> &
         std::string &p = ipp[(size_t)k];
         if (p.empty())
             p = ds(v->ipp[k][0]) + "\\" + ds(v->ipp[k][1]) + "\\" + ds(v->ipp[k][2]);
-        c = put_frame(*per, &v->src[k], p.c_str(), number[(size_t)frames[f].u], (Uint32)(k + 1));
+        const Uint16 segment = frames[f].u >= 0 ? number[(size_t)frames[f].u] : 0;
+        c = put_frame(*per, &v->src[k], p.c_str(), segment, (Uint32)(k + 1));
     }
     if (c.good())
         c = ds_.insert(per.get(), OFTrue);
@@ -695,25 +731,31 @@ build(const struct mms_seg_input *in, DcmFileFormat &ff, pixel_source *px, int *
     if (used.empty())
         return mms_why(why, why_len, MMS_EINVAL, "no segment has a voxel");
 
-    // the frames, in segment order and within a segment in slice order
+    // the frames: of a label map, the slices in order; else in segment order and within a
+    // segment in slice order
+    const bool labelmap = in->form.labelmap;
     std::vector<frame> &frames = px->frames;
-    for (size_t u = 0; u < used.size(); u++) {
+    for (int64_t k = 0; labelmap && k < slices; k++)
+        frames.push_back(frame{-1, k, 0, 0, (int32_t)rows - 1});
+    for (size_t u = 0; !labelmap && u < used.size(); u++) {
         const uint8_t lab = (uint8_t)in->segments[used[u]].label;
         for (int64_t k = 0; k < slices; k++) {
             const int32_t *r = &at[2 * ((size_t)used[u] * (size_t)slices + (size_t)k)];
-            if (in->keep_empty_frames || r[0] >= 0)
+            if (in->form.keep_empty || r[0] >= 0)
                 frames.push_back(frame{(int)u, k, lab, r[0], r[1]});
         }
     }
     size_t bits;
     if (frames.size() > 2147483647u || __builtin_mul_overflow(plane, frames.size(), &bits) ||
-        bits / 8 > 4294967292u)
+        (labelmap ? bits : bits / 8) > 4294967292u)
         return mms_why(why, why_len, MMS_EINVAL, "%zu frames of %zu pixels: too many",
                        frames.size(), plane);
     px->labels = in->labels;
     px->cols = (size_t)cols;
     px->plane = plane;
-    px->data = (bits + 7) / 8;
+    px->labelmap = labelmap;
+    memset(px->number, 0, sizeof px->number);
+    px->data = labelmap ? bits : (bits + 7) / 8;
     px->len = px->data + (px->data & 1); // even length
 
     char description[256];
@@ -771,13 +813,14 @@ build(const struct mms_seg_input *in, DcmFileFormat &ff, pixel_source *px, int *
     if (c.bad())
         return fail(why, why_len, "shared functional groups", c);
 
-    // dimensions: segment, then position
+    // dimensions: segment (not in a label map), then position
     char dim_uid[65], dim_name[128]; // deterministic, as the SEG's own UIDs
     snprintf(dim_name, sizeof dim_name, "mmsegd seg dimensions|%s", in->sop_instance_uid);
     mms_uid_uuid5(dim_name, dim_uid);
     IODMultiframeDimensionModule &dims = seg->getDimensions();
-    c = dims.addDimensionIndex(DCM_ReferencedSegmentNumber, dim_uid,
-                               DCM_SegmentIdentificationSequence, "ReferencedSegmentNumber");
+    if (!labelmap)
+        c = dims.addDimensionIndex(DCM_ReferencedSegmentNumber, dim_uid,
+                                   DCM_SegmentIdentificationSequence, "ReferencedSegmentNumber");
     if (c.good())
         c = dims.addDimensionIndex(DCM_ImagePositionPatient, dim_uid, DCM_PlanePositionSequence,
                                    "ImagePositionPatient");
@@ -827,19 +870,24 @@ build(const struct mms_seg_input *in, DcmFileFormat &ff, pixel_source *px, int *
             delete sg;
             return fail(why, why_len, s->segment_label, c);
         }
+        px->number[s->label] = (Uint8)number[u];
     }
 
     // dcmseg: the first frame of each segment, blank
     {
         std::vector<Uint8> blank(plane, 0);
-        for (size_t f = 0; c.good() && f < frames.size(); f++)
-            if (f == 0 || frames[f].u != frames[f - 1].u)
-                c = add_dcmseg_frame(*seg, v, frames[f].k, number[(size_t)frames[f].u],
-                                     blank.data());
+        size_t f = 0;
+        for (size_t u = 0; c.good() && u < used.size(); u++) {
+            while (!labelmap && frames[f].u != (int)u)
+                f++;
+            c = add_dcmseg_frame(*seg, v, frames[f].k, number[u], labelmap, blank.data());
+        }
         if (c.bad())
             return fail(why, why_len, "adding a frame", c);
     }
     c = seg->writeDataset(*ff.getDataset());
+    if (c.good() && labelmap)
+        c = make_labelmap(*ff.getDataset());
     if (c.good())
         c = put_frames(*ff.getDataset(), v, number, px);
     if (c.good()) {

@@ -17,6 +17,16 @@ struct mms_seg_code {
     const char *scheme, *value, *meaning; /* e.g. "SCT", "10200004", "Liver" */
 };
 
+/* The form of the SEG ([seg] type and empty_frames). */
+struct mms_seg_form {
+    /* Segmentation Type LABELMAP (Label Map Segmentation Storage): one frame per source
+       slice whose 8-bit pixels hold the segment number of each voxel, 0 where none (the Pixel
+       Padding Value). Else BINARY (Segmentation Storage): a frame per segment and slice, one
+       bit per pixel. */
+    bool labelmap;
+    bool keep_empty; /* BINARY: frames of a segment on slices without its voxels kept */
+};
+
 /* One segment: the voxels whose label is `label`. */
 struct mms_seg_segment {
     int label;                 /* 1..255 */
@@ -44,7 +54,7 @@ struct mms_seg_input {
     const char *source_series_uid; /* the source series' (likewise) */
     const char *series_uid, *sop_instance_uid; /* the SEG's own, deterministic (design 3:
                                                   mms_uid_uuid5) */
-    bool keep_empty_frames;                    /* seg empty_frames = keep */
+    struct mms_seg_form form;
 };
 
 /* What was written. */

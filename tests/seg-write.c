@@ -1,6 +1,6 @@
 /* seg-write: the SEG of a given label volume, for the SEG tests and benchmark.
  *
- *   seg-write [--keep-empty] MODEL DICOM_PATH LABELS.raw OUT.dcm
+ *   seg-write [--keep-empty] [--labelmap] MODEL DICOM_PATH LABELS.raw OUT.dcm
  *
  * MODEL gives the segments (the card's labels); DICOM_PATH holds one CT series; LABELS.raw is
  * uint8, columns x rows x slices bytes in the order of the series' volume (slice, row,
@@ -29,12 +29,22 @@ die(const char *fmt, const char *a, const char *b)
 int
 main(int argc, char **argv)
 {
-    bool keep = argc > 1 && strcmp(argv[1], "--keep-empty") == 0;
-    if (argc != 5 + keep) {
-        fprintf(stderr, "usage: seg-write [--keep-empty] MODEL DICOM_PATH LABELS.raw OUT.dcm\n");
+    struct mms_seg_form form = {.labelmap = false, .keep_empty = false};
+    int opt = 1;
+    for (; opt < argc && strncmp(argv[opt], "--", 2) == 0; opt++) {
+        if (strcmp(argv[opt], "--keep-empty") == 0)
+            form.keep_empty = true;
+        else if (strcmp(argv[opt], "--labelmap") == 0)
+            form.labelmap = true;
+        else
+            break;
+    }
+    if (argc - opt != 4) {
+        fprintf(stderr, "usage: seg-write [--keep-empty] [--labelmap] MODEL DICOM_PATH LABELS.raw "
+                        "OUT.dcm\n");
         return 2;
     }
-    char **a = argv + 1 + keep, why[1024] = "";
+    char **a = argv + opt, why[1024] = "";
     struct mms_model *m = NULL;
     if (mms_model_load(a[0], &m, why, sizeof why) < 0)
         return die("%s: %s", a[0], why);
@@ -63,7 +73,7 @@ main(int argc, char **argv)
     struct mms_seg_result res = {0, 0};
     clock_gettime(CLOCK_MONOTONIC, &t0);
     int rc = mms_work_write_seg(mms_model_card(m), mms_model_sha256(m), paths, &h[0], v, labels, 1,
-                                keep, NULL, a[3], &res, why, sizeof why);
+                                form, NULL, a[3], &res, why, sizeof why);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (rc < 0)
         return die("%s: %s", a[3], why);

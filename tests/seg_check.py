@@ -15,7 +15,8 @@ equal orientation and size, sorted along the normal, are the slices.
 Checks:
   - Segmentation Storage, Modality SEG, BINARY, 1-bit MONOCHROME2, DERIVED\\PRIMARY, the
     source's rows and columns, SOP Instance UID equal to the file meta's, explicit VR little
-    endian, pixel data of the size the frames need;
+    endian, pixel data of the size the frames need; a label map (Label Map Segmentation
+    Storage, Supplement 243): LABELMAP, 8-bit MONOCHROME2, Pixel Padding Value 0;
   - one segment per label present in LABELS, numbered 1..S in ascending label order, each
     with a label, category and type codes, Segment Algorithm Type AUTOMATIC and an algorithm
     name, and a Recommended Display CIELab Value; with --model, label, codes, laterality
@@ -32,7 +33,9 @@ Checks:
     1e-3 mm of that slice's, Dimension Index Values, and the mask equal to
     (LABELS[slice] == label of the segment);
   - every (slice, segment) pair at most once; without --keep-empty no empty frame and every
-    non-empty pair present; with --keep-empty every pair present (frames = slices x segments).
+    non-empty pair present; with --keep-empty every pair present (frames = slices x segments);
+  - a label map instead: no Segment Identification, one frame per slice, each frame's pixels
+    the segment number of the label of each voxel (0 where no segment is).
 
 Output: one line per check, "ok - ..." or "not ok - ..." (TAP without numbers), notes as
 "# ..." lines and a last "# seg_check: ..." summary; with --json one JSON object instead.
@@ -50,6 +53,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+LABEL_MAP_STORAGE = "1.2.840.10008.5.1.4.1.1.66.7"  # Supplement 243
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
 # Enhanced CT and Legacy Converted Enhanced CT: multi-frame, geometry per frame.
 CT_MULTIFRAME = ("1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2")
@@ -241,6 +245,16 @@ def card_code(c):
 
 
 # ------------------------------------------------------------------------------ the SEG
+def frame_values(seg, n_frames, rows, cols):
+    """The frames of a label map: one byte per pixel."""
+    data = seg.PixelData
+    need = n_frames * rows * cols
+    if len(data) < need:
+        raise ValueError("PixelData has %d bytes, %d frames of %dx%d need %d"
+                         % (len(data), n_frames, rows, cols, need))
+    return np.frombuffer(data, np.uint8)[:need].reshape(n_frames, rows, cols), need
+
+
 def frame_masks(seg, n_frames, rows, cols):
     data = seg.PixelData
     need = (n_frames * rows * cols + 7) // 8
@@ -289,11 +303,14 @@ def check(args):
 
     # The IOD and the image pixel description.
     meta = seg.file_meta
-    rep.check(_s(seg.get("SOPClassUID")) == SEG_STORAGE
-              and _s(meta.get("MediaStorageSOPClassUID")) == SEG_STORAGE
+    lm = _s(seg.get("SOPClassUID")) == LABEL_MAP_STORAGE
+    cls = LABEL_MAP_STORAGE if lm else SEG_STORAGE
+    rep.check(_s(seg.get("SOPClassUID")) == cls
+              and _s(meta.get("MediaStorageSOPClassUID")) == cls
               and _s(seg.get("Modality")) == "SEG",
-              "SOP class Segmentation Storage, Modality SEG (%s, meta %s, %s)"
-              % (seg.get("SOPClassUID"), meta.get("MediaStorageSOPClassUID"),
+              "SOP class %s, Modality SEG (%s, meta %s, %s)"
+              % ("Label Map Segmentation Storage" if lm else "Segmentation Storage",
+                 seg.get("SOPClassUID"), meta.get("MediaStorageSOPClassUID"),
                  seg.get("Modality")))
     sop = _s(seg.get("SOPInstanceUID"))
     rep.check(sop and sop == _s(meta.get("MediaStorageSOPInstanceUID"))
@@ -306,11 +323,24 @@ def check(args):
     pix = {k: seg.get(k) for k in ("SegmentationType", "BitsAllocated", "BitsStored", "HighBit",
                                    "SamplesPerPixel", "PhotometricInterpretation",
                                    "PixelRepresentation")}
-    rep.check(_s(pix["SegmentationType"]) == "BINARY" and pix["BitsAllocated"] == 1
-              and pix["BitsStored"] == 1 and pix["HighBit"] == 0 and pix["SamplesPerPixel"] == 1
-              and _s(pix["PhotometricInterpretation"]) == "MONOCHROME2"
-              and pix["PixelRepresentation"] == 0 and "MaximumFractionalValue" not in seg,
-              "BINARY, 1 bit, MONOCHROME2 (%s)" % ", ".join("%s %s" % kv for kv in pix.items()))
+    if lm:
+        pix["PixelPaddingValue"] = seg.get("PixelPaddingValue")
+        rep.check(_s(pix["SegmentationType"]) == "LABELMAP" and pix["BitsAllocated"] == 8
+                  and pix["BitsStored"] == 8 and pix["HighBit"] == 7
+                  and pix["SamplesPerPixel"] == 1
+                  and _s(pix["PhotometricInterpretation"]) == "MONOCHROME2"
+                  and pix["PixelRepresentation"] == 0 and pix["PixelPaddingValue"] == 0
+                  and "MaximumFractionalValue" not in seg,
+                  "LABELMAP, 8 bits, MONOCHROME2, background 0 (%s)"
+                  % ", ".join("%s %s" % kv for kv in pix.items()))
+    else:
+        rep.check(_s(pix["SegmentationType"]) == "BINARY" and pix["BitsAllocated"] == 1
+                  and pix["BitsStored"] == 1 and pix["HighBit"] == 0
+                  and pix["SamplesPerPixel"] == 1
+                  and _s(pix["PhotometricInterpretation"]) == "MONOCHROME2"
+                  and pix["PixelRepresentation"] == 0 and "MaximumFractionalValue" not in seg,
+                  "BINARY, 1 bit, MONOCHROME2 (%s)"
+                  % ", ".join("%s %s" % kv for kv in pix.items()))
     it = [_s(v) for v in seg.get("ImageType", [])]
     rep.check(it[:2] == ["DERIVED", "PRIMARY"], "Image Type DERIVED\\PRIMARY (%s)"
               % "\\".join(it))
@@ -456,7 +486,7 @@ def check(args):
     rep.check(int(seg.get("NumberOfFrames", -1)) == F,
               "Number of Frames %s = per-frame items %d" % (seg.get("NumberOfFrames"), F))
     try:
-        masks, need = frame_masks(seg, F, rows, cols)
+        masks, need = (frame_values if lm else frame_masks)(seg, F, rows, cols)
         plen = len(seg.PixelData)
         rep.check(plen in (need, need + (need & 1)),
                   "PixelData %d bytes for %d frames (%d needed)" % (plen, F, need))
@@ -468,11 +498,16 @@ def check(args):
     no_slp = 0
     pairs = {}
     referenced = set()
+    number = np.zeros(256, np.uint8)  # a label map's value for each label
+    for n, lab in seg_label.items():
+        number[lab] = n
+    slice_frames = {}  # label map: slice -> frames
     for f, item in enumerate(pfg):
         n = None
         si = (item.get("SegmentIdentificationSequence") or [{}])[0]
         n = si.get("ReferencedSegmentNumber") if si else None
-        if n not in seg_label:
+        if (n is not None or "SegmentIdentificationSequence" in item) if lm \
+                else n not in seg_label:
             bad_segno.append((f + 1, n))
         k = None
         srcs = []
@@ -501,7 +536,10 @@ def check(args):
         else:
             k = ks.pop()
         fc = (item.get("FrameContentSequence") or [{}])[0]
-        if not fc or len(fc.get("DimensionIndexValues", []) or []) != len(dims):
+        div = fc.get("DimensionIndexValues") if fc else None
+        if isinstance(div, int):  # one value: pydicom gives it bare
+            div = [div]
+        if not fc or len(div or []) != len(dims):
             no_dimidx.append(f + 1)
         pp = functional_item(seg, item, "PlanePositionSequence")
         if k is None:
@@ -513,7 +551,14 @@ def check(args):
         ipp_diff = max(ipp_diff, d)
         if d > IPP_TOL:
             ipp_bad.append((f + 1, k, list(got), list(want)))
-        if n in seg_label:
+        if lm:
+            slice_frames.setdefault(k, []).append(f + 1)
+            if masks is not None:
+                truth = number[labels[k]]
+                if not np.array_equal(masks[f], truth):
+                    mask_bad.append((f + 1, k, 0, int(np.count_nonzero(masks[f])),
+                                     int(np.count_nonzero(truth)), int((masks[f] != truth).sum())))
+        elif n in seg_label:
             pairs.setdefault((k, n), []).append(f + 1)
             if masks is not None:
                 truth = labels[k] == seg_label[n]
@@ -524,8 +569,12 @@ def check(args):
         rep.note("%d source references without Spatial Locations Preserved YES (Type 3; "
                  "highdicom's get_pixels_by_source_instance refuses them unless told "
                  "ignore_spatial_locations)" % no_slp)
-    rep.check(not bad_segno, "every frame's Referenced Segment Number is a segment's%s"
-              % ("" if not bad_segno else " (frame, number: %s)" % bad_segno[:5]))
+    if lm:
+        rep.check(not bad_segno, "no frame has a Segment Identification%s"
+                  % ("" if not bad_segno else " (frame, number: %s)" % bad_segno[:5]))
+    else:
+        rep.check(not bad_segno, "every frame's Referenced Segment Number is a segment's%s"
+                  % ("" if not bad_segno else " (frame, number: %s)" % bad_segno[:5]))
     rep.check(F > 0 and not no_src, "every frame refers to exactly one source slice through "
               "Derivation Image / Source Image (Referenced Frame Number for a multi-frame "
               "source)%s"
@@ -541,14 +590,22 @@ def check(args):
               "slice's within %g mm (max difference %.3g mm)%s"
               % (IPP_TOL, ipp_diff, "" if not ipp_bad else "; %d off, first: frame %d slice %d "
                  "%s, source %s" % ((len(ipp_bad),) + ipp_bad[0])))
-    if masks is not None:
+    if masks is not None and lm:
+        rep.check(F > 0 and not mask_bad, "every frame's pixels = the segment number of "
+                  "labels[slice], 0 elsewhere%s"
+                  % ("" if not mask_bad else "; %d differ, first: frame %d slice %d (%d): "
+                     "%d voxels set, %d in the labels, %d differ"
+                     % ((len(mask_bad),) + mask_bad[0])))
+    elif masks is not None:
         rep.check(F > 0 and not mask_bad, "every frame's mask = (labels[slice] == label)%s"
                   % ("" if not mask_bad else "; %d differ, first: frame %d slice %d segment %d: "
                      "%d voxels set, %d in the labels, %d differ"
                      % ((len(mask_bad),) + mask_bad[0])))
     dup = {p: fs for p, fs in pairs.items() if len(fs) > 1}
-    rep.check(not dup, "every (slice, segment) at most once%s"
-              % ("" if not dup else " (%d twice, e.g. %s)" % (len(dup), next(iter(dup.items())))))
+    if not lm:
+        rep.check(not dup, "every (slice, segment) at most once%s"
+                  % ("" if not dup else " (%d twice, e.g. %s)"
+                     % (len(dup), next(iter(dup.items())))))
     nonempty = set()
     for k in range(n_sl):
         for lab in np.unique(labels[k]):
@@ -557,7 +614,12 @@ def check(args):
                     if l2 == lab:
                         nonempty.add((k, n))
     have = set(pairs)
-    if args.keep_empty:
+    if lm:
+        twice = {k: fs for k, fs in slice_frames.items() if len(fs) > 1}
+        rep.check(F == n_sl and len(slice_frames) == n_sl and not twice,
+                  "one frame per slice: %d frames, %d slices, %d slices with a frame, %d twice"
+                  % (F, n_sl, len(slice_frames), len(twice)))
+    elif args.keep_empty:
         want = {(k, n) for k in range(n_sl) for n in seg_label}
         rep.check(have == want and F == n_sl * S,
                   "--keep-empty: every (slice, segment) present, %d frames = %d slices x %d "

@@ -2,7 +2,7 @@
 # The DICOM Segmentation objects that mmsegd writes (design.md section 7), checked against
 # their source series and the label volume they were written from.
 #
-# tests/seg-write (a test tool: `seg-write [--keep-empty] MODEL DICOM_PATH LABELS.raw OUT.dcm`,
+# tests/seg-write (a test tool: `seg-write [--keep-empty] [--labelmap] MODEL DICOM LABELS OUT`,
 # labels as uint8 slice k, row j, column i, slices ascending along the normal) writes the SEG
 # of a given label volume with the card of models/demo.safetensors; tests/seg_check.py checks
 # the IOD, the segments against the card, patient, study and frame of reference, the Common
@@ -29,8 +29,12 @@
 #  SEGs of (b) and (c): segments with their codes, and for (c) the masks per source instance;
 #  e) `mmsegd segment --model demo -o DIR --nifti NDIR` on (b): one .seg.dcm in DIR, which
 #     seg_check accepts against the label NIfTI of the same run;
+#  j) label maps (seg-write --labelmap) of (b), (c) and a 23x37x3 series: seg_check, pydicom's
+#     decoding, highdicom's masks per source instance; sizes of the binary and label-map SEG;
+#  k) `mmsegd segment` with [seg] type = labelmap on a phantom CT: seg_check, highdicom;
 #  h) the checker itself: copies of (c) with one defect each (a position 0.01 mm off, a
-#     voxel flipped, a frame left out, a wrong source slice, a colour off the card) fail.
+#     voxel flipped, a frame left out, a wrong source slice, a colour off the card) fail; and
+#     of its label map (position, a pixel, a source slice).
 # Every SEG goes through dciodvfy (dicom3tools): no "Error" line; its Error and Warning lines
 # are shown as notes. "segments S frames F" from seg-write must equal the counts the labels
 # give. SKIP only without the shared test data, numpy/pydicom/nibabel in $PYTHON3, or
@@ -206,6 +210,32 @@ def oddseries(src, out, rows, slices, raw):
     print("oddseries: %d slices of %d x %d (%d bits a frame)"
           % (slices, int(d0.Columns), rows, rows * int(d0.Columns)))
 
+def labelmap_frames(path, raw, slices, rows, cols):
+    """pydicom's decoding of a label map: one frame per slice, each equal to the segment
+    numbers of the labels (segments numbered 1.. in ascending label order), 0 elsewhere."""
+    import pydicom
+    ds = pydicom.dcmread(path)
+    arr = ds.pixel_array
+    if arr.ndim == 2:
+        arr = arr[None]
+    lab = np.fromfile(raw, np.uint8).reshape(int(slices), int(rows), int(cols))
+    number = np.zeros(256, np.uint8)
+    for i, v in enumerate(v for v in np.unique(lab) if v):
+        number[v] = i + 1
+    ok = arr.shape == lab.shape and np.array_equal(arr, number[lab])
+    print("%s - %s: pydicom %s decodes the label map: pixel_array %s %s, equal to the segment "
+          "numbers of the labels %s" % ("ok" if ok else "not ok", os.path.basename(path)[:-4],
+                                        pydicom.__version__, list(arr.shape), arr.dtype,
+                                        list(lab.shape)))
+
+def nii2raw(path, out):
+    """The labels of a NIfTI of `mmsegd segment --nifti` (voxel i, j, k: column i, row j,
+    slice k) as raw bytes, slice, row, column."""
+    import nibabel as nib
+    a = np.asarray(nib.load(path).dataobj).astype(np.uint8)
+    np.ascontiguousarray(a.transpose(2, 1, 0)).tofile(out)
+    print("nii2raw: %d x %d x %d" % a.shape)
+
 def mutate(path, out, kind):
     """A copy of a SEG (2 frames or more) with one defect that seg_check.py must find."""
     import pydicom
@@ -238,7 +268,8 @@ if __name__ == "__main__":
     {"nrrd": lambda: nrrd(args[0], args[1], int(args[2]), float(args[3])),
      "ts": lambda: ts(*args), "synth": lambda: synth(*args), "counts": lambda: counts(*args),
      "dcmqi": lambda: dcmqi(*args), "pydicom": lambda: pydicom_frames(*args),
-     "oddseries": lambda: oddseries(*args), "mutate": lambda: mutate(*args)}[cmd]()
+     "oddseries": lambda: oddseries(*args), "mutate": lambda: mutate(*args),
+     "labelmap": lambda: labelmap_frames(*args), "nii2raw": lambda: nii2raw(*args)}[cmd]()
 PY
 mk() { "$python" "$tmp/mk.py" "$@"; }
 
@@ -452,28 +483,113 @@ else
     grep -v ' notice: ' "$tmp/e.err" | diag
 fi
 
-# h) the checker itself: copies of (c) with one defect each must fail the check that names it
-if [ -s "$tmp/c.dcm" ]; then
-    for m in "ipp:Image Position (Patient) = its source" "bit:mask = (labels" \
-        "drop:every non-empty (slice, segment) has its frame" "source:mask = (labels" \
-        "colour:segments match the card"; do
-        kind=${m%%:*} line=${m#*:}
-        if mk mutate "$tmp/c.dcm" "$tmp/h-$kind.dcm" "$kind" >"$tmp/h.err" 2>&1; then
-            "$python" "$checker" --model "$model" "$tmp/h-$kind.dcm" "$tmp/c.raw" "$tilt" \
-                >"$tmp/h-$kind.check" 2>&1
-            rc=$?
-            if [ $rc -eq 1 ] && grep '^not ok - ' "$tmp/h-$kind.check" | grep -qF "$line"; then
-                result OK "h: seg_check.py finds the defect \"$kind\" (\"not ok - ...$line...\")"
-            else
-                result FAIL "h: seg_check.py misses the defect \"$kind\" (exit $rc)"
-                grep '^not ok' "$tmp/h-$kind.check" | diag
-            fi
-        else
-            result FAIL "h: the copy with the defect \"$kind\""
-            diag "$tmp/h.err"
-        fi
-    done
+# j) label maps (seg-write --labelmap): (b), (c) and a 23 x 37 x 3 series (an odd number of
+# pixel bytes, padded); seg_check, pydicom's decoding, highdicom's masks per source instance.
+# dciodvfy (dicom3tools 1.0 of Debian 12) does not know Label Map Segmentation Storage: the
+# one Error it may report is that, and every other line is shown as a note.
+vfy_labelmap() {
+    local name=$1 other
+    if [ ! -x "$dciodvfy" ]; then
+        skip "$name: dciodvfy reports no error but not knowing the IOD" \
+            "dciodvfy is not installed (dicom3tools)"
+        return
+    fi
+    "$dciodvfy" "$tmp/$name.dcm" >"$tmp/$name.vfy" 2>&1
+    other=$(grep '^Error' "$tmp/$name.vfy" | grep -vc 'Information Object Not found')
+    if [ "$other" -eq 0 ]; then
+        result OK "$name: dciodvfy: no error but not knowing the IOD ($(grep -c '^Error' \
+"$tmp/$name.vfy") such line), $(grep -c '^Warning' "$tmp/$name.vfy") warnings"
+    else
+        result FAIL "$name: dciodvfy: $other errors besides not knowing the IOD"
+    fi
+    grep -E '^(Error|Warning)' "$tmp/$name.vfy" | sed "s/^/# $name dciodvfy: /" | head -30
+}
+if [ -s "$tmp/b.raw" ]; then
+    want="segments $(mk counts "$tmp/b.raw" 20 512 512 | head -1 | awk '{ print $2 }') frames 20"
+    write j-b "$tsdcm" "$tmp/b.raw" --labelmap
+    segcheck j-b "$tmp/b.raw" "$tsdcm"
+    pylines "$python" "$tmp/mk.py" labelmap "$tmp/j-b.dcm" "$tmp/b.raw" 20 512 512
+    hdread j-b "$tsdcm" "$tmp/b.raw"
+    vfy_labelmap j-b
 fi
+if [ -s "$tmp/c.raw" ]; then
+    want="segments $(sed -n 1p "$tmp/c.counts" | awk '{ print $2 }') frames 54"
+    write j-c "$tilt" "$tmp/c.raw" --labelmap
+    segcheck j-c "$tmp/c.raw" "$tilt"
+    pylines "$python" "$tmp/mk.py" labelmap "$tmp/j-c.dcm" "$tmp/c.raw" 54 512 512
+    hdread j-c "$tilt" "$tmp/c.raw"
+    vfy_labelmap j-c
+    bin=$(stat -c %s "$tmp/c.dcm" 2>/dev/null) lm=$(stat -c %s "$tmp/j-c.dcm" 2>/dev/null)
+    echo "# j-c: binary SEG $bin bytes ($(sed -n 1p "$tmp/c.counts" | awk '{ print $4 }') frames), label map $lm bytes (54 frames)"
+fi
+if mk oddseries "$odd/IMG0001.dcm" "$tmp/j-odd-dicom" 37 3 "$tmp/j-odd.raw" >"$tmp/j-odd.mk" 2>&1
+then
+    want="segments 2 frames 3"
+    write j-odd "$tmp/j-odd-dicom" "$tmp/j-odd.raw" --labelmap
+    segcheck j-odd "$tmp/j-odd.raw" "$tmp/j-odd-dicom"
+    pylines "$python" "$tmp/mk.py" labelmap "$tmp/j-odd.dcm" "$tmp/j-odd.raw" 3 37 23
+else
+    result FAIL "j-odd: the 23 x 37 x 3 series"
+    diag "$tmp/j-odd.mk"
+fi
+
+# k) [seg] type = labelmap in the configuration of mmsegd segment, on a phantom CT
+# (tools/mmunet/phantom.py, 160 x 160 x 32) segmented by the demo model: one label-map SEG,
+# which seg_check accepts against the NIfTI of the same run and highdicom reads per source
+# instance.
+printf '[seg]\ntype = labelmap\n' >"$tmp/k.ini"
+if "$python" "$src/tools/mmunet/phantom.py" --seed 5 --shape 32 160 160 --spacing 2.5 1.5 1.5 \
+    --out "$tmp/k-ph" --dicom >"$tmp/k.mk" 2>&1; then
+    "$mmsegd" segment -c "$tmp/k.ini" --model "$model" --json -o "$tmp/k-seg" \
+        --nifti "$tmp/k-nii" "$tmp/k-ph/dicom" >"$tmp/k.json" 2>"$tmp/k.err"
+    rc=$?
+    kseg=$(find "$tmp/k-seg" -name '*.seg.dcm' 2>/dev/null)
+    knii=$(find "$tmp/k-nii" -name '*.nii.gz' 2>/dev/null)
+    if [ $rc -eq 0 ] && [ -n "$kseg" ] && [ -n "$knii" ] &&
+        "$python" -c 'import pydicom, sys
+sys.exit(pydicom.dcmread(sys.argv[1]).SegmentationType != "LABELMAP")' "$kseg" 2>/dev/null; then
+        result OK "k: mmsegd segment with [seg] type = labelmap writes a LABELMAP SEG"
+        cp "$kseg" "$tmp/k.dcm"
+        segcheck k "$knii" "$tmp/k-ph/dicom"
+        if mk nii2raw "$knii" "$tmp/k.raw" >"$tmp/k.mk" 2>&1; then
+            hdread k "$tmp/k-ph/dicom" "$tmp/k.raw"
+        else
+            result FAIL "k: the NIfTI labels read"
+            diag "$tmp/k.mk"
+        fi
+    else
+        result FAIL "k: mmsegd segment with [seg] type = labelmap exits $rc, SEG '${kseg}'"
+        grep -v ' notice: ' "$tmp/k.err" | diag
+    fi
+else
+    result FAIL "k: phantom.py writes the phantom"
+    diag "$tmp/k.mk"
+fi
+
+# h) the checker itself: copies of (c), binary and label map, with one defect each must fail
+# the check that names it
+for m in "c:ipp:Image Position (Patient) = its source" "c:bit:mask = (labels" \
+    "c:drop:every non-empty (slice, segment) has its frame" "c:source:mask = (labels" \
+    "c:colour:segments match the card" "j-c:ipp:Image Position (Patient) = its source" \
+    "j-c:bit:pixels = the segment number" "j-c:source:pixels = the segment number"; do
+    base=${m%%:*} m=${m#*:}
+    kind=${m%%:*} line=${m#*:} name=h-$base-${m%%:*}
+    [ -s "$tmp/$base.dcm" ] || continue
+    if mk mutate "$tmp/$base.dcm" "$tmp/$name.dcm" "$kind" >"$tmp/h.err" 2>&1; then
+        "$python" "$checker" --model "$model" "$tmp/$name.dcm" "$tmp/c.raw" "$tilt" \
+            >"$tmp/$name.check" 2>&1
+        rc=$?
+        if [ $rc -eq 1 ] && grep '^not ok - ' "$tmp/$name.check" | grep -qF "$line"; then
+            result OK "h: seg_check.py finds the defect \"$kind\" in $base (\"not ok - ...$line...\")"
+        else
+            result FAIL "h: seg_check.py misses the defect \"$kind\" in $base (exit $rc)"
+            grep '^not ok' "$tmp/$name.check" | diag
+        fi
+    else
+        result FAIL "h: the copy of $base with the defect \"$kind\""
+        diag "$tmp/h.err"
+    fi
+done
 
 echo "# $(($(date +%s) - start)) s"
 echo "1..$n"

@@ -6,7 +6,8 @@
  * 60 degrees, positions up to 1e5 mm), fewer slices, random HU, random labels and a random
  * set of segments, and writes the SEG, the preview PNG and both NIfTI files.
  * Promises checked: the SEG is written exactly when a segment has a voxel, with one segment per
- * such label and one frame per slice holding it (per slice and segment with keep_empty_frames);
+ * such label and one frame per slice holding it (per slice and segment with keep_empty; one
+ * per slice for a label-map SEG);
  * the preview counts every label present; NIfTI writing succeeds. A crash, a leak or undefined
  * behaviour is a finding too. Threads: libFuzzer's one. */
 #include <math.h>
@@ -254,7 +255,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct mms_label card_labels[MAX_SEGMENTS];
     char names[MAX_SEGMENTS][65];
     int n_seg = 0, n_want = (int)(take(&r, 1) % (MAX_SEGMENTS + 1));
-    bool keep_empty = take(&r, 1) & 1;
+    int form = (int)take(&r, 1);
+    bool keep_empty = form & 1, labelmap = form & 2;
     for (int i = 0; i < n_want; i++) {
         int lab = 1 + (int)(take(&r, 1) % 255);
         bool dup = false;
@@ -306,6 +308,9 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         }
     }
 
+    if (labelmap) /* one frame per slice */
+        frames = present > 0 ? v.dims[2] : 0;
+
     char path[600], why[1024];
     snprintf(path, sizeof path, "%s/seg.dcm", dir);
     struct mms_seg_input in = {
@@ -323,7 +328,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .source_series_uid = heads[0].series_uid,
         .series_uid = "2.25.1",
         .sop_instance_uid = "2.25.2",
-        .keep_empty_frames = keep_empty,
+        .form = {.labelmap = labelmap, .keep_empty = keep_empty},
     };
     struct mms_seg_result res = {0, 0};
     int rc = mms_seg_write(&in, path, &res, why, sizeof why);
