@@ -453,6 +453,7 @@ mms_work_write_seg(const struct mms_card *card, const char *sha256, const char *
         .series_number = 9900 + run,
         .study_uid = h.study_uid,
         .source_series_uid = h.series_uid,
+        .frame_of_ref_uid = h.slice.frame_of_ref,
         .series_uid = series_uid,
         .sop_instance_uid = sop_uid,
         .form = form,

@@ -33,4 +33,8 @@ mms_header_derive_uids(struct mms_header *h)
     snprintf(text, sizeof text, "mmsegd study|%s", h->slice.frame_of_ref);
     if (h->study_uid[0] == '\0')
         derived_uid(text, h->study_uid);
+    /* last: from the series UID, derived or not */
+    snprintf(text, sizeof text, "mmsegd frame of reference|%s", h->series_uid);
+    if (h->slice.frame_of_ref[0] == '\0')
+        mms_uid_uuid5(text, h->slice.frame_of_ref);
 }

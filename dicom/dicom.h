@@ -133,8 +133,9 @@ struct mms_header {
 bool mms_sop_class_is_ct(const char *uid);
 
 /* Fill an empty Study or Series Instance UID of h with one derived from what the files of one
- * series share (frame of reference, modality, size, orientation): the same files always get
- * the same UIDs. */
+ * series share (frame of reference, modality, size, orientation), then an empty Frame of
+ * Reference UID with one derived from the Series Instance UID: the same files always get the
+ * same UIDs. */
 void mms_header_derive_uids(struct mms_header *h);
 /* The Media Storage Directory (DICOMDIR) SOP class. */
 bool mms_sop_class_is_dicomdir(const char *uid);

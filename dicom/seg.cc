@@ -14,16 +14,12 @@
 // packs the frames from the labels, so they are never held whole in memory (DCMTK 3.6.7's own
 // concatenation of bit-packed frames loses bits when rows x columns is not a multiple of 8).
 // DCMTK 3.6.7 also leaves the Common Instance Reference module empty: the Referenced Series
-// Sequence is added before the data set is saved. The file is written through a buffer into
-// a descriptor whose written part is handed to writeback as it grows, then synced. Threads:
-// any.
+// Sequence is added before the data set is saved (mms__dcm_save: through a buffer, synced,
+// renamed into place). Threads: any.
 #include "dicom/seg.h"
 
-#include <errno.h>
-#include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -38,13 +34,13 @@
 #include "common/err.h"
 #include "common/log.h"
 #include "common/uid.h"
+#include "dicom/derived-impl.hh"
 #include "dicom/dicom-impl.hh"
 
 #include <dcmtk/dcmdata/dcdeftag.h>
 #include <dcmtk/dcmdata/dcfilefo.h>
 #include <dcmtk/dcmdata/dcistrma.h>
 #include <dcmtk/dcmdata/dcitem.h>
-#include <dcmtk/dcmdata/dcostrma.h>
 #include <dcmtk/dcmdata/dcsequen.h>
 #include <dcmtk/dcmdata/dcuid.h>
 #include <dcmtk/dcmdata/dcvrcs.h>
@@ -56,7 +52,6 @@
 #include <dcmtk/dcmdata/dcvrui.h>
 #include <dcmtk/dcmdata/dcvrul.h>
 #include <dcmtk/dcmdata/dcvrus.h>
-#include <dcmtk/dcmdata/dcwcache.h>
 #include <dcmtk/dcmfg/fgderimg.h>
 #include <dcmtk/dcmfg/fgfracon.h>
 #include <dcmtk/dcmfg/fgpixmsr.h>
@@ -101,103 +96,24 @@ struct pixel_source {
     size_t len;        // data and padding
 };
 
-// A decimal string of v as DICOM DS wants it (at most 16 characters).
-std::string
-ds(double v)
-{
-    char buf[32];
-    for (int prec = 10; prec > 0; prec--) {
-        snprintf(buf, sizeof buf, "%.*g", prec, v);
-        if (strlen(buf) <= 16)
-            break;
-    }
-    return buf;
-}
-
-int
-fail(char *why, size_t why_len, const char *what, const OFCondition &c)
-{
-    return mms_why(why, why_len, MMS_EDICOM, "%s: %s", what, c.text());
-}
-
 // What the SEG takes from its source (patient, study, frame of reference: the elements
-// importFromSourceImage put in item) must be valid for DCMTK to write it. A value that breaks
-// its VR (a date of "00000000", control characters in a name) is left empty, with a warning
-// naming the element; a missing Frame of Reference UID, which the SEG needs, is derived from
-// the source series (design.md 3, as for the study and series UIDs).
+// importFromSourceImage put in item) must be valid for DCMTK to write it: a value that breaks
+// its VR is left empty (mms__dcm_blank_invalid). A missing Frame of Reference UID, which the
+// SEG needs, is the one derived from the source series (mms_header_derive_uids()).
 OFCondition
-mend_imported(DcmSegmentation &seg, const char *source_series_uid, const char *source)
+mend_imported(DcmSegmentation &seg, const char *for_uid, const char *source)
 {
-    DcmItem &item = *seg.getData();
-    for (unsigned long i = 0; i < item.card(); i++) {
-        DcmElement *e = item.getElement(i);
-        if (e == NULL || e->ident() == EVR_SQ || e->getLength() == 0 ||
-            e->checkValue("1-n", OFFalse).good())
-            continue;
-        OFString value;
-        e->getOFStringArray(value);
-        mms_log(MMS_LOG_WARNING, "%s: %s %s '%.64s' is not valid %s: left empty in the SEG", source,
-                DcmTag(e->getTag()).getTagName(), e->getTag().toString().c_str(), value.c_str(),
-                DcmVR(e->getVR()).getVRName());
-        OFCondition c = e->putString("");
-        if (c.bad())
-            return c;
-    }
-    OFString for_uid;
-    seg.getFrameOfReference().getFrameOfReferenceUID(for_uid);
-    if (!for_uid.empty())
-        return EC_Normal;
-    char name[128], uid[65];
-    snprintf(name, sizeof name, "mmsegd frame of reference|%s", source_series_uid);
-    mms_uid_uuid5(name, uid);
-    mms_log(MMS_LOG_WARNING,
-            "%s: no Frame of Reference UID: the SEG has %s, derived from the series", source, uid);
-    return seg.getFrameOfReference().setFrameOfReferenceUID(uid);
-}
-
-// e, given the value text, appended to item (callers append in tag order, so the insertion
-// finds its place at the end at once). e is consumed.
-OFCondition
-put(DcmItem &item, DcmElement *e, const char *text)
-{
-    OFCondition c = e->putString(text);
-    if (c.good())
-        c = item.insert(e);
-    if (c.bad())
-        delete e;
-    return c;
-}
-
-// A sequence key with one new, empty item, appended to item; that item in *out.
-OFCondition
-put_item(DcmItem &item, const DcmTagKey &key, DcmItem **out)
-{
-    std::unique_ptr<DcmSequenceOfItems> sq(new DcmSequenceOfItems(DcmTag(key, EVR_SQ)));
-    std::unique_ptr<DcmItem> it(new DcmItem());
-    OFCondition c = sq->append(it.get());
-    if (c.bad())
+    OFCondition c = mms__dcm_blank_invalid(*seg.getData(), source, "SEG");
+    OFString have;
+    seg.getFrameOfReference().getFrameOfReferenceUID(have);
+    if (c.bad() || !have.empty())
         return c;
-    *out = it.release();
-    c = item.insert(sq.get());
-    if (c.good())
-        sq.release();
-    return c;
-}
-
-// A code sequence key of one item (Code Value, Coding Scheme Designator, Code Meaning).
-OFCondition
-put_code(DcmItem &item, const DcmTagKey &key, const char *value, const char *scheme,
-         const char *meaning)
-{
-    DcmItem *code = NULL;
-    OFCondition c = put_item(item, key, &code);
-    if (c.good())
-        c = put(*code, new DcmShortString(DcmTag(DCM_CodeValue, EVR_SH)), value);
-    if (c.good())
-        c = put(*code, new DcmShortString(DcmTag(DCM_CodingSchemeDesignator, EVR_SH)), scheme);
-    if (c.good())
-        c = put(*code, new DcmLongString(DcmTag(DCM_CodeMeaning, EVR_LO)), meaning);
-    return c;
+    if (for_uid == NULL || for_uid[0] == '\0')
+        return makeOFCondition(0, 1, OF_error, "no Frame of Reference UID");
+    mms_log(MMS_LOG_WARNING,
+            "%s: no Frame of Reference UID: the SEG has %s, derived from the series", source,
+            for_uid);
+    return seg.getFrameOfReference().setFrameOfReferenceUID(for_uid);
 }
 
 // The item of the Per-frame Functional Groups Sequence of one frame, appended to per, with
@@ -217,32 +133,35 @@ put_frame(DcmSequenceOfItems &per, const struct mms_volume_src *src, const char 
         return c;
     own.release();
     DcmItem *der = NULL, *img = NULL, *it = NULL;
-    c = put_item(*fr, DCM_DerivationImageSequence, &der);
+    c = mms__dcm_put_item(*fr, DCM_DerivationImageSequence, &der);
     if (c.good())
-        c = put(*der, new DcmShortText(DcmTag(DCM_DerivationDescription, EVR_ST)),
-                derivation_description);
+        c = mms__dcm_put(*der, new DcmShortText(DcmTag(DCM_DerivationDescription, EVR_ST)),
+                         derivation_description);
     if (c.good())
-        c = put_item(*der, DCM_SourceImageSequence, &img);
+        c = mms__dcm_put_item(*der, DCM_SourceImageSequence, &img);
     if (c.good())
-        c = put(*img, new DcmUniqueIdentifier(DcmTag(DCM_ReferencedSOPClassUID, EVR_UI)),
-                src->sop_class);
+        c = mms__dcm_put(*img, new DcmUniqueIdentifier(DcmTag(DCM_ReferencedSOPClassUID, EVR_UI)),
+                         src->sop_class);
     if (c.good())
-        c = put(*img, new DcmUniqueIdentifier(DcmTag(DCM_ReferencedSOPInstanceUID, EVR_UI)),
-                src->sop_instance);
+        c = mms__dcm_put(*img,
+                         new DcmUniqueIdentifier(DcmTag(DCM_ReferencedSOPInstanceUID, EVR_UI)),
+                         src->sop_instance);
     if (c.good() && strcmp(src->sop_class, UID_CTImageStorage) != 0) {
         char num[24];
         snprintf(num, sizeof num, "%lld", (long long)src->frame + 1);
-        c = put(*img, new DcmIntegerString(DcmTag(DCM_ReferencedFrameNumber, EVR_IS)), num);
+        c = mms__dcm_put(*img, new DcmIntegerString(DcmTag(DCM_ReferencedFrameNumber, EVR_IS)),
+                         num);
     }
     if (c.good())
-        c = put(*img, new DcmCodeString(DcmTag(DCM_SpatialLocationsPreserved, EVR_CS)), "YES");
+        c = mms__dcm_put(*img, new DcmCodeString(DcmTag(DCM_SpatialLocationsPreserved, EVR_CS)),
+                         "YES");
     if (c.good())
-        c = put_code(*img, DCM_PurposeOfReferenceCodeSequence, "121322", "DCM",
-                     "Source Image for Image Processing Operation");
+        c = mms__dcm_put_code(*img, DCM_PurposeOfReferenceCodeSequence, "121322", "DCM",
+                              "Source Image for Image Processing Operation");
     if (c.good())
-        c = put_code(*der, DCM_DerivationCodeSequence, "113076", "DCM", "Segmentation");
+        c = mms__dcm_put_code(*der, DCM_DerivationCodeSequence, "113076", "DCM", "Segmentation");
     if (c.good())
-        c = put_item(*fr, DCM_FrameContentSequence, &it);
+        c = mms__dcm_put_item(*fr, DCM_FrameContentSequence, &it);
     if (c.good()) {
         const Uint32 index[2] = {segment, slice};
         DcmUnsignedLong *e = new DcmUnsignedLong(DcmTag(DCM_DimensionIndexValues, EVR_UL));
@@ -253,11 +172,11 @@ put_frame(DcmSequenceOfItems &per, const struct mms_volume_src *src, const char 
             delete e;
     }
     if (c.good())
-        c = put_item(*fr, DCM_PlanePositionSequence, &it);
+        c = mms__dcm_put_item(*fr, DCM_PlanePositionSequence, &it);
     if (c.good())
-        c = put(*it, new DcmDecimalString(DcmTag(DCM_ImagePositionPatient, EVR_DS)), ipp);
+        c = mms__dcm_put(*it, new DcmDecimalString(DcmTag(DCM_ImagePositionPatient, EVR_DS)), ipp);
     if (c.good() && segment != 0)
-        c = put_item(*fr, DCM_SegmentIdentificationSequence, &it);
+        c = mms__dcm_put_item(*fr, DCM_SegmentIdentificationSequence, &it);
     if (c.good() && segment != 0) {
         DcmUnsignedShort *e = new DcmUnsignedShort(DcmTag(DCM_ReferencedSegmentNumber, EVR_US));
         c = e->putUint16(segment);
@@ -278,7 +197,8 @@ add_dcmseg_frame(DcmSegmentation &seg, const struct mms_volume *v, int64_t k, Ui
 {
     const struct mms_volume_src *src = &v->src[k];
     std::unique_ptr<FGPlanePosPatient> pos(FGPlanePosPatient::createMinimal(
-        ds(v->ipp[k][0]).c_str(), ds(v->ipp[k][1]).c_str(), ds(v->ipp[k][2]).c_str()));
+        mms__ds(v->ipp[k][0]).c_str(), mms__ds(v->ipp[k][1]).c_str(),
+        mms__ds(v->ipp[k][2]).c_str()));
     FGFrameContent fc;
     OFVector<ImageSOPInstanceReferenceMacro> images(1);
     OFCondition c = images[0].setReferencedSOPClassUID(src->sop_class);
@@ -673,7 +593,7 @@ put_frames(DcmItem &ds_, const struct mms_volume *v, const std::vector<Uint16> &
         const int64_t k = frames[f].k;
         std::string &p = ipp[(size_t)k];
         if (p.empty())
-            p = ds(v->ipp[k][0]) + "\\" + ds(v->ipp[k][1]) + "\\" + ds(v->ipp[k][2]);
+            p = mms__ds(v->ipp[k][0]) + "\\" + mms__ds(v->ipp[k][1]) + "\\" + mms__ds(v->ipp[k][2]);
         const Uint16 segment = frames[f].u >= 0 ? number[(size_t)frames[f].u] : 0;
         c = put_frame(*per, &v->src[k], p.c_str(), segment, (Uint32)(k + 1));
     }
@@ -771,16 +691,16 @@ build(const struct mms_seg_input *in, DcmFileFormat &ff, pixel_source *px, int *
     OFCondition c =
         DcmSegmentation::createBinarySegmentation(seg, (Uint16)rows, (Uint16)cols, eq, ci);
     if (c.bad())
-        return fail(why, why_len, "creating the segmentation", c);
+        return mms__dcm_fail(why, why_len, "creating the segmentation", c);
     std::unique_ptr<DcmSegmentation> own(seg);
     seg->setCheckFGOnWrite(OFFalse);
 
     // patient, study and frame of reference from the first source file
     c = seg->importFromSourceImage(in->paths[v->src[0].file]);
     if (c.good())
-        c = mend_imported(*seg, in->source_series_uid, in->paths[v->src[0].file]);
+        c = mend_imported(*seg, in->frame_of_ref_uid, in->paths[v->src[0].file]);
     if (c.bad())
-        return fail(why, why_len, in->paths[v->src[0].file], c);
+        return mms__dcm_fail(why, why_len, in->paths[v->src[0].file], c);
     if (in->study_uid != NULL && in->study_uid[0] != '\0')
         c = seg->getStudy().setStudyInstanceUID(in->study_uid);
     if (c.good())
@@ -795,23 +715,24 @@ build(const struct mms_seg_input *in, DcmFileFormat &ff, pixel_source *px, int *
     if (c.good())
         c = seg->getSOPCommon().setSOPInstanceUID(in->sop_instance_uid);
     if (c.bad())
-        return fail(why, why_len, "series and instance", c);
+        return mms__dcm_fail(why, why_len, "series and instance", c);
 
     // shared functional groups: orientation and pixel measures
     std::unique_ptr<FGPlaneOrientationPatient> ori(FGPlaneOrientationPatient::createMinimal(
-        ds(v->dir[0][0]).c_str(), ds(v->dir[1][0]).c_str(), ds(v->dir[2][0]).c_str(),
-        ds(v->dir[0][1]).c_str(), ds(v->dir[1][1]).c_str(), ds(v->dir[2][1]).c_str()));
+        mms__ds(v->dir[0][0]).c_str(), mms__ds(v->dir[1][0]).c_str(), mms__ds(v->dir[2][0]).c_str(),
+        mms__ds(v->dir[0][1]).c_str(), mms__ds(v->dir[1][1]).c_str(),
+        mms__ds(v->dir[2][1]).c_str()));
     FGPixelMeasures pm;
-    std::string spacing = ds(v->spacing[1]) + "\\" + ds(v->spacing[0]);
+    std::string spacing = mms__ds(v->spacing[1]) + "\\" + mms__ds(v->spacing[0]);
     c = ori != nullptr ? pm.setPixelSpacing(spacing.c_str()) : EC_MemoryExhausted;
     if (c.good())
-        c = pm.setSliceThickness(ds(v->spacing[2]).c_str());
+        c = pm.setSliceThickness(mms__ds(v->spacing[2]).c_str());
     if (c.good())
         c = seg->addForAllFrames(pm);
     if (c.good())
         c = seg->addForAllFrames(*ori);
     if (c.bad())
-        return fail(why, why_len, "shared functional groups", c);
+        return mms__dcm_fail(why, why_len, "shared functional groups", c);
 
     // dimensions: segment (not in a label map), then position
     char dim_uid[65], dim_name[128]; // deterministic, as the SEG's own UIDs
@@ -825,7 +746,7 @@ build(const struct mms_seg_input *in, DcmFileFormat &ff, pixel_source *px, int *
         c = dims.addDimensionIndex(DCM_ImagePositionPatient, dim_uid, DCM_PlanePositionSequence,
                                    "ImagePositionPatient");
     if (c.bad())
-        return fail(why, why_len, "dimension organization", c);
+        return mms__dcm_fail(why, why_len, "dimension organization", c);
 
     // segments, as they are for the patient's sex
     OFString sex;
@@ -842,7 +763,7 @@ build(const struct mms_seg_input *in, DcmFileFormat &ff, pixel_source *px, int *
         c = DcmSegment::create(sg, s->segment_label, cat, type, DcmSegTypes::SAT_AUTOMATIC,
                                in->algorithm_name);
         if (c.bad())
-            return fail(why, why_len, s->segment_label, c);
+            return mms__dcm_fail(why, why_len, s->segment_label, c);
         if (s->has_modifier) {
             CodeSequenceMacro *mod =
                 new CodeSequenceMacro(s->modifier.value, s->modifier.scheme, s->modifier.meaning);
@@ -868,7 +789,7 @@ build(const struct mms_seg_input *in, DcmFileFormat &ff, pixel_source *px, int *
             c = seg->addSegment(sg, number[u]);
         if (c.bad()) {
             delete sg;
-            return fail(why, why_len, s->segment_label, c);
+            return mms__dcm_fail(why, why_len, s->segment_label, c);
         }
         px->number[s->label] = (Uint8)number[u];
     }
@@ -883,7 +804,7 @@ build(const struct mms_seg_input *in, DcmFileFormat &ff, pixel_source *px, int *
             c = add_dcmseg_frame(*seg, v, frames[f].k, number[u], labelmap, blank.data());
         }
         if (c.bad())
-            return fail(why, why_len, "adding a frame", c);
+            return mms__dcm_fail(why, why_len, "adding a frame", c);
     }
     c = seg->writeDataset(*ff.getDataset());
     if (c.good() && labelmap)
@@ -901,165 +822,9 @@ build(const struct mms_seg_input *in, DcmFileFormat &ff, pixel_source *px, int *
         c = add_common_references(*ff.getDataset(), in->source_series_uid, refs);
     }
     if (c.bad())
-        return fail(why, why_len, "writing the data set", c);
+        return mms__dcm_fail(why, why_len, "writing the data set", c);
     *n_segments = (int)used.size();
     return 0;
-}
-
-// A DCMTK output stream into the file descriptor fd, through a buffer: DCMTK writes a data set
-// element by element, a few bytes at a time. The first error is kept (as -errno).
-class fd_consumer : public DcmConsumer
-{
-  public:
-    explicit fd_consumer(int fd) : fd_(fd), err_(0), buf_(256 * 1024), n_(0)
-    {
-    }
-    OFBool
-    good() const override
-    {
-        return err_ == 0;
-    }
-    OFCondition
-    status() const override
-    {
-        return err_ == 0 ? EC_Normal : EC_InvalidStream;
-    }
-    OFBool
-    isFlushed() const override
-    {
-        return n_ == 0;
-    }
-    offile_off_t
-    avail() const override
-    {
-        return 2147483647; // as DCMTK's file consumer: no limit
-    }
-    offile_off_t
-    write(const void *buf, offile_off_t buflen) override
-    {
-        const size_t len = (size_t)buflen;
-        if (n_ + len > buf_.size())
-            flush();
-        if (len >= buf_.size()) // large (a block of Pixel Data): straight through
-            put((const char *)buf, len);
-        else if (err_ == 0) {
-            memcpy(buf_.data() + n_, buf, len);
-            n_ += len;
-        }
-        return err_ == 0 ? buflen : 0;
-    }
-    void
-    flush() override
-    {
-        put(buf_.data(), n_);
-        n_ = 0;
-    }
-    int
-    error() const
-    {
-        return err_;
-    }
-
-  private:
-    void
-    put(const char *p, size_t len)
-    {
-        while (err_ == 0 && len > 0) {
-            ssize_t w = ::write(fd_, p, len);
-            if (w < 0 && errno == EINTR)
-                continue;
-            if (w <= 0) {
-                err_ = w < 0 ? -errno : -EIO;
-                break;
-            }
-            p += w;
-            len -= (size_t)w;
-            written_ += (size_t)w;
-        }
-#if defined(SYNC_FILE_RANGE_WRITE)
-        // start writing back what is written, so that the fsync() that follows has less left
-        if (err_ == 0 && written_ - synced_ >= 8u << 20) {
-            sync_file_range(fd_, (off_t)synced_, (off_t)(written_ - synced_),
-                            SYNC_FILE_RANGE_WRITE);
-            synced_ = written_;
-        }
-#endif
-    }
-
-    int fd_, err_;
-    std::vector<char> buf_;
-    size_t n_, written_ = 0, synced_ = 0;
-};
-
-class fd_stream : public DcmOutputStream
-{
-  public:
-    explicit fd_stream(int fd) : DcmOutputStream(&consumer_), consumer_(fd)
-    {
-    }
-    int
-    error() const
-    {
-        return consumer_.error();
-    }
-
-  private:
-    fd_consumer consumer_;
-};
-
-// ff written into fd (explicit VR little endian, as DcmFileFormat::saveFile writes it, without
-// recomputing group lengths: the data set has none). tmp names fd's file in messages.
-int
-write_fd(DcmFileFormat &ff, int fd, const char *tmp, char *why, size_t why_len)
-{
-    fd_stream out(fd);
-    DcmWriteCache wcache;
-    ff.transferInit();
-    OFCondition c = ff.write(out, EXS_LittleEndianExplicit, EET_UndefinedLength, &wcache,
-                             EGL_noChange, EPD_noChange, 0, 0, 0, EWM_fileformat);
-    ff.transferEnd();
-    if (c.good())
-        out.flush();
-    if (out.error() < 0)
-        return mms_why(why, why_len, out.error(), "%s: %s", tmp, mms_strerror(out.error()));
-    if (c.bad())
-        return fail(why, why_len, tmp, c);
-    return 0;
-}
-
-// ff saved to path through path.tmp, synced and renamed into place.
-int
-save(DcmFileFormat &ff, const char *path, char *why, size_t why_len)
-{
-    std::string tmp = std::string(path) + ".tmp";
-    int fd = open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-    if (fd < 0) {
-        int rc = mms_err_errno();
-        return mms_why(why, why_len, rc, "%s: %s", tmp.c_str(), mms_strerror(rc));
-    }
-    int rc;
-    try {
-        rc = write_fd(ff, fd, tmp.c_str(), why, why_len);
-    } catch (...) {
-        close(fd);
-        unlink(tmp.c_str());
-        throw;
-    }
-    if (rc == 0 && fsync(fd) != 0) {
-        rc = mms_err_errno();
-        mms_why(why, why_len, rc, "%s: fsync: %s", tmp.c_str(), mms_strerror(rc));
-    }
-    if (close(fd) != 0 && rc == 0) {
-        rc = mms_err_errno();
-        mms_why(why, why_len, rc, "%s: close: %s", tmp.c_str(), mms_strerror(rc));
-    }
-    if (rc == 0 && rename(tmp.c_str(), path) != 0) {
-        rc = mms_err_errno();
-        mms_why(why, why_len, rc, "%s: %s", path, mms_strerror(rc));
-    }
-    if (rc < 0)
-        unlink(tmp.c_str());
-    return rc;
 }
 
 } // namespace
@@ -1078,7 +843,7 @@ mms_seg_write(const struct mms_seg_input *in, const char *path, struct mms_seg_r
         int segments = 0;
         int rc = build(in, ff, &px, &segments, why, why_len);
         if (rc == 0)
-            rc = save(ff, path, why, why_len);
+            rc = mms__dcm_save(ff, path, why, why_len);
         if (rc == 0 && res != NULL) {
             res->segments = segments;
             res->frames = (int64_t)px.frames.size();

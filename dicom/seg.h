@@ -52,6 +52,7 @@ struct mms_seg_input {
     int series_number;
     const char *study_uid;         /* the source's (derived where the files have none) */
     const char *source_series_uid; /* the source series' (likewise) */
+    const char *frame_of_ref_uid;  /* the source's Frame of Reference UID (likewise) */
     const char *series_uid, *sop_instance_uid; /* the SEG's own, deterministic (design 3:
                                                   mms_uid_uuid5) */
     struct mms_seg_form form;

@@ -326,6 +326,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .series_number = 9901,
         .study_uid = heads[0].study_uid,
         .source_series_uid = heads[0].series_uid,
+        .frame_of_ref_uid = heads[0].slice.frame_of_ref,
         .series_uid = "2.25.1",
         .sop_instance_uid = "2.25.2",
         .form = {.labelmap = labelmap, .keep_empty = keep_empty},
