@@ -412,7 +412,7 @@ run_job(struct jworker *w)
     struct files f = {0};
     struct mms_header *hdr = NULL;
     struct mms_work_result wr;
-    char why[1024] = "", seg_series[65], sop[65], tmp[4400] = "", png[4400] = "";
+    char why[1024] = "", seg_series[65], sop[65], tmp[4400] = "", png[4400] = "", sc[4400] = "";
     memset(&wr, 0, sizeof wr);
 
     mms_log(MMS_LOG_INFO, "job %" PRId64 ": series %s, run %" PRId64, j.id, j.series_uid, j.run);
@@ -424,33 +424,49 @@ run_job(struct jworker *w)
         wo.take_engine = take_engine;
         wo.give_engine = give_engine;
         wo.engine_arg = J;
-        mms_work_seg_uids(J->engine[0].sha256, j.series_uid, (int)j.run, seg_series, sop);
+        mms_work_output_uids("seg", J->engine[0].sha256, j.series_uid, (int)j.run, seg_series, sop);
         snprintf(tmp, sizeof tmp, "%s/tmp/%s.dcm", J->state_dir, sop);
         snprintf(png, sizeof png, "%s/tmp/%s.png", J->state_dir, sop);
         wo.seg_path = tmp;
         wo.preview_path = png;
+        if (wo.preview_sc) {
+            char sc_series[65], sc_sop[65];
+            mms_work_output_uids("sc", J->engine[0].sha256, j.series_uid, (int)j.run, sc_series,
+                                 sc_sop);
+            snprintf(sc, sizeof sc, "%s/tmp/%s.dcm", J->state_dir, sc_sop);
+            wo.sc_path = sc;
+        }
         rc = mms_work_series(&J->engine[0], (const char *const *)f.paths, hdr, f.n, &wo, &wr, why,
                              sizeof why);
     }
     int sent_to = 0;
     if (rc == 0 && wr.seg_written) {
-        const char *files[2] = {tmp, png};
+        const char *files[3] = {tmp};
+        int n_files = 1;
+        if (wr.preview_written)
+            files[n_files++] = png;
+        if (wr.sc_written)
+            files[n_files++] = sc;
         /* the SEG is in tmp/, which the next start empties: the job runs again */
         MMS_CRASH_POINT("job.after-seg-write");
-        rc = mms_outbox_put(J->state_dir, J->ix, j.id, j.series_uid, files,
-                            wr.preview_written ? 2 : 1, (const char *const *)J->dests, J->n_dests,
-                            mms_wall_s(), why, sizeof why);
+        rc = mms_outbox_put(J->state_dir, J->ix, j.id, j.series_uid, files, n_files,
+                            (const char *const *)J->dests, J->n_dests, mms_wall_s(), why,
+                            sizeof why);
         if (rc < 0)
             wr.stage = MMS_STAGE_OUTPUT;
         else
-            mms_log(MMS_LOG_INFO, "job %" PRId64 ": SEG %s/outbox/%" PRId64 "/%s.dcm%s%s", j.id,
+            mms_log(MMS_LOG_INFO, "job %" PRId64 ": SEG %s/outbox/%" PRId64 "/%s.dcm%s%s%s%s", j.id,
                     J->state_dir, j.id, sop, wr.preview_written ? ", preview " : "",
-                    wr.preview_written ? strrchr(png, '/') + 1 : "");
+                    wr.preview_written ? strrchr(png, '/') + 1 : "",
+                    wr.sc_written ? ", Secondary Capture " : "",
+                    wr.sc_written ? strrchr(sc, '/') + 1 : "");
         sent_to = J->n_dests;
     }
     if (tmp[0] != '\0' && (rc < 0 || !wr.seg_written)) {
         unlink(tmp);
         unlink(png);
+        if (sc[0] != '\0')
+            unlink(sc);
     }
 
     if (wr.st.network_s > 0.0) { /* the sliding window finished: count it by backend */

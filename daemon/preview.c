@@ -32,6 +32,7 @@
 #define ADVANCE 6
 #define LINE_H 12
 #define NAME_MAX_CHARS 24
+#define NOTICE "NOT FOR DIAGNOSTIC USE"
 #define OBLIQUE_COS 0.99999 /* cos 0.26 degrees: a grid less aligned is sampled point by point */
 
 enum { PX, PY, PZ }; /* patient axes (LPS): toward the patient's left, posterior, head */
@@ -1114,11 +1115,14 @@ geom_of(const struct mms_volume *v, struct geom *g, char *why, size_t why_len)
 }
 
 int
-mms_preview_write(const struct mms_volume *v, const uint8_t *labels, const struct mms_card *card,
-                  const char *path, struct mms_preview_result *res, char *why, size_t why_len)
+mms_preview_render(const struct mms_volume *v, const uint8_t *labels, const struct mms_card *card,
+                   struct mms_preview_image *img, struct mms_preview_result *res, char *why,
+                   size_t why_len)
 {
-    if (v == NULL || v->hu == NULL || labels == NULL || card == NULL || path == NULL ||
-        path[0] == '\0' || card->n_labels < 0 || (card->n_labels > 0 && card->labels == NULL))
+    if (img != NULL)
+        memset(img, 0, sizeof *img);
+    if (v == NULL || v->hu == NULL || labels == NULL || card == NULL || img == NULL ||
+        card->n_labels < 0 || (card->n_labels > 0 && card->labels == NULL))
         return mms_why(why, why_len, MMS_EINVAL, "preview: missing argument");
     struct geom g;
     int rc = geom_of(v, &g, why, why_len);
@@ -1132,8 +1136,6 @@ mms_preview_write(const struct mms_volume *v, const uint8_t *labels, const struc
     struct canvas c = {NULL, 0, 0};
     struct tap *tu = NULL, *tv = NULL;
     uint8_t *lab = NULL;
-    struct membuf m;
-    memset(&m, 0, sizeof m);
     if (cs == NULL || r == NULL || st == NULL) {
         rc = mms_why(why, why_len, MMS_ENOMEM, "preview: out of memory");
         goto out;
@@ -1218,21 +1220,23 @@ mms_preview_write(const struct mms_volume *v, const uint8_t *labels, const struc
     ascii(card->name != NULL ? card->name : "?", 48, name, sizeof name);
     ascii(card->version != NULL ? card->version : "?", 24, version, sizeof version);
     snprintf(header, sizeof header, "mmsegd %s %s", name, version);
-    int fit = (c.w - 2 * MARGIN + 2) / (ADVANCE * 2);
+    /* the notice on the right of the header line, which is cut to leave room for it */
+    int ns = c.w - 2 * MARGIN >= 2 * text_w(NOTICE, 2) ? 2 : 1; /* small on a narrow picture */
+    int notice_x = c.w - MARGIN - text_w(NOTICE, ns);
+    int fit = (notice_x - GAP - MARGIN + 2) / (ADVANCE * 2);
     if (fit >= 0 && fit < (int)strlen(header))
         header[fit] = '\0';
     text(&c, MARGIN, MARGIN, header, 2, white, false);
+    text(&c, notice_x, MARGIN + (ns == 1 ? LINE_H / 2 : 0), NOTICE, ns, yellow, false);
     draw_legend(&c, st, r, &lg, xl, y1);
 
-    if ((rc = encode_png(&c, &m, why, why_len)) < 0 ||
-        (rc = write_file(path, m.p, m.n, why, why_len)) < 0)
-        goto out;
-    r->width = c.w;
-    r->height = c.h;
+    r->width = img->width = c.w;
+    r->height = img->height = c.h;
+    img->rgb = c.px;
+    c.px = NULL;
     if (res != NULL)
         *res = *r;
 out:
-    free(m.p);
     free(lab);
     free(tv);
     free(tu);
@@ -1241,5 +1245,45 @@ out:
     free(r);
     free(cs);
     free(g.spos);
+    return rc;
+}
+
+int
+mms_preview_save_png(const struct mms_preview_image *img, const char *path, char *why,
+                     size_t why_len)
+{
+    if (img == NULL || img->rgb == NULL || path == NULL || path[0] == '\0')
+        return mms_why(why, why_len, MMS_EINVAL, "preview: missing argument");
+    const struct canvas c = {img->rgb, img->width, img->height};
+    struct membuf m;
+    memset(&m, 0, sizeof m);
+    int rc = encode_png(&c, &m, why, why_len);
+    if (rc == 0)
+        rc = write_file(path, m.p, m.n, why, why_len);
+    free(m.p);
+    return rc;
+}
+
+void
+mms_preview_image_free(struct mms_preview_image *img)
+{
+    if (img != NULL) {
+        free(img->rgb);
+        img->rgb = NULL;
+    }
+}
+
+int
+mms_preview_write(const struct mms_volume *v, const uint8_t *labels, const struct mms_card *card,
+                  const char *path, struct mms_preview_result *res, char *why, size_t why_len)
+{
+    if (path == NULL || path[0] == '\0')
+        return mms_why(why, why_len, MMS_EINVAL, "preview: missing argument");
+    struct mms_preview_image img = {NULL, 0, 0};
+    struct mms_preview_result r;
+    int rc = mms_preview_render(v, labels, card, &img, &r, why, why_len);
+    if (rc == 0 && (rc = mms_preview_save_png(&img, path, why, why_len)) == 0 && res != NULL)
+        *res = r;
+    mms_preview_image_free(&img);
     return rc;
 }

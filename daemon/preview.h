@@ -36,6 +36,7 @@ struct mms_preview_result {
  * coordinates (black outside the grid). The CT is shown at W 400 / L 40 HU, each label blended
  * over it at 45 % in the card's colour, with a darker outline.
  * The legend names the labels with card's segment_label (a label the card lacks is "label N").
+ * The header line names mmsegd, the model and its version, and says NOT FOR DIAGNOSTIC USE.
  * res (may be NULL) receives the labels present and the picture's size, on success only.
  * Ownership: everything is borrowed; nothing is kept after the call.
  * Returns 0, MMS_EINVAL (NULL argument, empty or oversized volume, bad spacing), MMS_ENOMEM,
@@ -44,5 +45,25 @@ struct mms_preview_result {
 int mms_preview_write(const struct mms_volume *v, const uint8_t *labels,
                       const struct mms_card *card, const char *path, struct mms_preview_result *res,
                       char *why, size_t why_len);
+
+/* The picture of mms_preview_write() without the file: RGB, 8 bits a sample, rows top to
+ * bottom, width x height x 3 bytes. */
+struct mms_preview_image {
+    uint8_t *rgb;
+    int width, height;
+};
+
+/* The picture mms_preview_write() writes, into img (also for the Secondary Capture of the
+ * result). Ownership: img->rgb is new on success (NULL on failure); free it with
+ * mms_preview_image_free(). Returns as mms_preview_write(), never -errno. Threads: any. */
+int mms_preview_render(const struct mms_volume *v, const uint8_t *labels,
+                       const struct mms_card *card, struct mms_preview_image *img,
+                       struct mms_preview_result *res, char *why, size_t why_len);
+
+/* img as a PNG at path, as mms_preview_write() writes it. Returns 0, MMS_EINVAL, MMS_ENOMEM,
+ * MMS_EIO (libpng) or -errno, with why. */
+int mms_preview_save_png(const struct mms_preview_image *img, const char *path, char *why,
+                         size_t why_len);
+void mms_preview_image_free(struct mms_preview_image *img);
 
 #endif

@@ -86,7 +86,8 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number, 
 
     const char **paths = malloc((size_t)n * sizeof *paths);
     struct mms_header *h = malloc((size_t)n * sizeof *h);
-    char why[1024] = "", nifti[4096] = "", segpath[4200] = "", pngpath[4200] = "";
+    char why[1024] = "", nifti[4096] = "", segpath[4200] = "", pngpath[4200] = "",
+         scpath[4200] = "";
     struct mms_work_result wr;
     memset(&wr, 0, sizeof wr);
     int rc = MMS_ENOMEM;
@@ -115,6 +116,10 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number, 
         snprintf(pngpath, sizeof pngpath, "%.*s.png", (int)(strlen(base) - 7), base);
         wo.seg_path = segpath;
         wo.preview_path = pngpath;
+        if (wo.preview_sc) {
+            snprintf(scpath, sizeof scpath, "%.*s.sc.dcm", (int)(strlen(base) - 7), base);
+            wo.sc_path = scpath;
+        }
     }
     if ((rc = mms_work_series(e, paths, h, n, &wo, &wr, why, sizeof why)) < 0)
         goto out;
@@ -172,6 +177,8 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number, 
             cJSON_AddStringToObject(js, "seg", segpath);
             if (wr.preview_written)
                 cJSON_AddStringToObject(js, "preview", pngpath);
+            if (wr.sc_written)
+                cJSON_AddStringToObject(js, "preview_sc", scpath);
             cJSON_AddNumberToObject(js, "seg_segments", sr.segments);
             cJSON_AddNumberToObject(js, "seg_frames", (double)sr.frames);
         }
@@ -192,6 +199,8 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number, 
                     (long long)sr.frames);
         if (segpath[0] != '\0' && wr.preview_written)
             fprintf(out, "  preview: %s\n", pngpath);
+        if (segpath[0] != '\0' && wr.sc_written)
+            fprintf(out, "  preview_sc: %s\n", scpath);
         if (wr.fallback[0] != '\0')
             fprintf(out, "  ran on the CPU: %s\n", wr.fallback);
     }

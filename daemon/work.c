@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "common/sha256.h"
 #include "common/uid.h"
+#include "dicom/sc.h"
 
 /* " + " between the n texts of the models' cards (what(card) each), into a new string. */
 static char *
@@ -250,6 +251,7 @@ mms_work_opts_from_config(const struct mms_config *cfg, struct mms_work_opts *wo
     wo->seg_form.keep_empty = cfg->seg.empty_frames == MMS_EMPTY_FRAMES_KEEP;
     wo->seg_form.labelmap = cfg->seg.type == MMS_SEG_TYPE_LABELMAP;
     wo->seg_description = cfg->seg.series_description;
+    wo->preview_sc = cfg->seg.preview_sc;
 }
 
 const char *
@@ -407,13 +409,13 @@ segment_of(const struct mms_label *l, struct mms_seg_segment *s, struct mms_seg_
 }
 
 void
-mms_work_seg_uids(const char *sha256, const char *source_series, int run, char series_uid[65],
-                  char sop_uid[65])
+mms_work_output_uids(const char *kind, const char *sha256, const char *source_series, int run,
+                     char series_uid[65], char sop_uid[65])
 {
     char name[512];
-    snprintf(name, sizeof name, "mmsegd seg series|%s|%s|%d", source_series, sha256, run);
+    snprintf(name, sizeof name, "mmsegd %s series|%s|%s|%d", kind, source_series, sha256, run);
     mms_uid_uuid5(name, series_uid);
-    snprintf(name, sizeof name, "mmsegd seg instance|%s|%s|%d", source_series, sha256, run);
+    snprintf(name, sizeof name, "mmsegd %s instance|%s|%s|%d", kind, source_series, sha256, run);
     mms_uid_uuid5(name, sop_uid);
 }
 
@@ -437,7 +439,7 @@ mms_work_write_seg(const struct mms_card *card, const char *sha256, const char *
     struct mms_header h = *h0;
     mms_header_derive_uids(&h);
     char series_uid[65], sop_uid[65];
-    mms_work_seg_uids(sha256, h.series_uid, run, series_uid, sop_uid);
+    mms_work_output_uids("seg", sha256, h.series_uid, run, series_uid, sop_uid);
 
     struct mms_seg_input in = {
         .vol = v,
@@ -462,6 +464,34 @@ mms_work_write_seg(const struct mms_card *card, const char *sha256, const char *
     free(seg);
     free(sex);
     return rc;
+}
+
+/* The preview img as the Secondary Capture of the result (dicom/sc.h) at path, in its own
+ * series of the source's study; UIDs as the SEG's (mms_work_output_uids "sc"). */
+static int
+write_sc(const struct mms_card *card, const char *sha256, const char *const *paths,
+         const struct mms_header *h0, int run, const struct mms_preview_image *img,
+         const char *path, char *why, size_t why_len)
+{
+    struct mms_header h = *h0;
+    mms_header_derive_uids(&h);
+    char series_uid[65], sop_uid[65];
+    mms_work_output_uids("sc", sha256, h.series_uid, run, series_uid, sop_uid);
+    struct mms_sc_input in = {
+        .source_path = paths[0],
+        .study_uid = h.study_uid,
+        .source_series_uid = h.series_uid,
+        .series_uid = series_uid,
+        .sop_instance_uid = sop_uid,
+        .series_number = 9800 + run,
+        .series_description = NULL,
+        .algorithm_name = card->name,
+        .software_version = PACKAGE_VERSION,
+        .rgb = img->rgb,
+        .width = img->width,
+        .height = img->height,
+    };
+    return mms_sc_write(&in, path, why, why_len);
 }
 
 /* ------------------------------------------------------------------ isolated decoding */
@@ -978,13 +1008,27 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
             r->seg_written = true;
         }
     }
-    if (o->preview_path != NULL) {
+    const char *sc_path = r->seg_written ? o->sc_path : NULL;
+    if (o->preview_path != NULL || sc_path != NULL) {
         char pwhy[512];
-        if (mms_preview_write(v, labels, mms_engine_card(e), o->preview_path, &r->preview, pwhy,
-                              sizeof pwhy) == 0)
-            r->preview_written = true;
-        else
+        struct mms_preview_image img = {NULL, 0, 0};
+        const char *what = o->preview_path != NULL ? o->preview_path : sc_path;
+        if (mms_preview_render(v, labels, mms_engine_card(e), &img, &r->preview, pwhy,
+                               sizeof pwhy) < 0)
+            mms_log(MMS_LOG_WARNING, "preview %s not written: %s", what, pwhy);
+        else if (o->preview_path != NULL &&
+                 mms_preview_save_png(&img, o->preview_path, pwhy, sizeof pwhy) < 0)
             mms_log(MMS_LOG_WARNING, "preview %s not written: %s", o->preview_path, pwhy);
+        else
+            r->preview_written = o->preview_path != NULL;
+        if (img.rgb != NULL && sc_path != NULL) {
+            if (write_sc(mms_engine_card(e), e->sha256, paths, &h[0], o->run, &img, sc_path, pwhy,
+                         sizeof pwhy) == 0)
+                r->sc_written = true;
+            else
+                mms_log(MMS_LOG_WARNING, "Secondary Capture %s not written: %s", sc_path, pwhy);
+        }
+        mms_preview_image_free(&img);
     }
     r->write_s = mms_mono_s() - t3;
     rc = 0;

@@ -92,6 +92,8 @@ struct mms_work_opts {
     const char *seg_path;     /* write the SEG here (through a temporary file), or NULL */
     const char *nifti_path;   /* write the labels here as NIfTI, or NULL */
     const char *preview_path; /* write the preview PNG here, or NULL */
+    bool preview_sc;          /* [seg] preview_sc: the callers then set sc_path */
+    const char *sc_path;      /* with a SEG, the preview as a Secondary Capture here, or NULL */
     /* called as each stage starts (enum mms_stage); may be NULL */
     void (*on_stage)(void *arg, int stage);
     void *stage_arg;
@@ -120,6 +122,7 @@ struct mms_work_result {
     bool seg_written;   /* false when no organ was found (not a failure) */
     struct mms_seg_result seg;
     bool preview_written; /* a preview that fails is logged, not a failure */
+    bool sc_written;      /* likewise */
     struct mms_preview_result preview;
 };
 
@@ -145,11 +148,12 @@ int mms_work_plan(const struct mms_engine *e, int k, const struct mms_ct *ct,
 void mms_work_opts_from_config(const struct mms_config *cfg, struct mms_work_opts *wo,
                                const char **backend);
 
-/* The Series and SOP Instance UIDs of the SEG of source series source_series (its UID, or
- * the one derived when the files have none) by the model (or model set) of digest sha256
- * (mms_engine.sha256), run `run`: "2.25." and UUIDv5s of the three (design.md section 3). */
-void mms_work_seg_uids(const char *sha256, const char *source_series, int run, char series_uid[65],
-                       char sop_uid[65]);
+/* The Series and SOP Instance UIDs of an output of kind `kind` ("seg", the SEG; "sc", the
+ * Secondary Capture) of source series source_series (its UID, or the one derived when the
+ * files have none) by the model (or model set) of digest sha256 (mms_engine.sha256), run
+ * `run`: "2.25." and UUIDv5s of the four (design.md section 3). */
+void mms_work_output_uids(const char *kind, const char *sha256, const char *source_series, int run,
+                          char series_uid[65], char sop_uid[65]);
 
 /* Write the SEG of labels (on v's grid; v built from the files paths[], the first header h0)
  * made with card (mms_engine_card()) by the model of digest sha256 to path: segments, codes

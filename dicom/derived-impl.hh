@@ -33,6 +33,15 @@ OFCondition mms__dcm_put_code(DcmItem &item, const DcmTagKey &key, const char *v
 // the element, the source file and what is written ("SEG").
 OFCondition mms__dcm_blank_invalid(DcmItem &item, const char *source, const char *what);
 
+// Patient and study of a new object from its source file: Specific Character Set, the Patient
+// module (Patient's Name, ID, Birth Date, Sex) and the General Study module (Study Date and
+// Time, Referring Physician's Name, Study ID, Accession Number, Study Description) are copied
+// into dst, the Type 2 ones empty where the source lacks them, invalid values left empty
+// (mms__dcm_blank_invalid, what names the object); Study Instance UID is study_uid.
+// Returns 0, MMS_EDICOM or -errno (the source unreadable), with why.
+int mms__dcm_copy_source(DcmItem &dst, const char *source, const char *study_uid, const char *what,
+                         char *why, size_t why_len);
+
 // ff saved to path (explicit VR little endian, group lengths as they are) through path.tmp:
 // written through a buffer, handed to writeback as it grows, synced and renamed into place.
 // Returns 0, MMS_EDICOM or -errno, with why.

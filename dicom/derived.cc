@@ -108,6 +108,52 @@ mms__dcm_blank_invalid(DcmItem &item, const char *source, const char *what)
     return EC_Normal;
 }
 
+int
+mms__dcm_copy_source(DcmItem &dst, const char *source, const char *study_uid, const char *what,
+                     char *why, size_t why_len)
+{
+    struct copied {
+        DcmTagKey key;
+        bool type2; // present, empty if need be
+    };
+    static const copied tags[] = {
+        {DCM_SpecificCharacterSet, false},
+        {DCM_StudyDate, true},
+        {DCM_StudyTime, true},
+        {DCM_AccessionNumber, true},
+        {DCM_ReferringPhysicianName, true},
+        {DCM_StudyDescription, false},
+        {DCM_PatientName, true},
+        {DCM_PatientID, true},
+        {DCM_PatientBirthDate, true},
+        {DCM_PatientSex, true},
+        {DCM_StudyID, true},
+    };
+    DcmFileFormat src;
+    // values over 4 KiB (pixel data) stay in the file
+    OFCondition c = src.loadFile(source, EXS_Unknown, EGL_noChange, 4096, ERM_autoDetect);
+    if (c.bad())
+        return mms__dcm_fail(why, why_len, source, c);
+    DcmDataset *ds = src.getDataset();
+    for (const copied &t : tags) {
+        DcmElement *e = NULL;
+        if (ds->findAndGetElement(t.key, e).good() && e != NULL) {
+            DcmElement *copy = OFstatic_cast(DcmElement *, e->clone());
+            c = copy != NULL ? dst.insert(copy, OFTrue) : EC_MemoryExhausted;
+            if (c.bad())
+                delete copy;
+        } else if (t.type2) {
+            c = dst.insertEmptyElement(DcmTag(t.key), OFTrue);
+        }
+        if (c.bad())
+            return mms__dcm_fail(why, why_len, source, c);
+    }
+    c = mms__dcm_blank_invalid(dst, source, what);
+    if (c.good())
+        c = dst.putAndInsertString(DCM_StudyInstanceUID, study_uid);
+    return c.good() ? 0 : mms__dcm_fail(why, why_len, source, c);
+}
+
 namespace
 {
 

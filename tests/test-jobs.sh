@@ -18,7 +18,8 @@
 #     again; after the third crash it fails instead (an input that crashes the daemon must not
 #     loop forever), and the jobs are recorded as interrupted, crashed, crashed, crashed;
 #  f) SIGHUP: a model file that does not load is refused, another one takes over;
-#  and the metrics endpoint moves as the series go through. The daemon runs two engines
+#  and the metrics endpoint moves as the series go through. With [seg] preview_sc = yes each
+#  job also delivers the preview as a Secondary Capture, in the series' study (a). The daemon runs two engines
 #  ([infer] device = 0,0: two CPU engines); jobs take the first free one.
 set -u
 . "$(dirname "$0")/find-testdata.sh"
@@ -39,7 +40,7 @@ dciodvfy=${DCIODVFY:-$(command -v dciodvfy || echo /usr/bin/dciodvfy)}
 tmp=$(mktemp -d)
 pid=
 trap serve_cleanup EXIT
-echo "1..31"
+echo "1..33"
 
 # ---------------------------------------------------------------------------- inputs
 "$python" "$src/tools/mmunet/phantom_series.py" write --seed 1000 --out "$tmp/ph" \
@@ -73,6 +74,8 @@ stable_s = 1
 scan_s = 1
 [series]
 stable_age_s = 2
+[seg]
+preview_sc = yes
 [infer]
 model = $model
 threads = 1
@@ -169,6 +172,20 @@ for v in regular tilt; do
     [ "$cnt" = 1 ] && [ "$sstudy" = "$study" ] &&
         result OK "a) $v: Orthanc holds one SEG of it, in the series' study" ||
         result FAIL "a) $v: Orthanc holds one SEG of it, in the series' study ($cnt; '$sstudy' vs '$study')"
+    # the preview as a Secondary Capture: in Orthanc under the study, and in the folder
+    sc=$(for f in "$tmp"/folder/*.dcm; do
+        "$python" -c '
+import pydicom, sys
+d = pydicom.dcmread(sys.argv[1], stop_before_pixels=True)
+sys.exit(not (d.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and d.StudyInstanceUID == sys.argv[2]))' \
+            "$f" "$study" && echo "$f"
+    done | head -1)
+    scu=$([ -n "$sc" ] && dcmdump +P 0008,0018 "$sc" | sed 's/.*\[\(.*\)\].*/\1/')
+    if [ -n "$sc" ] && [ -n "$(orthanc_find open "$scu")" ]; then
+        result OK "a) $v: the preview as a Secondary Capture in the series' study, in Orthanc and the folder"
+    else
+        result FAIL "a) $v: the preview as a Secondary Capture in the series' study, in Orthanc and the folder ('$sc', '$scu')"
+    fi
 done
 
 after="$(metric mmsegd_instances_received_total) $(metric 'mmsegd_jobs{state="done"}') $(metric 'mmsegd_sends{state="done"}') $(metric 'mmsegd_job_stage_seconds_count{stage="network"}') $(metric 'mmsegd_model_info{name="mmunet-demo-ct",version="0.2.0",sha256="'"$(sha256sum <"$model" | cut -c1-64)"'",backend="cpu"}')"

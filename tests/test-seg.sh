@@ -31,7 +31,8 @@
 #     seg_check accepts against the label NIfTI of the same run;
 #  j) label maps (seg-write --labelmap) of (b), (c) and a 23x37x3 series: seg_check, pydicom's
 #     decoding, highdicom's masks per source instance; sizes of the binary and label-map SEG;
-#  k) `mmsegd segment` with [seg] type = labelmap on a phantom CT: seg_check, highdicom;
+#  k) `mmsegd segment` with [seg] type = labelmap and preview_sc = yes on a phantom CT:
+#     seg_check, highdicom; the Secondary Capture: dciodvfy, pixels equal to the PNG's;
 #  h) the checker itself: copies of (c) with one defect each (a position 0.01 mm off, a
 #     voxel flipped, a frame left out, a wrong source slice, a colour off the card) fail; and
 #     of its label map (position, a pixel, a source slice).
@@ -49,7 +50,7 @@ segwrite=${SEG_WRITE:-${top_builddir:-.}/tests/seg-write}
 model=$src/models/demo.safetensors
 checker=$src/tests/seg_check.py
 dciodvfy=${DCIODVFY:-$(command -v dciodvfy || echo /usr/bin/dciodvfy)}
-require_python numpy pydicom nibabel
+require_python numpy pydicom nibabel PIL
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/test-seg.XXXXXX") || exit 1
 trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
@@ -236,6 +237,27 @@ def nii2raw(path, out):
     np.ascontiguousarray(a.transpose(2, 1, 0)).tofile(out)
     print("nii2raw: %d x %d x %d" % a.shape)
 
+def sc(path, png, seg):
+    """The Secondary Capture of the preview: its pixels are the PNG's; SC Image Storage, RGB,
+    burned-in annotation; the SEG's study, another series."""
+    import pydicom
+    from PIL import Image
+    d = pydicom.dcmread(path)
+    a = d.pixel_array
+    b = np.asarray(Image.open(png).convert("RGB"))
+    s = pydicom.dcmread(seg, stop_before_pixels=True)
+    same = a.shape == b.shape and np.array_equal(a, b)
+    iod = (d.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and d.PhotometricInterpretation == "RGB"
+           and d.BurnedInAnnotation == "YES" and d.ConversionType == "WSD")
+    where = (d.StudyInstanceUID == s.StudyInstanceUID and d.SeriesInstanceUID != s.SeriesInstanceUID
+             and d.PatientID == s.PatientID)
+    print("%s - k: the Secondary Capture's pixels %s are the preview PNG's %s" %
+          ("ok" if same else "not ok", list(a.shape), list(b.shape)))
+    print("%s - k: Secondary Capture Image Storage, RGB, Burned In Annotation YES, WSD" %
+          ("ok" if iod else "not ok"))
+    print("%s - k: in the SEG's study (%s), series %s of its own (number %s)" %
+          ("ok" if where else "not ok", d.StudyInstanceUID, d.SeriesInstanceUID, d.SeriesNumber))
+
 def mutate(path, out, kind):
     """A copy of a SEG (2 frames or more) with one defect that seg_check.py must find."""
     import pydicom
@@ -269,7 +291,8 @@ if __name__ == "__main__":
      "ts": lambda: ts(*args), "synth": lambda: synth(*args), "counts": lambda: counts(*args),
      "dcmqi": lambda: dcmqi(*args), "pydicom": lambda: pydicom_frames(*args),
      "oddseries": lambda: oddseries(*args), "mutate": lambda: mutate(*args),
-     "labelmap": lambda: labelmap_frames(*args), "nii2raw": lambda: nii2raw(*args)}[cmd]()
+     "labelmap": lambda: labelmap_frames(*args), "nii2raw": lambda: nii2raw(*args),
+     "sc": lambda: sc(*args)}[cmd]()
 PY
 mk() { "$python" "$tmp/mk.py" "$@"; }
 
@@ -533,11 +556,12 @@ else
     diag "$tmp/j-odd.mk"
 fi
 
-# k) [seg] type = labelmap in the configuration of mmsegd segment, on a phantom CT
-# (tools/mmunet/phantom.py, 160 x 160 x 32) segmented by the demo model: one label-map SEG,
-# which seg_check accepts against the NIfTI of the same run and highdicom reads per source
-# instance.
-printf '[seg]\ntype = labelmap\n' >"$tmp/k.ini"
+# k) [seg] type = labelmap and preview_sc = yes in the configuration of mmsegd segment, on a
+# phantom CT (tools/mmunet/phantom.py, 160 x 160 x 32) segmented by the demo model: one
+# label-map SEG, which seg_check accepts against the NIfTI of the same run and highdicom reads
+# per source instance; and the preview as a Secondary Capture: dciodvfy, pydicom's pixels
+# equal to the preview PNG's (PIL), the SEG's study, a series of its own.
+printf '[seg]\ntype = labelmap\npreview_sc = yes\n' >"$tmp/k.ini"
 if "$python" "$src/tools/mmunet/phantom.py" --seed 5 --shape 32 160 160 --spacing 2.5 1.5 1.5 \
     --out "$tmp/k-ph" --dicom >"$tmp/k.mk" 2>&1; then
     "$mmsegd" segment -c "$tmp/k.ini" --model "$model" --json -o "$tmp/k-seg" \
@@ -556,6 +580,26 @@ sys.exit(pydicom.dcmread(sys.argv[1]).SegmentationType != "LABELMAP")' "$kseg" 2
         else
             result FAIL "k: the NIfTI labels read"
             diag "$tmp/k.mk"
+        fi
+        ksc=${kseg%.seg.dcm}.sc.dcm
+        if [ -s "$ksc" ]; then
+            cp "$ksc" "$tmp/k-sc.dcm"
+            if [ -x "$dciodvfy" ]; then
+                "$dciodvfy" "$ksc" >"$tmp/k-sc.vfy" 2>&1
+                if grep -q '^SCImage' "$tmp/k-sc.vfy" && ! grep -q '^Error' "$tmp/k-sc.vfy"; then
+                    result OK "k: the Secondary Capture: dciodvfy (SCImage): no error, $(grep -c \
+'^Warning' "$tmp/k-sc.vfy") warnings"
+                else
+                    result FAIL "k: the Secondary Capture: dciodvfy reports an error"
+                fi
+                grep -E '^(Error|Warning)' "$tmp/k-sc.vfy" | sed 's/^/# k-sc dciodvfy: /'
+            else
+                skip "k: the Secondary Capture: dciodvfy" "dciodvfy is not installed (dicom3tools)"
+            fi
+            pylines "$python" "$tmp/mk.py" sc "$ksc" "${kseg%.seg.dcm}.png" "$kseg"
+        else
+            result FAIL "k: preview_sc = yes writes the Secondary Capture beside the SEG"
+            grep -v ' notice: ' "$tmp/k.err" | diag
         fi
     else
         result FAIL "k: mmsegd segment with [seg] type = labelmap exits $rc, SEG '${kseg}'"

@@ -16,7 +16,7 @@ packages=(
     # the fuzz targets: clang with libFuzzer and the sanitizers
     clang libclang-rt-dev
     # the PyTorch reference and its tests (tools/mmunet); OpenBLAS replaces the reference BLAS
-    python3 python3-numpy python3-scipy python3-skimage python3-pydicom python3-nibabel
+    python3 python3-numpy python3-scipy python3-skimage python3-pydicom python3-nibabel python3-pil
     python3-torch python3-jsonschema python3-venv libopenblas0-pthread
 )
 
