@@ -141,6 +141,7 @@ static const struct cfg_key main_keys[] = {
     {"seg", "empty_frames", T_ENUM, OFF(seg.empty_frames), "omit", 0, 0, empty_frames, 0},
     {"seg", "series_description", T_STR, OFF(seg.series_description), "", 0, 0, NULL, 0},
     {"seg", "preview_sc", T_BOOL, OFF(seg.preview_sc), "no", 0, 0, NULL, 0},
+    {"seg", "rtstruct", T_BOOL, OFF(seg.rtstruct), "no", 0, 0, NULL, 0},
 };
 
 /* The keys of each [destination NAME] section. */

@@ -113,6 +113,7 @@ struct mms_config {
         int type;         /* enum mms_seg_type */
         int empty_frames; /* enum mms_empty_frames */
         bool preview_sc;  /* the preview as a Secondary Capture too */
+        bool rtstruct;    /* an RT Structure Set too */
         char *series_description;
     } seg;
     struct mms_dest_config *dests;

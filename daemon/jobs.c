@@ -412,7 +412,8 @@ run_job(struct jworker *w)
     struct files f = {0};
     struct mms_header *hdr = NULL;
     struct mms_work_result wr;
-    char why[1024] = "", seg_series[65], sop[65], tmp[4400] = "", png[4400] = "", sc[4400] = "";
+    char why[1024] = "", seg_series[65], sop[65], tmp[4400] = "", png[4400] = "", sc[4400] = "",
+         rt[4400] = "";
     memset(&wr, 0, sizeof wr);
 
     mms_log(MMS_LOG_INFO, "job %" PRId64 ": series %s, run %" PRId64, j.id, j.series_uid, j.run);
@@ -436,13 +437,22 @@ run_job(struct jworker *w)
             snprintf(sc, sizeof sc, "%s/tmp/%s.dcm", J->state_dir, sc_sop);
             wo.sc_path = sc;
         }
+        if (wo.rtstruct) {
+            char rt_series[65], rt_sop[65];
+            mms_work_output_uids("rtstruct", J->engine[0].sha256, j.series_uid, (int)j.run,
+                                 rt_series, rt_sop);
+            snprintf(rt, sizeof rt, "%s/tmp/%s.dcm", J->state_dir, rt_sop);
+            wo.rtstruct_path = rt;
+        }
         rc = mms_work_series(&J->engine[0], (const char *const *)f.paths, hdr, f.n, &wo, &wr, why,
                              sizeof why);
     }
     int sent_to = 0;
     if (rc == 0 && wr.seg_written) {
-        const char *files[3] = {tmp};
+        const char *files[4] = {tmp};
         int n_files = 1;
+        if (wr.rtstruct_written)
+            files[n_files++] = rt;
         if (wr.preview_written)
             files[n_files++] = png;
         if (wr.sc_written)
@@ -467,6 +477,8 @@ run_job(struct jworker *w)
         unlink(png);
         if (sc[0] != '\0')
             unlink(sc);
+        if (rt[0] != '\0')
+            unlink(rt);
     }
 
     if (wr.st.network_s > 0.0) { /* the sliding window finished: count it by backend */

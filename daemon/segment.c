@@ -87,7 +87,7 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number, 
     const char **paths = malloc((size_t)n * sizeof *paths);
     struct mms_header *h = malloc((size_t)n * sizeof *h);
     char why[1024] = "", nifti[4096] = "", segpath[4200] = "", pngpath[4200] = "",
-         scpath[4200] = "";
+         scpath[4200] = "", rtpath[4200] = "";
     struct mms_work_result wr;
     memset(&wr, 0, sizeof wr);
     int rc = MMS_ENOMEM;
@@ -119,6 +119,10 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number, 
         if (wo.preview_sc) {
             snprintf(scpath, sizeof scpath, "%.*s.sc.dcm", (int)(strlen(base) - 7), base);
             wo.sc_path = scpath;
+        }
+        if (wo.rtstruct) {
+            snprintf(rtpath, sizeof rtpath, "%.*s.rtstruct.dcm", (int)(strlen(base) - 7), base);
+            wo.rtstruct_path = rtpath;
         }
     }
     if ((rc = mms_work_series(e, paths, h, n, &wo, &wr, why, sizeof why)) < 0)
@@ -179,6 +183,11 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number, 
                 cJSON_AddStringToObject(js, "preview", pngpath);
             if (wr.sc_written)
                 cJSON_AddStringToObject(js, "preview_sc", scpath);
+            if (wr.rtstruct_written) {
+                cJSON_AddStringToObject(js, "rtstruct", rtpath);
+                cJSON_AddNumberToObject(js, "rtstruct_rois", wr.rtstruct.rois);
+                cJSON_AddNumberToObject(js, "rtstruct_contours", (double)wr.rtstruct.contours);
+            }
             cJSON_AddNumberToObject(js, "seg_segments", sr.segments);
             cJSON_AddNumberToObject(js, "seg_frames", (double)sr.frames);
         }
@@ -201,6 +210,9 @@ segment_series(const struct mms_fileset *fs, const int *idx, int n, int number, 
             fprintf(out, "  preview: %s\n", pngpath);
         if (segpath[0] != '\0' && wr.sc_written)
             fprintf(out, "  preview_sc: %s\n", scpath);
+        if (segpath[0] != '\0' && wr.rtstruct_written)
+            fprintf(out, "  rtstruct: %s (%d ROIs, %lld contours)\n", rtpath, wr.rtstruct.rois,
+                    (long long)wr.rtstruct.contours);
         if (wr.fallback[0] != '\0')
             fprintf(out, "  ran on the CPU: %s\n", wr.fallback);
     }

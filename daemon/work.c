@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "common/sha256.h"
 #include "common/uid.h"
+#include "dicom/rtstruct.h"
 #include "dicom/sc.h"
 
 /* " + " between the n texts of the models' cards (what(card) each), into a new string. */
@@ -252,6 +253,7 @@ mms_work_opts_from_config(const struct mms_config *cfg, struct mms_work_opts *wo
     wo->seg_form.labelmap = cfg->seg.type == MMS_SEG_TYPE_LABELMAP;
     wo->seg_description = cfg->seg.series_description;
     wo->preview_sc = cfg->seg.preview_sc;
+    wo->rtstruct = cfg->seg.rtstruct;
 }
 
 const char *
@@ -463,6 +465,46 @@ mms_work_write_seg(const struct mms_card *card, const char *sha256, const char *
     int rc = mms_seg_write(&in, path, res, why, why_len);
     free(seg);
     free(sex);
+    return rc;
+}
+
+int
+mms_work_write_rtstruct(const struct mms_card *card, const char *sha256, const char *const *paths,
+                        const struct mms_header *h0, const struct mms_volume *v,
+                        const uint8_t *labels, int run, const char *path,
+                        struct mms_rtstruct_result *res, char *why, size_t why_len)
+{
+    struct mms_rtstruct_roi *roi = calloc((size_t)card->n_labels + 1, sizeof *roi);
+    if (roi == NULL)
+        return MMS_ENOMEM;
+    for (int i = 0; i < card->n_labels; i++) {
+        const struct mms_label *l = &card->labels[i];
+        roi[i].label = l->id;
+        roi[i].name = l->segment_label != NULL ? l->segment_label : l->name;
+        memcpy(roi[i].rgb, l->rgb, 3);
+    }
+    struct mms_header h = *h0;
+    mms_header_derive_uids(&h);
+    char series_uid[65], sop_uid[65];
+    mms_work_output_uids("rtstruct", sha256, h.series_uid, run, series_uid, sop_uid);
+    struct mms_rtstruct_input in = {
+        .vol = v,
+        .paths = paths,
+        .labels = labels,
+        .rois = roi,
+        .n_rois = card->n_labels,
+        .algorithm_name = card->name,
+        .algorithm_version = card->version,
+        .software_version = PACKAGE_VERSION,
+        .series_number = 9850 + run,
+        .study_uid = h.study_uid,
+        .source_series_uid = h.series_uid,
+        .frame_of_ref_uid = h.slice.frame_of_ref,
+        .series_uid = series_uid,
+        .sop_instance_uid = sop_uid,
+    };
+    int rc = mms_rtstruct_write(&in, path, res, why, why_len);
+    free(roi);
     return rc;
 }
 
@@ -1007,6 +1049,13 @@ mms_work_series(const struct mms_engine *e, const char *const *paths, const stru
         } else {
             r->seg_written = true;
         }
+    }
+    if (o->rtstruct_path != NULL && r->seg_written) {
+        rc = mms_work_write_rtstruct(mms_engine_card(e), e->sha256, paths, &h[0], v, labels, o->run,
+                                     o->rtstruct_path, &r->rtstruct, why, why_len);
+        if (rc < 0)
+            goto out;
+        r->rtstruct_written = true;
     }
     const char *sc_path = r->seg_written ? o->sc_path : NULL;
     if (o->preview_path != NULL || sc_path != NULL) {

@@ -14,6 +14,7 @@
 #include "daemon/preview.h"
 #include "daemon/sandbox.h"
 #include "dicom/dicom.h"
+#include "dicom/rtstruct.h"
 #include "dicom/seg.h"
 #include "infer/infer.h"
 #include "infer/pipeline.h"
@@ -89,11 +90,13 @@ struct mms_work_opts {
     int run;                      /* the run number in the SEG's UIDs (design.md section 3) */
     struct mms_seg_form seg_form; /* [seg] type and empty_frames */
     const char *seg_description;
-    const char *seg_path;     /* write the SEG here (through a temporary file), or NULL */
-    const char *nifti_path;   /* write the labels here as NIfTI, or NULL */
-    const char *preview_path; /* write the preview PNG here, or NULL */
-    bool preview_sc;          /* [seg] preview_sc: the callers then set sc_path */
-    const char *sc_path;      /* with a SEG, the preview as a Secondary Capture here, or NULL */
+    const char *seg_path;      /* write the SEG here (through a temporary file), or NULL */
+    const char *nifti_path;    /* write the labels here as NIfTI, or NULL */
+    const char *preview_path;  /* write the preview PNG here, or NULL */
+    bool preview_sc;           /* [seg] preview_sc: the callers then set sc_path */
+    bool rtstruct;             /* [seg] rtstruct: the callers then set rtstruct_path */
+    const char *rtstruct_path; /* with a SEG, the RT Structure Set here, or NULL */
+    const char *sc_path;       /* with a SEG, the preview as a Secondary Capture here, or NULL */
     /* called as each stage starts (enum mms_stage); may be NULL */
     void (*on_stage)(void *arg, int stage);
     void *stage_arg;
@@ -121,8 +124,10 @@ struct mms_work_result {
     int64_t count[256]; /* voxels per label */
     bool seg_written;   /* false when no organ was found (not a failure) */
     struct mms_seg_result seg;
-    bool preview_written; /* a preview that fails is logged, not a failure */
-    bool sc_written;      /* likewise */
+    bool preview_written;  /* a preview that fails is logged, not a failure */
+    bool sc_written;       /* likewise */
+    bool rtstruct_written; /* with the SEG; failing to write it fails the work */
+    struct mms_rtstruct_result rtstruct;
     struct mms_preview_result preview;
 };
 
@@ -149,9 +154,9 @@ void mms_work_opts_from_config(const struct mms_config *cfg, struct mms_work_opt
                                const char **backend);
 
 /* The Series and SOP Instance UIDs of an output of kind `kind` ("seg", the SEG; "sc", the
- * Secondary Capture) of source series source_series (its UID, or the one derived when the
- * files have none) by the model (or model set) of digest sha256 (mms_engine.sha256), run
- * `run`: "2.25." and UUIDv5s of the four (design.md section 3). */
+ * Secondary Capture; "rtstruct", the RT Structure Set) of source series source_series (its UID, or
+ * the one derived when the files have none) by the model (or model set) of digest sha256
+ * (mms_engine.sha256), run `run`: "2.25." and UUIDv5s of the four (design.md section 3). */
 void mms_work_output_uids(const char *kind, const char *sha256, const char *source_series, int run,
                           char series_uid[65], char sop_uid[65]);
 
@@ -165,6 +170,15 @@ int mms_work_write_seg(const struct mms_card *card, const char *sha256, const ch
                        const uint8_t *labels, int run, struct mms_seg_form form,
                        const char *description, const char *path, struct mms_seg_result *res,
                        char *why, size_t why_len);
+
+/* Write the RT Structure Set of labels (dicom/rtstruct.h) as mms_work_write_seg() writes the
+ * SEG: ROIs from the card (segment label, colour), UIDs mms_work_output_uids "rtstruct",
+ * Series Number 9850 + run. Returns mms_rtstruct_write()'s codes. */
+int mms_work_write_rtstruct(const struct mms_card *card, const char *sha256,
+                            const char *const *paths, const struct mms_header *h0,
+                            const struct mms_volume *v, const uint8_t *labels, int run,
+                            const char *path, struct mms_rtstruct_result *res, char *why,
+                            size_t why_len);
 
 /* mms_volume_build() in a sandbox child (sandbox.h) with the limits lim: the child decodes
  * and builds the volume and hands it back through a shared mapping sized from the headers

@@ -13,6 +13,8 @@
 
 // A decimal string of v as DICOM DS wants it (at most 16 characters).
 std::string mms__ds(double v);
+// The same, appended to out.
+void mms__ds_append(std::string &out, double v);
 
 // MMS_EDICOM with "what: DCMTK's text of c" in why.
 int mms__dcm_fail(char *why, size_t why_len, const char *what, const OFCondition &c);

@@ -25,13 +25,20 @@
 std::string
 mms__ds(double v)
 {
+    std::string s;
+    mms__ds_append(s, v);
+    return s;
+}
+
+void
+mms__ds_append(std::string &out, double v)
+{
     char buf[32];
-    for (int prec = 10; prec > 0; prec--) {
-        snprintf(buf, sizeof buf, "%.*g", prec, v);
-        if (strlen(buf) <= 16)
+    int n = 0;
+    for (int prec = 10; prec > 0; prec--)
+        if ((n = snprintf(buf, sizeof buf, "%.*g", prec, v)) <= 16)
             break;
-    }
-    return buf;
+    out.append(buf, (size_t)n);
 }
 
 int

@@ -1,11 +1,13 @@
 /* seg-write: the SEG of a given label volume, for the SEG tests and benchmark.
  *
- *   seg-write [--keep-empty] [--labelmap] MODEL DICOM_PATH LABELS.raw OUT.dcm
+ *   seg-write [--keep-empty] [--labelmap] [--rtstruct] MODEL DICOM_PATH LABELS.raw OUT.dcm
  *
  * MODEL gives the segments (the card's labels); DICOM_PATH holds one CT series; LABELS.raw is
  * uint8, columns x rows x slices bytes in the order of the series' volume (slice, row,
  * column; slices ascending along the normal, as `mmsegd inspect --nifti` writes them). Prints
- * "segments S frames F seconds T" (T: the SEG writing alone) and exits 0, or 1 with a reason. */
+ * "segments S frames F seconds T" (T: the SEG writing alone) and exits 0, or 1 with a reason.
+ * With --rtstruct it writes the RT Structure Set instead and prints "rois R contours C points P
+ * seconds T". */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,18 +32,21 @@ int
 main(int argc, char **argv)
 {
     struct mms_seg_form form = {.labelmap = false, .keep_empty = false};
+    bool rtstruct = false;
     int opt = 1;
     for (; opt < argc && strncmp(argv[opt], "--", 2) == 0; opt++) {
         if (strcmp(argv[opt], "--keep-empty") == 0)
             form.keep_empty = true;
         else if (strcmp(argv[opt], "--labelmap") == 0)
             form.labelmap = true;
+        else if (strcmp(argv[opt], "--rtstruct") == 0)
+            rtstruct = true;
         else
             break;
     }
     if (argc - opt != 4) {
-        fprintf(stderr, "usage: seg-write [--keep-empty] [--labelmap] MODEL DICOM_PATH LABELS.raw "
-                        "OUT.dcm\n");
+        fprintf(stderr, "usage: seg-write [--keep-empty] [--labelmap] [--rtstruct] MODEL "
+                        "DICOM_PATH LABELS.raw OUT.dcm\n");
         return 2;
     }
     char **a = argv + opt, why[1024] = "";
@@ -72,13 +77,20 @@ main(int argc, char **argv)
     struct timespec t0, t1;
     struct mms_seg_result res = {0, 0};
     clock_gettime(CLOCK_MONOTONIC, &t0);
-    int rc = mms_work_write_seg(mms_model_card(m), mms_model_sha256(m), paths, &h[0], v, labels, 1,
-                                form, NULL, a[3], &res, why, sizeof why);
+    struct mms_rtstruct_result rr = {0, 0, 0};
+    int rc = rtstruct ? mms_work_write_rtstruct(mms_model_card(m), mms_model_sha256(m), paths,
+                                                &h[0], v, labels, 1, a[3], &rr, why, sizeof why)
+                      : mms_work_write_seg(mms_model_card(m), mms_model_sha256(m), paths, &h[0], v,
+                                           labels, 1, form, NULL, a[3], &res, why, sizeof why);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     if (rc < 0)
         return die("%s: %s", a[3], why);
-    printf("segments %d frames %lld seconds %.3f\n", res.segments, (long long)res.frames,
-           (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9);
+    double s = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) * 1e-9;
+    if (rtstruct)
+        printf("rois %d contours %lld points %lld seconds %.3f\n", rr.rois, (long long)rr.contours,
+               (long long)rr.points, s);
+    else
+        printf("segments %d frames %lld seconds %.3f\n", res.segments, (long long)res.frames, s);
     free(labels);
     mms_volume_free(v);
     free(paths);

@@ -18,8 +18,9 @@
 #     again; after the third crash it fails instead (an input that crashes the daemon must not
 #     loop forever), and the jobs are recorded as interrupted, crashed, crashed, crashed;
 #  f) SIGHUP: a model file that does not load is refused, another one takes over;
-#  and the metrics endpoint moves as the series go through. With [seg] preview_sc = yes each
-#  job also delivers the preview as a Secondary Capture, in the series' study (a). The daemon runs two engines
+#  and the metrics endpoint moves as the series go through. With [seg] preview_sc = yes and
+#  rtstruct = yes each job also delivers the preview as a Secondary Capture and an RT
+#  Structure Set, in the series' study (a). The daemon runs two engines
 #  ([infer] device = 0,0: two CPU engines); jobs take the first free one.
 set -u
 . "$(dirname "$0")/find-testdata.sh"
@@ -40,7 +41,7 @@ dciodvfy=${DCIODVFY:-$(command -v dciodvfy || echo /usr/bin/dciodvfy)}
 tmp=$(mktemp -d)
 pid=
 trap serve_cleanup EXIT
-echo "1..33"
+echo "1..35"
 
 # ---------------------------------------------------------------------------- inputs
 "$python" "$src/tools/mmunet/phantom_series.py" write --seed 1000 --out "$tmp/ph" \
@@ -76,6 +77,7 @@ scan_s = 1
 stable_age_s = 2
 [seg]
 preview_sc = yes
+rtstruct = yes
 [infer]
 model = $model
 threads = 1
@@ -124,6 +126,14 @@ sys.exit(not (d.Modality == "SEG" and sys.argv[2] in refs))' "$tmp/o.dcm" "$1" &
     done
 }
 
+# seg_in_folder SERIES: a SEG in the folder destination that names that series (the RT
+# Structure Set names it too)
+seg_in_folder() {
+    grep -l "$1" "$tmp"/folder/*.dcm 2>/dev/null | while read -r f; do
+        dcmdump +P 0008,0060 "$f" 2>/dev/null | grep -q '\[SEG\]' && echo "$f"
+    done | head -1
+}
+
 # metric NAME: its value in the Prometheus endpoint (NAME with its labels, as printed)
 metric() {
     curl -sf "http://127.0.0.1:$mport/metrics" | awk -v m="$1" '$1 == m {print $2}'
@@ -151,7 +161,7 @@ fi
 for v in regular tilt; do
     u=$(uid_of $v)
     d=$(dir_of $v)
-    seg=$(grep -l "$u" "$tmp"/folder/*.dcm 2>/dev/null | head -1)
+    seg=$(seg_in_folder "$u")
     if [ -n "$seg" ] && "$python" "$src/tests/seg_check.py" --model "$model" "$seg" \
         "$tmp/nifti/$u.nii.gz" "$d" >"$tmp/check.$v" 2>&1; then
         result OK "a) $v: the SEG in the folder encodes the labels of mmsegd segment (seg_check)"
@@ -172,20 +182,24 @@ for v in regular tilt; do
     [ "$cnt" = 1 ] && [ "$sstudy" = "$study" ] &&
         result OK "a) $v: Orthanc holds one SEG of it, in the series' study" ||
         result FAIL "a) $v: Orthanc holds one SEG of it, in the series' study ($cnt; '$sstudy' vs '$study')"
-    # the preview as a Secondary Capture: in Orthanc under the study, and in the folder
-    sc=$(for f in "$tmp"/folder/*.dcm; do
-        "$python" -c '
+    # the preview as a Secondary Capture and the RT Structure Set: in Orthanc, in the folder
+    for m in "1.2.840.10008.5.1.4.1.1.7:the preview as a Secondary Capture" \
+        "1.2.840.10008.5.1.4.1.1.481.3:the RT Structure Set"; do
+        cls=${m%%:*} what=${m#*:}
+        f=$(for f in "$tmp"/folder/*.dcm; do
+            "$python" -c '
 import pydicom, sys
 d = pydicom.dcmread(sys.argv[1], stop_before_pixels=True)
-sys.exit(not (d.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7" and d.StudyInstanceUID == sys.argv[2]))' \
-            "$f" "$study" && echo "$f"
-    done | head -1)
-    scu=$([ -n "$sc" ] && dcmdump +P 0008,0018 "$sc" | sed 's/.*\[\(.*\)\].*/\1/')
-    if [ -n "$sc" ] && [ -n "$(orthanc_find open "$scu")" ]; then
-        result OK "a) $v: the preview as a Secondary Capture in the series' study, in Orthanc and the folder"
-    else
-        result FAIL "a) $v: the preview as a Secondary Capture in the series' study, in Orthanc and the folder ('$sc', '$scu')"
-    fi
+sys.exit(not (d.SOPClassUID == sys.argv[3] and d.StudyInstanceUID == sys.argv[2]))' \
+                "$f" "$study" "$cls" && echo "$f"
+        done | head -1)
+        fu=$([ -n "$f" ] && dcmdump +P 0008,0018 "$f" | sed 's/.*\[\(.*\)\].*/\1/')
+        if [ -n "$f" ] && [ -n "$(orthanc_find open "$fu")" ]; then
+            result OK "a) $v: $what in the series' study, in Orthanc and the folder"
+        else
+            result FAIL "a) $v: $what in the series' study, in Orthanc and the folder ('$f', '$fu')"
+        fi
+    done
 done
 
 after="$(metric mmsegd_instances_received_total) $(metric 'mmsegd_jobs{state="done"}') $(metric 'mmsegd_sends{state="done"}') $(metric 'mmsegd_job_stage_seconds_count{stage="network"}') $(metric 'mmsegd_model_info{name="mmunet-demo-ct",version="0.2.0",sha256="'"$(sha256sum <"$model" | cut -c1-64)"'",backend="cpu"}')"
@@ -256,7 +270,7 @@ if wait_for 60 sends_done 10; then
 else
     result FAIL "d) the series put in the drop folder is segmented and delivered"
 fi
-daemon_seg=$(grep -l "$irr" "$tmp"/folder/*.dcm 2>/dev/null | head -1)
+daemon_seg=$(seg_in_folder "$irr")
 "$python" -c '
 import pydicom, sys
 a, b = pydicom.dcmread(sys.argv[1]), pydicom.dcmread(sys.argv[2])

@@ -33,9 +33,12 @@
 #     decoding, highdicom's masks per source instance; sizes of the binary and label-map SEG;
 #  k) `mmsegd segment` with [seg] type = labelmap and preview_sc = yes on a phantom CT:
 #     seg_check, highdicom; the Secondary Capture: dciodvfy, pixels equal to the PNG's;
+#  m) RT Structure Sets of (b), (c), (f), (i): rtstruct_check.py (contours filled back with
+#     scikit-image: Dice 1 per ROI, points on their planes), dciodvfy;
 #  h) the checker itself: copies of (c) with one defect each (a position 0.01 mm off, a
 #     voxel flipped, a frame left out, a wrong source slice, a colour off the card) fail; and
-#     of its label map (position, a pixel, a source slice).
+#     of its label map (position, a pixel, a source slice) and its RT Structure Set (a point
+#     off the plane, a colour, a contour left out).
 # Every SEG goes through dciodvfy (dicom3tools): no "Error" line; its Error and Warning lines
 # are shown as notes. "segments S frames F" from seg-write must equal the counts the labels
 # give. SKIP only without the shared test data, numpy/pydicom/nibabel in $PYTHON3, or
@@ -50,7 +53,7 @@ segwrite=${SEG_WRITE:-${top_builddir:-.}/tests/seg-write}
 model=$src/models/demo.safetensors
 checker=$src/tests/seg_check.py
 dciodvfy=${DCIODVFY:-$(command -v dciodvfy || echo /usr/bin/dciodvfy)}
-require_python numpy pydicom nibabel PIL
+require_python numpy pydicom nibabel PIL skimage
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/test-seg.XXXXXX") || exit 1
 trap 'rm -rf "$tmp"' EXIT
 start=$(date +%s)
@@ -262,7 +265,7 @@ def mutate(path, out, kind):
     """A copy of a SEG (2 frames or more) with one defect that seg_check.py must find."""
     import pydicom
     ds = pydicom.dcmread(path)
-    pf = ds.PerFrameFunctionalGroupsSequence
+    pf = ds.get("PerFrameFunctionalGroupsSequence")
     if kind == "ipp":          # the first frame 0.01 mm higher
         pp = pf[0].PlanePositionSequence[0]
         pp.ImagePositionPatient = [float(v) for v in pp.ImagePositionPatient[:2]] + \
@@ -283,6 +286,15 @@ def mutate(path, out, kind):
         a.ReferencedSOPInstanceUID = b.ReferencedSOPInstanceUID
     elif kind == "colour":     # the first segment's colour off the card
         ds.SegmentSequence[0].RecommendedDisplayCIELabValue = [65535, 32896, 32896]
+    elif kind == "plane":      # RT Structure Set: one point 0.01 mm off its plane
+        c = ds.ROIContourSequence[0].ContourSequence[0]
+        d = [float(v) for v in c.ContourData]
+        d[2] += 0.01
+        c.ContourData = d
+    elif kind == "roicolour":  # RT Structure Set: the first ROI's colour off the card
+        ds.ROIContourSequence[0].ROIDisplayColor = [1, 2, 3]
+    elif kind == "dropcontour":  # RT Structure Set: the contours of the last ROI left out
+        ds.ROIContourSequence[-1].ContourSequence = []
     ds.save_as(out)
 
 if __name__ == "__main__":
@@ -556,12 +568,62 @@ else
     diag "$tmp/j-odd.mk"
 fi
 
-# k) [seg] type = labelmap and preview_sc = yes in the configuration of mmsegd segment, on a
-# phantom CT (tools/mmunet/phantom.py, 160 x 160 x 32) segmented by the demo model: one
-# label-map SEG, which seg_check accepts against the NIfTI of the same run and highdicom reads
-# per source instance; and the preview as a Secondary Capture: dciodvfy, pydicom's pixels
-# equal to the preview PNG's (PIL), the SEG's study, a series of its own.
-printf '[seg]\ntype = labelmap\npreview_sc = yes\n' >"$tmp/k.ini"
+# m) RT Structure Sets (seg-write --rtstruct) of (b), (c: tilted), (f: 23 x 38) and (i: a
+# multi-frame source): tests/rtstruct_check.py fills every contour back with scikit-image
+# (independent of mmsegd) and wants a Dice of 1 per ROI (the outlines run along the pixel
+# edges: nothing is lost), every point on its slice's plane within 1e-3 mm; dciodvfy.
+rtchecker=$src/tests/rtstruct_check.py
+rtcheck() { # rtcheck NAME LABELS DICOM: rtstruct_check.py --min-dice 1; one result
+    local name=$1 raw=$2 dicom=$3 rc
+    "$python" "$rtchecker" --model "$model" --min-dice 1 "$tmp/$name.dcm" "$raw" "$dicom" \
+        >"$tmp/$name.check" 2>&1
+    rc=$?
+    if [ $rc -eq 0 ]; then
+        result OK "$name: rtstruct_check.py passes: $(grep '^ok - filled back' "$tmp/$name.check" |
+            sed 's/^ok - //'); $(grep '^ok - every point' "$tmp/$name.check" | sed 's/^ok - //')"
+    else
+        result FAIL "$name: rtstruct_check.py exits $rc"
+        grep -v '^ok - ' "$tmp/$name.check" | diag
+    fi
+}
+vfy_rt() { # vfy_rt NAME: dciodvfy knows the IOD and reports no Error
+    local name=$1
+    if [ ! -x "$dciodvfy" ]; then
+        skip "$name: dciodvfy reports no error" "dciodvfy is not installed (dicom3tools)"
+        return
+    fi
+    "$dciodvfy" "$tmp/$name.dcm" >"$tmp/$name.vfy" 2>&1
+    if grep -q '^RTStructureSet' "$tmp/$name.vfy" && ! grep -q '^Error' "$tmp/$name.vfy"; then
+        result OK "$name: dciodvfy (RTStructureSet): no error, $(grep -c '^Warning' \
+"$tmp/$name.vfy") warnings"
+    else
+        result FAIL "$name: dciodvfy: $(grep -c '^Error' "$tmp/$name.vfy") errors"
+    fi
+    grep -E '^(Error|Warning)' "$tmp/$name.vfy" | sed "s/^/# $name dciodvfy: /" | head -10
+}
+for m in "b:$tsdcm" "c:$tilt" "f:$odd" "i:$mf"; do
+    base=${m%%:*} dicom=${m#*:}
+    [ -s "$tmp/$base.raw" ] || continue
+    "$segwrite" --rtstruct "$model" "$dicom" "$tmp/$base.raw" "$tmp/m-$base.dcm" \
+        >"$tmp/m-$base.out" 2>"$tmp/m-$base.err"
+    rc=$?
+    if [ $rc -eq 0 ] && [ -s "$tmp/m-$base.dcm" ]; then
+        result OK "m-$base: seg-write --rtstruct exits 0, \"$(head -1 "$tmp/m-$base.out")\""
+        rtcheck "m-$base" "$tmp/$base.raw" "$dicom"
+        vfy_rt "m-$base"
+    else
+        result FAIL "m-$base: seg-write --rtstruct exits $rc"
+        diag "$tmp/m-$base.err"
+    fi
+done
+
+# k) [seg] type = labelmap, preview_sc = yes and rtstruct = yes in the configuration of mmsegd
+# segment, on a phantom CT (tools/mmunet/phantom.py, 160 x 160 x 32) segmented by the demo
+# model: one label-map SEG, which seg_check accepts against the NIfTI of the same run and
+# highdicom reads per source instance; the preview as a Secondary Capture: dciodvfy, pydicom's
+# pixels equal to the preview PNG's (PIL), the SEG's study, a series of its own; the RT
+# Structure Set: rtstruct_check (m) against the NIfTI, dciodvfy.
+printf '[seg]\ntype = labelmap\npreview_sc = yes\nrtstruct = yes\n' >"$tmp/k.ini"
 if "$python" "$src/tools/mmunet/phantom.py" --seed 5 --shape 32 160 160 --spacing 2.5 1.5 1.5 \
     --out "$tmp/k-ph" --dicom >"$tmp/k.mk" 2>&1; then
     "$mmsegd" segment -c "$tmp/k.ini" --model "$model" --json -o "$tmp/k-seg" \
@@ -580,6 +642,14 @@ sys.exit(pydicom.dcmread(sys.argv[1]).SegmentationType != "LABELMAP")' "$kseg" 2
         else
             result FAIL "k: the NIfTI labels read"
             diag "$tmp/k.mk"
+        fi
+        krt=${kseg%.seg.dcm}.rtstruct.dcm
+        if [ -s "$krt" ]; then
+            cp "$krt" "$tmp/k-rt.dcm"
+            rtcheck k-rt "$knii" "$tmp/k-ph/dicom"
+            vfy_rt k-rt
+        else
+            result FAIL "k: rtstruct = yes writes the RT Structure Set beside the SEG"
         fi
         ksc=${kseg%.seg.dcm}.sc.dcm
         if [ -s "$ksc" ]; then
@@ -615,18 +685,21 @@ fi
 for m in "c:ipp:Image Position (Patient) = its source" "c:bit:mask = (labels" \
     "c:drop:every non-empty (slice, segment) has its frame" "c:source:mask = (labels" \
     "c:colour:segments match the card" "j-c:ipp:Image Position (Patient) = its source" \
-    "j-c:bit:pixels = the segment number" "j-c:source:pixels = the segment number"; do
+    "j-c:bit:pixels = the segment number" "j-c:source:pixels = the segment number" \
+    "m-c:plane:on its slice's plane" "m-c:roicolour:ROI names and colours" \
+    "m-c:dropcontour:filled back"; do
     base=${m%%:*} m=${m#*:}
     kind=${m%%:*} line=${m#*:} name=h-$base-${m%%:*}
     [ -s "$tmp/$base.dcm" ] || continue
     if mk mutate "$tmp/$base.dcm" "$tmp/$name.dcm" "$kind" >"$tmp/h.err" 2>&1; then
-        "$python" "$checker" --model "$model" "$tmp/$name.dcm" "$tmp/c.raw" "$tilt" \
+        case $base in m-*) chk=$rtchecker ;; *) chk=$checker ;; esac
+        "$python" "$chk" --model "$model" "$tmp/$name.dcm" "$tmp/c.raw" "$tilt" \
             >"$tmp/$name.check" 2>&1
         rc=$?
         if [ $rc -eq 1 ] && grep '^not ok - ' "$tmp/$name.check" | grep -qF "$line"; then
-            result OK "h: seg_check.py finds the defect \"$kind\" in $base (\"not ok - ...$line...\")"
+            result OK "h: $(basename "$chk") finds the defect \"$kind\" in $base (\"not ok - ...$line...\")"
         else
-            result FAIL "h: seg_check.py misses the defect \"$kind\" in $base (exit $rc)"
+            result FAIL "h: $(basename "$chk") misses the defect \"$kind\" in $base (exit $rc)"
             grep '^not ok' "$tmp/$name.check" | diag
         fi
     else
