@@ -4,11 +4,13 @@
  * gives that volume new geometry within the limits mms_volume_build() lets through (pixel
  * spacing and slice steps 1e-3 to 1e3 mm, regular or not, any orientation, gantry tilt up to
  * 60 degrees, positions up to 1e5 mm), fewer slices, random HU, random labels and a random
- * set of segments, and writes the SEG, the preview PNG and both NIfTI files.
+ * set of segments, and writes the SEG, the RT Structure Set, the preview PNG and its Secondary
+ * Capture, and both NIfTI files.
  * Promises checked: the SEG is written exactly when a segment has a voxel, with one segment per
  * such label and one frame per slice holding it (per slice and segment with keep_empty; one
- * per slice for a label-map SEG);
- * the preview counts every label present; NIfTI writing succeeds. A crash, a leak or undefined
+ * per slice for a label-map SEG); the RT Structure Set likewise, with an ROI per such label and
+ * a contour at least on every slice holding it; the preview counts every label present, and
+ * its Secondary Capture is written; NIfTI writing succeeds. A crash, a leak or undefined
  * behaviour is a finding too. Threads: libFuzzer's one. */
 #include <math.h>
 #include <stddef.h>
@@ -24,6 +26,8 @@
 #include "daemon/preview.h"
 #include "dicom/dicom.h"
 #include "dicom/seg.h"
+#include "dicom/rtstruct.h"
+#include "dicom/sc.h"
 #include "infer/infer.h"
 #include "tests/find-testdata.h"
 #include "tests/fuzz/fuzz-util.h"
@@ -294,7 +298,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         n_seg++;
     }
     int present = 0;
-    int64_t frames = 0;
+    int64_t frames = 0, pairs = 0; /* (slice, segment present) pairs with a voxel */
     bool in_volume[256] = {false};
     for (int64_t i = 0; i < nv; i++)
         in_volume[labels[i]] = true;
@@ -305,6 +309,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (int64_t k = 0; k < v.dims[2]; k++) {
             bool here = memchr(labels + k * plane, seg[j].label, (size_t)plane) != NULL;
             frames += keep_empty || here;
+            pairs += here;
         }
     }
 
@@ -344,6 +349,42 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     unlink(path);
 
+    /* the RT Structure Set: an ROI per segment present, a contour at least per slice of it */
+    struct mms_rtstruct_roi rois[MAX_SEGMENTS];
+    for (int j = 0; j < n_seg; j++) {
+        rois[j].label = seg[j].label;
+        rois[j].name = seg[j].segment_label;
+        memcpy(rois[j].rgb, seg[j].rgb, 3);
+    }
+    struct mms_rtstruct_input rin = {
+        .vol = &v,
+        .paths = paths,
+        .labels = labels,
+        .rois = rois,
+        .n_rois = n_seg,
+        .algorithm_name = "fuzz",
+        .algorithm_version = "1",
+        .software_version = "0",
+        .series_number = 9851,
+        .study_uid = heads[0].study_uid,
+        .source_series_uid = heads[0].series_uid,
+        .frame_of_ref_uid = heads[0].slice.frame_of_ref,
+        .series_uid = "2.25.3",
+        .sop_instance_uid = "2.25.4",
+    };
+    struct mms_rtstruct_result rres = {0, 0, 0};
+    snprintf(path, sizeof path, "%s/rtstruct.dcm", dir);
+    rc = n_seg > 0 ? mms_rtstruct_write(&rin, path, &rres, why, sizeof why) : MMS_EINVAL;
+    if (present == 0) {
+        FUZZ_CHECK(rc == MMS_EINVAL);
+    } else {
+        if (rc != 0)
+            fprintf(stderr, "RT Structure Set not written: %s\n", why);
+        FUZZ_CHECK(rc == 0 && rres.rois == present && rres.contours >= pairs);
+        FUZZ_CHECK(access(path, R_OK) == 0);
+    }
+    unlink(path);
+
     /* the preview: every label present is counted, whatever the card names */
     qsort(card_labels, (size_t)n_seg, sizeof card_labels[0], cmp_label);
     struct mms_card card;
@@ -366,6 +407,31 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         FUZZ_CHECK(why[0] != '\0');
     }
     unlink(path);
+
+    /* the same picture as a Secondary Capture */
+    struct mms_preview_image img;
+    if (mms_preview_render(&v, labels, &card, &img, NULL, why, sizeof why) == 0) {
+        struct mms_sc_input sin = {
+            .source_path = paths[0],
+            .study_uid = heads[0].study_uid,
+            .source_series_uid = heads[0].series_uid,
+            .series_uid = "2.25.5",
+            .sop_instance_uid = "2.25.6",
+            .series_number = 9801,
+            .algorithm_name = "fuzz",
+            .software_version = "0",
+            .rgb = img.rgb,
+            .width = img.width,
+            .height = img.height,
+        };
+        snprintf(path, sizeof path, "%s/sc.dcm", dir);
+        rc = mms_sc_write(&sin, path, why, sizeof why);
+        if (rc != 0)
+            fprintf(stderr, "Secondary Capture not written: %s\n", why);
+        FUZZ_CHECK(rc == 0 && access(path, R_OK) == 0);
+        unlink(path);
+    }
+    mms_preview_image_free(&img);
 
     /* both NIfTI files, compressed or not */
     bool gz = take(&r, 1) & 1;
