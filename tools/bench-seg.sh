@@ -1,7 +1,12 @@
 #!/bin/bash
 # The DICOM SEG writer: tests/seg-write (dicom/seg.cc, DCMTK dcmseg) against highdicom's
 # Segmentation constructor and save_as, on the same labels and the same source series, same
-# machine, in one run.
+# machine, in one run. Then the other outputs on the same input: the label-map SEG
+# (seg-write --labelmap) against highdicom's LABELMAP Segmentation, and the RT Structure Set
+# (seg-write --rtstruct, dicom/rtstruct.cc) against rt-utils (PyPI, in the same virtual
+# environment; its column is left out, with the reason, where it is not installed), with the
+# file sizes of the binary and the label-map SEG, highdicom's reading of our label map, and
+# both RT Structure Sets filled back by tests/rtstruct_check.py (Dice per ROI).
 #
 #   tools/bench-seg.sh [--runs R] [--slices N] [--labels L] [--short]
 #
@@ -79,6 +84,32 @@ for ((r = 0; r < runs; r++)); do
         { tail -5 "$tmp/hd-$r.err" >&2; die "highdicom failed"; }
 done
 
+# the label map and the RT Structure Set: ours against highdicom's label map and rt-utils
+# timed TAG CMD...: R runs of CMD, its stdout in TAG-r.out and /usr/bin/time's in TAG-r.time
+timed() {
+    local tag=$1 r
+    shift
+    for ((r = 0; r < runs; r++)); do
+        /usr/bin/time -f '%e %M' -o "$tmp/$tag-$r.time" "$@" >"$tmp/$tag-$r.out" \
+            2>"$tmp/$tag-$r.err" || { tail -5 "$tmp/$tag-$r.err" >&2; die "$tag failed"; }
+    done
+}
+timed ours-lm "$segwrite" --labelmap "$model" "$dicom" "$labels" "$tmp/ours-lm.dcm"
+timed ours-rt "$segwrite" --rtstruct "$model" "$dicom" "$labels" "$tmp/ours-rt.dcm"
+timed hd-lm "$vpy" "$helper" run --labelmap "$model" "$dicom" "$labels" "$tmp/hd-lm.dcm"
+if "$vpy" -c 'import rt_utils' 2>/dev/null; then
+    timed rtu "$vpy" "$helper" rtutils "$model" "$dicom" "$labels" "$tmp/rtu.dcm"
+    "$py" tests/rtstruct_check.py --json --model "$model" "$tmp/rtu.dcm" "$labels" "$dicom" \
+        >"$tmp/rtu-check.json" 2>&1 || true
+else
+    echo "bench-seg: rt-utils is not installed in $venv ($vpy -m pip install rt-utils): its column is left out" >&2
+fi
+"$vpy" "$helper" verify "$tmp/ours-lm.dcm" "$dicom" "$labels" >"$tmp/verify-lm.json" 2>&1 || true
+"$py" tests/seg_check.py --json --model "$model" "$tmp/ours-lm.dcm" "$labels" "$dicom" \
+    >"$tmp/check-lm.json" 2>&1 || true
+"$py" tests/rtstruct_check.py --json --model "$model" "$tmp/ours-rt.dcm" "$labels" "$dicom" \
+    >"$tmp/rt-check.json" 2>&1 || true
+
 # our SEG: dciodvfy, highdicom, seg_check.py
 if [ -n "$dciodvfy" ]; then
     "$dciodvfy" "$tmp/ours.dcm" >"$tmp/vfy" 2>&1 || true
@@ -150,6 +181,44 @@ res = {
 o, h = res["ours"], res["highdicom"]
 res["ratio"] = {"write": h["write_s"] / o["write_s"], "wall": h["wall_s"] / o["wall_s"],
                 "peak_rss": h["peak_rss_mib"] / o["peak_rss_mib"]}
+
+def last_json(name):
+    try:
+        return json.loads(open(os.path.join(tmp, name)).read().strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError):
+        return {"ok": False, "error": "no result in " + name}
+
+def timed(tag):
+    out = []
+    for r in range(runs):
+        p = os.path.join(tmp, f"{tag}-{r}.out")
+        if not os.path.exists(p):
+            return None
+        text = open(p).read().strip().splitlines()
+        line = text[-1] if text else ""
+        if line.startswith("{"):
+            x = json.loads(line)
+        else:
+            w = line.split()
+            x = {k: float(v) for k, v in zip(w[0::2], w[1::2])}
+            x["write_s"] = x.pop("seconds", float("nan"))
+        x["wall_s"], x["peak_rss_mib"] = tm(f"{tag}-{r}.time")
+        out.append(x)
+    return {"write_s": med(out, "write_s"), "wall_s": med(out, "wall_s"),
+            "peak_rss_mib": max(x["peak_rss_mib"] for x in out), "first": out[0]}
+
+lm = {"ours": timed("ours-lm"), "highdicom": timed("hd-lm")}
+lm["ours"]["bytes"] = os.path.getsize(os.path.join(tmp, "ours-lm.dcm"))
+lm["highdicom"]["bytes"] = os.path.getsize(os.path.join(tmp, "hd-lm.dcm"))
+lm["checks"] = {"highdicom_verify": last_json("verify-lm.json"),
+                "seg_check": last_json("check-lm.json")}
+rt = {"ours": timed("ours-rt"), "rt-utils": timed("rtu")}
+rt["ours"]["bytes"] = os.path.getsize(os.path.join(tmp, "ours-rt.dcm"))
+rt["checks"] = {"ours": last_json("rt-check.json")}
+if rt["rt-utils"] is not None:
+    rt["rt-utils"]["bytes"] = os.path.getsize(os.path.join(tmp, "rtu.dcm"))
+    rt["checks"]["rt-utils"] = last_json("rtu-check.json")
+res["labelmap"], res["rtstruct"] = lm, rt
 json.dump(res, open(dest, "w"), indent=1)
 
 S, R, C = lab["shape"]
@@ -179,5 +248,41 @@ print(f"our SEG: highdicom segread {'ok' if v.get('segread') else 'FAILED'}"
          if v.get("spatial_locations_preserved") is False else ""))
 print(f"our SEG: tests/seg_check.py {'passes' if check_ok else 'FAILS'}"
       + "".join("\n  " + l for l in check if l.startswith("not ok")))
+
+lo, lh = lm["ours"], lm["highdicom"]
+print()
+print(f"label-map SEG (one 8-bit frame per slice):")
+print(f"{'':22}{'ours (seg-write)':>18}{'highdicom ' + h['version']:>18}{'ratio hd/ours':>15}")
+print(f"{'writing (s)':22}{lo['write_s']:>18.3f}{lh['write_s']:>18.3f}"
+      f"{lh['write_s'] / lo['write_s']:>15.2f}")
+print(f"{'whole process (s)':22}{lo['wall_s']:>18.2f}{lh['wall_s']:>18.2f}"
+      f"{lh['wall_s'] / lo['wall_s']:>15.2f}")
+print(f"{'peak RSS (MiB)':22}{lo['peak_rss_mib']:>18.0f}{lh['peak_rss_mib']:>18.0f}")
+print(f"{'file size (MB)':22}{lo['bytes'] / 1e6:>18.1f}{lh['bytes'] / 1e6:>18.1f}"
+      f"   (binary SEG: ours {o['bytes'] / 1e6:.1f} MB)")
+vl, cl = lm["checks"]["highdicom_verify"], lm["checks"]["seg_check"]
+print(f"our label map: highdicom {'reads it, masks per source instance equal the labels' if vl.get('ok') else 'FAILED: %s' % (vl.get('error') or vl)}"
+      f"; seg_check {'passes' if cl.get('ok') else 'FAILS'}")
+ro, ru = rt["ours"], rt["rt-utils"]
+print()
+print("RT Structure Set:")
+print(f"{'':22}{'ours (seg-write)':>18}{'rt-utils':>18}{'ratio rtu/ours':>15}")
+if ru is None:
+    print(f"{'writing (s)':22}{ro['write_s']:>18.3f}{'not installed':>18}")
+else:
+    print(f"{'writing (s)':22}{ro['write_s']:>18.3f}{ru['write_s']:>18.3f}"
+          f"{ru['write_s'] / ro['write_s']:>15.2f}")
+    print(f"{'whole process (s)':22}{ro['wall_s']:>18.2f}{ru['wall_s']:>18.2f}"
+          f"{ru['wall_s'] / ro['wall_s']:>15.2f}")
+    print(f"{'peak RSS (MiB)':22}{ro['peak_rss_mib']:>18.0f}{ru['peak_rss_mib']:>18.0f}")
+    print(f"{'file size (MB)':22}{ro['bytes'] / 1e6:>18.1f}{ru['bytes'] / 1e6:>18.1f}")
+for name in ("ours", "rt-utils"):
+    c = rt["checks"].get(name)
+    if c is None:
+        continue
+    d = c.get("dice") or {}
+    print(f"{name}: filled back with scikit-image: Dice min {min(d.values()) if d else float('nan'):.6f}, "
+          f"voxels differing {sum((c.get('voxels_differ') or {}).values())}; rtstruct_check "
+          f"{'passes' if c.get('ok') else 'fails: ' + '; '.join(x['check'][:80] for x in c.get('results', []) if not x['ok'])}")
 print(f"figures: {dest}")
 PY

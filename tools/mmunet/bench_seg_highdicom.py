@@ -11,11 +11,15 @@ tests/seg-write is timed on, and the inputs both take.
         the normal): N (default 15) ellipsoids with labels 1..N, of random sizes (10 to 60 % of
         the field of view across, 15 to 70 % of the slices long) and positions; later labels
         overwrite earlier ones where they overlap. Prints a JSON line with the counts
-    bench_seg_highdicom.py run MODEL DICOM_DIR LABELS.raw OUT.dcm
+    bench_seg_highdicom.py run [--labelmap] MODEL DICOM_DIR LABELS.raw OUT.dcm
         highdicom.seg.Segmentation(...) (BINARY, empty frames omitted, explicit VR little
-        endian, segment descriptions from the card) on the source datasets, then save_as; prints
-        one JSON line: read_s (pydicom.dcmread of the series), construct_s, save_s, frames,
-        bytes and peak RSS (ru_maxrss) of the process
+        endian, segment descriptions from the card; --labelmap: LABELMAP, a frame per slice) on
+        the source datasets, then save_as; prints one JSON line: read_s (pydicom.dcmread of the
+        series), construct_s, save_s, frames, bytes and peak RSS (ru_maxrss) of the process
+    bench_seg_highdicom.py rtutils MODEL DICOM_DIR LABELS.raw OUT.dcm
+        rt-utils (PyPI rt_utils): RTStructBuilder.create_new on the series, add_roi per label
+        present (the card's segment label and colour), save; the same JSON line, with
+        construct_s the add_roi calls
     bench_seg_highdicom.py verify SEG DICOM_DIR LABELS.raw
         highdicom.seg.segread(SEG), and per source instance the masks it gives (all
         segments combined into labels) equal to LABELS; prints one JSON line, exits 1 when
@@ -162,13 +166,15 @@ def cmd_run(a):
         sys.exit("bench_seg_highdicom: highdicom needs labels 1..N without gaps; present: %s"
                  % present)
     t2 = time.perf_counter()
+    kind = hd.seg.SegmentationTypeValues.LABELMAP if a.labelmap else \
+        hd.seg.SegmentationTypeValues.BINARY
     seg = hd.seg.Segmentation(
         source_images=sources, pixel_array=lab,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descs,
+        segmentation_type=kind, segment_descriptions=descs,
         series_instance_uid=hd.UID(), series_number=9901, sop_instance_uid=hd.UID(),
         instance_number=1, manufacturer="bench", manufacturer_model_name=card["name"],
-        software_versions=hd.__version__, device_serial_number="0", omit_empty_frames=True,
-        transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian)
+        software_versions=hd.__version__, device_serial_number="0",
+        omit_empty_frames=not a.labelmap, transfer_syntax_uid=pydicom.uid.ExplicitVRLittleEndian)
     t3 = time.perf_counter()
     seg.save_as(a.out)
     t4 = time.perf_counter()
@@ -176,6 +182,36 @@ def cmd_run(a):
                       "pydicom": pydicom.__version__, "read_s": t1 - t0, "construct_s": t3 - t2,
                       "save_s": t4 - t3, "write_s": t4 - t2, "segments": len(descs),
                       "frames": int(seg.NumberOfFrames), "bytes": os.path.getsize(a.out),
+                      "peak_rss_mib": peak_rss_mib()}))
+
+
+def cmd_rtutils(a):
+    from rt_utils import RTStructBuilder
+    import rt_utils
+    card = export.read_model(a.model, check_card=False)[0]
+    by_id = {e["id"]: e for e in card["labels"]}
+    t0 = time.perf_counter()
+    rt = RTStructBuilder.create_new(dicom_series_path=a.dicom)
+    t1 = time.perf_counter()
+    slices = read_series(a.dicom)
+    R, C = int(slices[0][1].Rows), int(slices[0][1].Columns)
+    lab = np.fromfile(a.labels, np.uint8).reshape(len(slices), R, C)
+    # rt-utils orders the series itself; its masks are (rows, columns, slices) in that order
+    order = [str(ds.SOPInstanceUID) for ds in rt.series_data]
+    ours = {str(ds.SOPInstanceUID): k for k, (_, ds) in enumerate(slices)}
+    idx = [ours[u] for u in order]
+    present = sorted(int(v) for v in np.unique(lab) if v)
+    t2 = time.perf_counter()
+    for v in present:
+        e = by_id[v]
+        mask = np.ascontiguousarray((lab[idx] == v).transpose(1, 2, 0))
+        rt.add_roi(mask=mask, color=list(e["rgb"]), name=e["segment_label"])
+    t3 = time.perf_counter()
+    rt.save(a.out)
+    t4 = time.perf_counter()
+    print(json.dumps({"impl": "rt-utils", "version": getattr(rt_utils, "__version__", "?"),
+                      "read_s": t1 - t0, "construct_s": t3 - t2, "save_s": t4 - t3,
+                      "write_s": t4 - t2, "rois": len(present), "bytes": os.path.getsize(a.out),
                       "peak_rss_mib": peak_rss_mib()}))
 
 
@@ -261,13 +297,17 @@ def main(argv=None):
     p.add_argument("--labels", type=int, default=15)
     p.add_argument("--seed", type=int, default=2026)
     p = sub.add_parser("run")
+    p.add_argument("--labelmap", action="store_true")
+    for k in ("model", "dicom", "labels", "out"):
+        p.add_argument(k)
+    p = sub.add_parser("rtutils")
     for k in ("model", "dicom", "labels", "out"):
         p.add_argument(k)
     p = sub.add_parser("verify")
     for k in ("seg", "dicom", "labels"):
         p.add_argument(k)
     a = ap.parse_args(argv)
-    return {"model": cmd_model, "labels": cmd_labels, "run": cmd_run,
+    return {"model": cmd_model, "labels": cmd_labels, "run": cmd_run, "rtutils": cmd_rtutils,
             "verify": cmd_verify}[a.cmd](a) or 0
 
 
