@@ -67,8 +67,12 @@ static const struct choice seg_types[] = {
     {"binary", MMS_SEG_TYPE_BINARY}, {"labelmap", MMS_SEG_TYPE_LABELMAP}, {NULL, 0}};
 static const struct choice empty_frames[] = {
     {"omit", MMS_EMPTY_FRAMES_OMIT}, {"keep", MMS_EMPTY_FRAMES_KEEP}, {NULL, 0}};
-static const struct choice dest_types[] = {
-    {"dicom", MMS_DEST_DICOM}, {"folder", MMS_DEST_FOLDER}, {NULL, 0}};
+static const struct choice dest_types[] = {{"dicom", MMS_DEST_DICOM},
+                                           {"folder", MMS_DEST_FOLDER},
+                                           {"dicomweb", MMS_DEST_DICOMWEB},
+                                           {NULL, 0}};
+static const struct choice auths[] = {
+    {"none", 0}, {"basic", 1}, {"bearer", 2}, {NULL, 0}}; /* enum mms_stow_auth */
 
 #define OFF(field) offsetof(struct mms_config, field)
 #define DOFF(field) offsetof(struct mms_dest_config, field)
@@ -153,6 +157,12 @@ static const struct cfg_key dest_keys[] = {
     {NULL, "calling_ae", T_AE, DOFF(calling_ae), "MMSEGD", 0, 0, NULL, 0},
     {NULL, "tls", T_BOOL, DOFF(tls), "no", 0, 0, NULL, 0},
     {NULL, "path", T_PATH, DOFF(path), NULL, 0, 0, NULL, 0},
+    {NULL, "url", T_STR, DOFF(url), NULL, 0, 0, NULL, 0},
+    {NULL, "auth", T_ENUM, DOFF(auth), "none", 0, 0, auths, 0},
+    {NULL, "credentials_file", T_PATH, DOFF(credentials_file), NULL, 0, 0, NULL, 0},
+    {NULL, "ca_file", T_PATH, DOFF(ca_file), "", 0, 0, NULL, 0},
+    {NULL, "verify_tls", T_BOOL, DOFF(verify_tls), "yes", 0, 0, NULL, 0},
+    {NULL, "max_request_mb", T_UINT, DOFF(max_request_mb), "100", 1, 4096, NULL, 0},
     {NULL, "retry_initial_s", T_UINT, DOFF(retry_initial_s), "10", 1, 86400, NULL, 0},
     {NULL, "retry_multiplier", T_DBL, DOFF(retry_multiplier), "2.0", 1.0, 10.0, NULL, 0},
     {NULL, "retry_max_s", T_UINT, DOFF(retry_max_s), "900", 1, 604800, NULL, 0},
@@ -937,6 +947,26 @@ validate(struct loader *ld)
             report(ld, h, "[destination %s]: type dicom needs ae_title, host and port", d->name);
         if (d->type == MMS_DEST_FOLDER && (d->path == NULL || d->path[0] == '\0'))
             report(ld, h, "[destination %s]: type folder needs path", d->name);
+        if (d->type == MMS_DEST_DICOMWEB) {
+            if (d->url == NULL ||
+                (strncmp(d->url, "http://", 7) != 0 && strncmp(d->url, "https://", 8) != 0) ||
+                strpbrk(d->url, " \t\r\n") != NULL)
+                report(ld, h,
+                       "[destination %s]: type dicomweb needs url, http://... or "
+                       "https://... (the STOW-RS endpoint, e.g. .../dicom-web/studies)",
+                       d->name);
+            if (d->auth != 0 && (d->credentials_file == NULL || d->credentials_file[0] == '\0'))
+                report(ld, h,
+                       "[destination %s]: auth %s needs credentials_file (the "
+                       "credentials are never in this file)",
+                       d->name, d->auth == 1 ? "basic" : "bearer");
+            else if (d->auth != 0 && access(d->credentials_file, R_OK) != 0)
+                report(ld, h, "[destination %s]: credentials_file %s: %s", d->name,
+                       d->credentials_file, strerror(errno));
+            if (d->ca_file != NULL && d->ca_file[0] != '\0' && access(d->ca_file, R_OK) != 0)
+                report(ld, h, "[destination %s]: ca_file %s: %s", d->name, d->ca_file,
+                       strerror(errno));
+        }
     }
     return 0;
 }

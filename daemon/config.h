@@ -19,7 +19,7 @@ enum mms_export_mode { MMS_EXPORT_EXACT, MMS_EXPORT_FAST };
 enum mms_accept_sop { MMS_ACCEPT_CT, MMS_ACCEPT_ALL };
 enum mms_empty_frames { MMS_EMPTY_FRAMES_OMIT, MMS_EMPTY_FRAMES_KEEP };
 enum mms_seg_type { MMS_SEG_TYPE_BINARY, MMS_SEG_TYPE_LABELMAP };
-enum mms_dest_type { MMS_DEST_DICOM, MMS_DEST_FOLDER };
+enum mms_dest_type { MMS_DEST_DICOM, MMS_DEST_FOLDER, MMS_DEST_DICOMWEB };
 
 /* One [destination NAME] section. */
 struct mms_dest_config {
@@ -31,6 +31,12 @@ struct mms_dest_config {
     char *calling_ae;
     bool tls;
     char *path;
+    char *url;              /* dicomweb: the STOW-RS endpoint (.../studies) */
+    int auth;               /* dicomweb: enum mms_stow_auth (daemon/stow.h) */
+    char *credentials_file; /* dicomweb: basic "user:password", bearer the token */
+    char *ca_file;          /* dicomweb: PEM CAs to trust ("" = the system's) */
+    bool verify_tls;        /* dicomweb: check the server's certificate and name */
+    unsigned max_request_mb;
     unsigned retry_initial_s;
     double retry_multiplier;
     unsigned retry_max_s;

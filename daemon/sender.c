@@ -18,6 +18,7 @@
 #include "common/fs.h"
 #include "common/log.h"
 #include "daemon/outbox.h"
+#include "daemon/stow.h"
 #include "dicom/scu.h"
 
 /* The longest the loop waits before it reads the pending sends again. */
@@ -76,23 +77,39 @@ copy_to_folder(const char *folder, char **files, int n, char *why, size_t why_le
     return rc < 0 ? mms_why(why, why_len, rc, "fsync %s: %s", folder, mms_strerror(rc)) : 0;
 }
 
-/* One attempt of send r to destination d; the outcome's class, and the reason in why. */
+/* One attempt of send r to destination d; the outcome's class, and the reason in why.
+ * *retry_after: the delay the peer asked for before the next attempt (0: none). */
 static enum mms_scu_class
 attempt(struct mms_sender *s, const struct mms_dest_config *d, const struct mms_send_row *r,
-        int *n_files, char *why, size_t why_len)
+        int *n_files, double *retry_after, char *why, size_t why_len)
 {
     char **files = NULL;
-    int n = mms_outbox_list(s->state_dir, r->job, d->type == MMS_DEST_DICOM ? ".dcm" : NULL, &files,
-                            why, why_len);
+    bool dicom_only = d->type != MMS_DEST_FOLDER;
+    int n = mms_outbox_list(s->state_dir, r->job, dicom_only ? ".dcm" : NULL, &files, why, why_len);
     *n_files = n > 0 ? n : 0;
+    *retry_after = 0.0;
     if (n <= 0) {
         if (n == 0 || n == MMS_ENOENT)
             mms_why(why, why_len, MMS_ENOENT, "nothing to send: outbox/%" PRId64 " has no %s",
-                    r->job, d->type == MMS_DEST_DICOM ? "DICOM file" : "file");
+                    r->job, dicom_only ? "DICOM file" : "file");
         return MMS_SCU_PERMANENT;
     }
     enum mms_scu_class cls;
-    if (d->type == MMS_DEST_FOLDER) {
+    if (d->type == MMS_DEST_DICOMWEB) {
+        struct mms_stow_peer p = {
+            .url = d->url,
+            .auth = d->auth,
+            .credentials_file = d->credentials_file,
+            .ca_file = d->ca_file,
+            .verify = d->verify_tls,
+            .timeout_s = s->timeout_s,
+            .max_request_mb = d->max_request_mb,
+        };
+        struct mms_stow_result res;
+        int rc = mms_stow_send(&p, (const char *const *)files, n, &res, why, why_len);
+        cls = rc < 0 ? MMS_SCU_TRANSIENT : res.cls;
+        *retry_after = rc < 0 ? 0.0 : res.retry_after;
+    } else if (d->type == MMS_DEST_FOLDER) {
         /* every failure here (missing or full folder, permissions) can be fixed by an operator */
         cls = copy_to_folder(d->path, files, n, why, why_len) == 0 ? MMS_SCU_DELIVERED
                                                                    : MMS_SCU_TRANSIENT;
@@ -140,10 +157,11 @@ run_task(struct worker *w, struct mms_send_row r)
     const struct mms_dest_config *d = w->dest;
     char reason[1024] = "", why[1024];
     int n_files;
+    double retry_after;
 
     r.attempts++;
     mms_log(MMS_LOG_INFO, "job %" PRId64 " to %s: attempt %" PRId64, r.job, d->name, r.attempts);
-    enum mms_scu_class cls = attempt(s, d, &r, &n_files, reason, sizeof reason);
+    enum mms_scu_class cls = attempt(s, d, &r, &n_files, &retry_after, reason, sizeof reason);
     double now = mms_wall_s();
     r.last_attempt = now;
     if (cls == MMS_SCU_TRANSIENT && now - r.queued >= d->retry_max_age_s) {
@@ -161,7 +179,9 @@ run_task(struct worker *w, struct mms_send_row r)
         mms_log(MMS_LOG_NOTICE, "job %" PRId64 " delivered to %s (%d file%s, attempt %" PRId64 ")",
                 r.job, d->name, n_files, n_files == 1 ? "" : "s", r.attempts);
     } else if (cls == MMS_SCU_TRANSIENT) {
-        double next = now + backoff(d, r.attempts);
+        /* the delay the peer asked for (Retry-After), when longer than ours */
+        double delay = backoff(d, r.attempts);
+        double next = now + (retry_after > delay ? retry_after : delay);
         if (next > r.queued + d->retry_max_age_s)
             next = r.queued + d->retry_max_age_s;
         r.next_attempt = next;
@@ -382,6 +402,13 @@ mms_sender_start(uv_loop_t *loop, struct mms_index *ix, const struct mms_sender_
         free(s);
         return mms_why(why, why_len, MMS_ENOMEM, "out of memory");
     }
+    for (size_t i = 0; i < o->n_dests; i++)
+        if (o->dests[i].type == MMS_DEST_DICOMWEB && mms_stow_global_init() < 0) {
+            free(s->w);
+            free(s->state_dir);
+            free(s);
+            return mms_why(why, why_len, MMS_EIO, "libcurl: curl_global_init failed");
+        }
     pthread_mutex_init(&s->mu, NULL);
     pthread_mutex_init(&s->release_mu, NULL);
     s->tls = mms_tls_ref(o->tls);
@@ -418,6 +445,11 @@ mms_sender_start(uv_loop_t *loop, struct mms_index *ix, const struct mms_sender_
         if (d->type == MMS_DEST_DICOM)
             mms_log(MMS_LOG_INFO, "destination %s: DICOM %s@%s:%u as %s", d->name, d->ae_title,
                     d->host, d->port, d->calling_ae);
+        else if (d->type == MMS_DEST_DICOMWEB)
+            mms_log(MMS_LOG_INFO, "destination %s: DICOMweb STOW-RS %s (auth %s)", d->name, d->url,
+                    d->auth == MMS_STOW_AUTH_BASIC    ? "basic"
+                    : d->auth == MMS_STOW_AUTH_BEARER ? "bearer"
+                                                      : "none");
         else
             mms_log(MMS_LOG_INFO, "destination %s: folder %s", d->name, d->path);
     }

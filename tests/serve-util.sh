@@ -31,7 +31,8 @@ wait_for() {
 }
 
 # ---------------------------------------------------------------------------- Orthanc
-# orthanc_config NAME EXTRA_JSON: its folder, ports and configuration
+# orthanc_config NAME EXTRA_JSON [PLUGINS [AUTH]]: its folder, ports and configuration;
+# PLUGINS: the JSON strings of its "Plugins" list; AUTH "true": HTTP basic authentication on
 orthanc_config() {
     local d=$tmp/$1
     mkdir -p "$d"
@@ -48,19 +49,19 @@ orthanc_config() {
   "DicomAet": "ORTHANC",
   "DicomCheckCalledAet": true,
   "RemoteAccessAllowed": false,
-  "AuthenticationEnabled": false,
-  "Plugins": [],
+  "AuthenticationEnabled": ${4:-false},
+  "Plugins": [${3:-}],
   "LuaScripts": [],
   "StableAge": 1$2
 }
 JSON
 }
-orthanc_start() { # NAME
+orthanc_start() { # NAME [USER:PASSWORD (of an Orthanc with authentication)]
     local http
     eval "http=\$http_$1"
     "$orthanc" "$tmp/$1/orthanc.json" >>"$tmp/$1/log" 2>&1 &
     opid[$1]=$!
-    wait_for 30 curl -sf "http://127.0.0.1:$http/system"
+    wait_for 30 curl -sf ${2:+-u "$2"} "http://127.0.0.1:$http/system"
 }
 orthanc_stop() { # NAME
     kill -TERM "${opid[$1]}" 2>/dev/null
