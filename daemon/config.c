@@ -163,6 +163,7 @@ static const struct cfg_key dest_keys[] = {
     {NULL, "ca_file", T_PATH, DOFF(ca_file), "", 0, 0, NULL, 0},
     {NULL, "verify_tls", T_BOOL, DOFF(verify_tls), "yes", 0, 0, NULL, 0},
     {NULL, "max_request_mb", T_UINT, DOFF(max_request_mb), "100", 1, 4096, NULL, 0},
+    {NULL, "outputs", T_STR, DOFF(outputs), "", 0, 0, NULL, 0},
     {NULL, "retry_initial_s", T_UINT, DOFF(retry_initial_s), "10", 1, 86400, NULL, 0},
     {NULL, "retry_multiplier", T_DBL, DOFF(retry_multiplier), "2.0", 1.0, 10.0, NULL, 0},
     {NULL, "retry_max_s", T_UINT, DOFF(retry_max_s), "900", 1, 604800, NULL, 0},
@@ -885,6 +886,64 @@ check_cpus(struct loader *ld)
                c->series.decode_threads, nr, nr == 1 ? "" : "s", list);
 }
 
+static const struct choice output_names[] = {{"seg", MMS_OUTPUT_SEG},
+                                             {"rtstruct", MMS_OUTPUT_RTSTRUCT},
+                                             {"sc", MMS_OUTPUT_SC},
+                                             {"preview", MMS_OUTPUT_PREVIEW},
+                                             {NULL, 0}};
+
+unsigned
+mms_output_of(const char *name)
+{
+    const char *base = strrchr(name, '/') != NULL ? strrchr(name, '/') + 1 : name;
+    size_t n = strlen(base);
+    static const struct {
+        const char *suffix;
+        unsigned out;
+    } by[] = {{".rtstruct.dcm", MMS_OUTPUT_RTSTRUCT},
+              {".sc.dcm", MMS_OUTPUT_SC},
+              {".dcm", MMS_OUTPUT_SEG},
+              {".png", MMS_OUTPUT_PREVIEW}};
+    for (size_t i = 0; i < sizeof by / sizeof by[0]; i++) {
+        size_t k = strlen(by[i].suffix);
+        if (n > k && strcmp(base + n - k, by[i].suffix) == 0)
+            return by[i].out;
+    }
+    return 0;
+}
+
+/* [destination] outputs: names of output_names separated by ',', each made in [seg]. */
+static void
+check_outputs(struct loader *ld, struct mms_dest_config *d, unsigned h)
+{
+    d->outputs_mask = MMS_OUTPUT_ALL;
+    if (d->outputs == NULL || d->outputs[0] == '\0')
+        return;
+    d->outputs_mask = 0;
+    char *copy = strdup(d->outputs), *save = NULL;
+    if (copy == NULL)
+        return;
+    for (char *t = strtok_r(copy, ", ", &save); t != NULL; t = strtok_r(NULL, ", ", &save)) {
+        const struct choice *c = output_names;
+        while (c->name != NULL && strcmp(c->name, t) != 0)
+            c++;
+        if (c->name == NULL)
+            report(ld, h, "[destination %s]: outputs: '%s' is none of seg, rtstruct, sc, preview",
+                   d->name, t);
+        d->outputs_mask |= (unsigned)c->value;
+    }
+    free(copy);
+    if (d->outputs_mask == 0)
+        report(ld, h, "[destination %s]: outputs names nothing", d->name);
+    if ((d->outputs_mask & MMS_OUTPUT_RTSTRUCT) != 0 && !ld->cfg->seg.rtstruct)
+        report(ld, h, "[destination %s]: outputs lists rtstruct, but [seg] rtstruct = no", d->name);
+    if ((d->outputs_mask & MMS_OUTPUT_SC) != 0 && !ld->cfg->seg.preview_sc)
+        report(ld, h, "[destination %s]: outputs lists sc, but [seg] preview_sc = no", d->name);
+    if ((d->outputs_mask & MMS_OUTPUT_PREVIEW) != 0 && d->type != MMS_DEST_FOLDER)
+        report(ld, h, "[destination %s]: outputs lists preview, which only a folder receives",
+               d->name);
+}
+
 static int
 validate(struct loader *ld)
 {
@@ -941,8 +1000,9 @@ validate(struct loader *ld)
                "no backslash");
 
     for (size_t i = 0; i < ld->cfg->n_dests; i++) {
-        const struct mms_dest_config *d = &ld->cfg->dests[i];
+        struct mms_dest_config *d = &ld->cfg->dests[i];
         unsigned h = ld->lines[i].header;
+        check_outputs(ld, d, h);
         if (d->type == MMS_DEST_DICOM && (d->ae_title == NULL || d->host == NULL || d->port == 0))
             report(ld, h, "[destination %s]: type dicom needs ae_title, host and port", d->name);
         if (d->type == MMS_DEST_FOLDER && (d->path == NULL || d->path[0] == '\0'))

@@ -20,6 +20,18 @@ enum mms_accept_sop { MMS_ACCEPT_CT, MMS_ACCEPT_ALL };
 enum mms_empty_frames { MMS_EMPTY_FRAMES_OMIT, MMS_EMPTY_FRAMES_KEEP };
 enum mms_seg_type { MMS_SEG_TYPE_BINARY, MMS_SEG_TYPE_LABELMAP };
 enum mms_dest_type { MMS_DEST_DICOM, MMS_DEST_FOLDER, MMS_DEST_DICOMWEB };
+/* The files of a result, by the name they have in the outbox (daemon/jobs.c): SOP.dcm the
+ * SEG, SOP.rtstruct.dcm the RT Structure Set, SOP.sc.dcm the Secondary Capture, SOP.png the
+ * preview (folder destinations only). */
+enum mms_output {
+    MMS_OUTPUT_SEG = 1,
+    MMS_OUTPUT_RTSTRUCT = 2,
+    MMS_OUTPUT_SC = 4,
+    MMS_OUTPUT_PREVIEW = 8,
+    MMS_OUTPUT_ALL = 15,
+};
+/* The output a file of the outbox is, by its name; 0 for none of them. */
+unsigned mms_output_of(const char *name);
 
 /* One [destination NAME] section. */
 struct mms_dest_config {
@@ -37,6 +49,8 @@ struct mms_dest_config {
     char *ca_file;          /* dicomweb: PEM CAs to trust ("" = the system's) */
     bool verify_tls;        /* dicomweb: check the server's certificate and name */
     unsigned max_request_mb;
+    char *outputs;         /* "seg,rtstruct,sc,preview" or a part of it; "" = all */
+    unsigned outputs_mask; /* of enum mms_output, from outputs (all bits when "") */
     unsigned retry_initial_s;
     double retry_multiplier;
     unsigned retry_max_s;

@@ -434,14 +434,14 @@ run_job(struct jworker *w)
             char sc_series[65], sc_sop[65];
             mms_work_output_uids("sc", J->engine[0].sha256, j.series_uid, (int)j.run, sc_series,
                                  sc_sop);
-            snprintf(sc, sizeof sc, "%s/tmp/%s.dcm", J->state_dir, sc_sop);
+            snprintf(sc, sizeof sc, "%s/tmp/%s.sc.dcm", J->state_dir, sc_sop);
             wo.sc_path = sc;
         }
         if (wo.rtstruct) {
             char rt_series[65], rt_sop[65];
             mms_work_output_uids("rtstruct", J->engine[0].sha256, j.series_uid, (int)j.run,
                                  rt_series, rt_sop);
-            snprintf(rt, sizeof rt, "%s/tmp/%s.dcm", J->state_dir, rt_sop);
+            snprintf(rt, sizeof rt, "%s/tmp/%s.rtstruct.dcm", J->state_dir, rt_sop);
             wo.rtstruct_path = rt;
         }
         rc = mms_work_series(&J->engine[0], (const char *const *)f.paths, hdr, f.n, &wo, &wr, why,

@@ -86,14 +86,32 @@ attempt(struct mms_sender *s, const struct mms_dest_config *d, const struct mms_
     char **files = NULL;
     bool dicom_only = d->type != MMS_DEST_FOLDER;
     int n = mms_outbox_list(s->state_dir, r->job, dicom_only ? ".dcm" : NULL, &files, why, why_len);
-    *n_files = n > 0 ? n : 0;
     *retry_after = 0.0;
     if (n <= 0) {
+        *n_files = 0;
         if (n == 0 || n == MMS_ENOENT)
             mms_why(why, why_len, MMS_ENOENT, "nothing to send: outbox/%" PRId64 " has no %s",
                     r->job, dicom_only ? "DICOM file" : "file");
         return MMS_SCU_PERMANENT;
     }
+    /* the outputs this destination takes ([destination] outputs) */
+    int kept = 0;
+    for (int i = 0; i < n; i++) {
+        if ((mms_output_of(files[i]) & d->outputs_mask) != 0)
+            files[kept++] = files[i];
+        else
+            free(files[i]);
+    }
+    *n_files = kept;
+    if (kept == 0) {
+        mms_log(MMS_LOG_NOTICE,
+                "job %" PRId64 " to %s: the result holds none of its outputs (%s): nothing to "
+                "send",
+                r->job, d->name, d->outputs);
+        mms_outbox_list_free(files, 0);
+        return MMS_SCU_DELIVERED;
+    }
+    n = kept;
     enum mms_scu_class cls;
     if (d->type == MMS_DEST_DICOMWEB) {
         struct mms_stow_peer p = {

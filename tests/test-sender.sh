@@ -15,7 +15,10 @@
 #     started again: Orthanc ends with exactly one instance of that SEG;
 #  e) retries exhausted: a folder that does not exist, retry_max_age_s 3: dead with "gave up
 #     after"; the folder made, `mmsegd resend --dead` queues it again and it is delivered;
-#  f) `mmsegd status` shows the dead send and the counts; usage errors of resend.
+#  f) `mmsegd status` shows the dead send and the counts; usage errors of resend;
+#  g) [destination] outputs: a folder that takes rtstruct and preview gets the RT Structure
+#     Set and the PNG of a result that also holds a SEG and a Secondary Capture, nothing else;
+#     a DICOM destination that takes seg stores only the SEG in Orthanc.
 set -u
 . "$(dirname "$0")/find-testdata.sh"
 . "$(dirname "$0")/serve-util.sh"
@@ -72,12 +75,25 @@ path = $tmp/late
 retry_initial_s = 1
 retry_max_s = 1
 retry_max_age_s = 3
+[destination picky]
+type = folder
+path = $tmp/picky
+outputs = rtstruct, preview
+[destination segs]
+type = dicom
+ae_title = ORTHANC
+host = 127.0.0.1
+port = $dicom_open
+outputs = seg
+[seg]
+rtstruct = yes
+preview_sc = yes
 INI
 }
 put() { "$outbox_put" "$state" "$@"; }
 
 # ---------------------------------------------------------------------------- the SEGs
-echo "1..30"
+echo "1..32"
 if ! "$mmsegd" segment --model "$model" -o "$tmp/seg" "$ct" >"$tmp/segment.log" 2>&1; then
     result FAIL "mmsegd segment writes the SEG of ct-3slice"
     sed 's/^/# /' "$tmp/segment.log"
@@ -113,8 +129,8 @@ else
 fi
 config
 mkdir -p "$tmp/folder"
-if start; then result OK "the daemon starts with four destinations"; else
-    result FAIL "the daemon starts with four destinations"
+if start; then result OK "the daemon starts with six destinations"; else
+    result FAIL "the daemon starts with six destinations"
     sed 's/^/# /' "$tmp/log"
     exit 1
 fi
@@ -263,6 +279,32 @@ fi
 [ $rc1 = 2 ] && [ $rc2 = 2 ] && [ $rc3 = 2 ] &&
     result OK "f) resend usage errors exit 2" ||
     result FAIL "f) resend usage errors exit 2 (got $rc1 $rc2 $rc3)"
+
+# ---------------------------------------------------------------------------- g) outputs
+mkdir -p "$tmp/picky" "$tmp/g"
+cp "$seg" "$tmp/g/job9.dcm"
+dcmodify -nb -gin "$tmp/g/job9.dcm" >/dev/null 2>&1
+cp "$seg" "$tmp/g/job9-other.sc.dcm" # stands for the Secondary Capture: only its name counts
+dcmodify -nb -gin "$tmp/g/job9-other.sc.dcm" >/dev/null 2>&1
+cp "$seg" "$tmp/g/job9-contours.rtstruct.dcm"
+dcmodify -nb -gin "$tmp/g/job9-contours.rtstruct.dcm" >/dev/null 2>&1
+printf 'png' >"$tmp/g/job9.png"
+before=$(orthanc_instances open)
+put 9 "$ct_series" picky,segs "$tmp/g/job9.dcm" "$tmp/g/job9.png" "$tmp/g/job9-other.sc.dcm" \
+    "$tmp/g/job9-contours.rtstruct.dcm"
+if wait_for 20 send_is 9 picky done && wait_for 20 send_is 9 segs done; then
+    got=$(ls -A "$tmp/picky" | tr '\n' ' ')
+    [ "$got" = "job9-contours.rtstruct.dcm job9.png " ] &&
+        result OK "g) outputs = rtstruct, preview: the folder holds $got" ||
+        result FAIL "g) outputs = rtstruct, preview: the folder holds '$got'"
+    after=$(orthanc_instances open)
+    [ -n "$(orthanc_find open "$(uid_of "$tmp/g/job9.dcm")")" ] && [ $((after - before)) = 1 ] &&
+        result OK "g) outputs = seg: Orthanc got the SEG alone (1 instance more)" ||
+        result FAIL "g) outputs = seg: Orthanc got the SEG alone ($before -> $after instances)"
+else
+    result FAIL "g) outputs: job 9 delivered ($(send_field 9 picky reason); $(send_field 9 segs reason))"
+    result FAIL "g) outputs = seg"
+fi
 stop
 grep -q "job 2 to closed: attempt 2" "$tmp/log" &&
     result FAIL "b) the refused send was never attempted twice" ||

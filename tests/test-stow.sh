@@ -19,7 +19,8 @@
 #     12's Orthanc 1.10.1 crashes on HTTPS): delivered when the CA is trusted (ca_file);
 #     refused with the certificate's reason, transient, when another CA is;
 #  h) check-config refuses a dicomweb destination without url, auth without credentials_file,
-#     and a ca_file that cannot be read.
+#     a ca_file that cannot be read, and outputs that are unknown, not made, or a preview for
+#     a destination other than a folder.
 set -u
 . "$(dirname "$0")/find-testdata.sh"
 . "$(dirname "$0")/serve-util.sh"
@@ -339,6 +340,12 @@ check "a credentials_file that cannot be read" "credentials_file" \
     "url = http://127.0.0.1:1/studies" "auth = bearer" "credentials_file = $tmp/none.cred"
 check "a ca_file that cannot be read" "ca_file" \
     "url = https://127.0.0.1:1/studies" "ca_file = $tmp/none.pem"
+check "outputs naming an unknown output" "is none of seg, rtstruct, sc, preview" \
+    "url = http://127.0.0.1:1/studies" "outputs = seg, masks"
+check "outputs = rtstruct without [seg] rtstruct = yes" "but \[seg\] rtstruct = no" \
+    "url = http://127.0.0.1:1/studies" "outputs = rtstruct"
+check "outputs = preview for a destination that is not a folder" "only a folder receives" \
+    "url = http://127.0.0.1:1/studies" "outputs = preview"
 
 echo "1..$n"
 exit $failed
