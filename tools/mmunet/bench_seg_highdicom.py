@@ -231,11 +231,14 @@ def cmd_verify(a):
         res["codes"] = codes
         res["codes_ok"] = all(c[0] and c[1] and c[2] for c in codes)
         slices = read_series(a.dicom)
-        uids = [str(ds.get("SOPInstanceUID", "")) for _, ds in slices]
+        # a data set without its SOP Instance UID (the TotalSegmentator example) is known by
+        # the file meta's, as mmsegd takes it
+        uids = [str(ds.get("SOPInstanceUID", "") or
+                    getattr(ds, "file_meta", {}).get("MediaStorageSOPInstanceUID", ""))
+                for _, ds in slices]
         if not any(uids):
-            # files without SOP Instance UIDs (the TotalSegmentator example): mmsegd derived
-            # the UIDs its frames refer to, so highdicom cannot match them to these files;
-            # tests/seg_check.py checks those masks
+            # no UID at all: mmsegd derived the UIDs its frames refer to, so highdicom cannot
+            # match them to these files; tests/seg_check.py checks those masks
             res.update(per_instance="not checked: the source files have no SOP Instance UID",
                        ok=res["codes_ok"] and res["segments"] > 0)
             print(json.dumps(res))
