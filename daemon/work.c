@@ -421,6 +421,22 @@ mms_work_output_uids(const char *kind, const char *sha256, const char *source_se
     mms_uid_uuid5(name, sop_uid);
 }
 
+/* An output's identity: the source's header with its UIDs (derived where the files have
+ * none), and the output's own Series and SOP Instance UIDs (mms_work_output_uids). */
+struct output_ids {
+    struct mms_header h;
+    char series_uid[65], sop_uid[65];
+};
+
+static void
+output_ids_of(const char *kind, const char *sha256, const struct mms_header *h0, int run,
+              struct output_ids *id)
+{
+    id->h = *h0;
+    mms_header_derive_uids(&id->h);
+    mms_work_output_uids(kind, sha256, id->h.series_uid, run, id->series_uid, id->sop_uid);
+}
+
 int
 mms_work_write_seg(const struct mms_card *card, const char *sha256, const char *const *paths,
                    const struct mms_header *h0, const struct mms_volume *v, const uint8_t *labels,
@@ -437,11 +453,9 @@ mms_work_write_seg(const struct mms_card *card, const char *sha256, const char *
     for (int i = 0; i < card->n_labels; i++)
         segment_of(&card->labels[i], &seg[i], &sex[3 * i]);
 
-    /* the source's UIDs (derived where the files have none), and the SEG's own */
-    struct mms_header h = *h0;
-    mms_header_derive_uids(&h);
-    char series_uid[65], sop_uid[65];
-    mms_work_output_uids("seg", sha256, h.series_uid, run, series_uid, sop_uid);
+    struct output_ids id;
+    output_ids_of("seg", sha256, h0, run, &id);
+    const struct mms_header h = id.h;
 
     struct mms_seg_input in = {
         .vol = v,
@@ -458,8 +472,8 @@ mms_work_write_seg(const struct mms_card *card, const char *sha256, const char *
         .study_uid = h.study_uid,
         .source_series_uid = h.series_uid,
         .frame_of_ref_uid = h.slice.frame_of_ref,
-        .series_uid = series_uid,
-        .sop_instance_uid = sop_uid,
+        .series_uid = id.series_uid,
+        .sop_instance_uid = id.sop_uid,
         .form = form,
     };
     int rc = mms_seg_write(&in, path, res, why, why_len);
@@ -483,10 +497,9 @@ mms_work_write_rtstruct(const struct mms_card *card, const char *sha256, const c
         roi[i].name = l->segment_label != NULL ? l->segment_label : l->name;
         memcpy(roi[i].rgb, l->rgb, 3);
     }
-    struct mms_header h = *h0;
-    mms_header_derive_uids(&h);
-    char series_uid[65], sop_uid[65];
-    mms_work_output_uids("rtstruct", sha256, h.series_uid, run, series_uid, sop_uid);
+    struct output_ids id;
+    output_ids_of("rtstruct", sha256, h0, run, &id);
+    const struct mms_header h = id.h;
     struct mms_rtstruct_input in = {
         .vol = v,
         .paths = paths,
@@ -500,8 +513,8 @@ mms_work_write_rtstruct(const struct mms_card *card, const char *sha256, const c
         .study_uid = h.study_uid,
         .source_series_uid = h.series_uid,
         .frame_of_ref_uid = h.slice.frame_of_ref,
-        .series_uid = series_uid,
-        .sop_instance_uid = sop_uid,
+        .series_uid = id.series_uid,
+        .sop_instance_uid = id.sop_uid,
     };
     int rc = mms_rtstruct_write(&in, path, res, why, why_len);
     free(roi);
@@ -515,16 +528,15 @@ write_sc(const struct mms_card *card, const char *sha256, const char *const *pat
          const struct mms_header *h0, int run, const struct mms_preview_image *img,
          const char *path, char *why, size_t why_len)
 {
-    struct mms_header h = *h0;
-    mms_header_derive_uids(&h);
-    char series_uid[65], sop_uid[65];
-    mms_work_output_uids("sc", sha256, h.series_uid, run, series_uid, sop_uid);
+    struct output_ids id;
+    output_ids_of("sc", sha256, h0, run, &id);
+    const struct mms_header h = id.h;
     struct mms_sc_input in = {
         .source_path = paths[0],
         .study_uid = h.study_uid,
         .source_series_uid = h.series_uid,
-        .series_uid = series_uid,
-        .sop_instance_uid = sop_uid,
+        .series_uid = id.series_uid,
+        .sop_instance_uid = id.sop_uid,
         .series_number = 9800 + run,
         .series_description = NULL,
         .algorithm_name = card->name,

@@ -44,6 +44,20 @@ OFCondition mms__dcm_blank_invalid(DcmItem &item, const char *source, const char
 int mms__dcm_copy_source(DcmItem &dst, const char *source, const char *study_uid, const char *what,
                          char *why, size_t why_len);
 
+// A new instance in a series of its own: SOP Class and Instance UID, Modality, Series
+// Instance UID, Number and Description, Instance Number 1, and the equipment (Manufacturer and
+// Manufacturer's Model Name "mmsegd", Software Versions).
+struct mms__dcm_series {
+    const char *sop_class, *sop_instance, *modality;
+    const char *series_uid, *description;
+    int series_number;
+    const char *software_version;
+};
+OFCondition mms__dcm_put_series(DcmItem &ds, const struct mms__dcm_series &s);
+
+// The local date (YYYYMMDD) and time (HHMMSS) now, for Content or Structure Set Date and Time.
+void mms__dcm_now(char date[16], char time_of_day[16]);
+
 // ff saved to path (explicit VR little endian, group lengths as they are) through path.tmp:
 // written through a buffer, handed to writeback as it grows, synced and renamed into place.
 // Returns 0, MMS_EDICOM or -errno, with why.

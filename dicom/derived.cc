@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <memory>
@@ -159,6 +160,42 @@ mms__dcm_copy_source(DcmItem &dst, const char *source, const char *study_uid, co
     if (c.good())
         c = dst.putAndInsertString(DCM_StudyInstanceUID, study_uid);
     return c.good() ? 0 : mms__dcm_fail(why, why_len, source, c);
+}
+
+OFCondition
+mms__dcm_put_series(DcmItem &ds, const struct mms__dcm_series &s)
+{
+    char number[16];
+    snprintf(number, sizeof number, "%d", s.series_number);
+    const struct {
+        DcmTagKey key;
+        const char *value;
+    } text[] = {
+        {DCM_SOPClassUID, s.sop_class},
+        {DCM_SOPInstanceUID, s.sop_instance},
+        {DCM_Modality, s.modality},
+        {DCM_Manufacturer, "mmsegd"},
+        {DCM_SeriesDescription, s.description},
+        {DCM_ManufacturerModelName, "mmsegd"},
+        {DCM_SoftwareVersions, s.software_version},
+        {DCM_SeriesInstanceUID, s.series_uid},
+        {DCM_SeriesNumber, number},
+        {DCM_InstanceNumber, "1"},
+    };
+    OFCondition c = EC_Normal;
+    for (size_t i = 0; c.good() && i < sizeof text / sizeof text[0]; i++)
+        c = ds.putAndInsertString(text[i].key, text[i].value);
+    return c;
+}
+
+void
+mms__dcm_now(char date[16], char time_of_day[16])
+{
+    time_t now = time(NULL);
+    struct tm t;
+    localtime_r(&now, &t);
+    strftime(date, 16, "%Y%m%d", &t);
+    strftime(time_of_day, 16, "%H%M%S", &t);
 }
 
 namespace

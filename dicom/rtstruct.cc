@@ -9,7 +9,6 @@
 
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include <memory>
 #include <new>
@@ -82,39 +81,27 @@ OFCondition
 put_header(const struct mms_rtstruct_input *in, DcmDataset &ds)
 {
     const struct mms_volume *v = in->vol;
-    char number[16], date[16], tm[16];
-    snprintf(number, sizeof number, "%d", in->series_number);
-    time_t now = time(NULL);
-    struct tm t;
-    localtime_r(&now, &t);
-    strftime(date, sizeof date, "%Y%m%d", &t);
-    strftime(tm, sizeof tm, "%H%M%S", &t);
+    char date[16], tm[16];
+    mms__dcm_now(date, tm);
     std::string name = std::string("MM-UNet ") + in->algorithm_name;
     if (name.size() > 64)
         name.resize(64);
+    const struct mms__dcm_series series = {
+        UID_RTStructureSetStorage, in->sop_instance_uid, "RTSTRUCT", in->series_uid, name.c_str(),
+        in->series_number,         in->software_version};
     const struct {
         DcmTagKey key;
         const char *value;
     } text[] = {
-        {DCM_SOPClassUID, UID_RTStructureSetStorage},
-        {DCM_SOPInstanceUID, in->sop_instance_uid},
-        {DCM_Modality, "RTSTRUCT"},
-        {DCM_Manufacturer, "mmsegd"},
-        {DCM_SeriesDescription, name.c_str()},
         {DCM_OperatorsName, ""},
-        {DCM_ManufacturerModelName, "mmsegd"},
-        {DCM_SoftwareVersions, in->software_version},
-        {DCM_SeriesInstanceUID, in->series_uid},
-        {DCM_SeriesNumber, number},
         {DCM_FrameOfReferenceUID, in->frame_of_ref_uid},
         {DCM_PositionReferenceIndicator, ""},
-        {DCM_InstanceNumber, "1"},
         {DCM_StructureSetLabel, "MM-UNet"},
         {DCM_StructureSetName, name.c_str()},
         {DCM_StructureSetDate, date},
         {DCM_StructureSetTime, tm},
     };
-    OFCondition c = EC_Normal;
+    OFCondition c = mms__dcm_put_series(ds, series);
     for (size_t i = 0; c.good() && i < sizeof text / sizeof text[0]; i++)
         c = ds.putAndInsertString(text[i].key, text[i].value);
 

@@ -2,7 +2,6 @@
 #include "dicom/sc.h"
 
 #include <stdio.h>
-#include <time.h>
 
 #include <new>
 #include <string>
@@ -30,39 +29,31 @@ build(const struct mms_sc_input *in, DcmDataset &ds, char *why, size_t why_len)
         description = in->series_description;
     else
         description = std::string("MM-UNet ") + in->algorithm_name + " preview";
-    char number[16], date[16], tm[16];
-    snprintf(number, sizeof number, "%d", in->series_number);
-    time_t now = time(NULL);
-    struct tm t;
-    localtime_r(&now, &t);
-    strftime(date, sizeof date, "%Y%m%d", &t);
-    strftime(tm, sizeof tm, "%H%M%S", &t);
+    char date[16], tm[16];
+    mms__dcm_now(date, tm);
+    const struct mms__dcm_series series = {UID_SecondaryCaptureImageStorage,
+                                           in->sop_instance_uid,
+                                           "OT",
+                                           in->series_uid,
+                                           description.c_str(),
+                                           in->series_number,
+                                           in->software_version};
     const struct {
         DcmTagKey key;
         const char *value;
     } text[] = {
-        {DCM_SOPClassUID, UID_SecondaryCaptureImageStorage},
-        {DCM_SOPInstanceUID, in->sop_instance_uid},
         {DCM_ImageType, "DERIVED\\SECONDARY"},
         {DCM_ContentDate, date},
         {DCM_ContentTime, tm},
-        {DCM_Modality, "OT"},
         {DCM_ConversionType, "WSD"},
-        {DCM_Manufacturer, "mmsegd"},
-        {DCM_SeriesDescription, description.c_str()},
-        {DCM_ManufacturerModelName, "mmsegd"},
         {DCM_DerivationDescription, "Preview of a segmentation by MM-UNet; not for diagnostic use"},
-        {DCM_SoftwareVersions, in->software_version},
-        {DCM_SeriesInstanceUID, in->series_uid},
-        {DCM_SeriesNumber, number},
-        {DCM_InstanceNumber, "1"},
         {DCM_PatientOrientation, ""},
         {DCM_Laterality, ""}, // Type 2C: present and empty (the body part is not known)
         {DCM_BurnedInAnnotation, "YES"},
         {DCM_PhotometricInterpretation, "RGB"},
         {DCM_LossyImageCompression, "00"},
     };
-    OFCondition c = EC_Normal;
+    OFCondition c = mms__dcm_put_series(ds, series);
     for (size_t i = 0; c.good() && i < sizeof text / sizeof text[0]; i++)
         c = ds.putAndInsertString(text[i].key, text[i].value);
     const struct {

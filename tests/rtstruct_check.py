@@ -32,7 +32,7 @@ import pydicom
 from skimage.draw import polygon
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from seg_check import Report, _s, read_card, read_labels, read_source  # noqa: E402
+from seg_check import Report, _s, read_card, read_inputs  # noqa: E402
 
 RT_STRUCT = "1.2.840.10008.5.1.4.1.1.481.3"
 PLANE_TOL = 1e-3  # mm
@@ -46,14 +46,11 @@ def check(args):
     except Exception as e:  # noqa: BLE001 (any reason the file cannot be read)
         rep.check(False, "pydicom reads %s (%s)" % (args.rtstruct, e))
         return rep, summary
-    try:
-        slices, normal = read_source(args.dicom)
-        src0 = slices[0].ds
-        shape = (len(slices), int(src0.Rows), int(src0.Columns))
-        labels = read_labels(args.labels, shape)
-    except (ValueError, OSError, KeyError) as e:
-        rep.check(False, "source series and labels readable (%s)" % e)
+    src = read_inputs(rep, args.dicom, args.labels)
+    if src is None:
         return rep, summary
+    slices, _, shape, labels = src
+    src0 = slices[0].ds
     n_sl, rows, cols = shape
     key_to_slice = {}
     for k, sl in enumerate(slices):

@@ -203,6 +203,19 @@ def read_labels(path, shape):
     return arr
 
 
+def read_inputs(rep, dicom, labels_path):
+    """The source slices, their normal, the stack's shape (slices, rows, columns) and the
+    labels; None, with a failed check in rep, when they cannot be read."""
+    try:
+        slices, normal = read_source(dicom)
+        src0 = slices[0].ds
+        shape = (len(slices), int(src0.Rows), int(src0.Columns))
+        return slices, normal, shape, read_labels(labels_path, shape)
+    except (ValueError, OSError, KeyError) as e:
+        rep.check(False, "source series and labels readable (%s)" % e)
+        return None
+
+
 # ------------------------------------------------------------------------------ the card
 def read_card(path):
     """The model card of a model file (safetensors metadata key "mmsegd.model")."""
@@ -282,14 +295,11 @@ def check(args):
         rep.check(False, "pydicom reads %s (%s)" % (args.seg, e))
         return rep, summary
     rep.check(True, "pydicom reads %s" % args.seg)
-    try:
-        slices, normal = read_source(args.dicom)
-        src0 = slices[0].ds
-        shape = (len(slices), int(src0.Rows), int(src0.Columns))
-        labels = read_labels(args.labels, shape)
-    except (ValueError, OSError, KeyError) as e:
-        rep.check(False, "source series and labels readable (%s)" % e)
+    src = read_inputs(rep, args.dicom, args.labels)
+    if src is None:
         return rep, summary
+    slices, normal, shape, labels = src
+    src0 = slices[0].ds
     n_sl, rows, cols = shape
     key_to_slice = {}  # (SOP Instance UID, frame number or None) -> slice
     for k, sl in enumerate(slices):

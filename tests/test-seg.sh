@@ -539,23 +539,20 @@ vfy_labelmap() {
     fi
     grep -E '^(Error|Warning)' "$tmp/$name.vfy" | sed "s/^/# $name dciodvfy: /" | head -30
 }
-if [ -s "$tmp/b.raw" ]; then
-    want="segments $(mk counts "$tmp/b.raw" 20 512 512 | head -1 | awk '{ print $2 }') frames 20"
-    write j-b "$tsdcm" "$tmp/b.raw" --labelmap
-    segcheck j-b "$tmp/b.raw" "$tsdcm"
-    pylines "$python" "$tmp/mk.py" labelmap "$tmp/j-b.dcm" "$tmp/b.raw" 20 512 512
-    hdread j-b "$tsdcm" "$tmp/b.raw"
-    vfy_labelmap j-b
-fi
-if [ -s "$tmp/c.raw" ]; then
-    want="segments $(sed -n 1p "$tmp/c.counts" | awk '{ print $2 }') frames 54"
-    write j-c "$tilt" "$tmp/c.raw" --labelmap
-    segcheck j-c "$tmp/c.raw" "$tilt"
-    pylines "$python" "$tmp/mk.py" labelmap "$tmp/j-c.dcm" "$tmp/c.raw" 54 512 512
-    hdread j-c "$tilt" "$tmp/c.raw"
-    vfy_labelmap j-c
-    bin=$(stat -c %s "$tmp/c.dcm" 2>/dev/null) lm=$(stat -c %s "$tmp/j-c.dcm" 2>/dev/null)
-    echo "# j-c: binary SEG $bin bytes ($(sed -n 1p "$tmp/c.counts" | awk '{ print $4 }') frames), label map $lm bytes (54 frames)"
+for m in "b:$tsdcm:20" "c:$tilt:54"; do
+    base=${m%%:*} m=${m#*:}
+    dicom=${m%:*} slices=${m##*:}
+    [ -s "$tmp/$base.raw" ] || continue
+    want="segments $(mk counts "$tmp/$base.raw" "$slices" 512 512 | head -1 | awk '{ print $2 }') frames $slices"
+    write "j-$base" "$dicom" "$tmp/$base.raw" --labelmap
+    segcheck "j-$base" "$tmp/$base.raw" "$dicom"
+    pylines "$python" "$tmp/mk.py" labelmap "$tmp/j-$base.dcm" "$tmp/$base.raw" "$slices" 512 512
+    hdread "j-$base" "$dicom" "$tmp/$base.raw"
+    vfy_labelmap "j-$base"
+done
+if [ -s "$tmp/c.dcm" ] && [ -s "$tmp/j-c.dcm" ]; then
+    echo "# j-c: binary SEG $(stat -c %s "$tmp/c.dcm") bytes ($(sed -n 1p "$tmp/c.counts" |
+        awk '{ print $4 }') frames), label map $(stat -c %s "$tmp/j-c.dcm") bytes (54 frames)"
 fi
 if mk oddseries "$odd/IMG0001.dcm" "$tmp/j-odd-dicom" 37 3 "$tmp/j-odd.raw" >"$tmp/j-odd.mk" 2>&1
 then
