@@ -85,8 +85,10 @@ sb_finish(struct sbuf *sb)
     }
 }
 
-/* Decode one UTF-8 sequence; returns its length. A byte that does not start a complete
- * sequence is returned alone (the reader only makes valid strings; this is defence). */
+/* Decode one UTF-8 sequence; returns its length. A byte that does not start a complete,
+ * well-formed sequence (an overlong form, a surrogate, beyond U+10FFFF) is returned alone as
+ * U+FFFD: strings keep the bytes they were given, and what is written of them must read
+ * back. */
 static int
 utf8_next(const unsigned char *s, uint32_t *cp)
 {
@@ -109,15 +111,20 @@ utf8_next(const unsigned char *s, uint32_t *cp)
         return 2;
     case 3:
         *cp = (uint32_t)(s[0] & 0x0f) << 12 | (uint32_t)(s[1] & 0x3f) << 6 | (s[2] & 0x3f);
-        return 3;
+        if (*cp >= 0x800 && (*cp < 0xd800 || *cp > 0xdfff))
+            return 3;
+        break;
     case 4:
         *cp = (uint32_t)(s[0] & 0x07) << 18 | (uint32_t)(s[1] & 0x3f) << 12 |
               (uint32_t)(s[2] & 0x3f) << 6 | (s[3] & 0x3f);
-        return 4;
+        if (*cp >= 0x10000 && *cp <= 0x10ffff)
+            return 4;
+        break;
     default:
-        *cp = 0xfffd; /* U+FFFD, the replacement character */
-        return 1;
+        break;
     }
+    *cp = 0xfffd; /* U+FFFD, the replacement character */
+    return 1;
 }
 
 static void
