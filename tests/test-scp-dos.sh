@@ -2,10 +2,11 @@
 # No head-of-line blocking in the Store SCP, against `mmsegd serve` on loopback with DCMTK's
 # echoscu: 40 connections from 127.0.0.1 each stall after the first 20 bytes of an
 # A-ASSOCIATE-RQ (tests/stall.py), and a normal C-ECHO from the same host is still answered
-# within 1 s (the latency is printed). With max_associations_per_host 4 the host's oldest
+# at once: of five, the median within 1 s and none after 1.9 s, where a blocked listener would
+# wait for the stalled connections' timeout (2 s at the least here; the latencies are printed). With max_associations_per_host 4 the host's oldest
 # stalled connections are closed as newer ones come; with no per-host limit 200 stall, the
 # oldest are closed past the cap of pending connections and the others after
-# assoc_timeout_s, and the C-ECHO is still answered within 1 s; every such closing is counted in
+# assoc_timeout_s, and the C-ECHO is still answered at once; every such closing is counted in
 # mmsegd_associations_refused_total. Then deny by default: without allowed_hosts loopback is
 # refused (and counted), and `any` is a WARNING at start.
 set -u
@@ -89,15 +90,18 @@ echo_ms() {
     t1=$(date +%s%N)
     echo $(((t1 - t0) / 1000000))
 }
-# echo_under_1s LABEL: five C-ECHOs, each answered within 1 s; the slowest is printed
-echo_under_1s() {
-    local worst=0 ms
+# echo_at_once LABEL: five C-ECHOs, the median answered within 1 s and none after 1.9 s (on a
+# loaded machine one process start can take a second; a listener blocked by the stalled
+# connections would answer only after their timeout); the latencies are printed
+echo_at_once() {
+    local ms all=()
     for _ in 1 2 3 4 5; do
         ms=$(echo_ms) || { echo "# $1: C-ECHO failed"; return 1; }
-        [ "$ms" -gt "$worst" ] && worst=$ms
+        all+=("$ms")
     done
-    echo "# $1: C-ECHO latency, slowest of 5: $worst ms" >&3
-    [ "$worst" -lt 1000 ]
+    mapfile -t all < <(printf '%s\n' "${all[@]}" | sort -n)
+    echo "# $1: C-ECHO latencies: ${all[*]} ms" >&3
+    [ "${all[2]}" -lt 1000 ] && [ "${all[4]}" -lt 1900 ]
 }
 exec 3>&1
 metric() { # REASON: the refusal counter for that reason
@@ -110,8 +114,8 @@ echo "1..12"
 check "the daemon starts (max_associations_per_host 4, assoc_timeout_s 30)" start 4 30
 echo "# baseline, nothing stalled: C-ECHO $(echo_ms) ms"
 check "40 connections stall 20 bytes into an A-ASSOCIATE-RQ" stall_start 40 3
-check "with them stalled, C-ECHO from the same host is answered within 1 s" \
-    echo_under_1s "per-host limit 4, 40 stalled"
+check "with them stalled, C-ECHO from the same host is answered at once (median under 1 s)" \
+    echo_at_once "per-host limit 4, 40 stalled"
 wait "$spid"
 spid=
 evicted() { [ "$(cat "$tmp/closed")" -ge 36 ] && [ "$(metric per_host_limit)" -ge 36 ]; }
@@ -123,8 +127,8 @@ stop
 # ---------------------------------------------------------------- no per-host limit
 check "the daemon starts (no per-host limit, assoc_timeout_s 2)" start 0 2
 stall_start 200 6
-check "no per-host limit, 200 stalled: C-ECHO answered within 1 s" \
-    echo_under_1s "no per-host limit, 200 stalled"
+check "no per-host limit, 200 stalled: C-ECHO answered at once (median under 1 s)" \
+    echo_at_once "no per-host limit, 200 stalled"
 wait "$spid"
 spid=
 # past the cap of pending connections (2 x max_associations + 16) the oldest is closed as a
