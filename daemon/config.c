@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "common/net.h"
 #include "common/uid.h"
+#include "daemon/index.h"
 
 enum cfg_type {
     T_STR,     /* any text, char * */
@@ -92,6 +93,10 @@ static const struct cfg_key main_keys[] = {
     {"daemon", "decode_max_memory_mb", T_UINT, OFF(daemon.decode_max_memory_mb), "8192", 0, UMAX,
      NULL, 0},
     {"daemon", "decode_timeout_s", T_UINT, OFF(daemon.decode_timeout_s), "600", 1, 86400, NULL, 0},
+    {"daemon", "database", T_STR, OFF(daemon.database), "sqlite", 0, 0, NULL, 0},
+    {"daemon", "node", T_STR, OFF(daemon.node), "", 0, 0, NULL, 0},
+    {"daemon", "roles", T_STR, OFF(daemon.roles), "intake,infer,send", 0, 0, NULL, 0},
+    {"daemon", "lease_s", T_UINT, OFF(daemon.lease_s), "30", 3, 3600, NULL, 0},
 
     {"scp", "ae_title", T_AE, OFF(scp.ae_title), "MMSEGD", 0, 0, NULL, 0},
     {"scp", "bind", T_STR, OFF(scp.bind), "0.0.0.0", 0, 0, NULL, 0},
@@ -859,6 +864,91 @@ check_network(struct loader *ld)
     check_tls(ld);
 }
 
+/* Whether a libpq connection string carries a password: a password key (key=value form, or
+ * a URI parameter), or user:password@ in a URI. */
+static bool
+connection_has_password(const char *db)
+{
+    for (const char *p = strstr(db, "password"); p != NULL; p = strstr(p + 1, "password")) {
+        const char *after = p + strlen("password");
+        while (*after == ' ')
+            after++;
+        bool key_start = p == db || p[-1] == ' ' || p[-1] == '?' || p[-1] == '&';
+        if (key_start && *after == '=')
+            return true;
+    }
+    const char *scheme = strstr(db, "://");
+    if (scheme != NULL) {
+        const char *auth = scheme + 3;
+        size_t n = strcspn(auth, "/?");
+        const char *at = memchr(auth, '@', n);
+        if (at != NULL && memchr(auth, ':', (size_t)(at - auth)) != NULL)
+            return true;
+    }
+    return false;
+}
+
+/* [daemon] database, node and roles. The node's name defaults to the host name. */
+static void
+check_cluster(struct loader *ld)
+{
+    struct mms_config *c = ld->cfg;
+    const char *db = c->daemon.database;
+    if (db == NULL || (strcmp(db, "sqlite") != 0 && !mms_index_is_postgres(db)))
+        report(ld, line_of(ld, OFF(daemon.database)),
+               "[daemon] database: 'sqlite', or a PostgreSQL connection string "
+               "(postgresql://HOST/DB or 'host=... dbname=...')");
+    else if (strcmp(db, "sqlite") != 0 && connection_has_password(db))
+        report(ld, line_of(ld, OFF(daemon.database)),
+               "[daemon] database: no password in the configuration; give it in a password file "
+               "(passfile=PATH in the connection string, or PGPASSFILE)");
+    if (c->daemon.node == NULL || c->daemon.node[0] == '\0') {
+        char host[256] = "";
+        gethostname(host, sizeof host - 1);
+        host[strcspn(host, ".")] = '\0';
+        free(c->daemon.node);
+        c->daemon.node = strdup(host[0] != '\0' ? host : "localhost");
+    }
+    const char *n = c->daemon.node;
+    size_t len = n != NULL ? strlen(n) : 0;
+    static const char name_chars[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+                                     "0123456789._-";
+    if (n == NULL || len < 1 || len > 64 || strspn(n, name_chars) != len || n[0] == '.')
+        report(ld, line_of(ld, OFF(daemon.node)),
+               "[daemon] node: 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'");
+    static const struct {
+        const char *name;
+        unsigned bit;
+    } roles[] = {{"intake", MMS_ROLE_INTAKE}, {"infer", MMS_ROLE_INFER}, {"send", MMS_ROLE_SEND}};
+    c->daemon.roles_mask = 0;
+    const char *r = c->daemon.roles != NULL ? c->daemon.roles : "";
+    while (*r != '\0') {
+        size_t l = strcspn(r, ",");
+        size_t b = 0, e = l;
+        while (b < e && r[b] == ' ')
+            b++;
+        while (e > b && r[e - 1] == ' ')
+            e--;
+        unsigned bit = 0;
+        for (size_t k = 0; k < sizeof roles / sizeof roles[0]; k++)
+            if (e - b == strlen(roles[k].name) && strncmp(r + b, roles[k].name, e - b) == 0)
+                bit = roles[k].bit;
+        if (bit == 0)
+            report(ld, line_of(ld, OFF(daemon.roles)),
+                   "[daemon] roles: '%.*s' is not intake, infer or send", (int)(e - b), r + b);
+        c->daemon.roles_mask |= bit;
+        r += l + (r[l] == ',');
+    }
+    if (c->daemon.roles_mask == 0)
+        report(ld, line_of(ld, OFF(daemon.roles)),
+               "[daemon] roles: at least one of intake, infer and send");
+    else if (c->daemon.roles_mask != (MMS_ROLE_INTAKE | MMS_ROLE_INFER | MMS_ROLE_SEND) &&
+             db != NULL && strcmp(db, "sqlite") == 0)
+        report(ld, line_of(ld, OFF(daemon.roles)),
+               "[daemon] roles: a node with a part of the roles needs other nodes on a shared "
+               "database (database = a PostgreSQL connection string)");
+}
+
 /* [infer] cpus: CPUs this process may use, and room for the thread counts on each side
  * (common/cpus.h: inference on those CPUs, the rest of the daemon on the others). */
 static void
@@ -991,6 +1081,7 @@ validate(struct loader *ld)
 
     check_network(ld);
     check_cpus(ld);
+    check_cluster(ld);
 
     /* the SEG's Series Description (LO), checked as the card's texts are */
     const char *sd = ld->cfg->seg.series_description;
@@ -1156,6 +1247,26 @@ mms_config_defaults(struct mms_config **out)
     }
     *out = cfg;
     return 0;
+}
+
+bool
+mms_config_database(const struct mms_config *c, char *out, size_t len)
+{
+    if (c->daemon.database == NULL || strcmp(c->daemon.database, "sqlite") == 0) {
+        snprintf(out, len, "%s/state.db", c->daemon.state_dir);
+        return false;
+    }
+    snprintf(out, len, "%s", c->daemon.database);
+    return true;
+}
+
+void
+mms_config_node_dir(const struct mms_config *c, char *out, size_t len)
+{
+    if (c->daemon.database == NULL || strcmp(c->daemon.database, "sqlite") == 0)
+        snprintf(out, len, "%s", c->daemon.state_dir);
+    else
+        snprintf(out, len, "%s/nodes/%s", c->daemon.state_dir, c->daemon.node);
 }
 
 void

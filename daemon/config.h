@@ -68,6 +68,13 @@ struct mms_devices {
     unsigned id[MMS_MAX_ENGINES];
 };
 
+/* [daemon] roles: what a node of a cluster does. */
+enum {
+    MMS_ROLE_INTAKE = 1, /* Store SCP, drop folder, completeness */
+    MMS_ROLE_INFER = 2,  /* jobs */
+    MMS_ROLE_SEND = 4,   /* sends */
+};
+
 struct mms_config {
     char *path; /* the file this was loaded from */
     struct {
@@ -80,6 +87,11 @@ struct mms_config {
         bool isolate;                  /* headers and decoding in sandbox children */
         unsigned decode_max_memory_mb; /* their memory ceiling; 0: none */
         unsigned decode_timeout_s;     /* a job's decoding (a header: at most 60 s) */
+        char *database;                /* "sqlite", or a PostgreSQL connection string */
+        char *node;                    /* this node's name (default: the host name) */
+        char *roles;                   /* "intake,infer,send" or a part */
+        unsigned roles_mask;           /* MMS_ROLE_* of roles */
+        unsigned lease_s;              /* a node's jobs and sends are taken over after this */
     } daemon;
     struct {
         char *ae_title;
@@ -181,5 +193,13 @@ void mms_config_policy(const struct mms_config *cfg, char *hosts, size_t hosts_l
  * Destinations count as one key named "destination". */
 int mms_config_restart_keys(const struct mms_config *old_cfg, const struct mms_config *new_cfg,
                             void (*fn)(const char *section, const char *key, void *ud), void *ud);
+
+/* The index to open (mms_index_connect()): state_dir/state.db, or the PostgreSQL connection
+ * string of [daemon] database. Returns whether it is PostgreSQL (shared by nodes). */
+bool mms_config_database(const struct mms_config *c, char *out, size_t len);
+
+/* The folder of this node's own files (tmp/, job markers): state_dir itself with SQLite,
+ * state_dir/nodes/NODE with a shared database (nodes share state_dir). */
+void mms_config_node_dir(const struct mms_config *c, char *out, size_t len);
 
 #endif

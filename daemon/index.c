@@ -1,6 +1,11 @@
-/* daemon/index: the instance and series index on SQLite (index.h).
+/* daemon/index: the instance and series index on SQLite or PostgreSQL (index.h).
  *
- * One connection per handle, opened with SQLITE_OPEN_FULLMUTEX, and our own mutex around
+ * The logic is written once, over a small statement layer (struct st: bind, step, read a
+ * column) that runs each statement on SQLite's prepared statements or through libpq's
+ * PQexecParams, with ?N turned into $N. Where the engines' SQL differs (types in the schema,
+ * BEGIN IMMEDIATE, FOR UPDATE SKIP LOCKED) each has its own text.
+ *
+ * One connection per handle (SQLite's opened with SQLITE_OPEN_FULLMUTEX), and our own mutex around
  * every call, so a multi-statement transaction is never interleaved with another thread's
  * statements and the cached prepared statements are used by one caller at a time. The mutex
  * is error-checking: a callback of mms_index_series() or mms_index_instances() that calls
@@ -13,6 +18,8 @@
 #include "daemon/index.h"
 
 #include <errno.h>
+#include <inttypes.h>
+#include <libpq-fe.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <stdio.h>
@@ -27,8 +34,8 @@
 #define BUSY_TIMEOUT_MS 5000
 #define APPLICATION_ID 0x6d6d7367 /* "mmsg": this is an mmsegd state database */
 
-/* Schema migrations: migrations[v] takes user_version v to v + 1. Append only; a released
- * entry is never edited. */
+/* Schema migrations: migrations[v] takes the schema version v to v + 1, on SQLite as written,
+ * on PostgreSQL through pg_ddl(). Append only; a released entry is never edited. */
 static const char *const migrations[] = {
     /* 0 -> 1: instances and series */
     "CREATE TABLE series ("
@@ -105,6 +112,18 @@ static const char *const migrations[] = {
     " segments INTEGER NOT NULL DEFAULT 0,"
     " frames INTEGER NOT NULL DEFAULT 0);"
     "CREATE INDEX jobs_by_state ON jobs (state, id);",
+    /* 3 -> 4: nodes, and the leases of jobs and sends (clusters) */
+    "CREATE TABLE nodes ("
+    " name TEXT PRIMARY KEY NOT NULL,"
+    " roles TEXT NOT NULL DEFAULT '',"
+    " pid INTEGER NOT NULL DEFAULT 0,"
+    " started REAL NOT NULL DEFAULT 0,"
+    " heartbeat REAL NOT NULL DEFAULT 0);"
+    "ALTER TABLE jobs ADD COLUMN node TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE jobs ADD COLUMN lease_until REAL NOT NULL DEFAULT 0;"
+    "ALTER TABLE sends ADD COLUMN node TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE sends ADD COLUMN lease_until REAL NOT NULL DEFAULT 0;"
+    "CREATE INDEX series_by_state ON series (state, state_since, series_uid);",
 };
 
 #define SCHEMA_VERSION ((int)(sizeof migrations / sizeof migrations[0]))
@@ -119,11 +138,11 @@ static const char *const migrations[] = {
 
 #define SEND_COLUMNS                                                                               \
     "job, destination, series_uid, state, attempts, queued, next_attempt, last_attempt, "          \
-    "state_since, reason"
+    "state_since, reason, node, lease_until"
 
 #define JOB_COLUMNS                                                                                \
     "id, series_uid, run, state, stage, reason, started, finished, decode_s, wait_s, "             \
-    "preprocess_s, network_s, export_s, write_s, total_s, segments, frames"
+    "preprocess_s, network_s, export_s, write_s, total_s, segments, frames, node, lease_until"
 
 #define SERIES_COLUMNS                                                                             \
     "series_uid, study_uid, state, reason, instances, first_received, last_received, "             \
@@ -156,6 +175,17 @@ enum stmt_id {
     S_JOB_UPDATE,
     S_SERIES_FINISH,
     S_JOBS,
+    S_SETTLE,
+    S_QUEUED_OLDEST,
+    S_SEND_CLAIM,
+    S_NODE_PUT,
+    S_NODE_RENEW_JOBS,
+    S_NODE_RENEW_SENDS,
+    S_NODES,
+    S_JOB_LOCK,
+    S_JOB_HAS_SENDS,
+    S_QUEUE_COUNTS,
+    S_SERIES_ACTIVE,
     N_STMT
 };
 
@@ -189,13 +219,14 @@ static const struct {
     [S_SERIES_ENTER] = {"update series",
                         "INSERT INTO series (" SERIES_COLUMNS ") VALUES (?1, ?2, 'receiving', '', "
                         "?3, ?4, ?4, ?4, 0, ?5, ?6) ON CONFLICT (series_uid) DO UPDATE SET "
-                        "study_uid = CASE WHEN ?2 <> '' THEN ?2 ELSE study_uid END, "
+                        "study_uid = CASE WHEN ?2 <> '' THEN ?2 ELSE series.study_uid END, "
                         "state = 'receiving', reason = '', "
-                        "state_since = CASE WHEN state <> 'receiving' THEN ?4 ELSE state_since "
-                        "END, instances = instances + ?3, last_received = ?4, "
-                        "modality = CASE WHEN ?5 <> '' THEN ?5 ELSE modality END, "
-                        "series_description = CASE WHEN ?6 <> '' THEN ?6 ELSE series_description "
-                        "END"},
+                        "state_since = CASE WHEN series.state <> 'receiving' THEN ?4 ELSE "
+                        "series.state_since END, instances = series.instances + ?3, "
+                        "last_received = ?4, "
+                        "modality = CASE WHEN ?5 <> '' THEN ?5 ELSE series.modality END, "
+                        "series_description = CASE WHEN ?6 <> '' THEN ?6 ELSE "
+                        "series.series_description END"},
     /* An instance left series ?1 at time ?2: one fewer, and re-opened (its content changed). */
     [S_SERIES_LEAVE] = {"update series",
                         "UPDATE series SET instances = instances - 1, state = 'receiving', "
@@ -215,38 +246,79 @@ static const struct {
     [S_COUNT_INSTANCES] = {"count instances", "SELECT count(*) FROM instances"},
     [S_COUNT_STATES] = {"count series", "SELECT state, count(*) FROM series GROUP BY state"},
     [S_SEND_ADD] = {"queue send",
-                    "INSERT INTO sends (" SEND_COLUMNS ") VALUES (?1, ?2, ?3, 'pending', 0, ?4, "
-                    "?4, 0, ?4, '') ON CONFLICT (job, destination) DO UPDATE SET "
+                    "INSERT INTO sends (job, destination, series_uid, state, attempts, queued, "
+                    "next_attempt, last_attempt, state_since, reason) VALUES (?1, ?2, ?3, "
+                    "'pending', 0, ?4, ?4, 0, ?4, '') ON CONFLICT (job, destination) DO UPDATE SET "
                     "series_uid = ?3, state = 'pending', attempts = 0, queued = ?4, "
                     "next_attempt = ?4, state_since = ?4, reason = ''"},
+    /* an update ends the claim of the node that made the attempt */
     [S_SEND_UPDATE] = {"update send",
                        "UPDATE sends SET state = ?3, attempts = ?4, queued = ?5, next_attempt = "
-                       "?6, last_attempt = ?7, state_since = ?8, reason = ?9 "
+                       "?6, last_attempt = ?7, state_since = ?8, reason = ?9, node = '', "
+                       "lease_until = 0 "
                        "WHERE job = ?1 AND destination = ?2"},
-    [S_SENDS] = {"list sends", "SELECT " SEND_COLUMNS " FROM sends WHERE (?1 IS NULL OR state = "
-                               "?1) AND (?2 < 0 OR job = ?2) ORDER BY next_attempt, job, "
-                               "destination"},
+    [S_SENDS] = {"list sends",
+                 "SELECT " SEND_COLUMNS " FROM sends WHERE (CAST(?1 AS TEXT) IS NULL OR state = "
+                 "?1) AND (?2 < 0 OR job = ?2) ORDER BY next_attempt, job, "
+                 "destination"},
     [S_COUNT_SENDS] = {"count sends", "SELECT state, count(*) FROM sends GROUP BY state"},
     [S_SERIES_RUN] = {"read run", "SELECT run FROM series WHERE series_uid = ?1"},
-    [S_JOB_INSERT] = {"insert job", "INSERT INTO jobs (series_uid, run, state, started) VALUES "
-                                    "(?1, ?2, 'running', ?3)"},
+    [S_JOB_INSERT] = {"insert job", "INSERT INTO jobs (series_uid, run, state, started, node, "
+                                    "lease_until) VALUES (?1, ?2, 'running', ?3, ?4, ?5) "
+                                    "RETURNING id"},
     [S_JOB_UPDATE] = {"update job",
                       "UPDATE jobs SET state = ?2, stage = ?3, reason = ?4, finished = ?5, "
                       "decode_s = ?6, wait_s = ?7, preprocess_s = ?8, network_s = ?9, export_s "
                       "= ?10, write_s = ?11, total_s = ?12, segments = ?13, frames = ?14 "
-                      "WHERE id = ?1"},
+                      "WHERE id = ?1 AND state = 'running'"},
     /* the end of a job sets its series' state unless a late instance re-opened it */
     [S_SERIES_FINISH] = {"set state", "UPDATE series SET state = ?2, reason = ?3, state_since = "
                                       "?4 WHERE series_uid = ?1 AND state = 'running'"},
     [S_JOBS] = {"list jobs",
-                "SELECT " JOB_COLUMNS " FROM jobs WHERE (?1 IS NULL OR state = ?1) ORDER BY id"},
+                "SELECT " JOB_COLUMNS
+                " FROM jobs WHERE (CAST(?1 AS TEXT) IS NULL OR state = ?1) ORDER BY id"},
+    /* the decision that a series is complete, taken by one node: the row lock of the UPDATE
+     * orders two nodes, and the second finds the series no longer receiving */
+    [S_SETTLE] = {"settle series", "UPDATE series SET state = 'stable', reason = '', state_since "
+                                   "= ?3 WHERE series_uid = ?1 AND state = 'receiving' AND "
+                                   "last_received = ?2"},
+    [S_QUEUED_OLDEST] = {"find queued series",
+                         "SELECT series_uid FROM series WHERE state = 'queued' ORDER BY "
+                         "state_since, series_uid LIMIT 1"},
+    [S_SEND_CLAIM] = {"claim send", "UPDATE sends SET node = ?3, lease_until = ?5 WHERE job = ?1 "
+                                    "AND destination = ?2 AND state = 'pending' AND next_attempt "
+                                    "<= ?4 AND (node = '' OR node = ?3 OR lease_until < ?4)"},
+    [S_NODE_PUT] = {"write node", "INSERT INTO nodes (name, roles, pid, started, heartbeat) VALUES "
+                                  "(?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO UPDATE SET roles = "
+                                  "?2, pid = ?3, started = ?4, heartbeat = ?5"},
+    [S_NODE_RENEW_JOBS] = {"renew leases", "UPDATE jobs SET lease_until = ?2 WHERE node = ?1 AND "
+                                           "state = 'running'"},
+    [S_NODE_RENEW_SENDS] = {"renew leases", "UPDATE sends SET lease_until = ?2 WHERE node = ?1 "
+                                            "AND state = 'pending'"},
+    [S_NODES] = {"list nodes",
+                 "SELECT n.name, n.roles, n.pid, n.started, n.heartbeat, (SELECT count(*) FROM "
+                 "jobs j WHERE j.state = 'running' AND j.node = n.name), (SELECT count(*) FROM "
+                 "sends s WHERE s.state = 'pending' AND s.node = n.name) FROM nodes n ORDER BY "
+                 "n.name"},
+    [S_JOB_LOCK] = {"lock job", "SELECT state FROM jobs WHERE id = ?1"},
+    [S_JOB_HAS_SENDS] = {"read sends", "SELECT count(*) FROM sends WHERE job = ?1"},
+    /* by the indexes on state: cheap however many rows the tables hold */
+    [S_QUEUE_COUNTS] = {"count the queue",
+                        "SELECT (SELECT count(*) FROM series WHERE state = 'queued'), (SELECT "
+                        "count(*) FROM sends WHERE state = 'pending'), (SELECT count(*) FROM "
+                        "sends WHERE state = 'dead')"},
+    [S_SERIES_ACTIVE] = {"list series", "SELECT " SERIES_COLUMNS " FROM series WHERE state IN "
+                                        "('receiving', 'stable') ORDER BY first_received, "
+                                        "series_uid"},
 };
 
-struct mms_index {
-    pthread_mutex_t mu; /* error-checking; held for the whole of every call */
-    sqlite3 *db;
-    bool read_only;
-    sqlite3_stmt *stmt[N_STMT];
+/* PostgreSQL's text where it differs from SQLite's; NULL: stmt_sql with $N for ?N. The row
+ * locks that order two nodes: SKIP LOCKED lets a second claimer take the next series. */
+static const char *const pg_sql_text[N_STMT] = {
+    [S_BEGIN_WRITE] = "BEGIN",
+    [S_QUEUED_OLDEST] = "SELECT series_uid FROM series WHERE state = 'queued' ORDER BY "
+                        "state_since, series_uid LIMIT 1 FOR UPDATE SKIP LOCKED",
+    [S_JOB_LOCK] = "SELECT state FROM jobs WHERE id = $1 FOR UPDATE",
 };
 
 static const char *const state_names[] = {
@@ -331,7 +403,53 @@ send_state_parse(const char *text)
     return parse_in(send_state_names, N_SEND_STATES, text);
 }
 
-/* ---------------------------------------------------------------------------- helpers */
+/* ---------------------------------------------------------------------------- engines */
+
+/* What step() returns besides an error. */
+#define ROW 1
+#define DONE 2
+
+#define MAX_PARAMS 40 /* the most parameters a statement binds */
+
+/* A statement of a handle, on either engine. SQLite: its prepared statement. PostgreSQL: the
+ * parameters bound (as text, with their types), run by the first step() with PQexecParams,
+ * and the rows of its result, one per step(). */
+struct st {
+    enum stmt_id id;
+    sqlite3_stmt *lite;
+    char *val[MAX_PARAMS + 1]; /* val[i] for ?i; NULL: SQL NULL */
+    Oid type[MAX_PARAMS + 1];
+    int n_params; /* the highest ? bound */
+    PGresult *res;
+    int row, rows; /* the row the last step() gave, and how many there are */
+    bool ran;
+};
+
+struct mms_index {
+    pthread_mutex_t mu; /* error-checking; held for the whole of every call */
+    bool read_only;
+    sqlite3 *db;          /* SQLite, or NULL */
+    PGconn *pg;           /* PostgreSQL, or NULL */
+    char *pg_sql[N_STMT]; /* the statements with $N for ?N */
+    int64_t pg_changes;   /* rows changed by the last statement */
+    struct st st[N_STMT];
+};
+
+/* libpq's message without its trailing newline (a buffer of the calling thread). */
+static const char *
+pg_message(const char *m)
+{
+    static _Thread_local char buf[512];
+    snprintf(buf, sizeof buf, "%s", m != NULL && *m != '\0' ? m : "unknown error");
+    for (size_t n = strlen(buf); n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == ' ');)
+        buf[--n] = '\0';
+    return buf;
+}
+
+/* PostgreSQL's types of the parameters we bind (pg_type.h, stable across versions) */
+#define INT8OID 20
+#define TEXTOID 25
+#define FLOAT8OID 701
 
 static int
 lock(struct mms_index *ix, char *why, size_t why_len)
@@ -342,6 +460,17 @@ lock(struct mms_index *ix, char *why, size_t why_len)
                        "the index was called from inside one of its own callbacks");
     if (e != 0)
         return mms_why(why, why_len, -e, "pthread_mutex_lock: %s", mms_strerror(-e));
+    /* a PostgreSQL connection found broken by an earlier call is made again here: the
+     * server restarted, or the network between came back */
+    if (ix->pg != NULL && PQstatus(ix->pg) != CONNECTION_OK) {
+        PQreset(ix->pg);
+        if (PQstatus(ix->pg) != CONNECTION_OK) {
+            mms_why(why, why_len, MMS_EIO, "PostgreSQL: %s", pg_message(PQerrorMessage(ix->pg)));
+            pthread_mutex_unlock(&ix->mu);
+            return MMS_EIO;
+        }
+        mms_log(MMS_LOG_NOTICE, "index: connected to PostgreSQL again");
+    }
     return 0;
 }
 
@@ -351,61 +480,121 @@ unlock(struct mms_index *ix)
     pthread_mutex_unlock(&ix->mu);
 }
 
-/* Record SQLite's message for a failed step of `what` and return MMS_EIO. */
+/* Record the engine's message for a failed `what` and return MMS_EIO. */
 static int
 db_fail(struct mms_index *ix, const char *what, char *why, size_t why_len)
 {
+    if (ix->pg != NULL)
+        return mms_why(why, why_len, MMS_EIO, "%s: %s", what, pg_message(PQerrorMessage(ix->pg)));
     return mms_why(why, why_len, MMS_EIO, "%s: %s", what, sqlite3_errmsg(ix->db));
 }
 
-/* The prepared statement id, reset and without bindings; NULL with why on failure. */
-static sqlite3_stmt *
+/* Forget st's parameters and result. */
+static void
+st_reset(struct st *st)
+{
+    if (st->lite != NULL) {
+        sqlite3_reset(st->lite);
+        return;
+    }
+    PQclear(st->res);
+    st->res = NULL;
+    for (int i = 1; i <= st->n_params; i++) {
+        free(st->val[i]);
+        st->val[i] = NULL;
+    }
+    st->n_params = 0;
+    st->ran = false;
+    st->row = -1;
+    st->rows = 0;
+}
+
+/* The statement id, reset and without bindings; NULL with why on failure. */
+static struct st *
 stmt(struct mms_index *ix, enum stmt_id id, char *why, size_t why_len)
 {
-    sqlite3_stmt *st = ix->stmt[id];
-    if (st == NULL) {
-        if (sqlite3_prepare_v3(ix->db, stmt_sql[id].sql, -1, SQLITE_PREPARE_PERSISTENT, &st,
+    struct st *st = &ix->st[id];
+    st->id = id;
+    if (ix->pg != NULL) {
+        st_reset(st);
+        return st;
+    }
+    if (st->lite == NULL) {
+        if (sqlite3_prepare_v3(ix->db, stmt_sql[id].sql, -1, SQLITE_PREPARE_PERSISTENT, &st->lite,
                                NULL) != SQLITE_OK) {
             mms_why(why, why_len, MMS_EIO, "prepare %s: %s", stmt_sql[id].what,
                     sqlite3_errmsg(ix->db));
             return NULL;
         }
-        ix->stmt[id] = st;
     }
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
+    sqlite3_reset(st->lite);
+    sqlite3_clear_bindings(st->lite);
     return st;
 }
 
-/* Step st once. Returns SQLITE_ROW, SQLITE_DONE, or MMS_EIO with why. */
+/* Step st once. Returns ROW, DONE, or MMS_EIO with why. */
 static int
-step(struct mms_index *ix, sqlite3_stmt *st, const char *what, char *why, size_t why_len)
+step(struct mms_index *ix, struct st *st, const char *what, char *why, size_t why_len)
 {
-    int rc = sqlite3_step(st);
-    if (rc == SQLITE_ROW || rc == SQLITE_DONE)
-        return rc;
-    db_fail(ix, what, why, why_len);
-    sqlite3_reset(st);
-    return MMS_EIO;
+    if (ix->pg == NULL) {
+        int rc = sqlite3_step(st->lite);
+        if (rc == SQLITE_ROW || rc == SQLITE_DONE)
+            return rc == SQLITE_ROW ? ROW : DONE;
+        db_fail(ix, what, why, why_len);
+        sqlite3_reset(st->lite);
+        return MMS_EIO;
+    }
+    if (!st->ran) {
+        st->ran = true;
+        st->res = PQexecParams(ix->pg, ix->pg_sql[st->id], st->n_params, st->type + 1,
+                               (const char *const *)st->val + 1, NULL, NULL, 0);
+        ExecStatusType s = PQresultStatus(st->res);
+        if (s != PGRES_TUPLES_OK && s != PGRES_COMMAND_OK) {
+            mms_why(why, why_len, MMS_EIO, "%s: %s", what,
+                    pg_message(st->res != NULL ? PQresultErrorMessage(st->res)
+                                               : PQerrorMessage(ix->pg)));
+            return MMS_EIO;
+        }
+        st->rows = s == PGRES_TUPLES_OK ? PQntuples(st->res) : 0;
+        const char *n = PQcmdTuples(st->res);
+        ix->pg_changes = n != NULL && *n != '\0' ? strtoll(n, NULL, 10) : 0;
+    }
+    return ++st->row < st->rows ? ROW : DONE;
+}
+
+/* Rows changed by the statement stepped last. */
+static int64_t
+changes(struct mms_index *ix)
+{
+    return ix->pg != NULL ? ix->pg_changes : sqlite3_changes(ix->db);
 }
 
 /* Run a statement that returns no rows. Returns 0 or MMS_EIO with why. */
 static int
 run(struct mms_index *ix, enum stmt_id id, char *why, size_t why_len)
 {
-    sqlite3_stmt *st = stmt(ix, id, why, why_len);
+    struct st *st = stmt(ix, id, why, why_len);
     if (st == NULL)
         return MMS_EIO;
     int rc = step(ix, st, stmt_sql[id].what, why, why_len);
-    sqlite3_reset(st);
+    st_reset(st);
     return rc < 0 ? rc : 0;
+}
+
+static bool
+in_transaction(struct mms_index *ix)
+{
+    if (ix->pg != NULL)
+        return PQtransactionStatus(ix->pg) == PQTRANS_INTRANS ||
+               PQtransactionStatus(ix->pg) == PQTRANS_INERROR;
+    return !sqlite3_get_autocommit(ix->db);
 }
 
 /* Roll back the open transaction, if any (after a failure: why already says what failed). */
 static void
 rollback(struct mms_index *ix)
 {
-    if (sqlite3_get_autocommit(ix->db))
+    if (!in_transaction(ix))
         return;
     char ignored[256];
     if (run(ix, S_ROLLBACK, ignored, sizeof ignored) < 0)
@@ -439,47 +628,128 @@ end_write(struct mms_index *ix, int rc, char *why, size_t why_len)
 
 /* Bindings that remember the first failure, so a row binds without a check per column. */
 struct binder {
-    sqlite3_stmt *st;
+    struct mms_index *ix;
+    struct st *st;
     int rc;
 };
+
+/* PostgreSQL: keep text (len bytes; NULL for SQL NULL) as parameter i of type t. */
+static void
+pg_bind(struct binder *b, int i, const char *text, size_t len, Oid t)
+{
+    struct st *st = b->st;
+    if (i < 1 || i > MAX_PARAMS) {
+        b->rc = MMS_EINVAL;
+        return;
+    }
+    free(st->val[i]);
+    st->val[i] = NULL;
+    if (text != NULL && (st->val[i] = strndup(text, len)) == NULL) {
+        b->rc = MMS_ENOMEM;
+        return;
+    }
+    st->type[i] = t;
+    for (int k = st->n_params + 1; k < i; k++) /* a gap: NULL of no type */
+        st->val[k] = NULL, st->type[k] = 0;
+    if (i > st->n_params)
+        st->n_params = i;
+}
+
+/* Bind len bytes of s as text. */
+static void
+bind_bytes(struct binder *b, int i, const char *s, size_t len)
+{
+    if (b->rc != 0)
+        return;
+    if (b->ix->pg != NULL)
+        pg_bind(b, i, s, len, TEXTOID);
+    else if (sqlite3_bind_text(b->st->lite, i, s, (int)len, SQLITE_STATIC) != SQLITE_OK)
+        b->rc = MMS_EIO;
+}
 
 /* Bind a field of a fixed-size array: at most cap bytes, in case it lacks its NUL. */
 static void
 bind_text(struct binder *b, int i, const char *s, size_t cap)
 {
-    if (b->rc == SQLITE_OK)
-        b->rc = sqlite3_bind_text(b->st, i, s, (int)strnlen(s, cap), SQLITE_STATIC);
+    bind_bytes(b, i, s, strnlen(s, cap));
 }
 
 #define BIND_FIELD(b, i, field) bind_text((b), (i), (field), sizeof(field))
 
-/* Bind a caller's NUL-terminated string. */
+static void bind_null(struct binder *b, int i);
+
+/* Bind a caller's NUL-terminated string; NULL binds SQL NULL. */
 static void
 bind_cstr(struct binder *b, int i, const char *s)
 {
-    if (b->rc == SQLITE_OK)
-        b->rc = sqlite3_bind_text(b->st, i, s, -1, SQLITE_STATIC);
+    if (s == NULL)
+        bind_null(b, i);
+    else
+        bind_bytes(b, i, s, strlen(s));
 }
 
 static void
 bind_int(struct binder *b, int i, int64_t v)
 {
-    if (b->rc == SQLITE_OK)
-        b->rc = sqlite3_bind_int64(b->st, i, v);
+    if (b->rc != 0)
+        return;
+    if (b->ix->pg != NULL) {
+        char text[32];
+        pg_bind(b, i, text, (size_t)snprintf(text, sizeof text, "%" PRId64, v), INT8OID);
+    } else if (sqlite3_bind_int64(b->st->lite, i, v) != SQLITE_OK) {
+        b->rc = MMS_EIO;
+    }
 }
 
 static void
 bind_real(struct binder *b, int i, double v)
 {
-    if (b->rc == SQLITE_OK)
-        b->rc = sqlite3_bind_double(b->st, i, v);
+    if (b->rc != 0)
+        return;
+    if (b->ix->pg != NULL) {
+        char text[40]; /* %.17g: the same double when read back */
+        pg_bind(b, i, text, (size_t)snprintf(text, sizeof text, "%.17g", v), FLOAT8OID);
+    } else if (sqlite3_bind_double(b->st->lite, i, v) != SQLITE_OK) {
+        b->rc = MMS_EIO;
+    }
 }
 
 static void
 bind_null(struct binder *b, int i)
 {
-    if (b->rc == SQLITE_OK)
-        b->rc = sqlite3_bind_null(b->st, i);
+    if (b->rc != 0)
+        return;
+    if (b->ix->pg != NULL)
+        pg_bind(b, i, NULL, 0, 0);
+    else if (sqlite3_bind_null(b->st->lite, i) != SQLITE_OK)
+        b->rc = MMS_EIO;
+}
+
+/* Column col of the current row: text (NULL for SQL NULL), integer, real (0 for NULL). */
+static const char *
+col_text(struct st *st, int col)
+{
+    if (st->lite != NULL)
+        return (const char *)sqlite3_column_text(st->lite, col);
+    return PQgetisnull(st->res, st->row, col) ? NULL : PQgetvalue(st->res, st->row, col);
+}
+
+static int64_t
+col_int(struct st *st, int col)
+{
+    if (st->lite != NULL)
+        return sqlite3_column_int64(st->lite, col);
+    const char *t = col_text(st, col);
+    return t != NULL ? strtoll(t, NULL, 10) : 0;
+}
+
+static double
+col_real(struct st *st, int col)
+{
+    if (st->lite != NULL)
+        return sqlite3_column_double(st->lite, col);
+    const char *t = col_text(st, col);
+    return t != NULL ? strtod(t, NULL) : 0.0;
 }
 
 /* Bind r as ?1 ... ?32, in the order of INSTANCE_COLUMNS. */
@@ -517,10 +787,10 @@ bind_instance(struct binder *b, const struct mms_instance_row *r)
 
 /* Copy text column col into dst (cap bytes), truncated if it must be. */
 static void
-column_text(sqlite3_stmt *st, int col, char *dst, size_t cap)
+column_text(struct st *st, int col, char *dst, size_t cap)
 {
-    const unsigned char *t = sqlite3_column_text(st, col);
-    size_t n = t != NULL ? (size_t)sqlite3_column_bytes(st, col) : 0;
+    const char *t = col_text(st, col);
+    size_t n = t != NULL ? strlen(t) : 0;
     if (n >= cap)
         n = cap - 1;
     if (n > 0)
@@ -532,7 +802,7 @@ column_text(sqlite3_stmt *st, int col, char *dst, size_t cap)
 
 /* Read a row of INSTANCE_COLUMNS. */
 static void
-read_instance(sqlite3_stmt *st, struct mms_instance_row *r)
+read_instance(struct st *st, struct mms_instance_row *r)
 {
     memset(r, 0, sizeof *r);
     COLUMN_FIELD(st, 0, r->sop_instance);
@@ -545,79 +815,83 @@ read_instance(sqlite3_stmt *st, struct mms_instance_row *r)
     COLUMN_FIELD(st, 7, r->body_part);
     COLUMN_FIELD(st, 8, r->frame_of_ref);
     COLUMN_FIELD(st, 9, r->transfer_syntax);
-    r->has_geometry = sqlite3_column_int64(st, 10) != 0;
+    r->has_geometry = col_int(st, 10) != 0;
     for (int k = 0; k < 3; k++)
-        r->ipp[k] = sqlite3_column_double(st, 11 + k);
+        r->ipp[k] = col_real(st, 11 + k);
     for (int k = 0; k < 6; k++)
-        r->iop[k] = sqlite3_column_double(st, 14 + k);
-    r->rows = sqlite3_column_int64(st, 20);
-    r->cols = sqlite3_column_int64(st, 21);
-    r->frames = sqlite3_column_int64(st, 22);
-    r->acquisition = sqlite3_column_int64(st, 23);
-    r->instance_number = sqlite3_column_int64(st, 24);
-    r->images_in_acquisition = sqlite3_column_int64(st, 25);
-    r->slice_thickness = sqlite3_column_double(st, 26);
+        r->iop[k] = col_real(st, 14 + k);
+    r->rows = col_int(st, 20);
+    r->cols = col_int(st, 21);
+    r->frames = col_int(st, 22);
+    r->acquisition = col_int(st, 23);
+    r->instance_number = col_int(st, 24);
+    r->images_in_acquisition = col_int(st, 25);
+    r->slice_thickness = col_real(st, 26);
     COLUMN_FIELD(st, 27, r->digest);
     COLUMN_FIELD(st, 28, r->path);
-    r->size = sqlite3_column_int64(st, 29);
-    r->received = sqlite3_column_double(st, 30);
+    r->size = col_int(st, 29);
+    r->received = col_real(st, 30);
     COLUMN_FIELD(st, 31, r->source);
 }
 
 /* Read a row of SERIES_COLUMNS. An unknown state name reads as -1. */
 static void
-read_series(sqlite3_stmt *st, struct mms_series_row *s)
+read_series(struct st *st, struct mms_series_row *s)
 {
     memset(s, 0, sizeof *s);
     COLUMN_FIELD(st, 0, s->series_uid);
     COLUMN_FIELD(st, 1, s->study_uid);
-    s->state = state_parse((const char *)sqlite3_column_text(st, 2));
+    s->state = state_parse(col_text(st, 2));
     COLUMN_FIELD(st, 3, s->reason);
-    s->instances = sqlite3_column_int64(st, 4);
-    s->first_received = sqlite3_column_double(st, 5);
-    s->last_received = sqlite3_column_double(st, 6);
-    s->state_since = sqlite3_column_double(st, 7);
-    s->run = sqlite3_column_int64(st, 8);
+    s->instances = col_int(st, 4);
+    s->first_received = col_real(st, 5);
+    s->last_received = col_real(st, 6);
+    s->state_since = col_real(st, 7);
+    s->run = col_int(st, 8);
     COLUMN_FIELD(st, 9, s->modality);
     COLUMN_FIELD(st, 10, s->series_description);
 }
 
 /* Read a row of SEND_COLUMNS. An unknown state name reads as -1. */
 static void
-read_send(sqlite3_stmt *st, struct mms_send_row *r)
+read_send(struct st *st, struct mms_send_row *r)
 {
     memset(r, 0, sizeof *r);
-    r->job = sqlite3_column_int64(st, 0);
+    r->job = col_int(st, 0);
     COLUMN_FIELD(st, 1, r->destination);
     COLUMN_FIELD(st, 2, r->series_uid);
-    r->state = send_state_parse((const char *)sqlite3_column_text(st, 3));
-    r->attempts = sqlite3_column_int64(st, 4);
-    r->queued = sqlite3_column_double(st, 5);
-    r->next_attempt = sqlite3_column_double(st, 6);
-    r->last_attempt = sqlite3_column_double(st, 7);
-    r->state_since = sqlite3_column_double(st, 8);
+    r->state = send_state_parse(col_text(st, 3));
+    r->attempts = col_int(st, 4);
+    r->queued = col_real(st, 5);
+    r->next_attempt = col_real(st, 6);
+    r->last_attempt = col_real(st, 7);
+    r->state_since = col_real(st, 8);
     COLUMN_FIELD(st, 9, r->reason);
+    COLUMN_FIELD(st, 10, r->node);
+    r->lease_until = col_real(st, 11);
 }
 
 /* Read a row of JOB_COLUMNS. An unknown state name reads as -1. */
 static void
-read_job(sqlite3_stmt *st, struct mms_job_row *j)
+read_job(struct st *st, struct mms_job_row *j)
 {
     memset(j, 0, sizeof *j);
-    j->id = sqlite3_column_int64(st, 0);
+    j->id = col_int(st, 0);
     COLUMN_FIELD(st, 1, j->series_uid);
-    j->run = sqlite3_column_int64(st, 2);
-    j->state = job_state_parse((const char *)sqlite3_column_text(st, 3));
+    j->run = col_int(st, 2);
+    j->state = job_state_parse(col_text(st, 3));
     COLUMN_FIELD(st, 4, j->stage);
     COLUMN_FIELD(st, 5, j->reason);
-    j->started = sqlite3_column_double(st, 6);
-    j->finished = sqlite3_column_double(st, 7);
+    j->started = col_real(st, 6);
+    j->finished = col_real(st, 7);
     double *times[] = {&j->decode_s, &j->wait_s,  &j->preprocess_s, &j->network_s,
                        &j->export_s, &j->write_s, &j->total_s};
     for (int i = 0; i < 7; i++)
-        *times[i] = sqlite3_column_double(st, 8 + i);
-    j->segments = sqlite3_column_int64(st, 15);
-    j->frames = sqlite3_column_int64(st, 16);
+        *times[i] = col_real(st, 8 + i);
+    j->segments = col_int(st, 15);
+    j->frames = col_int(st, 16);
+    COLUMN_FIELD(st, 17, j->node);
+    j->lease_until = col_real(st, 18);
 }
 
 /* ---------------------------------------------------------------------------- open */
@@ -718,7 +992,13 @@ configure_writable(sqlite3 *db, char *why, size_t why_len)
     int rc;
     if (sqlite3_prepare_v2(db, "PRAGMA journal_mode = WAL", -1, &st, NULL) != SQLITE_OK)
         return mms_why(why, why_len, MMS_EIO, "journal_mode: %s", sqlite3_errmsg(db));
-    rc = sqlite3_step(st);
+    /* the change to WAL answers SQLITE_BUSY at once, without the busy handler, while another
+     * connection opens a new database: wait as the busy timeout would */
+    for (int waited_ms = 0; (rc = sqlite3_step(st)) == SQLITE_BUSY && waited_ms < BUSY_TIMEOUT_MS;
+         waited_ms += 10) {
+        sqlite3_reset(st);
+        sqlite3_sleep(10);
+    }
     const char *mode = rc == SQLITE_ROW ? (const char *)sqlite3_column_text(st, 0) : NULL;
     bool wal = mode != NULL && strcmp(mode, "wal") == 0;
     if (!wal)
@@ -783,8 +1063,205 @@ no_wal_index(sqlite3 *db, const char *path)
     return stat(wal, &sb) != 0 && errno == ENOENT;
 }
 
+/* ---------------------------------------------------------------------------- PostgreSQL */
+
+bool
+mms_index_shared(const struct mms_index *ix)
+{
+    return ix != NULL && ix->pg != NULL;
+}
+
+/* Run sql (our own text, one or more statements) on PostgreSQL; rows, if any, go to *res
+ * when res is not NULL (PQclear() it). */
+static int
+pg_exec(PGconn *pg, const char *sql, const char *what, PGresult **res, char *why, size_t why_len)
+{
+    PGresult *r = PQexec(pg, sql);
+    ExecStatusType s = PQresultStatus(r);
+    if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
+        mms_why(why, why_len, MMS_EIO, "%s: %s", what,
+                pg_message(r != NULL ? PQresultErrorMessage(r) : PQerrorMessage(pg)));
+        PQclear(r);
+        return MMS_EIO;
+    }
+    if (res != NULL)
+        *res = r;
+    else
+        PQclear(r);
+    return 0;
+}
+
+/* A migration in PostgreSQL's words (free() it; NULL when out of memory): its types are
+ * SQLite's type names, written DOUBLE PRECISION for REAL (PostgreSQL's REAL has 24 bits, too
+ * few for a time in seconds), BIGINT for INTEGER, and an identity column for INTEGER PRIMARY
+ * KEY AUTOINCREMENT; our migrations write type names in capitals and nothing else so. */
+static char *
+pg_ddl(const char *sql)
+{
+    static const struct {
+        const char *from, *to;
+    } words[] = {
+        {"INTEGER PRIMARY KEY AUTOINCREMENT",
+         "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"},
+        {"INTEGER", "BIGINT"},
+        {"REAL", "DOUBLE PRECISION"},
+    };
+    char *out = malloc(3 * strlen(sql) + 1), *o = out;
+    if (out == NULL)
+        return NULL;
+    for (const char *c = sql; *c != '\0';) {
+        size_t k = 0;
+        for (; k < sizeof words / sizeof words[0]; k++) {
+            size_t n = strlen(words[k].from);
+            bool word = (c == sql || c[-1] == ' ') && strncmp(c, words[k].from, n) == 0 &&
+                        (c[n] == ' ' || c[n] == ',' || c[n] == ')');
+            if (word) {
+                o = stpcpy(o, words[k].to);
+                c += n;
+                break;
+            }
+        }
+        if (k == sizeof words / sizeof words[0])
+            *o++ = *c++;
+    }
+    *o = '\0';
+    return out;
+}
+
+/* Key of the advisory lock that orders the nodes migrating one database at the same time. */
+#define PG_MIGRATION_LOCK "7236228394562875751"
+
+/* Read (and when writable, bring to SCHEMA_VERSION) the schema version of a PostgreSQL
+ * database, in one transaction under the advisory lock. */
+static int
+pg_migrate(PGconn *pg, bool read_only, char *why, size_t why_len)
+{
+    int rc;
+    PGresult *r = NULL;
+    if (read_only) {
+        rc = pg_exec(pg, "SELECT version FROM mmsegd_schema", "read schema version", &r, why,
+                     why_len);
+        if (rc < 0)
+            return mms_why(why, why_len, MMS_ENOENT,
+                           "no mmsegd schema in this database (the daemon has not run yet): %s",
+                           why);
+        int64_t v = PQntuples(r) == 1 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : -1;
+        PQclear(r);
+        if (v != SCHEMA_VERSION)
+            return mms_why(why, why_len, MMS_EIO,
+                           "the database has schema version %lld, this mmsegd reads %d: start "
+                           "the daemon of this version once to migrate it",
+                           (long long)v, SCHEMA_VERSION);
+        return 0;
+    }
+    if ((rc = pg_exec(pg,
+                      "BEGIN; SELECT pg_advisory_xact_lock(" PG_MIGRATION_LOCK ");"
+                      "CREATE TABLE IF NOT EXISTS mmsegd_schema (version BIGINT NOT NULL)",
+                      "begin migration", NULL, why, why_len)) < 0)
+        goto fail;
+    if ((rc = pg_exec(pg, "SELECT version FROM mmsegd_schema", "read schema version", &r, why,
+                      why_len)) < 0)
+        goto fail;
+    int64_t v = PQntuples(r) == 1 ? strtoll(PQgetvalue(r, 0, 0), NULL, 10) : 0;
+    PQclear(r);
+    if (v > SCHEMA_VERSION) {
+        rc = mms_why(why, why_len, MMS_EIO,
+                     "the database has schema version %lld, newer than this mmsegd knows (%d): "
+                     "it was written by a newer mmsegd",
+                     (long long)v, SCHEMA_VERSION);
+        goto fail;
+    }
+    for (int64_t i = v; i < SCHEMA_VERSION; i++) {
+        char what[64];
+        snprintf(what, sizeof what, "migration %lld to %lld", (long long)i, (long long)i + 1);
+        char *ddl = pg_ddl(migrations[i]);
+        rc = ddl != NULL ? pg_exec(pg, ddl, what, NULL, why, why_len)
+                         : mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+        free(ddl);
+        if (rc < 0)
+            goto fail;
+    }
+    if (v < SCHEMA_VERSION) {
+        char sql[128];
+        snprintf(sql, sizeof sql,
+                 "DELETE FROM mmsegd_schema; INSERT INTO mmsegd_schema VALUES (%d)",
+                 SCHEMA_VERSION);
+        if ((rc = pg_exec(pg, sql, "set schema version", NULL, why, why_len)) < 0)
+            goto fail;
+    }
+    if ((rc = pg_exec(pg, "COMMIT", "commit migration", NULL, why, why_len)) < 0)
+        goto fail;
+    if (v == 0)
+        mms_log(MMS_LOG_INFO, "PostgreSQL: schema created (version %d)", SCHEMA_VERSION);
+    else if (v < SCHEMA_VERSION)
+        mms_log(MMS_LOG_NOTICE, "PostgreSQL: schema migrated from version %lld to %d", (long long)v,
+                SCHEMA_VERSION);
+    return 0;
+fail:
+    if (PQtransactionStatus(pg) != PQTRANS_IDLE)
+        PQclear(PQexec(pg, "ROLLBACK"));
+    return rc;
+}
+
+/* The statements in PostgreSQL's words: its own text, or ?N written $N. */
+static int
+pg_statements(struct mms_index *ix)
+{
+    for (int i = 0; i < N_STMT; i++) {
+        const char *src = pg_sql_text[i] != NULL ? pg_sql_text[i] : stmt_sql[i].sql;
+        char *d = malloc(strlen(src) + 1);
+        if (d == NULL)
+            return MMS_ENOMEM;
+        ix->pg_sql[i] = d;
+        for (const char *c = src; *c != '\0'; c++)
+            *d++ = *c == '?' ? '$' : *c;
+        *d = '\0';
+        ix->st[i].row = -1;
+    }
+    return 0;
+}
+
+/* The server's notices (CREATE TABLE IF NOT EXISTS ... skipping) go to the log at debug
+ * level, not to stderr. */
+static void
+pg_notice(void *arg, const char *message)
+{
+    (void)arg;
+    mms_log(MMS_LOG_DEBUG, "PostgreSQL: %s", pg_message(message));
+}
+
+static int
+pg_open(const char *conninfo, bool read_only, struct mms_index *ix, char *why, size_t why_len)
+{
+    /* connect_timeout first: the connection string may set its own; the application name
+     * shows in pg_stat_activity */
+    const char *keys[] = {"connect_timeout", "fallback_application_name", "dbname", NULL};
+    const char *values[] = {"10", "mmsegd", conninfo, NULL};
+    ix->pg = PQconnectdbParams(keys, values, 1);
+    if (ix->pg == NULL)
+        return mms_why(why, why_len, MMS_ENOMEM, "PostgreSQL: out of memory");
+    if (PQstatus(ix->pg) != CONNECTION_OK)
+        return mms_why(why, why_len, MMS_EIO, "PostgreSQL: %s", pg_message(PQerrorMessage(ix->pg)));
+    PQsetNoticeProcessor(ix->pg, pg_notice, NULL);
+    /* times are doubles, written by PostgreSQL 12 and later with the digits that read back
+     * the same double (extra_float_digits 1, the default) */
+    int rc = pg_migrate(ix->pg, read_only, why, why_len);
+    if (rc == 0 && pg_statements(ix) < 0)
+        rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+    return rc;
+}
+
 int
 mms_index_open(const char *path, bool read_only, struct mms_index **out, char *why, size_t why_len)
+{
+    if (mms_index_is_postgres(path))
+        return mms_why(why, why_len, MMS_EINVAL, "a PostgreSQL connection string, not a path");
+    return mms_index_connect(path, read_only, out, why, why_len);
+}
+
+int
+mms_index_connect(const char *path, bool read_only, struct mms_index **out, char *why,
+                  size_t why_len)
 {
     struct mms_index *ix = NULL;
     pthread_mutexattr_t attr;
@@ -793,8 +1270,9 @@ mms_index_open(const char *path, bool read_only, struct mms_index **out, char *w
 
     if (path == NULL || out == NULL)
         return mms_why(why, why_len, MMS_EINVAL, "no path");
+    bool pg = mms_index_is_postgres(path);
     struct stat sb;
-    if (read_only && stat(path, &sb) != 0) {
+    if (read_only && !pg && stat(path, &sb) != 0) {
         rc = mms_err_errno();
         return mms_why(why, why_len, rc, "%s", mms_strerror(rc));
     }
@@ -809,6 +1287,14 @@ mms_index_open(const char *path, bool read_only, struct mms_index **out, char *w
     if (rc < 0)
         goto fail_errno;
     mutex_made = true;
+    for (int i = 0; i < N_STMT; i++)
+        ix->st[i].id = (enum stmt_id)i;
+    if (pg) {
+        if ((rc = pg_open(path, read_only, ix, why, why_len)) < 0)
+            goto fail;
+        *out = ix;
+        return 0;
+    }
 
     int64_t version;
     if ((rc = connect_db(path, read_only, false, &ix->db, why, why_len)) == 0)
@@ -839,10 +1325,10 @@ mms_index_open(const char *path, bool read_only, struct mms_index **out, char *w
 fail_errno:
     mms_why(why, why_len, rc, "pthread mutex: %s", mms_strerror(rc));
 fail:
-    if (ix->db != NULL)
-        sqlite3_close(ix->db);
-    if (mutex_made)
-        pthread_mutex_destroy(&ix->mu);
+    if (mutex_made) {
+        mms_index_close(ix);
+        return rc;
+    }
     free(ix);
     return rc;
 }
@@ -852,9 +1338,15 @@ mms_index_close(struct mms_index *ix)
 {
     if (ix == NULL)
         return;
-    for (int i = 0; i < N_STMT; i++)
-        sqlite3_finalize(ix->stmt[i]);
-    if (sqlite3_close(ix->db) != SQLITE_OK) {
+    for (int i = 0; i < N_STMT; i++) {
+        if (ix->pg != NULL)
+            st_reset(&ix->st[i]);
+        sqlite3_finalize(ix->st[i].lite);
+        free(ix->pg_sql[i]);
+    }
+    if (ix->pg != NULL)
+        PQfinish(ix->pg);
+    if (ix->db != NULL && sqlite3_close(ix->db) != SQLITE_OK) {
         mms_log(MMS_LOG_WARNING, "index: sqlite3_close: %s", sqlite3_errmsg(ix->db));
         sqlite3_close_v2(ix->db);
     }
@@ -869,20 +1361,20 @@ static int
 series_enter(struct mms_index *ix, const struct mms_instance_row *r, int delta, char *why,
              size_t why_len)
 {
-    sqlite3_stmt *st = stmt(ix, S_SERIES_ENTER, why, why_len);
+    struct st *st = stmt(ix, S_SERIES_ENTER, why, why_len);
     if (st == NULL)
         return MMS_EIO;
-    struct binder b = {st, SQLITE_OK};
+    struct binder b = {ix, st, 0};
     BIND_FIELD(&b, 1, r->series_uid);
     BIND_FIELD(&b, 2, r->study_uid);
     bind_int(&b, 3, delta);
     bind_real(&b, 4, r->received);
     BIND_FIELD(&b, 5, r->modality);
     BIND_FIELD(&b, 6, r->series_description);
-    if (b.rc != SQLITE_OK)
+    if (b.rc != 0)
         return db_fail(ix, "bind series", why, why_len);
     int rc = step(ix, st, "update series", why, why_len);
-    sqlite3_reset(st);
+    st_reset(st);
     return rc < 0 ? rc : 0;
 }
 
@@ -890,26 +1382,26 @@ series_enter(struct mms_index *ix, const struct mms_instance_row *r, int delta, 
 static int
 series_leave(struct mms_index *ix, const char *uid, double t, char *why, size_t why_len)
 {
-    sqlite3_stmt *st = stmt(ix, S_SERIES_LEAVE, why, why_len);
+    struct st *st = stmt(ix, S_SERIES_LEAVE, why, why_len);
     if (st == NULL)
         return MMS_EIO;
-    struct binder b = {st, SQLITE_OK};
+    struct binder b = {ix, st, 0};
     bind_cstr(&b, 1, uid);
     bind_real(&b, 2, t);
-    if (b.rc != SQLITE_OK)
+    if (b.rc != 0)
         return db_fail(ix, "bind series", why, why_len);
     int rc = step(ix, st, "update series", why, why_len);
-    sqlite3_reset(st);
+    st_reset(st);
     if (rc < 0)
         return rc;
     if ((st = stmt(ix, S_SERIES_DROP_EMPTY, why, why_len)) == NULL)
         return MMS_EIO;
-    b = (struct binder){st, SQLITE_OK};
+    b = (struct binder){ix, st, 0};
     bind_cstr(&b, 1, uid);
-    if (b.rc != SQLITE_OK)
+    if (b.rc != 0)
         return db_fail(ix, "bind series", why, why_len);
     rc = step(ix, st, "delete series", why, why_len);
-    sqlite3_reset(st);
+    st_reset(st);
     return rc < 0 ? rc : 0;
 }
 
@@ -917,15 +1409,15 @@ static int
 write_instance(struct mms_index *ix, enum stmt_id id, const struct mms_instance_row *r, char *why,
                size_t why_len)
 {
-    sqlite3_stmt *st = stmt(ix, id, why, why_len);
+    struct st *st = stmt(ix, id, why, why_len);
     if (st == NULL)
         return MMS_EIO;
-    struct binder b = {st, SQLITE_OK};
+    struct binder b = {ix, st, 0};
     bind_instance(&b, r);
-    if (b.rc != SQLITE_OK)
+    if (b.rc != 0)
         return db_fail(ix, "bind instance", why, why_len);
     int rc = step(ix, st, stmt_sql[id].what, why, why_len);
-    sqlite3_reset(st);
+    st_reset(st);
     return rc < 0 ? rc : 0;
 }
 
@@ -935,23 +1427,23 @@ put_locked(struct mms_index *ix, const struct mms_instance_row *r, enum mms_put_
            char *old_path, size_t old_path_len, char *why, size_t why_len)
 {
     char old_digest[65], old_series[65];
-    sqlite3_stmt *st = stmt(ix, S_INSTANCE_FIND, why, why_len);
+    struct st *st = stmt(ix, S_INSTANCE_FIND, why, why_len);
     if (st == NULL)
         return MMS_EIO;
-    struct binder b = {st, SQLITE_OK};
+    struct binder b = {ix, st, 0};
     BIND_FIELD(&b, 1, r->sop_instance);
-    if (b.rc != SQLITE_OK)
+    if (b.rc != 0)
         return db_fail(ix, "bind instance", why, why_len);
     int rc = step(ix, st, "find instance", why, why_len);
     if (rc < 0)
         return rc;
-    bool found = rc == SQLITE_ROW;
+    bool found = rc == ROW;
     if (found) {
         COLUMN_FIELD(st, 0, old_digest);
         column_text(st, 1, old_path, old_path_len);
         COLUMN_FIELD(st, 2, old_series);
     }
-    sqlite3_reset(st);
+    st_reset(st);
 
     if (!found) {
         *res = MMS_PUT_NEW;
@@ -1035,27 +1527,27 @@ mms_index_set_state(struct mms_index *ix, const char *series_uid, int state, con
     int rc = lock(ix, why, why_len);
     if (rc < 0)
         return rc;
-    sqlite3_stmt *st = stmt(ix, S_SET_STATE, why, why_len);
+    struct st *st = stmt(ix, S_SET_STATE, why, why_len);
     if (st == NULL) {
         rc = MMS_EIO;
         goto out;
     }
-    struct binder b = {st, SQLITE_OK};
+    struct binder b = {ix, st, 0};
     bind_cstr(&b, 1, series_uid);
     bind_cstr(&b, 2, name);
     bind_cstr(&b, 3, reason != NULL ? reason : "");
     bind_real(&b, 4, now);
     bind_int(&b, 5, state == MMS_SERIES_RUNNING);
-    if (b.rc != SQLITE_OK) {
+    if (b.rc != 0) {
         rc = db_fail(ix, "bind series", why, why_len);
         goto out;
     }
     if ((rc = step(ix, st, "set state", why, why_len)) < 0)
         goto out;
-    rc = sqlite3_changes(ix->db) == 0
+    rc = changes(ix) == 0
              ? mms_why(why, why_len, MMS_ENOENT, "series %.64s is not in the index", series_uid)
              : 0;
-    sqlite3_reset(st);
+    st_reset(st);
 out:
     unlock(ix);
     return rc;
@@ -1063,9 +1555,11 @@ out:
 
 /* ---------------------------------------------------------------------------- reads */
 
-int
-mms_index_series(struct mms_index *ix, int (*fn)(void *ud, const struct mms_series_row *s),
-                 void *ud, char *why, size_t why_len)
+/* mms_index_series() with statement which. */
+static int
+list_series(struct mms_index *ix, enum stmt_id which,
+            int (*fn)(void *ud, const struct mms_series_row *s), void *ud, char *why,
+            size_t why_len)
 {
     if (ix == NULL || fn == NULL)
         return mms_why(why, why_len, MMS_EINVAL, "no index or callback");
@@ -1073,29 +1567,67 @@ mms_index_series(struct mms_index *ix, int (*fn)(void *ud, const struct mms_seri
     if (rc < 0)
         return rc;
     /* one statement, so one read transaction: a consistent list */
-    sqlite3_stmt *st = stmt(ix, S_SERIES_ALL, why, why_len);
+    struct st *st = stmt(ix, which, why, why_len);
     if (st == NULL) {
         rc = MMS_EIO;
         goto out;
     }
-    while ((rc = step(ix, st, "list series", why, why_len)) == SQLITE_ROW) {
+    while ((rc = step(ix, st, "list series", why, why_len)) == ROW) {
         struct mms_series_row s;
         read_series(st, &s);
         if (fn(ud, &s) != 0)
             break;
     }
     rc = rc < 0 ? rc : 0;
-    sqlite3_reset(st);
+    st_reset(st);
 out:
     unlock(ix);
     return rc;
 }
 
+int
+mms_index_series(struct mms_index *ix, int (*fn)(void *ud, const struct mms_series_row *s),
+                 void *ud, char *why, size_t why_len)
+{
+    return list_series(ix, S_SERIES_ALL, fn, ud, why, why_len);
+}
+
+int
+mms_index_series_active(struct mms_index *ix, int (*fn)(void *ud, const struct mms_series_row *s),
+                        void *ud, char *why, size_t why_len)
+{
+    return list_series(ix, S_SERIES_ACTIVE, fn, ud, why, why_len);
+}
+
+int
+mms_index_queue_counts(struct mms_index *ix, int64_t *queued, int64_t *pending, int64_t *dead,
+                       char *why, size_t why_len)
+{
+    if (ix == NULL || queued == NULL || pending == NULL || dead == NULL)
+        return mms_why(why, why_len, MMS_EINVAL, "no index or counts");
+    int rc = lock(ix, why, why_len);
+    if (rc < 0)
+        return rc;
+    struct st *st = stmt(ix, S_QUEUE_COUNTS, why, why_len);
+    if (st == NULL) {
+        unlock(ix);
+        return MMS_EIO;
+    }
+    if ((rc = step(ix, st, "count the queue", why, why_len)) == ROW) {
+        *queued = col_int(st, 0);
+        *pending = col_int(st, 1);
+        *dead = col_int(st, 2);
+    }
+    st_reset(st);
+    unlock(ix);
+    return rc < 0 ? rc : 0;
+}
+
 /* Lock ix and bind text as parameter 1 of statement which; *st is ready to step. On
  * failure ix is unlocked again. */
 static int
-lock_and_bind(struct mms_index *ix, enum stmt_id which, const char *text, sqlite3_stmt **st,
-              char *why, size_t why_len)
+lock_and_bind(struct mms_index *ix, enum stmt_id which, const char *text, struct st **st, char *why,
+              size_t why_len)
 {
     int rc = lock(ix, why, why_len);
     if (rc < 0)
@@ -1104,9 +1636,9 @@ lock_and_bind(struct mms_index *ix, enum stmt_id which, const char *text, sqlite
         unlock(ix);
         return MMS_EIO;
     }
-    struct binder b = {*st, SQLITE_OK};
+    struct binder b = {ix, *st, 0};
     bind_cstr(&b, 1, text);
-    if (b.rc != SQLITE_OK) {
+    if (b.rc != 0) {
         rc = db_fail(ix, "bind a UID", why, why_len);
         unlock(ix);
         return rc;
@@ -1121,18 +1653,18 @@ mms_index_instances(struct mms_index *ix, const char *series_uid,
 {
     if (ix == NULL || series_uid == NULL || fn == NULL)
         return mms_why(why, why_len, MMS_EINVAL, "no index, series or callback");
-    sqlite3_stmt *st;
+    struct st *st;
     int rc = lock_and_bind(ix, S_INSTANCES_OF, series_uid, &st, why, why_len);
     if (rc < 0)
         return rc;
-    while ((rc = step(ix, st, "list instances", why, why_len)) == SQLITE_ROW) {
+    while ((rc = step(ix, st, "list instances", why, why_len)) == ROW) {
         struct mms_instance_row r;
         read_instance(st, &r);
         if (fn(ud, &r) != 0)
             break;
     }
     rc = rc < 0 ? rc : 0;
-    sqlite3_reset(st);
+    st_reset(st);
     unlock(ix);
     return rc;
 }
@@ -1143,17 +1675,17 @@ mms_index_instance(struct mms_index *ix, const char *sop_instance, struct mms_in
 {
     if (ix == NULL || sop_instance == NULL || out == NULL)
         return mms_why(why, why_len, MMS_EINVAL, "no index, UID or row");
-    sqlite3_stmt *st;
+    struct st *st;
     int rc = lock_and_bind(ix, S_INSTANCE_ONE, sop_instance, &st, why, why_len);
     if (rc < 0)
         return rc;
-    if ((rc = step(ix, st, "read instance", why, why_len)) == SQLITE_ROW) {
+    if ((rc = step(ix, st, "read instance", why, why_len)) == ROW) {
         read_instance(st, out);
         rc = 0;
-    } else if (rc == SQLITE_DONE) {
+    } else if (rc == DONE) {
         rc = mms_why(why, why_len, MMS_ENOENT, "instance %.64s is not in the index", sop_instance);
     }
-    sqlite3_reset(st);
+    st_reset(st);
     unlock(ix);
     return rc;
 }
@@ -1162,22 +1694,22 @@ mms_index_instance(struct mms_index *ix, const char *sop_instance, struct mms_in
 static int
 counts_locked(struct mms_index *ix, int64_t *instances, int64_t *counts, char *why, size_t why_len)
 {
-    sqlite3_stmt *st = stmt(ix, S_COUNT_INSTANCES, why, why_len);
+    struct st *st = stmt(ix, S_COUNT_INSTANCES, why, why_len);
     if (st == NULL)
         return MMS_EIO;
     int rc = step(ix, st, "count instances", why, why_len);
     if (rc < 0)
         return rc;
-    *instances = rc == SQLITE_ROW ? sqlite3_column_int64(st, 0) : 0;
-    sqlite3_reset(st);
+    *instances = rc == ROW ? col_int(st, 0) : 0;
+    st_reset(st);
     if ((st = stmt(ix, S_COUNT_STATES, why, why_len)) == NULL)
         return MMS_EIO;
-    while ((rc = step(ix, st, "count series", why, why_len)) == SQLITE_ROW) {
-        int state = state_parse((const char *)sqlite3_column_text(st, 0));
+    while ((rc = step(ix, st, "count series", why, why_len)) == ROW) {
+        int state = state_parse(col_text(st, 0));
         if (state >= 0)
-            counts[state] = sqlite3_column_int64(st, 1);
+            counts[state] = col_int(st, 1);
     }
-    sqlite3_reset(st);
+    st_reset(st);
     return rc < 0 ? rc : 0;
 }
 
@@ -1207,9 +1739,30 @@ out:
 
 /* ---------------------------------------------------------------------------- sends */
 
-int
-mms_index_sends_add(struct mms_index *ix, int64_t job, const char *series_uid,
-                    const char *const *destinations, int n, double due, char *why, size_t why_len)
+/* The state of job `job`, its row locked until the end of the transaction (FOR UPDATE on
+ * PostgreSQL; SQLite's write transaction holds the whole database): 0 and *state, or
+ * MMS_ENOENT when there is no such job. */
+static int
+lock_job(struct mms_index *ix, int64_t job, int *state, char *why, size_t why_len)
+{
+    struct st *st = stmt(ix, S_JOB_LOCK, why, why_len);
+    if (st == NULL)
+        return MMS_EIO;
+    struct binder b = {ix, st, 0};
+    bind_int(&b, 1, job);
+    int rc =
+        b.rc != 0 ? db_fail(ix, "bind job", why, why_len) : step(ix, st, "lock job", why, why_len);
+    if (rc == ROW)
+        *state = job_state_parse(col_text(st, 0));
+    st_reset(st);
+    return rc == ROW ? 0 : rc == DONE ? MMS_ENOENT : rc;
+}
+
+/* mms_index_sends_add(); result: only while the index does not know job as ended. */
+static int
+sends_add(struct mms_index *ix, int64_t job, const char *series_uid,
+          const char *const *destinations, int n, double due, bool result, char *why,
+          size_t why_len)
 {
     if (ix == NULL || destinations == NULL || n < 1)
         return mms_why(why, why_len, MMS_EINVAL, "no index or destinations");
@@ -1222,24 +1775,47 @@ mms_index_sends_add(struct mms_index *ix, int64_t job, const char *series_uid,
     int rc = begin_write(ix, why, why_len);
     if (rc < 0)
         return rc;
+    int state = MMS_JOB_RUNNING;
+    if (result && (rc = lock_job(ix, job, &state, why, why_len)) == MMS_ENOENT)
+        rc = 0; /* a result the index has no job for (tests/outbox-put.c) */
+    if (rc == 0 && state != MMS_JOB_RUNNING)
+        rc = mms_why(why, why_len, MMS_ENOENT,
+                     "job %lld is no longer running (its lease ran out and another node ended "
+                     "it): its result is not sent",
+                     (long long)job);
     for (int i = 0; i < n && rc == 0; i++) {
-        sqlite3_stmt *st = stmt(ix, S_SEND_ADD, why, why_len);
+        struct st *st = stmt(ix, S_SEND_ADD, why, why_len);
         if (st == NULL) {
             rc = MMS_EIO;
             break;
         }
-        struct binder b = {st, SQLITE_OK};
+        struct binder b = {ix, st, 0};
         bind_int(&b, 1, job);
         bind_cstr(&b, 2, destinations[i]);
         bind_cstr(&b, 3, series_uid != NULL ? series_uid : "");
         bind_real(&b, 4, due);
-        if (b.rc != SQLITE_OK)
+        if (b.rc != 0)
             rc = db_fail(ix, "bind send", why, why_len);
         else if ((rc = step(ix, st, "queue send", why, why_len)) > 0)
             rc = 0;
-        sqlite3_reset(st);
+        st_reset(st);
     }
     return end_write(ix, rc, why, why_len);
+}
+
+int
+mms_index_sends_add(struct mms_index *ix, int64_t job, const char *series_uid,
+                    const char *const *destinations, int n, double due, char *why, size_t why_len)
+{
+    return sends_add(ix, job, series_uid, destinations, n, due, false, why, why_len);
+}
+
+int
+mms_index_result_sends(struct mms_index *ix, int64_t job, const char *series_uid,
+                       const char *const *destinations, int n, double due, char *why,
+                       size_t why_len)
+{
+    return sends_add(ix, job, series_uid, destinations, n, due, true, why, why_len);
 }
 
 int
@@ -1253,12 +1829,12 @@ mms_index_send_update(struct mms_index *ix, const struct mms_send_row *r, char *
     int rc = lock(ix, why, why_len);
     if (rc < 0)
         return rc;
-    sqlite3_stmt *st = stmt(ix, S_SEND_UPDATE, why, why_len);
+    struct st *st = stmt(ix, S_SEND_UPDATE, why, why_len);
     if (st == NULL) {
         rc = MMS_EIO;
         goto out;
     }
-    struct binder b = {st, SQLITE_OK};
+    struct binder b = {ix, st, 0};
     bind_int(&b, 1, r->job);
     BIND_FIELD(&b, 2, r->destination);
     bind_cstr(&b, 3, name);
@@ -1268,17 +1844,16 @@ mms_index_send_update(struct mms_index *ix, const struct mms_send_row *r, char *
     bind_real(&b, 7, r->last_attempt);
     bind_real(&b, 8, r->state_since);
     BIND_FIELD(&b, 9, r->reason);
-    if (b.rc != SQLITE_OK) {
+    if (b.rc != 0) {
         rc = db_fail(ix, "bind send", why, why_len);
         goto out;
     }
     if ((rc = step(ix, st, "update send", why, why_len)) < 0)
         goto out;
-    rc = sqlite3_changes(ix->db) == 0
-             ? mms_why(why, why_len, MMS_ENOENT, "no send of job %lld to %.63s", (long long)r->job,
-                       r->destination)
-             : 0;
-    sqlite3_reset(st);
+    rc = changes(ix) == 0 ? mms_why(why, why_len, MMS_ENOENT, "no send of job %lld to %.63s",
+                                    (long long)r->job, r->destination)
+                          : 0;
+    st_reset(st);
 out:
     unlock(ix);
     return rc;
@@ -1294,29 +1869,29 @@ mms_index_sends(struct mms_index *ix, int state, int64_t job,
     int rc = lock(ix, why, why_len);
     if (rc < 0)
         return rc;
-    sqlite3_stmt *st = stmt(ix, S_SENDS, why, why_len);
+    struct st *st = stmt(ix, S_SENDS, why, why_len);
     if (st == NULL) {
         rc = MMS_EIO;
         goto out;
     }
-    struct binder b = {st, SQLITE_OK};
+    struct binder b = {ix, st, 0};
     if (state < 0)
         bind_null(&b, 1);
     else
         bind_cstr(&b, 1, mms_send_state_name(state));
     bind_int(&b, 2, job);
-    if (b.rc != SQLITE_OK) {
+    if (b.rc != 0) {
         rc = db_fail(ix, "bind sends", why, why_len);
         goto out;
     }
-    while ((rc = step(ix, st, "list sends", why, why_len)) == SQLITE_ROW) {
+    while ((rc = step(ix, st, "list sends", why, why_len)) == ROW) {
         struct mms_send_row r;
         read_send(st, &r);
         if (fn(ud, &r) != 0)
             break;
     }
     rc = rc < 0 ? rc : 0;
-    sqlite3_reset(st);
+    st_reset(st);
 out:
     unlock(ix);
     return rc;
@@ -1331,20 +1906,20 @@ mms_index_send_counts(struct mms_index *ix, int64_t counts[MMS_SEND_DEAD + 1], c
     int rc = lock(ix, why, why_len);
     if (rc < 0)
         return rc;
-    sqlite3_stmt *st = stmt(ix, S_COUNT_SENDS, why, why_len);
+    struct st *st = stmt(ix, S_COUNT_SENDS, why, why_len);
     if (st == NULL) {
         rc = MMS_EIO;
         goto out;
     }
     for (int i = 0; i < N_SEND_STATES; i++)
         counts[i] = 0;
-    while ((rc = step(ix, st, "count sends", why, why_len)) == SQLITE_ROW) {
-        int state = send_state_parse((const char *)sqlite3_column_text(st, 0));
+    while ((rc = step(ix, st, "count sends", why, why_len)) == ROW) {
+        int state = send_state_parse(col_text(st, 0));
         if (state >= 0)
-            counts[state] = sqlite3_column_int64(st, 1);
+            counts[state] = col_int(st, 1);
     }
     rc = rc < 0 ? rc : 0;
-    sqlite3_reset(st);
+    st_reset(st);
 out:
     unlock(ix);
     return rc;
@@ -1354,51 +1929,53 @@ out:
 
 /* The body of mms_index_job_start(), inside the write transaction. */
 static int
-job_start_locked(struct mms_index *ix, const char *series_uid, double now, int64_t *id,
-                 int64_t *run_no, char *why, size_t why_len)
+job_start_locked(struct mms_index *ix, const char *series_uid, const char *node, double now,
+                 double lease_until, int64_t *id, int64_t *run_no, char *why, size_t why_len)
 {
-    sqlite3_stmt *st = stmt(ix, S_SET_STATE, why, why_len);
+    struct st *st = stmt(ix, S_SET_STATE, why, why_len);
     if (st == NULL)
         return MMS_EIO;
-    struct binder b = {st, SQLITE_OK};
+    struct binder b = {ix, st, 0};
     bind_cstr(&b, 1, series_uid);
     bind_cstr(&b, 2, mms_series_state_name(MMS_SERIES_RUNNING));
     bind_cstr(&b, 3, "");
     bind_real(&b, 4, now);
     bind_int(&b, 5, 1);
-    if (b.rc != SQLITE_OK)
+    if (b.rc != 0)
         return db_fail(ix, "bind series", why, why_len);
     int rc = step(ix, st, "set state", why, why_len);
-    sqlite3_reset(st);
+    st_reset(st);
     if (rc < 0)
         return rc;
-    if (sqlite3_changes(ix->db) == 0)
+    if (changes(ix) == 0)
         return mms_why(why, why_len, MMS_ENOENT, "series %.64s is not in the index", series_uid);
     if ((st = stmt(ix, S_SERIES_RUN, why, why_len)) == NULL)
         return MMS_EIO;
-    b = (struct binder){st, SQLITE_OK};
+    b = (struct binder){ix, st, 0};
     bind_cstr(&b, 1, series_uid);
-    if (b.rc != SQLITE_OK)
+    if (b.rc != 0)
         return db_fail(ix, "bind series", why, why_len);
-    if ((rc = step(ix, st, "read run", why, why_len)) == SQLITE_ROW)
-        *run_no = sqlite3_column_int64(st, 0);
-    sqlite3_reset(st);
+    if ((rc = step(ix, st, "read run", why, why_len)) == ROW)
+        *run_no = col_int(st, 0);
+    st_reset(st);
     if (rc < 0)
         return rc;
     if ((st = stmt(ix, S_JOB_INSERT, why, why_len)) == NULL)
         return MMS_EIO;
-    b = (struct binder){st, SQLITE_OK};
+    b = (struct binder){ix, st, 0};
     bind_cstr(&b, 1, series_uid);
     bind_int(&b, 2, *run_no);
     bind_real(&b, 3, now);
-    if (b.rc != SQLITE_OK)
+    bind_cstr(&b, 4, node);
+    bind_real(&b, 5, lease_until);
+    if (b.rc != 0)
         return db_fail(ix, "bind job", why, why_len);
-    rc = step(ix, st, "insert job", why, why_len);
-    sqlite3_reset(st);
-    if (rc < 0)
-        return rc;
-    *id = sqlite3_last_insert_rowid(ix->db);
-    return 0;
+    if ((rc = step(ix, st, "insert job", why, why_len)) == ROW)
+        *id = col_int(st, 0);
+    st_reset(st);
+    if (rc == DONE)
+        return mms_why(why, why_len, MMS_EIO, "insert job: no id returned");
+    return rc < 0 ? rc : 0;
 }
 
 int
@@ -1412,7 +1989,38 @@ mms_index_job_start(struct mms_index *ix, const char *series_uid, double now, in
     int rc = begin_write(ix, why, why_len);
     if (rc < 0)
         return rc;
-    rc = job_start_locked(ix, series_uid, now, id, run_no, why, why_len);
+    rc = job_start_locked(ix, series_uid, "", now, 0, id, run_no, why, why_len);
+    return end_write(ix, rc, why, why_len);
+}
+
+int
+mms_index_job_claim(struct mms_index *ix, const char *node, double now, double lease_s,
+                    char series_uid[65], int64_t *id, int64_t *run_no, char *why, size_t why_len)
+{
+    if (ix == NULL || node == NULL || series_uid == NULL || id == NULL || run_no == NULL)
+        return mms_why(why, why_len, MMS_EINVAL, "no index, node or output");
+    if (ix->read_only)
+        return mms_why(why, why_len, MMS_EINVAL, "the index is open read-only");
+    int rc = begin_write(ix, why, why_len);
+    if (rc < 0)
+        return rc;
+    struct st *st = stmt(ix, S_QUEUED_OLDEST, why, why_len);
+    if (st == NULL) {
+        rc = MMS_EIO;
+    } else {
+        if ((rc = step(ix, st, "find queued series", why, why_len)) == ROW)
+            column_text(st, 0, series_uid, 65);
+        st_reset(st);
+        if (rc == DONE)
+            rc = MMS_ENOENT; /* not an error: nothing to roll back, and no why */
+        else if (rc == ROW)
+            rc = job_start_locked(ix, series_uid, node, now, now + lease_s, id, run_no, why,
+                                  why_len);
+    }
+    if (rc == MMS_ENOENT) {
+        end_write(ix, 0, why, why_len);
+        return mms_why(why, why_len, MMS_ENOENT, "no series is queued");
+    }
     return end_write(ix, rc, why, why_len);
 }
 
@@ -1422,10 +2030,10 @@ job_finish_locked(struct mms_index *ix, const struct mms_job_row *j, const char 
                   const char *series_state, const char *series_reason, double now, char *why,
                   size_t why_len)
 {
-    sqlite3_stmt *st = stmt(ix, S_JOB_UPDATE, why, why_len);
+    struct st *st = stmt(ix, S_JOB_UPDATE, why, why_len);
     if (st == NULL)
         return MMS_EIO;
-    struct binder b = {st, SQLITE_OK};
+    struct binder b = {ix, st, 0};
     bind_int(&b, 1, j->id);
     bind_cstr(&b, 2, state_name);
     BIND_FIELD(&b, 3, j->stage);
@@ -1437,25 +2045,28 @@ job_finish_locked(struct mms_index *ix, const struct mms_job_row *j, const char 
         bind_real(&b, 6 + i, times[i]);
     bind_int(&b, 13, j->segments);
     bind_int(&b, 14, j->frames);
-    if (b.rc != SQLITE_OK)
+    if (b.rc != 0)
         return db_fail(ix, "bind job", why, why_len);
     int rc = step(ix, st, "update job", why, why_len);
-    sqlite3_reset(st);
+    st_reset(st);
     if (rc < 0)
         return rc;
-    if (sqlite3_changes(ix->db) == 0)
-        return mms_why(why, why_len, MMS_ENOENT, "job %lld is not in the index", (long long)j->id);
+    if (changes(ix) == 0)
+        return mms_why(why, why_len, MMS_ENOENT,
+                       "job %lld is not running in the index (on a shared index: its lease ran "
+                       "out and another node ended it)",
+                       (long long)j->id);
     if ((st = stmt(ix, S_SERIES_FINISH, why, why_len)) == NULL)
         return MMS_EIO;
-    b = (struct binder){st, SQLITE_OK};
+    b = (struct binder){ix, st, 0};
     bind_cstr(&b, 1, j->series_uid);
     bind_cstr(&b, 2, series_state);
     bind_cstr(&b, 3, series_reason != NULL ? series_reason : "");
     bind_real(&b, 4, now);
-    if (b.rc != SQLITE_OK)
+    if (b.rc != 0)
         return db_fail(ix, "bind series", why, why_len);
     rc = step(ix, st, "set state", why, why_len);
-    sqlite3_reset(st);
+    st_reset(st);
     return rc < 0 ? rc : 0;
 }
 
@@ -1477,24 +2088,238 @@ mms_index_job_finish(struct mms_index *ix, const struct mms_job_row *j, int seri
 }
 
 int
+mms_index_job_abandon(struct mms_index *ix, struct mms_job_row *j, int series_state,
+                      const char *series_reason, double now, bool *sent, char *why, size_t why_len)
+{
+    const char *sname = mms_series_state_name(series_state);
+    if (ix == NULL || j == NULL || mms_job_state_name(j->state) == NULL || sname == NULL ||
+        sent == NULL)
+        return mms_why(why, why_len, MMS_EINVAL, "no index or job, or an unknown state");
+    if (ix->read_only)
+        return mms_why(why, why_len, MMS_EINVAL, "the index is open read-only");
+    int rc = begin_write(ix, why, why_len);
+    if (rc < 0)
+        return rc;
+    int state = -1;
+    if ((rc = lock_job(ix, j->id, &state, why, why_len)) == 0 && state != MMS_JOB_RUNNING)
+        rc = mms_why(why, why_len, MMS_ENOENT, "job %lld was ended meanwhile", (long long)j->id);
+    struct st *st = rc == 0 ? stmt(ix, S_JOB_HAS_SENDS, why, why_len) : NULL;
+    if (rc == 0 && st == NULL)
+        rc = MMS_EIO;
+    if (st != NULL) {
+        struct binder b = {ix, st, 0};
+        bind_int(&b, 1, j->id);
+        rc = b.rc != 0 ? db_fail(ix, "bind job", why, why_len)
+                       : step(ix, st, "read sends", why, why_len);
+        *sent = rc == ROW && col_int(st, 0) > 0;
+        st_reset(st);
+        rc = rc < 0 ? rc : 0;
+    }
+    if (rc == 0 && *sent) { /* the result was in the outbox: the job had done its work */
+        j->state = MMS_JOB_DONE;
+        snprintf(j->reason, sizeof j->reason,
+                 "its result was in the outbox before its node stopped");
+        series_state = MMS_SERIES_DONE;
+        series_reason = "";
+        sname = mms_series_state_name(series_state);
+    }
+    if (rc == 0)
+        rc = job_finish_locked(ix, j, mms_job_state_name(j->state), sname, series_reason, now, why,
+                               why_len);
+    return end_write(ix, rc, why, why_len);
+}
+
+int
 mms_index_jobs(struct mms_index *ix, int state, int (*fn)(void *ud, const struct mms_job_row *j),
                void *ud, char *why, size_t why_len)
 {
     if (ix == NULL || fn == NULL || (state != -1 && mms_job_state_name(state) == NULL))
         return mms_why(why, why_len, MMS_EINVAL, "no index or callback, or an unknown state");
-    sqlite3_stmt *st;
+    struct st *st;
     int rc =
         lock_and_bind(ix, S_JOBS, state < 0 ? NULL : mms_job_state_name(state), &st, why, why_len);
     if (rc < 0)
         return rc;
-    while ((rc = step(ix, st, "list jobs", why, why_len)) == SQLITE_ROW) {
+    while ((rc = step(ix, st, "list jobs", why, why_len)) == ROW) {
         struct mms_job_row j;
         read_job(st, &j);
         if (fn(ud, &j) != 0)
             break;
     }
     rc = rc < 0 ? rc : 0;
-    sqlite3_reset(st);
+    st_reset(st);
     unlock(ix);
     return rc;
+}
+
+/* ---------------------------------------------------------------------------- clusters */
+
+/* Run statement which, bound by bind(b, arg), in one locked call; *n receives the rows it
+ * changed. */
+static int
+write_one(struct mms_index *ix, enum stmt_id which, void (*bind)(struct binder *, const void *),
+          const void *arg, int64_t *n, char *why, size_t why_len)
+{
+    if (ix->read_only)
+        return mms_why(why, why_len, MMS_EINVAL, "the index is open read-only");
+    int rc = lock(ix, why, why_len);
+    if (rc < 0)
+        return rc;
+    struct st *st = stmt(ix, which, why, why_len);
+    if (st == NULL) {
+        rc = MMS_EIO;
+    } else {
+        struct binder b = {ix, st, 0};
+        bind(&b, arg);
+        if (b.rc != 0)
+            rc = db_fail(ix, stmt_sql[which].what, why, why_len);
+        else if ((rc = step(ix, st, stmt_sql[which].what, why, why_len)) > 0)
+            rc = 0;
+        if (rc == 0)
+            *n = changes(ix);
+        st_reset(st);
+    }
+    unlock(ix);
+    return rc;
+}
+
+struct settle_args {
+    const char *series;
+    double last, now;
+};
+
+static void
+bind_settle(struct binder *b, const void *arg)
+{
+    const struct settle_args *a = arg;
+    bind_cstr(b, 1, a->series);
+    bind_real(b, 2, a->last);
+    bind_real(b, 3, a->now);
+}
+
+int
+mms_index_settle(struct mms_index *ix, const char *series_uid, double last_received, double now,
+                 char *why, size_t why_len)
+{
+    if (ix == NULL || series_uid == NULL)
+        return mms_why(why, why_len, MMS_EINVAL, "no index or series");
+    struct settle_args a = {series_uid, last_received, now};
+    int64_t n = 0;
+    int rc = write_one(ix, S_SETTLE, bind_settle, &a, &n, why, why_len);
+    if (rc == 0 && n == 0)
+        rc = mms_why(why, why_len, MMS_EAGAIN,
+                     "series %.64s changed since it was read (an instance arrived, or another "
+                     "node judged it)",
+                     series_uid);
+    return rc;
+}
+
+struct claim_args {
+    int64_t job;
+    const char *destination, *node;
+    double now, until;
+};
+
+static void
+bind_claim(struct binder *b, const void *arg)
+{
+    const struct claim_args *a = arg;
+    bind_int(b, 1, a->job);
+    bind_cstr(b, 2, a->destination);
+    bind_cstr(b, 3, a->node);
+    bind_real(b, 4, a->now);
+    bind_real(b, 5, a->until);
+}
+
+int
+mms_index_send_claim(struct mms_index *ix, int64_t job, const char *destination, const char *node,
+                     double now, double lease_s, char *why, size_t why_len)
+{
+    if (ix == NULL || destination == NULL || node == NULL)
+        return mms_why(why, why_len, MMS_EINVAL, "no index, destination or node");
+    struct claim_args a = {job, destination, node, now, now + lease_s};
+    int64_t n = 0;
+    int rc = write_one(ix, S_SEND_CLAIM, bind_claim, &a, &n, why, why_len);
+    if (rc == 0 && n == 0)
+        rc = mms_why(why, why_len, MMS_EAGAIN,
+                     "send of job %lld to %.64s: another node holds it, or it is not pending and "
+                     "due",
+                     (long long)job, destination);
+    return rc;
+}
+
+int
+mms_index_node_beat(struct mms_index *ix, const struct mms_node_row *n, double now, double lease_s,
+                    char *why, size_t why_len)
+{
+    if (ix == NULL || n == NULL || n->name[0] == '\0')
+        return mms_why(why, why_len, MMS_EINVAL, "no index or node");
+    if (ix->read_only)
+        return mms_why(why, why_len, MMS_EINVAL, "the index is open read-only");
+    int rc = begin_write(ix, why, why_len);
+    if (rc < 0)
+        return rc;
+    struct st *st = stmt(ix, S_NODE_PUT, why, why_len);
+    if (st == NULL) {
+        rc = MMS_EIO;
+        goto out;
+    }
+    struct binder b = {ix, st, 0};
+    BIND_FIELD(&b, 1, n->name);
+    BIND_FIELD(&b, 2, n->roles);
+    bind_int(&b, 3, n->pid);
+    bind_real(&b, 4, n->started);
+    bind_real(&b, 5, now);
+    if (b.rc != 0 || (rc = step(ix, st, "write node", why, why_len)) < 0) {
+        rc = rc < 0 ? rc : db_fail(ix, "bind node", why, why_len);
+        st_reset(st);
+        goto out;
+    }
+    st_reset(st);
+    static const enum stmt_id renew[] = {S_NODE_RENEW_JOBS, S_NODE_RENEW_SENDS};
+    for (int i = 0; i < 2 && rc >= 0; i++) {
+        if ((st = stmt(ix, renew[i], why, why_len)) == NULL) {
+            rc = MMS_EIO;
+            break;
+        }
+        b = (struct binder){ix, st, 0};
+        BIND_FIELD(&b, 1, n->name);
+        bind_real(&b, 2, now + lease_s);
+        rc = b.rc != 0 ? db_fail(ix, "bind lease", why, why_len)
+                       : step(ix, st, "renew leases", why, why_len);
+        st_reset(st);
+    }
+out:
+    return end_write(ix, rc < 0 ? rc : 0, why, why_len);
+}
+
+int
+mms_index_nodes(struct mms_index *ix, int (*fn)(void *ud, const struct mms_node_row *n), void *ud,
+                char *why, size_t why_len)
+{
+    if (ix == NULL || fn == NULL)
+        return mms_why(why, why_len, MMS_EINVAL, "no index or callback");
+    int rc = lock(ix, why, why_len);
+    if (rc < 0)
+        return rc;
+    struct st *st = stmt(ix, S_NODES, why, why_len);
+    if (st == NULL) {
+        unlock(ix);
+        return MMS_EIO;
+    }
+    while ((rc = step(ix, st, "list nodes", why, why_len)) == ROW) {
+        struct mms_node_row n = {0};
+        COLUMN_FIELD(st, 0, n.name);
+        COLUMN_FIELD(st, 1, n.roles);
+        n.pid = col_int(st, 2);
+        n.started = col_real(st, 3);
+        n.heartbeat = col_real(st, 4);
+        n.jobs = col_int(st, 5);
+        n.sends = col_int(st, 6);
+        if (fn(ud, &n) != 0)
+            break;
+    }
+    st_reset(st);
+    unlock(ix);
+    return rc < 0 ? rc : 0;
 }

@@ -1,6 +1,8 @@
-/* daemon/index: the instance and series index in state_dir/state.db (design.md sections 3,
- * 4): SQLite in WAL mode with synchronous=FULL, so a committed row survives a crash. The
- * schema is versioned (PRAGMA user_version) and migrated on open.
+/* daemon/index: the instance and series index (design.md sections 3, 4), on one of two
+ * engines with the same schema and migrations: SQLite in state_dir/state.db (the default; WAL
+ * mode with synchronous=FULL, so a committed row survives a crash; schema version in PRAGMA
+ * user_version), or PostgreSQL, shared by the nodes of a cluster (docs/cluster.md; schema
+ * version in the table mmsegd_schema). The schema is migrated on open.
  * Threads: one struct mms_index may be used from several threads; calls are serialized
  * inside (one connection, a mutex). The callbacks of mms_index_series/instances run with the
  * index locked: calling mms_index_* from them returns MMS_EINVAL. A read-only handle (mms_status)
@@ -11,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Series states, in the order a series normally goes through them. */
 enum mms_series_state {
@@ -79,6 +82,27 @@ struct mms_index;
  * no database). */
 int mms_index_open(const char *path, bool read_only, struct mms_index **out, char *why,
                    size_t why_len);
+
+/* Whether where names a PostgreSQL database: a libpq connection URI ("postgresql://...",
+ * "postgres://...") or key=value connection string ("host=/run/postgresql dbname=mmsegd"),
+ * rather than a path. */
+static inline bool
+mms_index_is_postgres(const char *where)
+{
+    return where != NULL &&
+           (strncmp(where, "postgresql://", 13) == 0 || strncmp(where, "postgres://", 11) == 0 ||
+            (strchr(where, '=') != NULL && where[0] != '/' && where[0] != '.'));
+}
+
+/* Open the index: where is a PostgreSQL connection string (mms_index_is_postgres()) or the
+ * path of a SQLite database. A PostgreSQL connection that breaks is made again by the next
+ * call; the call that found it broken fails with MMS_EIO. Otherwise as mms_index_open(). */
+int mms_index_connect(const char *where, bool read_only, struct mms_index **out, char *why,
+                      size_t why_len);
+
+/* Whether other processes on other machines may use this index at the same time
+ * (PostgreSQL): leases and claims then matter. */
+bool mms_index_shared(const struct mms_index *ix);
 void mms_index_close(struct mms_index *ix);
 
 /* Record an instance whose file is already in place, in one transaction: insert it, or for
@@ -104,10 +128,28 @@ int mms_index_reopen(struct mms_index *ix, const struct mms_instance_row *r, cha
 int mms_index_set_state(struct mms_index *ix, const char *series_uid, int state, const char *reason,
                         double now, char *why, size_t why_len);
 
+/* The completeness decision, taken once for a series however many nodes judge it: the
+ * series becomes stable when it is still receiving and its last_received is still
+ * last_received (no instance arrived since the caller read it). Returns 0 when it did,
+ * MMS_EAGAIN when the series changed meanwhile (or another node judged it), MMS_EIO. */
+int mms_index_settle(struct mms_index *ix, const char *series_uid, double last_received, double now,
+                     char *why, size_t why_len);
+
 /* Call fn for every series (ordered by first_received); fn returns nonzero to stop.
  * Returns 0, or MMS_EIO. */
 int mms_index_series(struct mms_index *ix, int (*fn)(void *ud, const struct mms_series_row *s),
                      void *ud, char *why, size_t why_len);
+
+/* The same for the series receiving or stable only (by the index on state): what the
+ * completeness decision looks at. */
+int mms_index_series_active(struct mms_index *ix,
+                            int (*fn)(void *ud, const struct mms_series_row *s), void *ud,
+                            char *why, size_t why_len);
+
+/* Series queued, sends pending and sends dead, by the indexes on state (cheap at any size:
+ * for a status line written at every arrival). Returns 0 or MMS_EIO. */
+int mms_index_queue_counts(struct mms_index *ix, int64_t *queued, int64_t *pending, int64_t *dead,
+                           char *why, size_t why_len);
 
 /* Call fn for every instance of a series (ordered by instance number, then SOP Instance
  * UID; instances without a number first). Returns 0, or MMS_EIO. */
@@ -145,7 +187,9 @@ struct mms_send_row {
     double next_attempt;  /* pending: not before this time */
     double last_attempt;  /* 0 before the first attempt */
     double state_since;
-    char reason[512]; /* the last failure, the peer's status and words; "" when none */
+    char reason[512];   /* the last failure, the peer's status and words; "" when none */
+    char node[65];      /* the node attempting it now; "" when none */
+    double lease_until; /* that node's claim ends then */
 };
 
 /* Queue a send per destination for job (its files already in the outbox), in one
@@ -155,6 +199,15 @@ struct mms_send_row {
 int mms_index_sends_add(struct mms_index *ix, int64_t job, const char *series_uid,
                         const char *const *destinations, int n, double due, char *why,
                         size_t why_len);
+
+/* The same for the result of job `job`, made by that job: in the same transaction the job's
+ * row is locked (FOR UPDATE on PostgreSQL) and the sends are queued only while the index does
+ * not know the job as ended (a job it has no row for counts as running). A node whose lease
+ * ran out and whose job another node ended gets MMS_ENOENT: its result is not sent, and the
+ * job of the node that took over delivers the series' result once. */
+int mms_index_result_sends(struct mms_index *ix, int64_t job, const char *series_uid,
+                           const char *const *destinations, int n, double due, char *why,
+                           size_t why_len);
 
 /* Write the state, attempts, times and reason of r to its (job, destination) row.
  * Returns 0, MMS_ENOENT (no such row), MMS_EINVAL, MMS_EIO. */
@@ -199,6 +252,8 @@ struct mms_job_row {
     double started, finished; /* seconds since the epoch; finished 0 while running */
     double decode_s, wait_s, preprocess_s, network_s, export_s, write_s, total_s;
     int64_t segments, frames; /* of the SEG; 0 when none was written */
+    char node[65];            /* the node that runs or ran it ("" before clusters) */
+    double lease_until;       /* running: another node may take it over after this */
 };
 
 /* Start a job for a series, in one transaction: the series becomes running (its run number
@@ -207,16 +262,63 @@ struct mms_job_row {
 int mms_index_job_start(struct mms_index *ix, const char *series_uid, double now, int64_t *id,
                         int64_t *run, char *why, size_t why_len);
 
+/* Claim the series queued longest (by state_since) for a job of node, in one transaction:
+ * the series becomes running, its run number incremented, and a job row is inserted with
+ * node and lease_until = now + lease_s. On PostgreSQL the series row is chosen with FOR
+ * UPDATE SKIP LOCKED: two nodes never claim one series. series_uid, *id and *run receive
+ * the series, the job's number and run. Returns 0, MMS_ENOENT (nothing queued),
+ * MMS_EINVAL, MMS_EIO. */
+int mms_index_job_claim(struct mms_index *ix, const char *node, double now, double lease_s,
+                        char series_uid[65], int64_t *id, int64_t *run, char *why, size_t why_len);
+
 /* Record the end of job j (state, stage, reason, times, counts from j) and set its series to
  * series_state with series_reason, in one transaction. The series is left alone when it was
- * re-opened (receiving) meanwhile. Returns 0, MMS_ENOENT (no such job), MMS_EINVAL, MMS_EIO. */
+ * re-opened (receiving) meanwhile. Returns 0, MMS_ENOENT (no such job, or it is no longer
+ * running: another node ended it when its lease ran out), MMS_EINVAL, MMS_EIO. */
 int mms_index_job_finish(struct mms_index *ix, const struct mms_job_row *j, int series_state,
                          const char *series_reason, double now, char *why, size_t why_len);
+
+/* End running job j, which no process runs any more (its node restarted, or stopped renewing
+ * its lease), in one transaction with its row locked: when sends exist for it, its result was
+ * in the outbox and it ends done (its series done, *sent true: j's state and reason are set
+ * so); otherwise it ends as j says (state, reason) and its series becomes series_state with
+ * series_reason. With mms_index_result_sends() locking the same row, a job's result is either
+ * sent or the job is run again, never both. Returns 0, MMS_ENOENT (the job is not running:
+ * another node ended it first), MMS_EINVAL, MMS_EIO. */
+int mms_index_job_abandon(struct mms_index *ix, struct mms_job_row *j, int series_state,
+                          const char *series_reason, double now, bool *sent, char *why,
+                          size_t why_len);
 
 /* Call fn for every job in state `state` (-1: any), by number; fn returns nonzero to stop.
  * Returns 0 or MMS_EIO. */
 int mms_index_jobs(struct mms_index *ix, int state,
                    int (*fn)(void *ud, const struct mms_job_row *j), void *ud, char *why,
                    size_t why_len);
+
+/* Claim send (job, destination) for an attempt by node until now + lease_s: it must be
+ * pending and due, and not claimed by another node whose lease runs. mms_index_send_update()
+ * releases it. Returns 0 (claimed), MMS_EAGAIN (another node holds it, or it is no longer
+ * pending or due), MMS_EINVAL, MMS_EIO. */
+int mms_index_send_claim(struct mms_index *ix, int64_t job, const char *destination,
+                         const char *node, double now, double lease_s, char *why, size_t why_len);
+
+/* Nodes: the processes using the index, each with its row refreshed by a heartbeat. */
+struct mms_node_row {
+    char name[65];
+    char roles[64]; /* "intake,infer,send" or a part */
+    int64_t pid;
+    double started, heartbeat; /* seconds since the epoch */
+    int64_t jobs, sends;       /* running jobs and claimed sends it holds leases on */
+};
+
+/* The heartbeat of node: its row is written (created at the first beat), and the leases of
+ * its running jobs and claimed sends are extended to now + lease_s, in one transaction.
+ * Returns 0, MMS_EINVAL, MMS_EIO. */
+int mms_index_node_beat(struct mms_index *ix, const struct mms_node_row *n, double now,
+                        double lease_s, char *why, size_t why_len);
+
+/* Call fn for every node, by name; fn returns nonzero to stop. Returns 0 or MMS_EIO. */
+int mms_index_nodes(struct mms_index *ix, int (*fn)(void *ud, const struct mms_node_row *n),
+                    void *ud, char *why, size_t why_len);
 
 #endif

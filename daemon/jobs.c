@@ -33,9 +33,12 @@ struct jworker {
 
 struct mms_jobs {
     struct mms_index *ix;
-    struct mms_sched *sched;
     struct mms_sender *sender;
     char *state_dir, *description;
+    char *node_dir; /* this node's own: tmp/ and the job markers */
+    char node[65];
+    double lease_s;
+    bool infer; /* [daemon] roles has infer: this node runs jobs */
     char **dests;
     int n_dests;
     struct mms_work_opts wo;
@@ -191,70 +194,68 @@ marker_set(const char *path, int64_t job)
         unlink(path);
 }
 
+/* End the running jobs that no process runs any more: those of node (the caller, just
+ * started; on an index nobody shares, every running job), or with their lease run out (on a
+ * shared index: their node stopped renewing it). markers: those of node_dir. */
 static int
-any_send(void *ud, const struct mms_send_row *s)
-{
-    (void)s;
-    *(bool *)ud = true;
-    return 1;
-}
-
-int
-mms_jobs_recover(struct mms_index *ix, const char *state_dir, double now)
+recover(struct mms_index *ix, const char *node, bool at_start, double now,
+        const struct marker *markers, int n_markers)
 {
     struct recover r = {0};
     char why[1024];
-    struct marker *markers;
-    int n_markers;
-    if (take_markers(state_dir, &markers, &n_markers) < 0)
-        mms_log(MMS_LOG_WARNING,
-                "job recovery: cannot read %s; an interrupted job counts as "
-                "stopped, not crashed",
-                state_dir);
+    bool shared = mms_index_shared(ix);
     int rc = mms_index_jobs(ix, MMS_JOB_RUNNING, collect_running, &r, why, sizeof why);
     if (rc == 0 && r.no_memory)
         rc = mms_why(why, sizeof why, MMS_ENOMEM, "out of memory");
     for (int i = 0; rc == 0 && i < r.n; i++) {
         struct mms_job_row *j = &r.rows[i];
-        bool sent = false;
-        if ((rc = mms_index_sends(ix, -1, j->id, any_send, &sent, why, sizeof why)) < 0)
-            break;
+        bool mine = !shared || strcmp(j->node, node) == 0;
+        bool expired = shared && !mine && j->lease_until < now;
+        if (!(at_start && mine) && !expired)
+            continue; /* running here, or on a node that renews its lease */
+        /* the streak of ended jobs, in case its result is not in the outbox */
         struct streak k = {j->series_uid, 0, 0};
-        if (!sent && (rc = mms_index_jobs(ix, -1, count_streak, &k, why, sizeof why)) < 0)
+        if ((rc = mms_index_jobs(ix, -1, count_streak, &k, why, sizeof why)) < 0)
             break;
         const char *sig = crashed_by(markers, n_markers, j->id);
         char series_reason[256] = "";
         j->finished = now;
-        if (sent) {
-            j->state = MMS_JOB_DONE;
-            snprintf(j->reason, sizeof j->reason,
-                     "its result was in the outbox before the daemon stopped");
-        } else if (sig != NULL) {
+        if (sig != NULL) {
             j->state = MMS_JOB_CRASHED;
             snprintf(j->reason, sizeof j->reason, "the daemon crashed (%s) in this job", sig);
+        } else if (expired) {
+            j->state = MMS_JOB_INTERRUPTED;
+            snprintf(j->reason, sizeof j->reason,
+                     "node %.64s stopped renewing its lease during the job", j->node);
         } else {
             j->state = MMS_JOB_INTERRUPTED;
             snprintf(j->reason, sizeof j->reason, "the daemon stopped during the job");
         }
         bool give_up = false;
-        if (!sent && sig != NULL && k.crashed + 1 >= MAX_CRASHED) {
+        if (sig != NULL && k.crashed + 1 >= MAX_CRASHED) {
             give_up = true;
             snprintf(series_reason, sizeof series_reason,
                      "the daemon crashed in %d jobs of this series in a row (last: %s); not run "
                      "again",
                      k.crashed + 1, sig);
-        } else if (!sent && k.stopped + 1 >= MAX_STOPPED) {
+        } else if (k.stopped + 1 >= MAX_STOPPED) {
             give_up = true;
             snprintf(series_reason, sizeof series_reason,
                      "the daemon stopped during %d jobs of this series in a row (killed for "
                      "memory?); not run again",
                      k.stopped + 1);
         }
-        rc = mms_index_job_finish(ix, j,
-                                  sent      ? MMS_SERIES_DONE
-                                  : give_up ? MMS_SERIES_FAILED
-                                            : MMS_SERIES_RUNNING,
-                                  series_reason, now, why, sizeof why);
+        /* done instead when its sends exist: decided with the job's row locked */
+        bool sent = false;
+        rc = mms_index_job_abandon(ix, j, give_up ? MMS_SERIES_FAILED : MMS_SERIES_QUEUED,
+                                   series_reason, now, &sent, why, sizeof why);
+        if (rc == MMS_ENOENT) { /* another node ended it first */
+            rc = 0;
+            continue;
+        }
+        if (rc < 0)
+            break;
+        give_up = give_up && !sent;
         mms_log(give_up ? MMS_LOG_ERR : MMS_LOG_NOTICE,
                 "job %" PRId64 " (series %s, run %" PRId64 "): %s; %s", j->id, j->series_uid,
                 j->run, j->reason,
@@ -263,10 +264,30 @@ mms_jobs_recover(struct mms_index *ix, const char *state_dir, double now)
                           : "the series is queued again");
     }
     free(r.rows);
-    free(markers);
     if (rc < 0)
         mms_log(MMS_LOG_ERR, "job recovery: %s", why);
     return rc;
+}
+
+int
+mms_jobs_recover(struct mms_index *ix, const char *node_dir, const char *node, double now)
+{
+    struct marker *markers;
+    int n_markers;
+    if (take_markers(node_dir, &markers, &n_markers) < 0)
+        mms_log(MMS_LOG_WARNING,
+                "job recovery: cannot read %s; an interrupted job counts as "
+                "stopped, not crashed",
+                node_dir);
+    int rc = recover(ix, node, true, now, markers, n_markers);
+    free(markers);
+    return rc;
+}
+
+int
+mms_jobs_take_over(struct mms_index *ix, const char *node, double now)
+{
+    return mms_index_shared(ix) ? recover(ix, node, false, now, NULL, 0) : 0;
 }
 
 /* ---------------------------------------------------------------------------- one job */
@@ -426,22 +447,22 @@ run_job(struct jworker *w)
         wo.give_engine = give_engine;
         wo.engine_arg = J;
         mms_work_output_uids("seg", J->engine[0].sha256, j.series_uid, (int)j.run, seg_series, sop);
-        snprintf(tmp, sizeof tmp, "%s/tmp/%s.dcm", J->state_dir, sop);
-        snprintf(png, sizeof png, "%s/tmp/%s.png", J->state_dir, sop);
+        snprintf(tmp, sizeof tmp, "%s/tmp/%s.dcm", J->node_dir, sop);
+        snprintf(png, sizeof png, "%s/tmp/%s.png", J->node_dir, sop);
         wo.seg_path = tmp;
         wo.preview_path = png;
         if (wo.preview_sc) {
             char sc_series[65], sc_sop[65];
             mms_work_output_uids("sc", J->engine[0].sha256, j.series_uid, (int)j.run, sc_series,
                                  sc_sop);
-            snprintf(sc, sizeof sc, "%s/tmp/%s.sc.dcm", J->state_dir, sc_sop);
+            snprintf(sc, sizeof sc, "%s/tmp/%s.sc.dcm", J->node_dir, sc_sop);
             wo.sc_path = sc;
         }
         if (wo.rtstruct) {
             char rt_series[65], rt_sop[65];
             mms_work_output_uids("rtstruct", J->engine[0].sha256, j.series_uid, (int)j.run,
                                  rt_series, rt_sop);
-            snprintf(rt, sizeof rt, "%s/tmp/%s.rtstruct.dcm", J->state_dir, rt_sop);
+            snprintf(rt, sizeof rt, "%s/tmp/%s.rtstruct.dcm", J->node_dir, rt_sop);
             wo.rtstruct_path = rt;
         }
         rc = mms_work_series(&J->engine[0], (const char *const *)f.paths, hdr, f.n, &wo, &wr, why,
@@ -462,6 +483,10 @@ run_job(struct jworker *w)
         rc = mms_outbox_put(J->state_dir, J->ix, j.id, j.series_uid, files, n_files,
                             (const char *const *)J->dests, J->n_dests, mms_wall_s(), why,
                             sizeof why);
+        if (rc == MMS_ENOENT) { /* another node took the job over: its run delivers */
+            char ignored[256];
+            mms_outbox_release(J->state_dir, J->ix, j.id, ignored, sizeof ignored);
+        }
         if (rc < 0)
             wr.stage = MMS_STAGE_OUTPUT;
         else
@@ -561,8 +586,7 @@ worker_main(void *arg)
         w->has_task = false;
         pthread_mutex_unlock(&J->mu);
         char marker[4200];
-        snprintf(marker, sizeof marker, "%s/" MARKER_PREFIX "%zu", J->state_dir,
-                 (size_t)(w - J->w));
+        snprintf(marker, sizeof marker, "%s/" MARKER_PREFIX "%zu", J->node_dir, (size_t)(w - J->w));
         marker_set(marker, w->job);
         mms_stage_set("job %" PRId64 " (series %s, run %" PRId64 ")", w->job, w->series, w->run);
         run_job(w);
@@ -612,12 +636,14 @@ mms_jobs_kick(struct mms_jobs *J)
         struct jworker *w = &J->w[i];
         if (w->busy)
             continue;
-        if (!mms_sched_next(J->sched, series))
-            return;
         int64_t id, run;
-        if (mms_index_job_start(J->ix, series, mms_wall_s(), &id, &run, why, sizeof why) < 0) {
-            mms_log(MMS_LOG_ERR, "series %s: the job could not start: %s", series, why);
-            continue;
+        int rc = mms_index_job_claim(J->ix, J->node, mms_wall_s(), J->lease_s, series, &id, &run,
+                                     why, sizeof why);
+        if (rc == MMS_ENOENT) /* nothing queued */
+            return;
+        if (rc < 0) {
+            mms_log(MMS_LOG_ERR, "the next job could not start: %s", why);
+            return;
         }
         w->busy = true;
         pthread_mutex_lock(&J->mu);
@@ -725,7 +751,7 @@ mms_jobs_reload_model(struct mms_jobs *J, const char *model)
 {
     struct stat st;
     char why[1024];
-    if (J == NULL || J->stopping)
+    if (J == NULL || J->stopping || !J->infer)
         return;
     bool same_path = strcmp(model, J->model_path) == 0;
     /* a model set (a list) is loaded again and compared by its digest */
@@ -783,6 +809,7 @@ free_jobs(struct mms_jobs *J)
     free(J->dests);
     free(J->w);
     free(J->state_dir);
+    free(J->node_dir);
     free(J->description);
     pthread_cond_destroy(&J->engine_free);
     pthread_mutex_destroy(&J->mu);
@@ -797,9 +824,8 @@ on_closed(uv_handle_t *h)
 }
 
 int
-mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sched,
-               struct mms_sender *sender, const struct mms_config *cfg, struct mms_jobs **out,
-               char *why, size_t why_len)
+mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sender *sender,
+               const struct mms_config *cfg, struct mms_jobs **out, char *why, size_t why_len)
 {
     struct mms_jobs *J = calloc(1, sizeof *J);
     if (J == NULL)
@@ -808,8 +834,13 @@ mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sched,
     pthread_mutex_init(&J->mu, NULL);
     pthread_cond_init(&J->wake, NULL);
     J->ix = ix;
-    J->sched = sched;
     J->sender = sender;
+    char node_dir[4200];
+    mms_config_node_dir(cfg, node_dir, sizeof node_dir);
+    J->node_dir = strdup(node_dir);
+    snprintf(J->node, sizeof J->node, "%s", cfg->daemon.node);
+    J->lease_s = cfg->daemon.lease_s;
+    J->infer = (cfg->daemon.roles_mask & MMS_ROLE_INFER) != 0;
     const char *backend;
     mms_work_opts_from_config(cfg, &J->wo, &backend);
     J->n_workers = cfg->daemon.workers > 0 ? cfg->daemon.workers : 1;
@@ -817,7 +848,8 @@ mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sched,
     J->description = strdup(cfg->seg.series_description != NULL ? cfg->seg.series_description : "");
     J->dests = calloc(cfg->n_dests + 1, sizeof *J->dests);
     J->w = calloc(J->n_workers, sizeof *J->w);
-    bool ok = J->state_dir != NULL && J->description != NULL && J->dests != NULL && J->w != NULL;
+    bool ok = J->state_dir != NULL && J->node_dir != NULL && J->description != NULL &&
+              J->dests != NULL && J->w != NULL;
     for (size_t i = 0; ok && i < cfg->n_dests; i++)
         ok = (J->dests[J->n_dests++] = strdup(cfg->dests[i].name)) != NULL;
     if (!ok) {
@@ -838,7 +870,11 @@ mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sched,
 
     char ewhy[1024];
     double t0 = mms_mono_s();
-    if (open_engines(J, cfg->infer.model, J->engine, &J->n_engines, ewhy, sizeof ewhy) == 0) {
+    if (!J->infer) {
+        mms_log(MMS_LOG_NOTICE, "node %s runs no jobs (roles = %s): other nodes take its series",
+                cfg->daemon.node, cfg->daemon.roles);
+    } else if (open_engines(J, cfg->infer.model, J->engine, &J->n_engines, ewhy, sizeof ewhy) ==
+               0) {
         J->engine_ok = true;
         const struct mms_card *card = mms_engine_card(&J->engine[0]);
         char on[256];

@@ -24,28 +24,33 @@
 
 #include "daemon/config.h"
 #include "daemon/index.h"
-#include "daemon/scheduler.h"
 #include "daemon/sender.h"
 #include "daemon/work.h"
 
 struct mms_jobs;
 
-/* After a restart, before mms_sched_recover(): a job left running whose sends exist finished
- * its work before the stop (done, its series done); any other is crashed (its worker's marker
- * in state_dir names a fatal signal) or interrupted, and its series (still running) is queued
- * again by mms_sched_recover(), unless this is the third crashed job of the series in a row,
- * or the tenth that ended either way: then the series fails with that reason, so that an
- * input that crashes the daemon, or a series that gets it killed for memory, does not make it
- * end forever. The markers are removed. Returns 0 or MMS_EIO. */
-int mms_jobs_recover(struct mms_index *ix, const char *state_dir, double now);
+/* After a restart, before mms_sched_recover(): the jobs this node left running (on an index
+ * nobody shares: every running job) end. One whose sends exist finished its work before the
+ * stop (done, its series done); any other is crashed (its worker's marker in node_dir names a
+ * fatal signal) or interrupted, and its series is queued again, unless this is the third
+ * crashed job of the series in a row, or the tenth that ended either way: then the series
+ * fails with that reason, so that an input that crashes the daemon, or a series that gets it
+ * killed for memory, does not make it end forever. The markers are removed. Returns 0 or
+ * MMS_EIO. */
+int mms_jobs_recover(struct mms_index *ix, const char *node_dir, const char *node, double now);
+
+/* On a shared index, from time to time: the running jobs of other nodes whose lease ran out
+ * (the node died, or lost the database) end as above (interrupted), and their series are
+ * queued again for any node. Two nodes taking over one job end it once. Returns 0 or
+ * MMS_EIO. */
+int mms_jobs_take_over(struct mms_index *ix, const char *node, double now);
 
 /* Load the model, start the worker threads and take the queued series.
- * Ownership: *out is new, stop it with mms_jobs_stop(); ix, sched and sender are borrowed and
+ * Ownership: *out is new, stop it with mms_jobs_stop(); ix and sender are borrowed and
  * must outlive it; what cfg says is copied. Returns 0, MMS_ENOMEM or MMS_EIO with why (a model
  * that cannot be loaded is not an error: see above). */
-int mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sched *sched,
-                   struct mms_sender *sender, const struct mms_config *cfg, struct mms_jobs **out,
-                   char *why, size_t why_len);
+int mms_jobs_start(uv_loop_t *loop, struct mms_index *ix, struct mms_sender *sender,
+                   const struct mms_config *cfg, struct mms_jobs **out, char *why, size_t why_len);
 
 /* The queue may have grown: start jobs while threads are free. */
 void mms_jobs_kick(struct mms_jobs *j);

@@ -81,19 +81,22 @@ static const struct command commands[] = {
      "  -h, --help          show this help\n",
      cmd_model_info},
     {"status", "show the series the daemon received, their states and reasons",
-     "[-c FILE] [--json]\n"
+     "[-c FILE] [--json] [--node NAME]\n"
      "\n"
-     "Reads the state database in the configuration's state_dir (read-only; safe while the\n"
+     "Reads the state database (the configuration's [daemon] database: state_dir/state.db,\n"
+     "or the PostgreSQL database of a cluster; read-only; safe while the\n"
      "daemon runs) and prints every series with its state (receiving, stable, queued,\n"
      "running, done, failed, skipped), the age of its last instance, its instance count and\n"
      "the reason it was skipped or failed, then the counts per state; then the sends not\n"
      "delivered yet (pending with the time to their next attempt, or dead with the reason)\n"
      "and the counts per send state; then the quarantine (state_dir/quarantine): its items,\n"
      "bytes and the newest 5 with their reasons and origins. Exit 0, or 1 when there is no\n"
-     "state database or it cannot be read.\n"
+     "state database or it cannot be read. The nodes using the database follow: their\n"
+     "roles, last heartbeat, running jobs and claimed sends.\n"
      "\n"
      "  -c, --config FILE   configuration file (default " MMS_DEFAULT_CONFIG ")\n"
      "  --json              print one JSON object\n"
+     "  --node NAME         only that node: its row, its jobs and the sends it holds\n"
      "  -h, --help          show this help\n",
      cmd_status},
     {"inspect", "rebuild the volumes of DICOM series and show what mmsegd makes of them",
@@ -218,11 +221,13 @@ bad_option(const struct command *c, int ch, char **argv)
 #define OPT_OUTPUT 0x10  /* -o, --output DIR */
 #define OPT_DEAD 0x20    /* --dead */
 #define OPT_BACKEND 0x40 /* --backend, --precision (also in OPT_INFER) */
+#define OPT_NODE 0x80    /* --node NAME */
 
 struct cli_opts {
     const char *config; /* NULL when not given */
     bool json;
     bool dead;
+    const char *node;
     const char *nifti;
     const char *output;
     const char *model, *threads, *cpus, *tta, *tile_step, *max_memory_mb; /* OPT_INFER */
@@ -252,6 +257,7 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
         {"max-memory-mb", required_argument, NULL, 'X'},
         {"max-device-memory-mb", required_argument, NULL, 'G'},
         {"dead", no_argument, NULL, 'D'},
+        {"node", required_argument, NULL, 'N'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -299,6 +305,8 @@ parse_opts(const struct command *c, int argc, char **argv, unsigned allowed, str
             o->max_device_memory_mb = optarg;
         else if (ch == 'D' && (allowed & OPT_DEAD))
             o->dead = true;
+        else if (ch == 'N' && (allowed & OPT_NODE))
+            o->node = optarg;
         else
             return bad_option(c, ch == ':' ? ':' : '?', argv);
     }
@@ -609,19 +617,22 @@ cmd_status(int argc, char **argv)
 {
     const struct command *c = find_command("status");
     struct cli_opts o;
-    int st = parse_opts(c, argc, argv, OPT_CONFIG | OPT_JSON, &o);
+    int st = parse_opts(c, argc, argv, OPT_CONFIG | OPT_JSON | OPT_NODE, &o);
     if (st < 0)
         st = no_operands(c, argc, argv);
     if (st >= 0)
         return st;
     const char *config = o.config != NULL ? o.config : MMS_DEFAULT_CONFIG;
     const bool json = o.json;
+    const char *node = o.node;
     struct mms_config *cfg;
     int rc = load_config(config, &cfg);
     if (rc != 0)
         return rc;
     char why[1024];
-    rc = mms_status_print(cfg->daemon.state_dir, json, stdout, why, sizeof why);
+    char where[4200];
+    mms_config_database(cfg, where, sizeof where);
+    rc = mms_status_print(cfg->daemon.state_dir, where, node, json, stdout, why, sizeof why);
     mms_config_free(cfg);
     if (rc < 0) {
         fprintf(stderr, "mmsegd status: %s\n", why);
@@ -660,11 +671,11 @@ cmd_resend(int argc, char **argv)
     char path[4200], why[1024];
     struct mms_index *ix = NULL;
     int count = 0;
-    snprintf(path, sizeof path, "%s/state.db", cfg->daemon.state_dir);
-    if (access(path, F_OK) != 0)
+    bool shared = mms_config_database(cfg, path, sizeof path);
+    if (!shared && access(path, F_OK) != 0)
         rc = mms_why(why, sizeof why, MMS_ENOENT,
                      "no state database at %s (the daemon has not run yet)", path);
-    else if ((rc = mms_index_open(path, false, &ix, why, sizeof why)) == 0)
+    else if ((rc = mms_index_connect(path, false, &ix, why, sizeof why)) == 0)
         rc = mms_outbox_resend(cfg->daemon.state_dir, ix, job, mms_wall_s(), &count, why,
                                sizeof why);
     mms_index_close(ix);

@@ -97,7 +97,7 @@ mms_outbox_put(const char *state_dir, struct mms_index *ix, int64_t job, const c
         return mms_outbox_release(state_dir, ix, job, why, why_len);
     /* the files are in outbox/JOB, no send names them yet: the job runs again */
     MMS_CRASH_POINT("outbox.before-sends");
-    return mms_index_sends_add(ix, job, series_uid, destinations, n_dests, now, why, why_len);
+    return mms_index_result_sends(ix, job, series_uid, destinations, n_dests, now, why, why_len);
 }
 
 static int
@@ -265,6 +265,36 @@ mms_outbox_release(const char *state_dir, struct mms_index *ix, int64_t job, cha
     return 0;
 }
 
+/* The running jobs' numbers. */
+struct running {
+    int64_t *ids;
+    int n, cap;
+    bool no_memory;
+};
+
+static int
+note_running(void *ud, const struct mms_job_row *j)
+{
+    struct running *r = ud;
+    void *grown = mms_grow(r->ids, &r->cap, r->n, sizeof *r->ids, 8);
+    if (grown == NULL) {
+        r->no_memory = true; /* then every folder counts as running: none is swept */
+        return 1;
+    }
+    r->ids = grown;
+    r->ids[r->n++] = j->id;
+    return 0;
+}
+
+static bool
+is_running(const struct running *r, int64_t job)
+{
+    for (int i = 0; i < r->n; i++)
+        if (r->ids[i] == job)
+            return true;
+    return r->no_memory;
+}
+
 int
 mms_outbox_sweep(const char *state_dir, struct mms_index *ix, int *removed, char *why,
                  size_t why_len)
@@ -280,6 +310,13 @@ mms_outbox_sweep(const char *state_dir, struct mms_index *ix, int *removed, char
         rc = mms_err_errno();
         return rc == MMS_ENOENT ? 0 : mms_why(why, why_len, rc, "%s: %s", outbox, mms_strerror(rc));
     }
+    /* a job running here or on another node may be writing its folder: never swept */
+    struct running run = {0};
+    if ((rc = mms_index_jobs(ix, MMS_JOB_RUNNING, note_running, &run, why, why_len)) < 0) {
+        closedir(d);
+        free(run.ids);
+        return rc;
+    }
     /* the numbers first: the release removes entries while the directory is read */
     int64_t *jobs = NULL;
     int n = 0, cap = 0;
@@ -289,6 +326,8 @@ mms_outbox_sweep(const char *state_dir, struct mms_index *ix, int *removed, char
         long long job = strtoll(e->d_name, &end, 10);
         if (e->d_name[0] < '0' || e->d_name[0] > '9' || *end != '\0' || errno != 0)
             continue; /* not a job's folder: never ours to remove */
+        if (is_running(&run, (int64_t)job))
+            continue;
         void *grown = mms_grow(jobs, &cap, n, sizeof *jobs, 16);
         if (grown == NULL) {
             rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory");
@@ -298,6 +337,7 @@ mms_outbox_sweep(const char *state_dir, struct mms_index *ix, int *removed, char
         jobs[n++] = (int64_t)job;
     }
     closedir(d);
+    free(run.ids);
     for (int i = 0; rc == 0 && i < n; i++) {
         char dir[PATH_CAP];
         job_dir(state_dir, jobs[i], dir, sizeof dir);

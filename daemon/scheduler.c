@@ -13,6 +13,9 @@
 #include "dicom/dicom.h"
 
 #define FAR_AWAY 3600.0 /* seconds to wait when nothing is receiving */
+/* A series stable this long was left between its two steps (stable, then queued or skipped)
+ * by a node that stopped there: another node judges it. */
+#define STALE_STABLE_S 60.0
 
 struct mms_sched {
     struct mms_index *ix;
@@ -20,8 +23,6 @@ struct mms_sched {
     char *body_parts;
     bool has_include, has_exclude;
     regex_t include, exclude;
-    char (*queue)[65]; /* FIFO: head .. head + n - 1 */
-    size_t head, n, cap;
     char reason[512];
 };
 
@@ -68,51 +69,7 @@ mms_sched_free(struct mms_sched *s)
     if (s->has_exclude)
         regfree(&s->exclude);
     free(s->body_parts);
-    free(s->queue);
     free(s);
-}
-
-static int
-push(struct mms_sched *s, const char *uid)
-{
-    for (size_t i = 0; i < s->n; i++) /* queued once */
-        if (strcmp(s->queue[s->head + i], uid) == 0)
-            return 0;
-    if (s->head + s->n == s->cap) {
-        if (s->head > 0) { /* slide down before growing */
-            memmove(s->queue, s->queue + s->head, s->n * sizeof *s->queue);
-            s->head = 0;
-        } else {
-            size_t cap = s->cap ? 2 * s->cap : 64;
-            void *q = realloc(s->queue, cap * sizeof *s->queue);
-            if (q == NULL)
-                return MMS_ENOMEM;
-            s->queue = q;
-            s->cap = cap;
-        }
-    }
-    snprintf(s->queue[s->head + s->n], sizeof s->queue[0], "%s", uid);
-    s->n++;
-    return 0;
-}
-
-bool
-mms_sched_next(struct mms_sched *s, char series_uid[65])
-{
-    if (s->n == 0)
-        return false;
-    memcpy(series_uid, s->queue[s->head], 65);
-    s->head++;
-    s->n--;
-    if (s->n == 0)
-        s->head = 0;
-    return true;
-}
-
-size_t
-mms_sched_queued(const struct mms_sched *s)
-{
-    return s->n;
 }
 
 /* ------------------------------------------------------------------------ selection */
@@ -271,13 +228,20 @@ set_state(struct mms_sched *s, const char *uid, int state, const char *reason, d
     return rc;
 }
 
-/* A complete series: stable, then queued or skipped. */
+/* A complete series: stable, then queued or skipped. last: the last_received the caller
+ * read, or a negative value for a series already stable. */
 static int
-complete(struct mms_sched *s, const char *uid, const struct survey *v, double now, const char *how)
+complete(struct mms_sched *s, const char *uid, const struct survey *v, double now, const char *how,
+         double last)
 {
-    int rc = set_state(s, uid, MMS_SERIES_STABLE, NULL, now);
-    if (rc < 0)
+    char why[256];
+    int rc = last < 0.0 ? 0 : mms_index_settle(s->ix, uid, last, now, why, sizeof why);
+    if (rc == MMS_EAGAIN) /* an instance came meanwhile, or another node judged it */
+        return 0;
+    if (rc < 0) {
+        mms_log(MMS_LOG_ERR, "series %s: %s", uid, why);
         return rc;
+    }
     const char *reason = judge(s, v);
     if (reason != NULL) {
         mms_log(MMS_LOG_NOTICE, "series %s: complete (%s), skipped: %s", uid, how, reason);
@@ -287,7 +251,7 @@ complete(struct mms_sched *s, const char *uid, const struct survey *v, double no
         return rc;
     mms_log(MMS_LOG_INFO, "series %s: complete (%s), %lld slices, queued", uid, how,
             (long long)v->slices);
-    return push(s, uid);
+    return 0;
 }
 
 struct walk {
@@ -298,7 +262,7 @@ struct walk {
     /* series to act on, gathered first: the index is not changed while it is being read */
     char (*uids)[65];
     int *states;
-    double *last;
+    double *last, *since;
     size_t n, cap;
 };
 
@@ -311,20 +275,24 @@ gather(void *ud, const struct mms_series_row *r)
         void *a = realloc(w->uids, cap * sizeof *w->uids);
         void *b = a ? realloc(w->states, cap * sizeof *w->states) : NULL;
         void *c = b ? realloc(w->last, cap * sizeof *w->last) : NULL;
+        void *e = c ? realloc(w->since, cap * sizeof *w->since) : NULL;
         if (a)
             w->uids = a;
         if (b)
             w->states = b;
-        if (c == NULL) {
+        if (c)
+            w->last = c;
+        if (e == NULL) {
             w->rc = MMS_ENOMEM;
             return 1;
         }
-        w->last = c;
+        w->since = e;
         w->cap = cap;
     }
     snprintf(w->uids[w->n], sizeof w->uids[0], "%s", r->series_uid);
     w->states[w->n] = r->state;
     w->last[w->n] = r->last_received;
+    w->since[w->n] = r->state_since;
     w->n++;
     return 0;
 }
@@ -333,7 +301,7 @@ static int
 walk_series(struct mms_sched *s, struct walk *w)
 {
     char why[256];
-    int rc = mms_index_series(s->ix, gather, w, why, sizeof why);
+    int rc = mms_index_series_active(s->ix, gather, w, why, sizeof why);
     if (rc < 0) {
         mms_log(MMS_LOG_ERR, "series index: %s", why);
         return rc;
@@ -347,6 +315,7 @@ walk_free(struct walk *w)
     free(w->uids);
     free(w->states);
     free(w->last);
+    free(w->since);
 }
 
 double
@@ -355,6 +324,12 @@ mms_sched_tick(struct mms_sched *s, double now)
     struct walk w = {.s = s, .now = now, .next = FAR_AWAY};
     int rc = walk_series(s, &w);
     for (size_t i = 0; rc == 0 && i < w.n; i++) {
+        if (w.states[i] == MMS_SERIES_STABLE && now - w.since[i] > STALE_STABLE_S) {
+            struct survey v;
+            if ((rc = survey(s, w.uids[i], &v)) == 0)
+                rc = complete(s, w.uids[i], &v, now, "left stable by a node", -1.0);
+            continue;
+        }
         if (w.states[i] != MMS_SERIES_RECEIVING)
             continue;
         struct survey v;
@@ -362,9 +337,9 @@ mms_sched_tick(struct mms_sched *s, double now)
             break;
         double age = now - w.last[i];
         if (age >= s->o.stable_age_s)
-            rc = complete(s, w.uids[i], &v, now, "quiet");
+            rc = complete(s, w.uids[i], &v, now, "quiet", w.last[i]);
         else if (all_present(&v))
-            rc = complete(s, w.uids[i], &v, now, "all images present");
+            rc = complete(s, w.uids[i], &v, now, "all images present", w.last[i]);
         else if (s->o.stable_age_s - age < w.next)
             w.next = s->o.stable_age_s - age;
     }
@@ -377,34 +352,17 @@ mms_sched_recover(struct mms_sched *s, double now)
 {
     struct walk w = {.s = s, .now = now};
     int rc = walk_series(s, &w);
-    int requeued = 0, judged = 0, queued = 0;
+    int judged = 0;
     for (size_t i = 0; rc == 0 && i < w.n; i++) {
-        switch (w.states[i]) {
-        case MMS_SERIES_STABLE: { /* complete but not judged when the daemon stopped */
-            struct survey v;
-            if ((rc = survey(s, w.uids[i], &v)) == 0)
-                rc = complete(s, w.uids[i], &v, now, "before the restart");
-            judged++;
-            break;
-        }
-        case MMS_SERIES_RUNNING: /* its job never finished */
-            if ((rc = set_state(s, w.uids[i], MMS_SERIES_QUEUED, NULL, now)) == 0)
-                rc = push(s, w.uids[i]);
-            requeued++;
-            break;
-        case MMS_SERIES_QUEUED:
-            rc = push(s, w.uids[i]);
-            queued++;
-            break;
-        default:
-            break;
-        }
+        if (w.states[i] != MMS_SERIES_STABLE) /* complete but not judged when a node stopped */
+            continue;
+        struct survey v;
+        if ((rc = survey(s, w.uids[i], &v)) == 0)
+            rc = complete(s, w.uids[i], &v, now, "before the restart", -1.0);
+        judged++;
     }
     walk_free(&w);
-    if (rc == 0 && judged + requeued + queued > 0)
-        mms_log(MMS_LOG_NOTICE,
-                "recovered the queue: %d series queued, %d complete series judged, %d "
-                "interrupted jobs queued again",
-                queued, judged, requeued);
+    if (rc == 0 && judged > 0)
+        mms_log(MMS_LOG_NOTICE, "recovered: %d complete series judged", judged);
     return rc;
 }

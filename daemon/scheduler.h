@@ -6,8 +6,9 @@
  * stable_age_s, or at once when Images in Acquisition or a multi-frame image says that all
  * slices are there. A late instance re-opens a series (the index sets it to receiving). The
  * clock is the caller's: every function takes `now` (seconds since the epoch), so tests run
- * with any ages. The queue lives in the index (state queued) and in memory in arrival order;
- * a restart rebuilds it from the index.
+ * with any ages. The queue is the index's series in state queued, oldest first
+ * (mms_index_job_claim takes them); the decision that a series is complete is taken once,
+ * by one node of a cluster (mms_index_settle).
  * Threads: one thread (the loop). */
 #ifndef MMS_DAEMON_SCHEDULER_H
 #define MMS_DAEMON_SCHEDULER_H
@@ -35,22 +36,14 @@ int mms_sched_new(struct mms_index *ix, const struct mms_sched_opts *o, struct m
                   char *why, size_t why_len);
 void mms_sched_free(struct mms_sched *s);
 
-/* After a restart: series left stable (complete, not yet judged) are judged now, running
- * ones go back to queued (their job never finished), and the queue is rebuilt from the
- * index. Returns 0 or MMS_EIO. */
+/* After a restart: series left stable (complete, not yet judged) are judged now. (Running
+ * ones are queued again by mms_jobs_recover.) Returns 0 or MMS_EIO. */
 int mms_sched_recover(struct mms_sched *s, double now);
 
 /* Judge every receiving series that is complete at `now`. Returns the seconds until the next
  * series can become complete by age (a large value when none is receiving), or a negative
  * error code (MMS_EIO). */
 double mms_sched_tick(struct mms_sched *s, double now);
-
-/* The series at the head of the queue (series_uid, 65 bytes), taken off the in-memory queue;
- * false when empty. */
-bool mms_sched_next(struct mms_sched *s, char series_uid[65]);
-
-/* Series waiting in the queue. */
-size_t mms_sched_queued(const struct mms_sched *s);
 
 /* The selection rules on a series' instances: NULL when it is selected, else the reason
  * (a static or internal buffer valid until the next call). Exposed for the tests. */

@@ -39,6 +39,9 @@ struct worker {
 struct mms_sender {
     struct mms_index *ix;
     char *state_dir;
+    char node[65];
+    double lease_s;
+    bool idle;
     unsigned timeout_s, max_pdu;
     uv_timer_t timer;
     uv_async_t done;
@@ -280,11 +283,14 @@ find_worker(struct mms_sender *s, const char *name)
 
 struct due {
     struct mms_sender *s;
-    double now, next; /* the earliest future attempt seen */
+    double now, next;       /* the earliest future attempt seen */
+    struct worker **w;      /* free workers with a due send, one each */
+    struct mms_send_row *r; /* those sends */
+    size_t n;
 };
 
-/* For each pending send: hand it to its destination's thread when due and the thread is
- * free (one attempt at a time per destination, the most overdue first). */
+/* For each pending send: note it when due and its destination's thread is free (one attempt
+ * at a time per destination, the most overdue first). */
 static int
 consider(void *ud, const struct mms_send_row *r)
 {
@@ -292,18 +298,38 @@ consider(void *ud, const struct mms_send_row *r)
     struct worker *w = find_worker(du->s, r->destination);
     if (w == NULL || w->busy)
         return 0;
+    for (size_t i = 0; i < du->n; i++)
+        if (du->w[i] == w)
+            return 0;
     if (r->next_attempt > du->now) {
         if (r->next_attempt < du->next)
             du->next = r->next_attempt;
         return 0;
     }
+    du->w[du->n] = w;
+    du->r[du->n++] = *r;
+    return 0;
+}
+
+/* Claim the send for this node (another node of a cluster may hold it) and hand it to w. */
+static void
+hand_over(struct mms_sender *s, struct worker *w, const struct mms_send_row *r, double now)
+{
+    char why[512];
+    int rc = mms_index_send_claim(s->ix, r->job, r->destination, s->node, now, s->lease_s, why,
+                                  sizeof why);
+    if (rc == MMS_EAGAIN)
+        return;
+    if (rc < 0) {
+        mms_log(MMS_LOG_ERR, "sender: %s", why);
+        return;
+    }
     w->busy = true;
-    pthread_mutex_lock(&du->s->mu);
+    pthread_mutex_lock(&s->mu);
     w->task = *r;
     w->has_task = true;
     pthread_cond_signal(&w->wake);
-    pthread_mutex_unlock(&du->s->mu);
-    return 0;
+    pthread_mutex_unlock(&s->mu);
 }
 
 static void on_timer(uv_timer_t *t);
@@ -312,11 +338,19 @@ static void
 dispatch(struct mms_sender *s)
 {
     char why[1024];
-    if (s->stopping)
+    if (s->stopping || s->idle)
         return;
-    struct due du = {s, mms_wall_s(), HUGE_VAL};
-    if (mms_index_sends(s->ix, MMS_SEND_PENDING, -1, consider, &du, why, sizeof why) < 0)
+    struct worker **ws = calloc(s->n_workers + 1, sizeof *ws);
+    struct mms_send_row *rs = calloc(s->n_workers + 1, sizeof *rs);
+    struct due du = {s, mms_wall_s(), HUGE_VAL, ws, rs, 0};
+    if (ws == NULL || rs == NULL)
+        mms_log(MMS_LOG_ERR, "sender: out of memory");
+    else if (mms_index_sends(s->ix, MMS_SEND_PENDING, -1, consider, &du, why, sizeof why) < 0)
         mms_log(MMS_LOG_ERR, "sender: %s", why);
+    for (size_t i = 0; i < du.n; i++)
+        hand_over(s, ws[i], &rs[i], du.now);
+    free(ws);
+    free(rs);
     double wait = du.next - du.now;
     if (wait > POLL_S)
         wait = POLL_S;
@@ -413,6 +447,9 @@ mms_sender_start(uv_loop_t *loop, struct mms_index *ix, const struct mms_sender_
     s->max_pdu = o->max_pdu;
     s->n_workers = o->n_dests;
     s->state_dir = strdup(o->state_dir);
+    snprintf(s->node, sizeof s->node, "%s", o->node != NULL ? o->node : "");
+    s->lease_s = o->lease_s > 0 ? o->lease_s : 30.0;
+    s->idle = o->idle;
     s->w = calloc(o->n_dests > 0 ? o->n_dests : 1, sizeof *s->w);
     if (s->state_dir == NULL || s->w == NULL) {
         free(s->w);

@@ -32,6 +32,9 @@ struct mms_sender_opts {
     unsigned max_pdu;    /* our maximum receive PDU */
     struct mms_tls *tls; /* the client context for destinations with tls = yes (the sender
                             takes its own reference), or NULL when TLS is not configured */
+    const char *node;    /* this node: a send is claimed for it before each attempt */
+    double lease_s;      /* for that long, renewed by the node's heartbeat */
+    bool idle;           /* a node without the send role: attempts nothing */
 };
 
 struct mms_sender;

@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "common/clock.h"
+#include "common/fs.h"
 #include "common/err.h"
 #include "common/log.h"
 #include "daemon/index.h"
@@ -45,6 +46,9 @@ struct daemon {
     uv_async_t arrived; /* an instance was stored (any thread) */
     uv_timer_t tick;    /* the next series that can become complete */
     uv_timer_t qprune;  /* quarantine/ kept within its bounds */
+    uv_timer_t beat;    /* the node's heartbeat: its row and leases in the index */
+    uv_timer_t poll;    /* shared index: the queue other nodes fill, looked at every second */
+    double started;
     bool intake_on;
     struct mms_sender *sender; /* the outbox to the destinations */
     struct mms_jobs *jobs;     /* queued series to results */
@@ -232,6 +236,16 @@ reload(struct daemon *d)
         notify("READY=1");
         return;
     }
+    /* the node's place in a cluster stays until a restart */
+    char *keep[3] = {next->daemon.database, next->daemon.node, next->daemon.roles};
+    next->daemon.database = d->cfg->daemon.database;
+    next->daemon.node = d->cfg->daemon.node;
+    next->daemon.roles = d->cfg->daemon.roles;
+    d->cfg->daemon.database = keep[0];
+    d->cfg->daemon.node = keep[1];
+    d->cfg->daemon.roles = keep[2];
+    next->daemon.roles_mask = d->cfg->daemon.roles_mask;
+    next->daemon.lease_s = d->cfg->daemon.lease_s;
     /* the sender borrows the running destinations: they stay until a restart */
     struct mms_dest_config *dests = next->dests;
     size_t n_dests = next->n_dests;
@@ -277,6 +291,8 @@ stop(struct daemon *d, const char *why)
         uv_close((uv_handle_t *)&d->arrived, on_close);
         uv_close((uv_handle_t *)&d->tick, on_close);
         uv_close((uv_handle_t *)&d->qprune, on_close);
+        uv_close((uv_handle_t *)&d->beat, on_close);
+        uv_close((uv_handle_t *)&d->poll, on_close);
         d->intake_on = false;
     }
 }
@@ -335,27 +351,58 @@ on_arrived(uv_async_t *a)
 static void
 judge(struct daemon *d)
 {
-    double next = mms_sched_tick(d->sched, mms_wall_s());
-    if (next < 0.0) /* the index failed (logged): look again soon */
-        next = 5.0;
-    if (next > 60.0)
-        next = 60.0;
-    uv_timer_start(&d->tick, on_tick, (uint64_t)(next * 1000.0) + 1, 0);
+    if (d->cfg->daemon.roles_mask & MMS_ROLE_INTAKE) {
+        double next = mms_sched_tick(d->sched, mms_wall_s());
+        if (next < 0.0) /* the index failed (logged): look again soon */
+            next = 5.0;
+        if (next > 60.0)
+            next = 60.0;
+        uv_timer_start(&d->tick, on_tick, (uint64_t)(next * 1000.0) + 1, 0);
+    }
     mms_jobs_kick(d->jobs);
     /* the essentials of `mmsegd status` and the metrics, in one line for systemctl status */
-    int64_t sends[MMS_SEND_DEAD + 1] = {0};
+    int64_t queued = 0, pending = 0, dead = 0;
     char line[320], why[256];
     const struct mms_engine *e = mms_jobs_engine(d->jobs);
-    if (mms_index_send_counts(d->ix, sends, why, sizeof why) < 0)
+    if (mms_index_queue_counts(d->ix, &queued, &pending, &dead, why, sizeof why) < 0)
         mms_log(MMS_LOG_ERR, "status: %s", why);
     snprintf(line, sizeof line,
-             "STATUS=ready; model %s; %zu series queued, %zu job%s running; sends %" PRId64
+             "STATUS=ready; model %s; %" PRId64 " series queued, %zu job%s running; sends %" PRId64
              " pending, %" PRId64 " dead",
-             e != NULL ? mms_engine_card(e)->name : "none (see the log)",
-             mms_sched_queued(d->sched), mms_jobs_running(d->jobs),
-             mms_jobs_running(d->jobs) == 1 ? "" : "s", sends[MMS_SEND_PENDING],
-             sends[MMS_SEND_DEAD]);
+             e != NULL ? mms_engine_card(e)->name : "none (see the log)", queued,
+             mms_jobs_running(d->jobs), mms_jobs_running(d->jobs) == 1 ? "" : "s", pending, dead);
     notify(line);
+}
+
+/* The heartbeat, every lease_s / 3: this node's row and the leases of its jobs and sends
+ * renewed; on a shared index, the jobs of nodes that stopped renewing theirs taken over, and
+ * the queue and the sends looked at (other nodes fill them). */
+static void
+on_beat(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    const struct mms_config *c = d->cfg;
+    struct mms_node_row n = {.pid = (int64_t)getpid(), .started = d->started};
+    snprintf(n.name, sizeof n.name, "%s", c->daemon.node);
+    snprintf(n.roles, sizeof n.roles, "%s", c->daemon.roles);
+    char why[512];
+    double now = mms_wall_s();
+    if (mms_index_node_beat(d->ix, &n, now, c->daemon.lease_s, why, sizeof why) < 0)
+        mms_log(MMS_LOG_ERR, "heartbeat: %s", why);
+    if (!mms_index_shared(d->ix))
+        return;
+    mms_jobs_take_over(d->ix, c->daemon.node, now);
+    judge(d);
+    mms_sender_kick(d->sender);
+}
+
+/* A node of a cluster hears of the series other nodes queue by looking: one indexed query a
+ * second while a job thread is free (mms_jobs_kick claims only then). */
+static void
+on_poll(uv_timer_t *t)
+{
+    struct daemon *d = t->data;
+    mms_jobs_kick(d->jobs);
 }
 
 /* A stored instance, on the SCP's or the drop folder's thread: wake the loop. */
@@ -425,14 +472,24 @@ static int
 start_intake(struct daemon *d)
 {
     const struct mms_config *c = d->cfg;
-    char path[4200], why[1024];
+    char path[4200], node_dir[4200], why[1024];
     int rc;
-    snprintf(path, sizeof path, "%s/state.db", c->daemon.state_dir);
-    if ((rc = mms_index_open(path, false, &d->ix, why, sizeof why)) < 0) {
-        mms_log(MMS_LOG_ERR, "%s: %s", path, why);
+    bool shared = mms_config_database(c, path, sizeof path);
+    if ((rc = mms_index_connect(path, false, &d->ix, why, sizeof why)) < 0) {
+        mms_log(MMS_LOG_ERR, "%s: %s", shared ? "database" : path, why);
         return rc;
     }
-    if ((rc = mms_spool_open(c->daemon.state_dir, d->ix, on_stored, d, &d->spool, why,
+    if (shared)
+        mms_log(MMS_LOG_NOTICE, "node %s (%s) of a cluster on PostgreSQL, lease %u s",
+                c->daemon.node, c->daemon.roles, c->daemon.lease_s);
+    mms_config_node_dir(c, node_dir, sizeof node_dir);
+    snprintf(path, sizeof path, "%s/nodes", c->daemon.state_dir);
+    if (shared && (((rc = mms_fs_mkdir(path)) < 0 && rc != MMS_EEXIST) ||
+                   ((rc = mms_fs_mkdir(node_dir)) < 0 && rc != MMS_EEXIST))) {
+        mms_log(MMS_LOG_ERR, "%s: %s", node_dir, mms_strerror(rc));
+        return rc;
+    }
+    if ((rc = mms_spool_open(c->daemon.state_dir, node_dir, d->ix, on_stored, d, &d->spool, why,
                              sizeof why)) < 0) {
         mms_log(MMS_LOG_ERR, "spool: %s", why);
         return rc;
@@ -457,7 +514,7 @@ start_intake(struct daemon *d)
         mms_log(MMS_LOG_ERR, "%s", why);
         return rc;
     }
-    if ((rc = mms_jobs_recover(d->ix, c->daemon.state_dir, mms_wall_s())) < 0 ||
+    if ((rc = mms_jobs_recover(d->ix, node_dir, c->daemon.node, mms_wall_s())) < 0 ||
         (rc = mms_sched_recover(d->sched, mms_wall_s())) < 0)
         return rc;
     /* what a stop left in outbox/ with nothing pending; no job or send runs yet */
@@ -469,14 +526,25 @@ start_intake(struct daemon *d)
                 swept == 1 ? "" : "s");
     if ((rc = uv_async_init(&d->loop, &d->arrived, on_arrived)) < 0 ||
         (rc = uv_timer_init(&d->loop, &d->tick)) < 0 ||
-        (rc = uv_timer_init(&d->loop, &d->qprune)) < 0) {
+        (rc = uv_timer_init(&d->loop, &d->qprune)) < 0 ||
+        (rc = uv_timer_init(&d->loop, &d->beat)) < 0 ||
+        (rc = uv_timer_init(&d->loop, &d->poll)) < 0) {
         mms_log(MMS_LOG_ERR, "intake handles: %s", uv_strerror(rc));
         return MMS_EIO;
     }
     d->arrived.data = d;
     d->tick.data = d;
     d->qprune.data = d;
+    d->beat.data = d;
+    d->poll.data = d;
     d->intake_on = true;
+    d->started = mms_wall_s();
+    uint64_t beat_ms = c->daemon.lease_s * 1000 / 3;
+    uv_timer_start(&d->beat, on_beat, 0, beat_ms);
+    if (shared)
+        uv_timer_start(&d->poll, on_poll, 1000, 1000);
+    if (!(c->daemon.roles_mask & MMS_ROLE_INTAKE))
+        return 0; /* neither Store SCP nor drop folder on this node */
     on_qprune(&d->qprune);
     uv_timer_start(&d->qprune, on_qprune, QUARANTINE_PRUNE_S * 1000, QUARANTINE_PRUNE_S * 1000);
     judge(d);
@@ -598,6 +666,39 @@ help(FILE *f, const char *name, const char *type, const char *text)
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, text, name, type);
 }
 
+/* One line per node for the metric of pass (0: info, 1: heartbeat age, 2: jobs, 3: sends).
+ * Node names are our own text (check-config allows letters, digits, '.', '_', '-'). */
+struct nodes {
+    FILE *f;
+    const char *self;
+    double now;
+    int pass;
+};
+
+static int
+scrape_node(void *ud, const struct mms_node_row *n)
+{
+    struct nodes *nd = ud;
+    FILE *f = nd->f;
+    switch (nd->pass) {
+    case 0:
+        fprintf(f, "mmsegd_node_info{node=\"%s\",roles=\"%s\"} %d\n", n->name, n->roles,
+                strcmp(n->name, nd->self) == 0);
+        break;
+    case 1:
+        fprintf(f, "mmsegd_node_heartbeat_age_seconds{node=\"%s\"} %.3f\n", n->name,
+                nd->now - n->heartbeat);
+        break;
+    case 2:
+        fprintf(f, "mmsegd_node_jobs_running{node=\"%s\"} %" PRId64 "\n", n->name, n->jobs);
+        break;
+    default:
+        fprintf(f, "mmsegd_node_sends_claimed{node=\"%s\"} %" PRId64 "\n", n->name, n->sends);
+        break;
+    }
+    return 0;
+}
+
 /* The figures of design.md section 10, from the index (the rows `mmsegd status` reads) and
  * the running daemon. Only our own text goes into label values. */
 static void
@@ -639,7 +740,7 @@ fill_metrics(void *ud, FILE *f)
         fprintf(f, "mmsegd_series{state=\"%s\"} %" PRId64 "\n", mms_series_state_name(i),
                 series[i]);
     help(f, "mmsegd_queue_length", "gauge", "Series waiting for a job.");
-    fprintf(f, "mmsegd_queue_length %zu\n", mms_sched_queued(d->sched));
+    fprintf(f, "mmsegd_queue_length %" PRId64 "\n", series[MMS_SERIES_QUEUED]);
     help(f, "mmsegd_oldest_queued_seconds", "gauge", "Age of the longest waiting queued series.");
     fprintf(f, "mmsegd_oldest_queued_seconds %.3f\n", sc.oldest_queued);
     help(f, "mmsegd_oldest_receiving_seconds", "gauge",
@@ -665,6 +766,22 @@ fill_metrics(void *ud, FILE *f)
     help(f, "mmsegd_oldest_pending_send_seconds", "gauge",
          "Age of the oldest send not delivered yet.");
     fprintf(f, "mmsegd_oldest_pending_send_seconds %.3f\n", sc.oldest_pending);
+    help(f, "mmsegd_node_info", "gauge",
+         "The nodes using the index (1 for this one): their heartbeats, running jobs and claimed "
+         "sends follow.");
+    struct nodes nd = {f, d->cfg->daemon.node, sc.now, 0};
+    if (mms_index_nodes(d->ix, scrape_node, &nd, why, sizeof why) < 0)
+        mms_log(MMS_LOG_ERR, "metrics: %s", why);
+    for (int k = 1; k <= 3; k++) {
+        static const char *const what[4][2] = {
+            {"", ""},
+            {"mmsegd_node_heartbeat_age_seconds", "Seconds since each node's last heartbeat."},
+            {"mmsegd_node_jobs_running", "Running jobs each node holds a lease on."},
+            {"mmsegd_node_sends_claimed", "Sends each node is attempting."}};
+        help(f, what[k][0], "gauge", what[k][1]);
+        nd.pass = k;
+        mms_index_nodes(d->ix, scrape_node, &nd, why, sizeof why);
+    }
     help(f, "mmsegd_model_info", "gauge", "The model and backend in use (1), or none (0).");
     const struct mms_engine *e = mms_jobs_engine(d->jobs);
     if (e != NULL) {
@@ -729,6 +846,9 @@ start_sender(struct daemon *d)
     char why[1024];
     struct mms_sender_opts so = {
         .state_dir = c->daemon.state_dir,
+        .node = c->daemon.node,
+        .lease_s = c->daemon.lease_s,
+        .idle = !(c->daemon.roles_mask & MMS_ROLE_SEND),
         .dests = c->dests,
         .n_dests = c->n_dests,
         .timeout_s = c->scp.timeout_s,
@@ -805,8 +925,7 @@ mms_serve(struct mms_config *cfg)
     if ((rc = start_intake(&d)) < 0 || (rc = start_sender(&d)) < 0)
         goto fail;
     char why[1024];
-    if ((rc = mms_jobs_start(&d.loop, d.ix, d.sched, d.sender, d.cfg, &d.jobs, why, sizeof why)) <
-        0) {
+    if ((rc = mms_jobs_start(&d.loop, d.ix, d.sender, d.cfg, &d.jobs, why, sizeof why)) < 0) {
         mms_log(MMS_LOG_ERR, "%s", why);
         goto fail;
     }

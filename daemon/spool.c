@@ -55,8 +55,9 @@ struct header_io {
 #define HEADER_TIMEOUT_S 60
 
 int
-mms_spool_open(const char *state_dir, struct mms_index *ix, mms_spool_notify_fn notify, void *ud,
-               struct mms_spool **out, char *why, size_t why_len)
+mms_spool_open(const char *state_dir, const char *node_dir, struct mms_index *ix,
+               mms_spool_notify_fn notify, void *ud, struct mms_spool **out, char *why,
+               size_t why_len)
 {
     struct mms_spool *sp = calloc(1, sizeof *sp);
     if (sp == NULL || (sp->state_dir = strdup(state_dir)) == NULL) {
@@ -70,7 +71,7 @@ mms_spool_open(const char *state_dir, struct mms_index *ix, mms_spool_notify_fn 
     sp->lim = (struct mms_sandbox_limits){.max_memory = (size_t)MMS_SPOOL_DEFAULT_MEMORY_MB << 20,
                                           .cpu_s = HEADER_TIMEOUT_S,
                                           .timeout_ms = HEADER_TIMEOUT_S * 1000};
-    snprintf(sp->tmp_dir, sizeof sp->tmp_dir, "%s/tmp", state_dir);
+    snprintf(sp->tmp_dir, sizeof sp->tmp_dir, "%s/tmp", node_dir);
     snprintf(sp->inst_dir, sizeof sp->inst_dir, "%s/instances", state_dir);
     snprintf(sp->quarantine_dir, sizeof sp->quarantine_dir, "%s/quarantine", state_dir);
     const char *dirs[3] = {sp->tmp_dir, sp->inst_dir, sp->quarantine_dir};

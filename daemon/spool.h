@@ -31,11 +31,14 @@ struct mms_ingest {
                              with other file meta (a Store SCP answers 0xA900) */
 };
 
-/* Create tmp/, instances/ and quarantine/ under state_dir, remove what a crash left in tmp/,
- * and keep ix (not owned) for the rows. notify may be NULL.
+/* Create instances/ and quarantine/ under state_dir and tmp/ under node_dir (this node's own
+ * folder on state_dir's file system: state_dir itself, or state_dir/nodes/NODE when nodes
+ * share state_dir), remove what a crash left in that tmp/, and keep ix (not owned) for the
+ * rows. notify may be NULL.
  * Ownership: *out is new; free with mms_spool_close(). Returns 0, -errno, MMS_ENOMEM. */
-int mms_spool_open(const char *state_dir, struct mms_index *ix, mms_spool_notify_fn notify,
-                   void *ud, struct mms_spool **out, char *why, size_t why_len);
+int mms_spool_open(const char *state_dir, const char *node_dir, struct mms_index *ix,
+                   mms_spool_notify_fn notify, void *ud, struct mms_spool **out, char *why,
+                   size_t why_len);
 void mms_spool_close(struct mms_spool *sp);
 
 /* The memory ceiling of the header reader's child unless mms_spool_set_limits() says. */
@@ -47,7 +50,7 @@ void mms_spool_close(struct mms_spool *sp);
  * and keep these limits). */
 void mms_spool_set_limits(struct mms_spool *sp, size_t max_memory, unsigned timeout_s);
 
-/* state_dir/tmp, where files are written before they are ingested. */
+/* node_dir/tmp, where files are written before they are ingested. */
 const char *mms_spool_tmp_dir(const struct mms_spool *sp);
 
 /* Bytes free for unprivileged users on the file system of state_dir, or -errno. */

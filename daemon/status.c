@@ -35,6 +35,9 @@
 
 struct walk {
     bool json;
+    const char *node; /* only this node's jobs, sends and row; NULL: all */
+    cJSON *nodes;     /* json: the array */
+    int64_t n_nodes;
     double now;
     FILE *out;     /* text: the table so far */
     cJSON *series; /* json: the array */
@@ -222,7 +225,8 @@ add_send(cJSON *array, const struct mms_send_row *r)
            cJSON_AddNumberToObject(o, "next_attempt", r->next_attempt) != NULL &&
            cJSON_AddNumberToObject(o, "last_attempt", r->last_attempt) != NULL &&
            cJSON_AddNumberToObject(o, "state_since", r->state_since) != NULL &&
-           add_text(o, "reason", r->reason);
+           add_text(o, "reason", r->reason) && add_text(o, "node", r->node) &&
+           cJSON_AddNumberToObject(o, "lease_until", r->lease_until) != NULL;
 }
 
 static bool
@@ -242,7 +246,9 @@ add_job(cJSON *array, const struct mms_job_row *j)
               cJSON_AddNumberToObject(o, "started", j->started) != NULL &&
               cJSON_AddNumberToObject(o, "finished", j->finished) != NULL &&
               cJSON_AddNumberToObject(o, "segments", (double)j->segments) != NULL &&
-              cJSON_AddNumberToObject(o, "frames", (double)j->frames) != NULL;
+              cJSON_AddNumberToObject(o, "frames", (double)j->frames) != NULL &&
+              add_text(o, "node", j->node) &&
+              cJSON_AddNumberToObject(o, "lease_until", j->lease_until) != NULL;
     cJSON *t = ok ? cJSON_AddObjectToObject(o, "times") : NULL;
     const char *names[] = {"decode_s", "wait_s",  "preprocess_s", "network_s",
                            "export_s", "write_s", "total_s"};
@@ -281,6 +287,8 @@ static int
 on_send(void *ud, const struct mms_send_row *r)
 {
     struct walk *w = ud;
+    if (w->node != NULL && strcmp(r->node, w->node) != 0)
+        return 0;
     if (r->state >= 0 && r->state < N_SEND_STATES)
         w->send_counts[r->state]++;
     if (w->json) {
@@ -314,6 +322,8 @@ static int
 on_job(void *ud, const struct mms_job_row *j)
 {
     struct walk *w = ud;
+    if (w->node != NULL && strcmp(j->node, w->node) != 0)
+        return 0;
     if (j->state >= 0 && j->state < N_JOB_STATES)
         w->job_counts[j->state]++;
     if (w->json) {
@@ -350,6 +360,40 @@ print_jobs(FILE *f, const struct walk *w)
     for (int i = 0; i < N_JOB_STATES; i++)
         fprintf(f, "%s %s %lld", i ? "," : "", mms_job_state_name(i), (long long)w->job_counts[i]);
     fputc('\n', f);
+}
+
+static int
+on_node(void *ud, const struct mms_node_row *n)
+{
+    struct walk *w = ud;
+    if (w->node != NULL && strcmp(n->name, w->node) != 0)
+        return 0;
+    if (w->json) {
+        cJSON *o = cJSON_CreateObject();
+        bool ok = o != NULL && cJSON_AddItemToArray(w->nodes, o);
+        if (!ok)
+            cJSON_Delete(o);
+        ok = ok && add_text(o, "name", n->name) && add_text(o, "roles", n->roles) &&
+             cJSON_AddNumberToObject(o, "pid", (double)n->pid) != NULL &&
+             cJSON_AddNumberToObject(o, "started", n->started) != NULL &&
+             cJSON_AddNumberToObject(o, "heartbeat", n->heartbeat) != NULL &&
+             cJSON_AddNumberToObject(o, "jobs", (double)n->jobs) != NULL &&
+             cJSON_AddNumberToObject(o, "sends", (double)n->sends) != NULL;
+        if (!ok) {
+            w->no_memory = true;
+            return 1;
+        }
+        return 0;
+    }
+    if (w->n_nodes++ == 0)
+        fprintf(w->out, "\n%-16s  %-17s  %8s  %-9s  %4s  %5s\n", "NODE", "ROLES", "PID",
+                "HEARTBEAT", "JOBS", "SENDS");
+    char age[32];
+    format_age(w->now - n->heartbeat, age, sizeof age);
+    cell(w->out, n->name, 16, false);
+    fprintf(w->out, "%-17s  %8lld  %-9s  %4lld  %5lld\n", n->roles, (long long)n->pid, age,
+            (long long)n->jobs, (long long)n->sends);
+    return 0;
 }
 
 static void
@@ -484,20 +528,22 @@ json_figures(const struct walk *w, cJSON *root)
 }
 
 int
-mms_status_print(const char *state_dir, bool json, FILE *out, char *why, size_t why_len)
+mms_status_print(const char *state_dir, const char *where, const char *node, bool json, FILE *out,
+                 char *why, size_t why_len)
 {
-    struct walk w = {.json = json};
+    struct walk w = {.json = json, .node = node};
     struct mms_index *ix = NULL;
     cJSON *root = NULL;
     char *text = NULL, path[4200], reason[1024];
     size_t text_len = 0;
     int rc;
 
-    if (state_dir == NULL || out == NULL)
-        return mms_why(why, why_len, MMS_EINVAL, "no state directory or output");
-    if ((size_t)snprintf(path, sizeof path, "%s/state.db", state_dir) >= sizeof path)
-        return mms_why(why, why_len, MMS_ENAMETOOLONG, "%s: path too long", state_dir);
-    rc = mms_index_open(path, true, &ix, reason, sizeof reason);
+    if (out == NULL)
+        return mms_why(why, why_len, MMS_EINVAL, "no output");
+    if (state_dir == NULL || where == NULL ||
+        (size_t)snprintf(path, sizeof path, "%s", where) >= sizeof path)
+        return mms_why(why, why_len, MMS_EINVAL, "no state directory or database, or too long");
+    rc = mms_index_connect(path, true, &ix, reason, sizeof reason);
     if (rc == MMS_ENOENT)
         return mms_why(why, why_len, rc, "no state database at %s (the daemon has not run yet)",
                        path);
@@ -540,6 +586,18 @@ mms_status_print(const char *state_dir, bool json, FILE *out, char *why, size_t 
         print_send_counts(w.out, &w);
     if ((rc = print_quarantine(state_dir, w.out, root, reason, sizeof reason)) < 0) {
         rc = mms_why(why, why_len, rc, "%s", reason);
+        goto out;
+    }
+    if (json && (w.nodes = cJSON_AddArrayToObject(root, "nodes")) == NULL) {
+        rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory");
+        goto out;
+    }
+    if ((rc = mms_index_nodes(ix, on_node, &w, reason, sizeof reason)) < 0) {
+        rc = mms_why(why, why_len, rc, "%s: %s", path, reason);
+        goto out;
+    }
+    if (w.no_memory) {
+        rc = mms_why(why, why_len, MMS_ENOMEM, "out of memory");
         goto out;
     }
     if (json) {

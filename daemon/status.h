@@ -7,7 +7,8 @@
 #include <stddef.h>
 #include <stdio.h>
 
-/* Open state_dir/state.db read-only (it may be in use by a running daemon) and print on out
+/* Open the index at where (mms_config_database()) read-only (it may be in use by running
+ * daemons) and print on out
  * every series (ordered by first received: state, age of its last instance, instances,
  * modality, description, reason, Series Instance UID), the number of series in each state
  * and of instances, the last 10 jobs (number, state, run, stage reached, total and network
@@ -26,12 +27,16 @@
  * "quarantine": {"items": n, "bytes": b, "newest": [{"name", "time", "size", "origin",
  * "reason"}, ...]} or {"error": "..."} when it cannot be read} (every send and job; the 5
  * newest quarantine items; times in seconds since the epoch). The text form ends with the
- * quarantine's totals and newest 5 items, or why it cannot be read.
+ * quarantine's (state_dir/quarantine) totals and newest 5 items, or why it cannot be read. Then the
+ * nodes (name, roles, pid, age of the last heartbeat, running jobs, claimed sends); JSON: "nodes":
+ * [{"name", "roles", "pid", "started", "heartbeat", "jobs", "sends"}], and every job and send has
+ * its "node" and "lease_until". node (NULL: all): only that node's row, jobs and held sends.
  * Received text is printed with control characters and invalid UTF-8 replaced.
  * Returns 0; MMS_ENOENT when there is no database (why: "no state database at PATH (the
  * daemon has not run yet)"); MMS_EIO (database unreadable, or out could not be written),
  * MMS_ENOMEM or another -errno, with why. Nothing is printed on out on failure, except
  * what was written before a write error. */
-int mms_status_print(const char *state_dir, bool json, FILE *out, char *why, size_t why_len);
+int mms_status_print(const char *state_dir, const char *where, const char *node, bool json,
+                     FILE *out, char *why, size_t why_len);
 
 #endif

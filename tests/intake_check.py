@@ -122,9 +122,9 @@ def cmd_ipp(db, src):
     return 0
 
 
-def cmd_acked(state, logs):
-    """storescu -v prints 'Sending file: PATH' and then the response for it."""
-    con = index_rows(os.path.join(state, "state.db"))
+def acked_files(logs):
+    """The files storescu -v logs acknowledged: it prints 'Sending file: PATH', then the
+    response to it."""
     acked = []
     for log in logs:
         current = None
@@ -136,6 +136,12 @@ def cmd_acked(state, logs):
                 elif current and "Received Store Response (Success)" in line:
                     acked.append(current)
                     current = None
+    return acked
+
+
+def cmd_acked(state, logs):
+    con = index_rows(os.path.join(state, "state.db"))
+    acked = acked_files(logs)
     bad = []
     for p in acked:
         why = stored_ok(state, p)

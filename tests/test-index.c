@@ -19,7 +19,7 @@
 #define T0 1.8e9
 #define THREADS 4
 #define PER_THREAD 200
-#define SCHEMA "3" /* the schema version of this code */
+#define SCHEMA "4" /* the schema version of this code */
 
 static char dir[64], db_path[128];
 

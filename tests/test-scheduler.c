@@ -75,6 +75,16 @@ is(const char *uid, int state, const char *reason_part)
     return good;
 }
 
+/* Series in state queued. */
+static int64_t
+queued(struct mms_index *index)
+{
+    int64_t n = 0, c[MMS_SERIES_SKIPPED + 1] = {0};
+    char why[256];
+    mms_index_counts(index, &n, c, why, sizeof why);
+    return c[MMS_SERIES_QUEUED];
+}
+
 int
 main(void)
 {
@@ -106,10 +116,7 @@ main(void)
        "5 slices: skipped with the rule");
     ok(is("S.sc", MMS_SERIES_SKIPPED, "no CT image (SOP class " SC ")"),
        "secondary capture: skipped");
-    char uid[65];
-    ok(mms_sched_queued(s) == 1 && mms_sched_next(s, uid) && strcmp(uid, "S.axial") == 0 &&
-           !mms_sched_next(s, uid),
-       "the queue holds the axial series once");
+    ok(queued(ix) == 1, "the queue holds the axial series once");
 
     /* complete at once: Images in Acquisition, and one multi-frame image */
     for (int i = 0; i < 11; i++)
@@ -127,9 +134,8 @@ main(void)
     put("S.iia", CT, "ORIGINAL\\PRIMARY\\AXIAL", 1, 12, T0 + 2);
     ok(is("S.iia", MMS_SERIES_RECEIVING, NULL), "a late instance re-opens a queued series");
     mms_sched_tick(s, T0 + 2.6);
-    ok(is("S.iia", MMS_SERIES_QUEUED, NULL) && mms_sched_queued(s) == 2,
-       "queued again after stable_age_s, still once in the queue (%zu queued)",
-       mms_sched_queued(s));
+    ok(is("S.iia", MMS_SERIES_QUEUED, NULL) && queued(ix) == 3,
+       "queued again after stable_age_s, once (%lld queued)", (long long)queued(ix));
     mms_sched_free(s);
 
     /* the other rules */
@@ -160,20 +166,20 @@ main(void)
            strstr(why, "description_include") != NULL,
        "a bad regular expression is a configuration error: %s", why);
 
-    /* a restart: stable is judged once, running goes back to the queue, queued stays */
+    /* a restart: stable is judged once, queued stays; jobs are claimed oldest first */
     mms_index_set_state(ix, "S.axial", MMS_SERIES_STABLE, NULL, T0 + 3, why, sizeof why);
-    mms_index_set_state(ix, "S.enh", MMS_SERIES_RUNNING, NULL, T0 + 3, why, sizeof why);
     mms_index_close(ix);
     rc = mms_index_open(path, false, &ix, why, sizeof why);
     mms_sched_new(ix, &o, &s, why, sizeof why);
     ok(rc == 0 && mms_sched_recover(s, T0 + 4) == 0, "recover after reopening the index");
     ok(is("S.axial", MMS_SERIES_QUEUED, NULL) && is("S.enh", MMS_SERIES_QUEUED, NULL) &&
            is("S.iia", MMS_SERIES_QUEUED, NULL),
-       "stable and running series are queued");
-    int n = 0;
-    while (mms_sched_next(s, uid))
-        n++;
-    ok(n == 3, "the queue holds each of the three once (%d)", n);
+       "the stable series is queued, the queued ones stay");
+    char order[256] = "", uid[65];
+    int64_t id, run;
+    while (mms_index_job_claim(ix, "n", T0 + 5, 30, uid, &id, &run, why, sizeof why) == 0)
+        snprintf(order + strlen(order), sizeof order - strlen(order), "%s ", uid);
+    is_str(order, "S.enh S.iia S.axial ", "jobs claim the queue oldest first, each once");
     mms_sched_free(s);
     mms_index_close(ix);
 

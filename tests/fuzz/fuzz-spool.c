@@ -68,7 +68,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (tpl != NULL) /* a copy of a new index: the same file as creating one, faster */
         FUZZ_CHECK(fuzz_write(db, tpl, tpl_len));
     FUZZ_CHECK(mms_index_open(db, false, &ix, why, sizeof why) == 0);
-    FUZZ_CHECK(mms_spool_open(dir, ix, NULL, NULL, &sp, why, sizeof why) == 0);
+    FUZZ_CHECK(mms_spool_open(dir, dir, ix, NULL, NULL, &sp, why, sizeof why) == 0);
     snprintf(tmp, sizeof tmp, "%s/input.dcm", mms_spool_tmp_dir(sp));
     FUZZ_CHECK(fuzz_write(tmp, data, size));
     struct mms_ingest res;
