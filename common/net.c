@@ -124,13 +124,16 @@ mms_net_parse_listen(const char *text, struct sockaddr_in *sa, char *why, size_t
 {
     char host[64];
     const char *colon = text != NULL ? strrchr(text, ':') : NULL;
-    const char *port = colon != NULL ? colon + 1 : NULL;
+    const char *port = colon != NULL ? colon + 1 : text; /* a port alone: loopback */
     size_t k = port != NULL ? strlen(port) : 0;
-    if (colon == NULL || (size_t)(colon - text) >= sizeof host || k == 0 || k > 5 ||
+    if ((colon != NULL && (size_t)(colon - text) >= sizeof host) || k == 0 || k > 5 ||
         strspn(port, "0123456789") != k || atoi(port) > 65535)
-        return mms_why(why, why_len, MMS_EINVAL, "'%.64s': not IPv4:PORT (port 0 to 65535)",
+        return mms_why(why, why_len, MMS_EINVAL, "'%.64s': not IPv4:PORT or PORT (port 0 to 65535)",
                        text != NULL ? text : "");
-    snprintf(host, sizeof host, "%.*s", (int)(colon - text), text);
+    if (colon != NULL)
+        snprintf(host, sizeof host, "%.*s", (int)(colon - text), text);
+    else
+        snprintf(host, sizeof host, "127.0.0.1");
     memset(sa, 0, sizeof *sa);
     sa->sin_family = AF_INET;
     sa->sin_port = htons((uint16_t)atoi(port));

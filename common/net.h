@@ -21,7 +21,8 @@ int mms_net_cidr_match(const char *list, const char *addr, char *why, size_t why
 /* Whether text is a numeric IPv4 or IPv6 address. */
 bool mms_net_is_address(const char *text);
 
-/* Parse "IPv4:PORT" (port 0 to 65535) into *sa. Returns 0 or MMS_EINVAL with why. */
+/* Parse "IPv4:PORT", or "PORT" for 127.0.0.1:PORT (port 0 to 65535), into *sa. Returns 0 or
+ * MMS_EINVAL with why. */
 int mms_net_parse_listen(const char *text, struct sockaddr_in *sa, char *why, size_t why_len);
 
 #ifdef __cplusplus

@@ -85,6 +85,7 @@ static const struct cfg_key main_keys[] = {
     {"daemon", "log_level", T_ENUM, OFF(daemon.log_level), "info", 0, 0, log_levels, RELOAD},
     {"daemon", "workers", T_UINT, OFF(daemon.workers), "2", 1, 64, NULL, 0},
     {"daemon", "metrics_listen", T_STR, OFF(daemon.metrics_listen), "", 0, 0, NULL, 0},
+    {"daemon", "status_page_phi", T_BOOL, OFF(daemon.status_page_phi), "no", 0, 0, NULL, RELOAD},
     {"daemon", "quarantine_max_mb", T_UINT, OFF(daemon.quarantine_max_mb), "1024", 0, 1048576, NULL,
      RELOAD},
     {"daemon", "quarantine_max_days", T_UINT, OFF(daemon.quarantine_max_days), "30", 0, 36500, NULL,

@@ -81,7 +81,8 @@ struct mms_config {
         char *state_dir;
         int log_level; /* enum mms_log_level */
         unsigned workers;
-        char *metrics_listen;
+        char *metrics_listen;          /* HTTP: /metrics, the status page, /healthz */
+        bool status_page_phi;          /* the status page shows patient names and IDs */
         unsigned quarantine_max_mb;    /* 0: no size bound */
         unsigned quarantine_max_days;  /* 0: no age bound */
         bool isolate;                  /* headers and decoding in sandbox children */

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <systemd/sd-daemon.h>
@@ -21,12 +22,14 @@
 #include "daemon/intake.h"
 #include "daemon/jobs.h"
 #include "daemon/metrics.h"
+#include "daemon/page.h"
 #include "daemon/outbox.h"
 #include "daemon/quarantine.h"
 #include "daemon/scheduler.h"
 #include "daemon/sender.h"
 #include "daemon/sandbox.h"
 #include "daemon/spool.h"
+#include "daemon/web.h"
 #include "dicom/scp.h"
 
 struct daemon {
@@ -52,8 +55,8 @@ struct daemon {
     bool intake_on;
     struct mms_sender *sender; /* the outbox to the destinations */
     struct mms_jobs *jobs;     /* queued series to results */
-    struct mms_metrics *metrics;
-    uint64_t received; /* instances stored since the start (any thread: atomic) */
+    struct mms_web *web;       /* metrics_listen: /metrics, the status page, /healthz */
+    uint64_t received;         /* instances stored since the start (any thread: atomic) */
     /* DICOM TLS, when [scp] tls_* are set: our node's contexts for the SCP and the sender */
     struct mms_tls *tls_server, *tls_client;
 };
@@ -280,8 +283,8 @@ stop(struct daemon *d, const char *why)
     uv_close((uv_handle_t *)&d->sighup, on_close);
     if (d->watchdog_on)
         uv_close((uv_handle_t *)&d->watchdog, on_close);
-    mms_metrics_stop(d->metrics);
-    d->metrics = NULL;
+    mms_web_stop(d->web);
+    d->web = NULL;
     mms_jobs_stop(d->jobs);
     d->jobs = NULL;
     mms_sender_stop(d->sender);
@@ -821,19 +824,158 @@ fill_metrics(void *ud, FILE *f)
         fprintf(f, "mmsegd_gpu_memory_total_bytes{device=\"%d\"} %zu\n", dev[i], total[i]);
 }
 
+/* ---------------------------------------------------------------------------- HTTP */
+
+static void
+page_facts(const struct daemon *d, struct mms_page_facts *f)
+{
+    memset(f, 0, sizeof *f);
+    f->cfg = d->cfg;
+    f->started = d->started;
+    const struct mms_engine *e = mms_jobs_engine(d->jobs);
+    if (e != NULL) {
+        const struct mms_card *card = mms_engine_card(e);
+        f->model_name = card->name;
+        f->model_version = card->version;
+        f->model_sha256 = e->sha256;
+        f->backend = mms_backend_name(e->be);
+    }
+}
+
+/* /healthz: 200 when the loop (it answers), the index and the model are fine, 503 with the
+ * reason otherwise. The model: loaded (a node that runs jobs), and its files still readable,
+ * since a reload or a restart would need them. */
+static void
+health(struct daemon *d, struct mms_web_reply *r)
+{
+    char why[512], text[6144];
+    int64_t instances, series[MMS_SERIES_SKIPPED + 1];
+    bool ok = true;
+    int n = snprintf(text, sizeof text, "loop: ok\n");
+    if (mms_index_counts(d->ix, &instances, series, why, sizeof why) < 0) {
+        ok = false;
+        n += snprintf(text + n, sizeof text - (size_t)n, "index: %s\n", why);
+    } else {
+        n += snprintf(text + n, sizeof text - (size_t)n, "index: ok\n");
+    }
+    const struct mms_config *c = d->cfg;
+    if (!(c->daemon.roles_mask & MMS_ROLE_INFER)) {
+        n += snprintf(text + n, sizeof text - (size_t)n, "model: none needed (roles = %s)\n",
+                      c->daemon.roles);
+    } else if (mms_jobs_engine(d->jobs) == NULL) {
+        ok = false;
+        n += snprintf(text + n, sizeof text - (size_t)n, "model: not loaded (see the log)\n");
+    } else {
+        const char *p = c->infer.model, *bad = NULL;
+        char path[4096];
+        int err = 0;
+        while (bad == NULL && *p != '\0') {
+            size_t k = strcspn(p, ",");
+            snprintf(path, sizeof path, "%.*s", (int)k, p);
+            struct stat st;
+            if (stat(path, &st) < 0 || access(path, R_OK) < 0)
+                err = mms_err_errno();
+            else if (!S_ISREG(st.st_mode))
+                err = MMS_EINVAL;
+            if (err < 0)
+                bad = path;
+            p += k + (p[k] == ',');
+        }
+        if (bad != NULL) {
+            ok = false;
+            n += snprintf(text + n, sizeof text - (size_t)n, "model: %s: %s\n", bad,
+                          err == MMS_EINVAL ? "not a regular file" : mms_strerror(err));
+        } else {
+            n += snprintf(text + n, sizeof text - (size_t)n, "model: ok\n");
+        }
+    }
+    char body[6200];
+    snprintf(body, sizeof body, "%s\n%s", ok ? "ok" : "unhealthy", text);
+    mms_web_text(r, ok ? 200 : 503, body);
+}
+
+static void
+preview(struct daemon *d, int64_t job, struct mms_web_reply *r)
+{
+    struct mms_page_facts f;
+    char path[4400];
+    page_facts(d, &f);
+    if (mms_page_preview_path(d->ix, &f, job, path, sizeof path) < 0) {
+        mms_web_text(r, 404, "mmsegd: no preview for this job\n");
+        return;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+        if (fd >= 0)
+            close(fd);
+        mms_web_text(r, 404, "mmsegd: no preview for this job\n");
+        return;
+    }
+    r->status = 200;
+    r->type = "image/png";
+    r->fd = fd;
+    r->fd_size = (uint64_t)st.st_size;
+}
+
+/* Every GET of the HTTP side, on the loop. */
+static void
+on_http(void *ud, const char *path, struct mms_web_reply *r)
+{
+    struct daemon *d = ud;
+    char why[512];
+    int64_t job;
+    if (strcmp(path, "/metrics") == 0) {
+        FILE *f = open_memstream(&r->body, &r->body_len);
+        if (f == NULL) {
+            mms_web_text(r, 500, "out of memory\n");
+            return;
+        }
+        fill_metrics(d, f);
+        bool bad = ferror(f) != 0;
+        fclose(f);
+        if (bad || r->body == NULL) {
+            mms_web_text(r, 500, "out of memory\n");
+            return;
+        }
+        r->status = 200;
+        r->type = "text/plain; version=0.0.4; charset=utf-8";
+    } else if (strcmp(path, "/") == 0) {
+        struct mms_page_facts f;
+        page_facts(d, &f);
+        int rc = mms_page_status(d->ix, &f, &r->body, &r->body_len, why, sizeof why);
+        if (rc < 0)
+            mms_log(MMS_LOG_ERR, "status page: %s", why);
+        if (r->body == NULL) {
+            mms_web_text(r, 500, "out of memory\n");
+            return;
+        }
+        r->status = rc < 0 ? 503 : 200;
+        r->type = "text/html; charset=utf-8";
+    } else if (strcmp(path, "/healthz") == 0) {
+        health(d, r);
+    } else if ((job = mms_page_preview_job(path)) >= 0) {
+        preview(d, job, r);
+    } else {
+        mms_web_text(r, 404,
+                     "mmsegd: not found; the status page is at /, the metrics at /metrics, the "
+                     "health at /healthz\n");
+    }
+}
+
 static int
-start_metrics(struct daemon *d)
+start_web(struct daemon *d)
 {
     const char *listen = d->cfg->daemon.metrics_listen;
     char why[512];
     if (listen == NULL || listen[0] == '\0')
         return 0;
-    int rc = mms_metrics_start(&d->loop, listen, fill_metrics, d, &d->metrics, why, sizeof why);
+    int rc = mms_web_start(&d->loop, listen, on_http, d, &d->web, why, sizeof why);
     if (rc < 0)
         mms_log(MMS_LOG_ERR, "%s", why);
     else
-        mms_log(MMS_LOG_NOTICE, "metrics on %s, port %u, at /metrics", listen,
-                mms_metrics_port(d->metrics));
+        mms_log(MMS_LOG_NOTICE, "HTTP on %s, port %u: the status page at /, /metrics, /healthz",
+                listen, mms_web_port(d->web));
     return rc;
 }
 
@@ -929,7 +1071,7 @@ mms_serve(struct mms_config *cfg)
         mms_log(MMS_LOG_ERR, "%s", why);
         goto fail;
     }
-    if ((rc = start_metrics(&d)) < 0)
+    if ((rc = start_web(&d)) < 0)
         goto fail;
 
     mms_log(MMS_LOG_NOTICE, "mmsegd %s ready (pid %ld, config %s, state %s)", PACKAGE_VERSION,
@@ -949,7 +1091,7 @@ mms_serve(struct mms_config *cfg)
     return 0;
 
 fail:
-    mms_metrics_stop(d.metrics);
+    mms_web_stop(d.web);
     mms_jobs_stop(d.jobs);
     mms_sender_stop(d.sender);
     stop_intake(&d);

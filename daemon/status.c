@@ -11,6 +11,7 @@
 
 #include "common/clock.h"
 #include "common/err.h"
+#include "common/text.h"
 #include "daemon/index.h"
 #include "daemon/quarantine.h"
 
@@ -52,39 +53,6 @@ struct walk {
 
 /* ---------------------------------------------------------------------------- text */
 
-/* Decode one UTF-8 character at s (at least one byte, not NUL): its code point, or -1 for
- * a byte that does not start a valid, shortest-form sequence; *len receives the bytes. */
-static int32_t
-utf8_next(const unsigned char *s, int *len)
-{
-    int n = s[0] < 0x80             ? 1
-            : (s[0] & 0xe0) == 0xc0 ? 2
-            : (s[0] & 0xf0) == 0xe0 ? 3
-            : (s[0] & 0xf8) == 0xf0 ? 4
-                                    : 0;
-    *len = 1;
-    if (n == 0)
-        return -1;
-    int32_t cp = n == 1 ? s[0] : s[0] & (0x7f >> n);
-    for (int i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80) /* also stops at the NUL */
-            return -1;
-        cp = cp << 6 | (s[i] & 0x3f);
-    }
-    static const int32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
-        return -1;
-    *len = n;
-    return cp;
-}
-
-/* Whether a terminal could take code point cp as a control: C0, DEL, C1. */
-static bool
-is_control(int32_t cp)
-{
-    return cp < 0x20 || (cp >= 0x7f && cp < 0xa0);
-}
-
 /* Print text in a column of width characters: control characters and invalid bytes as '?',
  * cut with "..." when longer, padded with spaces unless last. */
 static void
@@ -93,12 +61,12 @@ cell(FILE *f, const char *text, int width, bool last)
     const unsigned char *s = (const unsigned char *)text;
     int chars = 0, len;
     for (const unsigned char *p = s; *p != '\0'; p += len, chars++)
-        utf8_next(p, &len);
+        mms_utf8_next(p, &len);
     bool cut = width > 0 && chars > width;
     int shown = 0;
     for (const unsigned char *p = s; *p != '\0' && (!cut || shown < width - 3); p += len) {
-        int32_t cp = utf8_next(p, &len);
-        if (cp < 0 || is_control(cp))
+        int32_t cp = mms_utf8_next(p, &len);
+        if (cp < 0 || mms_is_control(cp))
             fputc('?', f);
         else
             fwrite(p, 1, (size_t)len, f);
@@ -110,24 +78,6 @@ cell(FILE *f, const char *text, int width, bool last)
     }
     if (!last)
         fprintf(f, "%*s", width - shown + 2, "");
-}
-
-/* "12 s", "3 min", "5 h", "2 d". */
-static void
-format_age(double age_s, char *buf, size_t len)
-{
-    if (!(age_s > 0.0))
-        age_s = 0.0;
-    if (age_s < 60.0)
-        snprintf(buf, len, "%d s", (int)age_s);
-    else if (age_s < 3600.0)
-        snprintf(buf, len, "%d min", (int)(age_s / 60.0));
-    else if (age_s < 2 * 86400.0)
-        snprintf(buf, len, "%d h", (int)(age_s / 3600.0));
-    else if (age_s < 1e9)
-        snprintf(buf, len, "%d d", (int)(age_s / 86400.0));
-    else
-        snprintf(buf, len, "-");
 }
 
 static void
@@ -143,7 +93,7 @@ print_row(FILE *f, const struct mms_series_row *s, double now)
 {
     const char *state = mms_series_state_name(s->state);
     char age[32];
-    format_age(now - s->last_received, age, sizeof age);
+    mms_format_age(now - s->last_received, age, sizeof age);
     fprintf(f, "%-*s  %-*s  %*lld  ", W_STATE, state != NULL ? state : "?", W_AGE, age, W_INSTANCES,
             (long long)s->instances);
     cell(f, s->modality[0] != '\0' ? s->modality : "-", W_MODALITY, false);
@@ -166,7 +116,7 @@ utf8_clean(const char *text)
         return NULL;
     int len;
     for (const unsigned char *p = (const unsigned char *)text; *p != '\0'; p += len) {
-        if (utf8_next(p, &len) < 0) {
+        if (mms_utf8_next(p, &len) < 0) {
             memcpy(o, "\xef\xbf\xbd", 3);
             o += 3;
         } else {
@@ -306,7 +256,7 @@ on_send(void *ud, const struct mms_send_row *r)
     const char *state = mms_send_state_name(r->state);
     char next[32] = "-";
     if (r->state == MMS_SEND_PENDING)
-        format_age(r->next_attempt - w->now, next, sizeof next);
+        mms_format_age(r->next_attempt - w->now, next, sizeof next);
     fprintf(w->out, "%-*s  %*lld  ", W_STATE, state != NULL ? state : "?", W_JOB,
             (long long)r->job);
     cell(w->out, r->destination, W_DEST, false);
@@ -389,7 +339,7 @@ on_node(void *ud, const struct mms_node_row *n)
         fprintf(w->out, "\n%-16s  %-17s  %8s  %-9s  %4s  %5s\n", "NODE", "ROLES", "PID",
                 "HEARTBEAT", "JOBS", "SENDS");
     char age[32];
-    format_age(w->now - n->heartbeat, age, sizeof age);
+    mms_format_age(w->now - n->heartbeat, age, sizeof age);
     cell(w->out, n->name, 16, false);
     fprintf(w->out, "%-17s  %8lld  %-9s  %4lld  %5lld\n", n->roles, (long long)n->pid, age,
             (long long)n->jobs, (long long)n->sends);
@@ -465,7 +415,7 @@ print_quarantine(const char *state_dir, FILE *f, cJSON *root, char *why, size_t 
                 W_REASON, "REASON", "ORIGIN");
     for (size_t i = 0; i < n; i++) {
         char age[32];
-        format_age(mms_wall_s() - items[i].time, age, sizeof age);
+        mms_format_age(mms_wall_s() - items[i].time, age, sizeof age);
         fprintf(f, "%-*s  %-*s  %*lld  ", 20, items[i].name, W_AGE, age, W_SIZE,
                 (long long)items[i].size);
         cell(f, items[i].reason, W_REASON, false);

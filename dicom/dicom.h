@@ -122,6 +122,8 @@ struct mms_header {
     char series_description[129];  /* SeriesDescription ("" when absent) */
     char body_part[17];            /* BodyPartExamined ("" when absent) */
     int64_t images_in_acquisition; /* ImagesInAcquisition, -1 when absent */
+    char patient_name[129];        /* PatientName, PatientID as received ("" when absent): */
+    char patient_id[65];           /* shown only where the operator allows (status_page_phi) */
     struct mms_pixel_layout pix;
     char bad_uid[160]; /* "" or which UID (SOP Class or Instance, Study, Series, Frame of
                           Reference, Transfer Syntax) is not a valid UID and why: such a
@@ -172,6 +174,8 @@ enum mms_tag {
     MMS_TAG_SERIES_DESCRIPTION,    /* (0008,103E) */
     MMS_TAG_BODY_PART,             /* (0018,0015) */
     MMS_TAG_IMAGES_IN_ACQUISITION, /* (0020,1002) */
+    MMS_TAG_PATIENT_NAME,          /* (0010,0010) */
+    MMS_TAG_PATIENT_ID,            /* (0010,0020) */
     MMS_TAG_COUNT
 };
 

@@ -132,7 +132,7 @@ class scan_attrs : public attrs
             else
                 ok = vr == "AE" || vr == "AS" || vr == "CS" || vr == "DA" || vr == "DS" ||
                      vr == "DT" || vr == "IS" || vr == "LO" || vr == "SH" || vr == "TM" ||
-                     vr == "UI";
+                     vr == "PN" || vr == "UI";
             if (!ok)
                 return false;
         }
@@ -321,6 +321,8 @@ fill(const attrs &a, const std::string &media_class, const std::string &media_in
     copy(h.series_description, sizeof h.series_description, a.text(MMS_TAG_SERIES_DESCRIPTION));
     copy(h.body_part, sizeof h.body_part, a.text(MMS_TAG_BODY_PART));
     h.images_in_acquisition = integer_or(a.text(MMS_TAG_IMAGES_IN_ACQUISITION), -1);
+    copy(h.patient_name, sizeof h.patient_name, a.text(MMS_TAG_PATIENT_NAME));
+    copy(h.patient_id, sizeof h.patient_id, a.text(MMS_TAG_PATIENT_ID));
     read_layout(a, &h.pix);
     h.pix.native = ts.empty() || ts == "1.2.840.10008.1.2" || ts == "1.2.840.10008.1.2.1" ||
                    ts == "1.2.840.10008.1.2.2";

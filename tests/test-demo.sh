@@ -1,9 +1,12 @@
 #!/bin/bash
 # README command 1 (tools/demo.sh) run to the point where it prints its results, with the
-# mmsegd of this build (MMSEGD_DEMO_BUILD), in a scratch folder with free ports, stopping
-# after the results (MMSEGD_DEMO_ONCE=1): it must exit 0 and print, for the phantom and for
-# the TotalSegmentator example, an existing SEG, the organ volumes and the time per stage,
-# and for the phantom a mean Dice of at least 0.9 against its truth.
+# mmsegd of this build (MMSEGD_DEMO_BUILD), in a scratch folder with free ports: it must print,
+# for the phantom and for the TotalSegmentator example, an existing SEG, the organ volumes and
+# the time per stage, and for the phantom a mean Dice of at least 0.9 against its truth.
+# Then, while the demo keeps serving, its status page in a real browser (Debian's chromium,
+# headless, driven by tests/browser.py): both series are rows, both previews loaded (natural
+# width > 0), neither patient's name nor ID is on the page, and a screenshot is kept in the
+# build tree (tests/status-page.png). Ctrl-C's signal then stops the demo with status 0.
 set -u
 . "$(dirname "$0")/find-testdata.sh"
 require_testdata
@@ -19,13 +22,20 @@ trap 'rm -rf "$tmp"' EXIT
 free_port() {
     "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
-echo "1..6"
+browser=1
+command -v chromium >/dev/null || browser=0
+echo "1..11"
+mport=$(free_port)
 MMS_TESTDATA=$td MMSEGD_DEMO_BUILD=$build MMSEGD_DEMO_DIR=$tmp/demo \
-    MMSEGD_DEMO_PORT=$(free_port) MMSEGD_DEMO_METRICS_PORT=$(free_port) MMSEGD_DEMO_ONCE=1 \
-    timeout 900 bash "$src/tools/demo.sh" >"$tmp/out" 2>&1
-rc=$?
-[ $rc = 0 ] && result OK "tools/demo.sh exits 0 after the results" ||
-    result FAIL "tools/demo.sh exits 0 after the results (got $rc)"
+    MMSEGD_DEMO_PORT=$(free_port) MMSEGD_DEMO_METRICS_PORT=$mport \
+    timeout 900 bash "$src/tools/demo.sh" >"$tmp/out" 2>&1 &
+demo=$!
+trap 'kill -TERM $demo 2>/dev/null; wait $demo 2>/dev/null; rm -rf "$tmp"' EXIT
+until grep -q "keeps serving" "$tmp/out" 2>/dev/null; do
+    kill -0 $demo 2>/dev/null || break
+    sleep 1
+done
+sleep 1 # the rest of its lines
 sections=$(grep -c "^== " "$tmp/out")
 [ "$sections" = 2 ] && result OK "two results: the phantom and the TotalSegmentator example" ||
     result FAIL "two results: the phantom and the TotalSegmentator example ($sections)"
@@ -40,8 +50,68 @@ mean=$(awk '/Dice against the phantom/ {print $NF}' "$tmp/out")
     result OK "the phantom's mean Dice $mean >= 0.9" ||
     result FAIL "the phantom's mean Dice '$mean' >= 0.9"
 [ "$(grep -c "time per stage" "$tmp/out")" = 2 ] && grep -q "keeps serving" "$tmp/out" &&
-    result OK "time per stage for both, then how to send more" ||
-    result FAIL "time per stage for both, then how to send more"
+    grep -q "http://127.0.0.1:$mport/ in a browser" "$tmp/out" &&
+    result OK "time per stage for both, then how to send more and where the status page is" ||
+    result FAIL "time per stage for both, then how to send more and where the status page is"
+
+# ---------------------------------------------------------------------------- the status page
+if [ $browser = 1 ]; then
+    shot=$build/tests/status-page.png
+    mkdir -p "$build/tests"
+    rm -f "$shot"
+    "$python" "$src/tests/browser.py" "http://127.0.0.1:$mport/" --screenshot "$shot" \
+        --width 1280 --height 900 --full-page --timeout 60 \
+        --eval "Array.from(document.querySelectorAll('tr.series')).map(r => r.textContent)" \
+        --eval "Array.from(document.images).map(i => [i.getAttribute('src'), i.naturalWidth])" \
+        --eval "document.body.innerText" >"$tmp/page.json" 2>"$tmp/browser.err"
+    brc=$?
+    [ $brc = 0 ] && result OK "chromium loaded the status page (screenshot $shot)" ||
+        result FAIL "chromium loaded the status page (exit $brc: $(head -3 "$tmp/browser.err"))"
+    # the two series' UIDs, and the patients' names and IDs as sent
+    ph_dir=$tmp/demo/demo-inputs/ph/regular/dicom
+    ts_dir=$tmp/demo/demo-inputs/ts
+    tag() { dcmdump +P "$1" "$(find "$2" -type f | head -1)" 2>/dev/null | sed -n 's/.*\[\(.*\)\].*/\1/p' | head -1; }
+    uids="$(tag SeriesInstanceUID "$ph_dir") $(tag SeriesInstanceUID "$ts_dir")"
+    phi="$(tag PatientName "$ph_dir")|$(tag PatientID "$ph_dir")|$(tag PatientName "$ts_dir")|$(tag PatientID "$ts_dir")"
+    echo "# series: $uids; patient names and IDs sent: $phi"
+    "$python" - "$tmp/page.json" "$uids" "$phi" "$shot" >"$tmp/judge" 2>&1 <<'PY'
+import json, struct, sys
+page = json.load(open(sys.argv[1]))
+rows, images, text = page["eval"]
+uids = sys.argv[2].split()
+phi = [p for p in sys.argv[3].split("|") if p]
+ok_rows = len(rows) == 2 and all(any(u in r for r in rows) for u in uids)
+ok_images = len(images) == 2 and all(w > 0 for _, w in images)
+leaked = [p for p in phi if p in text]
+with open(sys.argv[4], "rb") as f:
+    head = f.read(24)
+png_ok = head[:8] == b"\x89PNG\r\n\x1a\n" and struct.unpack(">I", head[16:20])[0] == 1280
+print("rows %d: %s" % (len(rows), "ok" if ok_rows else rows))
+print("images %s" % images)
+print("phi on the page: %s (of %d values)" % (leaked, len(phi)))
+print("screenshot %dx%d" % (page.get("png_width", 0), page.get("png_height", 0)))
+print("ROWS", ok_rows, "IMAGES", ok_images, "PHI", len(phi) >= 2 and not leaked, "PNG", png_ok)
+PY
+    sed 's/^/# /' "$tmp/judge"
+    grep -q "ROWS True" "$tmp/judge" && result OK "the page has both series as rows" ||
+        result FAIL "the page has both series as rows"
+    grep -q "IMAGES True" "$tmp/judge" && result OK "both previews loaded (natural width > 0)" ||
+        result FAIL "both previews loaded (natural width > 0)"
+    grep -q "PHI True" "$tmp/judge" && result OK "no patient name or ID on the page" ||
+        result FAIL "no patient name or ID on the page"
+    grep -q "PNG True" "$tmp/judge" && result OK "the screenshot is a PNG 1280 pixels wide" ||
+        result FAIL "the screenshot is a PNG 1280 pixels wide"
+else
+    for _ in 1 2 3 4 5; do
+        n=$((n + 1))
+        echo "ok $n # SKIP the status page in a browser: chromium is not installed (Debian package chromium)"
+    done
+fi
+kill -TERM $demo 2>/dev/null
+wait $demo
+rc=$?
+[ $rc = 0 ] && result OK "tools/demo.sh exits 0 when stopped" ||
+    result FAIL "tools/demo.sh exits 0 when stopped (got $rc)"
 if [ $failed = 1 ]; then
     sed 's/^/# /' "$tmp/out"
     tail -20 "$tmp/demo/demo.log" | sed 's/^/# log: /'

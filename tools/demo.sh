@@ -1,11 +1,11 @@
 #!/bin/bash
 # README command 1: install, build, start the daemon with the demo configuration
 # (etc/demo.ini: the bundled demo model, C-STORE on 127.0.0.1:11112 AE MMSEGD, a drop folder,
-# every result copied to demo-out/, metrics on 127.0.0.1:9411), send it two CT series over
-# C-STORE with DCMTK's storescu (a synthetic phantom whose truth is known, and the real
-# TotalSegmentator example CT), wait for their SEGs to reach demo-out/, print for each where
-# the SEG and its preview are, the organ volumes, the Dice against the phantom's truth and
-# the time per stage, then keep serving until Ctrl-C.
+# every result copied to demo-out/, the status page and metrics on 127.0.0.1:9411), send it
+# two CT series over C-STORE with DCMTK's storescu (a synthetic phantom whose truth is known,
+# and the real TotalSegmentator example CT), wait for their SEGs to reach demo-out/, print for
+# each where the SEG and its preview are, the organ volumes, the Dice against the phantom's
+# truth and the time per stage, then keep serving until Ctrl-C.
 #
 # Environment (for tests and for trying it beside another mmsegd):
 #   MMSEGD_DEMO_BUILD=DIR   use the mmsegd built in DIR; install and build nothing
@@ -135,6 +135,7 @@ echo "demo: mmsegd keeps serving (Ctrl-C stops it). Send more with"
 echo "        storescu -aec MMSEGD 127.0.0.1 $port +sd FOLDER"
 echo "      or copy files into $work/demo-drop/; results appear in $out/."
 echo "      mmsegd status -c $config    shows series, jobs and sends;"
+echo "      http://127.0.0.1:$mport/ in a browser: the status page, with the previews;"
 echo "      curl http://127.0.0.1:$mport/metrics    the Prometheus figures."
 if [ "${MMSEGD_DEMO_ONCE:-}" = 1 ]; then
     stop_daemon

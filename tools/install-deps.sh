@@ -11,10 +11,10 @@ packages=(
     libuv1-dev libinih-dev libsystemd-dev
     libdcmtk-dev libsndfile1-dev # dcmtk.pc needs sndfile.pc
     libgdcm-dev libsqlite3-dev libcjson-dev libdnnl-dev libpng-dev zlib1g-dev libcurl4-openssl-dev
-    libpq-dev
+    libpq-dev libmicrohttpd-dev
     # tests and demo
     clang-format systemd dcmtk dicom3tools dcm2niix orthanc orthanc-dicomweb sqlite3 openssl
-    postgresql
+    postgresql chromium
     # the fuzz targets: clang with libFuzzer and the sanitizers
     clang libclang-rt-dev
     # the PyTorch reference and its tests (tools/mmunet); OpenBLAS replaces the reference BLAS
