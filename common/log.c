@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "common/err.h"
+#include "common/text.h"
 
 /* A message longer than this is cut and ends with "...". */
 #define MSG_MAX 4096
@@ -138,24 +139,9 @@ mms_log_stderr_sink(int level, const char *msg, void *ud)
 static size_t
 utf8_printable(const unsigned char *s)
 {
-    size_t n = s[0] < 0x80             ? 1
-               : (s[0] & 0xe0) == 0xc0 ? 2
-               : (s[0] & 0xf0) == 0xe0 ? 3
-               : (s[0] & 0xf8) == 0xf0 ? 4
-                                       : 0;
-    if (n == 0)
-        return 0;
-    uint32_t cp = n == 1 ? s[0] : s[0] & (0x7fu >> n);
-    for (size_t i = 1; i < n; i++) {
-        if ((s[i] & 0xc0) != 0x80) /* also stops at the NUL */
-            return 0;
-        cp = cp << 6 | (s[i] & 0x3fu);
-    }
-    static const uint32_t min[] = {0, 0, 0x80, 0x800, 0x10000};
-    if (cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff) || cp < 0x20 ||
-        (cp >= 0x7f && cp < 0xa0))
-        return 0;
-    return n;
+    int len;
+    int32_t cp = mms_utf8_next(s, &len);
+    return cp < 0 || mms_is_control(cp) ? 0 : (size_t)len;
 }
 
 size_t

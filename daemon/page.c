@@ -70,6 +70,17 @@ age_cell(FILE *f, double now, double t)
     fprintf(f, "<td>%s</td>", t > 0.0 ? age : "-");
 }
 
+/* The two cells that end every row of the tables, and the row's end. */
+static void
+row_end(FILE *f, const char *reason, const char *series_uid)
+{
+    fputs("<td>", f);
+    esc(f, reason);
+    fputs("</td><td class=\"uid\">", f);
+    esc(f, series_uid);
+    fputs("</td></tr>\n", f);
+}
+
 /* ---------------------------------------------------------------------------- rows */
 
 struct walk {
@@ -288,11 +299,8 @@ series_table(FILE *f, struct mms_index *ix, const struct mms_page_facts *fa, con
             fputs("</td><td>", f);
             esc(f, pat[i].id);
         }
-        fputs("</td><td>", f);
-        esc(f, s->reason);
-        fputs("</td><td class=\"uid\">", f);
-        esc(f, s->series_uid);
-        fputs("</td></tr>\n", f);
+        fputs("</td>", f);
+        row_end(f, s->reason, s->series_uid);
     }
     fputs("</table></div>\n", f);
 }
@@ -352,11 +360,7 @@ jobs_part(FILE *f, struct mms_index *ix, const struct mms_page_facts *fa, const 
         esc(f, j->node);
         fprintf(f, "</td><td>%s</td>", when);
         job_times(f, j);
-        fputs("<td>", f);
-        esc(f, j->reason);
-        fputs("</td><td class=\"uid\">", f);
-        esc(f, j->series_uid);
-        fputs("</td></tr>\n", f);
+        row_end(f, j->reason, j->series_uid);
     }
     fputs("</table></div>\n", f);
 }
@@ -381,11 +385,8 @@ sends_part(FILE *f, const struct walk *w, double now)
         esc(f, r->destination);
         fprintf(f, "</td><td>%" PRId64 "</td>", r->attempts);
         age_cell(f, now, r->queued);
-        fprintf(f, "<td>%s%s</td><td>", r->state == MMS_SEND_PENDING ? "in " : "", next);
-        esc(f, r->reason);
-        fputs("</td><td class=\"uid\">", f);
-        esc(f, r->series_uid);
-        fputs("</td></tr>\n", f);
+        fprintf(f, "<td>%s%s</td>", r->state == MMS_SEND_PENDING ? "in " : "", next);
+        row_end(f, r->reason, r->series_uid);
     }
     fputs("</table></div>\n", f);
 }

@@ -114,19 +114,26 @@ c=$(code -H "X-Large: $(head -c 20000 /dev/zero | tr '\0' a)" "$url/metrics")
     result FAIL "d) a 20 KB request head: 431 (got $c)"
 
 # ---------------------------------------------------------------------------- e)
-# 8 connections from 127.0.0.1 that send nothing, held for 15 s
-"$python" - "$mport" >"$tmp/idle.out" 2>&1 <<'PY' &
+# hold SECONDS ADDRESS...: one connection from each address that sends nothing, held in the
+# background (pid in idle)
+hold() {
+    : >"$tmp/idle.out"
+    "$python" - "$mport" "$@" >"$tmp/idle.out" 2>&1 <<'PY' &
 import socket, sys, time
 held = []
-for _ in range(8):
-    s = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+for a in sys.argv[3:]:
+    s = socket.socket()
+    s.bind((a, 0))
+    s.connect(("127.0.0.1", int(sys.argv[1])))
     held.append(s)
 print("held", flush=True)
-time.sleep(15)
+time.sleep(float(sys.argv[2]))
 PY
-idle=$!
-wait_for 10 grep -q held "$tmp/idle.out"
-sleep 0.5
+    idle=$!
+    wait_for 10 grep -q held "$tmp/idle.out"
+    sleep 0.5
+}
+hold 15 127.0.0.1 127.0.0.1 127.0.0.1 127.0.0.1 127.0.0.1 127.0.0.1 127.0.0.1 127.0.0.1
 c1=$(code --max-time 5 "$url/metrics")
 c2=$(code --max-time 5 --interface 127.0.0.2 "$url/metrics")
 [ "$c1" = 000 ] && [ "$c2" = 200 ] &&
@@ -139,21 +146,9 @@ wait_for 14 served_again && result OK "e) the idle ones closed after the timeout
 kill "$idle" 2>/dev/null
 wait "$idle" 2>/dev/null
 # 16 connections at most in all: from four addresses, 4 each, then a 17th
-"$python" - "$mport" >"$tmp/idle.out" 2>&1 <<'PY' &
-import socket, sys, time
-held = []
-for a in range(4):
-    for _ in range(4):
-        s = socket.socket()
-        s.bind(("127.0.0.%d" % (10 + a), 0))
-        s.connect(("127.0.0.1", int(sys.argv[1])))
-        held.append(s)
-print("held", flush=True)
-time.sleep(12)
-PY
-idle=$!
-wait_for 10 grep -q held "$tmp/idle.out"
-sleep 0.5
+four() { for _ in 1 2 3 4; do printf '%s ' "$1"; done; }
+# shellcheck disable=SC2046 # the addresses are words
+hold 12 $(four 127.0.0.10) $(four 127.0.0.11) $(four 127.0.0.12) $(four 127.0.0.13)
 c=$(code --max-time 5 --interface 127.0.0.3 "$url/metrics")
 [ "$c" = 000 ] && result OK "e) 16 idle connections in all: a 17th refused" ||
     result FAIL "e) 16 idle connections in all: a 17th refused (got $c)"
