@@ -15,6 +15,8 @@ packages=(
     # tests and demo
     clang-format systemd dcmtk dicom3tools dcm2niix orthanc orthanc-dicomweb sqlite3 openssl
     postgresql
+    # the Debian packages (debian/, tests/test-deb.sh: built from a git clone, checked by lintian)
+    debhelper dpkg-dev lintian git
     # the fuzz targets: clang with libFuzzer and the sanitizers
     clang libclang-rt-dev
     # the PyTorch reference and its tests (tools/mmunet); OpenBLAS replaces the reference BLAS
