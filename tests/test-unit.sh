@@ -6,9 +6,9 @@
 # configured bindir, that systemd-analyze verifies it cleanly, that its
 # security exposure stays at or under MAX_EXPOSURE (the figure is printed:
 # it is tracked), and that the installed sysusers.d and tmpfiles.d
-# snippets create the user and the drop folder in a scratch root.  TAP
-# output, for Automake's tap-driver; run from the build directory
-# (top_builddir) with srcdir set.
+# snippets create the user, the state directory and the drop folder in a
+# scratch root.  TAP output, for Automake's tap-driver; run from the build
+# directory (top_builddir) with srcdir set.
 
 set -u
 
@@ -208,13 +208,14 @@ else
 	out=$(systemd-tmpfiles --root="$root" --create mmsegd.conf 2>&1)
 	rc=$?
 	want="750 $uid:$gid
+750 $uid:$gid
 2770 $uid:$gid"
-	got=$(stat -c '%a %u:%g' "$root/var/spool/mmsegd" \
+	got=$(stat -c '%a %u:%g' "$root/var/lib/mmsegd" "$root/var/spool/mmsegd" \
 		"$root/var/spool/mmsegd/drop" 2>&1)
 	if [ $rc -eq 0 ] && [ -z "$out" ] && [ "$got" = "$want" ]; then
-		ok 0 "tmpfiles: /var/spool/mmsegd 0750, drop 2770, owned by mmsegd"
+		ok 0 "tmpfiles: /var/lib/mmsegd 0750, /var/spool/mmsegd 0750, drop 2770, owned by mmsegd"
 	else
-		ok 1 "tmpfiles: /var/spool/mmsegd 0750, drop 2770, owned by mmsegd"
+		ok 1 "tmpfiles: /var/lib/mmsegd 0750, /var/spool/mmsegd 0750, drop 2770, owned by mmsegd"
 		diag "exit status $rc"
 		[ -n "$out" ] && diag "$out"
 		diag "want:"

@@ -3,8 +3,9 @@
 #   1. the normal build, with CUDA where nvcc is present (--with-cuda=yes), else without;
 #   2. --with-cuda=no with AddressSanitizer and UndefinedBehaviorSanitizer, and the crash
 #      points of tests/test-crash-points.sh (--enable-crash-points);
-# then every libFuzzer target for FUZZ_SECONDS (30) each, make distcheck and the formatting
-# check. Ends with one line "check: N passed, N failed, N skipped".
+# then every libFuzzer target for FUZZ_SECONDS (30) each, make distcheck, the Debian packages
+# in their short form (tests/test-deb.sh) and the formatting check. Ends with one line
+# "check: N passed, N failed, N skipped".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
@@ -99,6 +100,24 @@ else
         [ -n "$f" ] && { echo "--- $t.log (end)"; tail -40 "$f"; }
     done
     tail -30 "$top/_build/cuda-$cuda/distcheck.out"
+    fail=$((fail + 1)); status=1
+fi
+
+echo "=== deb: the Debian packages, short form (tests/test-deb.sh with DEB_SHORT=1)"
+# Built from a clone without CUDA and without build-time tests, checked by lintian, and (as
+# root) installed, checked and purged; the full form, with mmsegd-cuda, is `make deb`.
+dlog=$top/_build/deb.out
+if (cd "$top/_build/cuda-$cuda" && make deb DEB_SHORT=1 >"$dlog" 2>&1); then
+    if grep -q '^1\.\.0 # SKIP' "$dlog"; then
+        skip=$((skip + 1))
+    else
+        pass=$((pass + 1))
+    fi
+    grep -E 'SKIP|^# (build time|mmsegd.*\.deb):' "$dlog"
+    echo "deb: ok"
+else
+    grep -E '^(not ok|Bail out!)' "$dlog"
+    tail -40 "$dlog"
     fail=$((fail + 1)); status=1
 fi
 

@@ -14,7 +14,11 @@ packages=(
     libpq-dev libmicrohttpd-dev
     # tests and demo
     clang-format systemd dcmtk dicom3tools dcm2niix orthanc orthanc-dicomweb sqlite3 openssl
-    postgresql chromium
+    postgresql
+    # the status page under a real browser (tests/test-demo.sh, tests/browser.py)
+    chromium
+    # the Debian packages (debian/, tests/test-deb.sh: built from a git clone, checked by lintian)
+    debhelper dpkg-dev lintian git
     # the fuzz targets: clang with libFuzzer and the sanitizers
     clang libclang-rt-dev
     # the PyTorch reference and its tests (tools/mmunet); OpenBLAS replaces the reference BLAS
