@@ -53,7 +53,7 @@ main(void)
     char longline[400];
     int rc;
 
-    plan(71, 30);
+    plan(72, 30);
     if (mkdtemp(dir) == NULL)
         return 1;
     snprintf(path, sizeof path, "%s/mmsegd.ini", dir);
@@ -150,9 +150,15 @@ main(void)
     expect_error("bind not an address", "[scp]\nbind = localhost\n",
                  "2: [scp] bind: 'localhost' is not a numeric IPv4 or IPv6 address");
     expect_error("metrics port out of range", "[daemon]\nmetrics_listen = :99999\n",
-                 "2: [daemon] metrics_listen: ':99999': not IPv4:PORT (port 0 to 65535)");
+                 "2: [daemon] metrics_listen: ':99999': not IPv4:PORT or PORT (port 0 to 65535)");
     expect_error("metrics host missing", "[daemon]\nmetrics_listen = :9411\n",
                  "2: [daemon] metrics_listen: ':9411': '' is not an IPv4 address");
+    rc = load("[daemon]\nmetrics_listen = 9411\nstatus_page_phi = yes\n", &cfg);
+    ok(rc == 0 && cfg != NULL && strcmp(cfg->daemon.metrics_listen, "9411") == 0 &&
+           cfg->daemon.status_page_phi,
+       "metrics_listen a port alone (loopback), status_page_phi yes");
+    mms_config_free(cfg);
+    cfg = NULL;
     expect_error("assoc_timeout_s 0", "[scp]\nassoc_timeout_s = 0\n",
                  "2: [scp] assoc_timeout_s: 0 is out of range (1 to 300)");
 
