@@ -70,12 +70,20 @@ fi
 dirs=$(cd "$builddir" && env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL "${MAKE:-make}" -s --no-print-directory \
 	-f Makefile -f - print-dirs <<'MK'
 print-dirs:
-	@echo "$(bindir)"; echo "$(sysconfdir)"; echo "$(prefix)"
+	@echo "$(bindir)"; echo "$(sysconfdir)"; echo "$(prefix)"; echo "$(mandir)"
 MK
 )
 bindir=$(printf '%s\n' "$dirs" | sed -n 1p)
 sysconfdir=$(printf '%s\n' "$dirs" | sed -n 2p)
 prefix=$(printf '%s\n' "$dirs" | sed -n 3p)
+mandir=$(printf '%s\n' "$dirs" | sed -n 4p)
+# Documentation=man:mmsegd(1): systemd-analyze verify runs man(1), which finds the page
+# installed under DESTDIR through MANPATH.
+if [ ! -f "$dest$mandir/man1/mmsegd.1" ]; then
+	echo "Bail out! no installed manual page at $dest$mandir/man1/mmsegd.1"
+	exit 1
+fi
+export MANPATH=$dest$mandir
 unit=$dest$prefix/lib/systemd/system/mmsegd.service
 if [ -z "$bindir" ] || [ ! -f "$unit" ]; then
 	echo "Bail out! no installed unit at $unit (bindir '${bindir}')"

@@ -13,7 +13,7 @@ packages=(
     libgdcm-dev libsqlite3-dev libcjson-dev libdnnl-dev libpng-dev zlib1g-dev libcurl4-openssl-dev
     libpq-dev libmicrohttpd-dev
     # tests and demo
-    clang-format systemd dcmtk dicom3tools dcm2niix orthanc orthanc-dicomweb sqlite3 openssl
+    clang-format systemd man-db dcmtk dicom3tools dcm2niix orthanc orthanc-dicomweb sqlite3 openssl
     postgresql
     # the status page under a real browser (tests/test-demo.sh, tests/browser.py)
     chromium
