@@ -175,7 +175,7 @@ ok $? "mmsegd's /usr/bin/mmsegd needs no CUDA library"
 if [ -n "$deb_cuda" ]; then
 	mkdir -p "$x/cuda"
 	dpkg-deb -x "$deb_cuda" "$x/cuda"
-	dyn=$(objdump -p "$x/cuda/usr/lib/mmsegd/mmsegd-cuda" 2>/dev/null)
+	dyn=$(objdump -p "$x/cuda/usr/libexec/mmsegd/mmsegd-cuda" 2>/dev/null)
 	printf '%s\n' "$dyn" | grep -q 'NEEDED *libcudnn' && ! printf '%s\n' "$dyn" | grep -qE 'RPATH|RUNPATH'
 	ok $? "mmsegd-cuda's binary links cuDNN and has no RPATH/RUNPATH"
 	diag "mmsegd-cuda: Depends: $(dpkg-deb -f "$deb_cuda" Depends)"
@@ -300,16 +300,16 @@ ok $? "the service is not enabled on installation"
 # mmsegd-cuda: the binary, the drop-in, and the way back to the CPU build on removal.
 dropin=/lib/systemd/system/mmsegd.service.d/cuda.conf
 if [ -n "$deb_cuda" ]; then
-	cuda_exec="ExecStart=/usr/lib/mmsegd/mmsegd-cuda serve -c /etc/mmsegd/mmsegd.ini"
-	missing=$(ldd /usr/lib/mmsegd/mmsegd-cuda 2>&1 | grep 'not found')
-	v=$(/usr/lib/mmsegd/mmsegd-cuda --version 2>&1 | head -1)
+	cuda_exec="ExecStart=/usr/libexec/mmsegd/mmsegd-cuda serve -c /etc/mmsegd/mmsegd.ini"
+	missing=$(ldd /usr/libexec/mmsegd/mmsegd-cuda 2>&1 | grep 'not found')
+	v=$(/usr/libexec/mmsegd/mmsegd-cuda --version 2>&1 | head -1)
 	[ -f "$dropin" ] && grep -qxF "$cuda_exec" "$dropin" && grep -qx 'ExecStart=' "$dropin" &&
 		[ -z "$missing" ] && [ "$v" = "mmsegd $ac_version" ]
-	ok $? "mmsegd-cuda: $dropin runs /usr/lib/mmsegd/mmsegd-cuda ($v)"
+	ok $? "mmsegd-cuda: $dropin runs /usr/libexec/mmsegd/mmsegd-cuda ($v)"
 	[ -n "$missing" ] && diag "$missing"
 	out=$(dpkg -r mmsegd-cuda 2>&1)
 	rc=$?
-	[ $rc -eq 0 ] && [ ! -e "$dropin" ] && [ ! -e /usr/lib/mmsegd ] && [ -f "$unit" ]
+	[ $rc -eq 0 ] && [ ! -e "$dropin" ] && [ ! -e /usr/libexec/mmsegd ] && [ -f "$unit" ]
 	ok $? "dpkg -r mmsegd-cuda removes the drop-in and the binary, the unit stays"
 	[ $rc -eq 0 ] || diag "$out"
 else
