@@ -244,7 +244,7 @@ static const char style[] =
     "body{font:15px/1.4 system-ui,sans-serif;margin:0 auto;max-width:1200px;padding:8px;"
     "color:#111;background:#fafafa}"
     "h1{font-size:1.4em;margin:.2em 0}h2{font-size:1.15em;margin:1.2em 0 .4em}"
-    ".facts{color:#444}.facts span{margin-right:1.2em;white-space:nowrap}"
+    ".facts{color:#444}.facts span{display:inline-block;margin-right:1.2em}"
     ".wrap{overflow-x:auto}table{border-collapse:collapse;width:100%;font-size:.92em}"
     "th,td{border-bottom:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}"
     "th{background:#eee}.uid{font-family:monospace;font-size:.85em;word-break:break-all}"

@@ -24,7 +24,7 @@ free_port() {
 }
 browser=1
 command -v chromium >/dev/null || browser=0
-echo "1..11"
+echo "1..12"
 mport=$(free_port)
 MMS_TESTDATA=$td MMSEGD_DEMO_BUILD=$build MMSEGD_DEMO_DIR=$tmp/demo \
     MMSEGD_DEMO_PORT=$(free_port) MMSEGD_DEMO_METRICS_PORT=$mport \
@@ -101,8 +101,19 @@ PY
         result FAIL "no patient name or ID on the page"
     grep -q "PNG True" "$tmp/judge" && result OK "the screenshot is a PNG 1280 pixels wide" ||
         result FAIL "the screenshot is a PNG 1280 pixels wide"
+    # a phone's width: the page itself does not scroll sideways (wide tables scroll in their
+    # own box) and the previews fit the screen
+    phone=$build/tests/status-page-phone.png
+    wide=$("$python" "$src/tests/browser.py" "http://127.0.0.1:$mport/" --screenshot "$phone" \
+        --width 390 --height 844 --timeout 60 \
+        --eval "[document.documentElement.scrollWidth, innerWidth, Math.max(...Array.from(document.images).map(i => i.getBoundingClientRect().right))]" \
+        2>"$tmp/browser.err" | "$python" -c 'import json, sys; print(*json.load(sys.stdin)["eval"][0])')
+    read -r sw iw ir <<<"$wide"
+    [ -n "$sw" ] && [ "$sw" -le "$iw" ] && [ "${ir%.*}" -le "$iw" ] &&
+        result OK "at 390 pixels wide (a phone): no sideways scrolling, previews fit ($wide; $phone)" ||
+        result FAIL "at 390 pixels wide: no sideways scrolling, previews fit (got '$wide'; $(head -1 "$tmp/browser.err"))"
 else
-    for _ in 1 2 3 4 5; do
+    for _ in 1 2 3 4 5 6; do
         n=$((n + 1))
         echo "ok $n # SKIP the status page in a browser: chromium is not installed (Debian package chromium)"
     done
