@@ -27,6 +27,7 @@ struct mms_web {
     uv_poll_t poll;   /* libmicrohttpd's epoll descriptor */
     uv_timer_t timer; /* its next timeout */
     int open_handles;
+    bool had_connections; /* at the last MHD_run() */
     unsigned port;
     mms_web_handler_fn handler;
     void *ud;
@@ -156,12 +157,30 @@ on_timer(uv_timer_t *t)
 }
 
 /* After every MHD_run(): when libmicrohttpd has work without a new event on its descriptor
- * (data read ahead, an idle connection to time out), its timeout says when to call it. */
+ * (data read ahead, an idle connection to time out), its timeout says when to call it.
+ * That is not all: at the connection limit libmicrohttpd takes the listening socket out of
+ * its epoll set, and puts it back in a later MHD_run() once closed connections are cleaned
+ * up, with no event of its own to ask for that call. So while connections are open the loop
+ * calls it at least every CHECK_MS, and once more right after the last one is gone. */
+#define CHECK_MS 250
+
 static void
 arm(struct mms_web *w)
 {
     MHD_UNSIGNED_LONG_LONG ms = 0;
-    if (MHD_get_timeout(w->mhd, &ms) == MHD_YES)
+    bool has = MHD_get_timeout(w->mhd, &ms) == MHD_YES;
+    const union MHD_DaemonInfo *n =
+        MHD_get_daemon_info(w->mhd, MHD_DAEMON_INFO_CURRENT_CONNECTIONS);
+    bool open = n == NULL || n->num_connections > 0;
+    if (open && (!has || ms > CHECK_MS)) {
+        ms = CHECK_MS;
+        has = true;
+    } else if (!open && w->had_connections) {
+        ms = 0;
+        has = true;
+    }
+    w->had_connections = open;
+    if (has)
         uv_timer_start(&w->timer, on_timer, ms, 0);
     else
         uv_timer_stop(&w->timer);

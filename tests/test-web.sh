@@ -9,7 +9,8 @@
 #     does not exist, other paths: 404;
 #  d) only GET and HEAD: POST is 405; a GET with a body 413; a request head over 16 KiB 431;
 #  e) limits: 8 idle connections from one address, and a 9th from it is refused while another
-#     address is served; after the 10 s idle timeout the address is served again;
+#     address is served; after the 10 s idle timeout the address is served again; 16 in all,
+#     and a 17th is refused; 16 closed at once, and the next request is served at once;
 #  f) the model file removed: /healthz 503 naming it; put back: 200.
 set -u
 . "$(dirname "$0")/find-testdata.sh"
@@ -24,7 +25,7 @@ src=${srcdir:-.}
 ct=$td/dcmqi/data/segmentations/ct-3slice
 tmp=$(mktemp -d)
 trap serve_cleanup EXIT
-echo "1..19"
+echo "1..20"
 
 port=$(free_port)
 mport=$(free_port)
@@ -156,6 +157,27 @@ kill "$idle" 2>/dev/null
 wait "$idle" 2>/dev/null
 wait_for 14 served_again && result OK "e) served again once they are gone" ||
     result FAIL "e) served again once they are gone"
+
+# at the limit libmicrohttpd stops listening until closed connections are cleaned up: 20
+# rounds of 16 connections opened and closed at once, each followed by a request
+stuck=0
+for _ in $(seq 20); do
+    "$python" - "$mport" <<'PY'
+import socket, sys, time
+held = []
+for a in range(16):
+    s = socket.socket()
+    s.bind(("127.0.0.%d" % (10 + a // 4), 0))
+    s.connect(("127.0.0.1", int(sys.argv[1])))
+    held.append(s)
+time.sleep(0.2)
+for s in held:
+    s.close()
+PY
+    [ "$(code --max-time 3 "$url/healthz")" = 200 ] || stuck=$((stuck + 1))
+done
+[ $stuck = 0 ] && result OK "e) 20 times 16 connections closed at once: served right after each" ||
+    result FAIL "e) 20 times 16 connections closed at once: no answer within 3 s after $stuck"
 
 # ---------------------------------------------------------------------------- f)
 mv "$tmp/model.safetensors" "$tmp/model.moved"
