@@ -4,7 +4,8 @@
 #  a) /healthz answers 200 "ok" with the loop, the index and the model fine; / is the status
 #     page (HTML); /metrics the Prometheus text;
 #  b) a CT series received (3 instances): the page has its row and, by default, neither the
-#     patient's name nor ID; after SIGHUP with status_page_phi = yes it has both;
+#     patient's name nor ID; a description that is markup is escaped; after SIGHUP with
+#     status_page_phi = yes the name and ID are shown;
 #  c) no URL reaches a file: /preview/ with "..", encoded slashes, a leading zero, a job that
 #     does not exist, other paths: 404;
 #  d) only GET and HEAD: POST is 405; a GET with a body 413; a request head over 16 KiB 431;
@@ -16,7 +17,7 @@ set -u
 . "$(dirname "$0")/find-testdata.sh"
 . "$(dirname "$0")/serve-util.sh"
 require_testdata
-for t in storescu curl; do
+for t in storescu dcmodify curl; do
     command -v $t >/dev/null || { echo "1..0 # SKIP $t is not installed (DCMTK tools, curl)"; exit 0; }
 done
 mmsegd=${MMSEGD:-./mmsegd}
@@ -25,7 +26,7 @@ src=${srcdir:-.}
 ct=$td/dcmqi/data/segmentations/ct-3slice
 tmp=$(mktemp -d)
 trap serve_cleanup EXIT
-echo "1..20"
+echo "1..21"
 
 port=$(free_port)
 mport=$(free_port)
@@ -81,6 +82,17 @@ fi
     ! grep -q '<th>Patient' "$tmp/body" &&
     result OK "b) by default no patient name ($name) or ID ($pid_) on the page" ||
     result FAIL "b) by default no patient name ('$name') or ID ('$pid_') on the page"
+# received text is escaped: a series whose description is markup
+mkdir -p "$tmp/xss"
+cp "$ct"/*.dcm "$tmp/xss/"
+dcmodify -nb -m "(0008,103E)=<script>alert(1)</script><img src=x>&amp;" \
+    -m "(0020,000E)=2.25.1234567890" -gin "$tmp/xss"/*.dcm >/dev/null 2>&1
+storescu -aec MMSEGD 127.0.0.1 "$port" "$tmp/xss"/*.dcm >>"$tmp/storescu.out" 2>&1
+page_has_xss() { code "$url/" >/dev/null && grep -qF "2.25.1234567890" "$tmp/body"; }
+wait_for 20 page_has_xss && ! grep -qi '<script\|<img src=x' "$tmp/body" &&
+    grep -qF '&lt;script&gt;alert(1)&lt;/script&gt;&lt;img src=x&gt;&amp;amp;' "$tmp/body" &&
+    result OK "b) a description that is markup is shown escaped" ||
+    result FAIL "b) a description that is markup is shown escaped"
 write_config yes
 kill -HUP "$pid"
 phi_shown() { code "$url/" >/dev/null && grep -qF "<td>$name</td><td>$pid_</td>" "$tmp/body"; }
