@@ -28,30 +28,7 @@ trap 'exit 1' HUP INT TERM
 
 export SYSTEMD_PAGER=cat SYSTEMD_COLORS=0 SYSTEMD_LOG_COLOR=0
 
-n=0
-failed=0
-
-# diag TEXT: print TEXT, possibly several lines, as TAP diagnostics.
-diag() {
-	printf '%s\n' "$1" | sed 's/^/# /'
-}
-
-# ok STATUS DESCRIPTION: one test line; STATUS 0 passes.
-ok() {
-	n=$((n + 1))
-	if [ "$1" -eq 0 ]; then
-		echo "ok $n - $2"
-	else
-		echo "not ok $n - $2"
-		failed=1
-	fi
-}
-
-# skip REASON: one skipped test line.
-skip() {
-	n=$((n + 1))
-	echo "ok $n # SKIP $1"
-}
+. "$(dirname "$0")/tap-util.sh"
 
 echo "1..7"
 
