@@ -205,28 +205,25 @@ is_file(const char *path)
     return stat(path, &st) == 0 && S_ISREG(st.st_mode);
 }
 
-int
-mms_page_preview_path(struct mms_index *ix, const struct mms_page_facts *f, int64_t job, char *path,
-                      size_t path_len)
+/* The preview of job j (its row: number, series, run), as mms_page_preview_path() says. */
+static int
+preview_of(const struct mms_page_facts *f, const struct mms_job_row *j, char *path, size_t path_len)
 {
     const struct mms_config *c = f->cfg;
     char why[512];
     /* in the outbox while a send of the job is pending (our own names: job number, SOP) */
     char **files = NULL;
-    int n = mms_outbox_list(c->daemon.state_dir, job, ".png", &files, why, sizeof why);
+    int n = mms_outbox_list(c->daemon.state_dir, j->id, ".png", &files, why, sizeof why);
     if (n > 0) {
         snprintf(path, path_len, "%s", files[0]);
         mms_outbox_list_free(files, n);
         return 0;
     }
     /* delivered: where the folder destinations keep it, named by the SEG's SOP Instance UID */
-    struct mms_job_row j = {.id = job, .series_uid = ""};
-    if (mms_index_jobs(ix, -1, find_job, &j, why, sizeof why) < 0)
-        return MMS_EIO;
-    if (j.series_uid[0] == '\0' || f->model_sha256 == NULL)
+    if (f->model_sha256 == NULL)
         return MMS_ENOENT;
     char series[65], sop[65];
-    mms_work_output_uids("seg", f->model_sha256, j.series_uid, (int)j.run, series, sop);
+    mms_work_output_uids("seg", f->model_sha256, j->series_uid, (int)j->run, series, sop);
     for (size_t i = 0; i < (size_t)c->n_dests; i++) {
         const struct mms_dest_config *d = &c->dests[i];
         if (d->type != MMS_DEST_FOLDER || !(d->outputs_mask & MMS_OUTPUT_PREVIEW))
@@ -236,6 +233,19 @@ mms_page_preview_path(struct mms_index *ix, const struct mms_page_facts *f, int6
             return 0;
     }
     return MMS_ENOENT;
+}
+
+int
+mms_page_preview_path(struct mms_index *ix, const struct mms_page_facts *f, int64_t job, char *path,
+                      size_t path_len)
+{
+    char why[512];
+    struct mms_job_row j = {.id = job, .series_uid = ""};
+    if (mms_index_jobs(ix, -1, find_job, &j, why, sizeof why) < 0)
+        return MMS_EIO;
+    if (j.series_uid[0] == '\0')
+        return MMS_ENOENT;
+    return preview_of(f, &j, path, path_len);
 }
 
 /* ---------------------------------------------------------------------------- the page */
@@ -316,7 +326,7 @@ job_times(FILE *f, const struct mms_job_row *j)
 }
 
 static void
-jobs_part(FILE *f, struct mms_index *ix, const struct mms_page_facts *fa, const struct walk *w)
+jobs_part(FILE *f, const struct mms_page_facts *fa, const struct walk *w)
 {
     int shown = w->n_jobs < PAGE_JOBS ? (int)w->n_jobs : PAGE_JOBS;
     int first = w->n_jobs < PAGE_JOBS ? 0 : (int)(w->n_jobs % PAGE_JOBS);
@@ -325,7 +335,7 @@ jobs_part(FILE *f, struct mms_index *ix, const struct mms_page_facts *fa, const 
     int cards = 0;
     for (int i = shown - 1; i >= 0; i--) {
         const struct mms_job_row *j = &w->jobs[(first + i) % PAGE_JOBS];
-        if (j->state != MMS_JOB_DONE || mms_page_preview_path(ix, fa, j->id, path, sizeof path) < 0)
+        if (j->state != MMS_JOB_DONE || preview_of(fa, j, path, sizeof path) < 0)
             continue;
         clock_text(j->finished, when, sizeof when);
         fprintf(f,
@@ -481,7 +491,7 @@ mms_page_status(struct mms_index *ix, const struct mms_page_facts *fa, char **ht
     fputs("<p>sends:</p>\n", f);
     counts(f, "sends", send_name, sent, MMS_SEND_DEAD + 1);
     if (rc == 0) {
-        jobs_part(f, ix, fa, w);
+        jobs_part(f, fa, w);
         series_table(f, ix, fa, w, now);
         fprintf(f, "<h2>Sends pending and dead</h2>\n");
         sends_part(f, w, now);

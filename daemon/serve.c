@@ -866,22 +866,25 @@ health(struct daemon *d, struct mms_web_reply *r)
         ok = false;
         n += snprintf(text + n, sizeof text - (size_t)n, "model: not loaded (see the log)\n");
     } else {
-        const char *p = c->infer.model, *bad = NULL;
-        char path[4096];
+        /* the files of the running model, as the engine opened them */
+        char list[sizeof mms_jobs_engine(d->jobs)->model_path], *files[MMS_MAX_MODELS];
+        int k = mms_work_model_files(mms_jobs_engine(d->jobs)->model_path, list, sizeof list, files,
+                                     why, sizeof why);
+        const char *bad = NULL;
         int err = 0;
-        while (bad == NULL && *p != '\0') {
-            size_t k = strcspn(p, ",");
-            snprintf(path, sizeof path, "%.*s", (int)k, p);
+        for (int i = 0; bad == NULL && i < k; i++) {
             struct stat st;
-            if (stat(path, &st) < 0 || access(path, R_OK) < 0)
+            if (stat(files[i], &st) < 0 || access(files[i], R_OK) < 0)
                 err = mms_err_errno();
             else if (!S_ISREG(st.st_mode))
                 err = MMS_EINVAL;
             if (err < 0)
-                bad = path;
-            p += k + (p[k] == ',');
+                bad = files[i];
         }
-        if (bad != NULL) {
+        if (k < 0) {
+            ok = false;
+            n += snprintf(text + n, sizeof text - (size_t)n, "model: %s\n", why);
+        } else if (bad != NULL) {
             ok = false;
             n += snprintf(text + n, sizeof text - (size_t)n, "model: %s: %s\n", bad,
                           err == MMS_EINVAL ? "not a regular file" : mms_strerror(err));

@@ -133,20 +133,15 @@ mms_work_infer_cpu_count(void)
 }
 
 int
-mms_engine_open(const char *model, const char *backend, int device, int precision, int threads,
-                struct mms_engine *e, char *why, size_t why_len)
+mms_work_model_files(const char *model, char *buf, size_t buf_len, char *files[MMS_MAX_MODELS],
+                     char *why, size_t why_len)
 {
-    memset(e, 0, sizeof *e);
-    e->device = device;
-    e->threads = threads;
-    if (strlen(model) >= sizeof e->model_path)
+    if (strlen(model) >= buf_len)
         return mms_why(why, why_len, MMS_EINVAL, "model path too long: %.64s...", model);
-    snprintf(e->model_path, sizeof e->model_path, "%s", model);
-    /* the files of the list, each trimmed of blanks */
-    char list[sizeof e->model_path], *files[MMS_MAX_MODELS + 1], *save = NULL;
-    snprintf(list, sizeof list, "%s", model);
+    snprintf(buf, buf_len, "%s", model);
     int n = 0;
-    for (char *t = strtok_r(list, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
+    char *save = NULL;
+    for (char *t = strtok_r(buf, ",", &save); t != NULL; t = strtok_r(NULL, ",", &save)) {
         while (*t == ' ' || *t == '\t')
             t++;
         for (char *end = t + strlen(t); end > t && (end[-1] == ' ' || end[-1] == '\t');)
@@ -159,6 +154,23 @@ mms_engine_open(const char *model, const char *backend, int device, int precisio
     }
     if (n == 0)
         return mms_why(why, why_len, MMS_EINVAL, "no model file given");
+    return n;
+}
+
+int
+mms_engine_open(const char *model, const char *backend, int device, int precision, int threads,
+                struct mms_engine *e, char *why, size_t why_len)
+{
+    memset(e, 0, sizeof *e);
+    e->device = device;
+    e->threads = threads;
+    if (strlen(model) >= sizeof e->model_path)
+        return mms_why(why, why_len, MMS_EINVAL, "model path too long: %.64s...", model);
+    snprintf(e->model_path, sizeof e->model_path, "%s", model);
+    char list[sizeof e->model_path], *files[MMS_MAX_MODELS];
+    int n = mms_work_model_files(model, list, sizeof list, files, why, why_len);
+    if (n < 0)
+        return n;
     char mwhy[512];
     int rc;
     for (e->n_models = 0; e->n_models < n; e->n_models++)

@@ -51,6 +51,12 @@ int mms_work_cpus_apply(const struct mms_config *cfg, char *why, size_t why_len)
 /* The number of CPUs of inference: those of [infer] cpus, else those this thread may use. */
 int mms_work_infer_cpu_count(void);
 
+/* The files of a model setting (one file, or a set "a.safetensors, b.safetensors"), each trimmed
+ * of blanks, as pointers into buf (a copy of model, buf_len bytes). Returns their count (1 to
+ * MMS_MAX_MODELS), or MMS_EINVAL with why (too long, an empty item, too many, none). */
+int mms_work_model_files(const char *model, char *buf, size_t buf_len, char *files[MMS_MAX_MODELS],
+                         char *why, size_t why_len);
+
 /* Load the model file, or each file of the comma-separated list model (a model set, at most
  * MMS_MAX_MODELS, together at most 255 labels), and build their networks on backend ("auto",
  * "cpu", "cuda") with the convolution precision (enum mms_precision; the CPU backend refuses
