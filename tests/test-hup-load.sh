@@ -63,11 +63,13 @@ else
     exit 1
 fi
 
-# one SIGHUP a second, the log level switching, until stopped
+# one SIGHUP a second, the log level switching, until $tmp/hup-stop exists (a file, not a
+# signal: a kill between the SIGHUP and its count would make the count wrong)
 (
     i=0
     while :; do
         sleep 1
+        [ -e "$tmp/hup-stop" ] && exit 0
         if ((i % 2)); then config info; else config debug; fi
         kill -HUP "$pid" 2>/dev/null || exit 0
         echo >>"$tmp/hups"
@@ -89,16 +91,21 @@ settled() { "$mmsegd" status -c "$tmp/mmsegd.ini" --json 2>/dev/null |
     "$python" "$check" settled "$tmp/state" - >/dev/null 2>&1; }
 wait_for 120 settled
 ok_settle=$?
+settle_s=$((SECONDS - t0))
 echoed=0
 echoscu -to 5 -aec MMSEGD 127.0.0.1 "$port" >/dev/null 2>&1 && echoed=1
-kill "$hup" 2>/dev/null
+# The load may settle within a few seconds: the signals go on until at least eight were sent,
+# so that the count below means something however fast this machine is.
+enough_hups() { [ "$(wc -l <"$tmp/hups" 2>/dev/null || echo 0)" -ge 8 ]; }
+wait_for 30 enough_hups
+touch "$tmp/hup-stop"
 wait "$hup" 2>/dev/null
 hup=
 sleep 1.5 # the last signal's reload
 hups=$(wc -l <"$tmp/hups")
 reloads=$(grep -c "configuration reloaded from" "$tmp/log")
 if [ $ok_settle = 0 ] && [ $echoed = 1 ]; then
-    result OK "under $hups SIGHUPs in $((SECONDS - t0)) s all settles and the daemon answers C-ECHO"
+    result OK "under a SIGHUP a second all settles in $settle_s s and the daemon answers C-ECHO"
 else
     result FAIL "under SIGHUPs all settles and the daemon answers C-ECHO (settled: $ok_settle, echo: $echoed)"
     "$mmsegd" status -c "$tmp/mmsegd.ini" --json 2>&1 |
@@ -106,7 +113,7 @@ else
     grep -v "configuration reloaded\|log_level" "$tmp/log" | tail -40 | sed 's/^/# /'
     ps -o pid,stat,etime,wchan:24,args --ppid "$pid" 2>&1 | sed 's/^/# child: /'
 fi
-[ "$hups" -gt 5 ] && [ "$reloads" = "$hups" ] &&
+[ "$hups" -ge 8 ] && [ "$reloads" = "$hups" ] &&
     result OK "every SIGHUP was a reload ($reloads of $hups)" ||
     result FAIL "every SIGHUP was a reload ($reloads of $hups)"
 stop
