@@ -3,14 +3,20 @@
 #   1. the normal build, with CUDA where nvcc is present (--with-cuda=yes), else without;
 #   2. --with-cuda=no with AddressSanitizer and UndefinedBehaviorSanitizer, and the crash
 #      points of tests/test-crash-points.sh (--enable-crash-points);
-# then every libFuzzer target for FUZZ_SECONDS (30) each, make distcheck, the Debian packages
-# in their short form (tests/test-deb.sh) and the formatting check. Ends with one line
+# then every libFuzzer target for FUZZ_SECONDS (30) each, make distcheck-short (the release
+# tarball builds and passes make check without the long suites, which ran in full above, and
+# holds every file git tracks), the Debian packages in their short form (tests/test-deb.sh),
+# the formatting check, and that make distclean leaves nothing in a build that ran the whole
+# suite and that nothing was written into the source tree. Ends with one line
 # "check: N passed, N failed, N skipped".
 set -uo pipefail
 cd "$(dirname "$0")/.."
 top=$(pwd)
 tools/install-deps.sh || exit 1
 autoreconf -fi || exit 1
+# what git sees of the source tree before the builds (ignored files included): compared at the end
+tree_state() { git status --porcelain --ignored 2>/dev/null | grep -v '^!! _build/$'; }
+tree_before=$(tree_state)
 # Out-of-tree builds need a source tree that is not configured in place.
 if [ -f config.status ]; then
     echo "check: the source tree was configured in place; running make distclean first"
@@ -89,10 +95,26 @@ else
     fail=$((fail + 1)); status=1
 fi
 
-echo "=== distcheck: the release tarball builds and passes make check on its own"
-if (cd "$top/_build/cuda-$cuda" && make distcheck >distcheck.out 2>&1); then
+echo "=== distcheck: the release tarball builds and passes make check on its own (without the long suites)"
+if (cd "$top/_build/cuda-$cuda" && make distcheck-short >distcheck.out 2>&1); then
+    grep -E '^# (TOTAL|PASS|SKIP):' "$top/_build/cuda-$cuda/distcheck.out" | tr '\n' ' '
+    echo
     echo "distcheck: ok"
     pass=$((pass + 1))
+    # every file git tracks is in the tarball, but .gitignore
+    tarball=$(ls "$top/_build/cuda-$cuda"/mmsegd-*.tar.gz 2>/dev/null | head -1)
+    if [ ! -d "$top/.git" ]; then
+        echo "ok # SKIP the tarball's contents: this source tree is not a git clone"
+        skip=$((skip + 1))
+    elif missing=$(comm -23 <(git ls-files | grep -vx '.gitignore' | sort) \
+        <(tar tzf "$tarball" | sed 's|^[^/]*/||' | sort)) && [ -z "$missing" ]; then
+        echo "distcheck: $(basename "$tarball") holds every file git tracks"
+        pass=$((pass + 1))
+    else
+        echo "distcheck: tracked files missing from $(basename "$tarball") (EXTRA_DIST):"
+        echo "$missing" | head -20
+        fail=$((fail + 1)); status=1
+    fi
 else
     grep -E '^(FAIL|ERROR|XPASS): ' "$top/_build/cuda-$cuda/distcheck.out"
     for t in $(sed -n 's/^\(FAIL\|ERROR\): \([^ ]*\).*/\2/p' "$top/_build/cuda-$cuda/distcheck.out" | sort -u); do
@@ -125,6 +147,30 @@ echo "=== format-check"
 if (cd "$top/_build/asan" && make format-check); then
     pass=$((pass + 1))
 else
+    fail=$((fail + 1)); status=1
+fi
+
+echo "=== clean: make distclean in the ASan build leaves nothing; the source tree is as it was"
+left=$(cd "$top/_build/asan" && make distclean >/dev/null 2>&1 &&
+    find . -type f ! -name configure.out ! -name make.out ! -name check.out) ||
+    left="make distclean failed"
+if [ -z "$left" ]; then
+    echo "clean: make distclean left nothing in _build/asan"
+    pass=$((pass + 1))
+else
+    echo "clean: make distclean left in _build/asan (CLEANFILES, DISTCLEANFILES):"
+    echo "$left" | head -20
+    fail=$((fail + 1)); status=1
+fi
+if [ ! -d "$top/.git" ]; then
+    echo "ok # SKIP the source tree's state: not a git clone"
+    skip=$((skip + 1))
+elif [ "$(tree_state)" = "$tree_before" ]; then
+    echo "clean: the checks wrote nothing into the source tree"
+    pass=$((pass + 1))
+else
+    echo "clean: the checks changed the source tree (git status --ignored, before and after):"
+    diff <(echo "$tree_before") <(tree_state) | head -20
     fail=$((fail + 1)); status=1
 fi
 
