@@ -164,13 +164,12 @@ mms_engine_open(const char *model, const char *backend, int device, int precisio
     memset(e, 0, sizeof *e);
     e->device = device;
     e->threads = threads;
-    if (strlen(model) >= sizeof e->model_path)
-        return mms_why(why, why_len, MMS_EINVAL, "model path too long: %.64s...", model);
-    snprintf(e->model_path, sizeof e->model_path, "%s", model);
+    /* the list reader refuses a setting longer than model_path holds */
     char list[sizeof e->model_path], *files[MMS_MAX_MODELS];
     int n = mms_work_model_files(model, list, sizeof list, files, why, why_len);
     if (n < 0)
         return n;
+    snprintf(e->model_path, sizeof e->model_path, "%s", model);
     char mwhy[512];
     int rc;
     for (e->n_models = 0; e->n_models < n; e->n_models++)
